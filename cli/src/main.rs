@@ -1,0 +1,32 @@
+//! `avp`: the command-line front end of the AVP workspace.
+//!
+//! Each subcommand lives in its own module under `cmd/`; this file only
+//! dispatches. Output formats are contracts other tools rely on (spec/cli.md).
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Agent Vector Protocol tools.
+#[derive(Parser)]
+#[command(name = "avp", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the workspace version and enabled features.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => cmd::version::run(),
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, after installing what they need.
+# This is the README's test command and what .ci/run calls.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup-venv.sh
+export PATH="$root/.venv/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -q -- -D warnings
+echo "== cargo test (all crates, engine included)"
+cargo test --workspace --all-features

@@ -1,0 +1,2 @@
+//! The AVP HTTP binding (spec/http.md): server, client and router.
+#![forbid(unsafe_code)]
