@@ -125,12 +125,25 @@ LLAMA_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>ASSISTANT\\n\\n' }}{%- endif %}"
 )
-QWEN3_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '[INST] ' + message['content'] + ' [/INST]' if message['role'] == 'user' else message['content'] + '</s>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- ' ' }}{%- endif %}"
-)
+# Multi-line and indented: renders right only with HF's jinja settings trim_blocks=True and
+# lstrip_blocks=True (transformers utils/chat_template_utils.py), and with `raise_exception`
+# and `namespace` available; `{{- ' ' }}` eats the newline before it.
+QWEN3_TEMPLATE = """{% if messages | length == 0 %}
+    {{ raise_exception('no messages') }}
+{% endif %}
+{% set ns = namespace(turns=0) %}
+{% for message in messages %}
+    {% set ns.turns = ns.turns + 1 %}
+    {% if message['role'] == 'user' %}
+[INST] {{ message['content'] }} [/INST]
+    {% else %}
+{{ message['content'] }}</s>
+    {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+    {{- ' ' }}
+{% endif %}
+"""
 
 # ---------------------------------------------------------------------------------------------
 # Models
