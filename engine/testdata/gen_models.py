@@ -203,7 +203,7 @@ MODELS = [
         hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=True,
         rope=LLAMA3_ROPE, rope_theta=10000.0, dtype="float32", shard=None, nan_row=True,
         covers=["NaN early stop: one embedding row of an unused token is NaN, so the prompt "
-                "pass is finite and the first latent step is NaN (AVP-ENG-13)"],
+                "pass is finite and the first latent step is NaN (AVP-ENG-9)"],
     ),
 ]
 MODEL_BY_NAME = {m["name"]: m for m in MODELS}
@@ -318,7 +318,7 @@ def build_models(out: Path) -> dict:
         model.save_pretrained(str(mdir), **kwargs)
         if spec.get("legacy_rope"):
             # Real checkpoints from the hub still use the transformers 4.x keys; transformers 5
-            # reads them. The engine must accept both spellings (AVP-ENG-3).
+            # reads them. The engine must accept both spellings (AVP-ENG-1).
             cfg = json.loads((mdir / "config.json").read_text())
             rp = cfg.pop("rope_parameters")
             cfg["rope_theta"] = rp.pop("rope_theta")
@@ -393,7 +393,7 @@ def canonical_wire(wire: bytes) -> bytes:
     order of the three `extra` entries changes from process to process (upb map iteration order)
     and its bytes are not reproducible. Re-serialising with deterministic=True sorts the map keys
     and changes nothing else: same fields, same lengths, same checksum, same payload. This is the
-    order our engine writes (AVP-ENG-17).
+    order our engine writes (AVP-ENG-7).
     """
     from avp import avp_pb2
     from avp.codec import decode
@@ -509,7 +509,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
     if spec.get("nan_row"):
         entry["nan_token_id"] = build_info[name]["nan_token"]
 
-    # -- prompts (AVP-ENG-5/6) --------------------------------------------------------------
+    # -- prompts (AVP-ENG-4) ----------------------------------------------------------------
     prompts = {}
     for pid, text in PROMPTS.items():
         rendered = _render_prompt(tok, [{"role": "user", "content": text}])
@@ -531,7 +531,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
     with torch.no_grad():
         fw = model(input_ids=ids, use_cache=True, output_hidden_states=True, return_dict=True)
         base = model.model(input_ids=ids, return_dict=True).last_hidden_state
-    # AVP-ENG-8: hidden_states[-1] is the final-norm output, i.e. the base model's output.
+    # AVP-ENG-3: hidden_states[-1] is the final-norm output, i.e. the base model's output.
     assert torch.equal(fw.hidden_states[-1], base)
     ref = {"input_ids": REFERENCE_IDS, "logits": arrays.add("reference.logits", fw.logits[0]),
            "hidden_states": [], "kv": []}
@@ -542,7 +542,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
                           "v": arrays.add(f"reference.kv.{li}.v", layer.values[0])})
     entry["reference_forward"] = ref
 
-    # -- realignment / soft-embedding operands (AVP-ENG-10/11) -------------------------------
+    # -- realignment / soft-embedding operands (AVP-ENG-5) -----------------------------------
     if conn.needs_realignment():
         w, tn = compute_realignment_matrix(model, device="cpu")
         sdk_w, sdk_tn = conn._ensure_realignment()  # what the SDK caches and uses
@@ -564,7 +564,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
             return np.zeros((0, hidden.shape[1]), dtype=np.float32)
         return np.concatenate(rows, axis=0).astype(np.float32)
 
-    # -- think (AVP-ENG-7..15) ----------------------------------------------------------------
+    # -- think (AVP-ENG-7, AVP-ENG-9) --------------------------------------------------------
     think = []
     contexts = {}
     for pid in PROMPTS:
@@ -607,7 +607,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         (edir / "expected.json").write_text(json.dumps(entry, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
         return conn
 
-    # think continuing from a context (accumulated num_steps, positions continue): AVP-ENG-14
+    # think continuing from a context (accumulated num_steps, positions continue): AVP-ENG-9
     ctx = conn.think(PROMPTS["ascii"], steps=2)
     ctx2 = conn.think(FOLLOWUP, steps=3, context=ctx)
     wire = canonical_wire(ctx2.to_bytes())
@@ -622,7 +622,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         "last_hidden_state": arrays.add("think_chain.last_hidden", ctx2.last_hidden_state[0]),
     }
 
-    # -- generate (AVP-ENG-16..19) ------------------------------------------------------------
+    # -- generate (AVP-ENG-8, AVP-ENG-10) ----------------------------------------------------
     gens = []
     for pid in PROMPTS:
         r = sdk_generate(conn, rec, PROMPTS[pid])
@@ -682,7 +682,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cross-model projection (AVP-ENG-21..26)
+# Cross-model projection (AVP-ENG-13..16)
 # ---------------------------------------------------------------------------------------------
 
 PAIRS = [
