@@ -7,6 +7,7 @@ cd "$root"
 bash scripts/setup-venv.sh
 export PATH="$root/.venv/bin:$PATH"
 
+echo "== engine fixtures: regenerate with the SDK and compare"; bash engine/testdata/check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
