@@ -199,6 +199,14 @@ MODELS = [
                 "float16 checkpoint"],
     ),
     dict(
+        name="mistral_window", arch="mistral", tok="B", template="tokenizer_config", seed=16,
+        hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=False, sliding_window=16,
+        rope_theta=10000.0, dtype="float32", shard=None,
+        covers=["mistral sliding_window 16 < every prompt: the attention window mask",
+                "the SDK exports only the last window-1 KV positions (see think[].sdk_wire_"
+                "truncated); wire_full_cache is the complete cache (AVP-ENG-3, AVP-ENG-7)"],
+    ),
+    dict(
         name="llama_nan", arch="llama", tok="A", template="tokenizer_config", seed=11,
         hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=True,
         rope=LLAMA3_ROPE, rope_theta=10000.0, dtype="float32", shard=None, nan_row=True,
@@ -242,6 +250,8 @@ def config_for(spec: dict, tok_len: int, bos: int, eos: int, pad: int):
     common["rope_parameters"] = rope
     if "head_dim" in spec:
         common["head_dim"] = spec["head_dim"]
+    if "sliding_window" in spec:
+        common["sliding_window"] = spec["sliding_window"]
     arch = spec["arch"]
     if arch == "llama":
         return transformers.LlamaConfig(**common)
@@ -409,6 +419,25 @@ def canonical_wire(wire: bytes) -> bytes:
     return out
 
 
+def engine_form(wire: bytes, model_hash: str) -> bytes:
+    """The same message with extra.model_hash set to the engine's hash (AVP-ENG-11).
+
+    Not an SDK output: the SDK's message with one metadata value replaced (both hashes are 64 hex
+    digits, so every length stays the same). The engine accepts these for the model that made
+    them, and must refuse the SDK originals, whose hash it cannot compute.
+    """
+    from avp import avp_pb2
+
+    meta_len = int.from_bytes(wire[8:12], "little")
+    meta = avp_pb2.Metadata()
+    meta.ParseFromString(wire[12:12 + meta_len])
+    assert len(meta.extra["model_hash"]) == len(model_hash) == 64
+    meta.extra["model_hash"] = model_hash
+    canon = meta.SerializeToString(deterministic=True)
+    assert len(canon) == meta_len
+    return wire[:12] + canon + wire[12 + meta_len:]
+
+
 def kv_header_dict(raw: bytes) -> dict:
     import struct
 
@@ -460,6 +489,39 @@ def sdk_generate(conn: HuggingFaceConnector, rec: GenerateRecorder, prompt: str,
     gen_ids = seq[rec.last["input_len"]:]
     return {"text": text, "token_ids": gen_ids,
             "min_top2_margin": round(min(rec.last["margins"]), 6)}
+
+
+def record_full_cache(conn, edir: Path, arrays: "Arrays", entry: dict, ctx, ids_t, mask_t,
+                      steps: int, hidden: torch.Tensor) -> None:
+    """Sliding-window models: the complete KV-cache the SDK's message should have carried.
+
+    transformers 5 gives a model with `sliding_window` a DynamicCache of
+    DynamicSlidingWindowLayer, which keeps only the last window-1 positions; the SDK serialises
+    that (kv_cache.py:104-139), so its message holds 15 positions while the context reports the
+    full seq_len, and a receiver continues at the wrong positions. Not an SDK output: the SDK's
+    own latent loop (generate_latent_steps) run on a plain, non-cropping DynamicCache(), which
+    transformers still masks with the window (checked: same hidden states within 1e-4).
+    """
+    from transformers import DynamicCache
+
+    past, hidden_full = conn.generate_latent_steps(ids_t, steps, attention_mask=mask_t,
+                                                   past_key_values=DynamicCache(),
+                                                   collect_hidden_states=True)
+    assert float((hidden_full - hidden).abs().max()) <= 1e-4 * float(hidden.abs().max())
+    full_ctx = AVPContext(past_key_values=past, model_hash=ctx.model_hash,
+                          num_steps=ctx.num_steps, seq_len=past.get_seq_length(),
+                          model_family=ctx.model_family, hidden_dim=ctx.hidden_dim,
+                          num_layers=ctx.num_layers)
+    wire = canonical_wire(full_ctx.to_bytes())
+    fname = entry["wire"].replace(".avp", ".full.avp")
+    (edir / fname).write_bytes(wire)
+    raw, _ = serialize_kv_cache(past)
+    entry["sdk_wire_truncated"] = True
+    entry["wire_full_cache"] = fname
+    entry["wire_full_cache_layout"] = wire_layout(wire)
+    entry["kv_header_full_cache"] = kv_header_dict(raw)
+    entry["hidden_states_full_cache"] = arrays.add(
+        f"think.{entry['prompt']}.s{steps}.hidden_full_cache", hidden_full)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,6 +660,8 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
                 "latent_inputs": arrays.add(key + ".latent_inputs", latent_inputs(hidden)),
                 "last_hidden_state": arrays.add(key + ".last_hidden", ctx.last_hidden_state[0]),
             })
+            if spec.get("sliding_window"):
+                record_full_cache(conn, edir, arrays, think[-1], ctx, ids_t, mask_t, steps, hidden)
             contexts[(pid, steps)] = wire
     entry["think"] = think
 
@@ -635,9 +699,24 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
             r = sdk_generate(conn, rec, FOLLOWUP, context=ctx)
             # Roundtrip: the wire form gives the same continuation (AVP-ENG-20).
             r2 = sdk_generate(conn, rec, FOLLOWUP, context=AVPContext.from_bytes(wire))
-            assert r == r2, (name, pid, steps, r, r2)
-            gens.append({"prompt": "followup", "context": f"think_{pid}_s{steps}.avp",
-                         "max_new_tokens": GEN_MAX_NEW, **r})
+            g = {"prompt": "followup", "context": f"think_{pid}_s{steps}.avp",
+                 "max_new_tokens": GEN_MAX_NEW, **r}
+            if spec.get("sliding_window"):
+                # The SDK's wire context lost all but window-1 positions and restarts the
+                # positions there, so its roundtrip differs; `token_ids` is the in-memory
+                # (correct) continuation, what the engine must produce from wire_full_cache.
+                g["context"] = f"think_{pid}_s{steps}.full.avp"
+                full = (edir / g["context"]).read_bytes()
+                r3 = sdk_generate(conn, rec, FOLLOWUP, context=AVPContext.from_bytes(full))
+                assert r3["token_ids"] == r["token_ids"], (name, pid, steps, r, r3)
+                g["sdk_wire_roundtrip_token_ids"] = r2["token_ids"]
+            else:
+                assert r == r2, (name, pid, steps, r, r2)
+            src_wire = (edir / g["context"]).read_bytes()
+            g["context_engine_form"] = g["context"].replace(".avp", ".engine.avp")
+            (edir / g["context_engine_form"]).write_bytes(
+                engine_form(src_wire, entry["config_json_hash"]))
+            gens.append(g)
     # Stop token: pass the 3rd greedy token of the first run as eos, as a caller-supplied stop
     # token; HF stops after emitting it (the stop token is included in the ids, not the text).
     first = gens[0]
