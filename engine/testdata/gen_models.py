@@ -35,7 +35,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import save_file as save_np  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import (  # noqa: E402
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 
 import avp  # noqa: E402
 from avp.connectors.base import _render_prompt, _tokenize_prompt  # noqa: E402
@@ -93,10 +101,32 @@ SPECIAL_A = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SPECIAL_B = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int, special: list[str]) -> Tokenizer:
-    """Byte-level BPE, deterministic for a fixed corpus (checked by check.sh)."""
+# The pre-tokenizer split of Qwen2/Qwen2.5 (and, up to details, Llama 3) tokenizer.json files.
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+               r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int, special: list[str],
+                    qwen_style: bool) -> Tokenizer:
+    """Byte-level BPE, deterministic for a fixed corpus (checked by check.sh).
+
+    qwen_style: NFC normaliser + regex split + ByteLevel(use_regex=False), exactly what
+    transformers 5.23's Qwen2Tokenizer imposes. That class is what AutoTokenizer picks for a
+    `model_type: qwen2` directory, and it rebuilds the tokenizer from vocab and merges with its
+    own normaliser and pre-tokenizer, ignoring those in tokenizer.json
+    (models/qwen2/tokenization_qwen2.py). Real Qwen2 tokenizer.json files carry the same ones,
+    so reading tokenizer.json is right; the fixture's tokenizer must match too, or the SDK
+    would tokenize the qwen2 model differently from its own tokenizer.json.
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen_style:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -300,8 +330,8 @@ def write_tokenizer(model_dir: Path, tok: Tokenizer, kind: str, template: str | 
 
 def build_models(out: Path) -> dict:
     toks = {
-        "A": train_tokenizer(CORPUS_A, 480, SPECIAL_A),
-        "B": train_tokenizer(CORPUS_B, 400, SPECIAL_B),
+        "A": train_tokenizer(CORPUS_A, 480, SPECIAL_A, qwen_style=True),
+        "B": train_tokenizer(CORPUS_B, 400, SPECIAL_B, qwen_style=False),
     }
     info = {}
     for spec in MODELS:
@@ -525,6 +555,90 @@ def record_full_cache(conn, edir: Path, arrays: "Arrays", entry: dict, ctx, ids_
 
 
 # ---------------------------------------------------------------------------------------------
+# Independent re-implementations of spec/engine.md, asserted against the SDK
+#
+# They run in float64 / plain libraries, so they also show that an implementation written from
+# the spec (not from the SDK's code) meets the tolerances the README promises.
+# ---------------------------------------------------------------------------------------------
+
+SPEC_TOL = 1e-4
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - ref), initial=0.0)
+                 / max(float(np.max(np.abs(ref), initial=0.0)), 1e-6))
+
+
+def spec_render(model_dir: Path, prompt: str) -> str:
+    """AVP-ENG-4 with minijinja (the engine's template engine) instead of transformers."""
+    import minijinja
+
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    jinja = model_dir / "chat_template.jinja"
+    template = jinja.read_text() if jinja.exists() else cfg.get("chat_template")
+    if not template:
+        return f"<|user|>\n{prompt}\n</|user|>\n<|assistant|>"
+    env = minijinja.Environment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message):
+        raise RuntimeError(message)
+
+    env.add_function("raise_exception", raise_exception)
+    specials = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if k in cfg}
+    return env.render_str(template, messages=[{"role": "user", "content": prompt}],
+                          add_generation_prompt=True, **specials)
+
+
+def spec_vocab(model_dir: Path) -> dict[str, int]:
+    """Token string -> id from tokenizer.json: model vocab plus added tokens (AVP-ENG-13/14)."""
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    vocab = dict(tj["model"]["vocab"])
+    for added in tj["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    return vocab
+
+
+def spec_softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - np.max(x))
+    return z / z.sum()
+
+
+def spec_latent_step(h: np.ndarray, e_in: np.ndarray, e_out: np.ndarray, tied: bool) -> np.ndarray:
+    """AVP-ENG-5 in float64."""
+    if tied:
+        return spec_softmax(e_in @ h) @ e_in
+    gram = e_out.T @ e_out + 1e-5 * np.eye(e_out.shape[1])
+    w = np.linalg.solve(gram, e_out.T @ e_in)
+    a = h @ w
+    target = np.mean(np.linalg.norm(e_in, axis=1))
+    return a * (target / max(np.linalg.norm(a), 1e-6))
+
+
+def spec_project(h: np.ndarray, src_out: np.ndarray, tgt_in: np.ndarray, src_vocab, tgt_vocab):
+    """AVP-ENG-13/14 in float64; returns (vector, method, src_idx, tgt_idx)."""
+    target_norm = np.mean(np.linalg.norm(tgt_in, axis=1))
+    if src_vocab == tgt_vocab:
+        n = min(src_out.shape[0], tgt_in.shape[0])
+        y = spec_softmax(src_out[:n] @ h) @ tgt_in[:n]
+        method, si, ti = "vocab_mediated", None, None
+    else:
+        shared = sorted(set(src_vocab) & set(tgt_vocab))
+        assert len(shared) >= 100
+        si = np.array([src_vocab[t] for t in shared])
+        ti = np.array([tgt_vocab[t] for t in shared])
+        y = spec_softmax(src_out[si] @ h) @ tgt_in[ti]
+        method = "vocab_overlap"
+    return y * (target_norm / max(np.linalg.norm(y), 1e-6)), method, si, ti
+
+
+def embeddings64(model) -> tuple[np.ndarray, np.ndarray]:
+    e_in = model.get_input_embeddings().weight.detach().double().numpy()
+    e_out = model.get_output_embeddings().weight.detach().double().numpy()
+    return e_in, e_out
+
+
+# ---------------------------------------------------------------------------------------------
 # Per-model recording
 # ---------------------------------------------------------------------------------------------
 
@@ -579,6 +693,9 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         ids = ids[0].tolist()
         if spec.get("nan_row"):
             assert entry["nan_token_id"] not in ids
+        assert spec_render(Path(name), text) == rendered, (name, pid)
+        assert Tokenizer.from_file(f"{name}/tokenizer.json").encode(
+            rendered, add_special_tokens=False).ids == ids, (name, pid)
         prompts[pid] = {"text": text, "rendered": rendered, "input_ids": ids}
     followup_rendered = _render_prompt(tok, [{"role": "user", "content": FOLLOWUP}])
     prompts["followup"] = {
@@ -624,7 +741,14 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
                 rows.append(project_to_embedding_space(h, model.get_input_embeddings().weight))
         if not rows:
             return np.zeros((0, hidden.shape[1]), dtype=np.float32)
-        return np.concatenate(rows, axis=0).astype(np.float32)
+        sdk = np.concatenate(rows, axis=0).astype(np.float32)
+        e_in, e_out = embeddings64(model)
+        for i in range(sdk.shape[0]):
+            if np.isnan(sdk[i]).any():
+                continue
+            ours = spec_latent_step(hidden[i].double().numpy(), e_in, e_out, spec["tied"])
+            assert rel_err(ours, sdk[i]) <= SPEC_TOL, (name, i, rel_err(ours, sdk[i]))
+        return sdk
 
     # -- think (AVP-ENG-7, AVP-ENG-9) --------------------------------------------------------
     think = []
@@ -725,6 +849,9 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         r = sdk_generate(conn, rec, PROMPTS["ascii"], eos_token_id=stop)
         gens.append({"prompt": "ascii", "context": None, "max_new_tokens": GEN_MAX_NEW,
                      "stop_token_ids": [stop], **r})
+    decoder = Tokenizer.from_file(f"{name}/tokenizer.json")
+    for g in gens:  # AVP-ENG-8 step 4 with the tokenizers library the Rust crate wraps
+        assert decoder.decode(g["token_ids"], skip_special_tokens=True).strip() == g["text"], g
     entry["generate"] = gens
 
     # -- sampling (SHOULD-level: needs the same RNG stream as torch's CPU generator) ----------
@@ -773,6 +900,33 @@ PAIRS = [
 PROJ_STEPS = [0, 4]
 
 
+def project_message(src_name: str, tgt_name: str, tgt, num_steps: int,
+                    vector: np.ndarray) -> bytes:
+    """What `avp project` writes (AVP-ENG-17), encoded with the SDK's own codec.
+
+    Not an SDK output (the SDK has no such command): the spec's HIDDEN_STATE message, built
+    with avp.codec.encode so the SDK can read it, with the engine's hashes (AVP-ENG-11).
+    """
+    from avp.codec import decode, encode
+    from avp.types import AVPMetadata, CommunicationMode, DataType, PayloadType
+
+    src_hash = canonical_hash(json.loads(Path(src_name, "config.json").read_text()))
+    tgt_hash = canonical_hash(json.loads(Path(tgt_name, "config.json").read_text()))
+    vec = np.ascontiguousarray(vector, dtype="<f4")
+    meta = AVPMetadata(
+        hidden_dim=tgt.hidden_dim, num_layers=tgt.num_layers,
+        payload_type=PayloadType.HIDDEN_STATE, dtype=DataType.FLOAT32,
+        tensor_shape=(int(vec.shape[0]),), mode=CommunicationMode.LATENT,
+        avp_map_id=f"{src_hash[:16]}_{tgt_hash[:16]}",
+        extra={"model_family": tgt.get_model_identity().model_family, "model_hash": tgt_hash,
+               "num_steps": str(num_steps)},
+    )
+    wire = canonical_wire(encode(vec.tobytes(), meta))
+    back = decode(wire)
+    assert back.metadata.payload_type == PayloadType.HIDDEN_STATE and back.payload == vec.tobytes()
+    return wire
+
+
 def record_projections(out: Path, conns: dict) -> dict:
     pdir = out / "expected" / "projections"
     pdir.mkdir(parents=True)
@@ -805,8 +959,22 @@ def record_projections(out: Path, conns: dict) -> dict:
                                     output_logits=True)
                 seq = rec.last["sequences"][0]
                 tgt.model.generate = rec.orig
+                e_src_in, e_src_out = embeddings64(src.model)
+                e_tgt_in, _ = embeddings64(tgt.model)
+                ours, method, si, ti = spec_project(
+                    ctx.last_hidden_state[0].double().numpy(), e_src_out, e_tgt_in,
+                    spec_vocab(Path(src_name)), spec_vocab(Path(tgt_name)))
+                assert method == amap.method.value
+                if si is not None:
+                    assert np.array_equal(si, amap.src_indices)
+                    assert np.array_equal(ti, amap.tgt_indices)
+                assert rel_err(ours, projected.reshape(-1).numpy()) <= SPEC_TOL
+                msg = project_message(src_name, tgt_name, tgt, ctx.num_steps,
+                                      projected.reshape(-1).float().numpy())
+                msg_name = f"project_{key}_{pid}_s{steps}.avp"
+                (pdir / msg_name).write_bytes(msg)
                 p["cases"].append({
-                    "prompt": pid, "steps": steps,
+                    "prompt": pid, "steps": steps, "hidden_state_message": msg_name,
                     "source_last_hidden": arrays.add(f"{key}.{pid}.s{steps}.source_hidden",
                                                      ctx.last_hidden_state[0]),
                     "projected": arrays.add(f"{key}.{pid}.s{steps}.projected",
