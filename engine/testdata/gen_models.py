@@ -632,6 +632,109 @@ def spec_project(h: np.ndarray, src_out: np.ndarray, tgt_in: np.ndarray, src_voc
     return y * (target_norm / max(np.linalg.norm(y), 1e-6)), method, si, ti
 
 
+def spec_load(model_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """AVP-ENG-1/2: config.json with the spec's defaults, weights (sharded or not) as float64."""
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() \
+        else ["model.safetensors"]
+    weights = {}
+    for f in files:
+        if cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16":
+            # numpy has no bfloat16: read through torch, widen exactly.
+            from safetensors.torch import load_file as load_torch
+            weights.update({k: v.double().numpy() for k, v in load_torch(str(model_dir / f)).items()})
+        else:
+            weights.update({k: v.astype(np.float64) for k, v in load_file(str(model_dir / f)).items()})
+    return cfg, weights
+
+
+def spec_inv_freq(cfg: dict, d: int) -> np.ndarray:
+    """AVP-ENG-3 RoPE frequencies, both config spellings."""
+    rp = cfg.get("rope_parameters")
+    if rp is None:
+        rp = dict(cfg.get("rope_scaling") or {})
+        rp["rope_theta"] = cfg.get("rope_theta", 10000.0)
+        rp["rope_type"] = rp.pop("type", rp.get("rope_type", "default"))
+    theta = rp.get("rope_theta", 10000.0)
+    inv = (1.0 / theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))).astype(np.float32)
+    kind = rp.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / rp["factor"]
+    elif kind == "llama3":
+        f, lo, hi, n = (rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"],
+                        rp["original_max_position_embeddings"])
+        wl = 2 * np.pi / inv
+        smooth = (n / wl - lo) / (hi - lo)
+        inv = np.where(wl > n / lo, inv / f,
+                       np.where(wl < n / hi, inv, (1 - smooth) * inv / f + smooth * inv))
+    else:
+        assert kind == "default", kind
+    return inv.astype(np.float64)
+
+
+def spec_forward(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, list, list]:
+    """AVP-ENG-3 from scratch in float64: (logits [T, V], hidden states, per-layer (K, V))."""
+    cfg, w = spec_load(model_dir)
+    arch = cfg["model_type"]
+    n_h, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    d = cfg.get("head_dim") or (128 if arch == "qwen3" else cfg["hidden_size"] // n_h)
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    window = cfg.get("sliding_window", 4096) if arch == "mistral" else None
+
+    def rms(x, weight):
+        return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps))
+
+    def rope(x, pos):  # x [heads, T, d]
+        ang = pos[:, None] * spec_inv_freq(cfg, d)[None, :]
+        c, s_ = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+        half = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
+        return x * c + half * s_
+
+    t = len(ids)
+    pos = np.arange(t, dtype=np.float64)
+    x = w["model.embed_tokens.weight"][ids]
+    hidden, kv = [x], []
+    mask = np.tril(np.ones((t, t), dtype=bool))
+    if window is not None:
+        mask &= (pos[None, :] > pos[:, None] - window)
+    for i in range(cfg["num_hidden_layers"]):
+        pre = f"model.layers.{i}."
+        y = rms(x, w[pre + "input_layernorm.weight"])
+
+        def proj(name, y=y, pre=pre):
+            out = y @ w[pre + f"self_attn.{name}_proj.weight"].T
+            bias = w.get(pre + f"self_attn.{name}_proj.bias")
+            return out if bias is None else out + bias
+
+        q = proj("q").reshape(t, n_h, d).transpose(1, 0, 2)
+        k = proj("k").reshape(t, n_kv, d).transpose(1, 0, 2)
+        v = proj("v").reshape(t, n_kv, d).transpose(1, 0, 2)
+        if arch == "qwen3":
+            q, k = rms(q, w[pre + "self_attn.q_norm.weight"]), rms(k, w[pre + "self_attn.k_norm.weight"])
+        q, k = rope(q, pos), rope(k, pos)
+        kv.append((k, v))
+        group = n_h // n_kv
+        out = np.empty((n_h, t, d))
+        for h in range(n_h):
+            sc = q[h] @ k[h // group].T / np.sqrt(d)
+            sc = np.where(mask, sc, -np.inf)
+            p = np.exp(sc - sc.max(-1, keepdims=True))
+            out[h] = (p / p.sum(-1, keepdims=True)) @ v[h // group]
+        x = x + out.transpose(1, 0, 2).reshape(t, n_h * d) @ w[pre + "self_attn.o_proj.weight"].T
+        y = rms(x, w[pre + "post_attention_layernorm.weight"])
+        g = y @ w[pre + "mlp.gate_proj.weight"].T
+        x = x + ((g / (1 + np.exp(-g))) * (y @ w[pre + "mlp.up_proj.weight"].T)) \
+            @ w[pre + "mlp.down_proj.weight"].T
+        hidden.append(x)
+    x = rms(x, w["model.norm.weight"])
+    hidden[-1] = x  # transformers' last hidden state is the final-norm output
+    head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+    return x @ head.T, hidden, kv
+
+
 def embeddings64(model) -> tuple[np.ndarray, np.ndarray]:
     e_in = model.get_input_embeddings().weight.detach().double().numpy()
     e_out = model.get_output_embeddings().weight.detach().double().numpy()
@@ -720,6 +823,22 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         ref["kv"].append({"k": arrays.add(f"reference.kv.{li}.k", layer.keys[0]),
                           "v": arrays.add(f"reference.kv.{li}.v", layer.values[0])})
     entry["reference_forward"] = ref
+    # The spec's forward pass, written from scratch, against transformers.
+    logits64, hidden64, kv64 = spec_forward(Path(name), REFERENCE_IDS)
+    ok = np.isfinite(fw.logits[0].numpy())
+    assert rel_err(logits64[ok], fw.logits[0].numpy()[ok]) <= SPEC_TOL, name
+    for i, h in enumerate(hidden64):
+        assert rel_err(h, fw.hidden_states[i][0].numpy()) <= SPEC_TOL, (name, i)
+    for li, layer in enumerate(fw.past_key_values.layers):
+        assert rel_err(kv64[li][0], layer.keys[0].numpy()) <= SPEC_TOL, (name, li)
+        assert rel_err(kv64[li][1], layer.values[0].numpy()) <= SPEC_TOL, (name, li)
+    if spec.get("sliding_window"):
+        # A prompt longer than the window: the window mask matters (AVP-ENG-3).
+        long_ids = prompts["unicode"]["input_ids"]
+        assert len(long_ids) > spec["sliding_window"]
+        with torch.no_grad():
+            hf = model(input_ids=torch.tensor([long_ids]), output_hidden_states=True).hidden_states[-1][0]
+        assert rel_err(spec_forward(Path(name), long_ids)[1][-1], hf.numpy()) <= SPEC_TOL
 
     # -- realignment / soft-embedding operands (AVP-ENG-5) -----------------------------------
     if conn.needs_realignment():
