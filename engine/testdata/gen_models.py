@@ -521,6 +521,33 @@ def sdk_generate(conn: HuggingFaceConnector, rec: GenerateRecorder, prompt: str,
             "min_top2_margin": round(min(rec.last["margins"]), 6)}
 
 
+def decode_cases(conn: HuggingFaceConnector) -> list[dict]:
+    """AVP-ENG-8 step 4 on chosen ids: the SDK's own text step, huggingface.py:734-735.
+
+    Edge cases: special tokens in the middle, Python str.strip() also removing U+001C..U+001F
+    (Rust's str::trim does not), a lone UTF-8 lead byte (decodes to U+FFFD), leading spaces.
+    """
+    tok = conn.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    specials = [i for i in sorted(set(tok.all_special_ids))]
+    cases = {
+        "specials_skipped": [specials[0]] + ids(" hello") + [specials[-1]] + ids(" world"),
+        "strip_unit_separators": ids("\x1c\x1d") + ids(" a b ") + ids("\x1e\x1f"),
+        "strip_whitespace": ids("\n\t  x  \n"),
+        "lone_utf8_lead_byte": ids("東")[:1] + ids("ok"),
+        "non_ascii": ids("Grüße 東京 🚀"),
+        "only_specials": specials[:2],
+        # Added tokens marked special in tokenizer.json but not named in tokenizer_config.json
+        # (<|im_start|>, [INST], ...) are skipped too.
+        "every_added_token": sorted(tok.added_tokens_decoder) + ids("x"),
+    }
+    return [{"case": k, "token_ids": v, "text": tok.decode(v, skip_special_tokens=True).strip()}
+            for k, v in cases.items()]
+
+
 def record_full_cache(conn, edir: Path, arrays: "Arrays", entry: dict, ctx, ids_t, mask_t,
                       steps: int, hidden: torch.Tensor) -> None:
     """Sliding-window models: the complete KV-cache the SDK's message should have carried.
@@ -968,8 +995,9 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         r = sdk_generate(conn, rec, PROMPTS["ascii"], eos_token_id=stop)
         gens.append({"prompt": "ascii", "context": None, "max_new_tokens": GEN_MAX_NEW,
                      "stop_token_ids": [stop], **r})
+    entry["decode_cases"] = decode_cases(conn)
     decoder = Tokenizer.from_file(f"{name}/tokenizer.json")
-    for g in gens:  # AVP-ENG-8 step 4 with the tokenizers library the Rust crate wraps
+    for g in gens + entry["decode_cases"]:  # AVP-ENG-8 step 4, tokenizers library (Rust crate)
         assert decoder.decode(g["token_ids"], skip_special_tokens=True).strip() == g["text"], g
     entry["generate"] = gens
 
