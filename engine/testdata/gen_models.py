@@ -14,6 +14,7 @@ Rule IDs (AVP-ENG-n) refer to spec/engine.md.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 # a throwaway directory so we neither read a stale realignment matrix / map from ~/.avp nor leave
 # files there. Offline: nothing may touch the hub.
 _CACHE = tempfile.mkdtemp(prefix="avp-fixture-cache-")
+atexit.register(shutil.rmtree, _CACHE, True)
 os.environ["AVP_CACHE_DIR"] = _CACHE
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -49,7 +51,7 @@ import avp  # noqa: E402
 from avp.connectors.base import _render_prompt, _tokenize_prompt  # noqa: E402
 from avp.connectors.huggingface import HuggingFaceConnector  # noqa: E402
 from avp.context import AVPContext  # noqa: E402
-from avp.handshake import compute_model_hash, compute_tokenizer_hash  # noqa: E402
+from avp.handshake import compute_tokenizer_hash  # noqa: E402
 from avp.kv_cache import serialize_kv_cache  # noqa: E402
 from avp.realign import (  # noqa: E402
     apply_realignment,
@@ -399,6 +401,11 @@ class Arrays:
 
     def save(self, path: Path) -> None:
         save_np(self.items, str(path), metadata={"generator": "engine/testdata/gen_models.py"})
+
+
+def write_json(path: Path, obj) -> None:
+    """UTF-8 JSON, one space indent, no NaN (JSON has none)."""
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def _finite_or_none(x: float):
@@ -938,7 +945,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
     if spec.get("nan_row"):
         # Only the early stop matters here; greedy decoding over NaN logits is meaningless.
         arrays.save(edir / "arrays.safetensors")
-        (edir / "expected.json").write_text(json.dumps(entry, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+        write_json(edir / "expected.json", entry)
         return conn
 
     # think continuing from a context (accumulated num_steps, positions continue): AVP-ENG-9
@@ -1030,7 +1037,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         del nconn
 
     arrays.save(edir / "arrays.safetensors")
-    (edir / "expected.json").write_text(json.dumps(entry, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_json(edir / "expected.json", entry)
     return conn
 
 
@@ -1135,7 +1142,7 @@ def record_projections(out: Path, conns: dict) -> dict:
         pairs.append(p)
     arrays.save(pdir / "arrays.safetensors")
     doc = {"pairs": pairs, "arrays": "arrays.safetensors", "followup_prompt": FOLLOWUP}
-    (pdir / "projections.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_json(pdir / "projections.json", doc)
     return doc
 
 
@@ -1170,8 +1177,7 @@ def main() -> None:
             "note": "see README.md: relative error max|a-b|/max(max|b|,1e-6) per tensor",
         },
     }
-    (out / "expected" / "index.json").write_text(json.dumps(index, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    write_json(out / "expected" / "index.json", index)
 
 
 if __name__ == "__main__":
