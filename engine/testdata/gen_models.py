@@ -299,18 +299,29 @@ def config_for(spec: dict, tok_len: int, bos: int, eos: int, pad: int):
 def init_weights(model, seed: int) -> None:
     """Larger-than-HF random init: peaked logits (greedy argmax is not a coin toss) and layers
     strong enough that the output depends on the prompt (with HF's 0.02 init, or 1/sqrt(fan_in),
-    tied models just repeat one token whatever the prompt)."""
-    gen = torch.Generator().manual_seed(seed)
+    tied models just repeat one token whatever the prompt).
+
+    Uniform values with the wanted standard deviation, made from integers (PCG64, exact
+    scaling), so the weight files are bit-identical on every CPU; torch.randn's vectorised
+    Box-Muller may round differently with other SIMD code paths.
+    """
+    rng = np.random.Generator(np.random.PCG64(seed))
+
+    def uniform(shape, std: float) -> torch.Tensor:
+        k = rng.integers(-(2 ** 23), 2 ** 23, size=tuple(shape), dtype=np.int64)
+        u = (k.astype(np.float64) / 2 ** 23).astype(np.float32)  # exact: 24-bit integers
+        return torch.from_numpy(u * np.float32(std * 3 ** 0.5))
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(1.0 + uniform(p.shape, 0.1))
             elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(uniform(p.shape, 0.1))
             elif "embed_tokens" in name or "lm_head" in name:
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+                p.copy_(uniform(p.shape, 0.5))
             else:
-                p.copy_(2.0 * torch.randn(p.shape, generator=gen) / (p.shape[1] ** 0.5))
+                p.copy_(uniform(p.shape, 2.0 / p.shape[1] ** 0.5))
 
 
 def write_tokenizer(model_dir: Path, tok: Tokenizer, kind: str, template: str | None,
