@@ -212,7 +212,10 @@ MODELS = [
         name="qwen2", arch="qwen2", tok="A", template="tokenizer_config", seed=13,
         hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=True, vocab_pad=16,
         rope_theta=1000000.0, dtype="float32", shard=None,
+        generation_eos=["<|im_end|>", "<|endoftext|>"],
         covers=["qwen2", "q/k/v bias", "tied embeddings", "GQA 4:2",
+                "generation_config.json eos_token_id as a list (as Qwen2.5-Instruct ships it); "
+                "one greedy run stops on the second one",
                 "embedding table padded beyond the tokenizer (vocab_size > len(tokenizer))",
                 "float32"],
     ),
@@ -378,6 +381,10 @@ def build_models(out: Path) -> dict:
             rp["type"] = rp.pop("rope_type")
             cfg["rope_scaling"] = rp
             (mdir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if spec.get("generation_eos"):
+            gcfg = json.loads((mdir / "generation_config.json").read_text())
+            gcfg["eos_token_id"] = [vocab[t] for t in spec["generation_eos"]]
+            (mdir / "generation_config.json").write_text(json.dumps(gcfg, indent=2, sort_keys=True) + "\n")
         template = {"A": CHATML_TEMPLATE, "B": QWEN3_TEMPLATE}[spec["tok"]]
         if spec["name"] == "llama_untied":
             template = LLAMA_TEMPLATE
