@@ -300,9 +300,16 @@ def config_for(spec: dict, tok_len: int, bos: int, eos: int, pad: int):
 
 
 def init_weights(model, seed: int) -> None:
-    """Larger-than-HF random init: peaked logits (greedy argmax is not a coin toss) and layers
-    strong enough that the output depends on the prompt (with HF's 0.02 init, or 1/sqrt(fan_in),
-    tied models just repeat one token whatever the prompt).
+    """Random init tuned for two properties the tests need.
+
+    - Greedy output depends on the prompt and argmax margins are not tiny: with HF's 0.02 init,
+      or with embeddings as strong as the layers (std 0.5 against 1/sqrt(fan_in)), tied models
+      repeat one token whatever the prompt.
+    - The latent loop is not chaotic: with layers at 2/sqrt(fan_in) a float32 rounding
+      difference in the latent step (numpy on the host in the SDK, torch on the device in the
+      engine) grew about 10x per step (1e-4 relative after 4 steps, 1e-2..1 after 10). With
+      embeddings 0.25 and layers 1/sqrt(fan_in) it stays <= 3e-6 after 4 steps and about 1e-4
+      after 10 (measured on every model by swapping the SDK's numpy step for a torch one).
 
     Uniform values with the wanted standard deviation, made from integers (PCG64, exact
     scaling), so the weight files are bit-identical on every CPU; torch.randn's vectorised
@@ -322,9 +329,9 @@ def init_weights(model, seed: int) -> None:
             elif name.endswith(".bias"):
                 p.copy_(uniform(p.shape, 0.1))
             elif "embed_tokens" in name or "lm_head" in name:
-                p.copy_(uniform(p.shape, 0.5))
+                p.copy_(uniform(p.shape, 0.25))
             else:
-                p.copy_(uniform(p.shape, 2.0 / p.shape[1] ** 0.5))
+                p.copy_(uniform(p.shape, 1.0 / p.shape[1] ** 0.5))
 
 
 def write_tokenizer(model_dir: Path, tok: Tokenizer, kind: str, template: str | None,
