@@ -794,6 +794,35 @@ def spec_forward(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, list, lis
     return x @ head.T, hidden, kv
 
 
+def assert_loop_not_chaotic(conn: HuggingFaceConnector, ids_t, mask_t, steps: int,
+                            hidden: torch.Tensor) -> float:
+    """Rerun the SDK's loop with the latent step in torch (as an engine does it on the device)
+    instead of numpy: if float32 rounding differences grew along the loop, no independent
+    implementation could meet the 1e-4 tolerance, and the fixture would be useless."""
+    import avp.connectors.huggingface as hf
+
+    def torch_realign(h, w, tn):
+        with torch.no_grad():
+            a = h.detach().float() @ w.detach().float()
+            return (a * (tn / a.norm(dim=-1, keepdim=True).clamp_min(1e-6))).numpy()
+
+    def torch_soft(h, e, temperature=1.0):
+        with torch.no_grad():
+            e = e.detach().float()
+            return (torch.softmax(h.detach().float() @ e.T, -1) @ e).numpy()
+
+    saved = (hf.apply_realignment, hf.project_to_embedding_space)
+    hf.apply_realignment, hf.project_to_embedding_space = torch_realign, torch_soft
+    try:
+        _, other = conn.generate_latent_steps(ids_t, steps, attention_mask=mask_t,
+                                              collect_hidden_states=True)
+    finally:
+        hf.apply_realignment, hf.project_to_embedding_space = saved
+    err = rel_err(other.numpy(), hidden.numpy())
+    assert err <= SPEC_TOL / 10, err
+    return err
+
+
 def embeddings64(model) -> tuple[np.ndarray, np.ndarray]:
     e_in = model.get_input_embeddings().weight.detach().double().numpy()
     e_out = model.get_output_embeddings().weight.detach().double().numpy()
@@ -962,6 +991,8 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
                 "latent_inputs": arrays.add(key + ".latent_inputs", latent_inputs(hidden)),
                 "last_hidden_state": arrays.add(key + ".last_hidden", ctx.last_hidden_state[0]),
             })
+            if steps == max(THINK_STEPS) and not spec.get("nan_row"):
+                assert_loop_not_chaotic(conn, ids_t, mask_t, steps, hidden)
             if spec.get("sliding_window"):
                 record_full_cache(conn, edir, arrays, think[-1], ctx, ids_t, mask_t, steps, hidden)
             contexts[(pid, steps)] = wire
