@@ -1032,6 +1032,19 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
             r = sdk_generate(conn, rec, FOLLOWUP, context=ctx)
             # Roundtrip: the wire form gives the same continuation (AVP-ENG-20).
             r2 = sdk_generate(conn, rec, FOLLOWUP, context=AVPContext.from_bytes(wire))
+            if steps == 0:
+                # AVP-ENG-8 step 1: a 0-step context is just the prompt's cache, so continuing
+                # from it equals plain greedy decoding of prompt + follow-up ids from position 0.
+                both = prompts[pid]["input_ids"] + prompts["followup"]["input_ids"]
+                with torch.no_grad():
+                    # An explicit all-ones mask: without one transformers masks every token equal
+                    # to pad_token_id, and in tokenizer A the pad is also the BOS the llama_untied
+                    # template writes.
+                    plain = rec.orig(input_ids=torch.tensor([both]), do_sample=False,
+                                     attention_mask=torch.ones((1, len(both)), dtype=torch.long),
+                                     max_new_tokens=GEN_MAX_NEW,
+                                     pad_token_id=tok.pad_token_id)[0, len(both):].tolist()
+                assert plain == r["token_ids"], (name, pid, plain, r)
             g = {"prompt": "followup", "context": f"think_{pid}_s{steps}.avp",
                  "max_new_tokens": GEN_MAX_NEW, **r}
             if spec.get("sliding_window"):
