@@ -215,7 +215,7 @@ MODELS = [
         generation_eos=["<|im_end|>", "<|endoftext|>"],
         covers=["qwen2", "q/k/v bias", "tied embeddings", "GQA 4:2",
                 "generation_config.json eos_token_id as a list (as Qwen2.5-Instruct ships it); "
-                "one greedy run stops on the second one",
+                "greedy runs stop on the second one",
                 "embedding table padded beyond the tokenizer (vocab_size > len(tokenizer))",
                 "float32"],
     ),
