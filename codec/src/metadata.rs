@@ -206,7 +206,11 @@ impl<'a> Metadata<'a> {
                 }
                 (F_MAP_ID, WT_LEN) => m.avp_map_id = utf8(r.len_delimited()?, "avp_map_id")?,
                 (F_EXTRA, WT_LEN) => {
-                    let (k, v) = parse_map_entry(r.len_delimited()?, limits)?;
+                    // An entry with unknown fields is kept by upb as an unknown
+                    // field of the message, not as a map entry (AVP-WIRE-12).
+                    let Some((k, v)) = parse_map_entry(r.len_delimited()?, limits)? else {
+                        continue;
+                    };
                     m.extra.insert(k, v);
                     if m.extra.len() > limits.max_extra_entries {
                         return Err(Error::new(
@@ -283,20 +287,27 @@ fn push_dim(shape: &mut Vec<u32>, v: u32, limits: &Limits) -> Result<(), Error> 
     Ok(())
 }
 
+/// One `extra` entry: key and value default to "", and `None` when the entry
+/// carries any other field (then it is not a map entry at all, as in upb).
+#[allow(clippy::type_complexity)]
 fn parse_map_entry<'a>(
     bytes: &'a [u8],
     limits: &Limits,
-) -> Result<(Cow<'a, str>, Cow<'a, str>), Error> {
+) -> Result<Option<(Cow<'a, str>, Cow<'a, str>)>, Error> {
     let mut r = Reader::new(bytes);
     let (mut key, mut value) = (Cow::Borrowed(""), Cow::Borrowed(""));
+    let mut has_unknown = false;
     while !r.is_empty() {
         match r.tag()? {
             (1, WT_LEN) => key = utf8(r.len_delimited()?, "extra key")?,
             (2, WT_LEN) => value = utf8(r.len_delimited()?, "extra value")?,
-            (field, wt) => r.skip(field, wt, limits.max_group_depth)?,
+            (field, wt) => {
+                r.skip(field, wt, limits.max_group_depth)?;
+                has_unknown = true;
+            }
         }
     }
-    Ok((key, value))
+    Ok((!has_unknown).then_some((key, value)))
 }
 
 fn string_field_len(field: u32, s: &str) -> usize {
