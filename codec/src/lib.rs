@@ -50,3 +50,9 @@ pub use stream::{Status, StreamDecoder};
 mod owned;
 #[cfg(feature = "bytes")]
 pub use owned::{OwnedMessage, decode_bytes};
+
+/// The AVP payload checksum (AVP-WIRE-15): CRC-32 (IEEE, as zlib's `crc32`),
+/// SIMD-accelerated where the CPU allows.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
