@@ -3,12 +3,17 @@
 //! one JSON line, so the SDK and this codec are measured in the same run.
 //!
 //! Usage: codec_timing BIG.avp SMALL.avp [REPEATS]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects,
+    missing_docs
+)]
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use avp_codec::{Compression, decode, encode, peek};
+use avp_codec::{Compression, decode, encode, encode_into, encode_prefix, peek};
 
 /// Median seconds per call: `repeats` batches of `per_batch` calls.
 fn median_secs(repeats: usize, per_batch: usize, mut f: impl FnMut()) -> f64 {
@@ -47,11 +52,34 @@ fn main() {
     let encode_big = median_secs(repeats, 1, || {
         black_box(encode(&msg.metadata, black_box(&msg.payload), Compression::None).unwrap());
     });
+    let mut reused = Vec::new();
+    let encode_into_big = median_secs(repeats, 1, || {
+        encode_into(
+            &msg.metadata,
+            black_box(&msg.payload),
+            Compression::None,
+            &mut reused,
+        )
+        .unwrap();
+    });
+    let encode_prefix_big = median_secs(repeats, 1, || {
+        black_box(encode_prefix(&msg.metadata, black_box(&msg.payload)).unwrap());
+    });
+    let decode_big_1t = median_secs(repeats, 1, || {
+        let o = avp_codec::DecodeOptions::default().with_checksum_threads(1);
+        black_box(avp_codec::decode_with(black_box(&big), &o).unwrap());
+    });
     let again = encode(&msg.metadata, &msg.payload, Compression::None).unwrap();
-    assert!(again == big, "re-encoding the SDK's message is not byte-identical");
+    assert!(
+        again == big,
+        "re-encoding the SDK's message is not byte-identical"
+    );
     println!(
         "{{\"peek_big_s\":{peek_big:e},\"peek_small_s\":{peek_small:e},\"decode_small_s\":{decode_small:e},\
-         \"decode_big_s\":{decode_big:e},\"encode_big_s\":{encode_big:e},\"big_len\":{},\"small_len\":{}}}",
+         \"decode_big_s\":{decode_big:e},\"encode_big_s\":{encode_big:e},\
+         \"encode_into_big_s\":{encode_into_big:e},\"encode_prefix_big_s\":{encode_prefix_big:e},\
+         \"decode_big_1t_s\":{decode_big_1t:e},\"threads\":{},\"big_len\":{},\"small_len\":{}}}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
         big.len(),
         small.len()
     );

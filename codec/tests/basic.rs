@@ -229,3 +229,17 @@ fn ndarray_feature_gives_typed_views() {
             .is_none()
     );
 }
+
+#[test]
+fn wire_22_encode_into_and_prefix_match_encode() {
+    let (m, t) = sample();
+    let whole = encode(&m, &t, Compression::None).unwrap();
+    let mut buf = vec![9u8; 4096];
+    let cap = buf.capacity();
+    avp_codec::encode_into(&m, &t, Compression::None, &mut buf).unwrap();
+    assert_eq!(buf, whole);
+    assert_eq!(buf.capacity(), cap, "the buffer was reallocated");
+    let mut prefix = avp_codec::encode_prefix(&m, &t).unwrap();
+    prefix.extend_from_slice(&t);
+    assert_eq!(prefix, whole);
+}
