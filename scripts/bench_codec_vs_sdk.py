@@ -6,7 +6,7 @@ Usage: .venv/bin/python scripts/bench_codec_vs_sdk.py [--mib 256] [--repeats 5]
 1. Builds a KV-cache message of about --mib MiB with the SDK (serialize_kv_cache on f16
    tensors, then codec.encode), and a small hidden-state message (3.5 KiB).
 2. Times the SDK: decode (+checksum verify) and encode of the big message, decode of the
-   small one (median of --repeats).
+   small one (best of --repeats batches; the Rust side reports its best batch too).
 3. Runs codec/examples/codec_timing (release) on the same files: peek, decode+verify,
    encode (checked byte-identical to the SDK's bytes).
 4. Measures the peak RSS of `avp decode --json` on the big file (/usr/bin/time -v).
@@ -16,7 +16,6 @@ Usage: .venv/bin/python scripts/bench_codec_vs_sdk.py [--mib 256] [--repeats 5]
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,15 @@ from avp.types import AVPMetadata, DataType, PayloadType
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def median_time(fn, repeats, number=1):
+def best_time(fn, repeats, number=1):
+    """Best (minimum) seconds per call over `repeats` batches; the Rust side does the same."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(number):
             fn()
         times.append((time.perf_counter() - t) / number)
-    return statistics.median(times)
+    return min(times)
 
 
 def build_messages(mib):
@@ -70,11 +70,11 @@ def main():
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "avp-cli"], cwd=ROOT, check=True)
 
     kv, meta, small_tensor, small_meta = build_messages(args.mib)
-    sdk_encode_big = median_time(lambda: codec.encode(kv, meta), args.repeats)
+    sdk_encode_big = best_time(lambda: codec.encode(kv, meta), args.repeats)
     big = codec.encode(kv, meta)
     small = codec.encode(small_tensor, small_meta)
-    sdk_decode_big = median_time(lambda: codec.decode(big), args.repeats)
-    sdk_decode_small = median_time(lambda: codec.decode(small), args.repeats, number=2000)
+    sdk_decode_big = best_time(lambda: codec.decode(big), args.repeats)
+    sdk_decode_small = best_time(lambda: codec.decode(small), args.repeats, number=2000)
 
     with tempfile.TemporaryDirectory() as tmp:
         big_path, small_path = os.path.join(tmp, "big.avp"), os.path.join(tmp, "small.avp")

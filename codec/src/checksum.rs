@@ -12,11 +12,14 @@ const AUTO_MAX_THREADS: usize = 8;
 /// parallelism, at most 8; 1 = only the caller's thread). Small inputs never
 /// spawn threads.
 pub fn crc32_with_threads(bytes: &[u8], threads: usize) -> u32 {
+    if threads == 1 || bytes.len() < PARALLEL_MIN_LEN {
+        return crc32fast::hash(bytes);
+    }
     let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_MAX_THREADS)),
+        0 => auto_threads(),
         n => n,
     };
-    if threads <= 1 || bytes.len() < PARALLEL_MIN_LEN {
+    if threads <= 1 {
         return crc32fast::hash(bytes);
     }
     let chunk = bytes.len().div_ceil(threads);
@@ -47,6 +50,13 @@ pub fn crc32_with_threads(bytes: &[u8], threads: usize) -> u32 {
         total.combine(p);
     }
     total.finalize()
+}
+
+/// The available parallelism, capped, asked once: the query reads cgroup
+/// files, which costs more than checksumming a small tensor.
+fn auto_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_MAX_THREADS)))
 }
 
 #[cfg(test)]
