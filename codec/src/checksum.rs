@@ -56,7 +56,9 @@ pub fn crc32_with_threads(bytes: &[u8], threads: usize) -> u32 {
 /// files, which costs more than checksumming a small tensor.
 fn auto_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_MAX_THREADS)))
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_MAX_THREADS))
+    })
 }
 
 #[cfg(test)]
