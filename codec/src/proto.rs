@@ -30,7 +30,19 @@ impl<'a> Reader<'a> {
     }
 
     /// A base-128 varint of at most 10 bytes; bits above 64 are dropped as upb does.
+    #[inline]
     pub(crate) fn varint(&mut self) -> Result<u64, Error> {
+        // Fast path: tags, lengths and small values are one byte.
+        if let Some((&b, rest)) = self.rest.split_first() {
+            if b < 0x80 {
+                self.rest = rest;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> Result<u64, Error> {
         let mut value: u64 = 0;
         for (i, &byte) in self.rest.iter().enumerate().take(10) {
             let shift = (i as u32).saturating_mul(7);
@@ -48,6 +60,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A field key: (field number, wire type).
+    #[inline]
     pub(crate) fn tag(&mut self) -> Result<(u32, u8), Error> {
         let start = self.rest.len();
         let raw = self.varint()?;
