@@ -243,3 +243,16 @@ fn wire_22_encode_into_and_prefix_match_encode() {
     prefix.extend_from_slice(&t);
     assert_eq!(prefix, whole);
 }
+
+#[cfg(not(feature = "zstd"))]
+#[test]
+fn wire_17_without_zstd_compression_is_refused_clearly() {
+    let (m, t) = sample();
+    assert_eq!(
+        encode(&m, &t, Compression::Fast).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let mut bytes = encode(&m, &t, Compression::None).unwrap();
+    bytes[3] |= 1; // claims compression
+    assert_eq!(decode(&bytes).unwrap_err().kind(), ErrorKind::Decompression);
+}
