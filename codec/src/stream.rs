@@ -5,7 +5,9 @@
 //! metadata once the metadata is in), with the same error the one-shot
 //! [`decode_with`](crate::decode_with) gives for the same bytes.
 
-use crate::decode::{DecodeOptions, Message, Peeked, check_header, decode_with, peek_with};
+use crate::decode::{
+    DecodeOptions, Message, Peeked, Warning, Warnings, check_header, decode_with, peek_with,
+};
 use crate::error::Error;
 use crate::header::{HEADER_LEN, Header};
 
@@ -27,6 +29,7 @@ pub struct StreamDecoder {
     buf: Vec<u8>,
     header: Option<Header>,
     metadata_checked: bool,
+    trailing: u64,
 }
 
 impl StreamDecoder {
@@ -37,6 +40,7 @@ impl StreamDecoder {
             buf: Vec::new(),
             header: None,
             metadata_checked: false,
+            trailing: 0,
         }
     }
 
@@ -50,24 +54,35 @@ impl StreamDecoder {
         self.buf.len()
     }
 
-    /// Appends `chunk` and reports progress, or the first error these bytes prove.
+    /// Takes `chunk` and reports progress, or the first error these bytes
+    /// prove. Only the declared message is buffered (at most
+    /// `12 + payload_length` bytes, within the limits); bytes after its end
+    /// are counted, not kept (AVP-WIRE-20a reports them at [`Self::finish`]).
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Status, Error> {
-        self.buf.extend_from_slice(chunk);
+        let mut chunk = chunk;
         let header = match self.header {
             Some(h) => h,
             None => {
+                let want = HEADER_LEN.saturating_sub(self.buf.len());
+                let (head, rest) = chunk.split_at(want.min(chunk.len()));
+                self.buf.extend_from_slice(head);
+                chunk = rest;
                 if self.buf.len() < HEADER_LEN {
                     return Ok(Status::NeedMore(HEADER_LEN.saturating_sub(self.buf.len())));
                 }
                 let h = check_header(&self.buf, &self.opts.limits)?;
                 // Reserve once, up to the declared size (already within the limits).
                 let total = usize::try_from(h.message_len()).unwrap_or(usize::MAX);
-                self.buf.reserve(total.saturating_sub(self.buf.len()));
+                self.buf.reserve_exact(total.saturating_sub(self.buf.len()));
                 self.header = Some(h);
                 h
             }
         };
         let total = usize::try_from(header.message_len()).unwrap_or(usize::MAX);
+        let want = total.saturating_sub(self.buf.len());
+        let (body, rest) = chunk.split_at(want.min(chunk.len()));
+        self.buf.extend_from_slice(body);
+        self.trailing = self.trailing.saturating_add(rest.len() as u64);
         if !self.metadata_checked {
             let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
             if self.buf.len() < meta_end {
@@ -83,19 +98,37 @@ impl StreamDecoder {
         }
     }
 
+    /// Bytes received after the declared end of the message.
+    pub fn trailing_bytes(&self) -> u64 {
+        self.trailing
+    }
+
     /// Header and metadata, once they have arrived.
     pub fn peek(&self) -> Option<Result<Peeked<'_>, Error>> {
         self.metadata_checked
             .then(|| peek_with(&self.buf, &self.opts))
     }
 
-    /// Decodes everything buffered as one message: exactly what
-    /// [`decode_with`] returns for the concatenation of all fed chunks.
+    /// Decodes the message: exactly what [`decode_with`] returns for the
+    /// concatenation of all fed chunks (trailing bytes included).
     pub fn finish(&self) -> Result<Message<'_>, Error> {
-        decode_with(&self.buf, &self.opts)
+        if self.trailing == 0 {
+            return decode_with(&self.buf, &self.opts);
+        }
+        // Trailing bytes are only counted once the whole message is buffered and
+        // its metadata checked, so the one-shot decoder would reach its trailing
+        // check next: fail there in strict mode, warn first otherwise.
+        let mut warnings = Warnings::new(self.opts.strict);
+        warnings.push(Warning::TrailingBytes {
+            count: self.trailing,
+        })?;
+        let mut msg = decode_with(&self.buf, &self.opts)?;
+        warnings.list.append(&mut msg.warnings);
+        msg.warnings = warnings.list;
+        Ok(msg)
     }
 
-    /// The buffered bytes.
+    /// The buffered message bytes (bytes after its declared end are not kept).
     pub fn buffer(&self) -> &[u8] {
         &self.buf
     }

@@ -256,3 +256,19 @@ fn wire_17_without_zstd_compression_is_refused_clearly() {
     bytes[3] |= 1; // claims compression
     assert_eq!(decode(&bytes).unwrap_err().kind(), ErrorKind::Decompression);
 }
+
+#[test]
+fn wire_23_stream_decoder_keeps_only_the_message() {
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    let mut with_junk = bytes.clone();
+    with_junk.extend_from_slice(&[0u8; 10_000]);
+    let mut d = StreamDecoder::new(DecodeOptions::default());
+    assert_eq!(d.feed(&with_junk).unwrap(), Status::Complete);
+    assert_eq!(d.buffer(), &bytes[..]);
+    assert_eq!(d.trailing_bytes(), 10_000);
+    assert_eq!(d.finish().unwrap(), decode(&with_junk).unwrap());
+    let mut strict = StreamDecoder::new(DecodeOptions::strict());
+    strict.feed(&with_junk).unwrap();
+    assert_eq!(strict.finish().unwrap_err().kind(), ErrorKind::Inconsistent);
+}
