@@ -9,7 +9,9 @@ use std::borrow::Cow;
 use std::hint::black_box;
 
 use avp_codec::kv::{KvDtype, KvHeader, write_kv_cache};
-use avp_codec::{Compression, DataType, Metadata, PayloadType, decode, encode, peek};
+use avp_codec::{
+    Compression, DataType, Metadata, PayloadType, decode, encode, encode_into, encode_prefix, peek,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn small_message() -> Vec<u8> {
@@ -86,6 +88,21 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function(format!("kv_{mib}MiB"), |b| {
         b.iter(|| encode(black_box(&meta), black_box(&kv), Compression::None).unwrap())
+    });
+    let mut reused = Vec::new();
+    g.bench_function(format!("kv_{mib}MiB_into_reused_buffer"), |b| {
+        b.iter(|| {
+            encode_into(
+                black_box(&meta),
+                black_box(&kv),
+                Compression::None,
+                &mut reused,
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function(format!("kv_{mib}MiB_prefix_only"), |b| {
+        b.iter(|| encode_prefix(black_box(&meta), black_box(&kv)).unwrap())
     });
     g.finish();
 }

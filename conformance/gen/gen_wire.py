@@ -20,7 +20,6 @@ changes (entries are contiguous and keep their bytes), and the SDK is run on
 the reordered bytes to confirm its view is unchanged (AVP-WIRE-12).
 """
 
-import hashlib
 import json
 import os
 import struct
