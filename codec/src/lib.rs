@@ -9,7 +9,10 @@
 //!   unless it was compressed), checksum verified, limits enforced,
 //!   compatible or strict mode ([`DecodeOptions`]), warnings returned.
 //! - [`StreamDecoder`]: feed bytes, get [`Status::NeedMore`] / [`Status::Complete`].
-//! - [`encode`]: byte-identical to the SDK's `encode()`.
+//! - [`encode`]: byte-identical to the SDK's `encode()`; [`encode_into`]
+//!   reuses an output buffer, [`encode_prefix`] returns header + metadata only
+//!   so a transport can send the tensor without copying it.
+//! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 #![forbid(unsafe_code)]
 #![warn(
