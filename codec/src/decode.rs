@@ -113,7 +113,7 @@ pub enum Warning {
         /// How many.
         count: u64,
     },
-    /// The KV inner header disagrees with the payload or the metadata (AVP-KV-6).
+    /// The KV inner header disagrees with the payload or the metadata (AVP-KV-4, AVP-KV-5).
     KvInconsistent {
         /// What disagrees.
         detail: String,
@@ -203,7 +203,7 @@ impl Peeked<'_> {
     }
 }
 
-/// A decoded message.
+/// A decoded message (AVP-WIRE-19).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
     /// The header as received.
@@ -295,7 +295,8 @@ pub fn decode(input: &[u8]) -> Result<Message<'_>, Error> {
     decode_with(input, &DecodeOptions::DEFAULT)
 }
 
-/// Decodes a whole message.
+/// Decodes a whole message, checking in the order of AVP-WIRE-24 (which
+/// decides the error when several apply, AVP-ERR-4).
 pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<'a>, Error> {
     let Peeked { header, metadata } = peek_with(input, opts)?;
     let end = header.message_len();

@@ -16,7 +16,7 @@ pub enum ErrorKind {
     BadMagic,
     /// The version byte is not 1 (AVP-WIRE-3).
     UnsupportedVersion,
-    /// The input ends before a length it declares (AVP-WIRE-6, AVP-ERR-2).
+    /// The input ends before a length it declares (AVP-WIRE-6, AVP-WIRE-7).
     Truncated,
     /// The Metadata protobuf is not valid proto3 for the AVP schema (AVP-WIRE-10).
     MalformedMetadata,
@@ -31,7 +31,7 @@ pub enum ErrorKind {
     /// A strict-mode rejection: trailing bytes, unknown flag bits, flag/metadata
     /// conflict, shape/size mismatch (AVP-WIRE-20).
     Inconsistent,
-    /// API misuse: the caller asked for something the format cannot express
+    /// API misuse (AVP-ERR-2): the caller asked for something the format cannot express
     /// (for example a message over 4 GiB). Never caused by received bytes.
     InvalidArgument,
     /// A bug in this crate (an invariant did not hold). Please report it.
@@ -90,7 +90,7 @@ impl Error {
         self.kind
     }
 
-    /// The explanation (for humans; not stable).
+    /// The explanation (for humans; not stable: AVP-ERR-5).
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -1,7 +1,8 @@
 //! Decoder limits (spec/limits.md, AVP-LIM-*).
 //!
 //! Each limit is checked against declared sizes before anything is allocated,
-//! so a hostile header cannot make the decoder reserve memory it will not use.
+//! so a hostile header cannot make the decoder reserve memory it will not use
+//! (AVP-LIM-8), and exceeding one is its own kind, `limit_exceeded` (AVP-LIM-9).
 
 /// Bounds a decoder enforces; exceeding one gives `limit_exceeded`.
 #[non_exhaustive]
