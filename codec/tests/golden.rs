@@ -322,3 +322,24 @@ fn wire_6_length_and_metadata_rewrites_never_break_the_oracles() {
     }
     assert!(mutants > 20_000, "{mutants}");
 }
+
+/// AVP-KV-4: every strict prefix of every valid KV payload is `truncated`.
+#[test]
+fn kv_4_truncation_sweep_over_kv_payloads() {
+    let mut swept = 0;
+    for case in cases()
+        .iter()
+        .filter(|c| c["op"] == "decode" && c["expect"]["kv"]["result"] == "valid")
+    {
+        let data = input(case);
+        let msg = avp_codec::decode(&data).unwrap();
+        let kv = KvCache::parse(&msg.payload).unwrap();
+        let total = kv.header.total_bytes().unwrap() as usize;
+        for n in 0..total {
+            let e = KvCache::parse(&msg.payload[..n]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Truncated, "{}: prefix {n}", case["id"]);
+        }
+        swept += 1;
+    }
+    assert!(swept >= 5, "{swept}");
+}
