@@ -3,6 +3,10 @@
 # temporary directory and diffs the result, MANIFEST.json included, against
 # the committed conformance/vectors. Fails when anything differs: the
 # committed vectors must be exactly what the generators (and the SDK) produce.
+#
+# Workflow for any area: `.venv/bin/python conformance/gen/gen_<area>.py
+# conformance/vectors/<area>`, then `.venv/bin/python conformance/gen/manifest.py`
+# (rewrites conformance/vectors/MANIFEST.json over every file), then commit both.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
