@@ -11,6 +11,21 @@ use crate::decode::{
 use crate::error::Error;
 use crate::header::{HEADER_LEN, Header};
 
+/// Most bytes reserved when the header arrives; beyond it the buffer grows
+/// with the bytes actually received.
+const UPFRONT_RESERVE: usize = 64 << 20;
+
+/// Grows `buf` for `n` more bytes, failing with `limit_exceeded` instead of
+/// aborting when memory runs out.
+fn try_reserve(buf: &mut Vec<u8>, n: usize) -> Result<(), Error> {
+    buf.try_reserve(n).map_err(|_| {
+        Error::new(
+            crate::ErrorKind::LimitExceeded,
+            format!("cannot allocate {n} more bytes for the message"),
+        )
+    })
+}
+
 /// Progress after [`StreamDecoder::feed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -71,9 +86,11 @@ impl StreamDecoder {
                     return Ok(Status::NeedMore(HEADER_LEN.saturating_sub(self.buf.len())));
                 }
                 let h = check_header(&self.buf, &self.opts.limits)?;
-                // Reserve once, up to the declared size (already within the limits).
+                // Reserve up front only a bounded amount: a 12-byte header must not
+                // make us allocate gigabytes the peer may never send (AVP-LIM-8).
                 let total = usize::try_from(h.message_len()).unwrap_or(usize::MAX);
-                self.buf.reserve_exact(total.saturating_sub(self.buf.len()));
+                let upfront = total.min(UPFRONT_RESERVE).saturating_sub(self.buf.len());
+                try_reserve(&mut self.buf, upfront)?;
                 self.header = Some(h);
                 h
             }
@@ -81,6 +98,7 @@ impl StreamDecoder {
         let total = usize::try_from(header.message_len()).unwrap_or(usize::MAX);
         let want = total.saturating_sub(self.buf.len());
         let (body, rest) = chunk.split_at(want.min(chunk.len()));
+        try_reserve(&mut self.buf, body.len())?;
         self.buf.extend_from_slice(body);
         self.trailing = self.trailing.saturating_add(rest.len() as u64);
         if !self.metadata_checked {
@@ -96,6 +114,11 @@ impl StreamDecoder {
         } else {
             Ok(Status::Complete)
         }
+    }
+
+    /// Bytes currently allocated for the buffer (for memory accounting).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Bytes received after the declared end of the message.

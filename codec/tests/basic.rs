@@ -272,3 +272,21 @@ fn wire_23_stream_decoder_keeps_only_the_message() {
     strict.feed(&with_junk).unwrap();
     assert_eq!(strict.finish().unwrap_err().kind(), ErrorKind::Inconsistent);
 }
+
+#[test]
+fn lim_8_stream_header_declaring_4_gib_reserves_little() {
+    let mut header = vec![0x41, 0x56, 1, 0];
+    header.extend_from_slice(&u32::MAX.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    let mut d = StreamDecoder::new(DecodeOptions::default());
+    assert_eq!(
+        d.feed(&header).unwrap(),
+        Status::NeedMore(u32::MAX as usize)
+    );
+    assert_eq!(d.buffer().len(), 12);
+    assert!(
+        d.allocated() <= 64 << 20,
+        "{} bytes reserved for a bare header",
+        d.allocated()
+    );
+}
