@@ -7,7 +7,10 @@ cd "$root"
 bash scripts/setup-venv.sh
 export PATH="$root/.venv/bin:$PATH"
 
-echo "== engine fixtures: regenerate with the SDK and compare"; bash engine/testdata/check.sh
+echo "== conformance vectors (regenerated with the SDK, diffed)"
+bash conformance/gen/check.sh
+echo "== engine fixtures (regenerated with the SDK, compared)"
+bash engine/testdata/check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -3,4 +3,60 @@
 //! Sans-I/O and dependency-light so that it can be embedded in a router that
 //! never touches a GPU: no panics on any input, every declared length checked
 //! before anything is sliced or allocated.
+//!
+//! - [`peek`]: header and metadata only, cost independent of the tensor size.
+//! - [`decode`] / [`decode_with`]: zero-copy (the payload borrows the input
+//!   unless it was compressed), checksum verified, limits enforced,
+//!   compatible or strict mode ([`DecodeOptions`]), warnings returned.
+//! - [`StreamDecoder`]: feed bytes, get [`Status::NeedMore`] / [`Status::Complete`].
+//! - [`encode`]: byte-identical to the SDK's `encode()`; [`encode_into`]
+//!   reuses an output buffer, [`encode_prefix`] returns header + metadata only
+//!   so a transport can send the tensor without copying it.
+//! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
+//! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 #![forbid(unsafe_code)]
+#![warn(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+
+pub mod checksum;
+mod compress;
+mod decode;
+mod encode;
+mod error;
+mod header;
+mod limits;
+mod metadata;
+mod proto;
+mod stream;
+
+pub mod json;
+pub mod kv;
+pub mod tensor;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use compress::Compression;
+pub use decode::{DecodeOptions, Message, Peeked, Warning, decode, decode_with, peek, peek_with};
+pub use encode::{encode, encode_into, encode_prefix, encoded_len, flags_for};
+pub use error::{Error, ErrorKind};
+pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
+pub use limits::Limits;
+pub use metadata::{DataType, Metadata, Mode, PayloadType};
+pub use stream::{Status, StreamDecoder};
+
+#[cfg(feature = "bytes")]
+mod owned;
+#[cfg(feature = "bytes")]
+pub use owned::{OwnedMessage, decode_bytes};
+
+/// The AVP payload checksum (AVP-WIRE-15): CRC-32 (IEEE, as zlib's `crc32`),
+/// SIMD-accelerated where the CPU allows.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    checksum::crc32_with_threads(bytes, 0)
+}

@@ -1,0 +1,292 @@
+//! Behaviour tests for the public API that do not need the golden vectors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs
+)]
+
+use std::borrow::Cow;
+
+use avp_codec::{
+    Compression, DataType, DecodeOptions, ErrorKind, HEADER_LEN, Limits, Metadata, Mode,
+    PayloadType, Status, StreamDecoder, Warning, decode, decode_with, encode, encoded_len, peek,
+};
+
+fn sample() -> (Metadata<'static>, Vec<u8>) {
+    let mut m = Metadata {
+        session_id: Cow::Borrowed("s"),
+        model_id: Cow::Borrowed("m"),
+        hidden_dim: 4,
+        dtype: DataType::Float32,
+        tensor_shape: vec![1, 4],
+        mode: Mode::Latent,
+        avp_map_id: Cow::Borrowed("map"),
+        ..Metadata::default()
+    };
+    m.extra.insert(Cow::Borrowed("b"), Cow::Borrowed("2"));
+    m.extra.insert(Cow::Borrowed("a"), Cow::Borrowed("1"));
+    (m, (0u8..16).collect())
+}
+
+#[test]
+fn wire_22_encode_then_decode_is_zero_copy_and_checked() {
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    assert_eq!(encoded_len(&m, &t).unwrap(), bytes.len());
+    let msg = decode(&bytes).unwrap();
+    assert!(matches!(msg.payload, Cow::Borrowed(_)));
+    assert_eq!(&*msg.payload, &t[..]);
+    assert_eq!(msg.metadata.payload_checksum, Some(crc32fast::hash(&t)));
+    assert!(msg.warnings.is_empty());
+    assert_eq!(msg.header.flags.0, 0x02);
+    assert!(avp_codec::fuzzing::check_roundtrip(&bytes));
+}
+
+#[test]
+fn wire_21_peek_needs_only_header_and_metadata() {
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    let meta_end = HEADER_LEN + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let p = peek(&bytes[..meta_end]).unwrap();
+    assert_eq!(p.metadata.model_id, "m");
+    assert_eq!(p.message_len(), bytes.len() as u64);
+    assert_eq!(
+        peek(&bytes[..meta_end - 1]).unwrap_err().kind(),
+        ErrorKind::Truncated
+    );
+}
+
+#[test]
+fn wire_15_checksum_mismatch_is_detected() {
+    let (m, t) = sample();
+    let mut bytes = encode(&m, &t, Compression::None).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        decode(&bytes).unwrap_err().kind(),
+        ErrorKind::ChecksumMismatch
+    );
+}
+
+#[test]
+fn wire_20_trailing_bytes_warn_in_compatible_and_fail_in_strict() {
+    let (m, t) = sample();
+    let mut bytes = encode(&m, &t, Compression::None).unwrap();
+    bytes.push(0);
+    let msg = decode(&bytes).unwrap();
+    assert_eq!(msg.warnings, vec![Warning::TrailingBytes { count: 1 }]);
+    let e = decode_with(&bytes, &DecodeOptions::strict()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Inconsistent);
+}
+
+#[test]
+fn lim_1_metadata_limit_is_checked_before_parsing() {
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    let opts = DecodeOptions::default().with_limits(Limits::default().with_max_metadata_len(4));
+    assert_eq!(
+        decode_with(&bytes, &opts).unwrap_err().kind(),
+        ErrorKind::LimitExceeded
+    );
+}
+
+#[test]
+fn wire_23_stream_decoder_reports_need_more() {
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    let mut d = StreamDecoder::new(DecodeOptions::default());
+    assert_eq!(
+        d.feed(&bytes[..5]).unwrap(),
+        Status::NeedMore(HEADER_LEN - 5)
+    );
+    assert_eq!(
+        d.feed(&bytes[5..12]).unwrap(),
+        Status::NeedMore(bytes.len() - 12)
+    );
+    assert_eq!(d.feed(&bytes[12..]).unwrap(), Status::Complete);
+    assert_eq!(d.finish().unwrap().payload, decode(&bytes).unwrap().payload);
+    for split in 0..=bytes.len() {
+        avp_codec::fuzzing::check_incremental(&bytes, split);
+    }
+}
+
+#[test]
+fn wire_13_kv_flag_follows_payload_type() {
+    let (mut m, t) = sample();
+    m.payload_type = PayloadType::KvCache;
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    assert_eq!(bytes[3], 0x06);
+}
+
+#[test]
+fn kv_3_write_then_read_layers_and_strictness() {
+    use avp_codec::kv::{KvCache, KvDtype, KvHeader, write_kv_cache};
+    let h = KvHeader {
+        num_layers: 2,
+        num_kv_heads: 1,
+        head_dim: 2,
+        seq_len: 1,
+        dtype: KvDtype::Float32,
+    };
+    let k0: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let v0: Vec<u8> = [3.0f32, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes = write_kv_cache(&h, [(&k0[..], &v0[..]), (&v0[..], &k0[..])]).unwrap();
+    assert_eq!(bytes.len(), 17 + 4 * 8);
+    let kv = KvCache::parse(&bytes).unwrap();
+    let l1 = kv.layer(1).unwrap();
+    assert_eq!(l1.key.iter_f32().collect::<Vec<_>>(), vec![3.0, 4.0]);
+    assert_eq!(l1.value.stats().l2_norm, 5f64.sqrt());
+    assert!(kv.layer(2).is_none());
+    // Wrong layer count or size is the caller's mistake.
+    let e = write_kv_cache(&h, [(&k0[..], &v0[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // Trailing bytes: warning, or inconsistent when strict (AVP-KV-4).
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(KvCache::parse(&longer).unwrap().warnings.len(), 1);
+    assert_eq!(
+        KvCache::parse_with(&longer, true).unwrap_err().kind(),
+        ErrorKind::Inconsistent
+    );
+    // dtype mismatch with the metadata (AVP-KV-5).
+    let mut kv = KvCache::parse(&bytes).unwrap();
+    assert_eq!(
+        kv.check_metadata_dtype(DataType::Float16, true)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Inconsistent
+    );
+    kv.check_metadata_dtype(DataType::Float16, false).unwrap();
+    assert_eq!(kv.warnings.len(), 1);
+    // Overflowing dimensions are refused without allocating.
+    let huge = KvHeader {
+        num_layers: u32::MAX,
+        num_kv_heads: u32::MAX,
+        head_dim: u32::MAX,
+        seq_len: u32::MAX,
+        dtype: KvDtype::Float32,
+    };
+    assert_eq!(
+        KvCache::parse(&huge.to_bytes()).unwrap_err().kind(),
+        ErrorKind::Truncated
+    );
+}
+
+#[test]
+fn err_1_kind_strings_are_exact_and_faults_are_classified() {
+    let all = [
+        (ErrorKind::BadMagic, "bad_magic", true),
+        (ErrorKind::UnsupportedVersion, "unsupported_version", true),
+        (ErrorKind::Truncated, "truncated", true),
+        (ErrorKind::MalformedMetadata, "malformed_metadata", true),
+        (ErrorKind::UnknownEnum, "unknown_enum", true),
+        (ErrorKind::ChecksumMismatch, "checksum_mismatch", true),
+        (ErrorKind::Decompression, "decompression", true),
+        (ErrorKind::LimitExceeded, "limit_exceeded", true),
+        (ErrorKind::Inconsistent, "inconsistent", true),
+        (ErrorKind::InvalidArgument, "invalid_argument", false),
+        (ErrorKind::Internal, "internal", false),
+    ];
+    for (k, s, peer) in all {
+        assert_eq!(k.as_str(), s);
+        assert_eq!(k.to_string(), s);
+        assert_eq!(k.is_peer_fault(), peer, "{s}");
+    }
+    let e = decode(b"XX\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00").unwrap_err();
+    assert_eq!(e.to_string(), format!("bad_magic: {}", e.message()));
+}
+
+#[cfg(feature = "bytes")]
+#[test]
+fn bytes_feature_shares_the_input_buffer() {
+    let (m, t) = sample();
+    let input = bytes::Bytes::from(encode(&m, &t, Compression::None).unwrap());
+    let msg = avp_codec::decode_bytes(&input, &DecodeOptions::default()).unwrap();
+    assert_eq!(&msg.payload[..], &t[..]);
+    let start = input.as_ptr() as usize;
+    let p = msg.payload.as_ptr() as usize;
+    assert!(
+        p >= start && p + msg.payload.len() <= start + input.len(),
+        "payload was copied"
+    );
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_feature_gives_typed_views() {
+    use avp_codec::tensor::{ElementType, TensorView};
+    let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let a = TensorView::new(&bytes, ElementType::F32)
+        .to_ndarray(&[2, 3])
+        .unwrap();
+    assert_eq!(a[[1, 2]], 6.0);
+    assert!(
+        TensorView::new(&bytes, ElementType::F32)
+            .to_ndarray(&[4, 2])
+            .is_none()
+    );
+}
+
+#[test]
+fn wire_22_encode_into_and_prefix_match_encode() {
+    let (m, t) = sample();
+    let whole = encode(&m, &t, Compression::None).unwrap();
+    let mut buf = vec![9u8; 4096];
+    let cap = buf.capacity();
+    avp_codec::encode_into(&m, &t, Compression::None, &mut buf).unwrap();
+    assert_eq!(buf, whole);
+    assert_eq!(buf.capacity(), cap, "the buffer was reallocated");
+    let mut prefix = avp_codec::encode_prefix(&m, &t).unwrap();
+    prefix.extend_from_slice(&t);
+    assert_eq!(prefix, whole);
+}
+
+#[cfg(not(feature = "zstd"))]
+#[test]
+fn wire_17_without_zstd_compression_is_refused_clearly() {
+    let (m, t) = sample();
+    assert_eq!(
+        encode(&m, &t, Compression::Fast).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let mut bytes = encode(&m, &t, Compression::None).unwrap();
+    bytes[3] |= 1; // claims compression
+    assert_eq!(decode(&bytes).unwrap_err().kind(), ErrorKind::Decompression);
+}
+
+#[test]
+fn wire_23_stream_decoder_keeps_only_the_message() {
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    let mut with_junk = bytes.clone();
+    with_junk.extend_from_slice(&[0u8; 10_000]);
+    let mut d = StreamDecoder::new(DecodeOptions::default());
+    assert_eq!(d.feed(&with_junk).unwrap(), Status::Complete);
+    assert_eq!(d.buffer(), &bytes[..]);
+    assert_eq!(d.trailing_bytes(), 10_000);
+    assert_eq!(d.finish().unwrap(), decode(&with_junk).unwrap());
+    let mut strict = StreamDecoder::new(DecodeOptions::strict());
+    strict.feed(&with_junk).unwrap();
+    assert_eq!(strict.finish().unwrap_err().kind(), ErrorKind::Inconsistent);
+}
+
+#[test]
+fn lim_8_stream_header_declaring_4_gib_reserves_little() {
+    let mut header = vec![0x41, 0x56, 1, 0];
+    header.extend_from_slice(&u32::MAX.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    let mut d = StreamDecoder::new(DecodeOptions::default());
+    assert_eq!(
+        d.feed(&header).unwrap(),
+        Status::NeedMore(u32::MAX as usize)
+    );
+    assert_eq!(d.buffer().len(), 12);
+    assert!(
+        d.allocated() <= 64 << 20,
+        "{} bytes reserved for a bare header",
+        d.allocated()
+    );
+}
