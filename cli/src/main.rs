@@ -22,11 +22,20 @@ struct Cli {
 enum Command {
     /// Print the workspace version and enabled features.
     Version,
+    /// Run an agent endpoint that receives and stores AVP messages.
+    Serve(cmd::serve::ServeArgs),
+    /// Send an encoded AVP message (or a JSON fallback message) to an agent.
+    Send(cmd::send::SendArgs),
+    /// Forward messages to agents by their target_agent_id.
+    Route(cmd::route::RouteArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Serve(args) => cmd::serve::run(&args),
+        Command::Send(args) => cmd::send::run(&args),
+        Command::Route(args) => cmd::route::run(&args),
     }
 }

@@ -1,2 +1,6 @@
 //! One module per subcommand.
+pub(crate) mod handshake_remote;
+pub(crate) mod route;
+pub(crate) mod send;
+pub(crate) mod serve;
 pub(crate) mod version;
