@@ -163,12 +163,14 @@ impl Body for PrefixedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        hint.set_lower(hint.lower().saturating_add(extra));
-        if let Some(upper) = hint.upper() {
+        // Upper first: SizeHint asserts lower <= upper on every setter.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
             hint.set_upper(upper.saturating_add(extra));
         }
+        hint.set_lower(rest.lower().saturating_add(extra));
         hint
     }
 }
