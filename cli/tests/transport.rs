@@ -175,6 +175,24 @@ fn http_30_31_60_sdk_client_handshakes_and_transmits_to_avp_serve_byte_identical
 }
 
 #[test]
+fn http_30_serve_with_model_dir_hash_matches_the_sdk_identity_of_the_same_config() {
+    let model = workspace().join("conformance/vectors/handshake/models/qwen2-7b-bpe");
+    let scratch = Scratch::new("model-dir");
+    let server = serve(&["--model", model.to_str().expect("utf-8")]);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let lines = sdk(&[
+        "client",
+        &server.url,
+        out.to_str().expect("utf-8"),
+        "--model-dir",
+        model.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(lines[0]["handshake"]["resolution_path"], "hash_match");
+    assert_eq!(lines[0]["handshake"]["mode"], "LATENT");
+}
+
+#[test]
 fn http_40_avp_send_reaches_the_sdk_create_app() {
     let scratch = Scratch::new("send");
     let record = scratch.path("record.jsonl");

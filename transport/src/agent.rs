@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use avp_handshake::ModelIdentity;
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_response};
-use crate::hello;
+use crate::hello::{self, HelloProblem};
 use crate::server::{Endpoint, ServerConfig, too_large};
 use crate::store::{ContextStore, StoredContext, new_id};
 use crate::wire::{HEADER_SIZE, peek_header, scan_metadata};
@@ -32,7 +33,7 @@ pub type ReceivedHook = Arc<dyn Fn(&Received) + Send + Sync>;
 /// An agent endpoint.
 pub struct Agent {
     agent_id: String,
-    identity: Map<String, Value>,
+    identity: ModelIdentity,
     store: Arc<ContextStore>,
     hook: Option<ReceivedHook>,
 }
@@ -42,7 +43,7 @@ impl Agent {
     /// puts what it receives into `store`.
     pub fn new(
         agent_id: impl Into<String>,
-        identity: Map<String, Value>,
+        identity: ModelIdentity,
         store: Arc<ContextStore>,
     ) -> Self {
         Self {
@@ -74,13 +75,17 @@ impl Agent {
         let body = request.into_body();
         match endpoint {
             Endpoint::Transmit => self.transmit(body, config, started).await,
-            Endpoint::Handshake => match read_json(body, config).await {
-                Ok(value) => match hello::validate_hello(&value) {
-                    Ok(hello_object) => json_response(
-                        StatusCode::OK,
-                        &hello::answer(&self.agent_id, &self.identity, hello_object),
+            Endpoint::Handshake => match read_bytes(body, config.max_json, config).await {
+                Ok(bytes) => match hello::answer(&self.agent_id, &self.identity, &bytes) {
+                    Ok(answer) => json_bytes_response(answer),
+                    Err(HelloProblem::NotJson(why)) => error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_json",
+                        &format!("body is not JSON: {why}"),
                     ),
-                    Err(why) => error_response(StatusCode::BAD_REQUEST, "invalid_hello", &why),
+                    Err(HelloProblem::NotAHello(why)) => {
+                        error_response(StatusCode::BAD_REQUEST, "invalid_hello", &why)
+                    }
                 },
                 Err(response) => *response,
             },
@@ -262,16 +267,35 @@ impl Agent {
     }
 }
 
+/// Reads a whole body bounded by `limit`.
+pub(crate) async fn read_bytes(
+    body: Incoming,
+    limit: u64,
+    config: &ServerConfig,
+) -> Result<bytes::Bytes, Box<Response<ResponseBody>>> {
+    let mut reader = LimitedReader::new(body, limit, config.idle_timeout);
+    let mut buf = BytesMut::new();
+    match reader.read_to_end(&mut buf).await {
+        Ok(()) => Ok(buf.freeze()),
+        Err(err) => Err(Box::new(read_error(err, limit))),
+    }
+}
+
+fn json_bytes_response(body: Vec<u8>) -> Response<ResponseBody> {
+    let mut response = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// Reads a whole JSON body bounded by `max_json`.
 pub(crate) async fn read_json(
     body: Incoming,
     config: &ServerConfig,
 ) -> Result<Value, Box<Response<ResponseBody>>> {
-    let mut reader = LimitedReader::new(body, config.max_json, config.idle_timeout);
-    let mut buf = BytesMut::new();
-    if let Err(err) = reader.read_to_end(&mut buf).await {
-        return Err(Box::new(read_error(err, config.max_json)));
-    }
+    let buf = read_bytes(body, config.max_json, config).await?;
     serde_json::from_slice(&buf).map_err(|err| {
         Box::new(error_response(
             StatusCode::BAD_REQUEST,

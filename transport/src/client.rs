@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use avp_handshake::ModelIdentity;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Full, Limited};
@@ -112,9 +113,10 @@ impl AvpClient {
             .await
     }
 
-    /// `POST /avp/v2/handshake` with a hello (the SDK's HelloMessage dict form).
-    pub async fn handshake(&self, hello: &Value) -> Result<Value, TransportError> {
-        let body = Bytes::from(serde_json::to_vec(hello).unwrap_or_default());
+    /// `POST /avp/v2/handshake` with our hello (`agent_id` from the config,
+    /// written exactly as the SDK's `json.dumps(hello.to_dict())`).
+    pub async fn handshake(&self, identity: &ModelIdentity) -> Result<Value, TransportError> {
+        let body = Bytes::from(crate::hello::hello_bytes(&self.config.agent_id, identity));
         self.send(
             Method::POST,
             PATH_HANDSHAKE,

@@ -1,155 +1,126 @@
-//! Answering `POST /avp/v2/handshake` (AVP-HTTP-30).
-//!
-//! Interim: the resolution below implements the SDK's first three rules
-//! (hash match, structural match, shared tokenizer) so the endpoint works
-//! before the `avp-handshake` crate is merged; `resolve` is the one function
-//! to replace with its resolver. Everything else here is the HTTP shape.
+//! Answering `POST /avp/v2/handshake` (AVP-HTTP-30) with the `avp-handshake`
+//! crate: the hello is read with its Python-exact JSON parser and
+//! `HelloMessage::from_value` (AVP-HS-4), resolved with its `resolve`
+//! (AVP-HS-5..10), and the answer carries our identity in the SDK's
+//! `ModelIdentity.to_dict()` form so an SDK client can resolve on its side.
 
-use serde_json::{Map, Value, json};
+use avp_handshake::json::{self, Object, Value, WriteOptions};
+use avp_handshake::{HelloMessage, ModelIdentity, ResolveOptions, resolve};
 
-/// The SDK feature version we advertise in hellos (`avp_version`).
-pub const AVP_VERSION_STRING: &str = "0.6.2";
+pub use avp_handshake::AVP_VERSION_STRING;
 
-/// The outcome of comparing two model identities.
+/// Why a hello was refused (both are 400s, with different error kinds).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolution {
-    /// `"LATENT"` or `"JSON"`.
-    pub mode: &'static str,
-    /// Which rule decided (`hash_match`, `structural_match`, `shared_tokenizer`, `json_fallback`).
-    pub resolution_path: &'static str,
-    /// Non-empty for vocabulary-mediated sessions.
-    pub avp_map_id: String,
+pub enum HelloProblem {
+    /// The body is not JSON (`invalid_json`).
+    NotJson(String),
+    /// JSON, but not a hello (`invalid_hello`).
+    NotAHello(String),
 }
 
-fn text<'a>(identity: &'a Map<String, Value>, key: &str) -> &'a str {
-    identity.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn number(identity: &Map<String, Value>, key: &str) -> u64 {
-    identity.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
-/// Compares the local and the remote identity (ModelIdentity JSON forms).
-pub fn resolve(local: &Map<String, Value>, remote: &Map<String, Value>) -> Resolution {
-    let (lh, rh) = (text(local, "model_hash"), text(remote, "model_hash"));
-    if !lh.is_empty() && lh == rh {
-        return Resolution {
-            mode: "LATENT",
-            resolution_path: "hash_match",
-            avp_map_id: String::new(),
-        };
-    }
-    let family = text(local, "model_family");
-    let (dim, layers) = (number(local, "hidden_dim"), number(local, "num_layers"));
-    if !family.is_empty()
-        && family == text(remote, "model_family")
-        && dim > 0
-        && dim == number(remote, "hidden_dim")
-        && layers > 0
-        && layers == number(remote, "num_layers")
-    {
-        return Resolution {
-            mode: "LATENT",
-            resolution_path: "structural_match",
-            avp_map_id: String::new(),
-        };
-    }
-    let (lt, rt) = (
-        text(local, "tokenizer_hash"),
-        text(remote, "tokenizer_hash"),
+/// The answer body for a hello (`body`, the raw request bytes):
+/// `{"success": true, "agent_id", "avp_version", "identity", "capabilities",
+///   "session_id", "mode", "resolution_path", "avp_map_id"}`.
+pub fn answer(agent_id: &str, local: &ModelIdentity, body: &[u8]) -> Result<Vec<u8>, HelloProblem> {
+    let value = json::parse(body).map_err(|err| HelloProblem::NotJson(err.to_string()))?;
+    let hello =
+        HelloMessage::from_value(&value).map_err(|err| HelloProblem::NotAHello(err.to_string()))?;
+    let remote = hello.identity_or_default();
+    let resolution = resolve(local, &remote, &ResolveOptions::default());
+    let mut out = Object::new();
+    out.insert("success", Value::Bool(true));
+    out.insert("agent_id", Value::Str(agent_id.into()));
+    out.insert("avp_version", Value::Str(AVP_VERSION_STRING.into()));
+    out.insert("identity", local.to_value());
+    out.insert("capabilities", Value::Object(Object::new()));
+    out.insert(
+        "session_id",
+        Value::Str(crate::store::new_id().as_str().into()),
     );
-    if !lt.is_empty() && lt == rt {
-        let prefix: String = lt.chars().take(16).collect();
-        return Resolution {
-            mode: "LATENT",
-            resolution_path: "shared_tokenizer",
-            avp_map_id: format!("vocab:{prefix}"),
-        };
-    }
-    Resolution {
-        mode: "JSON",
-        resolution_path: "json_fallback",
-        avp_map_id: String::new(),
-    }
+    out.insert("mode", Value::Str(resolution.mode.name().into()));
+    out.insert(
+        "resolution_path",
+        Value::Str(resolution.resolution_path.as_str().into()),
+    );
+    out.insert(
+        "avp_map_id",
+        Value::Str(resolution.avp_map_id.as_str().into()),
+    );
+    let mut text = String::new();
+    json::write_value(&mut text, &Value::Object(out), WriteOptions::COMPACT)
+        .map_err(|err| HelloProblem::NotAHello(err.to_string()))?;
+    Ok(text.into_bytes())
 }
 
-/// Checks the shape of a hello (the SDK's `HelloMessage.to_dict()` form):
-/// a JSON object whose `agent_id`/`avp_version` are strings and whose
-/// `identity`/`capabilities`, when present, are objects.
-pub fn validate_hello(hello: &Value) -> Result<&Map<String, Value>, String> {
-    let object = hello.as_object().ok_or("the hello must be a JSON object")?;
-    for key in ["agent_id", "avp_version"] {
-        if object.get(key).is_some_and(|v| !v.is_string()) {
-            return Err(format!("`{key}` must be a string"));
-        }
-    }
-    for key in ["identity", "capabilities"] {
-        if object.get(key).is_some_and(|v| !v.is_object()) {
-            return Err(format!("`{key}` must be an object"));
-        }
-    }
-    Ok(object)
+/// The hello this side sends: the SDK's `HelloMessage(agent_id, identity).to_dict()`
+/// as `json.dumps` writes it.
+pub fn hello_bytes(agent_id: &str, identity: &ModelIdentity) -> Vec<u8> {
+    let hello = HelloMessage {
+        agent_id: agent_id.into(),
+        identity: Some(identity.clone()),
+        ..HelloMessage::default()
+    };
+    // Writing fails only for NaN/Infinity, which a hello built here cannot hold.
+    hello.to_wire().unwrap_or_default()
 }
 
-/// The answer body: our identity (the SDK client resolves on its side from
-/// it), the mode we resolved, and a fresh session id.
-pub fn answer(
-    agent_id: &str,
-    local_identity: &Map<String, Value>,
-    hello: &Map<String, Value>,
-) -> Value {
-    let empty = Map::new();
-    let remote = hello
-        .get("identity")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    let resolution = resolve(local_identity, remote);
-    json!({
-        "success": true,
-        "agent_id": agent_id,
-        "avp_version": AVP_VERSION_STRING,
-        "identity": local_identity,
-        "capabilities": {},
-        "session_id": crate::store::new_id(),
-        "mode": resolution.mode,
-        "resolution_path": resolution.resolution_path,
-        "avp_map_id": resolution.avp_map_id,
-    })
+/// Reads a ModelIdentity from its JSON form (an `--identity FILE`).
+pub fn identity_from_json(bytes: &[u8]) -> Result<ModelIdentity, String> {
+    let value = json::parse(bytes).map_err(|err| err.to_string())?;
+    ModelIdentity::from_value(&value, "identity").map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn identity(value: Value) -> Map<String, Value> {
-        value.as_object().cloned().unwrap_or_default()
+    fn identity(text: &str) -> ModelIdentity {
+        identity_from_json(text.as_bytes()).expect("identity")
     }
 
     #[test]
-    fn resolution_follows_the_sdk_rule_order() {
-        let a = identity(
-            json!({"model_hash": "h", "model_family": "qwen2", "hidden_dim": 8, "num_layers": 2}),
-        );
-        let same_hash = identity(json!({"model_hash": "h"}));
-        assert_eq!(resolve(&a, &same_hash).resolution_path, "hash_match");
-        let same_shape = identity(
-            json!({"model_hash": "x", "model_family": "qwen2", "hidden_dim": 8, "num_layers": 2}),
-        );
-        assert_eq!(resolve(&a, &same_shape).resolution_path, "structural_match");
-        let tok_a = identity(json!({"tokenizer_hash": "0123456789abcdef0123"}));
-        let r = resolve(&tok_a, &tok_a.clone());
-        assert_eq!(
-            (r.mode, r.avp_map_id.as_str()),
-            ("LATENT", "vocab:0123456789abcdef")
-        );
-        assert_eq!(resolve(&a, &Map::new()).mode, "JSON");
+    fn answers_carry_our_identity_and_the_resolved_mode() {
+        let local =
+            identity(r#"{"model_family":"qwen2","hidden_dim":8,"num_layers":2,"model_hash":"a"}"#);
+        let hello = br#"{"agent_id":"p","identity":{"model_family":"qwen2","hidden_dim":8,"num_layers":2,"model_hash":"b"}}"#;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer("me", &local, hello).expect("answer")).expect("JSON");
+        assert_eq!(answer["resolution_path"], "structural_match");
+        assert_eq!(answer["mode"], "LATENT");
+        assert_eq!(answer["identity"]["model_hash"], "a");
+        assert_eq!(answer["session_id"].as_str().map(str::len), Some(32));
+        let none: serde_json::Value =
+            serde_json::from_slice(&super::answer("me", &local, b"{}").expect("answer"))
+                .expect("JSON");
+        assert_eq!(none["mode"], "JSON");
     }
 
     #[test]
-    fn hellos_of_the_wrong_shape_are_refused() {
-        assert!(validate_hello(&json!([1])).is_err());
-        assert!(validate_hello(&json!({"agent_id": 3})).is_err());
-        assert!(validate_hello(&json!({"identity": "x"})).is_err());
-        assert!(validate_hello(&json!({"agent_id": "a", "identity": {}})).is_ok());
+    fn bodies_that_are_not_hellos_are_told_apart() {
+        let local = ModelIdentity::default();
+        assert!(matches!(
+            answer("me", &local, b"{nope"),
+            Err(HelloProblem::NotJson(_))
+        ));
+        assert!(matches!(
+            answer("me", &local, b"[1]"),
+            Err(HelloProblem::NotAHello(_))
+        ));
+        assert!(matches!(
+            answer("me", &local, br#"{"agent_id":3}"#),
+            Err(HelloProblem::NotAHello(_))
+        ));
+    }
+
+    #[test]
+    fn our_hello_is_the_sdk_dict_form() {
+        let text =
+            String::from_utf8(hello_bytes("me", &identity(r#"{"model_id":"m"}"#))).expect("utf-8");
+        assert!(
+            text.starts_with(
+                r#"{"agent_id": "me", "avp_version": "0.6.2", "capabilities": {}, "identity": {"#
+            ),
+            "{text}"
+        );
     }
 }

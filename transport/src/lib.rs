@@ -17,6 +17,7 @@ pub mod store;
 pub mod wire;
 
 pub use agent::{Agent, Received, ReceivedHook};
+pub use avp_handshake::ModelIdentity;
 pub use body::{OutgoingBody, ResponseBody};
 pub use client::{AvpClient, ClientConfig};
 pub use error::TransportError;

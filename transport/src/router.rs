@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
-use crate::agent::{read_error, read_json};
+use crate::agent::{read_bytes, read_error};
 use crate::body::{LimitedReader, OutgoingBody, PrefixedBody, ResponseBody, error_response};
 use crate::client::{exchange, http_client};
 use crate::error::TransportError;
@@ -159,9 +159,12 @@ impl Router {
         config: &ServerConfig,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let value = match read_json(body, config).await {
-            Ok(value) => value,
+        let bytes = match read_bytes(body, config.max_json, config).await {
+            Ok(bytes) => bytes,
             Err(response) => return *response,
+        };
+        let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+            return error_response(StatusCode::BAD_REQUEST, "invalid_json", "body is not JSON");
         };
         let target = value
             .get("target_agent_id")
@@ -171,7 +174,7 @@ impl Router {
         let Some(base) = self.routes.get(&target) else {
             return unknown_target(&target);
         };
-        let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        // The original bytes go on, not a re-serialisation.
         let body = Full::new(bytes).map_err(|never| match never {}).boxed();
         relay(self.forward(&parts, base, PATH_TEXT, body).await, &target)
     }
@@ -184,8 +187,8 @@ impl Router {
         config: &ServerConfig,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let value = match read_json(body, config).await {
-            Ok(value) => value,
+        let bytes = match read_bytes(body, config.max_json, config).await {
+            Ok(bytes) => bytes,
             Err(response) => return *response,
         };
         let mut only = self.routes.iter();
@@ -196,7 +199,6 @@ impl Router {
                 "a router with several routes cannot answer a handshake; handshake with the agent directly",
             );
         };
-        let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
         let body = Full::new(bytes).map_err(|never| match never {}).boxed();
         relay(
             self.forward(&parts, base, PATH_HANDSHAKE, body).await,
@@ -215,10 +217,6 @@ impl Router {
             .method(parts.method.clone())
             .uri(format!("{base}{path}"));
         for name in FORWARDED {
-            // A JSON body was re-serialised, so its length may differ: let hyper set it.
-            if name == "content-length" && path != PATH_TRANSMIT {
-                continue;
-            }
             if let Some(value) = parts.headers.get(name) {
                 builder = builder.header(name, value.clone());
             }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use avp_transport::hello::identity_from_json;
 use avp_transport::{
     Agent, AvpClient, ClientConfig, ContextStore, Role, Server, ServerConfig, TransportError,
 };
@@ -39,12 +40,10 @@ impl Running {
 
 async fn start(config: ServerConfig) -> Running {
     let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
-    let identity = json!({"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2});
-    let agent = Agent::new(
-        "test-agent",
-        identity.as_object().cloned().unwrap_or_default(),
-        Arc::clone(&store),
-    );
+    let identity =
+        identity_from_json(br#"{"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2}"#)
+            .expect("identity");
+    let agent = Agent::new("test-agent", identity, Arc::clone(&store));
     let server = Server::bind(
         "127.0.0.1:0".parse().expect("addr"),
         config,
@@ -504,9 +503,11 @@ async fn http_30_33_handshake_and_text_over_the_client() {
         ..ClientConfig::default()
     };
     let client = AvpClient::new(&server.url(), config).expect("client");
-    let hello = json!({"agent_id": "peer", "avp_version": "0.6.2", "capabilities": {},
-        "identity": {"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2, "model_hash": "zz"}});
-    let answer = client.handshake(&hello).await.expect("handshake");
+    let identity = identity_from_json(
+        br#"{"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2, "model_hash": "zz"}"#,
+    )
+    .expect("identity");
+    let answer = client.handshake(&identity).await.expect("handshake");
     assert_eq!(answer["mode"], "LATENT");
     assert_eq!(answer["resolution_path"], "structural_match");
     assert_eq!(answer["identity"]["model_family"], "qwen2");

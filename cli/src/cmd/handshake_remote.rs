@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use avp_transport::hello::AVP_VERSION_STRING;
+use anyhow::Context;
+use avp_transport::hello::identity_from_json;
 use avp_transport::{AvpClient, ClientConfig, TransportError};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::send::{finish, read_token_file, runtime};
 
@@ -44,14 +44,8 @@ pub(crate) fn run_remote(args: &HandshakeRemoteArgs) -> ExitCode {
 async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, TransportError>> {
     let raw = std::fs::read(&args.identity)
         .with_context(|| format!("reading {}", args.identity.display()))?;
-    let identity: Value = serde_json::from_slice(&raw)
-        .with_context(|| format!("{} is not JSON", args.identity.display()))?;
-    if !identity.is_object() {
-        bail!(
-            "{} must hold a JSON object (a ModelIdentity)",
-            args.identity.display()
-        );
-    }
+    let identity = identity_from_json(&raw)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", args.identity.display()))?;
     let config = ClientConfig {
         agent_id: args.agent_id.clone(),
         token: read_token_file(args.token_file.as_deref())?,
@@ -63,13 +57,7 @@ async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, T
         Ok(client) => client,
         Err(err) => return Ok(Err(err)),
     };
-    let hello = json!({
-        "agent_id": args.agent_id,
-        "avp_version": AVP_VERSION_STRING,
-        "capabilities": {},
-        "identity": identity,
-    });
-    Ok(client.handshake(&hello).await)
+    Ok(client.handshake(&identity).await)
 }
 
 #[cfg(test)]
@@ -77,6 +65,8 @@ mod tests {
     use std::sync::Arc;
 
     use avp_transport::{Agent, ContextStore, Role, Server, ServerConfig};
+
+    use serde_json::json;
 
     use super::*;
 
@@ -90,7 +80,7 @@ mod tests {
         let path = dir.join("identity.json");
         std::fs::write(&path, identity.to_string()).expect("write");
         let answer = rt.block_on(async {
-            let local = identity.as_object().cloned().unwrap_or_default();
+            let local = identity_from_json(identity.to_string().as_bytes()).expect("identity");
             let store = Arc::new(ContextStore::in_memory(Duration::from_secs(5)));
             let agent = Agent::new("remote", local, store);
             let server = Server::bind(

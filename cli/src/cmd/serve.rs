@@ -5,15 +5,19 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use avp_handshake::json::JsonString;
+use avp_handshake::{
+    ModelIdentity, identity_from_config, tokenizer_hash, vocab_from_tokenizer_json,
+};
+use avp_transport::hello::identity_from_json;
 use avp_transport::{Agent, ContextStore, Received, Role, Server, ServerConfig};
 use clap::Args;
-use serde_json::{Map, Value};
 
 use super::send::{read_token_file, runtime};
 
@@ -30,8 +34,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1 << 30)]
     max_body: u64,
     /// This agent's ModelIdentity (JSON, the SDK's `to_dict()` form) for handshakes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     identity: Option<PathBuf>,
+    /// Derive the identity from a model directory (config.json, and tokenizer.json when present).
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// This agent's id, reported in answers.
     #[arg(long, default_value = "avp-serve")]
     agent_id: String,
@@ -57,9 +64,10 @@ pub(crate) fn run(args: &ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let identity = match &args.identity {
-        Some(path) => read_identity(path)?,
-        None => Map::new(),
+    let identity = match (&args.identity, &args.model) {
+        (Some(path), _) => read_identity(path)?,
+        (None, Some(dir)) => identity_from_model_dir(dir)?,
+        (None, None) => ModelIdentity::default(),
     };
     let ttl = Duration::from_secs(args.ttl);
     let store = match &args.store {
@@ -92,18 +100,30 @@ pub(crate) fn announce(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_identity(path: &std::path::Path) -> anyhow::Result<Map<String, Value>> {
+fn read_identity(path: &Path) -> anyhow::Result<ModelIdentity> {
     let raw =
         std::fs::read(path).with_context(|| format!("reading identity {}", path.display()))?;
-    let value: Value =
-        serde_json::from_slice(&raw).with_context(|| format!("{} is not JSON", path.display()))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => bail!(
-            "{} must hold a JSON object (a ModelIdentity)",
-            path.display()
-        ),
-    }
+    identity_from_json(&raw).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+}
+
+/// The SDK's `extract_model_identity(config, tokenizer)` for a model directory.
+fn identity_from_model_dir(dir: &Path) -> anyhow::Result<ModelIdentity> {
+    let parse = |name: &str| -> anyhow::Result<avp_handshake::json::Value> {
+        let path = dir.join(name);
+        let raw = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        avp_handshake::json::parse(&raw).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
+    };
+    let tokenizer = if dir.join("tokenizer.json").is_file() {
+        let vocab = vocab_from_tokenizer_json(&parse("tokenizer.json")?)
+            .map_err(|err| anyhow::anyhow!("tokenizer.json: {err}"))?;
+        JsonString::from(
+            tokenizer_hash(&vocab).map_err(|err| anyhow::anyhow!("tokenizer.json: {err}"))?,
+        )
+    } else {
+        JsonString::default()
+    };
+    identity_from_config(&parse("config.json")?, tokenizer)
+        .map_err(|err| anyhow::anyhow!("config.json: {err}"))
 }
 
 fn print_progress(received: &Received) {

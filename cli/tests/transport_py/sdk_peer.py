@@ -1,7 +1,7 @@
 """The Python SDK (avp==0.6.2) on the other end of `avp serve`/`send`/`route`.
 
 Used by cli/tests/transport.rs and scripts/bench_transport.py. Subcommands:
-  client URL OUTDIR [--token T] [--target ID] [--kv-mib N]
+  client URL OUTDIR [--token T] [--target ID] [--kv-mib N] [--model-dir DIR]
       handshake, then transmit the vector set (and an N MiB KV-cache message)
       with AVPClient; each encoded message is also written to OUTDIR so the
       caller can compare bytes; prints one JSON line per message.
@@ -78,13 +78,18 @@ def vectors(target):
     return [v if len(v) == 4 else (*v, CompressionLevel.NONE) for v in out]
 
 
-def make_client(url, token):
+def make_client(url, token, model_dir=None):
     from avp.transport import AVPClient
-    return AVPClient(url, agent_id="py-agent", model_identity=IDENTITY, token=token, timeout=120.0)
+    identity = IDENTITY
+    if model_dir:
+        from avp.handshake import extract_model_identity
+        with open(os.path.join(model_dir, "config.json")) as f:
+            identity = extract_model_identity(json.load(f))
+    return AVPClient(url, agent_id="py-agent", model_identity=identity, token=token, timeout=120.0)
 
 
 def cmd_client(args):
-    client = make_client(args.url, args.token)
+    client = make_client(args.url, args.token, args.model_dir)
     session = client.handshake()
     print(json.dumps({"handshake": {"mode": session.mode.name, "resolution_path": session.resolution_path,
                                     "session_id": session.session_id}}), flush=True)
@@ -169,6 +174,7 @@ def main():
     p.add_argument("url"); p.add_argument("outdir")
     p.add_argument("--token"); p.add_argument("--target", default="rust-agent")
     p.add_argument("--kv-mib", type=int, default=0)
+    p.add_argument("--model-dir", help="handshake with the identity the SDK extracts from DIR/config.json")
     p = sub.add_parser("expect-error")
     p.add_argument("url"); p.add_argument("--token"); p.add_argument("--target", default="rust-agent")
     p = sub.add_parser("encode"); p.add_argument("out")
