@@ -161,6 +161,7 @@ impl Agent {
             len: 0,
             received_at: SystemTime::now(),
             path: None,
+            text: false,
         };
         let stored = match self.put(context, buf.freeze(), "transmit", started).await {
             Ok(stored) => stored,
@@ -219,6 +220,7 @@ impl Agent {
             len: 0,
             received_at: SystemTime::now(),
             path: None,
+            text: true,
         };
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         match self.put(context, bytes.into(), "text", started).await {

@@ -14,8 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-/// File extension of stored messages.
+/// File extension of stored AVP messages.
 const EXTENSION: &str = "avp";
+/// File extension of stored JSON fallback messages.
+const TEXT_EXTENSION: &str = "json";
 /// Prefix of temporary files; they are removed when a store is opened.
 const TEMP_PREFIX: &str = ".incoming-";
 
@@ -36,6 +38,8 @@ pub struct StoredContext {
     pub received_at: SystemTime,
     /// Where the bytes are: the file, when the store has a directory.
     pub path: Option<PathBuf>,
+    /// A JSON fallback message (stored as `<id>.json`) rather than an AVP message (`<id>.avp`).
+    pub text: bool,
 }
 
 struct Entry {
@@ -73,8 +77,10 @@ impl ContextStore {
                 fs::remove_file(item.path())?;
                 continue;
             }
-            let Some(id) = name.strip_suffix(".avp") else {
-                continue;
+            let (id, text) = match (name.strip_suffix(".avp"), name.strip_suffix(".json")) {
+                (Some(id), _) => (id, false),
+                (None, Some(id)) => (id, true),
+                (None, None) => continue,
             };
             if !is_valid_id(id) {
                 continue;
@@ -88,6 +94,7 @@ impl ContextStore {
                 len: meta.len(),
                 received_at: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                 path: Some(item.path()),
+                text,
             };
             entries.insert(
                 id.to_owned(),
@@ -125,7 +132,12 @@ impl ContextStore {
         context.len = bytes.len() as u64;
         let kept = match &self.dir {
             Some(dir) => {
-                let path = write_atomically(dir, &context.id, &bytes)?;
+                let extension = if context.text {
+                    TEXT_EXTENSION
+                } else {
+                    EXTENSION
+                };
+                let path = write_atomically(dir, &context.id, extension, &bytes)?;
                 context.path = Some(path);
                 None
             }
@@ -205,9 +217,9 @@ fn is_valid_id(id: &str) -> bool {
 }
 
 /// temp file + write + fsync + rename + fsync(dir) (AVP-HTTP-60).
-fn write_atomically(dir: &Path, id: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+fn write_atomically(dir: &Path, id: &str, extension: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let temp = dir.join(format!("{TEMP_PREFIX}{id}"));
-    let fin = dir.join(format!("{id}.{EXTENSION}"));
+    let fin = dir.join(format!("{id}.{extension}"));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -254,6 +266,7 @@ mod tests {
             len: 0,
             received_at: SystemTime::now(),
             path: None,
+            text: false,
         }
     }
 

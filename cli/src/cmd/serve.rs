@@ -126,6 +126,8 @@ fn identity_from_model_dir(dir: &Path) -> anyhow::Result<ModelIdentity> {
         .map_err(|err| anyhow::anyhow!("config.json: {err}"))
 }
 
+/// One line per received message, e.g.
+/// `received transmit 64.0 MiB from "a" for "b" in 0.412 s (155.3 MiB/s) -> <id> [<file>]`.
 fn print_progress(received: &Received) {
     let context = &received.context;
     let secs = received.elapsed.as_secs_f64();
@@ -136,9 +138,9 @@ fn print_progress(received: &Received) {
         .as_ref()
         .map_or_else(|| "memory".to_owned(), |p| p.display().to_string());
     eprintln!(
-        "received {} {:.2} MiB from {:?} for {:?} in {:.3} s ({:.1} MiB/s) -> {} [{}]",
+        "received {} {} from {:?} for {:?} in {:.3} s ({:.1} MiB/s) -> {} [{}]",
         received.endpoint,
-        mib,
+        human_size(context.len),
         context.source_agent_id,
         context.target_agent_id,
         secs,
@@ -146,6 +148,20 @@ fn print_progress(received: &Received) {
         context.id,
         place
     );
+}
+
+fn human_size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.
