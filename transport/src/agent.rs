@@ -14,7 +14,7 @@ use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_r
 use crate::hello::{self, HelloProblem};
 use crate::server::{Endpoint, ServerConfig, too_large};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{HEADER_SIZE, peek_header, scan_metadata};
+use crate::wire::{HEADER_LEN, WireError, check_complete, peek_header, peek_routing, status_for};
 
 /// What an agent reports after each accepted request (for progress lines).
 #[derive(Debug, Clone)]
@@ -108,21 +108,15 @@ impl Agent {
     ) -> Response<ResponseBody> {
         let mut reader = LimitedReader::new(body, config.max_body, config.idle_timeout);
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        if let Err(err) = reader.fill_to(&mut buf, HEADER_SIZE).await {
+        if let Err(err) = reader.fill_to(&mut buf, HEADER_LEN).await {
             return read_error(err, config.max_body);
         }
         let header = match peek_header(&buf) {
             Ok(Some(header)) => header,
-            Ok(None) => return truncated(buf.len() as u64, HEADER_SIZE as u64),
-            Err(problem) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    problem.kind(),
-                    &problem.to_string(),
-                );
-            }
+            Ok(None) => return truncated(buf.len() as u64, HEADER_LEN as u64),
+            Err(err) => return wire_error(&err),
         };
-        let total = header.declared_total();
+        let total = header.message_len();
         if total > config.max_body {
             return too_large(config.max_body);
         }
@@ -132,20 +126,16 @@ impl Agent {
                 .unwrap_or(0)
                 .saturating_sub(buf.len()),
         );
-        let meta_end = HEADER_SIZE.saturating_add(header.metadata_length as usize);
+        let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
         if let Err(err) = reader.fill_to(&mut buf, meta_end).await {
             return read_error(err, config.max_body);
         }
-        let routing = match buf.get(HEADER_SIZE..meta_end).map(scan_metadata) {
-            Some(Ok(routing)) => routing,
-            Some(Err(problem)) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    problem.kind(),
-                    &problem.to_string(),
-                );
-            }
-            None => return truncated(buf.len() as u64, total),
+        if buf.len() < meta_end {
+            return truncated(buf.len() as u64, total);
+        }
+        let routing = match peek_routing(&buf) {
+            Ok(routing) => routing,
+            Err(err) => return wire_error(&err),
         };
         if let Err(err) = reader.read_to_end(&mut buf).await {
             return read_error(err, config.max_body);
@@ -153,6 +143,17 @@ impl Agent {
         if (buf.len() as u64) < total {
             return truncated(buf.len() as u64, total);
         }
+        let bytes = buf.freeze();
+        // Checksum, enums, decompression: CPU work off the async threads.
+        let checked = {
+            let bytes = bytes.clone();
+            tokio::task::spawn_blocking(move || check_complete(&bytes)).await
+        };
+        let warnings = match checked {
+            Ok(Ok(warnings)) => warnings,
+            Ok(Err(err)) => return wire_error(&err),
+            Err(_) => return internal("the decode task failed"),
+        };
         let context = StoredContext {
             id: new_id(),
             session_id: routing.session_id,
@@ -163,7 +164,7 @@ impl Agent {
             path: None,
             text: false,
         };
-        let stored = match self.put(context, buf.freeze(), "transmit", started).await {
+        let stored = match self.put(context, bytes, "transmit", started).await {
             Ok(stored) => stored,
             Err(response) => return *response,
         };
@@ -177,6 +178,7 @@ impl Agent {
                 "source_agent_id": stored.source_agent_id,
                 "target_agent_id": stored.target_agent_id,
                 "bytes": stored.len,
+                "warnings": warnings,
             }),
         )
     }
@@ -321,6 +323,15 @@ pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
             &format!("the request body broke off: {why}"),
         ),
     }
+}
+
+/// A codec error as an answer: its kind and message, 400 or 413 (AVP-HTTP-14).
+pub(crate) fn wire_error(err: &WireError) -> Response<ResponseBody> {
+    error_response(status_for(err), err.kind().as_str(), err.message())
+}
+
+fn internal(why: &str) -> Response<ResponseBody> {
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", why)
 }
 
 fn truncated(got: u64, want: u64) -> Response<ResponseBody> {

@@ -16,15 +16,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
-use crate::agent::{read_bytes, read_error};
+use crate::agent::{read_bytes, read_error, wire_error};
 use crate::body::{LimitedReader, OutgoingBody, PrefixedBody, ResponseBody, error_response};
 use crate::client::{exchange, http_client};
 use crate::error::TransportError;
 use crate::server::{Endpoint, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, ServerConfig, too_large};
-use crate::wire::{HEADER_SIZE, peek_header, scan_metadata};
+use crate::wire::{HEADER_LEN, MAX_METADATA, peek_header, peek_routing};
 
 /// Largest metadata block the router reads before choosing a route.
-pub const MAX_ROUTED_METADATA: u32 = 1 << 20;
+pub const MAX_ROUTED_METADATA: u32 = MAX_METADATA;
 
 /// Request headers passed on to the destination unchanged (AVP-HTTP-52).
 const FORWARDED: [&str; 5] = [
@@ -78,7 +78,7 @@ impl Router {
         let (parts, body) = request.into_parts();
         let mut reader = LimitedReader::new(body, config.max_body, config.idle_timeout);
         let mut prefix = BytesMut::new();
-        if let Err(err) = reader.fill_to(&mut prefix, HEADER_SIZE).await {
+        if let Err(err) = reader.fill_to(&mut prefix, HEADER_LEN).await {
             return read_error(err, config.max_body);
         }
         let header = match peek_header(&prefix) {
@@ -90,47 +90,26 @@ impl Router {
                     "body shorter than the 12-byte header",
                 );
             }
-            Err(problem) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    problem.kind(),
-                    &problem.to_string(),
-                );
-            }
+            // Includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
+            Err(err) => return wire_error(&err),
         };
-        if header.declared_total() > config.max_body {
+        if header.message_len() > config.max_body {
             return too_large(config.max_body);
         }
-        if header.metadata_length > MAX_ROUTED_METADATA {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "limit_exceeded",
-                &format!(
-                    "metadata of {} bytes exceeds the router's {MAX_ROUTED_METADATA}",
-                    header.metadata_length
-                ),
-            );
-        }
-        let meta_end = HEADER_SIZE.saturating_add(header.metadata_length as usize);
+        let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
         if let Err(err) = reader.fill_to(&mut prefix, meta_end).await {
             return read_error(err, config.max_body);
         }
-        let routing = match prefix.get(HEADER_SIZE..meta_end).map(scan_metadata) {
-            Some(Ok(routing)) => routing,
-            Some(Err(problem)) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    problem.kind(),
-                    &problem.to_string(),
-                );
-            }
-            None => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "truncated",
-                    "body ends inside the metadata",
-                );
-            }
+        if prefix.len() < meta_end {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "truncated",
+                "body ends inside the metadata",
+            );
+        }
+        let routing = match peek_routing(&prefix) {
+            Ok(routing) => routing,
+            Err(err) => return wire_error(&err),
         };
         let Some(base) = self.routes.get(&routing.target_agent_id) else {
             return unknown_target(&routing.target_agent_id);

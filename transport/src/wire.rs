@@ -1,34 +1,17 @@
-//! The little of the wire format the transport must read before a body is
-//! complete: the 12-byte header and the routing strings of the metadata.
+//! What the transport reads of a message before its body is complete, and the
+//! full check once it is: thin calls into `avp-codec` (its `Header::parse`,
+//! `peek_with` and `decode_with`), so the server, the router and the codec
+//! agree on every rule and every error kind (AVP-ERR vocabulary).
 //!
-//! Interim: this stands in for `avp_codec::peek` until the codec branch is
-//! merged (then these two functions become thin calls into it). It never
-//! touches tensor bytes, so its cost does not depend on the payload size.
+//! Only [`check_complete`] touches tensor bytes; the router never calls it.
 
-use std::fmt;
+use avp_codec::{DecodeOptions, ErrorKind, Header, Limits, decode_with, peek_with};
+use http::StatusCode;
 
-/// Size of the fixed header (AVP-WIRE header: magic, version, flags, two u32 LE lengths).
-pub const HEADER_SIZE: usize = 12;
-const MAGIC: [u8; 2] = [0x41, 0x56];
-const PROTOCOL_VERSION: u8 = 1;
+pub use avp_codec::{Error as WireError, HEADER_LEN};
 
-/// The fixed header of a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameHeader {
-    /// Flag bits (compressed, has_map, kv_cache).
-    pub flags: u8,
-    /// Bytes after the header: metadata plus tensor bytes.
-    pub payload_length: u32,
-    /// Bytes of protobuf metadata right after the header.
-    pub metadata_length: u32,
-}
-
-impl FrameHeader {
-    /// Total length the header declares for the whole message.
-    pub fn declared_total(&self) -> u64 {
-        HEADER_SIZE as u64 + u64::from(self.payload_length)
-    }
-}
+/// Largest metadata block accepted before the tensor bytes (AVP-LIM-1, 1 MiB).
+pub const MAX_METADATA: u32 = Limits::DEFAULT.max_metadata_len;
 
 /// The metadata strings a router or a store needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,132 +24,60 @@ pub struct RoutingInfo {
     pub target_agent_id: String,
 }
 
-/// Why the first bytes of a body are not an AVP message. The names are the
-/// codec's error kinds (AVP-ERR), so HTTP error bodies use the same words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WireProblem {
-    /// The first two bytes are not "AV".
-    BadMagic,
-    /// The version byte is not 1.
-    UnsupportedVersion(u8),
-    /// The metadata length exceeds the payload length, or the protobuf is broken.
-    MalformedMetadata(&'static str),
-}
-
-impl WireProblem {
-    /// The error kind string (AVP-ERR vocabulary).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::BadMagic => "bad_magic",
-            Self::UnsupportedVersion(_) => "unsupported_version",
-            Self::MalformedMetadata(_) => "malformed_metadata",
-        }
-    }
-}
-
-impl fmt::Display for WireProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadMagic => f.write_str("not an AVP message: bad magic (expected 0x4156)"),
-            Self::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v}"),
-            Self::MalformedMetadata(why) => write!(f, "malformed metadata: {why}"),
-        }
-    }
-}
-
-/// Parses the 12-byte header; `bytes` may be longer (only the first 12 are read).
-/// Returns `Ok(None)` when fewer than 12 bytes are available yet.
-pub fn peek_header(bytes: &[u8]) -> Result<Option<FrameHeader>, WireProblem> {
-    let Some(head) = bytes.get(..HEADER_SIZE) else {
+/// The header, once 12 bytes are there (`Ok(None)` before that). Rejects bad
+/// magic and version at once, and a metadata block over [`MAX_METADATA`]
+/// before it is buffered.
+pub fn peek_header(bytes: &[u8]) -> Result<Option<Header>, WireError> {
+    if bytes.len() < HEADER_LEN {
         return Ok(None);
-    };
-    let mut fixed = [0u8; HEADER_SIZE];
-    fixed.copy_from_slice(head);
-    if fixed[..2] != MAGIC {
-        return Err(WireProblem::BadMagic);
     }
-    if fixed[2] != PROTOCOL_VERSION {
-        return Err(WireProblem::UnsupportedVersion(fixed[2]));
+    let header = Header::parse(bytes)?;
+    // The codec's header checks (limits, metadata within the payload) run in
+    // peek_with; on the header alone, "truncated" only means the metadata is
+    // still to come, unless the header itself puts it past the payload.
+    // (A public `check_header` in the codec would make this direct.)
+    let first = bytes.get(..HEADER_LEN).unwrap_or(bytes);
+    match peek_with(first, &options()) {
+        Ok(_) => {}
+        Err(err)
+            if err.kind() == ErrorKind::Truncated
+                && header.metadata_length <= header.payload_length => {}
+        Err(err) => return Err(err),
     }
-    let payload_length = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-    let metadata_length = u32::from_le_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
-    if metadata_length > payload_length {
-        return Err(WireProblem::MalformedMetadata(
-            "metadata_length is larger than payload_length",
-        ));
-    }
-    Ok(Some(FrameHeader {
-        flags: fixed[3],
-        payload_length,
-        metadata_length,
-    }))
+    Ok(Some(header))
 }
 
-/// Reads the routing strings out of protobuf metadata bytes, skipping every
-/// other field by its wire type. Rejects truncated or ill-typed fields.
-pub fn scan_metadata(mut meta: &[u8]) -> Result<RoutingInfo, WireProblem> {
-    let mut info = RoutingInfo::default();
-    while !meta.is_empty() {
-        let key = read_varint(&mut meta)?;
-        let field = key >> 3;
-        match key & 7 {
-            0 => {
-                read_varint(&mut meta)?;
-            }
-            1 => meta = skip(meta, 8)?,
-            5 => meta = skip(meta, 4)?,
-            2 => {
-                let len = usize::try_from(read_varint(&mut meta)?)
-                    .map_err(|_| WireProblem::MalformedMetadata("length does not fit"))?;
-                let value = meta.get(..len).ok_or(WireProblem::MalformedMetadata(
-                    "field runs past the metadata",
-                ))?;
-                let text = || {
-                    String::from_utf8(value.to_vec())
-                        .map_err(|_| WireProblem::MalformedMetadata("string field is not UTF-8"))
-                };
-                match field {
-                    1 => info.session_id = text()?,
-                    2 => info.source_agent_id = text()?,
-                    3 => info.target_agent_id = text()?,
-                    _ => {}
-                }
-                meta = skip(meta, len)?;
-            }
-            _ => {
-                return Err(WireProblem::MalformedMetadata(
-                    "unsupported protobuf wire type",
-                ));
-            }
-        }
-    }
-    Ok(info)
+/// Header and metadata checked by the codec (`bytes` holds at least
+/// `12 + metadata_length` bytes); the routing strings.
+pub fn peek_routing(bytes: &[u8]) -> Result<RoutingInfo, WireError> {
+    let peeked = peek_with(bytes, &options())?;
+    Ok(RoutingInfo {
+        session_id: peeked.metadata.session_id.into_owned(),
+        source_agent_id: peeked.metadata.source_agent_id.into_owned(),
+        target_agent_id: peeked.metadata.target_agent_id.into_owned(),
+    })
 }
 
-fn skip(bytes: &[u8], n: usize) -> Result<&[u8], WireProblem> {
-    bytes.get(n..).ok_or(WireProblem::MalformedMetadata(
-        "field runs past the metadata",
-    ))
+/// The codec's full compatible-mode decode of a complete message (checksum,
+/// enums, decompression within limits, AVP-HTTP-31); the warning codes it
+/// reported. The bytes are not kept: the caller stores them as received.
+pub fn check_complete(bytes: &[u8]) -> Result<Vec<&'static str>, WireError> {
+    let message = decode_with(bytes, &options())?;
+    Ok(message.warnings.iter().map(|w| w.code()).collect())
 }
 
-fn read_varint(bytes: &mut &[u8]) -> Result<u64, WireProblem> {
-    let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
-        let (&byte, rest) = bytes
-            .split_first()
-            .ok_or(WireProblem::MalformedMetadata("truncated varint"))?;
-        *bytes = rest;
-        if shift == 63 && byte > 1 {
-            return Err(WireProblem::MalformedMetadata("varint overflows 64 bits"));
-        }
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
+/// The status for a codec error: 413 for a limit, 400 for everything else
+/// the peer sent (AVP-HTTP-14).
+pub fn status_for(err: &WireError) -> StatusCode {
+    match err.kind() {
+        ErrorKind::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        kind if kind.is_peer_fault() => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
-    Err(WireProblem::MalformedMetadata(
-        "varint longer than 10 bytes",
-    ))
+}
+
+fn options() -> DecodeOptions {
+    DecodeOptions::DEFAULT
 }
 
 #[cfg(test)]
@@ -181,37 +92,48 @@ mod tests {
     }
 
     #[test]
-    fn header_needs_twelve_bytes_and_checks_magic_and_version() {
-        assert_eq!(peek_header(&[0x41, 0x56]), Ok(None));
-        let good = header(10, 4);
-        assert_eq!(
-            peek_header(&good),
-            Ok(Some(FrameHeader {
-                flags: 0,
-                payload_length: 10,
-                metadata_length: 4
-            }))
-        );
-        let mut bad = good.clone();
+    fn header_needs_twelve_bytes_and_is_checked_at_once() {
+        assert!(matches!(peek_header(&[0x41, 0x56]), Ok(None)));
+        let good = peek_header(&header(10, 4))
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((good.payload_length, good.metadata_length), (10, 4));
+        let mut bad = header(10, 4);
         bad[0] = b'X';
-        assert_eq!(peek_header(&bad), Err(WireProblem::BadMagic));
-        let mut v2 = good;
+        assert_eq!(
+            peek_header(&bad).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::BadMagic)
+        );
+        let mut v2 = header(10, 4);
         v2[2] = 2;
-        assert_eq!(peek_header(&v2), Err(WireProblem::UnsupportedVersion(2)));
-        assert!(peek_header(&header(3, 4)).is_err());
+        assert_eq!(
+            peek_header(&v2).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::UnsupportedVersion)
+        );
+        assert!(
+            peek_header(&header(3, 4)).is_err(),
+            "metadata longer than the payload"
+        );
+        let huge =
+            peek_header(&header(u32::MAX, MAX_METADATA + 1)).expect_err("metadata over the limit");
+        assert_eq!(status_for(&huge), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
-    fn metadata_scan_finds_ids_and_skips_other_fields() {
-        // field 5 varint 300, field 3 "bob", field 15 fixed? (varint), field 1 "s"
-        let meta = [
-            0x28, 0xac, 0x02, 0x1a, 3, b'b', b'o', b'b', 0x78, 7, 0x0a, 1, b's',
-        ];
-        let info = scan_metadata(&meta).expect("valid metadata");
-        assert_eq!(info.target_agent_id, "bob");
-        assert_eq!(info.session_id, "s");
-        assert!(scan_metadata(&[0x1a, 9, b'x']).is_err());
-        assert!(scan_metadata(&[0x0b]).is_err());
-        assert!(scan_metadata(&[0x28, 0xff]).is_err());
+    fn routing_strings_come_from_the_codec_peek() {
+        let meta = [0x1a, 3, b'b', b'o', b'b', 0x0a, 1, b's'];
+        let mut message = header(meta.len() as u32, meta.len() as u32);
+        message.extend_from_slice(&meta);
+        let info = peek_routing(&message).expect("valid metadata");
+        assert_eq!(
+            (info.target_agent_id.as_str(), info.session_id.as_str()),
+            ("bob", "s")
+        );
+        let mut broken = header(3, 3);
+        broken.extend_from_slice(&[0x1a, 9, b'x']);
+        assert_eq!(
+            status_for(&peek_routing(&broken).expect_err("broken")),
+            StatusCode::BAD_REQUEST
+        );
     }
 }
