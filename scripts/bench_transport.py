@@ -46,7 +46,7 @@ import hashlib, socket, sys, uvicorn
 from avp.transport import create_app
 async def handler(msg):
     return {"payload_sha256": hashlib.sha256(msg.payload).hexdigest(), "session_id": msg.metadata.session_id}
-sock = socket.socket(); sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sock.bind(("127.0.0.1", 0))
+sock = socket.socket(); sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sock.bind(("127.0.0.1", 0)); sock.listen(128)
 print("listening on http://%s:%d" % sock.getsockname(), flush=True)
 uvicorn.Server(uvicorn.Config(create_app(handler), log_level="warning")).run(sockets=[sock])
 '''
@@ -87,6 +87,9 @@ def run_load(url, args, base):
                     response = client.post("/avp/v2/transmit", content=message, headers=HEADERS)
                     elapsed = time.perf_counter() - started
                     answer = response.json() if response.status_code == 200 else None
+                    if answer is None:
+                        with lock:
+                            errors.append(f"HTTP {response.status_code}: {response.text[:120]}")
                 except Exception as exc:  # counted as lost
                     elapsed, answer = time.perf_counter() - started, None
                     with lock:
@@ -154,7 +157,7 @@ def main():
     stored = len([n for n in os.listdir(store) if n.endswith(".avp")])
     shutil.rmtree(store)
     ours = summarize("avp serve", latencies, wall, args, lost, corrupted)
-    print(f"            files in store: {stored}; client errors: {errors[:3]}", flush=True)
+    print(f"            files in store: {stored}; client errors: {len(errors)}, e.g. {errors[:3]}", flush=True)
 
     if args.skip_sdk:
         return
@@ -172,6 +175,7 @@ def main():
             corrupted += 1
     lost += args.messages - len(results)
     sdk = summarize("SDK", latencies, wall, args, lost, corrupted)
+    print(f"            client errors: {len(errors)}, e.g. {errors[:3]}", flush=True)
     print(f"ratio SDK/ours: p50 {sdk['p50_ms'] / ours['p50_ms']:.2f}x, p99 {sdk['p99_ms'] / ours['p99_ms']:.2f}x, "
           f"throughput ours/SDK {ours['mib_per_s'] / sdk['mib_per_s']:.2f}x")
 

@@ -161,6 +161,7 @@ def cmd_server(args):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # listening before we announce, so no client is refused
     host, port = sock.getsockname()
     print(f"listening on http://{host}:{port}", flush=True)
     config = uvicorn.Config(app, log_level="warning")
