@@ -302,6 +302,40 @@ fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_ge
     let refused = sdk(&["expect-error", &router.url, "--target", "nobody"]);
     assert_eq!(refused[0]["status"], 404);
     assert_eq!(stored_files(&store).len(), 5);
+
+    // JSON fallback messages are routed by their target_agent_id too.
+    let text = scratch.path("text.json");
+    std::fs::write(
+        &text,
+        r#"{"session_id":"t","source_agent_id":"a","target_agent_id":"bob","content":"hi"}"#,
+    )
+    .expect("text");
+    let output = avp()
+        .args([
+            "send",
+            "--text",
+            text.to_str().expect("utf-8"),
+            "--to",
+            &router.url,
+        ])
+        .output()
+        .expect("avp send --text");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("answer");
+    let stored = std::fs::read(store.join(format!(
+        "{}.json",
+        answer["request_id"].as_str().expect("id")
+    )))
+    .expect("stored text");
+    assert_eq!(
+        stored,
+        std::fs::read(&text).expect("sent"),
+        "forwarded byte for byte"
+    );
 }
 
 #[test]
@@ -388,4 +422,26 @@ fn http_40_avp_send_reports_connection_failure_as_json_after_retrying() {
     assert_eq!(output.status.code(), Some(1));
     let error: Value = serde_json::from_slice(&output.stdout).expect("error JSON");
     assert_eq!(error["error"]["kind"], "connect");
+}
+
+#[test]
+fn http_12_sdk_client_over_the_body_limit_gets_413_and_nothing_is_stored() {
+    let scratch = Scratch::new("limit");
+    let store = scratch.path("store");
+    let server = serve(&[
+        "--store",
+        store.to_str().expect("utf-8"),
+        "--max-body",
+        "100000",
+    ]);
+    // 20 MB: refused from the declared length, long before the upload ends.
+    assert_eq!(
+        sdk(&["expect-error", &server.url, "--size", "20000000"])[0]["status"],
+        413
+    );
+    assert_eq!(
+        sdk(&["expect-error", &server.url, "--size", "99000"])[0]["status"],
+        200
+    );
+    assert_eq!(stored_files(&store).len(), 1);
 }

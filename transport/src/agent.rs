@@ -89,8 +89,8 @@ impl Agent {
                 },
                 Err(response) => *response,
             },
-            Endpoint::Text => match read_json(body, config).await {
-                Ok(value) => self.text(value, started).await,
+            Endpoint::Text => match read_bytes(body, config.max_json, config).await {
+                Ok(bytes) => self.text(bytes, started).await,
                 Err(response) => *response,
             },
             Endpoint::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -184,7 +184,17 @@ impl Agent {
     }
 
     /// AVP-HTTP-33: a JSON fallback message (AVP-JSON form) is stored as sent.
-    async fn text(&self, value: Value, started: Instant) -> Response<ResponseBody> {
+    async fn text(&self, bytes: bytes::Bytes, started: Instant) -> Response<ResponseBody> {
+        let value: Value = match serde_json::from_slice(&bytes) {
+            Ok(value) => value,
+            Err(err) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    &format!("body is not JSON: {err}"),
+                );
+            }
+        };
         let Some(message) = value.as_object() else {
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -224,8 +234,7 @@ impl Agent {
             path: None,
             text: true,
         };
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        match self.put(context, bytes.into(), "text", started).await {
+        match self.put(context, bytes, "text", started).await {
             Ok(stored) => json_response(
                 StatusCode::OK,
                 &json!({"success": true, "request_id": stored.id, "agent_id": self.agent_id}),
@@ -292,21 +301,6 @@ fn json_bytes_response(body: Vec<u8>) -> Response<ResponseBody> {
         http::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Reads a whole JSON body bounded by `max_json`.
-pub(crate) async fn read_json(
-    body: Incoming,
-    config: &ServerConfig,
-) -> Result<Value, Box<Response<ResponseBody>>> {
-    let buf = read_bytes(body, config.max_json, config).await?;
-    serde_json::from_slice(&buf).map_err(|err| {
-        Box::new(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            &format!("body is not JSON: {err}"),
-        ))
-    })
 }
 
 pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {

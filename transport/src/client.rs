@@ -151,7 +151,13 @@ impl AvpClient {
 
     /// `POST /avp/v2/text` with a JSON fallback message.
     pub async fn send_text(&self, message: &Value) -> Result<Value, TransportError> {
-        let body = Bytes::from(serde_json::to_vec(message).unwrap_or_default());
+        self.send_text_bytes(Bytes::from(serde_json::to_vec(message).unwrap_or_default()))
+            .await
+    }
+
+    /// `POST /avp/v2/text` with a JSON fallback message already serialised
+    /// (sent byte for byte; the server checks it is JSON).
+    pub async fn send_text_bytes(&self, body: Bytes) -> Result<Value, TransportError> {
         self.send(
             Method::POST,
             PATH_TEXT,

@@ -61,9 +61,10 @@ async fn send(args: &SendArgs) -> anyhow::Result<Result<Value, TransportError>> 
     if args.text {
         let raw = std::fs::read(&args.file)
             .with_context(|| format!("reading {}", args.file.display()))?;
-        let message: Value = serde_json::from_slice(&raw)
+        // Checked here for a clear local error; sent as the file's own bytes.
+        serde_json::from_slice::<Value>(&raw)
             .with_context(|| format!("{} is not JSON", args.file.display()))?;
-        return Ok(client.send_text(&message).await);
+        return Ok(client.send_text_bytes(raw.into()).await);
     }
     if !args.file.is_file() {
         bail!("{} is not a readable file", args.file.display());

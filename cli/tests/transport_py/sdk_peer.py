@@ -5,7 +5,7 @@ Used by cli/tests/transport.rs and scripts/bench_transport.py. Subcommands:
       handshake, then transmit the vector set (and an N MiB KV-cache message)
       with AVPClient; each encoded message is also written to OUTDIR so the
       caller can compare bytes; prints one JSON line per message.
-  expect-error URL [--token T] [--target ID]
+  expect-error URL [--token T] [--target ID] [--size BYTES]
       one transmit that must fail; prints {"status": code}.
   encode OUT
       writes one message made by the SDK's encode(); prints what its handler
@@ -113,7 +113,7 @@ def cmd_expect_error(args):
     client = make_client(args.url, args.token)
     meta = AVPMetadata(session_id="s", source_agent_id="py-agent", target_agent_id=args.target)
     try:
-        client.transmit(b"\x00" * 64, meta)
+        client.transmit(b"\x00" * args.size, meta)
     except TransportError as exc:
         print(json.dumps({"status": exc.status_code}))
         return
@@ -178,6 +178,7 @@ def main():
     p.add_argument("--model-dir", help="handshake with the identity the SDK extracts from DIR/config.json")
     p = sub.add_parser("expect-error")
     p.add_argument("url"); p.add_argument("--token"); p.add_argument("--target", default="rust-agent")
+    p.add_argument("--size", type=int, default=64, help="payload bytes")
     p = sub.add_parser("encode"); p.add_argument("out")
     p = sub.add_parser("server"); p.add_argument("record"); p.add_argument("--text", action="store_true")
     args = parser.parse_args()
