@@ -445,3 +445,40 @@ fn http_12_sdk_client_over_the_body_limit_gets_413_and_nothing_is_stored() {
     );
     assert_eq!(stored_files(&store).len(), 1);
 }
+
+#[test]
+fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_half_files() {
+    let scratch = Scratch::new("restart");
+    let store = scratch.path("store");
+    let message = scratch.path("msg.avp");
+    sdk(&["encode", message.to_str().expect("utf-8")]);
+    let server = serve(&["--store", store.to_str().expect("utf-8")]);
+    let output = avp()
+        .args([
+            "send",
+            message.to_str().expect("utf-8"),
+            "--to",
+            &server.url,
+        ])
+        .output()
+        .expect("avp send");
+    assert!(output.status.success());
+    drop(server); // SIGKILL: no graceful anything
+    // What a crash mid-write leaves behind.
+    std::fs::write(store.join(".incoming-0123abcd"), b"AV half a message").expect("temp file");
+
+    let restarted = serve(&["--store", store.to_str().expect("utf-8")]);
+    let files = stored_files(&store);
+    assert_eq!(
+        files.len(),
+        1,
+        "temp file removed, acknowledged message kept: {files:?}"
+    );
+    assert!(std::fs::read(&files[0]).expect("stored") == std::fs::read(&message).expect("sent"));
+    drop(restarted);
+
+    // A TTL of 0 s expires it at the next start, file included.
+    let expired = serve(&["--store", store.to_str().expect("utf-8"), "--ttl", "0"]);
+    assert!(stored_files(&store).is_empty());
+    drop(expired);
+}
