@@ -339,6 +339,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_silent_peer_is_a_timeout_and_not_retried() {
+        // Accepts connections, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&accepts);
+        let holder = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        let config = ClientConfig {
+            timeout: Duration::from_millis(200),
+            retries: 3,
+            ..ClientConfig::default()
+        };
+        let client = AvpClient::new(&format!("http://{addr}"), config).expect("client");
+        let err = client.health().await.expect_err("no answer");
+        assert!(matches!(err, TransportError::Timeout), "{err}");
+        assert_eq!(
+            accepts.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "AVP-HTTP-40: no retry"
+        );
+        holder.abort();
+    }
+
+    #[tokio::test]
     async fn connection_errors_are_retried_then_reported() {
         // Bind then drop a listener: the port is (almost certainly) closed now.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
