@@ -139,6 +139,11 @@ async fn http_50_to_55_routing_limits_and_failures() {
         status_of(via_router.handshake(&ModelIdentity::default()).await),
         (404, "unknown_target".into())
     );
+    // A chunked body that keeps going past the limit after a small header:
+    // cut off while streaming through (AVP-HTTP-51), answered 413.
+    let (status, body) = endless_chunked(&router.url, message("bob", 100)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
     assert_eq!(
         store.list().len(),
         2,
