@@ -67,7 +67,6 @@ impl Drop for Running {
 fn start(mut command: Command) -> Running {
     let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .expect("spawn server");
     let stdout = child.stdout.take().expect("stdout");
@@ -96,7 +95,18 @@ fn serve(extra: &[&str]) -> Running {
     let mut command = avp();
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
-        .args(extra);
+        .args(extra)
+        .stderr(Stdio::null());
+    start(command)
+}
+
+/// `avp serve` with its progress lines going to `log`.
+fn serve_logged(extra: &[&str], log: &Path) -> Running {
+    let mut command = avp();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(std::fs::File::create(log).expect("log file"));
     start(command)
 }
 
@@ -199,7 +209,8 @@ fn http_40_avp_send_reaches_the_sdk_create_app() {
     let mut command = Command::new(python());
     command
         .arg(peer_script())
-        .args(["server", record.to_str().expect("utf-8"), "--text"]);
+        .args(["server", record.to_str().expect("utf-8"), "--text"])
+        .stderr(Stdio::null());
     let server = start(command);
     let message = scratch.path("msg.avp");
     let expected = sdk(&["encode", message.to_str().expect("utf-8")]).remove(0);
@@ -285,6 +296,7 @@ fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_ge
         "--route",
         &format!("bob={}", agent.url),
     ]);
+    command.stderr(Stdio::null());
     let router = start(command);
     let out = scratch.path("sent");
     std::fs::create_dir_all(&out).expect("out dir");
@@ -481,4 +493,18 @@ fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_hal
     let expired = serve(&["--store", store.to_str().expect("utf-8"), "--ttl", "0"]);
     assert!(stored_files(&store).is_empty());
     drop(expired);
+}
+
+#[test]
+fn http_2_sdk_httpx_over_h2c_prior_knowledge_reaches_avp_serve() {
+    let scratch = Scratch::new("h2c");
+    let store = scratch.path("store");
+    let server = serve(&["--store", store.to_str().expect("utf-8")]);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let lines = sdk(&["client", &server.url, out.to_str().expect("utf-8"), "--h2c"]);
+    assert_stored_identically(&lines, &store, 4);
+    for line in lines.iter().filter(|l| l.get("name").is_some()) {
+        assert_eq!(line["http_version"], "HTTP/2", "{line}");
+    }
 }

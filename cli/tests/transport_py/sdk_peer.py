@@ -1,7 +1,7 @@
 """The Python SDK (avp==0.6.2) on the other end of `avp serve`/`send`/`route`.
 
 Used by cli/tests/transport.rs and scripts/bench_transport.py. Subcommands:
-  client URL OUTDIR [--token T] [--target ID] [--kv-mib N] [--model-dir DIR]
+  client URL OUTDIR [--token T] [--target ID] [--kv-mib N] [--model-dir DIR] [--h2c]
       handshake, then transmit the vector set (and an N MiB KV-cache message)
       with AVPClient; each encoded message is also written to OUTDIR so the
       caller can compare bytes; prints one JSON line per message.
@@ -78,18 +78,24 @@ def vectors(target):
     return [v if len(v) == 4 else (*v, CompressionLevel.NONE) for v in out]
 
 
-def make_client(url, token, model_dir=None):
+def make_client(url, token, model_dir=None, h2c=False):
+    import httpx
     from avp.transport import AVPClient
     identity = IDENTITY
     if model_dir:
         from avp.handshake import extract_model_identity
         with open(os.path.join(model_dir, "config.json")) as f:
             identity = extract_model_identity(json.load(f))
-    return AVPClient(url, agent_id="py-agent", model_identity=identity, token=token, timeout=120.0)
+    client = AVPClient(url, agent_id="py-agent", model_identity=identity, token=token, timeout=120.0)
+    if h2c:
+        # httpx only speaks HTTP/2 over plain http with prior knowledge (http1=False).
+        client._client.close()
+        client._client = httpx.Client(http1=False, http2=True, timeout=120.0, base_url=client.base_url)
+    return client
 
 
 def cmd_client(args):
-    client = make_client(args.url, args.token, args.model_dir)
+    client = make_client(args.url, args.token, args.model_dir, args.h2c)
     session = client.handshake()
     print(json.dumps({"handshake": {"mode": session.mode.name, "resolution_path": session.resolution_path,
                                     "session_id": session.session_id}}), flush=True)
@@ -176,6 +182,7 @@ def main():
     p.add_argument("--token"); p.add_argument("--target", default="rust-agent")
     p.add_argument("--kv-mib", type=int, default=0)
     p.add_argument("--model-dir", help="handshake with the identity the SDK extracts from DIR/config.json")
+    p.add_argument("--h2c", action="store_true", help="HTTP/2 with prior knowledge instead of HTTP/1.1")
     p = sub.add_parser("expect-error")
     p.add_argument("url"); p.add_argument("--token"); p.add_argument("--target", default="rust-agent")
     p.add_argument("--size", type=int, default=64, help="payload bytes")
