@@ -464,7 +464,8 @@ fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_hal
     let store = scratch.path("store");
     let message = scratch.path("msg.avp");
     sdk(&["encode", message.to_str().expect("utf-8")]);
-    let server = serve(&["--store", store.to_str().expect("utf-8")]);
+    let log = scratch.path("serve.log");
+    let server = serve_logged(&["--store", store.to_str().expect("utf-8")], &log);
     let output = avp()
         .args([
             "send",
@@ -476,6 +477,14 @@ fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_hal
         .expect("avp send");
     assert!(output.status.success());
     drop(server); // SIGKILL: no graceful anything
+    // One progress line per transfer.
+    let progress = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(progress.lines().count(), 1, "{progress}");
+    assert!(
+        progress.starts_with("received transmit ")
+            && progress.contains(" KiB from \"rust\" for \"py-server\""),
+        "{progress}"
+    );
     // What a crash mid-write leaves behind.
     std::fs::write(store.join(".incoming-0123abcd"), b"AV half a message").expect("temp file");
 
