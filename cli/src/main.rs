@@ -22,6 +22,12 @@ struct Cli {
 enum Command {
     /// Print the workspace version and enabled features.
     Version,
+    /// Decode one AVP message and print it as JSON (spec/cli.md).
+    Decode(cmd::decode::DecodeArgs),
+    /// Encode metadata (JSON) and tensor bytes into an AVP message.
+    Encode(cmd::encode::EncodeArgs),
+    /// Show a message for humans: header, metadata, per-layer tensor statistics.
+    Inspect(cmd::inspect::InspectArgs),
     /// Run an agent endpoint that receives and stores AVP messages.
     Serve(cmd::serve::ServeArgs),
     /// Send an encoded AVP message (or a JSON fallback message) to an agent.
@@ -34,6 +40,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Decode(args) => cmd::decode::run(args),
+        Command::Encode(args) => cmd::encode::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Send(args) => cmd::send::run(&args),
         Command::Route(args) => cmd::route::run(&args),
