@@ -36,7 +36,15 @@ pub struct Agent {
     identity: ModelIdentity,
     store: Arc<ContextStore>,
     hook: Option<ReceivedHook>,
+    /// Bytes of message buffers all requests together may hold, in MiB permits
+    /// (AVP-HTTP-17).
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_mib: u32,
 }
+
+/// Default for [`Agent::with_memory_budget`]: 4 GiB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 4 << 30;
+const MIB: u64 = 1 << 20;
 
 impl Agent {
     /// An agent with this id and model identity (ModelIdentity JSON form) that
@@ -46,12 +54,25 @@ impl Agent {
         identity: ModelIdentity,
         store: Arc<ContextStore>,
     ) -> Self {
+        let budget_mib = budget_permits(DEFAULT_MEMORY_BUDGET);
         Self {
             agent_id: agent_id.into(),
             identity,
             store,
             hook: None,
+            budget: Arc::new(tokio::sync::Semaphore::new(budget_mib as usize)),
+            budget_mib,
         }
+    }
+
+    /// Bounds the message bytes all requests together may buffer (rounded up
+    /// to whole MiB). A request whose declared size does not fit waits until
+    /// earlier ones are stored; one larger than the whole budget waits for
+    /// all of it (AVP-HTTP-17).
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.budget_mib = budget_permits(bytes);
+        self.budget = Arc::new(tokio::sync::Semaphore::new(self.budget_mib as usize));
+        self
     }
 
     /// Calls `hook` after every stored message.
@@ -120,6 +141,11 @@ impl Agent {
         if total > config.max_body {
             return too_large(config.max_body);
         }
+        // Held until the message is stored: all buffers together stay within the budget.
+        let wanted = budget_permits(total).min(self.budget_mib);
+        let Ok(_budget) = Arc::clone(&self.budget).acquire_many_owned(wanted).await else {
+            return internal("the memory budget is closed");
+        };
         // Bounded by the limit just checked, not by what the client may send later.
         buf.reserve(
             usize::try_from(total)
@@ -317,6 +343,11 @@ pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
             &format!("the request body broke off: {why}"),
         ),
     }
+}
+
+/// Whole MiB needed for `bytes` (at least 1), as semaphore permits.
+fn budget_permits(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(MIB).max(1)).unwrap_or(u32::MAX)
 }
 
 /// A codec error as an answer: its kind and message, 400 or 413 (AVP-HTTP-14).

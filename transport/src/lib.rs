@@ -16,7 +16,7 @@ mod server;
 pub mod store;
 pub mod wire;
 
-pub use agent::{Agent, Received, ReceivedHook};
+pub use agent::{Agent, DEFAULT_MEMORY_BUDGET, Received, ReceivedHook};
 pub use avp_handshake::ModelIdentity;
 pub use body::{OutgoingBody, ResponseBody};
 pub use client::{AvpClient, ClientConfig};

@@ -39,11 +39,15 @@ impl Running {
 }
 
 async fn start(config: ServerConfig) -> Running {
+    start_with_budget(config, avp_transport::DEFAULT_MEMORY_BUDGET).await
+}
+
+async fn start_with_budget(config: ServerConfig, budget: u64) -> Running {
     let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
     let identity =
         identity_from_json(br#"{"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2}"#)
             .expect("identity");
-    let agent = Agent::new("test-agent", identity, Arc::clone(&store));
+    let agent = Agent::new("test-agent", identity, Arc::clone(&store)).with_memory_budget(budget);
     let server = Server::bind(
         "127.0.0.1:0".parse().expect("addr"),
         config,
@@ -638,5 +642,54 @@ async fn http_14_31_32_the_wire_corpus_through_transmit() {
         checked += 1;
     }
     assert!(checked > 90, "only {checked} decode cases found");
+    server.shutdown().await;
+}
+
+/// With a 1 MiB budget, a second 700 KiB message waits while a first one is
+/// still being received, then goes through (AVP-HTTP-17).
+#[tokio::test]
+async fn http_17_message_buffers_share_one_memory_budget() {
+    let server = start_with_budget(ServerConfig::default(), 1 << 20).await;
+    let first = message("bob", &[1u8; 700 * 1024]);
+    let head = request_head(
+        "POST",
+        "/avp/v2/transmit",
+        "application/avp+binary",
+        Some(first.len()),
+        "",
+    );
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream
+        .write_all(&first[..first.len() / 2])
+        .await
+        .expect("first half");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
+    let second = tokio::spawn(async move {
+        client
+            .transmit(Bytes::from(message("bob", &[2u8; 700 * 1024])))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second message must wait for the budget"
+    );
+    assert!(server.store.list().is_empty());
+
+    stream
+        .write_all(&first[first.len() / 2..])
+        .await
+        .expect("second half");
+    let (status, answer) = read_answer(&mut stream).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer = second
+        .await
+        .expect("join")
+        .expect("second message stored once the first is done");
+    assert_eq!(answer["success"], true);
+    assert_eq!(server.store.list().len(), 2);
     server.shutdown().await;
 }

@@ -45,6 +45,9 @@ pub(crate) struct ServeArgs {
     /// Keep received messages as files here (written atomically); memory only without it.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Message bytes all requests together may buffer (default 4 GiB); more waits.
+    #[arg(long, default_value_t = avp_transport::DEFAULT_MEMORY_BUDGET)]
+    memory_budget: u64,
     /// Seconds a received message is kept.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
@@ -75,7 +78,8 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening store {}", dir.display()))?,
         None => ContextStore::in_memory(ttl),
     };
-    let mut agent = Agent::new(args.agent_id.clone(), identity, Arc::new(store));
+    let mut agent = Agent::new(args.agent_id.clone(), identity, Arc::new(store))
+        .with_memory_budget(args.memory_budget);
     if !args.quiet {
         agent = agent.on_received(Arc::new(print_progress));
     }
