@@ -85,6 +85,7 @@ pub(crate) fn http_client(
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .http2_only(http2)
+        .http2_adaptive_window(true)
         .pool_idle_timeout(Duration::from_secs(30));
     builder.build(connector)
 }

@@ -106,7 +106,9 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
-        builder.http2().max_concurrent_streams(256);
+        // Large messages: let flow-control windows grow with the measured
+        // bandwidth-delay product instead of the 64 KiB default.
+        builder.http2().max_concurrent_streams(256).adaptive_window(true);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
