@@ -108,7 +108,10 @@ impl Server {
             .header_read_timeout(Duration::from_secs(30));
         // Large messages: let flow-control windows grow with the measured
         // bandwidth-delay product instead of the 64 KiB default.
-        builder.http2().max_concurrent_streams(256).adaptive_window(true);
+        builder
+            .http2()
+            .max_concurrent_streams(256)
+            .adaptive_window(true);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
