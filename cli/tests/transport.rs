@@ -181,7 +181,13 @@ fn http_30_31_60_sdk_client_handshakes_and_transmits_to_avp_serve_byte_identical
         Some(32)
     );
     assert_stored_identically(&lines, &store, 5);
-    assert_eq!(stored_files(&store).len(), 5, "no temp files left behind");
+    // The SDK's send_text: stored as the exact JSON it sent (AVP-HTTP-33).
+    let text = lines.last().expect("text line");
+    assert_eq!(text["status"], 200);
+    let id = text["response"]["request_id"].as_str().expect("request_id");
+    let stored = std::fs::read_to_string(store.join(format!("{id}.json"))).expect("stored text");
+    assert_eq!(stored, text["text"].as_str().expect("sent text"));
+    assert_eq!(stored_files(&store).len(), 6, "no temp files left behind");
 }
 
 #[test]
@@ -313,7 +319,8 @@ fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_ge
 
     let refused = sdk(&["expect-error", &router.url, "--target", "nobody"]);
     assert_eq!(refused[0]["status"], 404);
-    assert_eq!(stored_files(&store).len(), 5);
+    // 5 messages and the SDK's text message, routed by its target_agent_id.
+    assert_eq!(stored_files(&store).len(), 6);
 
     // JSON fallback messages are routed by their target_agent_id too.
     let text = scratch.path("text.json");
@@ -516,4 +523,53 @@ fn http_2_sdk_httpx_over_h2c_prior_knowledge_reaches_avp_serve() {
     for line in lines.iter().filter(|l| l.get("name").is_some()) {
         assert_eq!(line["http_version"], "HTTP/2", "{line}");
     }
+}
+
+#[test]
+fn http_42_avp_send_exit_codes_separate_peer_answers_from_local_problems() {
+    let scratch = Scratch::new("exit");
+    let missing = scratch.path("missing.avp");
+    let output = avp()
+        .args([
+            "send",
+            missing.to_str().expect("utf-8"),
+            "--to",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .expect("avp send");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a file that is not there is a local problem"
+    );
+    assert!(output.stdout.is_empty());
+
+    let present = scratch.path("m.avp");
+    std::fs::write(&present, b"AV").expect("file");
+    let output = avp()
+        .args([
+            "send",
+            present.to_str().expect("utf-8"),
+            "--to",
+            "ftp://example",
+        ])
+        .output()
+        .expect("avp send");
+    assert_eq!(output.status.code(), Some(1));
+    let error: Value = serde_json::from_slice(&output.stdout).expect("error JSON");
+    assert_eq!(error["error"]["kind"], "invalid_url");
+
+    // Text that is not JSON never leaves the machine.
+    let output = avp()
+        .args([
+            "send",
+            "--text",
+            present.to_str().expect("utf-8"),
+            "--to",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .expect("avp send --text");
+    assert_eq!(output.status.code(), Some(2));
 }

@@ -112,6 +112,11 @@ def cmd_client(args):
         response = client.transmit(payload, meta, level)
         print(json.dumps({"name": name, "file": path, "status": response.status_code,
                           "http_version": response.http_version, "response": response.json()}), flush=True)
+    text = JSONMessage(session_id=session.session_id, source_agent_id="py-agent",
+                       target_agent_id=args.target, content="fallback ✓", extra={"n": 1})
+    response = client.send_text(text)
+    print(json.dumps({"text": text.to_json(), "status": response.status_code, "response": response.json()}),
+          flush=True)
     client.close()
 
 
