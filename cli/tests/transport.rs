@@ -573,3 +573,43 @@ fn http_42_avp_send_exit_codes_separate_peer_answers_from_local_problems() {
         .expect("avp send --text");
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn http_16_sigterm_lets_the_upload_in_flight_finish_then_exits_cleanly() {
+    use std::io::Write;
+    let scratch = Scratch::new("sigterm");
+    let store = scratch.path("store");
+    let message_path = scratch.path("msg.avp");
+    sdk(&["encode", message_path.to_str().expect("utf-8")]);
+    let message = std::fs::read(&message_path).expect("message");
+    let mut server = serve(&["--store", store.to_str().expect("utf-8")]);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    let head = format!(
+        "POST /avp/v2/transmit HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/avp+binary\r\nContent-Length: {}\r\n\r\n",
+        message.len()
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    let half = message.len() / 2;
+    stream.write_all(&message[..half]).expect("first half");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(&message[half..]).expect("second half");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let exit = server.child.wait().expect("exit");
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+    let stored = stored_files(&store);
+    assert_eq!(stored.len(), 1);
+    assert!(std::fs::read(&stored[0]).expect("stored") == message);
+}
