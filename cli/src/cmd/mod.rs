@@ -1,5 +1,9 @@
 //! One module per subcommand.
 pub(crate) mod decode;
 pub(crate) mod encode;
+pub(crate) mod handshake_remote;
 pub(crate) mod inspect;
+pub(crate) mod route;
+pub(crate) mod send;
+pub(crate) mod serve;
 pub(crate) mod version;
