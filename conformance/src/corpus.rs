@@ -1,0 +1,251 @@
+//! The case model (AVP-CONF-1, AVP-CONF-2) and the corpus loader.
+//!
+//! A case file is any `.json` file under the corpus root (other than the
+//! manifest) holding either `{"cases": [...]}` or a bare list of cases; other
+//! JSON files are data (inputs referenced by cases). Inputs are kept as the
+//! exact JSON text of the file so an adapter receives big integers and `-0.0`
+//! untouched (hash cases depend on it).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::error::ConformanceError;
+use crate::manifest::{self, Manifest};
+
+/// How binding a case is (AVP-CONF-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Level {
+    /// A violation is a FAIL.
+    #[serde(rename = "MUST")]
+    Must,
+    /// A violation is NON-STRICT.
+    #[serde(rename = "SHOULD")]
+    Should,
+    /// Recorded, never judged.
+    #[serde(rename = "INFO")]
+    Info,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Must => "MUST",
+            Self::Should => "SHOULD",
+            Self::Info => "INFO",
+        })
+    }
+}
+
+/// `expect.result` (AVP-CONF-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedResult {
+    /// Must be accepted, and the answer must match the other `expect` fields.
+    Valid,
+    /// Must be rejected; `expect.error_kind`, when given, is a SHOULD-level aspect.
+    Invalid,
+    /// A strict implementation rejects; accepting is NON-STRICT.
+    NonStrict,
+    /// Either answer passes; the choice is recorded.
+    Acceptable,
+}
+
+/// One case of the corpus.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Stable ID `<area>/<section>/<slug>`.
+    pub id: String,
+    /// Spec rule IDs the case checks.
+    pub rules: Vec<String>,
+    /// MUST / SHOULD / INFO.
+    pub level: Level,
+    /// Operation (`decode`, `model_hash`, ...), sent to the subject as `cmd`.
+    pub op: String,
+    /// Parsed `input`.
+    pub input: Value,
+    /// `input` exactly as written in the case file.
+    pub input_raw: String,
+    /// The whole `expect` object.
+    pub expect: Value,
+    /// `expect.result`.
+    pub result: ExpectedResult,
+    /// Free text, when the case has one.
+    pub description: Option<String>,
+    /// For byte inputs (`input.file`), the file on disk.
+    pub input_file: Option<PathBuf>,
+    /// Case file, relative to the corpus root.
+    pub source: String,
+}
+
+impl Case {
+    /// `<area>/<section>`: the grouping used by every report (AVP-CONF-30).
+    pub fn section(&self) -> &str {
+        match self.id.rfind('/') {
+            Some(i) => &self.id[..i],
+            None => &self.id,
+        }
+    }
+
+    /// The input bytes of a byte-input case (`input.file`, `input.b64` or `input.hex`).
+    pub fn input_bytes(&self) -> Result<Option<Vec<u8>>, ConformanceError> {
+        if let Some(path) = &self.input_file {
+            return std::fs::read(path)
+                .map(Some)
+                .map_err(|e| ConformanceError::io(path, e));
+        }
+        if let Some(text) = self.input.get("b64").and_then(Value::as_str) {
+            return crate::b64::decode(text).map(Some).ok_or_else(|| {
+                ConformanceError::format(&self.source, format!("{}: bad input.b64", self.id))
+            });
+        }
+        if let Some(text) = self.input.get("hex").and_then(Value::as_str) {
+            return decode_hex(text).map(Some).ok_or_else(|| {
+                ConformanceError::format(&self.source, format!("{}: bad input.hex", self.id))
+            });
+        }
+        Ok(None)
+    }
+}
+
+/// A verified corpus.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// Root directory.
+    pub root: PathBuf,
+    /// Its manifest (already verified).
+    pub manifest: Manifest,
+    /// All cases, sorted by ID.
+    pub cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct RawCase {
+    id: String,
+    #[serde(default)]
+    rules: Vec<String>,
+    level: Level,
+    op: String,
+    #[serde(default)]
+    input: Option<Box<RawValue>>,
+    expect: Value,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CaseFile {
+    Wrapped { cases: Vec<RawCase> },
+    Bare(Vec<RawCase>),
+}
+
+impl Corpus {
+    /// Verifies the manifest (refusing on any mismatch, AVP-CONF-4), then loads every case.
+    pub fn load(root: &Path) -> Result<Self, ConformanceError> {
+        let manifest = manifest::load_verified(root)?;
+        let mut cases = Vec::new();
+        let mut ids = BTreeSet::new();
+        for rel in manifest.files.keys() {
+            if !rel.ends_with(".json") {
+                continue;
+            }
+            let path = root.join(rel);
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| ConformanceError::io(&path, e))?;
+            if !looks_like_case_file(&text) {
+                continue;
+            }
+            let file: CaseFile = serde_json::from_str(&text)
+                .map_err(|e| ConformanceError::format(&path, format!("bad case file: {e}")))?;
+            let raw = match file {
+                CaseFile::Wrapped { cases } | CaseFile::Bare(cases) => cases,
+            };
+            let dir = path.parent().unwrap_or(root).to_path_buf();
+            for rc in raw {
+                let case = build_case(rc, &dir, rel, &path)?;
+                if !ids.insert(case.id.clone()) {
+                    return Err(ConformanceError::format(
+                        &path,
+                        format!("duplicate case id {}", case.id),
+                    ));
+                }
+                cases.push(case);
+            }
+        }
+        cases.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Corpus {
+            root: root.to_path_buf(),
+            manifest,
+            cases,
+        })
+    }
+}
+
+fn looks_like_case_file(text: &str) -> bool {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map.get("cases").is_some_and(Value::is_array),
+        Ok(Value::Array(list)) => list
+            .first()
+            .is_some_and(|c| c.get("id").is_some() && c.get("op").is_some()),
+        _ => false,
+    }
+}
+
+fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, ConformanceError> {
+    let bad = |m: String| ConformanceError::format(path, format!("{}: {m}", rc.id));
+    if rc.id.split('/').count() < 3 || rc.id.split('/').any(str::is_empty) {
+        return Err(bad("id is not <area>/<section>/<slug>".into()));
+    }
+    let result: ExpectedResult = rc
+        .expect
+        .get("result")
+        .cloned()
+        .ok_or_else(|| bad("expect.result missing".into()))
+        .and_then(|v| serde_json::from_value(v).map_err(|e| bad(format!("expect.result: {e}"))))?;
+    let input_raw = rc
+        .input
+        .as_ref()
+        .map(|r| r.get().to_string())
+        .unwrap_or_else(|| "{}".into());
+    let input: Value = serde_json::from_str(&input_raw).map_err(|e| bad(format!("input: {e}")))?;
+    let mut input_file = None;
+    for key in ["file", "path", "bin"] {
+        if let Some(name) = input.get(key).and_then(Value::as_str) {
+            let full = dir.join(name);
+            if !full.is_file() {
+                return Err(bad(format!("input.{key} {name} does not exist")));
+            }
+            input_file = Some(full);
+        }
+    }
+    Ok(Case {
+        id: rc.id,
+        rules: rc.rules,
+        level: rc.level,
+        op: rc.op,
+        input,
+        input_raw,
+        expect: rc.expect,
+        result,
+        description: rc.description,
+        input_file,
+        source: rel.to_string(),
+    })
+}
+
+/// Decodes lower- or upper-case hex; `None` on odd length or a bad digit.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|p| Some(((p[0] as char).to_digit(16)? * 16 + (p[1] as char).to_digit(16)?) as u8))
+        .collect()
+}

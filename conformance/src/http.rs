@@ -1,0 +1,1 @@
+//! Live HTTP mode (AVP-CONF-40..).

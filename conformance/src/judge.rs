@@ -1,0 +1,266 @@
+//! Turns one answer into one verdict (AVP-CONF-10..13).
+//!
+//! `expect.result` says what must happen; every other `expect` field (except
+//! `error_kind` and prose) must appear in the accepted answer with an equal
+//! value (objects compare as subsets, numbers by value). Bytes in answers
+//! (`{"b64"}` / `{"path"}`) are replaced by `{"len", "blake3"}` before the
+//! comparison, so adapters never need a BLAKE3 library (AVP-CONF-24).
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::corpus::{Case, ExpectedResult, Level};
+use crate::subject::HarnessFailure;
+use crate::verdict::Verdict;
+
+/// `expect` keys that are not compared with the answer.
+const NOT_COMPARED: [&str; 6] = [
+    "result",
+    "error_kind",
+    "description",
+    "note",
+    "notes",
+    "reason",
+];
+
+/// The judgement of one answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Judgement {
+    /// Verdict before expectations are applied.
+    pub verdict: Verdict,
+    /// One line saying why.
+    pub detail: String,
+    /// The answer as compared (bytes replaced by digests).
+    pub observed: Value,
+    /// Bytes found in the answer (field name, bytes), for hex dumps.
+    #[serde(skip)]
+    pub output_bytes: Vec<(String, Vec<u8>)>,
+}
+
+fn violated(level: Level) -> Verdict {
+    match level {
+        Level::Must => Verdict::Fail,
+        Level::Should => Verdict::NonStrict,
+        Level::Info => Verdict::Info,
+    }
+}
+
+/// Judges `answer` against `case`.
+pub fn judge(case: &Case, answer: Result<Value, HarnessFailure>) -> Judgement {
+    let mut answer = match answer {
+        Ok(a) => a,
+        Err(failure) => {
+            return Judgement {
+                verdict: Verdict::Error,
+                detail: failure.to_string(),
+                observed: Value::Null,
+                output_bytes: Vec::new(),
+            };
+        }
+    };
+    let output_bytes = replace_bytes(&mut answer);
+    let outcome = answer
+        .get("outcome")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let judged = |verdict, detail: String, answer: Value| Judgement {
+        verdict,
+        detail,
+        observed: answer,
+        output_bytes: Vec::new(),
+    };
+    let mut j = match outcome.as_str() {
+        "skipped" => {
+            let reason = answer
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_string();
+            judged(Verdict::Skip, format!("skipped: {reason}"), answer)
+        }
+        "errored" => {
+            let message = answer
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            judged(Verdict::Error, format!("adapter error: {message}"), answer)
+        }
+        "accepted" => {
+            let (verdict, detail) = judge_accepted(case, &answer);
+            judged(verdict, detail, answer)
+        }
+        _ => {
+            let (verdict, detail) = judge_rejected(case, &answer);
+            judged(verdict, detail, answer)
+        }
+    };
+    if case.level == Level::Info && !matches!(j.verdict, Verdict::Error | Verdict::Skip) {
+        j.detail = format!("{outcome} (recorded): {}", j.detail);
+        j.verdict = Verdict::Info;
+    }
+    j.output_bytes = output_bytes;
+    j
+}
+
+fn judge_accepted(case: &Case, answer: &Value) -> (Verdict, String) {
+    match case.result {
+        ExpectedResult::Valid => match compare_fields(&case.expect, answer) {
+            Ok(()) => (Verdict::Pass, "accepted with the expected result".into()),
+            Err(m) => (violated(case.level), format!("accepted, but {m}")),
+        },
+        ExpectedResult::Invalid => (
+            violated(case.level),
+            "accepted an input that must be rejected".into(),
+        ),
+        ExpectedResult::NonStrict => (
+            Verdict::NonStrict,
+            "accepted an input a strict implementation rejects".into(),
+        ),
+        ExpectedResult::Acceptable => (
+            Verdict::Pass,
+            "accepted (either answer is acceptable)".into(),
+        ),
+    }
+}
+
+fn judge_rejected(case: &Case, answer: &Value) -> (Verdict, String) {
+    let kind = answer
+        .get("error_kind")
+        .and_then(Value::as_str)
+        .unwrap_or("other");
+    let message = answer.get("message").and_then(Value::as_str).unwrap_or("");
+    match case.result {
+        ExpectedResult::Valid => (
+            violated(case.level),
+            format!("rejected a valid input ({kind}: {message})"),
+        ),
+        ExpectedResult::Invalid => match case.expect.get("error_kind") {
+            Some(expected) if !kind_matches(expected, kind) => (
+                Verdict::NonStrict,
+                format!("rejected, but as {kind}, expected {expected}"),
+            ),
+            _ => (Verdict::Pass, format!("rejected ({kind})")),
+        },
+        ExpectedResult::NonStrict => (
+            Verdict::Pass,
+            format!("rejected ({kind}), as a strict implementation does"),
+        ),
+        ExpectedResult::Acceptable => (
+            Verdict::Pass,
+            format!("rejected ({kind}) (either answer is acceptable)"),
+        ),
+    }
+}
+
+fn kind_matches(expected: &Value, kind: &str) -> bool {
+    match expected {
+        Value::String(s) => s == kind,
+        Value::Array(list) => list.iter().any(|v| v.as_str() == Some(kind)),
+        _ => true,
+    }
+}
+
+/// Every compared `expect` field must be in `answer` with an equal value.
+fn compare_fields(expect: &Value, answer: &Value) -> Result<(), String> {
+    let Some(expect) = expect.as_object() else {
+        return Ok(());
+    };
+    for (key, want) in expect {
+        if NOT_COMPARED.contains(&key.as_str()) {
+            continue;
+        }
+        match answer.get(key) {
+            None => return Err(format!("`{key}` missing from the answer")),
+            Some(got) => subset(want, got, key)?,
+        }
+    }
+    Ok(())
+}
+
+fn subset(want: &Value, got: &Value, path: &str) -> Result<(), String> {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, wv) in w {
+                let p = format!("{path}.{k}");
+                match g.get(k) {
+                    Some(gv) => subset(wv, gv, &p)?,
+                    None => return Err(format!("`{p}` missing from the answer")),
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(w), Value::Array(g)) => {
+            if w.len() != g.len() {
+                return Err(format!(
+                    "`{path}` has {} items, expected {}",
+                    g.len(),
+                    w.len()
+                ));
+            }
+            for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                subset(wv, gv, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (Value::Number(w), Value::Number(g)) if numbers_equal(w, g) => Ok(()),
+        (w, g) if w == g => Ok(()),
+        (w, g) => Err(format!("`{path}` is {g}, expected {w}")),
+    }
+}
+
+/// Integers compare exactly (beyond 2^53 too); otherwise by f64 value.
+fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    match (a.as_i128(), b.as_i128()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.as_f64() == b.as_f64(),
+    }
+}
+
+/// Replaces top-level `{"b64": ..}` / `{"path": ..}` byte references in an
+/// answer by `{"len", "blake3"}` and returns the bytes.
+fn replace_bytes(answer: &mut Value) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    let Some(map) = answer.as_object_mut() else {
+        return found;
+    };
+    for (key, value) in map.iter_mut() {
+        let Some(bytes) = value.as_object().and_then(read_ref) else {
+            continue;
+        };
+        *value = digest_of(&bytes);
+        found.push((key.clone(), bytes));
+    }
+    found
+}
+
+fn read_ref(obj: &Map<String, Value>) -> Option<Vec<u8>> {
+    if obj.len() != 1 {
+        return None;
+    }
+    if let Some(text) = obj.get("b64").and_then(Value::as_str) {
+        return crate::b64::decode(text);
+    }
+    obj.get("path")
+        .and_then(Value::as_str)
+        .and_then(|p| std::fs::read(p).ok())
+}
+
+/// `{"len", "blake3"}` of some bytes, as compared with `expect`.
+pub fn digest_of(bytes: &[u8]) -> Value {
+    json!({ "len": bytes.len(), "blake3": blake3::hash(bytes).to_hex().to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_compares_numbers_by_value_and_objects_as_subsets() {
+        assert!(subset(&json!({"a": 1}), &json!({"a": 1.0, "b": 2}), "x").is_ok());
+        assert!(subset(&json!({"a": [1, 2]}), &json!({"a": [1]}), "x").is_err());
+        let err = subset(&json!({"a": {"b": "x"}}), &json!({"a": {"b": "y"}}), "m").unwrap_err();
+        assert_eq!(err, "`m.a.b` is \"y\", expected \"x\"");
+    }
+}

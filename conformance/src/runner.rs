@@ -1,0 +1,242 @@
+//! Runs a corpus against subjects and collects the results every report is
+//! rendered from.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::corpus::{Case, Corpus, Level};
+use crate::coverage::Coverage;
+use crate::expectations::{Expectations, StaleEntry};
+use crate::judge::judge;
+use crate::subject::{Request, Subject, implementation_name};
+use crate::verdict::Verdict;
+
+/// Hex dumps in reports show at most this many bytes.
+pub const DUMP_BYTES: usize = 256;
+
+/// The result of one case against one subject.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// Case ID.
+    pub id: String,
+    /// `<area>/<section>`.
+    pub section: String,
+    /// MUST / SHOULD / INFO.
+    pub level: Level,
+    /// Rule IDs.
+    pub rules: Vec<String>,
+    /// Operation.
+    pub op: String,
+    /// Case description.
+    pub description: Option<String>,
+    /// Final verdict (after expectations).
+    pub verdict: Verdict,
+    /// Verdict before expectations.
+    pub raw_verdict: Verdict,
+    /// Why.
+    pub detail: String,
+    /// The reason from the expectations file, when an entry matched.
+    pub expectation: Option<String>,
+    /// The case's `expect`.
+    pub expected: Value,
+    /// The answer (bytes as digests).
+    pub observed: Value,
+    /// Milliseconds the subject took.
+    pub duration_ms: f64,
+    /// Subject stderr written during the case.
+    pub log: String,
+    /// Input length in bytes (byte-input cases).
+    pub input_len: Option<usize>,
+    /// First bytes of the input.
+    #[serde(skip)]
+    pub input_head: Vec<u8>,
+    /// First bytes of each byte field of the answer.
+    #[serde(skip)]
+    pub output_heads: Vec<(String, Vec<u8>)>,
+}
+
+/// All results for one subject.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubjectReport {
+    /// `hello.implementation.name`.
+    pub name: String,
+    /// The full `hello` answer.
+    pub hello: Value,
+    /// Per case, in corpus order.
+    pub results: Vec<CaseResult>,
+    /// The expectations file used, if any.
+    pub expectations: Option<String>,
+    /// Entries that no longer describe the run (each fails it, AVP-CONF-15).
+    pub stale: Vec<StaleEntry>,
+    /// Wall-clock milliseconds for the whole corpus.
+    pub duration_ms: f64,
+}
+
+impl SubjectReport {
+    /// Count of each verdict, in [`Verdict::ALL`] order.
+    pub fn counts(&self) -> Vec<(Verdict, usize)> {
+        Verdict::ALL
+            .iter()
+            .map(|v| (*v, self.results.iter().filter(|r| r.verdict == *v).count()))
+            .collect()
+    }
+
+    /// Whether this subject makes the run fail (AVP-CONF-16).
+    pub fn failed(&self, strict: bool) -> bool {
+        !self.stale.is_empty() || self.results.iter().any(|r| r.verdict.fails_run(strict))
+    }
+}
+
+/// Everything one run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Suite name from the manifest.
+    pub suite: Option<String>,
+    /// Suite version from the manifest.
+    pub suite_version: Option<String>,
+    /// BLAKE3 of `MANIFEST.json`: which corpus was run (AVP-CONF-5).
+    pub manifest_blake3: String,
+    /// This runner's version.
+    pub runner_version: String,
+    /// Whether NON-STRICT fails the run.
+    pub strict: bool,
+    /// Seconds since the Unix epoch when the run started.
+    pub started_unix: u64,
+    /// Per subject.
+    pub subjects: Vec<SubjectReport>,
+    /// Rules without cases, if a spec directory was given.
+    pub coverage: Option<Coverage>,
+}
+
+impl RunReport {
+    /// Starts an empty report for `corpus`.
+    pub fn new(corpus: &Corpus, strict: bool) -> Self {
+        RunReport {
+            suite: corpus.manifest.suite.clone(),
+            suite_version: corpus.manifest.suite_version.clone(),
+            manifest_blake3: corpus.manifest.digest.clone(),
+            runner_version: env!("CARGO_PKG_VERSION").to_string(),
+            strict,
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            subjects: Vec::new(),
+            coverage: None,
+        }
+    }
+
+    /// The exit code for the whole run (AVP-CONF-16): 2 if any ERROR, else 1 if
+    /// anything fails the run, else 0.
+    pub fn exit_code(&self) -> u8 {
+        let any_error = self
+            .subjects
+            .iter()
+            .any(|s| s.results.iter().any(|r| r.verdict == Verdict::Error));
+        if any_error {
+            crate::EXIT_ERROR
+        } else if self.subjects.iter().any(|s| s.failed(self.strict)) {
+            crate::EXIT_FAIL
+        } else {
+            crate::EXIT_OK
+        }
+    }
+}
+
+/// Runs every case of `cases` against `subject` and applies `expectations`.
+pub fn run_subject(
+    cases: &[Case],
+    subject: &mut dyn Subject,
+    hello: Value,
+    expectations: Option<&Expectations>,
+) -> SubjectReport {
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(cases.len());
+    for case in cases {
+        results.push(run_case(case, subject));
+    }
+    subject.finish();
+    let mut stale = Vec::new();
+    if let Some(exp) = expectations {
+        let raw: Vec<(&str, Verdict)> = results
+            .iter()
+            .map(|r| (r.id.as_str(), r.raw_verdict))
+            .collect();
+        let (finals, st) = exp.apply(&raw);
+        for (r, v) in results.iter_mut().zip(finals) {
+            r.verdict = v;
+            r.expectation = exp
+                .lookup(&r.id)
+                .map(|(_, e)| format!("{} # {}", e.verdict, e.reason));
+        }
+        stale = st;
+    }
+    SubjectReport {
+        name: implementation_name(&hello),
+        hello,
+        results,
+        expectations: expectations.map(|e| e.source.clone()),
+        stale,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+fn run_case(case: &Case, subject: &mut dyn Subject) -> CaseResult {
+    let data = case.input_bytes();
+    let started = Instant::now();
+    let (judgement, input) = match data {
+        Err(e) => (
+            crate::judge::Judgement {
+                verdict: Verdict::Error,
+                detail: format!("corpus input: {e}"),
+                observed: Value::Null,
+                output_bytes: Vec::new(),
+            },
+            None,
+        ),
+        Ok(data) => {
+            let request = Request {
+                cmd: &case.op,
+                case_id: &case.id,
+                input: &case.input,
+                input_raw: &case.input_raw,
+                data: data.as_deref(),
+            };
+            (judge(case, subject.call(&request)), data)
+        }
+    };
+    let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    CaseResult {
+        id: case.id.clone(),
+        section: case.section().to_string(),
+        level: case.level,
+        rules: case.rules.clone(),
+        op: case.op.clone(),
+        description: case.description.clone(),
+        verdict: judgement.verdict,
+        raw_verdict: judgement.verdict,
+        detail: judgement.detail,
+        expectation: None,
+        expected: case.expect.clone(),
+        observed: judgement.observed,
+        duration_ms,
+        log: subject.take_log(),
+        input_len: input.as_ref().map(Vec::len),
+        input_head: input
+            .map(|mut d| {
+                d.truncate(DUMP_BYTES);
+                d
+            })
+            .unwrap_or_default(),
+        output_heads: judgement
+            .output_bytes
+            .into_iter()
+            .map(|(k, mut b)| {
+                b.truncate(DUMP_BYTES);
+                (k, b)
+            })
+            .collect(),
+    }
+}
