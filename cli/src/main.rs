@@ -22,11 +22,15 @@ struct Cli {
 enum Command {
     /// Print the workspace version and enabled features.
     Version,
+    /// Check an implementation or a live server against the conformance corpus.
+    #[command(subcommand)]
+    Conformance(cmd::conformance::ConformanceCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Conformance(command) => cmd::conformance::run(command),
     }
 }

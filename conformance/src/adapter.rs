@@ -146,7 +146,17 @@ impl AdapterSubject {
     }
 
     /// Sends one line and waits for one answer line with the same `seq`.
-    fn exchange(&mut self, mut message: Value) -> Result<Value, HarnessFailure> {
+    fn exchange(&mut self, message: Value) -> Result<Value, HarnessFailure> {
+        self.exchange_with_input(message, None)
+    }
+
+    /// Like `exchange`, with `"input": <raw_input>` spliced in verbatim so
+    /// numbers reach the adapter exactly as the corpus wrote them.
+    fn exchange_with_input(
+        &mut self,
+        mut message: Value,
+        raw_input: Option<&str>,
+    ) -> Result<Value, HarnessFailure> {
         self.seq += 1;
         let seq = self.seq;
         message["seq"] = json!(seq);
@@ -155,6 +165,17 @@ impl AdapterSubject {
             return Err(HarnessFailure::Crashed("adapter not running".into()));
         };
         let mut line = message.to_string();
+        if let Some(raw) = raw_input {
+            // Raw newlines can only be insignificant whitespace in valid JSON
+            // (strings escape them), so flattening keeps the value intact.
+            line.pop();
+            line.push_str(",\"input\":");
+            line.extend(
+                raw.chars()
+                    .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+            );
+            line.push('}');
+        }
         line.push('\n');
         if let Err(e) = running
             .stdin
@@ -277,7 +298,7 @@ impl Subject for AdapterSubject {
     fn call(&mut self, request: &Request<'_>) -> Result<Value, HarnessFailure> {
         self.ensure_started()
             .map_err(|e| HarnessFailure::Crashed(format!("restart failed: {e}")))?;
-        let input = match request.data {
+        let answer = match request.data {
             Some(data) => {
                 let mut input = match request.input {
                     Value::Object(map) => map.clone(),
@@ -287,15 +308,15 @@ impl Subject for AdapterSubject {
                     input.remove(key);
                 }
                 input.insert("data".into(), self.data_ref(request.case_id, data)?);
-                Value::Object(input)
+                self.exchange(
+                    json!({ "cmd": request.cmd, "case": request.case_id, "input": input }),
+                )?
             }
-            None => serde_json::from_str::<Box<serde_json::value::RawValue>>(request.input_raw)
-                .ok()
-                .and_then(|raw| serde_json::to_value(raw).ok())
-                .unwrap_or_else(|| request.input.clone()),
+            None => self.exchange_with_input(
+                json!({ "cmd": request.cmd, "case": request.case_id }),
+                Some(request.input_raw),
+            )?,
         };
-        let answer =
-            self.exchange(json!({ "cmd": request.cmd, "case": request.case_id, "input": input }))?;
         match answer.get("outcome").and_then(Value::as_str) {
             Some(o) if OUTCOMES.contains(&o) => Ok(answer),
             _ => Err(HarnessFailure::Protocol(format!(

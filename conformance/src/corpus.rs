@@ -137,11 +137,11 @@ struct RawCase {
     description: Option<String>,
 }
 
+/// `{"cases": [...]}` (other keys ignored). Not an untagged enum with the
+/// bare-list form: serde buffers untagged input, which `RawValue` cannot survive.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum CaseFile {
-    Wrapped { cases: Vec<RawCase> },
-    Bare(Vec<RawCase>),
+struct WrappedCases {
+    cases: Vec<RawCase>,
 }
 
 impl Corpus {
@@ -160,11 +160,13 @@ impl Corpus {
             if !looks_like_case_file(&text) {
                 continue;
             }
-            let file: CaseFile = serde_json::from_str(&text)
-                .map_err(|e| ConformanceError::format(&path, format!("bad case file: {e}")))?;
-            let raw = match file {
-                CaseFile::Wrapped { cases } | CaseFile::Bare(cases) => cases,
+            let parsed = if text.trim_start().starts_with('[') {
+                serde_json::from_str::<Vec<RawCase>>(&text)
+            } else {
+                serde_json::from_str::<WrappedCases>(&text).map(|w| w.cases)
             };
+            let raw = parsed
+                .map_err(|e| ConformanceError::format(&path, format!("bad case file: {e}")))?;
             let dir = path.parent().unwrap_or(root).to_path_buf();
             for rc in raw {
                 let case = build_case(rc, &dir, rel, &path)?;

@@ -87,6 +87,10 @@ pub fn judge(case: &Case, answer: Result<Value, HarnessFailure>) -> Judgement {
                 .to_string();
             judged(Verdict::Error, format!("adapter error: {message}"), answer)
         }
+        "http" => {
+            let (verdict, detail) = crate::http::judge_http(case, &answer);
+            judged(verdict, detail, answer)
+        }
         "accepted" => {
             let (verdict, detail) = judge_accepted(case, &answer);
             judged(verdict, detail, answer)

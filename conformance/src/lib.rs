@@ -37,8 +37,8 @@ pub const EXIT_OK: u8 = 0;
 /// Exit code: an unexpected FAIL, an XPASS, a stale expectation, or NON-STRICT under `--strict`.
 pub const EXIT_FAIL: u8 = 1;
 /// Exit code: a harness or adapter ERROR (crash, timeout, malformed answer, dead server).
-pub const EXIT_ERROR: u8 = 2;
+pub const EXIT_ERROR: u8 = 4;
 /// Exit code: the corpus does not match its manifest.
 pub const EXIT_INTEGRITY: u8 = 3;
-/// Exit code: bad command line or unreadable input files.
-pub const EXIT_USAGE: u8 = 4;
+/// Exit code: bad command line or unreadable input files (2, like every clap parse error).
+pub const EXIT_USAGE: u8 = 2;

@@ -128,7 +128,7 @@ impl RunReport {
         }
     }
 
-    /// The exit code for the whole run (AVP-CONF-16): 2 if any ERROR, else 1 if
+    /// The exit code for the whole run (AVP-CONF-16): 4 if any ERROR, else 1 if
     /// anything fails the run, else 0.
     pub fn exit_code(&self) -> u8 {
         let any_error = self

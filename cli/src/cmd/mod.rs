@@ -1,2 +1,3 @@
 //! One module per subcommand.
+pub(crate) mod conformance;
 pub(crate) mod version;
