@@ -450,6 +450,14 @@ def random_document_cases():
             f"json/float-repr/{i:02d}", ["AVP-HASH-3"], "canonical_json", {"text": text},
             {"result": "valid", "canonical": canonical(xs)},
         ))
+    # Exact ties between two shortest candidates (Python rounds to even).
+    ties = []
+    for _ in range(1000):
+        scale = rng.choice([2.0 ** 49, 2.0 ** 50, 2.0 ** 51, 2.0 ** 52])
+        ties.append(rng.choice([-1, 1]) * (scale + rng.randrange(1 << 20) + rng.choice([0.25, 0.75, 0.5, 0.125])))
+    text = "[" + ",".join(repr(x) for x in ties) + "]"
+    cases.append(case("json/float-repr/ties", ["AVP-HASH-3"], "canonical_json", {"text": text},
+                      {"result": "valid", "canonical": canonical(ties)}))
     return cases
 
 

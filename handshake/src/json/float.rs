@@ -23,6 +23,20 @@ pub fn write_py_float(out: &mut String, x: f64) {
     let mut sci = String::with_capacity(32);
     // Writing into a String cannot fail.
     let _ = write!(sci, "{x:e}");
+    // When two shortest candidates are equally close to x (x is exactly
+    // halfway), Rust's shortest mode rounds the tie up while Python (David
+    // Gay's dtoa) rounds it to even. Rust's fixed-precision mode rounds
+    // half to even, so with the same digit count it gives Python's choice
+    // whenever that choice round-trips. Ties need ~15+ digits (doubles are
+    // far denser than shorter decimals), so shorter outputs skip the check.
+    let digit_count = sci.bytes().take_while(|b| *b != b'e').filter(u8::is_ascii_digit).count();
+    if digit_count >= 15 {
+        let mut exact = String::with_capacity(32);
+        let _ = write!(exact, "{:.*e}", digit_count.saturating_sub(1), x);
+        if exact != sci && exact.parse::<f64>().ok() == Some(x) {
+            sci = exact;
+        }
+    }
     let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
@@ -118,6 +132,9 @@ mod tests {
             (-2.5, "-2.5"),
             (0.000123, "0.000123"),
             (1e-10, "1e-10"),
+            // Exact ties between two shortest candidates: Python rounds to even.
+            (634865111930876.25, "634865111930876.2"),
+            (1673547558821816.75, "1673547558821816.8"),
         ];
         for (x, want) in cases {
             assert_eq!(repr(*x), *want, "repr({x:e})");
