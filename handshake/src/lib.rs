@@ -1,3 +1,43 @@
 //! AVP handshake (spec/handshake.md): model identities, Python-exact hashes,
-//! mode negotiation and sessions. Sans-I/O.
+//! mode negotiation and sessions. Sans-I/O (the optional `fs` feature adds
+//! the one module that reads files).
+//!
+//! - [`json`]: a JSON reader/writer that reproduces Python's `json` module
+//!   byte for byte (AVP-HASH-1..AVP-HASH-9);
+//! - [`model_hash`], [`tokenizer_hash`], [`vocab_from_tokenizer_json`]
+//!   (AVP-HASH-10, AVP-HASH-11);
+//! - [`ModelIdentity`], [`identity_from_config`], [`HelloMessage`] (AVP-HS-1..4);
+//! - [`resolve`]: the SDK's six rules (AVP-HS-5..10);
+//! - [`state`]: the handshake as a consuming state machine (AVP-HS-11, 12);
+//! - [`SessionManager`]: sessions with TTL (AVP-HS-13);
+//! - [`weights`]: the `weights_digest` extension (AVP-HS-20..23).
 #![forbid(unsafe_code)]
+#![warn(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+
+pub mod error;
+#[cfg(feature = "fs")]
+pub mod fs;
+pub mod hash;
+pub mod hello;
+pub mod identity;
+pub mod json;
+pub mod resolve;
+pub mod session;
+pub mod state;
+pub mod vocab;
+pub mod weights;
+
+pub use error::{Error, JsonError, JsonErrorKind};
+pub use hash::{model_hash, tokenizer_hash};
+pub use hello::{AVP_VERSION_STRING, HelloMessage, WEIGHTS_DIGEST_CAPABILITY};
+pub use identity::{ModelIdentity, identity_from_config};
+pub use resolve::{MIN_VOCAB_OVERLAP, MapLookup, Mode, Resolution, ResolutionPath, ResolveOptions, map_id, resolve};
+pub use session::{DEFAULT_TTL, Session, SessionManager};
+pub use vocab::{count_vocab_overlap, vocab_from_document, vocab_from_tokenizer_json};
+pub use weights::WeightsDigest;

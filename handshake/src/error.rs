@@ -1,0 +1,147 @@
+//! The crate's one error type (spec/handshake.md, AVP-HS-14).
+//!
+//! Kinds are grouped by who is at fault: the input (a peer's hello, a config
+//! or tokenizer file: [`Error::Json`], [`Error::Field`], [`Error::Tokenizer`],
+//! [`Error::Safetensors`]), the caller ([`Error::TooDeepToWrite`],
+//! [`Error::DuplicateSession`]), or I/O in the optional `fs` module.
+
+use core::fmt;
+
+/// What is wrong with a JSON text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JsonErrorKind {
+    /// The bytes are not UTF-8.
+    InvalidUtf8,
+    /// The text starts with a UTF-8 byte-order mark (Python's `json.loads` refuses it too).
+    ByteOrderMark,
+    /// The text ends inside a value.
+    UnexpectedEnd,
+    /// A character that cannot start or continue a value here.
+    UnexpectedChar,
+    /// An object member does not start with a string key.
+    ExpectedKey,
+    /// An object key is not followed by `:`.
+    ExpectedColon,
+    /// An unescaped control character (below U+0020) inside a string.
+    ControlCharacter,
+    /// An unknown escape or a malformed `\uXXXX`.
+    BadEscape,
+    /// A malformed number.
+    BadNumber,
+    /// An integer literal longer than Python's 4300-digit limit.
+    IntegerTooLong,
+    /// Arrays/objects nested deeper than the limit.
+    TooDeep,
+    /// Something other than whitespace after the document.
+    TrailingData,
+}
+
+impl JsonErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            JsonErrorKind::InvalidUtf8 => "invalid UTF-8",
+            JsonErrorKind::ByteOrderMark => "unexpected UTF-8 byte-order mark",
+            JsonErrorKind::UnexpectedEnd => "unexpected end of input",
+            JsonErrorKind::UnexpectedChar => "unexpected character",
+            JsonErrorKind::ExpectedKey => "expected a string key",
+            JsonErrorKind::ExpectedColon => "expected ':' after an object key",
+            JsonErrorKind::ControlCharacter => "unescaped control character in a string",
+            JsonErrorKind::BadEscape => "invalid escape in a string",
+            JsonErrorKind::BadNumber => "malformed number",
+            JsonErrorKind::IntegerTooLong => "integer literal longer than 4300 digits",
+            JsonErrorKind::TooDeep => "nesting deeper than 512 levels",
+            JsonErrorKind::TrailingData => "extra data after the JSON document",
+        }
+    }
+}
+
+/// A JSON syntax error and the byte offset where it was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonError {
+    /// What is wrong.
+    pub kind: JsonErrorKind,
+    /// Byte offset into the input.
+    pub offset: usize,
+}
+
+impl JsonError {
+    pub(crate) fn new(kind: JsonErrorKind, offset: usize) -> Self {
+        Self { kind, offset }
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid JSON: {} at byte {}", self.kind.describe(), self.offset)
+    }
+}
+
+/// Every error of this crate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Input is not JSON as Python's `json.loads` reads it (input fault).
+    Json(JsonError),
+    /// A JSON field has the wrong type or an unusable value (input fault).
+    Field {
+        /// Dotted path of the field, e.g. `identity.hidden_dim`.
+        field: String,
+        /// What was expected.
+        expected: &'static str,
+        /// What was found (a JSON type name or a short description).
+        found: String,
+    },
+    /// A `tokenizer.json` we cannot read a vocabulary from (input fault).
+    Tokenizer(String),
+    /// A malformed safetensors header or layout (input fault).
+    Safetensors(String),
+    /// The same tensor name appears twice across a model's files (input fault).
+    DuplicateTensor(String),
+    /// A value handed to the writer nests deeper than the limit (caller fault).
+    TooDeepToWrite,
+    /// A session id already in use was passed to `SessionManager::create` (caller fault).
+    DuplicateSession(String),
+    /// Reading a file failed (only from the `fs` module).
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn field(field: impl Into<String>, expected: &'static str, found: impl Into<String>) -> Self {
+        Error::Field {
+            field: field.into(),
+            expected,
+            found: found.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Json(e) => fmt::Display::fmt(e, f),
+            Error::Field { field, expected, found } => {
+                write!(f, "field `{field}`: expected {expected}, found {found}")
+            }
+            Error::Tokenizer(msg) => write!(f, "unusable tokenizer.json: {msg}"),
+            Error::Safetensors(msg) => write!(f, "invalid safetensors file: {msg}"),
+            Error::DuplicateTensor(name) => write!(f, "tensor `{name}` appears in more than one file"),
+            Error::TooDeepToWrite => f.write_str("value nests deeper than 512 levels"),
+            Error::DuplicateSession(id) => write!(f, "session id `{id}` is already in use"),
+            Error::Io { path, message } => write!(f, "{path}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<JsonError> for Error {
+    fn from(e: JsonError) -> Self {
+        Error::Json(e)
+    }
+}

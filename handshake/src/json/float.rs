@@ -1,0 +1,143 @@
+//! Python's `repr(float)` (AVP-HASH-3).
+//!
+//! Python prints the shortest digit string that round-trips (David Gay's
+//! mode 0). Rust's `{:e}` prints the same shortest digits, so only the layout
+//! differs: Python uses fixed notation when the decimal exponent `e` of
+//! `d.ddd×10^e` satisfies `-4 <= e < 16` and appends `.0` to integral values;
+//! otherwise scientific notation with a sign and at least two exponent digits.
+
+use core::fmt::Write as _;
+
+/// Appends `repr(x)` as Python 3 prints it (`1e-06`, `1e+16`,
+/// `1000000000000000.0`, `-0.0`, `5e-324`, `NaN`, `Infinity`, `-Infinity`).
+pub fn write_py_float(out: &mut String, x: f64) {
+    if x.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if x.is_infinite() {
+        out.push_str(if x > 0.0 { "Infinity" } else { "-Infinity" });
+        return;
+    }
+    // `{:e}` of a finite f64: `-?D(.DDD)?e-?N` with shortest round-trip digits.
+    let mut sci = String::with_capacity(32);
+    // Writing into a String cannot fail.
+    let _ = write!(sci, "{x:e}");
+    // When two shortest candidates are equally close to x (x is exactly
+    // halfway), Rust's shortest mode rounds the tie up while Python (David
+    // Gay's dtoa) rounds it to even. Rust's fixed-precision mode rounds
+    // half to even, so with the same digit count it gives Python's choice
+    // whenever that choice round-trips. Ties need ~15+ digits (doubles are
+    // far denser than shorter decimals), so shorter outputs skip the check.
+    let digit_count = sci.bytes().take_while(|b| *b != b'e').filter(u8::is_ascii_digit).count();
+    if digit_count >= 15 {
+        let mut exact = String::with_capacity(32);
+        let _ = write!(exact, "{:.*e}", digit_count.saturating_sub(1), x);
+        if exact != sci && exact.parse::<f64>().ok() == Some(x) {
+            sci = exact;
+        }
+    }
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let exp10: i32 = exponent.parse().unwrap_or(0);
+    let (lead, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if negative {
+        out.push('-');
+    }
+    if (-4..16).contains(&exp10) {
+        write_fixed(out, lead, frac, exp10);
+    } else {
+        out.push_str(lead);
+        if !frac.is_empty() {
+            out.push('.');
+            out.push_str(frac);
+        }
+        out.push('e');
+        out.push(if exp10 < 0 { '-' } else { '+' });
+        let magnitude = exp10.unsigned_abs();
+        if magnitude < 10 {
+            out.push('0');
+        }
+        let _ = write!(out, "{magnitude}");
+    }
+}
+
+/// Fixed notation for `lead.frac × 10^exp10` with `-4 <= exp10 < 16`.
+fn write_fixed(out: &mut String, lead: &str, frac: &str, exp10: i32) {
+    // All digits, and how many of them stand before the decimal point.
+    let digits_len = lead.len().saturating_add(frac.len());
+    let int_len = exp10.saturating_add(1);
+    let digits = lead.chars().chain(frac.chars());
+    if int_len <= 0 {
+        out.push_str("0.");
+        for _ in 0..int_len.unsigned_abs() {
+            out.push('0');
+        }
+        out.extend(digits);
+        return;
+    }
+    let int_len = usize::try_from(int_len).unwrap_or(0);
+    if int_len >= digits_len {
+        out.extend(digits);
+        for _ in 0..int_len.saturating_sub(digits_len) {
+            out.push('0');
+        }
+        out.push_str(".0");
+    } else {
+        for (i, c) in digits.enumerate() {
+            if i == int_len {
+                out.push('.');
+            }
+            out.push(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repr(x: f64) -> String {
+        let mut s = String::new();
+        write_py_float(&mut s, x);
+        s
+    }
+
+    #[test]
+    fn avp_hash_3_python_repr_classes() {
+        let cases: &[(f64, &str)] = &[
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (100.0, "100.0"),
+            (0.1, "0.1"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (1e-6, "1e-06"),
+            (1.5e-7, "1.5e-07"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.2345e16, "1.2345e+16"),
+            (123456789012345.6, "123456789012345.6"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (1e22, "1e+22"),
+            (1e100, "1e+100"),
+            (-2.5, "-2.5"),
+            (0.000123, "0.000123"),
+            (1e-10, "1e-10"),
+            // Exact ties between two shortest candidates: Python rounds to even.
+            (634865111930876.25, "634865111930876.2"),
+            (1673547558821816.75, "1673547558821816.8"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(repr(*x), *want, "repr({x:e})");
+        }
+    }
+}

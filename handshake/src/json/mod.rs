@@ -1,0 +1,358 @@
+//! A JSON data model that keeps everything Python's `json` module keeps
+//! (spec/handshake.md, AVP-HASH-1..AVP-HASH-9).
+//!
+//! Generic JSON libraries lose exactly the details that decide a SHA-256
+//! over `json.dumps(config, sort_keys=True, separators=(",", ":"))`: the
+//! int/float distinction (`100` vs `100.0`), integers beyond 64 bits, `-0.0`,
+//! `NaN`/`Infinity`, lone UTF-16 surrogates from `\ud800` escapes, and
+//! Python's dict semantics for duplicate keys. This module keeps all of them.
+
+mod float;
+mod parse;
+mod write;
+
+pub use float::write_py_float;
+pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, parse};
+pub use write::{Separators, WriteOptions, to_canonical, write_value};
+pub(crate) use write::write_string as write_string_pub;
+
+use core::cmp::Ordering;
+use core::fmt;
+
+/// A JSON string as Python holds it: any sequence of code points, including
+/// lone surrogates (which a Rust `String` cannot hold).
+///
+/// Stored as WTF-8 (UTF-8 extended to encode surrogates as 3-byte sequences),
+/// so byte order equals code-point order (the order Python sorts keys in,
+/// AVP-HASH-4) and plain UTF-8 strings cost nothing extra.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct JsonString(Vec<u8>);
+
+impl JsonString {
+    /// The WTF-8 bytes (plain UTF-8 unless the string holds a lone surrogate).
+    pub fn as_wtf8(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The string as `&str`, or `None` when it holds a lone surrogate.
+    pub fn as_str(&self) -> Option<&str> {
+        core::str::from_utf8(&self.0).ok()
+    }
+
+    /// The string with every lone surrogate replaced by U+FFFD.
+    pub fn to_string_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+
+    /// Builds from WTF-8 bytes produced by this crate's parser.
+    pub(crate) fn from_wtf8_unchecked(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The code points of the string, surrogates included.
+    pub fn code_points(&self) -> CodePoints<'_> {
+        CodePoints { bytes: &self.0 }
+    }
+
+    /// The first `n` code points, as Python's `s[:n]` gives them.
+    pub fn prefix_code_points(&self, n: usize) -> JsonString {
+        let mut end = 0usize;
+        let mut rest = self.0.as_slice();
+        for _ in 0..n {
+            let Some(&lead) = rest.first() else { break };
+            let width = utf8_width(lead).min(rest.len());
+            end = end.saturating_add(width);
+            rest = rest.get(width..).unwrap_or_default();
+        }
+        JsonString(self.0.get(..end).unwrap_or_default().to_vec())
+    }
+
+    /// True when the string is empty (Python truthiness).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for JsonString {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for JsonString {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes())
+    }
+}
+
+impl PartialOrd for JsonString {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for JsonString {
+    /// Code-point order (WTF-8 byte order is code-point order).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl fmt::Debug for JsonString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string_lossy(), f)
+    }
+}
+
+impl fmt::Display for JsonString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}
+
+/// Length of the (W)UTF-8 sequence starting with `lead`.
+fn utf8_width(lead: u8) -> usize {
+    match lead {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// Iterator over the code points of a [`JsonString`].
+#[derive(Debug, Clone)]
+pub struct CodePoints<'a> {
+    bytes: &'a [u8],
+}
+
+impl Iterator for CodePoints<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let (&lead, rest) = self.bytes.split_first()?;
+        let width = utf8_width(lead);
+        let cont = |i: usize| u32::from(rest.get(i).copied().unwrap_or(0x80) & 0x3f);
+        let cp = match width {
+            1 => u32::from(lead),
+            2 => (u32::from(lead & 0x1f) << 6) | cont(0),
+            3 => (u32::from(lead & 0x0f) << 12) | (cont(0) << 6) | cont(1),
+            _ => (u32::from(lead & 0x07) << 18) | (cont(0) << 12) | (cont(1) << 6) | cont(2),
+        };
+        self.bytes = self.bytes.get(width..).unwrap_or_default();
+        Some(cp)
+    }
+}
+
+/// A JSON integer of any size, as Python's `int` holds it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Int(IntRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IntRepr {
+    Small(i64),
+    /// Normalised decimal (optional `-`, no leading zeros) outside `i64`.
+    Big(Box<str>),
+}
+
+impl Int {
+    /// Parses a JSON integer literal (`-?(0|[1-9][0-9]*)`), already validated.
+    pub(crate) fn from_literal(lit: &str) -> Self {
+        match lit.parse::<i64>() {
+            Ok(v) => Int(IntRepr::Small(v)),
+            Err(_) => Int(IntRepr::Big(lit.into())),
+        }
+    }
+
+    /// The value as `i64`, when it fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match &self.0 {
+            IntRepr::Small(v) => Some(*v),
+            IntRepr::Big(_) => None,
+        }
+    }
+
+    /// The value as `u64`, when it fits.
+    pub fn as_u64(&self) -> Option<u64> {
+        match &self.0 {
+            IntRepr::Small(v) => u64::try_from(*v).ok(),
+            IntRepr::Big(s) => s.parse::<u64>().ok(),
+        }
+    }
+
+    /// Python truthiness: non-zero.
+    pub fn is_zero(&self) -> bool {
+        matches!(self.0, IntRepr::Small(0))
+    }
+
+    /// True for values below zero.
+    pub fn is_negative(&self) -> bool {
+        match &self.0 {
+            IntRepr::Small(v) => *v < 0,
+            IntRepr::Big(s) => s.starts_with('-'),
+        }
+    }
+}
+
+impl From<i64> for Int {
+    fn from(v: i64) -> Self {
+        Int(IntRepr::Small(v))
+    }
+}
+
+impl From<u64> for Int {
+    fn from(v: u64) -> Self {
+        match i64::try_from(v) {
+            Ok(small) => Int(IntRepr::Small(small)),
+            Err(_) => Int(IntRepr::Big(v.to_string().into())),
+        }
+    }
+}
+
+impl fmt::Display for Int {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            IntRepr::Small(v) => fmt::Display::fmt(v, f),
+            IntRepr::Big(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Debug for Int {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A JSON object with Python `dict` semantics: insertion order kept; a
+/// duplicate key keeps its first position and takes the last value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Object {
+    entries: Vec<(JsonString, Value)>,
+}
+
+impl Object {
+    /// An empty object.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds from entries whose keys are known to be distinct.
+    pub(crate) fn from_distinct(entries: Vec<(JsonString, Value)>) -> Self {
+        Self { entries }
+    }
+
+    /// Sets `key` (replacing its value in place if present, as `dict` does).
+    pub fn insert(&mut self, key: impl Into<JsonString>, value: Value) {
+        let key = key.into();
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.entries.push((key, value)),
+        }
+    }
+
+    /// The value under `key` (a plain UTF-8 key).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_wtf8() == key.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// Entries in insertion order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&JsonString, &Value)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Entries in insertion order, by value.
+    pub fn into_entries(self) -> Vec<(JsonString, Value)> {
+        self.entries
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A JSON value as Python's `json.loads` produces it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// `null` (Python `None`).
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer literal (Python `int`, any size).
+    Int(Int),
+    /// A literal with a fraction or exponent, or `NaN`/`Infinity`/`-Infinity`
+    /// (Python `float`).
+    Float(f64),
+    /// A string (Python `str`, lone surrogates included).
+    Str(JsonString),
+    /// An array (Python `list`).
+    Array(Vec<Value>),
+    /// An object (Python `dict`).
+    Object(Object),
+}
+
+impl Value {
+    /// Python truthiness (`bool(x)`), used by the SDK's `a or b` fallbacks.
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Int(i) => !i.is_zero(),
+            // NaN is truthy in Python; only ±0.0 is falsy.
+            Value::Float(f) => *f != 0.0,
+            Value::Str(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        }
+    }
+
+    /// The object, if this is one.
+    pub fn as_object(&self) -> Option<&Object> {
+        match self {
+            Value::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_json_str(&self) -> Option<&JsonString> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The name of the JSON type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::Str(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.into())
+    }
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(v.into())
+    }
+}
