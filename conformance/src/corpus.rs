@@ -209,12 +209,34 @@ fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, C
         .cloned()
         .ok_or_else(|| bad("expect.result missing".into()))
         .and_then(|v| serde_json::from_value(v).map_err(|e| bad(format!("expect.result: {e}"))))?;
-    let input_raw = rc
+    let mut input_raw = rc
         .input
         .as_ref()
         .map(|r| r.get().to_string())
         .unwrap_or_else(|| "{}".into());
-    let input: Value = serde_json::from_str(&input_raw).map_err(|e| bad(format!("input: {e}")))?;
+    let mut input: Value =
+        serde_json::from_str(&input_raw).map_err(|e| bad(format!("input: {e}")))?;
+    // Directory inputs (`dir`, `model_dir`, ...) reach subjects as absolute
+    // paths (AVP-CONF-24), so adapters need not know where the corpus lives.
+    if let Some(map) = input.as_object_mut() {
+        let mut rewritten = false;
+        for (key, value) in map.iter_mut() {
+            if key != "dir" && !key.ends_with("_dir") {
+                continue;
+            }
+            let Some(name) = value.as_str() else { continue };
+            let full = dir.join(name);
+            if !full.is_dir() {
+                return Err(bad(format!("input.{key} {name} is not a directory")));
+            }
+            let full = full.canonicalize().unwrap_or(full);
+            *value = Value::String(full.display().to_string());
+            rewritten = true;
+        }
+        if rewritten {
+            input_raw = input.to_string();
+        }
+    }
     let mut input_file = None;
     for key in ["file", "path", "bin"] {
         if let Some(name) = input.get(key).and_then(Value::as_str) {

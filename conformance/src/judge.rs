@@ -13,14 +13,20 @@ use crate::corpus::{Case, ExpectedResult, Level};
 use crate::subject::HarnessFailure;
 use crate::verdict::Verdict;
 
-/// `expect` keys that are not compared with the answer.
-const NOT_COMPARED: [&str; 6] = [
+/// `expect` keys that are not compared with the answer (`kv` is the KV
+/// inner-payload aspect, judged on its own; `sdk`, `warnings` and
+/// `strict_error_kind` document the SDK or a compatible decoder).
+const NOT_COMPARED: [&str; 10] = [
     "result",
     "error_kind",
     "description",
     "note",
     "notes",
     "reason",
+    "sdk",
+    "warnings",
+    "strict_error_kind",
+    "kv",
 ];
 
 /// The judgement of one answer.
@@ -109,24 +115,110 @@ pub fn judge(case: &Case, answer: Result<Value, HarnessFailure>) -> Judgement {
 }
 
 fn judge_accepted(case: &Case, answer: &Value) -> (Verdict, String) {
-    match case.result {
-        ExpectedResult::Valid => match compare_fields(&case.expect, answer) {
-            Ok(()) => (Verdict::Pass, "accepted with the expected result".into()),
-            Err(m) => (violated(case.level), format!("accepted, but {m}")),
+    let fields = compare_fields(&case.expect, answer);
+    let (verdict, detail) = match case.result {
+        ExpectedResult::Valid => match fields {
+            Ok(()) => (
+                Verdict::Pass,
+                "accepted with the expected result".to_string(),
+            ),
+            Err(m) => return (violated(case.level), format!("accepted, but {m}")),
         },
-        ExpectedResult::Invalid => (
-            violated(case.level),
-            "accepted an input that must be rejected".into(),
-        ),
-        ExpectedResult::NonStrict => (
-            Verdict::NonStrict,
-            "accepted an input a strict implementation rejects".into(),
-        ),
+        ExpectedResult::Invalid => {
+            return (
+                violated(case.level),
+                "accepted an input that must be rejected".into(),
+            );
+        }
+        ExpectedResult::NonStrict => match fields {
+            Ok(()) => (
+                Verdict::NonStrict,
+                "accepted an input a strict implementation rejects".to_string(),
+            ),
+            Err(m) => {
+                return (
+                    violated(case.level),
+                    format!("accepted a non-strict input, but {m}"),
+                );
+            }
+        },
         ExpectedResult::Acceptable => (
             Verdict::Pass,
-            "accepted (either answer is acceptable)".into(),
+            "accepted (either answer is acceptable)".to_string(),
         ),
+    };
+    match judge_kv(case, answer) {
+        Some((kv_verdict, kv_detail)) if severity(kv_verdict) > severity(verdict) => {
+            (kv_verdict, kv_detail)
+        }
+        _ => (verdict, detail),
     }
+}
+
+/// How bad a verdict is, for combining aspects of one case.
+fn severity(v: Verdict) -> u8 {
+    match v {
+        Verdict::Fail | Verdict::Error => 2,
+        Verdict::NonStrict => 1,
+        _ => 0,
+    }
+}
+
+/// The KV inner-payload aspect of an accepted decode (AVP-CONF-12):
+/// `expect.kv.result` (default `valid`) against the answer's `decoded.kv`,
+/// which is `null`, the inner header, or `{"error_kind", "message"}`.
+fn judge_kv(case: &Case, answer: &Value) -> Option<(Verdict, String)> {
+    let want_view = case
+        .expect
+        .pointer("/decoded/kv")
+        .filter(|v| v.is_object())?;
+    let got = answer.pointer("/decoded/kv").filter(|v| !v.is_null());
+    let got_kind = got
+        .and_then(|g| g.get("error_kind"))
+        .and_then(Value::as_str);
+    let aspect = case.expect.get("kv");
+    let wanted = aspect
+        .and_then(|a| a.get("result"))
+        .and_then(Value::as_str)
+        .unwrap_or("valid");
+    Some(match (wanted, got, got_kind) {
+        (_, None, _) => (
+            violated(case.level),
+            "`decoded.kv` missing from the answer".into(),
+        ),
+        ("valid", Some(_), Some(kind)) => (
+            violated(case.level),
+            format!("rejected a valid KV payload ({kind})"),
+        ),
+        ("valid", Some(g), None) => {
+            if want_view.get("sdk_error").is_some() {
+                return None;
+            }
+            match subset(want_view, g, "decoded.kv") {
+                Ok(()) => (Verdict::Pass, "KV payload as expected".into()),
+                Err(m) => (violated(case.level), format!("accepted, but {m}")),
+            }
+        }
+        ("invalid", Some(_), Some(kind)) => match aspect.and_then(|a| a.get("error_kind")) {
+            Some(k) if !kind_matches(k, kind) => (
+                Verdict::NonStrict,
+                format!("KV payload rejected as {kind}, expected {k}"),
+            ),
+            _ => (Verdict::Pass, format!("KV payload rejected ({kind})")),
+        },
+        ("invalid", Some(_), None) => (
+            violated(case.level),
+            "accepted a KV payload that must be rejected".into(),
+        ),
+        ("non_strict", Some(_), Some(_)) => (
+            Verdict::Pass,
+            "KV payload rejected, as a strict implementation does".into(),
+        ),
+        (_, Some(_), _) => (
+            Verdict::NonStrict,
+            "accepted a KV payload a strict implementation rejects".into(),
+        ),
+    })
 }
 
 fn judge_rejected(case: &Case, answer: &Value) -> (Verdict, String) {
@@ -147,10 +239,16 @@ fn judge_rejected(case: &Case, answer: &Value) -> (Verdict, String) {
             ),
             _ => (Verdict::Pass, format!("rejected ({kind})")),
         },
-        ExpectedResult::NonStrict => (
-            Verdict::Pass,
-            format!("rejected ({kind}), as a strict implementation does"),
-        ),
+        ExpectedResult::NonStrict => match case.expect.get("strict_error_kind") {
+            Some(expected) if !kind_matches(expected, kind) => (
+                Verdict::NonStrict,
+                format!("rejected, but as {kind}, a strict implementation says {expected}"),
+            ),
+            _ => (
+                Verdict::Pass,
+                format!("rejected ({kind}), as a strict implementation does"),
+            ),
+        },
         ExpectedResult::Acceptable => (
             Verdict::Pass,
             format!("rejected ({kind}) (either answer is acceptable)"),
@@ -175,9 +273,16 @@ fn compare_fields(expect: &Value, answer: &Value) -> Result<(), String> {
         if NOT_COMPARED.contains(&key.as_str()) {
             continue;
         }
+        let mut want = want.clone();
+        if key == "decoded" {
+            // Judged as its own aspect (judge_kv).
+            if let Some(d) = want.as_object_mut() {
+                d.remove("kv");
+            }
+        }
         match answer.get(key) {
             None => return Err(format!("`{key}` missing from the answer")),
-            Some(got) => subset(want, got, key)?,
+            Some(got) => subset(&want, got, key)?,
         }
     }
     Ok(())
@@ -222,21 +327,35 @@ fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
     }
 }
 
-/// Replaces top-level `{"b64": ..}` / `{"path": ..}` byte references in an
-/// answer by `{"len", "blake3"}` and returns the bytes.
+/// Replaces every `{"b64": ..}` / `{"path": ..}` byte reference in an answer
+/// (at any depth up to 8) by `{"length", "crc32", "blake3"}` and returns the
+/// bytes with their JSON path.
 fn replace_bytes(answer: &mut Value) -> Vec<(String, Vec<u8>)> {
     let mut found = Vec::new();
-    let Some(map) = answer.as_object_mut() else {
-        return found;
-    };
-    for (key, value) in map.iter_mut() {
-        let Some(bytes) = value.as_object().and_then(read_ref) else {
-            continue;
-        };
-        *value = digest_of(&bytes);
-        found.push((key.clone(), bytes));
-    }
+    replace_in(answer, "", 0, &mut found);
     found
+}
+
+fn replace_in(value: &mut Value, path: &str, depth: usize, found: &mut Vec<(String, Vec<u8>)>) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    if depth > 8 {
+        return;
+    }
+    for (key, child) in map.iter_mut() {
+        let child_path = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        if let Some(bytes) = child.as_object().and_then(read_ref) {
+            *child = digest_of(&bytes);
+            found.push((child_path, bytes));
+        } else {
+            replace_in(child, &child_path, depth + 1, found);
+        }
+    }
 }
 
 fn read_ref(obj: &Map<String, Value>) -> Option<Vec<u8>> {
@@ -251,9 +370,14 @@ fn read_ref(obj: &Map<String, Value>) -> Option<Vec<u8>> {
         .and_then(|p| std::fs::read(p).ok())
 }
 
-/// `{"len", "blake3"}` of some bytes, as compared with `expect`.
+/// `{"length", "crc32", "blake3"}` of some bytes, as compared with `expect`
+/// (the wire corpus' `decoded.payload` form).
 pub fn digest_of(bytes: &[u8]) -> Value {
-    json!({ "len": bytes.len(), "blake3": blake3::hash(bytes).to_hex().to_string() })
+    json!({
+        "length": bytes.len(),
+        "crc32": crc32fast::hash(bytes),
+        "blake3": blake3::hash(bytes).to_hex().to_string(),
+    })
 }
 
 #[cfg(test)]

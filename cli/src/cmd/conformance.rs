@@ -18,9 +18,9 @@ use clap::{Args, Subcommand};
 #[derive(Subcommand)]
 pub(crate) enum ConformanceCommand {
     /// Run the corpus against this implementation or, with --adapter, another one.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a live AVP HTTP endpoint.
-    Http(HttpArgs),
+    Http(Box<HttpArgs>),
     /// Corpus maintenance.
     Vectors {
         #[command(subcommand)]
@@ -111,8 +111,8 @@ pub(crate) struct HttpArgs {
 
 pub(crate) fn run(command: ConformanceCommand) -> ExitCode {
     let result = match command {
-        ConformanceCommand::Run(args) => run_corpus(args),
-        ConformanceCommand::Http(args) => run_http(args),
+        ConformanceCommand::Run(args) => run_corpus(*args),
+        ConformanceCommand::Http(args) => run_http(*args),
         ConformanceCommand::Vectors {
             command: VectorsCommand::Verify { vectors },
         } => verify(&vectors),

@@ -104,7 +104,17 @@ pub fn render(report: &RunReport, verbose: bool) -> String {
             let _ = writeln!(out, "  no case: {rule} ({file})");
         }
         for (rule, cases) in &cov.unknown_rules {
-            let _ = writeln!(out, "  unknown rule {rule} cited by {}", cases.join(", "));
+            let more = if cases.len() > 3 {
+                format!(" and {} more", cases.len() - 3)
+            } else {
+                String::new()
+            };
+            let first: Vec<&str> = cases.iter().take(3).map(String::as_str).collect();
+            let _ = writeln!(
+                out,
+                "  rule {rule} not in the spec, cited by {}{more}",
+                first.join(", ")
+            );
         }
     }
     let _ = writeln!(
