@@ -145,10 +145,11 @@ fn expectations_for(
     if let Some(path) = &args.expectations {
         return Expectations::load(path).map(Some);
     }
-    let default = vectors
-        .join("..")
-        .join("expectations")
-        .join(format!("{name}.txt"));
+    let parent = match vectors.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => vectors.join(".."),
+    };
+    let default = parent.join("expectations").join(format!("{name}.txt"));
     if default.is_file() {
         Expectations::load(&default).map(Some)
     } else {

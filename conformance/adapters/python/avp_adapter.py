@@ -109,7 +109,8 @@ def declared_zstd_size(data):
         params = zstandard.get_frame_parameters(data[12 + mlen:12 + plen])
     except Exception:
         return None
-    return params.content_size if params.content_size > 0 else None
+    # ZSTD_CONTENTSIZE_UNKNOWN / _ERROR are 2**64-1 and 2**64-2.
+    return params.content_size if 0 < params.content_size < (1 << 63) else None
 
 
 def op_decode(req):
