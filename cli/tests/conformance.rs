@@ -403,3 +403,41 @@ fn usage_errors_exit_2() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// Our own implementation, both decoders, with --strict: the compatible one
+/// only through its documented NON-STRICT entries (conformance/expectations/avp-rs.txt).
+#[test]
+fn builtin_subject_conforms_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ours.json");
+    let out = avp(&[
+        "conformance",
+        "run",
+        "--strict",
+        "--builtin",
+        "compatible",
+        "--builtin",
+        "strict",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&json);
+    assert_eq!(r["subjects"][0]["name"], "avp-rs");
+    assert_eq!(r["subjects"][1]["name"], "avp-rs-strict");
+    let total = r["subjects"][1]["results"].as_array().unwrap().len();
+    assert!(total > 600, "{total} cases");
+    assert_eq!(
+        with_verdict(&r, 1, "PASS").len(),
+        total,
+        "strict decoder: every case PASS"
+    );
+    let xfail = with_verdict(&r, 0, "XFAIL");
+    assert!(
+        xfail
+            .iter()
+            .all(|id| id.starts_with("wire/non-strict/") || id == "wire/kv/kv-trailing-inner"),
+        "{xfail:?}"
+    );
+    assert_eq!(with_verdict(&r, 0, "PASS").len() + xfail.len(), total);
+}

@@ -17,6 +17,7 @@
 
 pub mod adapter;
 pub mod b64;
+pub mod builtin;
 pub mod corpus;
 pub mod coverage;
 pub mod error;

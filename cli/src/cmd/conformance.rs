@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use avp_conformance::adapter::AdapterSubject;
+use avp_conformance::builtin::BuiltinSubject;
 use avp_conformance::corpus::Corpus;
 use avp_conformance::expectations::Expectations;
 use avp_conformance::runner::{RunReport, run_subject};
@@ -75,6 +76,10 @@ pub(crate) struct RunArgs {
     /// Adapter command line ('CMD ARGS'); repeat to compare implementations.
     #[arg(long, value_name = "CMD")]
     adapter: Vec<String>,
+    /// Also run this workspace's own implementation, decoding in this mode
+    /// (`compatible` or `strict`; repeatable). The default when no --adapter is given.
+    #[arg(long, value_name = "MODE")]
+    builtin: Vec<String>,
     /// Per-case timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
@@ -178,8 +183,21 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
     for command in &args.adapter {
         subjects.push(Box::new(AdapterSubject::new(command, timeout)?));
     }
-    if subjects.is_empty() {
-        subjects.push(builtin_subject()?);
+    let mut builtin = args.builtin.clone();
+    if builtin.is_empty() && subjects.is_empty() {
+        builtin.push("compatible".into());
+    }
+    for mode in &builtin {
+        let strict = match mode.as_str() {
+            "compatible" => false,
+            "strict" => true,
+            other => {
+                return Err(ConformanceError::Usage(format!(
+                    "--builtin {other}: expected compatible or strict"
+                )));
+            }
+        };
+        subjects.push(Box::new(BuiltinSubject::new(strict)));
     }
     let mut report = RunReport::new(&corpus, args.report.strict);
     for subject in &mut subjects {
@@ -197,12 +215,6 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
         report.coverage = Some(coverage::compute(&args.report.spec, &corpus.cases)?);
     }
     emit(&report, &args.report)
-}
-
-fn builtin_subject() -> Result<Box<dyn Subject>, ConformanceError> {
-    Err(ConformanceError::Usage(
-        "the built-in subject is not available in this build; pass --adapter".into(),
-    ))
 }
 
 fn run_http(args: HttpArgs) -> Result<u8, ConformanceError> {
