@@ -183,7 +183,7 @@ fn member<'a>(v: &'a HValue, key: &str) -> Option<&'a HValue> {
 
 fn text_of(v: Option<&HValue>) -> Option<String> {
     v.and_then(HValue::as_json_str)
-        .map(|s| s.to_string_lossy().to_string())
+        .map(|s| s.to_string_lossy())
 }
 
 /// The document a hashing op works on: the input file's bytes or `input.text`'s WTF-8.
@@ -264,7 +264,7 @@ fn vocab_sample(vocab: &Object) -> Value {
         .iter()
         .map(|(k, v)| {
             (
-                k.to_string_lossy().to_string(),
+                k.to_string_lossy(),
                 write(v, WriteOptions::COMPACT).unwrap_or_default(),
             )
         })
