@@ -182,8 +182,7 @@ fn member<'a>(v: &'a HValue, key: &str) -> Option<&'a HValue> {
 }
 
 fn text_of(v: Option<&HValue>) -> Option<String> {
-    v.and_then(HValue::as_json_str)
-        .map(|s| s.to_string_lossy())
+    v.and_then(HValue::as_json_str).map(|s| s.to_string_lossy())
 }
 
 /// The document a hashing op works on: the input file's bytes or `input.text`'s WTF-8.

@@ -83,9 +83,9 @@ pub(crate) struct RunArgs {
     /// Per-case timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Only cases whose ID starts with this prefix.
-    #[arg(long)]
-    only: Option<String>,
+    /// Only cases whose ID starts with this prefix (repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    only: Vec<String>,
     #[command(flatten)]
     report: ReportArgs,
 }
@@ -107,7 +107,10 @@ pub(crate) struct HttpArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Name for the server in reports (default: derived from /health or "http-server").
+    /// Only cases whose ID starts with this prefix (repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    only: Vec<String>,
+    /// Name for the server in reports and its expectations file (default "http-server").
     #[arg(long)]
     name: Option<String>,
     #[command(flatten)]
@@ -164,15 +167,7 @@ fn expectations_for(
 
 fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
     let corpus = Corpus::load(&args.vectors)?;
-    let cases: Vec<_> = match &args.only {
-        Some(prefix) => corpus
-            .cases
-            .iter()
-            .filter(|c| c.id.starts_with(prefix.as_str()))
-            .cloned()
-            .collect(),
-        None => corpus.cases.clone(),
-    };
+    let cases = select(&corpus.cases, &args.only);
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(ConformanceError::Usage(
             "--timeout must be a positive number of seconds".into(),
@@ -231,7 +226,7 @@ fn run_http(args: HttpArgs) -> Result<u8, ConformanceError> {
         name: args.name.clone(),
     };
     let target = http::Target::parse(&args.url)?;
-    let cases = http::cases(&corpus, &options);
+    let cases = select(&http::cases(&corpus, &options), &args.only);
     let mut subject = http::HttpSubject::new(target, options);
     let valid = corpus.cases.iter().find(|c| {
         c.op == "decode"
@@ -257,6 +252,18 @@ fn run_http(args: HttpArgs) -> Result<u8, ConformanceError> {
         expectations.as_ref(),
     ));
     emit(&report, &args.report)
+}
+
+/// The cases whose ID starts with one of `prefixes` (all when none are given).
+fn select(
+    cases: &[avp_conformance::corpus::Case],
+    prefixes: &[String],
+) -> Vec<avp_conformance::corpus::Case> {
+    cases
+        .iter()
+        .filter(|c| prefixes.is_empty() || prefixes.iter().any(|p| c.id.starts_with(p.as_str())))
+        .cloned()
+        .collect()
 }
 
 fn emit(report: &RunReport, args: &ReportArgs) -> Result<u8, ConformanceError> {
