@@ -63,7 +63,7 @@ fn html_report_renders_in_headless_chromium() {
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
-        page.contains("<th>avp-rs</th><th>avp-python</th>"),
+        page.contains("<th>avp-python</th><th>avp-rs</th>"),
         "matrix header with both implementations"
     );
     assert!(

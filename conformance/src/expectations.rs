@@ -35,6 +35,9 @@ pub struct Expectations {
     pub entries: Vec<Entry>,
 }
 
+/// `StaleEntry::why` of an entry that matched none of the cases run.
+pub const NO_CASE: &str = "matches no case of the corpus";
+
 /// An entry that does not describe the run (AVP-CONF-15).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StaleEntry {
@@ -130,7 +133,7 @@ impl Expectations {
             .map(|(entry, (_, seen))| StaleEntry {
                 entry: entry.clone(),
                 why: if seen.is_empty() {
-                    "matches no case of the corpus".to_string()
+                    NO_CASE.to_string()
                 } else {
                     format!("expected {}, got {}", entry.verdict, seen.join(", "))
                 },
