@@ -25,6 +25,12 @@ enum Command {
     /// Check an implementation or a live server against the conformance corpus.
     #[command(subcommand)]
     Conformance(cmd::conformance::ConformanceCommand),
+    /// Decode one AVP message and print it as JSON (spec/cli.md).
+    Decode(cmd::decode::DecodeArgs),
+    /// Encode metadata (JSON) and tensor bytes into an AVP message.
+    Encode(cmd::encode::EncodeArgs),
+    /// Show a message for humans: header, metadata, per-layer tensor statistics.
+    Inspect(cmd::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +38,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => cmd::version::run(),
         Command::Conformance(command) => cmd::conformance::run(command),
+        Command::Decode(args) => cmd::decode::run(args),
+        Command::Encode(args) => cmd::encode::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
     }
 }

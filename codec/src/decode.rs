@@ -24,6 +24,10 @@ pub struct DecodeOptions {
     pub verify_checksum: bool,
     /// Decoder limits (spec/limits.md).
     pub limits: Limits,
+    /// Threads for verifying the checksum of tensors of 8 MiB or more:
+    /// 0 (default) picks the available parallelism (at most 8), 1 keeps all
+    /// work on the caller's thread (for embedders that must not spawn).
+    pub checksum_threads: usize,
 }
 
 impl DecodeOptions {
@@ -32,6 +36,7 @@ impl DecodeOptions {
         strict: false,
         verify_checksum: true,
         limits: Limits::DEFAULT,
+        checksum_threads: 0,
     };
 
     /// Strict mode with default limits.
@@ -51,6 +56,12 @@ impl DecodeOptions {
     /// Sets the limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets [`DecodeOptions::checksum_threads`].
+    pub fn with_checksum_threads(mut self, threads: usize) -> Self {
+        self.checksum_threads = threads;
         self
     }
 
@@ -315,7 +326,7 @@ pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<
     };
     if opts.verify_checksum {
         if let Some(expected) = metadata.payload_checksum {
-            let actual = crc32fast::hash(&payload);
+            let actual = crate::checksum::crc32_with_threads(&payload, opts.checksum_threads);
             if actual != expected {
                 return Err(Error::new(
                     ErrorKind::ChecksumMismatch,

@@ -34,7 +34,7 @@ fn compression_field(c: Compression) -> Option<&'static str> {
 /// or `invalid_argument` when it does not fit the u32 `payload_length`
 /// (AVP-WIRE-5). Equals `encode(metadata, tensor, Compression::None)?.len()`.
 pub fn encoded_len(metadata: &Metadata<'_>, tensor: &[u8]) -> Result<usize, Error> {
-    let meta = metadata_len(metadata, None, Some(crc32fast::hash(tensor)));
+    let meta = metadata_len(metadata, None, Some(crate::crc32(tensor)));
     payload_length(meta, tensor.len())?;
     Ok(HEADER_LEN.saturating_add(meta).saturating_add(tensor.len()))
 }
@@ -51,33 +51,38 @@ fn payload_length(meta_len: usize, tensor_len: usize) -> Result<u32, Error> {
         })
 }
 
-/// Encodes a message as the SDK does.
+/// Encodes a message as the SDK does, into one exactly-sized allocation.
 pub fn encode(
     metadata: &Metadata<'_>,
     tensor: &[u8],
     compression: Compression,
 ) -> Result<Vec<u8>, Error> {
-    let checksum = crc32fast::hash(tensor);
+    let mut out = Vec::new();
+    encode_into(metadata, tensor, compression, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode`] into `out` (cleared first), reusing its allocation when it is
+/// large enough: a sender that reuses one buffer pays no allocation and no
+/// page faults per message. On error `out` holds no valid message.
+pub fn encode_into(
+    metadata: &Metadata<'_>,
+    tensor: &[u8],
+    compression: Compression,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    out.clear();
+    let checksum = crate::crc32(tensor);
     let comp = compression_field(compression);
-    let meta_len = metadata_len(metadata, comp, Some(checksum));
-    let meta_len_u32 = u32::try_from(meta_len)
-        .map_err(|_| Error::new(ErrorKind::InvalidArgument, "metadata longer than 4 GiB"))?;
-    let flags = flags_for(metadata, compression);
-    let mut header = Header {
-        version: VERSION,
-        flags,
-        payload_length: 0,
-        metadata_length: meta_len_u32,
-    };
+    let (header, meta_len) = header_for(metadata, tensor.len(), compression, checksum)?;
     match compression.level() {
         None => {
-            header.payload_length = payload_length(meta_len, tensor.len())?;
             let total = HEADER_LEN
                 .saturating_add(meta_len)
                 .saturating_add(tensor.len());
-            let mut out = Vec::with_capacity(total);
+            out.reserve_exact(total);
             out.extend_from_slice(&header.to_bytes());
-            write_metadata(metadata, comp, Some(checksum), &mut out);
+            write_metadata(metadata, comp, Some(checksum), out);
             out.extend_from_slice(tensor);
             if out.len() != total {
                 return Err(Error::new(
@@ -85,10 +90,48 @@ pub fn encode(
                     "encoded length differs from the computed length",
                 ));
             }
-            Ok(out)
+            Ok(())
         }
-        Some(level) => compressed(metadata, tensor, level, header, comp, checksum),
+        Some(level) => compressed(metadata, tensor, level, header, comp, checksum, out),
     }
+}
+
+/// The header and metadata of the uncompressed encoding of `metadata` with
+/// `tensor`: the full message is this prefix followed by `tensor` itself, so
+/// a transport can write both (vectored I/O) without copying the tensor.
+pub fn encode_prefix(metadata: &Metadata<'_>, tensor: &[u8]) -> Result<Vec<u8>, Error> {
+    let checksum = crate::crc32(tensor);
+    let (header, meta_len) = header_for(metadata, tensor.len(), Compression::None, checksum)?;
+    let mut out = Vec::with_capacity(HEADER_LEN.saturating_add(meta_len));
+    out.extend_from_slice(&header.to_bytes());
+    write_metadata(metadata, None, Some(checksum), &mut out);
+    Ok(out)
+}
+
+/// The header (with `payload_length` for an uncompressed tensor) and the metadata length.
+fn header_for(
+    metadata: &Metadata<'_>,
+    tensor_len: usize,
+    compression: Compression,
+    checksum: u32,
+) -> Result<(Header, usize), Error> {
+    let meta_len = metadata_len(metadata, compression_field(compression), Some(checksum));
+    let metadata_length = u32::try_from(meta_len)
+        .map_err(|_| Error::new(ErrorKind::InvalidArgument, "metadata longer than 4 GiB"))?;
+    let payload_length = match compression {
+        Compression::None => payload_length(meta_len, tensor_len)?,
+        _ => 0, // set once the compressed size is known
+    };
+    let flags = flags_for(metadata, compression);
+    Ok((
+        Header {
+            version: VERSION,
+            flags,
+            payload_length,
+            metadata_length,
+        },
+        meta_len,
+    ))
 }
 
 #[cfg(feature = "zstd")]
@@ -99,15 +142,16 @@ fn compressed(
     mut header: Header,
     comp: Option<&str>,
     checksum: u32,
-) -> Result<Vec<u8>, Error> {
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let meta_len = header.metadata_length as usize;
     let cap = HEADER_LEN
         .saturating_add(meta_len)
         .saturating_add(crate::compress::compress_bound(tensor.len()));
-    let mut out = Vec::with_capacity(cap);
+    out.reserve_exact(cap);
     out.extend_from_slice(&header.to_bytes());
-    write_metadata(metadata, comp, Some(checksum), &mut out);
-    crate::compress::compress_into(tensor, level, &mut out)?;
+    write_metadata(metadata, comp, Some(checksum), out);
+    crate::compress::compress_into(tensor, level, out)?;
     let stored = out
         .len()
         .saturating_sub(HEADER_LEN.saturating_add(meta_len));
@@ -116,7 +160,7 @@ fn compressed(
     if let Some(h) = out.get_mut(..HEADER_LEN) {
         h.copy_from_slice(&bytes);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(not(feature = "zstd"))]
@@ -127,7 +171,8 @@ fn compressed(
     _header: Header,
     _comp: Option<&str>,
     _checksum: u32,
-) -> Result<Vec<u8>, Error> {
+    _out: &mut Vec<u8>,
+) -> Result<(), Error> {
     Err(Error::new(
         ErrorKind::InvalidArgument,
         "compression requested, but this build has no zstd support (feature `zstd`)",

@@ -20,6 +20,7 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod checksum;
 mod compress;
 mod decode;
 mod encode;
@@ -39,7 +40,7 @@ pub mod fuzzing;
 
 pub use compress::Compression;
 pub use decode::{DecodeOptions, Message, Peeked, Warning, decode, decode_with, peek, peek_with};
-pub use encode::{encode, encoded_len, flags_for};
+pub use encode::{encode, encode_into, encode_prefix, encoded_len, flags_for};
 pub use error::{Error, ErrorKind};
 pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
 pub use limits::Limits;
@@ -50,3 +51,9 @@ pub use stream::{Status, StreamDecoder};
 mod owned;
 #[cfg(feature = "bytes")]
 pub use owned::{OwnedMessage, decode_bytes};
+
+/// The AVP payload checksum (AVP-WIRE-15): CRC-32 (IEEE, as zlib's `crc32`),
+/// SIMD-accelerated where the CPU allows.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    checksum::crc32_with_threads(bytes, 0)
+}

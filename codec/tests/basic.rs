@@ -117,3 +117,129 @@ fn wire_13_kv_flag_follows_payload_type() {
     let bytes = encode(&m, &t, Compression::None).unwrap();
     assert_eq!(bytes[3], 0x06);
 }
+
+#[test]
+fn kv_3_write_then_read_layers_and_strictness() {
+    use avp_codec::kv::{KvCache, KvDtype, KvHeader, write_kv_cache};
+    let h = KvHeader {
+        num_layers: 2,
+        num_kv_heads: 1,
+        head_dim: 2,
+        seq_len: 1,
+        dtype: KvDtype::Float32,
+    };
+    let k0: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let v0: Vec<u8> = [3.0f32, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes = write_kv_cache(&h, [(&k0[..], &v0[..]), (&v0[..], &k0[..])]).unwrap();
+    assert_eq!(bytes.len(), 17 + 4 * 8);
+    let kv = KvCache::parse(&bytes).unwrap();
+    let l1 = kv.layer(1).unwrap();
+    assert_eq!(l1.key.iter_f32().collect::<Vec<_>>(), vec![3.0, 4.0]);
+    assert_eq!(l1.value.stats().l2_norm, 5f64.sqrt());
+    assert!(kv.layer(2).is_none());
+    // Wrong layer count or size is the caller's mistake.
+    let e = write_kv_cache(&h, [(&k0[..], &v0[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // Trailing bytes: warning, or inconsistent when strict (AVP-KV-4).
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(KvCache::parse(&longer).unwrap().warnings.len(), 1);
+    assert_eq!(
+        KvCache::parse_with(&longer, true).unwrap_err().kind(),
+        ErrorKind::Inconsistent
+    );
+    // dtype mismatch with the metadata (AVP-KV-5).
+    let mut kv = KvCache::parse(&bytes).unwrap();
+    assert_eq!(
+        kv.check_metadata_dtype(DataType::Float16, true)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Inconsistent
+    );
+    kv.check_metadata_dtype(DataType::Float16, false).unwrap();
+    assert_eq!(kv.warnings.len(), 1);
+    // Overflowing dimensions are refused without allocating.
+    let huge = KvHeader {
+        num_layers: u32::MAX,
+        num_kv_heads: u32::MAX,
+        head_dim: u32::MAX,
+        seq_len: u32::MAX,
+        dtype: KvDtype::Float32,
+    };
+    assert_eq!(
+        KvCache::parse(&huge.to_bytes()).unwrap_err().kind(),
+        ErrorKind::Truncated
+    );
+}
+
+#[test]
+fn err_1_kind_strings_are_exact_and_faults_are_classified() {
+    let all = [
+        (ErrorKind::BadMagic, "bad_magic", true),
+        (ErrorKind::UnsupportedVersion, "unsupported_version", true),
+        (ErrorKind::Truncated, "truncated", true),
+        (ErrorKind::MalformedMetadata, "malformed_metadata", true),
+        (ErrorKind::UnknownEnum, "unknown_enum", true),
+        (ErrorKind::ChecksumMismatch, "checksum_mismatch", true),
+        (ErrorKind::Decompression, "decompression", true),
+        (ErrorKind::LimitExceeded, "limit_exceeded", true),
+        (ErrorKind::Inconsistent, "inconsistent", true),
+        (ErrorKind::InvalidArgument, "invalid_argument", false),
+        (ErrorKind::Internal, "internal", false),
+    ];
+    for (k, s, peer) in all {
+        assert_eq!(k.as_str(), s);
+        assert_eq!(k.to_string(), s);
+        assert_eq!(k.is_peer_fault(), peer, "{s}");
+    }
+    let e = decode(b"XX\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00").unwrap_err();
+    assert_eq!(e.to_string(), format!("bad_magic: {}", e.message()));
+}
+
+#[cfg(feature = "bytes")]
+#[test]
+fn bytes_feature_shares_the_input_buffer() {
+    let (m, t) = sample();
+    let input = bytes::Bytes::from(encode(&m, &t, Compression::None).unwrap());
+    let msg = avp_codec::decode_bytes(&input, &DecodeOptions::default()).unwrap();
+    assert_eq!(&msg.payload[..], &t[..]);
+    let start = input.as_ptr() as usize;
+    let p = msg.payload.as_ptr() as usize;
+    assert!(
+        p >= start && p + msg.payload.len() <= start + input.len(),
+        "payload was copied"
+    );
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_feature_gives_typed_views() {
+    use avp_codec::tensor::{ElementType, TensorView};
+    let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let a = TensorView::new(&bytes, ElementType::F32)
+        .to_ndarray(&[2, 3])
+        .unwrap();
+    assert_eq!(a[[1, 2]], 6.0);
+    assert!(
+        TensorView::new(&bytes, ElementType::F32)
+            .to_ndarray(&[4, 2])
+            .is_none()
+    );
+}
+
+#[test]
+fn wire_22_encode_into_and_prefix_match_encode() {
+    let (m, t) = sample();
+    let whole = encode(&m, &t, Compression::None).unwrap();
+    let mut buf = vec![9u8; 4096];
+    let cap = buf.capacity();
+    avp_codec::encode_into(&m, &t, Compression::None, &mut buf).unwrap();
+    assert_eq!(buf, whole);
+    assert_eq!(buf.capacity(), cap, "the buffer was reallocated");
+    let mut prefix = avp_codec::encode_prefix(&m, &t).unwrap();
+    prefix.extend_from_slice(&t);
+    assert_eq!(prefix, whole);
+}

@@ -1,0 +1,126 @@
+//! Property tests: encode/decode round trips through the shared oracle
+//! (`avp_codec::fuzzing`), robustness on arbitrary and mutated bytes, and
+//! incremental decoding at random split points.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs
+)]
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use avp_codec::{
+    Compression, DataType, DecodeOptions, Metadata, Mode, PayloadType, decode, decode_with, encode,
+    encoded_len, fuzzing, peek,
+};
+use proptest::prelude::*;
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[a-z0-9/_.-]{1,12}",
+        any::<String>().prop_map(|s| s.chars().take(8).collect())
+    ]
+}
+
+prop_compose! {
+    fn metadata()(
+        session_id in text(), source in text(), target in text(), model in text(), map_id in text(),
+        hidden_dim in any::<u32>(), num_layers in any::<u32>(),
+        payload_type in prop_oneof![Just(PayloadType::HiddenState), Just(PayloadType::KvCache)],
+        dtype in prop_oneof![Just(DataType::Float32), Just(DataType::Float16), Just(DataType::Bfloat16), Just(DataType::Int8)],
+        mode in prop_oneof![Just(Mode::Latent), Just(Mode::Json)],
+        shape in proptest::collection::vec(any::<u32>(), 0..6),
+        extra in proptest::collection::btree_map(text(), text(), 0..5),
+    ) -> Metadata<'static> {
+        Metadata {
+            session_id: Cow::Owned(session_id), source_agent_id: Cow::Owned(source),
+            target_agent_id: Cow::Owned(target), model_id: Cow::Owned(model),
+            hidden_dim, num_layers, payload_type, dtype, tensor_shape: shape, mode,
+            avp_map_id: Cow::Owned(map_id),
+            extra: extra.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect::<BTreeMap<_, _>>(),
+            ..Metadata::default()
+        }
+    }
+}
+
+fn compression() -> impl Strategy<Value = Compression> {
+    prop_oneof![4 => Just(Compression::None), 1 => Just(Compression::Fast), 1 => Just(Compression::Balanced)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// AVP-WIRE-22: encode → decode gives back the metadata and tensor; the oracle holds.
+    #[test]
+    fn wire_22_encode_decode_roundtrip(m in metadata(), tensor in proptest::collection::vec(any::<u8>(), 0..300), c in compression()) {
+        let bytes = encode(&m, &tensor, c).unwrap();
+        if c == Compression::None {
+            prop_assert_eq!(encoded_len(&m, &tensor).unwrap(), bytes.len());
+        }
+        let msg = decode(&bytes).unwrap();
+        prop_assert_eq!(&*msg.payload, &tensor[..]);
+        let mut want = m.clone();
+        want.compression = (c != Compression::None).then_some(Cow::Borrowed("zstd"));
+        want.payload_checksum = Some(avp_codec::crc32(&tensor));
+        prop_assert_eq!(&msg.metadata, &want);
+        // Only a shape/size disagreement (random shapes) may warn.
+        prop_assert!(msg.warnings.iter().all(|w| w.code() == "shape_size_mismatch"));
+        prop_assert_eq!(&peek(&bytes).unwrap().metadata, &msg.metadata);
+        prop_assert!(fuzzing::check_roundtrip(&bytes));
+    }
+
+    /// Metadata alone: write → parse is the identity, `encoded_len` is exact.
+    #[test]
+    fn wire_10_metadata_write_parse(m in metadata(), checksum in proptest::option::of(any::<u32>())) {
+        let mut m = m;
+        m.payload_checksum = checksum;
+        let mut out = Vec::new();
+        m.write(&mut out);
+        prop_assert_eq!(out.len(), m.encoded_len());
+        let back = Metadata::parse(&out, &avp_codec::Limits::default()).unwrap();
+        prop_assert_eq!(back, m);
+    }
+
+    /// No input makes the decoder, the oracle or the stream decoder panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), split in any::<usize>()) {
+        let _ = decode_with(&data, &DecodeOptions::strict());
+        fuzzing::check_roundtrip(&data);
+        fuzzing::check_incremental(&data, split % (data.len() + 1));
+    }
+
+    /// Mutated valid messages (a byte changed, bytes inserted or removed):
+    /// no panic, the oracle holds, incremental equals one-shot.
+    #[test]
+    fn mutated_messages_hold_the_oracles(
+        m in metadata(), tensor in proptest::collection::vec(any::<u8>(), 0..64), c in compression(),
+        pos in any::<usize>(), byte in any::<u8>(), op in 0u8..3, split in any::<usize>(),
+    ) {
+        let mut bytes = encode(&m, &tensor, c).unwrap();
+        let p = pos % bytes.len();
+        match op {
+            0 => bytes[p] = byte,
+            1 => bytes.insert(p, byte),
+            _ => { bytes.remove(p); }
+        }
+        fuzzing::check_roundtrip(&bytes);
+        fuzzing::check_incremental(&bytes, split % (bytes.len() + 1));
+    }
+
+    /// Header length fields rewritten to arbitrary values never panic and
+    /// never decode a message that claims more bytes than it has.
+    #[test]
+    fn wire_6_rewritten_lengths(m in metadata(), pl in any::<u32>(), ml in any::<u32>()) {
+        let mut bytes = encode(&m, b"abcd", Compression::None).unwrap();
+        bytes[4..8].copy_from_slice(&pl.to_le_bytes());
+        bytes[8..12].copy_from_slice(&ml.to_le_bytes());
+        if let Ok(msg) = decode(&bytes) {
+            prop_assert!(12 + u64::from(pl) <= bytes.len() as u64);
+            prop_assert!(ml <= pl);
+            prop_assert_eq!(msg.payload.len() as u32, pl - ml);
+        }
+    }
+}
