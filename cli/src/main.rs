@@ -31,6 +31,12 @@ enum Command {
     Encode(cmd::encode::EncodeArgs),
     /// Show a message for humans: header, metadata, per-layer tensor statistics.
     Inspect(cmd::inspect::InspectArgs),
+    /// Run an agent endpoint that receives and stores AVP messages.
+    Serve(cmd::serve::ServeArgs),
+    /// Send an encoded AVP message (or a JSON fallback message) to an agent.
+    Send(cmd::send::SendArgs),
+    /// Forward messages to agents by their target_agent_id.
+    Route(cmd::route::RouteArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +47,8 @@ fn main() -> ExitCode {
         Command::Decode(args) => cmd::decode::run(args),
         Command::Encode(args) => cmd::encode::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Serve(args) => cmd::serve::run(&args),
+        Command::Send(args) => cmd::send::run(&args),
+        Command::Route(args) => cmd::route::run(&args),
     }
 }

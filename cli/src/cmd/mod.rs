@@ -2,5 +2,9 @@
 pub(crate) mod conformance;
 pub(crate) mod decode;
 pub(crate) mod encode;
+pub(crate) mod handshake_remote;
 pub(crate) mod inspect;
+pub(crate) mod route;
+pub(crate) mod send;
+pub(crate) mod serve;
 pub(crate) mod version;

@@ -1,0 +1,519 @@
+//! Interoperability of `avp serve`, `avp send` and `avp route` with the Python
+//! SDK (avp==0.6.2): real servers on loopback, started here, on free ports.
+//! Rule IDs are in spec/http.md.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    workspace().join(".venv/bin/python")
+}
+
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transport_py/sdk_peer.py")
+}
+
+/// A fresh scratch directory under the target dir (removed on drop).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!(
+            "avp-transport-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server process (ours or the SDK's) that printed `listening on URL`;
+/// killed (by its own handle) when dropped.
+struct Running {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(mut command: Command) -> Running {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server announced its address");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("announcement")
+        .to_owned();
+    Running { child, url }
+}
+
+fn avp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_avp"))
+}
+
+fn serve(extra: &[&str]) -> Running {
+    let mut command = avp();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
+        .args(extra)
+        .stderr(Stdio::null());
+    start(command)
+}
+
+/// `avp serve` with its progress lines going to `log`.
+fn serve_logged(extra: &[&str], log: &Path) -> Running {
+    let mut command = avp();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(std::fs::File::create(log).expect("log file"));
+    start(command)
+}
+
+fn sdk(args: &[&str]) -> Vec<Value> {
+    let output = Command::new(python())
+        .arg(peer_script())
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "sdk_peer.py {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect()
+}
+
+fn stored_files(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.expect("entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Checks every transmit line: 200, and the stored file equals what the SDK encoded.
+fn assert_stored_identically(lines: &[Value], store: &Path, expected_count: usize) {
+    let transmits: Vec<_> = lines.iter().filter(|l| l.get("name").is_some()).collect();
+    assert_eq!(transmits.len(), expected_count);
+    for line in transmits {
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["response"]["success"], true);
+        let id = line["response"]["request_id"].as_str().expect("request_id");
+        let sent = std::fs::read(line["file"].as_str().expect("file")).expect("sent bytes");
+        let stored = std::fs::read(store.join(format!("{id}.avp"))).expect("stored bytes");
+        assert_eq!(line["response"]["bytes"], sent.len());
+        assert!(sent == stored, "{} stored differently", line["name"]);
+    }
+}
+
+#[test]
+fn http_30_31_60_sdk_client_handshakes_and_transmits_to_avp_serve_byte_identically() {
+    let scratch = Scratch::new("sdk-client");
+    let store = scratch.path("store");
+    let identity = scratch.path("identity.json");
+    std::fs::write(
+        &identity,
+        r#"{"model_family":"qwen2","model_id":"x","model_hash":"other","hidden_dim":896,"num_layers":24}"#,
+    )
+    .expect("identity");
+    let server = serve(&[
+        "--store",
+        store.to_str().expect("utf-8"),
+        "--identity",
+        identity.to_str().expect("utf-8"),
+    ]);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let lines = sdk(&[
+        "client",
+        &server.url,
+        out.to_str().expect("utf-8"),
+        "--kv-mib",
+        "64",
+    ]);
+    // The SDK resolves on its side from our identity: same family and shape.
+    assert_eq!(lines[0]["handshake"]["resolution_path"], "structural_match");
+    assert_eq!(
+        lines[0]["handshake"]["session_id"].as_str().map(str::len),
+        Some(32)
+    );
+    assert_stored_identically(&lines, &store, 5);
+    assert_eq!(stored_files(&store).len(), 5, "no temp files left behind");
+}
+
+#[test]
+fn http_30_serve_with_model_dir_hash_matches_the_sdk_identity_of_the_same_config() {
+    let model = workspace().join("conformance/vectors/handshake/models/qwen2-7b-bpe");
+    let scratch = Scratch::new("model-dir");
+    let server = serve(&["--model", model.to_str().expect("utf-8")]);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let lines = sdk(&[
+        "client",
+        &server.url,
+        out.to_str().expect("utf-8"),
+        "--model-dir",
+        model.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(lines[0]["handshake"]["resolution_path"], "hash_match");
+    assert_eq!(lines[0]["handshake"]["mode"], "LATENT");
+}
+
+#[test]
+fn http_40_avp_send_reaches_the_sdk_create_app() {
+    let scratch = Scratch::new("send");
+    let record = scratch.path("record.jsonl");
+    let mut command = Command::new(python());
+    command
+        .arg(peer_script())
+        .args(["server", record.to_str().expect("utf-8"), "--text"])
+        .stderr(Stdio::null());
+    let server = start(command);
+    let message = scratch.path("msg.avp");
+    let expected = sdk(&["encode", message.to_str().expect("utf-8")]).remove(0);
+
+    let output = avp()
+        .args([
+            "send",
+            message.to_str().expect("utf-8"),
+            "--to",
+            &server.url,
+        ])
+        .output()
+        .expect("run avp send");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("answer JSON");
+    assert_eq!(answer["success"], true);
+    assert_eq!(
+        answer["received"],
+        std::fs::metadata(&message).expect("size").len()
+    );
+
+    let text = scratch.path("text.json");
+    std::fs::write(&text, r#"{"avp_version":"0.6.2","session_id":"t","source_agent_id":"rust","target_agent_id":"py","content":"hello ✓"}"#)
+        .expect("text");
+    let output = avp()
+        .args([
+            "send",
+            "--text",
+            text.to_str().expect("utf-8"),
+            "--to",
+            &server.url,
+        ])
+        .output()
+        .expect("run avp send --text");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let mut recorded = String::new();
+    std::fs::File::open(&record)
+        .expect("record")
+        .read_to_string(&mut recorded)
+        .expect("read");
+    let seen: Vec<Value> = recorded
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(seen.len(), 2);
+    for key in [
+        "session_id",
+        "source_agent_id",
+        "target_agent_id",
+        "model_id",
+        "hidden_dim",
+        "tensor_shape",
+        "extra",
+        "payload_sha256",
+        "payload_len",
+    ] {
+        assert_eq!(seen[0][key], expected[key], "{key}");
+    }
+    assert_eq!(seen[0]["compression"], "zstd");
+    assert_eq!(seen[1]["kind"], "text");
+    assert_eq!(seen[1]["content"], "hello ✓");
+}
+
+#[test]
+fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_get_404() {
+    let scratch = Scratch::new("route");
+    let store = scratch.path("store");
+    let agent = serve(&["--store", store.to_str().expect("utf-8")]);
+    let mut command = avp();
+    command.args([
+        "route",
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("bob={}", agent.url),
+    ]);
+    command.stderr(Stdio::null());
+    let router = start(command);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let lines = sdk(&[
+        "client",
+        &router.url,
+        out.to_str().expect("utf-8"),
+        "--target",
+        "bob",
+        "--kv-mib",
+        "8",
+    ]);
+    assert_stored_identically(&lines, &store, 5);
+
+    let refused = sdk(&["expect-error", &router.url, "--target", "nobody"]);
+    assert_eq!(refused[0]["status"], 404);
+    assert_eq!(stored_files(&store).len(), 5);
+
+    // JSON fallback messages are routed by their target_agent_id too.
+    let text = scratch.path("text.json");
+    std::fs::write(
+        &text,
+        r#"{"session_id":"t","source_agent_id":"a","target_agent_id":"bob","content":"hi"}"#,
+    )
+    .expect("text");
+    let output = avp()
+        .args([
+            "send",
+            "--text",
+            text.to_str().expect("utf-8"),
+            "--to",
+            &router.url,
+        ])
+        .output()
+        .expect("avp send --text");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("answer");
+    let stored = std::fs::read(store.join(format!(
+        "{}.json",
+        answer["request_id"].as_str().expect("id")
+    )))
+    .expect("stored text");
+    assert_eq!(
+        stored,
+        std::fs::read(&text).expect("sent"),
+        "forwarded byte for byte"
+    );
+}
+
+#[test]
+fn http_13_missing_or_wrong_token_gets_401_and_nothing_is_stored() {
+    let scratch = Scratch::new("auth");
+    let store = scratch.path("store");
+    let token = scratch.path("token");
+    std::fs::write(&token, "s3cret-token\n").expect("token");
+    let server = serve(&[
+        "--store",
+        store.to_str().expect("utf-8"),
+        "--token-file",
+        token.to_str().expect("utf-8"),
+    ]);
+
+    assert_eq!(sdk(&["expect-error", &server.url])[0]["status"], 401);
+    assert_eq!(
+        sdk(&["expect-error", &server.url, "--token", "s3cret-tokeN"])[0]["status"],
+        401
+    );
+    assert_eq!(stored_files(&store).len(), 0);
+
+    let wrong = scratch.path("wrong");
+    std::fs::write(&wrong, "nope").expect("token");
+    let message = scratch.path("msg.avp");
+    sdk(&["encode", message.to_str().expect("utf-8")]);
+    let output = avp()
+        .args([
+            "send",
+            message.to_str().expect("utf-8"),
+            "--to",
+            &server.url,
+        ])
+        .args(["--token-file", wrong.to_str().expect("utf-8")])
+        .output()
+        .expect("avp send");
+    assert_eq!(output.status.code(), Some(1));
+    let error: Value = serde_json::from_slice(&output.stdout).expect("error JSON");
+    assert_eq!(error["error"]["status"], 401);
+    assert_eq!(error["error"]["kind"], "unauthorized");
+    assert_eq!(stored_files(&store).len(), 0);
+
+    let output = avp()
+        .args([
+            "send",
+            message.to_str().expect("utf-8"),
+            "--to",
+            &server.url,
+            "--http2",
+        ])
+        .args(["--token-file", token.to_str().expect("utf-8")])
+        .output()
+        .expect("avp send");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stored = stored_files(&store);
+    assert_eq!(stored.len(), 1);
+    assert!(std::fs::read(&stored[0]).expect("stored") == std::fs::read(&message).expect("sent"));
+}
+
+#[test]
+fn http_40_avp_send_reports_connection_failure_as_json_after_retrying() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let scratch = Scratch::new("refused");
+    let message = scratch.path("m.avp");
+    std::fs::write(&message, b"AV").expect("file");
+    let output = avp()
+        .args([
+            "send",
+            message.to_str().expect("utf-8"),
+            "--to",
+            &format!("http://127.0.0.1:{port}"),
+            "--retries",
+            "1",
+        ])
+        .output()
+        .expect("avp send");
+    assert_eq!(output.status.code(), Some(1));
+    let error: Value = serde_json::from_slice(&output.stdout).expect("error JSON");
+    assert_eq!(error["error"]["kind"], "connect");
+}
+
+#[test]
+fn http_12_sdk_client_over_the_body_limit_gets_413_and_nothing_is_stored() {
+    let scratch = Scratch::new("limit");
+    let store = scratch.path("store");
+    let server = serve(&[
+        "--store",
+        store.to_str().expect("utf-8"),
+        "--max-body",
+        "100000",
+    ]);
+    // 20 MB: refused from the declared length, long before the upload ends.
+    assert_eq!(
+        sdk(&["expect-error", &server.url, "--size", "20000000"])[0]["status"],
+        413
+    );
+    assert_eq!(
+        sdk(&["expect-error", &server.url, "--size", "99000"])[0]["status"],
+        200
+    );
+    assert_eq!(stored_files(&store).len(), 1);
+}
+
+#[test]
+fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_half_files() {
+    let scratch = Scratch::new("restart");
+    let store = scratch.path("store");
+    let message = scratch.path("msg.avp");
+    sdk(&["encode", message.to_str().expect("utf-8")]);
+    let log = scratch.path("serve.log");
+    let server = serve_logged(&["--store", store.to_str().expect("utf-8")], &log);
+    let output = avp()
+        .args([
+            "send",
+            message.to_str().expect("utf-8"),
+            "--to",
+            &server.url,
+        ])
+        .output()
+        .expect("avp send");
+    assert!(output.status.success());
+    drop(server); // SIGKILL: no graceful anything
+    // One progress line per transfer.
+    let progress = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(progress.lines().count(), 1, "{progress}");
+    assert!(
+        progress.starts_with("received transmit ")
+            && progress.contains(" KiB from \"rust\" for \"py-server\""),
+        "{progress}"
+    );
+    // What a crash mid-write leaves behind.
+    std::fs::write(store.join(".incoming-0123abcd"), b"AV half a message").expect("temp file");
+
+    let restarted = serve(&["--store", store.to_str().expect("utf-8")]);
+    let files = stored_files(&store);
+    assert_eq!(
+        files.len(),
+        1,
+        "temp file removed, acknowledged message kept: {files:?}"
+    );
+    assert!(std::fs::read(&files[0]).expect("stored") == std::fs::read(&message).expect("sent"));
+    drop(restarted);
+
+    // A TTL of 0 s expires it at the next start, file included.
+    let expired = serve(&["--store", store.to_str().expect("utf-8"), "--ttl", "0"]);
+    assert!(stored_files(&store).is_empty());
+    drop(expired);
+}
+
+#[test]
+fn http_2_sdk_httpx_over_h2c_prior_knowledge_reaches_avp_serve() {
+    let scratch = Scratch::new("h2c");
+    let store = scratch.path("store");
+    let server = serve(&["--store", store.to_str().expect("utf-8")]);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let lines = sdk(&["client", &server.url, out.to_str().expect("utf-8"), "--h2c"]);
+    assert_stored_identically(&lines, &store, 4);
+    for line in lines.iter().filter(|l| l.get("name").is_some()) {
+        assert_eq!(line["http_version"], "HTTP/2", "{line}");
+    }
+}

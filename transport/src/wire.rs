@@ -1,0 +1,139 @@
+//! What the transport reads of a message before its body is complete, and the
+//! full check once it is: thin calls into `avp-codec` (its `Header::parse`,
+//! `peek_with` and `decode_with`), so the server, the router and the codec
+//! agree on every rule and every error kind (AVP-ERR vocabulary).
+//!
+//! Only [`check_complete`] touches tensor bytes; the router never calls it.
+
+use avp_codec::{DecodeOptions, ErrorKind, Header, Limits, decode_with, peek_with};
+use http::StatusCode;
+
+pub use avp_codec::{Error as WireError, HEADER_LEN};
+
+/// Largest metadata block accepted before the tensor bytes (AVP-LIM-1, 1 MiB).
+pub const MAX_METADATA: u32 = Limits::DEFAULT.max_metadata_len;
+
+/// The metadata strings a router or a store needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingInfo {
+    /// Metadata field 1.
+    pub session_id: String,
+    /// Metadata field 2.
+    pub source_agent_id: String,
+    /// Metadata field 3.
+    pub target_agent_id: String,
+}
+
+/// The header, once 12 bytes are there (`Ok(None)` before that). Rejects bad
+/// magic and version at once, and a metadata block over [`MAX_METADATA`]
+/// before it is buffered.
+pub fn peek_header(bytes: &[u8]) -> Result<Option<Header>, WireError> {
+    if bytes.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let header = Header::parse(bytes)?;
+    // The codec's header checks (limits, metadata within the payload) run in
+    // peek_with; on the header alone, "truncated" only means the metadata is
+    // still to come, unless the header itself puts it past the payload.
+    // (A public `check_header` in the codec would make this direct.)
+    let first = bytes.get(..HEADER_LEN).unwrap_or(bytes);
+    match peek_with(first, &options()) {
+        Ok(_) => {}
+        Err(err)
+            if err.kind() == ErrorKind::Truncated
+                && header.metadata_length <= header.payload_length => {}
+        Err(err) => return Err(err),
+    }
+    Ok(Some(header))
+}
+
+/// Header and metadata checked by the codec (`bytes` holds at least
+/// `12 + metadata_length` bytes); the routing strings.
+pub fn peek_routing(bytes: &[u8]) -> Result<RoutingInfo, WireError> {
+    let peeked = peek_with(bytes, &options())?;
+    Ok(RoutingInfo {
+        session_id: peeked.metadata.session_id.into_owned(),
+        source_agent_id: peeked.metadata.source_agent_id.into_owned(),
+        target_agent_id: peeked.metadata.target_agent_id.into_owned(),
+    })
+}
+
+/// The codec's full compatible-mode decode of a complete message (checksum,
+/// enums, decompression within limits, AVP-HTTP-31); the warning codes it
+/// reported. The bytes are not kept: the caller stores them as received.
+pub fn check_complete(bytes: &[u8]) -> Result<Vec<&'static str>, WireError> {
+    let message = decode_with(bytes, &options())?;
+    Ok(message.warnings.iter().map(|w| w.code()).collect())
+}
+
+/// The status for a codec error: 413 for a limit, 400 for everything else
+/// the peer sent (AVP-HTTP-14).
+pub fn status_for(err: &WireError) -> StatusCode {
+    match err.kind() {
+        ErrorKind::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        kind if kind.is_peer_fault() => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn options() -> DecodeOptions {
+    DecodeOptions::DEFAULT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(payload: u32, meta: u32) -> Vec<u8> {
+        let mut h = vec![0x41, 0x56, 1, 0];
+        h.extend_from_slice(&payload.to_le_bytes());
+        h.extend_from_slice(&meta.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn header_needs_twelve_bytes_and_is_checked_at_once() {
+        assert!(matches!(peek_header(&[0x41, 0x56]), Ok(None)));
+        let good = peek_header(&header(10, 4))
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((good.payload_length, good.metadata_length), (10, 4));
+        let mut bad = header(10, 4);
+        bad[0] = b'X';
+        assert_eq!(
+            peek_header(&bad).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::BadMagic)
+        );
+        let mut v2 = header(10, 4);
+        v2[2] = 2;
+        assert_eq!(
+            peek_header(&v2).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::UnsupportedVersion)
+        );
+        assert!(
+            peek_header(&header(3, 4)).is_err(),
+            "metadata longer than the payload"
+        );
+        let huge =
+            peek_header(&header(u32::MAX, MAX_METADATA + 1)).expect_err("metadata over the limit");
+        assert_eq!(status_for(&huge), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn routing_strings_come_from_the_codec_peek() {
+        let meta = [0x1a, 3, b'b', b'o', b'b', 0x0a, 1, b's'];
+        let mut message = header(meta.len() as u32, meta.len() as u32);
+        message.extend_from_slice(&meta);
+        let info = peek_routing(&message).expect("valid metadata");
+        assert_eq!(
+            (info.target_agent_id.as_str(), info.session_id.as_str()),
+            ("bob", "s")
+        );
+        let mut broken = header(3, 3);
+        broken.extend_from_slice(&[0x1a, 9, b'x']);
+        assert_eq!(
+            status_for(&peek_routing(&broken).expect_err("broken")),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

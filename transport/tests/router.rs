@@ -1,0 +1,186 @@
+//! The router in process, in front of an in-process agent: routing by
+//! `target_agent_id`, unknown targets, the body limit while streaming, an
+//! unreachable destination, and hellos (AVP-HTTP-50..55). Rule IDs: spec/http.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use avp_codec::{Compression, Metadata, encode};
+use avp_transport::{
+    Agent, AvpClient, ClientConfig, ContextStore, ModelIdentity, Role, Router, Server,
+    ServerConfig, TransportError,
+};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+struct Running {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("join").expect("served");
+    }
+}
+
+async fn run(config: ServerConfig, role: Role) -> Running {
+    let server = Server::bind("127.0.0.1:0".parse().expect("addr"), config, role)
+        .await
+        .expect("bind");
+    let url = format!("http://{}", server.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Running { url, stop, task }
+}
+
+fn message(target: &str, tensor_len: usize) -> Bytes {
+    let tensor: Vec<u8> = (0..tensor_len).map(|i| (i % 251) as u8).collect();
+    let metadata = Metadata {
+        session_id: "s".into(),
+        source_agent_id: "sender".into(),
+        target_agent_id: target.into(),
+        ..Metadata::default()
+    };
+    Bytes::from(encode(&metadata, &tensor, Compression::None).expect("encode"))
+}
+
+fn client(url: &str) -> AvpClient {
+    AvpClient::new(
+        url,
+        ClientConfig {
+            retries: 0,
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client")
+}
+
+fn status_of(outcome: Result<serde_json::Value, TransportError>) -> (u16, String) {
+    match outcome {
+        Err(TransportError::Status { status, kind, .. }) => (status, kind.unwrap_or_default()),
+        Ok(answer) => (200, answer.to_string()),
+        Err(other) => (0, other.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn http_50_to_55_routing_limits_and_failures() {
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
+    let bob = run(ServerConfig::default(), Role::Agent(Arc::new(agent))).await;
+    // A port nothing listens on, for the unreachable destination.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let routes = HashMap::from([
+        ("bob".to_owned(), bob.url.clone()),
+        ("ghost".to_owned(), format!("http://{dead}")),
+    ]);
+    let router_config = ServerConfig {
+        max_body: 1 << 20,
+        ..ServerConfig::default()
+    };
+    let router = run(router_config, Role::Router(Arc::new(Router::new(routes)))).await;
+    let via_router = client(&router.url);
+
+    // Routed by metadata, arrives byte for byte; h2c to the router works too.
+    let sent = message("bob", 300_000);
+    let answer = via_router.transmit(sent.clone()).await.expect("routed");
+    let (_, stored) = store
+        .get(answer["request_id"].as_str().expect("id"))
+        .expect("read")
+        .expect("stored");
+    assert_eq!(stored, sent);
+    let h2 = AvpClient::new(
+        &router.url,
+        ClientConfig {
+            http2: true,
+            retries: 0,
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    h2.transmit(message("bob", 1000))
+        .await
+        .expect("routed over h2c");
+
+    // Unknown target: 404, nothing forwarded.
+    assert_eq!(
+        status_of(via_router.transmit(message("carol", 10)).await),
+        (404, "unknown_target".into())
+    );
+    // Over the router's limit: refused from the header, before streaming.
+    assert_eq!(
+        status_of(via_router.transmit(message("bob", 2 << 20)).await),
+        (413, "body_too_large".into())
+    );
+    // Not AVP at all: the codec's kind.
+    assert_eq!(
+        status_of(
+            via_router
+                .transmit(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"))
+                .await
+        ),
+        (400, "bad_magic".into())
+    );
+    // Destination down: 502, the router's problem, not the client's.
+    assert_eq!(
+        status_of(via_router.transmit(message("ghost", 10)).await),
+        (502, "upstream_unavailable".into())
+    );
+    // With two routes a hello has nowhere to go.
+    assert_eq!(
+        status_of(via_router.handshake(&ModelIdentity::default()).await),
+        (404, "unknown_target".into())
+    );
+    // A chunked body that keeps going past the limit after a small header:
+    // cut off while streaming through (AVP-HTTP-51), answered 413.
+    let (status, body) = endless_chunked(&router.url, message("bob", 100)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
+    assert_eq!(
+        store.list().len(),
+        2,
+        "only the two routed messages arrived"
+    );
+    router.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// Sends `first`, then 16 KiB chunks until the peer answers; returns (status, body).
+async fn endless_chunked(url: &str, first: Bytes) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = "POST /avp/v2/transmit HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\
+                Content-Type: application/avp+binary\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let mut chunk = format!("{:x}\r\n", first.len()).into_bytes();
+    chunk.extend_from_slice(&first);
+    chunk.extend_from_slice(b"\r\n");
+    stream.write_all(&chunk).await.expect("first chunk");
+    let filler = vec![0u8; 16 * 1024];
+    let mut frame = format!("{:x}\r\n", filler.len()).into_bytes();
+    frame.extend_from_slice(&filler);
+    frame.extend_from_slice(b"\r\n");
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = tokio::spawn(async move {
+        for _ in 0..256 {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
+    writing.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
