@@ -197,3 +197,75 @@ fn unreachable_server_is_a_harness_error() {
         text(&out)
     );
 }
+
+/// `avp serve` (our HTTP binding, branch transport) with a token and a small
+/// body limit: conformant under --strict, its compatible decoder's NON-STRICT
+/// answers being the only entries of conformance/expectations/avp-serve.txt.
+#[test]
+fn avp_serve_conforms() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avp"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body",
+            "8388608",
+            "--quiet",
+            "--token-file",
+        ])
+        .arg(&token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start avp serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let server = Server { child, url };
+    let json = dir.path().join("serve.json");
+    let out = avp(&[
+        "conformance",
+        "http",
+        &server.url,
+        "--token",
+        "s3cret",
+        "--oversize",
+        "8388609",
+        "--name",
+        "avp-serve",
+        "--strict",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = verdicts(&json);
+    let of = |id: &str| {
+        v.iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("missing")
+    };
+    for id in [
+        "http/auth/missing-token",
+        "http/auth/wrong-token",
+        "http/transmit/wrong-content-type",
+        "http/transmit/oversized-body",
+        "http/transmit/wire-limits-zstd-bomb-2gib",
+    ] {
+        assert_eq!(of(id), "PASS", "{id}");
+    }
+    assert!(
+        v.iter().all(|(id, verdict)| verdict == "PASS"
+            || (verdict == "XFAIL" && id.starts_with("http/transmit/wire-non-strict-"))),
+        "{v:?}"
+    );
+}
