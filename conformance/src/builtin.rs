@@ -5,11 +5,14 @@
 //! default accepts the `non_strict` vectors with warnings (NON-STRICT
 //! verdicts), the strict one rejects them.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use avp_codec::json::JsonMessage;
 use avp_codec::kv::KvCache;
-use avp_codec::{DecodeOptions, Message, PayloadType, decode_with};
+use avp_codec::{
+    Compression, DataType, DecodeOptions, Message, Metadata, Mode, PayloadType, decode_with,
+};
 use avp_handshake::json::{self as hjson, JsonString, Object, Value as HValue, WriteOptions};
 use avp_handshake::weights::{WeightsDigest, digest_safetensors_bytes};
 use avp_handshake::{
@@ -70,6 +73,14 @@ impl Subject for BuiltinSubject {
                 }
             },
             "json_decode" => json_decode(request),
+            "encode" => match request.data {
+                Some(payload) => encode_op(request.input, payload),
+                None => {
+                    return Err(HarnessFailure::Protocol(
+                        "encode without payload bytes".into(),
+                    ));
+                }
+            },
             op => handshake_op(op, request),
         })
     }
@@ -99,7 +110,9 @@ impl BuiltinSubject {
     }
 }
 
-fn decoded_view(msg: &Message<'_>, strict: bool) -> Value {
+/// The `decoded` answer form of a message (spec/conformance.md, AVP-CONF-23),
+/// payload as a byte reference; also the runner's reference view of encode output.
+pub(crate) fn decoded_view(msg: &Message<'_>, strict: bool) -> Value {
     let m = &msg.metadata;
     let extra: serde_json::Map<String, Value> = m
         .extra
@@ -138,6 +151,75 @@ fn decoded_view(msg: &Message<'_>, strict: bool) -> Value {
         "payload": { "b64": crate::b64::encode(&msg.payload) },
         "kv": kv,
     })
+}
+
+/// `encode`: the corpus' metadata (decode-answer form) plus payload bytes.
+fn encode_op(input: &Value, payload: &[u8]) -> Value {
+    let m = input.get("metadata").cloned().unwrap_or(Value::Null);
+    let text = |k: &str| Cow::Owned(m.get(k).and_then(Value::as_str).unwrap_or("").to_string());
+    let number = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    let name = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let (Some(payload_type), Some(dtype), Some(mode)) = (
+        PayloadType::from_name(&name("payload_type")),
+        DataType::from_name(&name("dtype")),
+        Mode::from_name(&name("mode")),
+    ) else {
+        return rejected("unknown_enum", "metadata enum names not recognised");
+    };
+    let compression_name = input
+        .get("compression")
+        .and_then(Value::as_str)
+        .unwrap_or("none");
+    let Some(compression) = Compression::from_name(compression_name) else {
+        return rejected("invalid", format!("unknown compression {compression_name}"));
+    };
+    let metadata = Metadata {
+        session_id: text("session_id"),
+        source_agent_id: text("source_agent_id"),
+        target_agent_id: text("target_agent_id"),
+        model_id: text("model_id"),
+        hidden_dim: number("hidden_dim"),
+        num_layers: number("num_layers"),
+        payload_type,
+        dtype,
+        tensor_shape: m
+            .get("tensor_shape")
+            .and_then(Value::as_array)
+            .map(|dims| {
+                dims.iter()
+                    .filter_map(|d| d.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        mode,
+        avp_map_id: text("avp_map_id"),
+        extra: m
+            .get("extra")
+            .and_then(Value::as_object)
+            .map(|e| {
+                e.iter()
+                    .map(|(k, v)| {
+                        (
+                            Cow::Owned(k.clone()),
+                            Cow::Owned(v.as_str().unwrap_or("").to_string()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ..Metadata::default()
+    };
+    match avp_codec::encode(&metadata, payload, compression) {
+        Ok(bytes) => {
+            json!({ "outcome": "accepted", "output": { "b64": crate::b64::encode(&bytes) } })
+        }
+        Err(e) => rejected(e.kind().as_str(), &e),
+    }
 }
 
 fn json_decode(request: &Request<'_>) -> Value {

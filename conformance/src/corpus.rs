@@ -80,6 +80,10 @@ pub struct Case {
     pub input_file: Option<PathBuf>,
     /// Case file, relative to the corpus root.
     pub source: String,
+    /// For a valid `decode` case: re-encode the decoded message with these
+    /// arguments (`{"compression": ...}`) and expect the input bytes back
+    /// (the derived `<area>/<section>.encode/<slug>` case, AVP-CONF-27).
+    pub encode: Option<Value>,
 }
 
 impl Case {
@@ -135,6 +139,8 @@ struct RawCase {
     expect: Value,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    encode: Option<Value>,
 }
 
 /// `{"cases": [...]}` (other keys ignored). Not an untagged enum with the
@@ -259,6 +265,7 @@ fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, C
         description: rc.description,
         input_file,
         source: rel.to_string(),
+        encode: rc.encode,
     })
 }
 

@@ -22,6 +22,9 @@ pub struct Entry {
     pub verdict: Verdict,
     /// Why (and where it is tracked).
     pub reason: String,
+    /// Written `<VERDICT>|PASS`: the implementation is nondeterministic here
+    /// and PASS is also expected (neither XPASS nor stale).
+    pub flaky: bool,
     /// 1-based line number, for messages.
     pub line: usize,
 }
@@ -70,6 +73,15 @@ impl Expectations {
             else {
                 return Err(bad("expected `<case-id> <VERDICT> # reason`"));
             };
+            let (verdict, flaky) = match verdict.split_once('|') {
+                Some((v, "PASS")) | Some(("PASS", v)) => (v, true),
+                Some(_) => {
+                    return Err(bad(
+                        "the only alternative allowed is `|PASS` (a flaky case)",
+                    ));
+                }
+                None => (verdict, false),
+            };
             let verdict = match Verdict::parse(verdict) {
                 Some(v @ (Verdict::Fail | Verdict::NonStrict | Verdict::Error | Verdict::Skip)) => {
                     v
@@ -80,6 +92,7 @@ impl Expectations {
                 pattern: pattern.to_string(),
                 verdict,
                 reason: reason.to_string(),
+                flaky,
                 line: line_no,
             });
         }
@@ -118,6 +131,9 @@ impl Expectations {
             let final_verdict = if *verdict == entry.verdict {
                 used[i] = true;
                 Verdict::XFail
+            } else if entry.flaky && *verdict == Verdict::Pass {
+                used[i] = true;
+                Verdict::Pass
             } else if matches!(verdict, Verdict::Pass | Verdict::Info) {
                 Verdict::XPass
             } else {
@@ -185,6 +201,26 @@ mod tests {
         assert_eq!(e.entries.len(), 1);
         assert_eq!(e.entries[0].line, 3);
         assert_eq!(e.entries[0].verdict, Verdict::NonStrict);
+    }
+
+    #[test]
+    fn flaky_entries_accept_pass_too() {
+        let e = Expectations::parse(
+            "a/1/x NON-STRICT|PASS # map order varies per process\n",
+            "t",
+        )
+        .unwrap();
+        assert!(e.entries[0].flaky);
+        assert_eq!(
+            e.apply(&[("a/1/x", Verdict::Pass)]),
+            (vec![Verdict::Pass], vec![])
+        );
+        assert_eq!(
+            e.apply(&[("a/1/x", Verdict::NonStrict)]),
+            (vec![Verdict::XFail], vec![])
+        );
+        assert_eq!(e.apply(&[("a/1/x", Verdict::Fail)]).0, vec![Verdict::Fail]);
+        assert!(Expectations::parse("a/1/x FAIL|ERROR # no\n", "t").is_err());
     }
 
     #[test]

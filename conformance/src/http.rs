@@ -319,6 +319,7 @@ fn http_case(
         description: Some(description.to_string()),
         input_file: None,
         source: "(built into the http mode)".into(),
+        encode: None,
     }
 }
 

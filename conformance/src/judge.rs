@@ -97,6 +97,10 @@ pub fn judge(case: &Case, answer: Result<Value, HarnessFailure>) -> Judgement {
             let (verdict, detail) = crate::http::judge_http(case, &answer);
             judged(verdict, detail, answer)
         }
+        "accepted" if case.op == "encode" => {
+            let (verdict, detail) = judge_encode(case, &answer, &output_bytes);
+            judged(verdict, detail, answer)
+        }
         "accepted" => {
             let (verdict, detail) = judge_accepted(case, &answer);
             judged(verdict, detail, answer)
@@ -152,6 +156,49 @@ fn judge_accepted(case: &Case, answer: &Value) -> (Verdict, String) {
             (kv_verdict, kv_detail)
         }
         _ => (verdict, detail),
+    }
+}
+
+/// An encode answer (AVP-CONF-27): the same bytes as the corpus is PASS;
+/// other bytes that our reference decoder reads back as the same message
+/// are NON-STRICT (semantically equal, AVP-WIRE-22's byte identity missed);
+/// anything else is a violation.
+fn judge_encode(case: &Case, answer: &Value, bytes: &[(String, Vec<u8>)]) -> (Verdict, String) {
+    let same_bytes = match (case.expect.get("output"), answer.get("output")) {
+        (Some(want), Some(got)) => subset(want, got, "output").is_ok(),
+        _ => false,
+    };
+    if same_bytes {
+        return (Verdict::Pass, "byte-identical to the corpus".into());
+    }
+    let Some((_, output)) = bytes.iter().find(|(k, _)| k == "output") else {
+        return (
+            violated(case.level),
+            "no `output` bytes in the answer".into(),
+        );
+    };
+    let Some(want) = case.expect.get("decoded") else {
+        return (
+            violated(case.level),
+            "output differs from the corpus bytes".into(),
+        );
+    };
+    match avp_codec::decode(output) {
+        Ok(msg) => {
+            let mut view = crate::builtin::decoded_view(&msg, false);
+            replace_bytes(&mut view);
+            match subset(want, &view, "decoded") {
+                Ok(()) => (
+                    Verdict::NonStrict,
+                    "other bytes, same message (not byte-identical)".into(),
+                ),
+                Err(m) => (
+                    violated(case.level),
+                    format!("re-encoded message differs: {m}"),
+                ),
+            }
+        }
+        Err(e) => (violated(case.level), format!("output does not decode: {e}")),
     }
 }
 

@@ -160,7 +160,13 @@ pub fn run_subject(
     let started = Instant::now();
     let mut results = Vec::with_capacity(cases.len());
     for case in cases {
-        results.push(run_case(case, subject));
+        let (result, payload) = run_case_keeping_payload(case, subject);
+        results.push(result);
+        if let Some(encode_case) = derive_encode_case(case, payload.as_deref()) {
+            results.push(run_case(&encode_case, subject));
+        } else if case.encode.is_some() && case.op == "decode" {
+            results.push(skipped_encode(case));
+        }
     }
     subject.finish();
     let mut stale = Vec::new();
@@ -196,7 +202,102 @@ pub fn run_subject(
     }
 }
 
+/// ID of the encode case derived from a decode case (AVP-CONF-27):
+/// `<area>/<section>/<slug>` becomes `<area>/<section>.encode/<slug>`.
+pub fn encode_case_id(decode_id: &str) -> String {
+    match decode_id.rsplit_once('/') {
+        Some((section, slug)) => format!("{section}.encode/{slug}"),
+        None => format!("{decode_id}.encode"),
+    }
+}
+
+/// The round-trip case of a valid decode case with `encode` (AVP-CONF-27):
+/// encode the corpus' metadata with the payload the subject decoded and
+/// expect the original message bytes. `None` when the subject's payload is
+/// not the expected one (the decode case already failed).
+fn derive_encode_case(case: &Case, payload: Option<&[u8]>) -> Option<Case> {
+    let encode = case.encode.as_ref()?;
+    if case.op != "decode" || case.result != crate::corpus::ExpectedResult::Valid {
+        return None;
+    }
+    let payload = payload?;
+    let want_payload = case.expect.pointer("/decoded/payload/blake3")?.as_str()?;
+    if blake3::hash(payload).to_hex().as_str() != want_payload {
+        return None;
+    }
+    let original = case.input_bytes().ok()??;
+    let input = serde_json::json!({
+        "metadata": case.expect.pointer("/decoded/metadata")?,
+        "compression": encode.get("compression").cloned().unwrap_or(Value::from("none")),
+        "b64": crate::b64::encode(payload),
+    });
+    Some(Case {
+        id: encode_case_id(&case.id),
+        rules: case.rules.clone(),
+        level: case.level,
+        op: "encode".into(),
+        input_raw: input.to_string(),
+        input,
+        expect: serde_json::json!({
+            "result": "valid",
+            "output": crate::judge::digest_of(&original),
+            "decoded": decoded_without_kv(case),
+        }),
+        result: crate::corpus::ExpectedResult::Valid,
+        description: Some(format!("re-encoding {} gives its bytes back", case.id)),
+        input_file: None,
+        source: case.source.clone(),
+        encode: None,
+    })
+}
+
+/// `expect.decoded` minus `kv` and `header` (a re-encoding with its map
+/// entries in another order has other bytes but the same lengths; the
+/// header is checked by the byte comparison).
+fn decoded_without_kv(case: &Case) -> Value {
+    let mut d = case.expect.get("decoded").cloned().unwrap_or(Value::Null);
+    if let Some(map) = d.as_object_mut() {
+        map.remove("kv");
+        map.remove("header");
+    }
+    d
+}
+
+fn skipped_encode(case: &Case) -> CaseResult {
+    let id = encode_case_id(&case.id);
+    CaseResult {
+        section: id
+            .rsplit_once('/')
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_default(),
+        id,
+        level: case.level,
+        rules: case.rules.clone(),
+        op: "encode".into(),
+        description: Some(format!("re-encoding {} gives its bytes back", case.id)),
+        verdict: Verdict::Skip,
+        raw_verdict: Verdict::Skip,
+        detail: "not run: the decode case did not yield the expected payload".into(),
+        expectation: None,
+        expected: Value::Null,
+        observed: Value::Null,
+        duration_ms: 0.0,
+        log: String::new(),
+        input_len: None,
+        input_head: Vec::new(),
+        output_heads: Vec::new(),
+    }
+}
+
 fn run_case(case: &Case, subject: &mut dyn Subject) -> CaseResult {
+    run_case_keeping_payload(case, subject).0
+}
+
+/// Runs one case; also returns the full decoded payload of a decode answer.
+fn run_case_keeping_payload(
+    case: &Case,
+    subject: &mut dyn Subject,
+) -> (CaseResult, Option<Vec<u8>>) {
     let data = case.input_bytes();
     let started = Instant::now();
     let (judgement, input) = match data {
@@ -221,7 +322,12 @@ fn run_case(case: &Case, subject: &mut dyn Subject) -> CaseResult {
         }
     };
     let duration_ms = started.elapsed().as_secs_f64() * 1e3;
-    CaseResult {
+    let payload = judgement
+        .output_bytes
+        .iter()
+        .find(|(k, _)| k == "decoded.payload")
+        .map(|(_, b)| b.clone());
+    let result = CaseResult {
         id: case.id.clone(),
         section: case.section().to_string(),
         level: case.level,
@@ -251,5 +357,6 @@ fn run_case(case: &Case, subject: &mut dyn Subject) -> CaseResult {
                 (k, b)
             })
             .collect(),
-    }
+    };
+    (result, payload)
 }

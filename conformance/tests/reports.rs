@@ -34,7 +34,7 @@ fn case(id: &str, verdict: Verdict, raw: Verdict, detail: &str) -> CaseResult {
         raw_verdict: raw,
         detail: detail.to_string(),
         expectation: (verdict == Verdict::XFail).then(|| "FAIL # known: no limit".to_string()),
-        expected: json!({"result": "invalid", "error_kind": "checksum_mismatch"}),
+        expected: json!({"error_kind": "checksum_mismatch", "result": "invalid"}),
         // Keys in sorted order: the same text whether or not serde_json's
         // preserve_order feature is on in this build (the CLI enables it).
         observed: json!({"decoded": {"payload": {"length": 8}}, "outcome": "accepted"}),
@@ -115,6 +115,7 @@ fn fixed_report() -> RunReport {
                         pattern: "wire/9/gone".into(),
                         verdict: Verdict::Fail,
                         reason: "old".into(),
+                        flaky: false,
                         line: 7,
                     },
                     why: "matches no case of the corpus".into(),

@@ -22,7 +22,8 @@ from avp import avp_pb2, codec, errors
 from avp.fallback import JSONMessage
 from avp.handshake import (CompatibilityResolver, HelloMessage, compute_model_hash,
                            compute_tokenizer_hash, extract_model_identity)
-from avp.types import ModelIdentity, PayloadType
+from avp.types import (AVPMetadata, CommunicationMode, CompressionLevel, DataType, ModelIdentity,
+                       PayloadType)
 
 IGNORE_CHECKSUM = "--ignore-checksum" in sys.argv[1:]
 INLINE_LIMIT = 1 << 20  # bigger results travel as files (AVP-CONF-24)
@@ -154,6 +155,27 @@ def op_decode(req):
     }
 
 
+LEVELS = {"none": CompressionLevel.NONE, "fast": CompressionLevel.FAST,
+          "balanced": CompressionLevel.BALANCED, "max": CompressionLevel.MAX}
+
+
+def op_encode(req):
+    inp = req["input"]
+    m = inp["metadata"]
+    try:
+        meta = AVPMetadata(
+            session_id=m["session_id"], source_agent_id=m["source_agent_id"],
+            target_agent_id=m["target_agent_id"], model_id=m["model_id"],
+            hidden_dim=m["hidden_dim"], num_layers=m["num_layers"],
+            payload_type=PayloadType[m["payload_type"]], dtype=DataType[m["dtype"]],
+            tensor_shape=tuple(m["tensor_shape"]), mode=CommunicationMode[m["mode"]],
+            avp_map_id=m["avp_map_id"], extra=dict(m["extra"]))
+        out = codec.encode(read_bytes(inp["data"]), meta, LEVELS[inp.get("compression", "none")])
+    except Exception as exc:
+        return rejected(exc)
+    return {"outcome": "accepted", "output": bytes_ref(out)}
+
+
 def text_of(inp):
     return inp["text"] if "text" in inp else read_bytes(inp["data"]).decode("utf-8")
 
@@ -276,7 +298,7 @@ def op_resolve(req):
             "avp_map_id": s.avp_map_id}
 
 
-OPS = {"decode": op_decode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
+OPS = {"decode": op_decode, "encode": op_encode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
        "model_hash": op_model_hash, "tokenizer_hash": op_tokenizer_hash, "vocab_hash": op_vocab_hash,
        "identity": op_identity, "case.hello": op_hello, "resolve": op_resolve}
 
