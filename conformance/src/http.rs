@@ -331,7 +331,7 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
     let mut out = vec![
         http_case(
             "http/health/get",
-            &["AVP-HTTP-10"],
+            &["AVP-HTTP-1"],
             Must,
             Valid,
             json!({"method": "GET", "path": "/health"}),
@@ -340,7 +340,7 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
         ),
         http_case(
             "http/handshake/hello",
-            &["AVP-HTTP-10"],
+            &["AVP-HTTP-1", "AVP-HTTP-30"],
             Must,
             Valid,
             json!({"method": "POST", "path": "/avp/v2/handshake", "content_type": "application/json",
@@ -352,7 +352,7 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
         ),
         http_case(
             "http/handshake/malformed-json",
-            &["AVP-HTTP-20"],
+            &["AVP-HTTP-14", "AVP-HTTP-20"],
             Must,
             Invalid,
             json!({"method": "POST", "path": "/avp/v2/handshake", "content_type": "application/json", "text": "{\"agent_id\": "}),
@@ -361,7 +361,7 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
         ),
         http_case(
             "http/transmit/wrong-content-type",
-            &["AVP-HTTP-11"],
+            &["AVP-HTTP-4", "AVP-HTTP-11"],
             Must,
             Invalid,
             json!({"method": "POST", "path": "/avp/v2/transmit", "content_type": "text/plain", "vector": "valid"}),
@@ -379,7 +379,7 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
         ),
         http_case(
             "http/transmit/get-not-allowed",
-            &["AVP-HTTP-10"],
+            &["AVP-HTTP-15"],
             Should,
             Invalid,
             json!({"method": "GET", "path": "/avp/v2/transmit"}),
@@ -387,8 +387,17 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
             "GET on the transmit endpoint is refused",
         ),
         http_case(
+            "http/headers/unsupported-avp-version",
+            &["AVP-HTTP-3", "AVP-HTTP-10"],
+            Must,
+            Invalid,
+            json!({"method": "POST", "path": "/avp/v2/transmit", "content_type": avp, "vector": "valid", "avp_version": "9.9"}),
+            json!({"status": [400]}),
+            "a valid message under AVP-Version 9.9 is refused with 400",
+        ),
+        http_case(
             "http/paths/unknown",
-            &["AVP-HTTP-10"],
+            &["AVP-HTTP-15"],
             Must,
             Invalid,
             json!({"method": "POST", "path": "/avp/v2/no-such-endpoint", "content_type": avp, "vector": "valid"}),
@@ -414,6 +423,15 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
             json!({"method": "POST", "path": "/avp/v2/transmit", "content_type": avp, "vector": "valid", "auth": "wrong"}),
             json!({"status": [401]}),
             "a wrong bearer token",
+        ));
+        out.push(http_case(
+            "http/auth/checked-first",
+            &["AVP-HTTP-10", "AVP-HTTP-13"],
+            Should,
+            Invalid,
+            json!({"method": "POST", "path": "/avp/v2/transmit", "content_type": "text/plain", "vector": "valid", "auth": "wrong"}),
+            json!({"status": [401]}),
+            "wrong token and wrong Content-Type: authentication is checked first (401, not 415)",
         ));
     }
     for case in corpus
@@ -450,7 +468,14 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
             expect,
             &format!("wire vector {} through /avp/v2/transmit: {what}", case.id),
         );
-        c.rules.push("AVP-HTTP-20".into());
+        c.rules.push(
+            if case.result == ExpectedResult::Valid {
+                "AVP-HTTP-21"
+            } else {
+                "AVP-HTTP-14"
+            }
+            .into(),
+        );
         c.input_file.clone_from(&case.input_file);
         out.push(c);
     }
@@ -543,8 +568,14 @@ impl Subject for HttpSubject {
             Some(n) => Body::Oversize(n),
             None => Body::Bytes(&body_owned),
         };
-        let mut headers: Vec<(&str, &str)> =
-            vec![("AVP-Version", "0.4"), ("AVP-Agent-ID", "avp-conformance")];
+        let version = input
+            .get("avp_version")
+            .and_then(Value::as_str)
+            .unwrap_or("0.4");
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("AVP-Version", version),
+            ("AVP-Agent-ID", "avp-conformance"),
+        ];
         if let Some(ct) = input.get("content_type").and_then(Value::as_str) {
             headers.push(("Content-Type", ct));
         }

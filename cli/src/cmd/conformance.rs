@@ -209,7 +209,16 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
         ));
     }
     if args.report.spec.is_dir() {
-        report.coverage = Some(coverage::compute(&args.report.spec, &corpus.cases)?);
+        // The live HTTP mode's own cases cover the HTTP binding's rules.
+        let http_options = http::HttpOptions {
+            token: Some(String::new()),
+            timeout: Duration::from_secs(1),
+            oversize: http::DEFAULT_OVERSIZE,
+            name: None,
+        };
+        let mut all = corpus.cases.clone();
+        all.extend(http::cases(&corpus, &http_options));
+        report.coverage = Some(coverage::compute(&args.report.spec, &all)?);
     }
     emit(&report, &args.report)
 }
