@@ -22,11 +22,20 @@ struct Cli {
 enum Command {
     /// Print the workspace version and enabled features.
     Version,
+    /// Model hash, tokenizer hash or weights digest of a file or directory.
+    Hash(cmd::hash::HashArgs),
+    /// The model identity (the SDK's `to_dict()` JSON) of a config or model directory.
+    Identity(cmd::identity::IdentityArgs),
+    /// Handshake tools: resolve the mode two identities would negotiate.
+    Handshake(cmd::handshake::HandshakeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Hash(args) => cmd::hash::run(args),
+        Command::Identity(args) => cmd::identity::run(args),
+        Command::Handshake(args) => cmd::handshake::run(args),
     }
 }

@@ -26,18 +26,30 @@ enum ModelKind {
 /// the model vocabulary's size (or one past the largest added id when that
 /// is larger).
 pub fn vocab_from_tokenizer_json(doc: &Value) -> Result<Object, Error> {
-    let root = doc
-        .as_object()
-        .ok_or_else(|| Error::Tokenizer(format!("top level is {}, not an object", doc.type_name())))?;
+    let root = doc.as_object().ok_or_else(|| {
+        Error::Tokenizer(format!("top level is {}, not an object", doc.type_name()))
+    })?;
     let model = root
         .get("model")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::Tokenizer("no `model` object".into()))?;
-    let kind = match model.get("type").and_then(Value::as_json_str).and_then(JsonString::as_str) {
+    let kind = match model
+        .get("type")
+        .and_then(Value::as_json_str)
+        .and_then(JsonString::as_str)
+    {
         Some("BPE" | "WordPiece" | "WordLevel") => ModelKind::Map,
         Some("Unigram") => ModelKind::Unigram,
-        Some(other) => return Err(Error::Tokenizer(format!("unsupported model.type `{other}`"))),
-        None => return Err(Error::Tokenizer("`model.type` is missing or not a string".into())),
+        Some(other) => {
+            return Err(Error::Tokenizer(format!(
+                "unsupported model.type `{other}`"
+            )));
+        }
+        None => {
+            return Err(Error::Tokenizer(
+                "`model.type` is missing or not a string".into(),
+            ));
+        }
     };
     let vocab_value = model
         .get("vocab")
@@ -67,9 +79,17 @@ pub fn vocab_from_tokenizer_json(doc: &Value) -> Result<Object, Error> {
                 let token = match piece {
                     Value::Array(pair) => match pair.as_slice() {
                         [Value::Str(token), Value::Int(_) | Value::Float(_)] => token,
-                        _ => return Err(Error::Tokenizer(format!("vocab entry {position} is not [piece, score]"))),
+                        _ => {
+                            return Err(Error::Tokenizer(format!(
+                                "vocab entry {position} is not [piece, score]"
+                            )));
+                        }
                     },
-                    _ => return Err(Error::Tokenizer(format!("vocab entry {position} is not [piece, score]"))),
+                    _ => {
+                        return Err(Error::Tokenizer(format!(
+                            "vocab entry {position} is not [piece, score]"
+                        )));
+                    }
                 };
                 let id = u32::try_from(position)
                     .map_err(|_| Error::Tokenizer("more than 2^32 vocabulary entries".into()))?;
@@ -95,7 +115,9 @@ pub fn vocab_from_tokenizer_json(doc: &Value) -> Result<Object, Error> {
                 .as_object()
                 .and_then(|o| o.get("content"))
                 .and_then(Value::as_json_str)
-                .ok_or_else(|| Error::Tokenizer(format!("added_tokens[{position}] has no string `content`")))?;
+                .ok_or_else(|| {
+                    Error::Tokenizer(format!("added_tokens[{position}] has no string `content`"))
+                })?;
             if content.is_empty() {
                 continue;
             }
@@ -134,7 +156,10 @@ fn token_id(id: &Value, token: &JsonString) -> Result<u32, Error> {
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(|| Error::Tokenizer(format!("id of `{token}` is not a u32"))),
-        other => Err(Error::Tokenizer(format!("id of `{token}` is {}", other.type_name()))),
+        other => Err(Error::Tokenizer(format!(
+            "id of `{token}` is {}",
+            other.type_name()
+        ))),
     }
 }
 
@@ -161,6 +186,9 @@ pub fn vocab_from_document(doc: &Value) -> Result<Object, Error> {
 pub fn count_vocab_overlap(a: &Object, b: &Object, min_overlap: usize) -> usize {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     let set: HashSet<&[u8]> = small.iter().map(|(k, _)| k.as_wtf8()).collect();
-    let count = large.iter().filter(|(k, _)| set.contains(k.as_wtf8())).count();
+    let count = large
+        .iter()
+        .filter(|(k, _)| set.contains(k.as_wtf8()))
+        .count();
     if count >= min_overlap { count } else { 0 }
 }

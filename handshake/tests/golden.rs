@@ -2,15 +2,20 @@
 //! `conformance/vectors/handshake/*.json` (made by
 //! `conformance/gen/gen_handshake.py`) must come out exactly as recorded.
 //! The case files are read with our own JSON parser.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 
 use avp_handshake::json::{self, JsonString, Object, Value, WriteOptions};
 use avp_handshake::weights::{WeightsDigest, digest_safetensors_bytes};
 use avp_handshake::{
-    HelloMessage, ModelIdentity, ResolveOptions, identity_from_config, model_hash, resolve, tokenizer_hash,
-    vocab_from_document, vocab_from_tokenizer_json,
+    HelloMessage, ModelIdentity, ResolveOptions, identity_from_config, model_hash, resolve,
+    tokenizer_hash, vocab_from_document, vocab_from_tokenizer_json,
 };
 
 fn vectors() -> PathBuf {
@@ -27,7 +32,10 @@ fn load(name: &str) -> Vec<Value> {
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.as_object().unwrap().get(key).unwrap_or_else(|| panic!("missing {key}"))
+    v.as_object()
+        .unwrap()
+        .get(key)
+        .unwrap_or_else(|| panic!("missing {key}"))
 }
 
 fn opt<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
@@ -54,10 +62,18 @@ fn write(v: &Value, options: WriteOptions) -> String {
 
 /// A short view of where two long strings first differ.
 fn first_difference(ours: &str, want: &str) -> String {
-    let at = ours.bytes().zip(want.bytes()).position(|(a, b)| a != b).unwrap_or(ours.len().min(want.len()));
+    let at = ours
+        .bytes()
+        .zip(want.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(ours.len().min(want.len()));
     let from = at.saturating_sub(40);
     let clip = |s: &str| s.get(from..(at + 40).min(s.len())).unwrap_or(s).to_owned();
-    format!("at byte {at}\n ours …{}…\n want …{}…", clip(ours), clip(want))
+    format!(
+        "at byte {at}\n ours …{}…\n want …{}…",
+        clip(ours),
+        clip(want)
+    )
 }
 
 /// Runs `check` on every case, collects failures, and fails with all of them.
@@ -75,7 +91,12 @@ fn run(file: &str, op: &str, check: impl Fn(&Value) -> Result<(), String>) {
         }
     }
     assert!(n > 0, "no {op} cases in {file}");
-    assert!(failures.is_empty(), "{} of {n} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn input_bytes(input: &Value) -> Vec<u8> {
@@ -98,7 +119,10 @@ fn avp_hash_1_model_hash_golden() {
                 let expect = field(case, "expect");
                 let canonical = json::to_canonical(&v).unwrap();
                 if canonical != text(field(expect, "canonical")) {
-                    return Err(format!("canonical differs: {}", first_difference(&canonical, &text(field(expect, "canonical")))));
+                    return Err(format!(
+                        "canonical differs: {}",
+                        first_difference(&canonical, &text(field(expect, "canonical")))
+                    ));
                 }
                 let hash = model_hash(&v).unwrap();
                 if hash != text(field(expect, "model_hash")) {
@@ -114,7 +138,8 @@ fn avp_hash_1_model_hash_golden() {
 fn avp_hash_6_canonical_json_agrees_with_python() {
     run("canonical_json.json", "canonical_json", |case| {
         let expect = field(case, "expect");
-        let v = json::parse(&wtf8(field(field(case, "input"), "text"))).map_err(|e| e.to_string())?;
+        let v =
+            json::parse(&wtf8(field(field(case, "input"), "text"))).map_err(|e| e.to_string())?;
         let forms = [
             ("canonical", WriteOptions::CANONICAL),
             ("compact", WriteOptions::COMPACT),
@@ -173,7 +198,11 @@ fn avp_hash_10_tokenizer_hash_of_vocab_maps() {
         };
         let hash = tokenizer_hash(&vocab).unwrap();
         let want = text(field(field(case, "expect"), "tokenizer_hash"));
-        if hash != want { Err(format!("hash {hash}")) } else { Ok(()) }
+        if hash != want {
+            Err(format!("hash {hash}"))
+        } else {
+            Ok(())
+        }
     });
 }
 
@@ -184,7 +213,10 @@ fn identity_for(input: &Value) -> Result<ModelIdentity, String> {
         let tok = json::parse(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap();
         (config, Some(tok))
     } else if let Some(file) = opt(input, "file") {
-        (json::parse(&std::fs::read(vectors().join(text(file))).unwrap()).unwrap(), None)
+        (
+            json::parse(&std::fs::read(vectors().join(text(file))).unwrap()).unwrap(),
+            None,
+        )
     } else {
         (field(input, "config").clone(), None)
     };
@@ -226,7 +258,8 @@ fn avp_hs_2_identity_from_config_golden() {
 #[test]
 fn avp_hs_4_hello_from_dict_to_dict_golden() {
     run("hello.json", "hello", |case| {
-        let parsed = json::parse(&wtf8(field(field(case, "input"), "text"))).map_err(|e| e.to_string())?;
+        let parsed =
+            json::parse(&wtf8(field(field(case, "input"), "text"))).map_err(|e| e.to_string())?;
         let hello = HelloMessage::from_value(&parsed).and_then(|h| h.weights_digest().map(|_| h));
         match (expect_valid(case), hello) {
             (false, Ok(_)) => Err("accepted, we must reject".into()),
@@ -235,7 +268,11 @@ fn avp_hs_4_hello_from_dict_to_dict_golden() {
             (true, Ok(h)) => {
                 let wire = String::from_utf8(h.to_wire().unwrap()).unwrap();
                 let want = text(field(field(case, "expect"), "wire"));
-                if wire != want { Err(format!("wire differs: {wire}")) } else { Ok(()) }
+                if wire != want {
+                    Err(format!("wire differs: {wire}"))
+                } else {
+                    Ok(())
+                }
             }
         }
     });
@@ -256,7 +293,8 @@ fn avp_hs_5_to_10_and_22_resolution_table() {
         let lookup = |id: &str| SUFFIXES.iter().any(|s| maps.contains(&format!("{id}{s}")));
         let local_vocab = opt(input, "local_vocab").map(|v| v.as_object().unwrap().clone());
         let remote_vocab = opt(input, "remote_vocab").map(|v| v.as_object().unwrap().clone());
-        let digest = |key: &str| opt(input, key).map(|v| WeightsDigest::from_hex(&text(v)).unwrap());
+        let digest =
+            |key: &str| opt(input, key).map(|v| WeightsDigest::from_hex(&text(v)).unwrap());
         let options = ResolveOptions {
             maps: Some(&lookup),
             vocabularies: local_vocab.as_ref().zip(remote_vocab.as_ref()),
@@ -264,7 +302,11 @@ fn avp_hs_5_to_10_and_22_resolution_table() {
             remote_weights: digest("remote_weights_digest"),
         };
         let r = resolve(&local, &remote, &options);
-        let got = (r.mode.name(), r.resolution_path.as_str(), r.avp_map_id.as_str());
+        let got = (
+            r.mode.name(),
+            r.resolution_path.as_str(),
+            r.avp_map_id.as_str(),
+        );
         let want = (
             text(field(expect, "mode")),
             text(field(expect, "resolution_path")),
@@ -300,7 +342,11 @@ fn avp_hs_21_weights_digest_golden() {
             (true, Err(e)) => Err(e.to_string()),
             (true, Ok(d)) => {
                 let want = text(field(field(case, "expect"), "weights_digest"));
-                if d.to_hex() != want { Err(format!("digest {}", d.to_hex())) } else { Ok(()) }
+                if d.to_hex() != want {
+                    Err(format!("digest {}", d.to_hex()))
+                } else {
+                    Ok(())
+                }
             }
         }
     });

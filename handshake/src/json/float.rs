@@ -29,7 +29,11 @@ pub fn write_py_float(out: &mut String, x: f64) {
     // half to even, so with the same digit count it gives Python's choice
     // whenever that choice round-trips. Ties need ~15+ digits (doubles are
     // far denser than shorter decimals), so shorter outputs skip the check.
-    let digit_count = sci.bytes().take_while(|b| *b != b'e').filter(u8::is_ascii_digit).count();
+    let digit_count = sci
+        .bytes()
+        .take_while(|b| *b != b'e')
+        .filter(u8::is_ascii_digit)
+        .count();
     if digit_count >= 15 {
         let mut exact = String::with_capacity(32);
         let _ = write!(exact, "{:.*e}", digit_count.saturating_sub(1), x);
@@ -107,6 +111,8 @@ mod tests {
     }
 
     #[test]
+    // The tie cases are exact binary values whose shortest repr is shorter.
+    #[allow(clippy::excessive_precision)]
     fn avp_hash_3_python_repr_classes() {
         let cases: &[(f64, &str)] = &[
             (0.0, "0.0"),

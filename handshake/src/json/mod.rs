@@ -13,8 +13,8 @@ mod write;
 
 pub use float::write_py_float;
 pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, parse};
-pub use write::{Separators, WriteOptions, to_canonical, write_value};
 pub(crate) use write::write_string as write_string_pub;
+pub use write::{Separators, WriteOptions, to_canonical, write_value};
 
 use core::cmp::Ordering;
 use core::fmt;

@@ -217,7 +217,9 @@ impl Parser<'_> {
                 }
                 Some(b'\\') => {
                     self.bump(1);
-                    let esc = self.peek().ok_or_else(|| self.err(JsonErrorKind::UnexpectedEnd))?;
+                    let esc = self
+                        .peek()
+                        .ok_or_else(|| self.err(JsonErrorKind::UnexpectedEnd))?;
                     let simple = match esc {
                         b'"' => Some(b'"'),
                         b'\\' => Some(b'\\'),
@@ -244,7 +246,8 @@ impl Parser<'_> {
                                 let low = self.hex4()?;
                                 if (0xdc00..0xe000).contains(&low) {
                                     // Both ranges were checked just above, so this cannot wrap.
-                                    cp = 0x10000u32.wrapping_add(((cp & 0x3ff) << 10) | (low & 0x3ff));
+                                    cp = 0x10000u32
+                                        .wrapping_add(((cp & 0x3ff) << 10) | (low & 0x3ff));
                                 } else {
                                     self.pos = save;
                                 }
@@ -260,7 +263,11 @@ impl Parser<'_> {
     }
 
     fn digits(&mut self) -> usize {
-        let n = self.rest().iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         self.bump(n);
         n
     }
@@ -282,7 +289,10 @@ impl Parser<'_> {
         // Python's NUMBER_RE: a fraction needs a digit after '.', an exponent
         // needs one after [eE][+-]; otherwise the number ends before them.
         if self.peek() == Some(b'.')
-            && self.bytes.get(self.pos.saturating_add(1)).is_some_and(u8::is_ascii_digit)
+            && self
+                .bytes
+                .get(self.pos.saturating_add(1))
+                .is_some_and(u8::is_ascii_digit)
         {
             self.bump(1);
             self.digits();
@@ -302,7 +312,8 @@ impl Parser<'_> {
         }
         let text = self.bytes.get(start..self.pos).unwrap_or_default();
         // Only ASCII digits, signs, '.', 'e' were consumed.
-        let text = core::str::from_utf8(text).map_err(|_| JsonError::new(JsonErrorKind::BadNumber, start))?;
+        let text = core::str::from_utf8(text)
+            .map_err(|_| JsonError::new(JsonErrorKind::BadNumber, start))?;
         if is_float {
             let v: f64 = text
                 .parse()
@@ -325,8 +336,11 @@ fn insert_entry(
     value: Value,
 ) {
     if index.is_none() && entries.len() >= INDEX_THRESHOLD {
-        let map: HashMap<JsonString, usize> =
-            entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let map: HashMap<JsonString, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
         *index = Some(map);
     }
     let existing = match index {

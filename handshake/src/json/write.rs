@@ -54,7 +54,12 @@ pub fn write_value(out: &mut String, value: &Value, options: WriteOptions) -> Re
     write_inner(out, value, options, 0)
 }
 
-fn write_inner(out: &mut String, value: &Value, options: WriteOptions, depth: usize) -> Result<(), Error> {
+fn write_inner(
+    out: &mut String,
+    value: &Value,
+    options: WriteOptions,
+    depth: usize,
+) -> Result<(), Error> {
     let (item_sep, key_sep) = match options.separators {
         Separators::Compact => (",", ":"),
         Separators::PythonDefault => (", ", ": "),
@@ -111,7 +116,9 @@ fn push_u16_escape(out: &mut String, unit: u32) {
     out.push_str("\\u");
     for shift in [12u32, 8, 4, 0] {
         let nibble = (unit >> shift) & 0xf;
-        out.push(char::from(HEX.get(nibble as usize).copied().unwrap_or(b'0')));
+        out.push(char::from(
+            HEX.get(nibble as usize).copied().unwrap_or(b'0'),
+        ));
     }
 }
 
