@@ -1,7 +1,12 @@
 //! Criterion benches of the handshake hot paths (BENCHMARKS.md `## Handshake`):
 //! model hash of a 7B config, tokenizer hash of a 152k-token vocabulary,
 //! the weights-digest leaf hash (one core) and whole-file digest.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
 
 use std::hint::black_box;
 
@@ -75,7 +80,12 @@ fn synthetic_vocab(n: usize) -> Object {
         if i > 0 {
             text.push(',');
         }
-        json::write_value(&mut text, &Value::Str(k.clone()), json::WriteOptions::COMPACT).unwrap();
+        json::write_value(
+            &mut text,
+            &Value::Str(k.clone()),
+            json::WriteOptions::COMPACT,
+        )
+        .unwrap();
         text.push(':');
         json::write_value(&mut text, v, json::WriteOptions::COMPACT).unwrap();
     }
@@ -88,7 +98,12 @@ fn synthetic_vocab(n: usize) -> Object {
 
 fn tokenizer_json(vocab: &Object) -> String {
     let mut v = String::new();
-    json::write_value(&mut v, &Value::Object(vocab.clone()), json::WriteOptions::COMPACT).unwrap();
+    json::write_value(
+        &mut v,
+        &Value::Object(vocab.clone()),
+        json::WriteOptions::COMPACT,
+    )
+    .unwrap();
     format!(
         r#"{{"version":"1.0","added_tokens":[{{"id":0,"content":"<|endoftext|>","special":true}}],"model":{{"type":"BPE","vocab":{v},"merges":[]}}}}"#
     )
@@ -102,7 +117,9 @@ fn synthetic_safetensors(count: usize, elems: usize) -> Vec<u8> {
             header.push(',');
         }
         let (b, e) = (i * elems * 4, (i + 1) * elems * 4);
-        header.push_str(&format!(r#""layer.{i}.weight":{{"dtype":"F32","shape":[{elems}],"data_offsets":[{b},{e}]}}"#));
+        header.push_str(&format!(
+            r#""layer.{i}.weight":{{"dtype":"F32","shape":[{elems}],"data_offsets":[{b},{e}]}}"#
+        ));
     }
     header.push('}');
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
@@ -113,7 +130,9 @@ fn synthetic_safetensors(count: usize, elems: usize) -> Vec<u8> {
 
 fn benches(c: &mut Criterion) {
     let config = json::parse(LLAMA2_7B.as_bytes()).unwrap();
-    c.bench_function("model_hash/llama2-7b-config", |b| b.iter(|| model_hash(black_box(&config)).unwrap()));
+    c.bench_function("model_hash/llama2-7b-config", |b| {
+        b.iter(|| model_hash(black_box(&config)).unwrap())
+    });
     c.bench_function("model_hash/llama2-7b-config-parse-and-hash", |b| {
         b.iter(|| model_hash(&json::parse(black_box(LLAMA2_7B.as_bytes())).unwrap()).unwrap())
     });
@@ -121,7 +140,9 @@ fn benches(c: &mut Criterion) {
     let vocab = synthetic_vocab(152_000);
     let mut group = c.benchmark_group("tokenizer_hash");
     group.sample_size(20);
-    group.bench_function("vocab-152k", |b| b.iter(|| tokenizer_hash(black_box(&vocab)).unwrap()));
+    group.bench_function("vocab-152k", |b| {
+        b.iter(|| tokenizer_hash(black_box(&vocab)).unwrap())
+    });
     let text = tokenizer_json(&vocab);
     group.bench_function("tokenizer-json-152k-parse-vocab-hash", |b| {
         b.iter(|| {
@@ -135,7 +156,9 @@ fn benches(c: &mut Criterion) {
     let block = vec![0x5au8; 64 << 20];
     group.throughput(Throughput::Bytes(block.len() as u64));
     group.sample_size(20);
-    group.bench_function("leaf-hash-64MiB-one-core", |b| b.iter(|| leaf_hash(black_box(&block))));
+    group.bench_function("leaf-hash-64MiB-one-core", |b| {
+        b.iter(|| leaf_hash(black_box(&block)))
+    });
     let file = synthetic_safetensors(64, 256 * 1024);
     group.throughput(Throughput::Bytes(file.len() as u64));
     group.bench_function("safetensors-64MiB-in-memory-one-core", |b| {
