@@ -221,7 +221,7 @@ fn avp_hash_6_errors_carry_kind_and_offset() {
             String::from_utf8_lossy(input)
         );
     }
-    let long = format!("{}", "7".repeat(4301));
+    let long = "7".repeat(4301);
     assert_eq!(
         json::parse(long.as_bytes()).unwrap_err().kind,
         JsonErrorKind::IntegerTooLong
