@@ -3,7 +3,12 @@
 //! `compute_*_hash` on an already-loaded object. Prints one JSON line.
 //!
 //! `bench_hash config FILE ITERS` / `bench_hash tokenizer FILE ITERS`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +40,9 @@ fn main() {
             let config = json::parse(&bytes).unwrap();
             let (hash_s, hash) = time(iters, || model_hash(&config).unwrap());
             let (e2e_s, _) = time(iters, || model_hash(&json::parse(&bytes).unwrap()).unwrap());
-            println!(r#"{{"hash":"{hash}","hash_only_s":{hash_s:e},"parse_and_hash_s":{e2e_s:e}}}"#);
+            println!(
+                r#"{{"hash":"{hash}","hash_only_s":{hash_s:e},"parse_and_hash_s":{e2e_s:e}}}"#
+            );
         }
         "tokenizer" => {
             let doc = json::parse(&bytes).unwrap();
