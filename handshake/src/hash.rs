@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::json::{JsonString, Object, Sink, Value, WriteOptions, write_string_pub, write_value};
+use crate::json::{Object, Sink, Value, WriteOptions, write_value, write_wtf8_string};
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -19,9 +19,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A [`Sink`] that feeds SHA-256 in 64 KiB blocks.
+/// A [`Sink`] that feeds SHA-256 in blocks of up to 64 KiB.
 struct HashSink {
-    buffer: String,
+    buffer: Vec<u8>,
     hasher: Sha256,
 }
 
@@ -30,24 +30,29 @@ impl HashSink {
 
     fn new() -> Self {
         Self {
-            buffer: String::with_capacity(Self::BLOCK),
+            buffer: Vec::with_capacity(1024),
             hasher: Sha256::new(),
         }
     }
 
     fn finish(mut self) -> String {
-        self.hasher.update(self.buffer.as_bytes());
+        self.hasher.update(&self.buffer);
         hex(&self.hasher.finalize())
     }
 }
 
 impl Sink for HashSink {
     fn put(&mut self, s: &str) {
-        if self.buffer.len().saturating_add(s.len()) > Self::BLOCK {
-            self.hasher.update(self.buffer.as_bytes());
+        self.put_ascii(s.as_bytes());
+    }
+
+    #[inline]
+    fn put_ascii(&mut self, bytes: &[u8]) {
+        if self.buffer.len().saturating_add(bytes.len()) > Self::BLOCK {
+            self.hasher.update(&self.buffer);
             self.buffer.clear();
         }
-        self.buffer.push_str(s);
+        self.buffer.extend_from_slice(bytes);
     }
 }
 
@@ -60,10 +65,10 @@ pub fn model_hash(config: &Value) -> Result<String, Error> {
 }
 
 /// The first 8 bytes big-endian (zero-padded): comparing these first
-/// settles most comparisons of a sort without touching the heap.
-fn sort_prefix(s: &JsonString) -> u64 {
+/// settles most comparisons of a sort without touching the strings.
+fn sort_prefix(s: &[u8]) -> u64 {
     let mut head = [0u8; 8];
-    for (slot, b) in head.iter_mut().zip(s.as_wtf8()) {
+    for (slot, b) in head.iter_mut().zip(s) {
         *slot = *b;
     }
     u64::from_be_bytes(head)
@@ -74,20 +79,69 @@ fn sort_prefix(s: &JsonString) -> u64 {
 /// code-point order of the tokens, `ensure_ascii` escaping, no key sorting
 /// inside values.
 pub fn tokenizer_hash(vocab: &Object) -> Result<String, Error> {
-    let mut entries: Vec<(u64, &JsonString, &Value)> =
-        vocab.iter().map(|(k, v)| (sort_prefix(k), k, v)).collect();
+    // One sequential pass renders every `[token,id]` item into `items` and
+    // copies the raw token into `tokens`; the sort and the final pass then
+    // touch only these two compact buffers instead of chasing 150k scattered
+    // heap strings and values in sorted (random) order.
+    let total: usize = vocab
+        .iter()
+        .map(|(k, _)| k.as_wtf8().len())
+        .fold(0, usize::saturating_add);
+    let mut tokens: Vec<u8> = Vec::with_capacity(total);
+    let mut items = ByteSink(Vec::with_capacity(total.saturating_mul(2)));
+    // Per entry: token range and item range; the sort moves only
+    // (prefix, entry number) pairs.
+    let mut ranges: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(vocab.len());
+    let mut order: Vec<(u64, u32)> = Vec::with_capacity(vocab.len());
+    for (token, id) in vocab.iter() {
+        let bytes = token.as_wtf8();
+        let token_start = tokens.len();
+        tokens.extend_from_slice(bytes);
+        let item_start = items.0.len();
+        items.put_ascii(b"[");
+        write_wtf8_string(&mut items, bytes);
+        items.put_ascii(b",");
+        write_value(&mut items, id, WriteOptions::COMPACT)?;
+        items.put_ascii(b"]");
+        let number = u32::try_from(ranges.len())
+            .map_err(|_| Error::Tokenizer("more than 2^32 tokens".into()))?;
+        ranges.push((token_start, tokens.len(), item_start, items.0.len()));
+        order.push((sort_prefix(bytes), number));
+    }
+    let token = |number: u32| {
+        let (start, end) = ranges.get(number as usize).map_or((0, 0), |r| (r.0, r.1));
+        tokens.get(start..end).unwrap_or_default()
+    };
     // Equal prefixes fall back to the full comparison; zero padding cannot
     // misorder ("a" vs "a\0" tie on the prefix and are then compared fully).
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| token(a.1).cmp(token(b.1))));
     let mut sink = HashSink::new();
-    sink.put("[");
-    for (i, (_, token, id)) in entries.into_iter().enumerate() {
-        sink.put(if i > 0 { ",[" } else { "[" });
-        write_string_pub(&mut sink, token);
-        sink.put(",");
-        write_value(&mut sink, id, WriteOptions::COMPACT)?;
-        sink.put("]");
+    sink.put_ascii(b"[");
+    for (i, (_, number)) in order.into_iter().enumerate() {
+        if i > 0 {
+            sink.put_ascii(b",");
+        }
+        let (start, end) = ranges.get(number as usize).map_or((0, 0), |r| (r.2, r.3));
+        sink.put_ascii(items.0.get(start..end).unwrap_or_default());
     }
-    sink.put("]");
+    sink.put_ascii(b"]");
     Ok(sink.finish())
+}
+
+/// A [`Sink`] into a byte buffer (the writer only emits ASCII).
+struct ByteSink(Vec<u8>);
+
+impl Sink for ByteSink {
+    fn put(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    #[inline]
+    fn put_ascii(&mut self, bytes: &[u8]) {
+        // Single bytes (brackets, commas) skip the memcpy call.
+        match bytes {
+            [b] => self.0.push(*b),
+            _ => self.0.extend_from_slice(bytes),
+        }
+    }
 }

@@ -13,7 +13,7 @@ mod write;
 
 pub use float::write_py_float;
 pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, parse};
-pub(crate) use write::write_string as write_string_pub;
+pub(crate) use write::write_wtf8_string;
 pub use write::{Separators, Sink, WriteOptions, to_canonical, write_value};
 
 use core::cmp::Ordering;

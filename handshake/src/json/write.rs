@@ -6,13 +6,19 @@
 
 use core::fmt::Write as _;
 
-use super::{JsonString, MAX_DEPTH, Value, write_py_float};
+use super::float::{StackBuf, write_py_float_to};
+use super::{JsonString, MAX_DEPTH, Value};
 use crate::error::Error;
 
 /// Where written JSON text goes. The writer only ever hands over ASCII.
 pub trait Sink {
     /// Appends `s`.
     fn put(&mut self, s: &str);
+
+    /// Appends ASCII bytes (the writer never passes anything else).
+    fn put_ascii(&mut self, bytes: &[u8]) {
+        self.put(core::str::from_utf8(bytes).unwrap_or_default());
+    }
 }
 
 impl Sink for String {
@@ -75,35 +81,6 @@ pub fn write_value<S: Sink + ?Sized>(
     write_inner(out, value, options, 0)
 }
 
-/// A fixed stack buffer for number formatting (no allocation per number).
-struct StackBuf {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl StackBuf {
-    fn new() -> Self {
-        Self {
-            bytes: [0; 64],
-            len: 0,
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(self.bytes.get(..self.len).unwrap_or_default()).unwrap_or_default()
-    }
-}
-
-impl core::fmt::Write for StackBuf {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(core::fmt::Error)?;
-        let slot = self.bytes.get_mut(self.len..end).ok_or(core::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 fn write_inner<S: Sink + ?Sized>(
     out: &mut S,
     value: &Value,
@@ -118,6 +95,10 @@ fn write_inner<S: Sink + ?Sized>(
         Value::Null => out.put("null"),
         Value::Bool(true) => out.put("true"),
         Value::Bool(false) => out.put("false"),
+        Value::Int(i) if i.as_i64().is_some() => {
+            let mut digits = [0u8; 20];
+            out.put_ascii(format_i64(i.as_i64().unwrap_or(0), &mut digits));
+        }
         Value::Int(i) => {
             let mut buf = StackBuf::new();
             if write!(buf, "{i}").is_ok() {
@@ -128,9 +109,9 @@ fn write_inner<S: Sink + ?Sized>(
             }
         }
         Value::Float(f) => {
-            let mut s = String::new();
-            write_py_float(&mut s, *f);
-            out.put(&s);
+            let mut buf = StackBuf::new();
+            write_py_float_to(&mut buf, *f);
+            out.put(buf.as_str());
         }
         Value::Str(s) => write_string(out, s),
         Value::Array(items) => {
@@ -169,6 +150,30 @@ fn write_inner<S: Sink + ?Sized>(
     Ok(())
 }
 
+/// Decimal digits of `v` (with `-`), written at the end of `buf`.
+fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = v.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at = at.saturating_sub(1);
+        if let Some(slot) = buf.get_mut(at) {
+            // n % 10 < 10, so the cast is exact.
+            *slot = b'0'.saturating_add((n % 10) as u8);
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        at = at.saturating_sub(1);
+        if let Some(slot) = buf.get_mut(at) {
+            *slot = b'-';
+        }
+    }
+    buf.get(at..).unwrap_or_default()
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `\uXXXX` for one UTF-16 unit, lowercase hex.
@@ -180,7 +185,7 @@ fn put_u16_escape<S: Sink + ?Sized>(out: &mut S, unit: u32) {
             .copied()
             .unwrap_or(b'0');
     }
-    out.put(core::str::from_utf8(&esc).unwrap_or_default());
+    out.put_ascii(&esc);
 }
 
 /// Bytes that go out unchanged: printable ASCII except `"` and `\`.
@@ -192,8 +197,13 @@ fn is_plain(b: u8) -> bool {
 /// `\n`, `\r`, `\t`, `\b`, `\f`, everything else outside `' '..='~'` as
 /// lowercase `\uXXXX`, astral code points as surrogate pairs.
 pub(crate) fn write_string<S: Sink + ?Sized>(out: &mut S, s: &JsonString) {
-    out.put("\"");
-    let mut rest = s.as_wtf8();
+    write_wtf8_string(out, s.as_wtf8());
+}
+
+/// [`write_string`] over the WTF-8 bytes of a [`JsonString`].
+pub(crate) fn write_wtf8_string<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
+    out.put_ascii(b"\"");
+    let mut rest = wtf8;
     while !rest.is_empty() {
         // Copy the run of plain ASCII in one piece.
         let run = rest
@@ -201,10 +211,7 @@ pub(crate) fn write_string<S: Sink + ?Sized>(out: &mut S, s: &JsonString) {
             .position(|&b| !is_plain(b))
             .unwrap_or(rest.len());
         let (plain, tail) = rest.split_at(run);
-        if !plain.is_empty() {
-            // Plain bytes are ASCII, so this is valid UTF-8.
-            out.put(core::str::from_utf8(plain).unwrap_or_default());
-        }
+        out.put_ascii(plain);
         let Some((&lead, _)) = tail.split_first() else {
             break;
         };
@@ -213,13 +220,13 @@ pub(crate) fn write_string<S: Sink + ?Sized>(out: &mut S, s: &JsonString) {
         rest = after;
         let cp = super::CodePoints { bytes: seq }.next().unwrap_or(0xfffd);
         match cp {
-            0x22 => out.put("\\\""),
-            0x5c => out.put("\\\\"),
-            0x0a => out.put("\\n"),
-            0x0d => out.put("\\r"),
-            0x09 => out.put("\\t"),
-            0x08 => out.put("\\b"),
-            0x0c => out.put("\\f"),
+            0x22 => out.put_ascii(b"\\\""),
+            0x5c => out.put_ascii(b"\\\\"),
+            0x0a => out.put_ascii(b"\\n"),
+            0x0d => out.put_ascii(b"\\r"),
+            0x09 => out.put_ascii(b"\\t"),
+            0x08 => out.put_ascii(b"\\b"),
+            0x0c => out.put_ascii(b"\\f"),
             0..=0xffff => put_u16_escape(out, cp),
             _ => {
                 let v = cp.saturating_sub(0x10000);
@@ -228,5 +235,5 @@ pub(crate) fn write_string<S: Sink + ?Sized>(out: &mut S, s: &JsonString) {
             }
         }
     }
-    out.put("\"");
+    out.put_ascii(b"\"");
 }
