@@ -79,49 +79,54 @@ fn sort_prefix(s: &[u8]) -> u64 {
 /// code-point order of the tokens, `ensure_ascii` escaping, no key sorting
 /// inside values.
 pub fn tokenizer_hash(vocab: &Object) -> Result<String, Error> {
-    // One sequential pass renders every `[token,id]` item into `items` and
-    // copies the raw token into `tokens`; the sort and the final pass then
-    // touch only these two compact buffers instead of chasing 150k scattered
-    // heap strings and values in sorted (random) order.
+    // One sequential pass renders every `[token,id]` item into `items`; the
+    // sort then moves only (8-byte prefix, entry number) pairs and the final
+    // pass reads the compact `items` buffer, instead of chasing 150k
+    // scattered heap strings and values in sorted (random) order.
     let total: usize = vocab
         .iter()
         .map(|(k, _)| k.as_wtf8().len())
         .fold(0, usize::saturating_add);
-    let mut tokens: Vec<u8> = Vec::with_capacity(total);
-    let mut items = ByteSink(Vec::with_capacity(total.saturating_mul(2)));
-    // Per entry: token range and item range; the sort moves only
-    // (prefix, entry number) pairs.
-    let mut ranges: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(vocab.len());
+    // Escaping at most triples a token (2-byte UTF-8 → 6-byte escape; 3- and
+    // 4-byte sequences grow less); ids and brackets add ~12 bytes per item.
+    let estimate = total
+        .saturating_mul(3)
+        .saturating_add(vocab.len().saturating_mul(12));
+    let mut items = ByteSink(Vec::with_capacity(estimate));
+    let mut tokens: Vec<&[u8]> = Vec::with_capacity(vocab.len());
+    let mut bounds: Vec<usize> = Vec::with_capacity(vocab.len().saturating_add(1));
     let mut order: Vec<(u64, u32)> = Vec::with_capacity(vocab.len());
+    bounds.push(0);
     for (token, id) in vocab.iter() {
         let bytes = token.as_wtf8();
-        let token_start = tokens.len();
-        tokens.extend_from_slice(bytes);
-        let item_start = items.0.len();
+        let number = u32::try_from(tokens.len())
+            .map_err(|_| Error::Tokenizer("more than 2^32 tokens".into()))?;
         items.put_ascii(b"[");
         write_wtf8_string(&mut items, bytes);
         items.put_ascii(b",");
         write_value(&mut items, id, WriteOptions::COMPACT)?;
         items.put_ascii(b"]");
-        let number = u32::try_from(ranges.len())
-            .map_err(|_| Error::Tokenizer("more than 2^32 tokens".into()))?;
-        ranges.push((token_start, tokens.len(), item_start, items.0.len()));
+        bounds.push(items.0.len());
+        tokens.push(bytes);
         order.push((sort_prefix(bytes), number));
     }
-    let token = |number: u32| {
-        let (start, end) = ranges.get(number as usize).map_or((0, 0), |r| (r.0, r.1));
-        tokens.get(start..end).unwrap_or_default()
-    };
+    let token = |number: u32| tokens.get(number as usize).copied().unwrap_or_default();
     // Equal prefixes fall back to the full comparison; zero padding cannot
     // misorder ("a" vs "a\0" tie on the prefix and are then compared fully).
     order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| token(a.1).cmp(token(b.1))));
+    // Feed SHA-256 through a small cache-resident buffer (a fresh buffer
+    // for the whole text costs more in page faults than it saves).
     let mut sink = HashSink::new();
     sink.put_ascii(b"[");
     for (i, (_, number)) in order.into_iter().enumerate() {
         if i > 0 {
             sink.put_ascii(b",");
         }
-        let (start, end) = ranges.get(number as usize).map_or((0, 0), |r| (r.2, r.3));
+        let n = number as usize;
+        let (start, end) = (
+            bounds.get(n).copied().unwrap_or(0),
+            bounds.get(n.saturating_add(1)).copied().unwrap_or(0),
+        );
         sink.put_ascii(items.0.get(start..end).unwrap_or_default());
     }
     sink.put_ascii(b"]");
@@ -138,10 +143,12 @@ impl Sink for ByteSink {
 
     #[inline]
     fn put_ascii(&mut self, bytes: &[u8]) {
-        // Single bytes (brackets, commas) skip the memcpy call.
-        match bytes {
-            [b] => self.0.push(*b),
-            _ => self.0.extend_from_slice(bytes),
+        // Short pieces (brackets, commas, escapes, short runs) skip the
+        // memcpy call, which costs more than the copy itself.
+        if bytes.len() <= 8 {
+            self.0.extend(bytes.iter().copied());
+        } else {
+            self.0.extend_from_slice(bytes);
         }
     }
 }
