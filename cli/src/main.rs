@@ -37,6 +37,12 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Forward messages to agents by their target_agent_id.
     Route(cmd::route::RouteArgs),
+    /// Model hash, tokenizer hash or weights digest of a file or directory.
+    Hash(cmd::hash::HashArgs),
+    /// The model identity (the SDK's `to_dict()` JSON) of a config or model directory.
+    Identity(cmd::identity::IdentityArgs),
+    /// Handshake tools: resolve the mode two identities would negotiate.
+    Handshake(cmd::handshake::HandshakeArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +56,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Send(args) => cmd::send::run(&args),
         Command::Route(args) => cmd::route::run(&args),
+        Command::Hash(args) => cmd::hash::run(args),
+        Command::Identity(args) => cmd::identity::run(args),
+        Command::Handshake(args) => cmd::handshake::run(args),
     }
 }

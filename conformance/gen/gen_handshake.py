@@ -553,6 +553,15 @@ def handmade_tokenizers():
         "sparse-ids": bpe({"x": 0, "y": 10, "z": 20}, [added(0, "<new1>"), added(0, "<new2>"), added(0, "y")], ()),
         # No added tokens at all.
         "no-added": bpe(base_vocab, []),
+        # Unigram with a repeated piece: it takes its last position, and the
+        # size counts list entries, so the new added token gets id 5.
+        "unigram-duplicates": {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [added(0, "<unk>", True), added(9, "<new>", True)],
+            "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": None,
+            "model": {"type": "Unigram", "unk_id": 0, "byte_fallback": False,
+                      "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -2.0], ["a", -3.0], ["c", -4.0]]},
+        },
     }
 
 

@@ -2,7 +2,10 @@
 pub(crate) mod conformance;
 pub(crate) mod decode;
 pub(crate) mod encode;
+pub(crate) mod handshake;
 pub(crate) mod handshake_remote;
+pub(crate) mod hash;
+pub(crate) mod identity;
 pub(crate) mod inspect;
 pub(crate) mod route;
 pub(crate) mod send;

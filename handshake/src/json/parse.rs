@@ -8,6 +8,8 @@
 //! stack), a UTF-8 byte-order mark, and invalid UTF-8.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 use super::{Int, JsonString, Object, Value};
 use crate::error::{JsonError, JsonErrorKind};
@@ -145,7 +147,7 @@ impl Parser<'_> {
         self.enter()?;
         self.bump(1); // '{'
         let mut entries: Vec<(JsonString, Value)> = Vec::new();
-        let mut index: Option<HashMap<JsonString, usize>> = None;
+        let mut index: Option<KeyIndex> = None;
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.bump(1);
@@ -328,30 +330,72 @@ impl Parser<'_> {
     }
 }
 
+/// Duplicate-key index for large objects: key hash → first entry with that
+/// hash, plus a chain through entries sharing a hash. Keys are not cloned;
+/// SipHash with a random key keeps crafted collisions from degrading it.
+struct KeyIndex {
+    state: RandomState,
+    heads: HashMap<u64, usize>,
+    chain: Vec<usize>,
+}
+
+const NO_ENTRY: usize = usize::MAX;
+
+impl KeyIndex {
+    fn new(entries: &[(JsonString, Value)]) -> Self {
+        let mut index = KeyIndex {
+            state: RandomState::new(),
+            heads: HashMap::with_capacity(entries.len().saturating_mul(2)),
+            chain: Vec::with_capacity(entries.len().saturating_mul(2)),
+        };
+        for (i, (k, _)) in entries.iter().enumerate() {
+            index.add(k, i);
+        }
+        index
+    }
+
+    fn hash(&self, key: &JsonString) -> u64 {
+        self.state.hash_one(key.as_wtf8())
+    }
+
+    fn find(&self, entries: &[(JsonString, Value)], key: &JsonString) -> Option<usize> {
+        let mut at = self.heads.get(&self.hash(key)).copied().unwrap_or(NO_ENTRY);
+        while at != NO_ENTRY {
+            if entries.get(at).is_some_and(|(k, _)| k == key) {
+                return Some(at);
+            }
+            at = self.chain.get(at).copied().unwrap_or(NO_ENTRY);
+        }
+        None
+    }
+
+    /// Records that entry `i` (which must be the next entry) has `key`.
+    fn add(&mut self, key: &JsonString, i: usize) {
+        let h = self.hash(key);
+        let previous = self.heads.insert(h, i).unwrap_or(NO_ENTRY);
+        self.chain.push(previous);
+    }
+}
+
 /// Python dict assignment: a repeated key keeps its slot, takes the new value.
 fn insert_entry(
     entries: &mut Vec<(JsonString, Value)>,
-    index: &mut Option<HashMap<JsonString, usize>>,
+    index: &mut Option<KeyIndex>,
     key: JsonString,
     value: Value,
 ) {
     if index.is_none() && entries.len() >= INDEX_THRESHOLD {
-        let map: HashMap<JsonString, usize> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), i))
-            .collect();
-        *index = Some(map);
+        *index = Some(KeyIndex::new(entries));
     }
     let existing = match index {
-        Some(map) => map.get(&key).copied(),
+        Some(idx) => idx.find(entries, &key),
         None => entries.iter().position(|(k, _)| *k == key),
     };
     match existing.and_then(|i| entries.get_mut(i)) {
         Some(slot) => slot.1 = value,
         None => {
-            if let Some(map) = index {
-                map.insert(key.clone(), entries.len());
+            if let Some(idx) = index {
+                idx.add(&key, entries.len());
             }
             entries.push((key, value));
         }
