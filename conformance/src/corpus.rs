@@ -136,7 +136,7 @@ struct RawCase {
     op: String,
     #[serde(default)]
     input: Option<Box<RawValue>>,
-    expect: Value,
+    expect: Box<RawValue>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -163,8 +163,11 @@ impl Corpus {
             let path = root.join(rel);
             let text =
                 std::fs::read_to_string(&path).map_err(|e| ConformanceError::io(&path, e))?;
-            if !looks_like_case_file(&text) {
-                continue;
+            match looks_like_case_file(&text) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                // A corpus file nobody can read must not vanish from the run.
+                Err(e) => return Err(ConformanceError::format(&path, format!("not JSON: {e}"))),
             }
             let parsed = if text.trim_start().starts_with('[') {
                 serde_json::from_str::<Vec<RawCase>>(&text)
@@ -194,14 +197,61 @@ impl Corpus {
     }
 }
 
-fn looks_like_case_file(text: &str) -> bool {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => map.get("cases").is_some_and(Value::is_array),
-        Ok(Value::Array(list)) => list
-            .first()
-            .is_some_and(|c| c.get("id").is_some() && c.get("op").is_some()),
-        _ => false,
+fn looks_like_case_file(text: &str) -> Result<bool, serde_json::Error> {
+    Ok(
+        match serde_json::from_str::<Value>(&without_lone_surrogates(text))? {
+            Value::Object(map) => map.get("cases").is_some_and(Value::is_array),
+            Value::Array(list) => list
+                .first()
+                .is_some_and(|c| c.get("id").is_some() && c.get("op").is_some()),
+            _ => false,
+        },
+    )
+}
+
+/// JSON text with every `\uXXXX` escape of an unpaired UTF-16 surrogate
+/// replaced by `\ufffd`. Python's `json` reads and writes lone surrogates
+/// (hash vectors use them), serde_json's `Value` cannot hold them; the
+/// runner only needs its own view to be parseable: inputs still reach
+/// subjects byte-for-byte (AVP-CONF-24).
+pub fn without_lone_surrogates(text: &str) -> String {
+    fn escape_at(b: &[u8], i: usize) -> Option<u16> {
+        let hex = b.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
     }
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(unit) = escape_at(b, i) {
+                let high = (0xD800..0xDC00).contains(&unit);
+                let low = (0xDC00..0xE000).contains(&unit);
+                if high && escape_at(b, i + 6).is_some_and(|n| (0xDC00..0xE000).contains(&n)) {
+                    i += 12;
+                    continue;
+                }
+                if high || low {
+                    out.push_str(&text[last..i]);
+                    out.push_str("\\ufffd");
+                    i += 6;
+                    last = i;
+                    continue;
+                }
+                i += 6;
+                continue;
+            }
+            i += 2; // any other escape, including `\\`
+            continue;
+        }
+        i += 1;
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, ConformanceError> {
@@ -209,8 +259,9 @@ fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, C
     if rc.id.split('/').count() < 3 || rc.id.split('/').any(str::is_empty) {
         return Err(bad("id is not <area>/<section>/<slug>".into()));
     }
-    let result: ExpectedResult = rc
-        .expect
+    let expect: Value = serde_json::from_str(&without_lone_surrogates(rc.expect.get()))
+        .map_err(|e| bad(format!("expect: {e}")))?;
+    let result: ExpectedResult = expect
         .get("result")
         .cloned()
         .ok_or_else(|| bad("expect.result missing".into()))
@@ -220,8 +271,8 @@ fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, C
         .as_ref()
         .map(|r| r.get().to_string())
         .unwrap_or_else(|| "{}".into());
-    let mut input: Value =
-        serde_json::from_str(&input_raw).map_err(|e| bad(format!("input: {e}")))?;
+    let mut input: Value = serde_json::from_str(&without_lone_surrogates(&input_raw))
+        .map_err(|e| bad(format!("input: {e}")))?;
     // Directory inputs (`dir`, `model_dir`, ...) reach subjects as absolute
     // paths (AVP-CONF-24), so adapters need not know where the corpus lives.
     if let Some(map) = input.as_object_mut() {
@@ -260,7 +311,7 @@ fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, C
         op: rc.op,
         input,
         input_raw,
-        expect: rc.expect,
+        expect,
         result,
         description: rc.description,
         input_file,
@@ -279,4 +330,28 @@ pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .chunks(2)
         .map(|p| Some(((p[0] as char).to_digit(16)? * 16 + (p[1] as char).to_digit(16)?) as u8))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_surrogates_are_neutralised_pairs_and_other_escapes_kept() {
+        assert_eq!(without_lone_surrogates(r#""\ud800x""#), r#""\ufffdx""#);
+        assert_eq!(without_lone_surrogates(r#""\udc00""#), r#""\ufffd""#);
+        assert_eq!(
+            without_lone_surrogates(r#""\ud83d\ude00""#),
+            r#""\ud83d\ude00""#
+        );
+        assert_eq!(without_lone_surrogates(r#""\\ud800""#), r#""\\ud800""#);
+        assert_eq!(
+            without_lone_surrogates(r#""\ud800\u0041é""#),
+            r#""\ufffd\u0041é""#
+        );
+        assert!(
+            serde_json::from_str::<Value>(&without_lone_surrogates(r#"{"\ud800": "\udfff"}"#))
+                .is_ok()
+        );
+    }
 }
