@@ -341,8 +341,9 @@ impl Subject for AdapterSubject {
     }
 
     fn take_log(&mut self) -> String {
-        // The reader thread may still be copying what the adapter wrote
-        // just before answering; a tiny grace period keeps logs with their case.
+        // What the adapter wrote to stderr just before answering may still be
+        // in the pipe and land with the next case; waiting for it would cost
+        // every case a sleep. Lines always arrive whole, in order.
         match self.log.lock() {
             Ok(mut log) => {
                 let text = String::from_utf8_lossy(&log).into_owned();

@@ -189,9 +189,8 @@ fn send_until_answered(stream: &mut TcpStream, total: u64) -> Result<(), String>
             return Ok(());
         }
         let n = (total - sent).min(chunk.len() as u64) as usize;
-        if let Err(e) = stream.write_all(&chunk[..n]) {
+        if stream.write_all(&chunk[..n]).is_err() {
             // The server closed its side: its answer (if any) is read next.
-            let _ = e;
             return Ok(());
         }
         sent += n as u64;
