@@ -626,6 +626,25 @@ impl Subject for HttpSubject {
     fn finish(&mut self) {}
 }
 
+/// The SHOULD-level envelope aspect of a refusal (AVP-HTTP-20): a JSON body
+/// with `"success": false`. Only `success` is checked: it is what SDK
+/// clients rely on; `error.kind` is ours.
+fn envelope_problem(answer: &Value, success: bool) -> Option<String> {
+    let json_type = answer
+        .get("content_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"));
+    if !json_type {
+        return Some("the answer is not application/json (AVP-HTTP-20)".into());
+    }
+    match answer.pointer("/body/success").and_then(Value::as_bool) {
+        Some(s) if s == success => None,
+        _ => Some(format!(
+            "the body has no `\"success\": {success}` (AVP-HTTP-20)"
+        )),
+    }
+}
+
 /// Judges an HTTP answer (AVP-CONF-41): 5xx, no answer, or a server that no
 /// longer answers `/health` afterwards is a violation whatever the case;
 /// valid inputs need 2xx, invalid ones 4xx (a 4xx outside `expect.status`
@@ -682,9 +701,13 @@ pub fn judge_http(case: &Case, answer: &Value) -> (Verdict, String) {
                 case.expect.get("status").unwrap_or(&json!("2xx"))
             ),
         ),
-        (ExpectedResult::Invalid, 4) if listed(status) => {
-            (Verdict::Pass, format!("refused with {status}"))
-        }
+        (ExpectedResult::Invalid, 4) if listed(status) => match envelope_problem(answer, false) {
+            None => (Verdict::Pass, format!("refused with {status}")),
+            Some(p) => (
+                Verdict::NonStrict,
+                format!("refused with {status}, but {p}"),
+            ),
+        },
         (ExpectedResult::Invalid, 4) => (
             Verdict::NonStrict,
             format!("refused with {status}, {} preferred", case.expect["status"]),
@@ -711,6 +734,76 @@ pub fn judge_http(case: &Case, answer: &Value) -> (Verdict, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn invalid_case() -> Case {
+        http_case(
+            "http/t/x",
+            &["AVP-HTTP-14"],
+            Level::Must,
+            ExpectedResult::Invalid,
+            json!({}),
+            json!({"status": [400]}),
+            "x",
+        )
+    }
+
+    #[test]
+    fn judges_status_liveness_and_envelope() {
+        let case = invalid_case();
+        let envelope = json!({"success": false, "message": "bad magic"});
+        let answer = |status: Value, ct: &str, body: Value, alive: bool| json!({"outcome": "http", "status": status, "content_type": ct, "body": body, "alive": alive});
+        let j = |a: Value| judge_http(&case, &a).0;
+        assert_eq!(
+            j(answer(
+                json!(400),
+                "application/json",
+                envelope.clone(),
+                true
+            )),
+            Verdict::Pass
+        );
+        assert_eq!(
+            j(answer(json!(400), "text/plain", json!("no"), true)),
+            Verdict::NonStrict
+        );
+        assert_eq!(
+            j(answer(
+                json!(422),
+                "application/json",
+                envelope.clone(),
+                true
+            )),
+            Verdict::NonStrict
+        );
+        assert_eq!(
+            j(answer(
+                json!(500),
+                "application/json",
+                envelope.clone(),
+                true
+            )),
+            Verdict::Fail
+        );
+        assert_eq!(
+            j(answer(
+                json!(200),
+                "application/json",
+                json!({"success": true}),
+                true
+            )),
+            Verdict::Fail
+        );
+        assert_eq!(
+            j(answer(json!(400), "application/json", envelope, false)),
+            Verdict::Fail
+        );
+        assert_eq!(
+            j(
+                json!({"outcome": "http", "status": null, "transport_error": "reset", "alive": true})
+            ),
+            Verdict::Fail
+        );
+    }
 
     #[test]
     fn parses_urls() {
