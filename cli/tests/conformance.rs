@@ -410,6 +410,7 @@ fn usage_errors_exit_2() {
 fn builtin_subject_conforms_in_both_modes() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ours.json");
+    let junit = dir.path().join("ours.xml");
     let out = avp(&[
         "conformance",
         "run",
@@ -420,6 +421,8 @@ fn builtin_subject_conforms_in_both_modes() {
         "strict",
         "--json",
         json.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r = report(&json);
@@ -440,4 +443,19 @@ fn builtin_subject_conforms_in_both_modes() {
         "{xfail:?}"
     );
     assert_eq!(with_verdict(&r, 0, "PASS").len() + xfail.len(), total);
+    // JUnit: well-formed (an independent parser), one <testcase> per case and subject.
+    let count = Command::new(python())
+        .args(["-c", "import sys, xml.etree.ElementTree as E; print(len(list(E.parse(sys.argv[1]).iter('testcase'))))"])
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert!(
+        count.status.success(),
+        "{}",
+        String::from_utf8_lossy(&count.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        (2 * total).to_string()
+    );
 }

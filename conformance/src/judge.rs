@@ -431,6 +431,155 @@ pub fn digest_of(bytes: &[u8]) -> Value {
 mod tests {
     use super::*;
 
+    use crate::corpus::{Case, ExpectedResult, Level};
+
+    fn case(level: Level, result: ExpectedResult, expect: Value) -> Case {
+        Case {
+            id: "wire/t/x".into(),
+            rules: vec![],
+            level,
+            op: "decode".into(),
+            input: json!({}),
+            input_raw: "{}".into(),
+            expect,
+            result,
+            description: None,
+            input_file: None,
+            source: "t".into(),
+            encode: None,
+        }
+    }
+
+    fn verdict(c: &Case, answer: Value) -> Verdict {
+        judge(c, Ok(answer)).verdict
+    }
+
+    #[test]
+    fn conf_12_decode_outcomes() {
+        let payload = json!({"b64": crate::b64::encode(b"abcd")});
+        let digest = digest_of(b"abcd");
+        let valid = case(
+            Level::Must,
+            ExpectedResult::Valid,
+            json!({"result": "valid", "decoded": {"payload": digest, "kv": null}}),
+        );
+        assert_eq!(
+            verdict(
+                &valid,
+                json!({"outcome": "accepted", "decoded": {"payload": payload}})
+            ),
+            Verdict::Pass
+        );
+        let other = json!({"b64": crate::b64::encode(b"abce")});
+        assert_eq!(
+            verdict(
+                &valid,
+                json!({"outcome": "accepted", "decoded": {"payload": other}})
+            ),
+            Verdict::Fail
+        );
+        assert_eq!(
+            verdict(
+                &valid,
+                json!({"outcome": "rejected", "error_kind": "truncated"})
+            ),
+            Verdict::Fail
+        );
+
+        let invalid = case(
+            Level::Must,
+            ExpectedResult::Invalid,
+            json!({"result": "invalid", "error_kind": "truncated"}),
+        );
+        assert_eq!(
+            verdict(
+                &invalid,
+                json!({"outcome": "rejected", "error_kind": "truncated"})
+            ),
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(
+                &invalid,
+                json!({"outcome": "rejected", "error_kind": "other"})
+            ),
+            Verdict::NonStrict
+        );
+        assert_eq!(
+            verdict(&invalid, json!({"outcome": "accepted"})),
+            Verdict::Fail
+        );
+        let should = case(
+            Level::Should,
+            ExpectedResult::Invalid,
+            json!({"result": "invalid"}),
+        );
+        assert_eq!(
+            verdict(&should, json!({"outcome": "accepted"})),
+            Verdict::NonStrict
+        );
+        let info = case(
+            Level::Info,
+            ExpectedResult::Invalid,
+            json!({"result": "invalid"}),
+        );
+        assert_eq!(
+            verdict(&info, json!({"outcome": "accepted"})),
+            Verdict::Info
+        );
+
+        let ns = case(
+            Level::Should,
+            ExpectedResult::NonStrict,
+            json!({"result": "non_strict", "strict_error_kind": "inconsistent"}),
+        );
+        assert_eq!(
+            verdict(&ns, json!({"outcome": "accepted"})),
+            Verdict::NonStrict
+        );
+        assert_eq!(
+            verdict(
+                &ns,
+                json!({"outcome": "rejected", "error_kind": "inconsistent"})
+            ),
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(&ns, json!({"outcome": "skipped", "reason": "no"})),
+            Verdict::Skip
+        );
+        assert_eq!(
+            verdict(&ns, json!({"outcome": "errored", "message": "boom"})),
+            Verdict::Error
+        );
+        assert_eq!(
+            judge(&ns, Err(HarnessFailure::Crashed("x".into()))).verdict,
+            Verdict::Error
+        );
+    }
+
+    #[test]
+    fn conf_12_kv_aspect() {
+        let view = json!({"num_layers": 2, "dtype": "float16"});
+        let kv_invalid = case(
+            Level::Must,
+            ExpectedResult::Valid,
+            json!({"result": "valid", "decoded": {"kv": view}, "kv": {"result": "invalid", "error_kind": "unknown_enum"}}),
+        );
+        let accepted_kv = json!({"outcome": "accepted", "decoded": {"kv": view}});
+        assert_eq!(verdict(&kv_invalid, accepted_kv.clone()), Verdict::Fail);
+        let rejected_kv = json!({"outcome": "accepted", "decoded": {"kv": {"error_kind": "unknown_enum", "message": "m"}}});
+        assert_eq!(verdict(&kv_invalid, rejected_kv), Verdict::Pass);
+        let kv_valid = case(
+            Level::Must,
+            ExpectedResult::Valid,
+            json!({"result": "valid", "decoded": {"kv": view}}),
+        );
+        assert_eq!(verdict(&kv_valid, accepted_kv), Verdict::Pass);
+        let wrong = json!({"outcome": "accepted", "decoded": {"kv": {"num_layers": 3, "dtype": "float16"}}});
+        assert_eq!(verdict(&kv_valid, wrong), Verdict::Fail);
+    }
+
     #[test]
     fn subset_compares_numbers_by_value_and_objects_as_subsets() {
         assert!(subset(&json!({"a": 1}), &json!({"a": 1.0, "b": 2}), "x").is_ok());
