@@ -176,6 +176,38 @@ pub fn send(
     parse_response(&raw)
 }
 
+/// Sends the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113
+/// §3.4) and expects the server's first frame to be SETTINGS (type 4).
+fn h2c_probe(target: &Target, timeout: Duration) -> Result<(), String> {
+    let addr = (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("resolve {}: no address", target.host))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream
+        .write_all(&hello)
+        .map_err(|e| format!("send preface: {e}"))?;
+    let mut frame = [0u8; 9];
+    stream
+        .read_exact(&mut frame)
+        .map_err(|e| format!("no HTTP/2 frame after the preface: {e}"))?;
+    if frame[3] == 4 {
+        Ok(())
+    } else {
+        let head = String::from_utf8_lossy(&frame);
+        Err(format!(
+            "first answer to the HTTP/2 preface is not a SETTINGS frame: {head:?}"
+        ))
+    }
+}
+
 /// Streams zeros; stops as soon as the server has something to say.
 fn send_until_answered(stream: &mut TcpStream, total: u64) -> Result<(), String> {
     let chunk = vec![0u8; 256 * 1024];
@@ -336,6 +368,15 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
             json!({"method": "GET", "path": "/health"}),
             json!({"status": [200]}),
             "GET /health answers 200",
+        ),
+        http_case(
+            "http/versions/h2c-prior-knowledge",
+            &["AVP-HTTP-2"],
+            Must,
+            Valid,
+            json!({"h2c_preface": true}),
+            json!({}),
+            "the HTTP/2 connection preface (prior knowledge, no TLS) is answered with a SETTINGS frame",
         ),
         http_case(
             "http/handshake/hello",
@@ -544,6 +585,18 @@ impl Subject for HttpSubject {
 
     fn call(&mut self, request: &Request<'_>) -> Result<Value, HarnessFailure> {
         let input = request.input;
+        if input.get("h2c_preface").and_then(Value::as_bool) == Some(true) {
+            let answer = h2c_probe(&self.target, self.options.timeout);
+            let alive = self.health().is_ok_and(|r| r.status == 200);
+            return Ok(match answer {
+                Ok(()) => {
+                    json!({"outcome": "http", "status": 200, "content_type": null, "body": "SETTINGS", "alive": alive})
+                }
+                Err(e) => {
+                    json!({"outcome": "http", "status": null, "transport_error": e, "alive": alive})
+                }
+            });
+        }
         let method = input.get("method").and_then(Value::as_str).unwrap_or("GET");
         let path = input.get("path").and_then(Value::as_str).unwrap_or("/");
         let token = self.options.token.clone();
