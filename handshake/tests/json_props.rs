@@ -165,13 +165,14 @@ fn avp_hash_6_python_dict_semantics_for_duplicate_keys() {
     assert_eq!(write(&v, WriteOptions::COMPACT), r#"{"a":3,"b":2}"#);
     // Above the index threshold too.
     let mut text = String::from("{");
-    for i in 0..40 {
+    for i in 0..300 {
         text.push_str(&format!("\"k{i}\":{i},"));
     }
-    text.push_str("\"k3\":\"last\"}");
+    text.push_str("\"k3\":\"last\",\"k299\":\"end\"}");
     let v = json::parse(text.as_bytes()).unwrap();
     let o = v.as_object().unwrap();
-    assert_eq!(o.len(), 40);
+    assert_eq!(o.len(), 300);
+    assert_eq!(o.get("k299"), Some(&Value::from("end")));
     assert_eq!(o.get("k3"), Some(&Value::from("last")));
     assert_eq!(o.iter().nth(3).unwrap().0.as_str(), Some("k3"));
 }
