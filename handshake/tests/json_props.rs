@@ -122,6 +122,26 @@ proptest! {
         }
     }
 
+    /// AVP-HS-14: no JSON value makes the typed readers panic.
+    #[test]
+    fn avp_hs_14_readers_never_panic_on_any_json(v in value_strategy()) {
+        let _ = avp_handshake::HelloMessage::from_value(&v).map(|h| h.weights_digest());
+        let _ = avp_handshake::ModelIdentity::from_value(&v, "x");
+        let _ = avp_handshake::identity_from_config(&v, JsonString::default());
+        let _ = avp_handshake::vocab_from_tokenizer_json(&v);
+        let _ = avp_handshake::vocab_from_document(&v);
+        let text = write(&v, WriteOptions::COMPACT);
+        let _ = avp_handshake::weights::parse_header(text.as_bytes(), 1 << 20);
+        // Wrapped as the parts the readers look into.
+        let mut model = Object::new();
+        model.insert("type", Value::from("BPE"));
+        model.insert("vocab", v.clone());
+        let mut root = Object::new();
+        root.insert("model", Value::Object(model));
+        root.insert("added_tokens", Value::Array(vec![v]));
+        let _ = avp_handshake::vocab_from_tokenizer_json(&Value::Object(root));
+    }
+
     #[test]
     fn avp_hash_6_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = json::parse(&bytes);
