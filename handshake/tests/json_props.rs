@@ -122,6 +122,26 @@ proptest! {
         }
     }
 
+    /// AVP-HS-14: no JSON value makes the typed readers panic.
+    #[test]
+    fn avp_hs_14_readers_never_panic_on_any_json(v in value_strategy()) {
+        let _ = avp_handshake::HelloMessage::from_value(&v).map(|h| h.weights_digest());
+        let _ = avp_handshake::ModelIdentity::from_value(&v, "x");
+        let _ = avp_handshake::identity_from_config(&v, JsonString::default());
+        let _ = avp_handshake::vocab_from_tokenizer_json(&v);
+        let _ = avp_handshake::vocab_from_document(&v);
+        let text = write(&v, WriteOptions::COMPACT);
+        let _ = avp_handshake::weights::parse_header(text.as_bytes(), 1 << 20);
+        // Wrapped as the parts the readers look into.
+        let mut model = Object::new();
+        model.insert("type", Value::from("BPE"));
+        model.insert("vocab", v.clone());
+        let mut root = Object::new();
+        root.insert("model", Value::Object(model));
+        root.insert("added_tokens", Value::Array(vec![v]));
+        let _ = avp_handshake::vocab_from_tokenizer_json(&Value::Object(root));
+    }
+
     #[test]
     fn avp_hash_6_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = json::parse(&bytes);
@@ -165,13 +185,14 @@ fn avp_hash_6_python_dict_semantics_for_duplicate_keys() {
     assert_eq!(write(&v, WriteOptions::COMPACT), r#"{"a":3,"b":2}"#);
     // Above the index threshold too.
     let mut text = String::from("{");
-    for i in 0..40 {
+    for i in 0..300 {
         text.push_str(&format!("\"k{i}\":{i},"));
     }
-    text.push_str("\"k3\":\"last\"}");
+    text.push_str("\"k3\":\"last\",\"k299\":\"end\"}");
     let v = json::parse(text.as_bytes()).unwrap();
     let o = v.as_object().unwrap();
-    assert_eq!(o.len(), 40);
+    assert_eq!(o.len(), 300);
+    assert_eq!(o.get("k299"), Some(&Value::from("end")));
     assert_eq!(o.get("k3"), Some(&Value::from("last")));
     assert_eq!(o.iter().nth(3).unwrap().0.as_str(), Some("k3"));
 }

@@ -64,6 +64,20 @@ pub(crate) fn write_py_float_to(out: &mut StackBuf, x: f64) {
         out.push_str(if x > 0.0 { "Infinity" } else { "-Infinity" });
         return;
     }
+    // Fast path for integral values below 2^53 (`10000.0`, `0.0`): every
+    // such value is exact, so its shortest repr is the integer itself, and
+    // with fewer than 17 digits Python prints it in fixed notation + ".0".
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if x.fract() == 0.0 && x.abs() < EXACT {
+        if x == 0.0 && x.is_sign_negative() {
+            out.push_str("-0.0");
+        } else {
+            // |x| < 2^53, so the conversion is exact.
+            #[allow(clippy::cast_possible_truncation)]
+            let _ = write!(out, "{}.0", x as i64);
+        }
+        return;
+    }
     // `{:e}` of a finite f64: `-?D(.DDD)?e-?N` with shortest round-trip digits.
     let mut sci = StackBuf::new();
     // At most 24 bytes: the buffer cannot overflow.
@@ -187,6 +201,10 @@ mod tests {
             (1e-10, "1e-10"),
             // Exact ties between two shortest candidates: Python rounds to even.
             (634865111930876.25, "634865111930876.2"),
+            // Integral fast path and its edges.
+            (9007199254740991.0, "9007199254740991.0"),
+            (9007199254740992.0, "9007199254740992.0"),
+            (-123456.0, "-123456.0"),
             (1673547558821816.75, "1673547558821816.8"),
         ];
         for (x, want) in cases {

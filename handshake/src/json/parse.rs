@@ -22,7 +22,7 @@ pub const MAX_DEPTH: usize = 512;
 pub const MAX_INT_DIGITS: usize = 4300;
 
 /// Objects larger than this get a hash index for duplicate detection.
-const INDEX_THRESHOLD: usize = 16;
+const INDEX_THRESHOLD: usize = 64;
 
 /// Parses one JSON document (surrounding whitespace allowed) from UTF-8 bytes.
 pub fn parse(input: &[u8]) -> Result<Value, JsonError> {

@@ -132,17 +132,36 @@ fn write_inner<S: Sink + ?Sized>(
                 return Err(Error::TooDeepToWrite);
             }
             out.put("{");
-            let mut entries: Vec<(&JsonString, &Value)> = obj.iter().collect();
-            if options.sort_keys {
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            }
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.put(item_sep);
+            let write_member =
+                |out: &mut S, i: usize, k: &JsonString, v: &Value| -> Result<(), Error> {
+                    if i > 0 {
+                        out.put(item_sep);
+                    }
+                    write_string(out, k);
+                    out.put(key_sep);
+                    write_inner(out, v, options, depth.saturating_add(1))
+                };
+            if !options.sort_keys {
+                for (i, (k, v)) in obj.iter().enumerate() {
+                    write_member(out, i, k, v)?;
                 }
-                write_string(out, k);
-                out.put(key_sep);
-                write_inner(out, v, options, depth.saturating_add(1))?;
+            } else if obj.len() <= SMALL_OBJECT {
+                // Configs have a few dozen keys: sort references on the stack.
+                let mut slots: [Option<(&JsonString, &Value)>; SMALL_OBJECT] = [None; SMALL_OBJECT];
+                for (slot, entry) in slots.iter_mut().zip(obj.iter()) {
+                    *slot = Some(entry);
+                }
+                let filled = slots.get_mut(..obj.len()).unwrap_or_default();
+                filled.sort_unstable_by(|a, b| a.map(|e| e.0).cmp(&b.map(|e| e.0)));
+                for (i, (k, v)) in filled.iter().flatten().enumerate() {
+                    write_member(out, i, k, v)?;
+                }
+            } else {
+                let mut entries: Vec<(&JsonString, &Value)> = obj.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    write_member(out, i, k, v)?;
+                }
             }
             out.put("}");
         }
@@ -173,6 +192,9 @@ fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
     }
     buf.get(at..).unwrap_or_default()
 }
+
+/// Objects up to this size are sorted without a heap allocation.
+const SMALL_OBJECT: usize = 64;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
