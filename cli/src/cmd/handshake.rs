@@ -16,11 +16,16 @@ use clap::{Args, Subcommand};
 
 use super::hash::{fail, read_json, read_vocab};
 
-/// Arguments of `avp handshake`.
+/// Arguments of `avp handshake`: either `resolve` two identity files here,
+/// or `avp handshake URL --identity FILE` against a live agent
+/// (cli/src/cmd/handshake_remote.rs).
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct HandshakeArgs {
     #[command(subcommand)]
-    what: HandshakeWhat,
+    what: Option<HandshakeWhat>,
+    #[command(flatten)]
+    remote: Option<super::handshake_remote::HandshakeRemoteArgs>,
 }
 
 #[derive(Subcommand)]
@@ -98,7 +103,15 @@ fn resolve_files(
 }
 
 pub(crate) fn run(args: HandshakeArgs) -> ExitCode {
-    match args.what {
+    let what = match (args.what, args.remote) {
+        (Some(what), _) => what,
+        (None, Some(remote)) => return super::handshake_remote::run_remote(&remote),
+        (None, None) => {
+            eprintln!("avp handshake: give `resolve LOCAL REMOTE` or `URL --identity FILE`");
+            return ExitCode::from(2);
+        }
+    };
+    match what {
         HandshakeWhat::Resolve {
             local,
             remote,
