@@ -26,7 +26,13 @@ pub struct KvCache {
     device: Device,
 }
 
-fn zeros(kv_heads: usize, cap: usize, head_dim: usize, kind: Kind, device: Device) -> Result<Tensor> {
+fn zeros(
+    kv_heads: usize,
+    cap: usize,
+    head_dim: usize,
+    kind: Kind,
+    device: Device,
+) -> Result<Tensor> {
     let shape = [1, to_i64(kv_heads)?, to_i64(cap)?, to_i64(head_dim)?];
     Ok(Tensor::f_zeros(shape, (kind, device))?)
 }
@@ -42,8 +48,20 @@ impl KvCache {
         let mut keys = Vec::with_capacity(cfg.num_layers);
         let mut values = Vec::with_capacity(cfg.num_layers);
         for _ in 0..cfg.num_layers {
-            keys.push(zeros(cfg.num_kv_heads, capacity, cfg.head_dim, kind, device)?);
-            values.push(zeros(cfg.num_kv_heads, capacity, cfg.head_dim, kind, device)?);
+            keys.push(zeros(
+                cfg.num_kv_heads,
+                capacity,
+                cfg.head_dim,
+                kind,
+                device,
+            )?);
+            values.push(zeros(
+                cfg.num_kv_heads,
+                capacity,
+                cfg.head_dim,
+                kind,
+                device,
+            )?);
         }
         Ok(Self {
             keys,
@@ -105,9 +123,17 @@ impl KvCache {
         let new_cap = needed.max(self.capacity.saturating_mul(2));
         let filled = to_i64(self.seq_len)?;
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let mut grown = zeros(self.num_kv_heads, new_cap, self.head_dim, self.kind, self.device)?;
+            let grown = zeros(
+                self.num_kv_heads,
+                new_cap,
+                self.head_dim,
+                self.kind,
+                self.device,
+            )?;
             if filled > 0 {
-                grown.f_narrow(2, 0, filled)?.f_copy_(&t.f_narrow(2, 0, filled)?)?;
+                grown
+                    .f_narrow(2, 0, filled)?
+                    .f_copy_(&t.f_narrow(2, 0, filled)?)?;
             }
             *t = grown;
         }
@@ -125,18 +151,26 @@ impl KvCache {
     fn layer_buffers(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         match (self.keys.get(layer), self.values.get(layer)) {
             (Some(k), Some(v)) => Ok((k, v)),
-            _ => Err(EngineError::InvalidArgument(format!("layer {layer} out of range"))),
+            _ => Err(EngineError::InvalidArgument(format!(
+                "layer {layer} out of range"
+            ))),
         }
     }
 
     /// Writes `k`, `v` (`[1, kv_heads, n, head_dim]`) of `layer` at positions
     /// `offset..offset+n` and returns views over `0..offset+n`. The caller
     /// has reserved room and advances `seq_len` with [`KvCache::advance`].
-    pub(crate) fn write(&mut self, layer: usize, offset: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        offset: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let n = k.size().get(2).copied().unwrap_or(0);
         let off = to_i64(offset)?;
         let (kb, vb) = self.layer_buffers(layer)?;
-        let (mut kb, mut vb) = (kb.shallow_clone(), vb.shallow_clone());
+        let (kb, vb) = (kb.shallow_clone(), vb.shallow_clone());
         kb.f_narrow(2, off, n)?.f_copy_(k)?;
         vb.f_narrow(2, off, n)?.f_copy_(v)?;
         Ok((kb.f_narrow(2, 0, off + n)?, vb.f_narrow(2, 0, off + n)?))
@@ -151,7 +185,7 @@ impl KvCache {
     pub(crate) fn load_layer(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let n = k.size().get(2).copied().unwrap_or(0);
         let (kb, vb) = self.layer_buffers(layer)?;
-        let (mut kb, mut vb) = (kb.shallow_clone(), vb.shallow_clone());
+        let (kb, vb) = (kb.shallow_clone(), vb.shallow_clone());
         let k = k.f_to_device(self.device)?.f_to_kind(self.kind)?;
         let v = v.f_to_device(self.device)?.f_to_kind(self.kind)?;
         kb.f_narrow(2, 0, n)?.f_copy_(&k)?;
@@ -166,7 +200,15 @@ impl KvCache {
 
     /// A deep copy (for continuing a context without consuming it).
     pub fn try_clone(&self) -> Result<Self> {
-        let copy = |ts: &[Tensor]| -> Result<Vec<Tensor>> { ts.iter().map(|t| Ok(t.f_clone()?)).collect() };
+        let copy = |ts: &[Tensor]| -> Result<Vec<Tensor>> {
+            ts.iter()
+                .map(|t| {
+                    let mut c = t.f_zeros_like()?;
+                    c.f_copy_(t)?;
+                    Ok(c)
+                })
+                .collect()
+        };
         Ok(Self {
             keys: copy(&self.keys)?,
             values: copy(&self.values)?,

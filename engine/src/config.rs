@@ -168,9 +168,15 @@ impl ModelConfig {
 
     /// Parses config.json text; `path` is only used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let bad = |message: String| EngineError::Config { path: path.to_path_buf(), message };
+        let bad = |message: String| EngineError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let model_type = raw.model_type.clone().ok_or_else(|| bad("no model_type".into()))?;
+        let model_type = raw
+            .model_type
+            .clone()
+            .ok_or_else(|| bad("no model_type".into()))?;
         let decoder = match model_type.as_str() {
             "llama" => crate::llama::config(&raw),
             "qwen2" => crate::qwen2::config(&raw),
@@ -183,7 +189,10 @@ impl ModelConfig {
             }
         }
         .map_err(bad)?;
-        Ok(Self { decoder, raw_json: text.to_owned() })
+        Ok(Self {
+            decoder,
+            raw_json: text.to_owned(),
+        })
     }
 }
 
@@ -207,7 +216,10 @@ pub(crate) fn build(raw: &RawConfig, d: &ArchDefaults) -> Result<DecoderConfig, 
     }
     let hidden_size = need(raw.hidden_size, "hidden_size")?;
     let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-    let num_kv_heads = need(raw.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
+    let num_kv_heads = need(
+        raw.num_key_value_heads.or(Some(num_heads)),
+        "num_key_value_heads",
+    )?;
     if num_heads % num_kv_heads != 0 {
         return Err(format!(
             "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
@@ -229,7 +241,9 @@ pub(crate) fn build(raw: &RawConfig, d: &ArchDefaults) -> Result<DecoderConfig, 
     let eos_token_ids = match &raw.eos_token_id {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(serde_json::Value::as_i64).collect(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().filter_map(serde_json::Value::as_i64).collect()
+        }
         Some(other) => return Err(format!("eos_token_id {other} is not an integer or list")),
     };
     let qkv_bias = d.qkv_bias.unwrap_or(raw.attention_bias.unwrap_or(false));
@@ -245,7 +259,9 @@ pub(crate) fn build(raw: &RawConfig, d: &ArchDefaults) -> Result<DecoderConfig, 
         rms_norm_eps: raw.rms_norm_eps.unwrap_or(d.rms_norm_eps),
         rope_theta,
         rope_scaling,
-        max_position_embeddings: raw.max_position_embeddings.unwrap_or(d.max_position_embeddings),
+        max_position_embeddings: raw
+            .max_position_embeddings
+            .unwrap_or(d.max_position_embeddings),
         tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         qkv_bias,
         o_bias: d.qkv_bias.is_none() && raw.attention_bias.unwrap_or(false),
@@ -272,7 +288,9 @@ fn rope(raw: &RawConfig, default_theta: f64) -> Result<(f64, RopeScaling), Strin
         .and_then(|p| num(p, "rope_theta"))
         .or(raw.rope_theta)
         .unwrap_or(default_theta);
-    let Some(p) = params else { return Ok((theta, RopeScaling::None)) };
+    let Some(p) = params else {
+        return Ok((theta, RopeScaling::None));
+    };
     let kind = p
         .get("rope_type")
         .or_else(|| p.get("type"))
@@ -284,13 +302,19 @@ fn rope(raw: &RawConfig, default_theta: f64) -> Result<(f64, RopeScaling), Strin
         "linear" => RopeScaling::Linear { factor: factor()? },
         "llama3" => RopeScaling::Llama3 {
             factor: factor()?,
-            low_freq_factor: num(p, "low_freq_factor").ok_or("llama3 rope needs low_freq_factor")?,
-            high_freq_factor: num(p, "high_freq_factor").ok_or("llama3 rope needs high_freq_factor")?,
+            low_freq_factor: num(p, "low_freq_factor")
+                .ok_or("llama3 rope needs low_freq_factor")?,
+            high_freq_factor: num(p, "high_freq_factor")
+                .ok_or("llama3 rope needs high_freq_factor")?,
             original_max_position_embeddings: num(p, "original_max_position_embeddings")
                 .or(raw.max_position_embeddings.map(|m| m as f64))
                 .ok_or("llama3 rope needs original_max_position_embeddings")?,
         },
-        other => return Err(format!("rope type {other:?} is not implemented (default, linear, llama3)")),
+        other => {
+            return Err(format!(
+                "rope type {other:?} is not implemented (default, linear, llama3)"
+            ));
+        }
     };
     Ok((theta, scaling))
 }

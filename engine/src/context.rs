@@ -20,7 +20,9 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::{KvCache, to_i64};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
-use crate::wire::{KV_HEADER_LEN, KvHeader, PayloadKind, WireDtype, WireMeta, decode_message, encode_message};
+use crate::wire::{
+    KV_HEADER_LEN, KvHeader, PayloadKind, WireDtype, WireMeta, decode_message, encode_message,
+};
 
 /// A latent context: a KV-cache plus the identity of the model that made it.
 #[derive(Debug)]
@@ -48,7 +50,9 @@ pub(crate) fn wire_dtype(kind: Kind) -> Result<WireDtype> {
         Kind::Float => Ok(WireDtype::Float32),
         Kind::Half => Ok(WireDtype::Float16),
         Kind::BFloat16 => Ok(WireDtype::BFloat16),
-        other => Err(EngineError::Unsupported(format!("cache dtype {other:?} has no wire code"))),
+        other => Err(EngineError::Unsupported(format!(
+            "cache dtype {other:?} has no wire code"
+        ))),
     }
 }
 
@@ -80,7 +84,9 @@ impl LatentContext {
             seq_len: u32_of(c.seq_len(), "seq_len")?,
             dtype: wire_dtype(c.kind())?,
         };
-        let per = header.tensor_bytes().ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
+        let per = header
+            .tensor_bytes()
+            .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
         let total = per
             .checked_mul(2 * c.num_layers())
             .and_then(|b| b.checked_add(KV_HEADER_LEN))
@@ -136,19 +142,23 @@ impl Engine {
         let _guard = tch::no_grad_guard();
         let msg = decode_message(bytes)?;
         if msg.meta.payload != PayloadKind::KvCache {
-            return Err(EngineError::InvalidContext("message is not a KV_CACHE payload".into()));
+            return Err(EngineError::InvalidContext(
+                "message is not a KV_CACHE payload".into(),
+            ));
         }
         let extra = &msg.meta.extra;
         let context_hash = extra.get("model_hash").cloned().unwrap_or_default();
         if context_hash != self.model_hash() {
-            return Err(EngineError::IncompatibleContext { context_hash, model_hash: self.model_hash().to_owned() });
+            return Err(EngineError::IncompatibleContext {
+                context_hash,
+                model_hash: self.model_hash().to_owned(),
+            });
         }
         let num_steps = match extra.get("num_steps") {
             None => 0,
-            Some(s) => s
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| EngineError::InvalidContext(format!("num_steps {s:?} is not a count")))?,
+            Some(s) => s.trim().parse::<usize>().map_err(|_| {
+                EngineError::InvalidContext(format!("num_steps {s:?} is not a count"))
+            })?,
         };
         let header = KvHeader::parse(msg.tensor)?;
         let cfg = &self.config().decoder;
@@ -158,10 +168,17 @@ impl Engine {
         {
             return Err(EngineError::InvalidContext(format!(
                 "KV-cache of {} layers x {} heads x {} does not fit this model ({} x {} x {})",
-                header.num_layers, header.num_kv_heads, header.head_dim, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+                header.num_layers,
+                header.num_kv_heads,
+                header.head_dim,
+                cfg.num_layers,
+                cfg.num_kv_heads,
+                cfg.head_dim
             )));
         }
-        let per = header.tensor_bytes().ok_or_else(|| EngineError::InvalidContext("KV sizes overflow".into()))?;
+        let per = header
+            .tensor_bytes()
+            .ok_or_else(|| EngineError::InvalidContext("KV sizes overflow".into()))?;
         let expected = per
             .checked_mul(2)
             .and_then(|b| b.checked_mul(header.num_layers as usize))
@@ -175,10 +192,18 @@ impl Engine {
         }
         let seq = header.seq_len as usize;
         if seq > cfg.max_position_embeddings {
-            return Err(EngineError::CacheFull { capacity: cfg.max_position_embeddings, needed: seq });
+            return Err(EngineError::CacheFull {
+                capacity: cfg.max_position_embeddings,
+                needed: seq,
+            });
         }
         let mut cache = self.model().new_cache(seq.saturating_add(headroom))?;
-        let shape = [1, to_i64(cfg.num_kv_heads)?, to_i64(seq)?, to_i64(cfg.head_dim)?];
+        let shape = [
+            1,
+            to_i64(cfg.num_kv_heads)?,
+            to_i64(seq)?,
+            to_i64(cfg.head_dim)?,
+        ];
         let src_kind = kind_of(header.dtype);
         let body = msg.tensor.get(KV_HEADER_LEN..).unwrap_or_default();
         for (layer, pair) in body.chunks_exact(per.max(1).saturating_mul(2)).enumerate() {

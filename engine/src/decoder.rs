@@ -22,9 +22,19 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    fn load(w: &mut Weights, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+    fn load(
+        w: &mut Weights,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = w.take(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias { Some(w.take(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(w.take(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -42,13 +52,18 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     fn load(w: &mut Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.take(&format!("{name}.weight"), &[dim])?, eps })
+        Ok(Self {
+            weight: w.take(&format!("{name}.weight"), &[dim])?,
+            eps,
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let kind = x.f_kind()?;
         let xf = x.f_to_kind(Kind::Float)?;
-        let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
+        let var = xf
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
         let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         Ok(self.weight.f_mul(&normed.f_to_kind(kind)?)?)
     }
@@ -71,10 +86,17 @@ impl Rope {
         match cfg.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv = inv.f_div_scalar(factor)?,
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
-                let wavelen = inv.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+                let wavelen = inv
+                    .f_reciprocal()?
+                    .f_mul_scalar(2.0 * std::f64::consts::PI)?;
                 let scaled = inv.f_div_scalar(factor)?;
                 let inv_l = scaled.f_where_self(&wavelen.f_gt(low_wavelen)?, &inv)?;
                 let smooth = wavelen
@@ -89,7 +111,10 @@ impl Rope {
                     .f_mul(&inv_l)?
                     .f_div_scalar(factor)?
                     .f_add(&smooth.f_mul(&inv_l)?)?;
-                let medium = wavelen.f_lt(high_wavelen)?.f_logical_not()?.f_logical_and(&wavelen.f_gt(low_wavelen)?.f_logical_not()?)?;
+                let medium = wavelen
+                    .f_lt(high_wavelen)?
+                    .f_logical_not()?
+                    .f_logical_and(&wavelen.f_gt(low_wavelen)?.f_logical_not()?)?;
                 inv = smoothed.f_where_self(&medium, &inv_l)?;
             }
         }
@@ -99,7 +124,8 @@ impl Rope {
     /// cos and sin `[n, head_dim]` for positions `offset..offset+n`, in `kind`.
     fn cos_sin(&self, offset: i64, n: i64, kind: Kind) -> Result<(Tensor, Tensor)> {
         let device = self.inv_freq.device();
-        let pos = Tensor::f_arange_start(offset, offset + n, (Kind::Int64, device))?.f_to_kind(Kind::Float)?;
+        let pos = Tensor::f_arange_start(offset, offset + n, (Kind::Int64, device))?
+            .f_to_kind(Kind::Float)?;
         let freqs = pos.f_unsqueeze(-1)?.f_mul(&self.inv_freq)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
@@ -170,7 +196,12 @@ pub struct Decoder {
 
 impl Decoder {
     /// Builds the model from checkpoint weights (already on `device`, as `kind`).
-    pub(crate) fn from_weights(cfg: DecoderConfig, mut w: Weights, kind: Kind, device: Device) -> Result<Self> {
+    pub(crate) fn from_weights(
+        cfg: DecoderConfig,
+        mut w: Weights,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
@@ -180,8 +211,18 @@ impl Decoder {
             let eps = cfg.rms_norm_eps;
             let (q_norm, k_norm) = if cfg.qk_norm {
                 (
-                    Some(RmsNorm::load(&mut w, &format!("{p}.self_attn.q_norm"), hd, eps)?),
-                    Some(RmsNorm::load(&mut w, &format!("{p}.self_attn.k_norm"), hd, eps)?),
+                    Some(RmsNorm::load(
+                        &mut w,
+                        &format!("{p}.self_attn.q_norm"),
+                        hd,
+                        eps,
+                    )?),
+                    Some(RmsNorm::load(
+                        &mut w,
+                        &format!("{p}.self_attn.k_norm"),
+                        hd,
+                        eps,
+                    )?),
                 )
             } else {
                 (None, None)
@@ -189,9 +230,27 @@ impl Decoder {
             layers.push(Layer {
                 input_norm: RmsNorm::load(&mut w, &format!("{p}.input_layernorm"), d, eps)?,
                 attn: Attention {
-                    q: Linear::load(&mut w, &format!("{p}.self_attn.q_proj"), qd, d, cfg.qkv_bias)?,
-                    k: Linear::load(&mut w, &format!("{p}.self_attn.k_proj"), kvd, d, cfg.qkv_bias)?,
-                    v: Linear::load(&mut w, &format!("{p}.self_attn.v_proj"), kvd, d, cfg.qkv_bias)?,
+                    q: Linear::load(
+                        &mut w,
+                        &format!("{p}.self_attn.q_proj"),
+                        qd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
+                    k: Linear::load(
+                        &mut w,
+                        &format!("{p}.self_attn.k_proj"),
+                        kvd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
+                    v: Linear::load(
+                        &mut w,
+                        &format!("{p}.self_attn.v_proj"),
+                        kvd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
                     o: Linear::load(&mut w, &format!("{p}.self_attn.o_proj"), d, qd, cfg.o_bias)?,
                     q_norm,
                     k_norm,
@@ -201,9 +260,27 @@ impl Decoder {
                 },
                 post_norm: RmsNorm::load(&mut w, &format!("{p}.post_attention_layernorm"), d, eps)?,
                 mlp: Mlp {
-                    gate: Linear::load(&mut w, &format!("{p}.mlp.gate_proj"), cfg.intermediate_size, d, cfg.mlp_bias)?,
-                    up: Linear::load(&mut w, &format!("{p}.mlp.up_proj"), cfg.intermediate_size, d, cfg.mlp_bias)?,
-                    down: Linear::load(&mut w, &format!("{p}.mlp.down_proj"), d, cfg.intermediate_size, cfg.mlp_bias)?,
+                    gate: Linear::load(
+                        &mut w,
+                        &format!("{p}.mlp.gate_proj"),
+                        cfg.intermediate_size,
+                        d,
+                        cfg.mlp_bias,
+                    )?,
+                    up: Linear::load(
+                        &mut w,
+                        &format!("{p}.mlp.up_proj"),
+                        cfg.intermediate_size,
+                        d,
+                        cfg.mlp_bias,
+                    )?,
+                    down: Linear::load(
+                        &mut w,
+                        &format!("{p}.mlp.down_proj"),
+                        d,
+                        cfg.intermediate_size,
+                        cfg.mlp_bias,
+                    )?,
                 },
             });
         }
@@ -214,7 +291,16 @@ impl Decoder {
             Some(w.take("lm_head.weight", &[cfg.vocab_size, d])?)
         };
         let rope = Rope::new(&cfg, device)?;
-        Ok(Self { cfg, embed, layers, norm, lm_head, rope, kind, device })
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            kind,
+            device,
+        })
     }
 
     /// The decoder description.
@@ -261,13 +347,24 @@ impl Decoder {
         let size = x.size();
         let n = match size.as_slice() {
             [1, n, d] if usize::try_from(*d).ok() == Some(self.cfg.hidden_size) && *n > 0 => *n,
-            _ => return Err(EngineError::InvalidArgument(format!("forward input has shape {size:?}"))),
+            _ => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "forward input has shape {size:?}"
+                )));
+            }
         };
-        let n_us = usize::try_from(n).map_err(|_| EngineError::InvalidArgument("negative length".into()))?;
+        let n_us = usize::try_from(n)
+            .map_err(|_| EngineError::InvalidArgument("negative length".into()))?;
         let offset = cache.seq_len();
-        let total = offset.checked_add(n_us).ok_or(EngineError::CacheFull { capacity: usize::MAX, needed: usize::MAX })?;
+        let total = offset.checked_add(n_us).ok_or(EngineError::CacheFull {
+            capacity: usize::MAX,
+            needed: usize::MAX,
+        })?;
         if total > self.cfg.max_position_embeddings {
-            return Err(EngineError::CacheFull { capacity: self.cfg.max_position_embeddings, needed: total });
+            return Err(EngineError::CacheFull {
+                capacity: self.cfg.max_position_embeddings,
+                needed: total,
+            });
         }
         cache.reserve(total)?;
         let off = to_i64(offset)?;
@@ -277,7 +374,8 @@ impl Decoder {
         // [n, offset+n] mask (True = attend); one new token sees everything.
         let mask = if n > 1 && off > 0 {
             let cols = Tensor::f_arange(off + n, (Kind::Int64, self.device))?.f_unsqueeze(0)?;
-            let rows = Tensor::f_arange_start(off, off + n, (Kind::Int64, self.device))?.f_unsqueeze(1)?;
+            let rows =
+                Tensor::f_arange_start(off, off + n, (Kind::Int64, self.device))?.f_unsqueeze(1)?;
             Some(cols.f_le_tensor(&rows)?)
         } else {
             None
@@ -285,7 +383,9 @@ impl Decoder {
         let causal = n > 1 && off == 0;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
-            let a = layer.attn.forward(&h, &cos, &sin, cache, i, offset, mask.as_ref(), causal)?;
+            let a = layer
+                .attn
+                .forward(&h, &cos, &sin, cache, i, offset, mask.as_ref(), causal)?;
             x = x.f_add(&a)?;
             let h = layer.post_norm.forward(&x)?;
             x = x.f_add(&layer.mlp.forward(&h)?)?;
@@ -314,9 +414,19 @@ impl Attention {
         causal: bool,
     ) -> Result<Tensor> {
         let n = x.size().get(1).copied().unwrap_or(0);
-        let mut q = self.q.forward(x)?.f_view([1, n, self.heads, self.head_dim])?;
-        let mut k = self.k.forward(x)?.f_view([1, n, self.kv_heads, self.head_dim])?;
-        let v = self.v.forward(x)?.f_view([1, n, self.kv_heads, self.head_dim])?.f_transpose(1, 2)?;
+        let mut q = self
+            .q
+            .forward(x)?
+            .f_view([1, n, self.heads, self.head_dim])?;
+        let mut k = self
+            .k
+            .forward(x)?
+            .f_view([1, n, self.kv_heads, self.head_dim])?;
+        let v = self
+            .v
+            .forward(x)?
+            .f_view([1, n, self.kv_heads, self.head_dim])?
+            .f_transpose(1, 2)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -335,7 +445,9 @@ impl Attention {
             scale,
             self.heads != self.kv_heads,
         )?;
-        let out = out.f_transpose(1, 2)?.f_reshape([1, n, self.heads * self.head_dim])?;
+        let out = out
+            .f_transpose(1, 2)?
+            .f_reshape([1, n, self.heads * self.head_dim])?;
         self.o.forward(&out)
     }
 }
@@ -349,12 +461,25 @@ impl Mlp {
 
 /// Random weights for a config alone (`--random-weights`): normal(0, 0.02)
 /// matrices as transformers initialises them, unit norms, zero biases.
-pub(crate) fn random_weights(cfg: &DecoderConfig, kind: Kind, device: Device, seed: i64) -> Result<Weights> {
+pub(crate) fn random_weights(
+    cfg: &DecoderConfig,
+    kind: Kind,
+    device: Device,
+    seed: i64,
+) -> Result<Weights> {
     tch::manual_seed(seed);
     let mut names: Vec<(String, Vec<usize>, f64)> = Vec::new();
     let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-    let (qd, kvd, ff) = (cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size);
-    names.push(("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d], 0.02));
+    let (qd, kvd, ff) = (
+        cfg.num_heads * hd,
+        cfg.num_kv_heads * hd,
+        cfg.intermediate_size,
+    );
+    names.push((
+        "model.embed_tokens.weight".into(),
+        vec![cfg.vocab_size, d],
+        0.02,
+    ));
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
         for (n, o, inp, b) in [
@@ -391,7 +516,9 @@ pub(crate) fn random_weights(cfg: &DecoderConfig, kind: Kind, device: Device, se
         } else if std == 0.0 {
             Tensor::f_zeros(shape.as_slice(), (kind, device))?
         } else {
-            Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?.f_mul_scalar(std)?.f_to_kind(kind)?
+            Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?
+                .f_mul_scalar(std)?
+                .f_to_kind(kind)?
         };
         tensors.push((name, t));
     }

@@ -40,6 +40,11 @@ pub struct LoadOptions {
     pub weights: WeightSource,
     /// Realignment cache directory; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Use this identity hash instead of hashing config.json: the SDK hashes
+    /// transformers' in-memory config (all defaults included), which cannot
+    /// be derived from config.json alone, so a peer running the SDK is
+    /// matched by passing the hash it announces (AVP-ENG-18).
+    pub model_hash: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -49,6 +54,7 @@ impl Default for LoadOptions {
             kind: None,
             weights: WeightSource::Checkpoint,
             cache_dir: crate::latent::default_cache_dir(),
+            model_hash: None,
         }
     }
 }
@@ -62,7 +68,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
             .map(Device::Cuda)
-            .ok_or_else(|| EngineError::InvalidArgument(format!("device {s:?} (cpu, cuda, cuda:N)"))),
+            .ok_or_else(|| {
+                EngineError::InvalidArgument(format!("device {s:?} (cpu, cuda, cuda:N)"))
+            }),
     }
 }
 
@@ -72,7 +80,9 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
         "float32" | "f32" | "fp32" => Ok(Kind::Float),
         "float16" | "f16" | "fp16" | "half" => Ok(Kind::Half),
         "bfloat16" | "bf16" => Ok(Kind::BFloat16),
-        _ => Err(EngineError::InvalidArgument(format!("dtype {s:?} (float32, float16, bfloat16)"))),
+        _ => Err(EngineError::InvalidArgument(format!(
+            "dtype {s:?} (float32, float16, bfloat16)"
+        ))),
     }
 }
 
@@ -101,7 +111,7 @@ pub enum Sampling {
         top_p: f64,
         /// Keep the k most likely tokens (0 = off); transformers' default is 50.
         top_k: usize,
-        /// Seed of the host RNG that draws one uniform number per token.
+        /// Seed given to libtorch's generator before decoding (as `torch.manual_seed`).
         seed: u64,
     },
 }
@@ -119,7 +129,11 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 512, sampling: Sampling::Greedy, stop_tokens: None }
+        Self {
+            max_new_tokens: 512,
+            sampling: Sampling::Greedy,
+            stop_tokens: None,
+        }
     }
 }
 
@@ -138,16 +152,24 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("dir", &self.dir).field("model_hash", &self.model_hash).finish()
+        f.debug_struct("Engine")
+            .field("dir", &self.dir)
+            .field("model_hash", &self.model_hash)
+            .finish()
     }
 }
 
 fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect()
-        }
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .into_iter()
+            .collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -163,7 +185,9 @@ impl Engine {
         });
         if let Device::Cuda(_) = opts.device {
             if !tch::Cuda::is_available() {
-                return Err(EngineError::Unsupported("CUDA device requested but libtorch sees no GPU".into()));
+                return Err(EngineError::Unsupported(
+                    "CUDA device requested but libtorch sees no GPU".into(),
+                ));
             }
         }
         let cfg = config.decoder.clone();
@@ -172,21 +196,34 @@ impl Engine {
             WeightSource::Random { seed } => random_weights(&cfg, kind, opts.device, seed)?,
         };
         let model = Decoder::from_weights(cfg, weights, kind, opts.device)?;
-        let prompt = PromptFormat::from_dir(dir)?;
+        let prompt = PromptFormat::from_dir(dir, config.decoder.architecture.model_type())?;
         let gen_path = dir.join("generation_config.json");
-        let gen: serde_json::Value = if gen_path.is_file() {
+        let gen_cfg: serde_json::Value = if gen_path.is_file() {
             let text = std::fs::read_to_string(&gen_path).map_err(io_err(&gen_path))?;
-            serde_json::from_str(&text)
-                .map_err(|e| EngineError::Config { path: gen_path.clone(), message: e.to_string() })?
+            serde_json::from_str(&text).map_err(|e| EngineError::Config {
+                path: gen_path.clone(),
+                message: e.to_string(),
+            })?
         } else {
             serde_json::Value::Null
         };
-        let mut eos = ids_of(gen.get("eos_token_id"));
+        let mut eos = ids_of(gen_cfg.get("eos_token_id"));
         if eos.is_empty() {
-            eos = config.decoder.eos_token_ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+            eos = config
+                .decoder
+                .eos_token_ids
+                .iter()
+                .filter_map(|&i| u32::try_from(i).ok())
+                .collect();
         }
-        let default_top_k = gen.get("top_k").and_then(|v| v.as_u64()).map_or(50, |k| k as usize);
-        let model_hash = crate::hash::model_hash(&config.raw_json);
+        let default_top_k = gen_cfg
+            .get("top_k")
+            .and_then(|v| v.as_u64())
+            .map_or(50, |k| k as usize);
+        let model_hash = match &opts.model_hash {
+            Some(h) => h.clone(),
+            None => crate::hash::model_hash(&config.raw_json),
+        };
         // Random weights must never share a realignment cache entry with the
         // real checkpoint of the same config.
         let cache_dir = match opts.weights {
@@ -260,7 +297,9 @@ impl Engine {
         let p = if self.needs_realignment() {
             load_or_compute(&self.model, &self.model_hash, self.cache_dir.as_deref())?
         } else {
-            LatentProjector::Soft { embed: self.model.input_embeddings().f_to_kind(Kind::Float)? }
+            LatentProjector::Soft {
+                embed: self.model.input_embeddings().f_to_kind(Kind::Float)?,
+            }
         };
         Ok(self.projector.get_or_init(|| p))
     }
@@ -268,7 +307,9 @@ impl Engine {
     fn tokens(&self, ids: &[u32]) -> Result<Tensor> {
         let v: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let n = to_i64(v.len())?;
-        Ok(Tensor::f_from_slice(&v)?.f_reshape([1, n])?.f_to_device(self.model.device())?)
+        Ok(Tensor::f_from_slice(&v)?
+            .f_reshape([1, n])?
+            .f_to_device(self.model.device())?)
     }
 
     fn check_context(&self, ctx: &LatentContext) -> Result<()> {
@@ -280,7 +321,9 @@ impl Engine {
         }
         let c = &self.config.decoder;
         let cache = &ctx.cache;
-        if cache.num_layers() != c.num_layers || cache.num_kv_heads() != c.num_kv_heads || cache.head_dim() != c.head_dim
+        if cache.num_layers() != c.num_layers
+            || cache.num_kv_heads() != c.num_kv_heads
+            || cache.head_dim() != c.head_dim
         {
             return Err(EngineError::InvalidContext(format!(
                 "cache shape {}x{}x{} does not fit this model ({}x{}x{})",
@@ -303,7 +346,12 @@ impl Engine {
     /// stops at the first step whose hidden state has a NaN) is recorded per
     /// step on the device and read once at the end; the cache is then cut
     /// back to the SDK's length, so the result is identical.
-    pub fn think(&self, prompt: &str, steps: usize, context: Option<LatentContext>) -> Result<LatentContext> {
+    pub fn think(
+        &self,
+        prompt: &str,
+        steps: usize,
+        context: Option<LatentContext>,
+    ) -> Result<LatentContext> {
         self.think_with_progress(prompt, steps, context, &mut |_, _| {})
     }
 
@@ -324,8 +372,17 @@ impl Engine {
             }
             None => (self.model.new_cache(ids.len().saturating_add(steps))?, 0),
         };
-        cache.reserve(cache.seq_len().saturating_add(ids.len()).saturating_add(steps))?;
-        let projector = if steps > 0 { Some(self.projector()?) } else { None };
+        cache.reserve(
+            cache
+                .seq_len()
+                .saturating_add(ids.len())
+                .saturating_add(steps),
+        )?;
+        let projector = if steps > 0 {
+            Some(self.projector()?)
+        } else {
+            None
+        };
         let tokens = self.tokens(&ids)?;
         let hidden = self.model.forward(Input::Tokens(&tokens), &mut cache)?;
         let n = to_i64(ids.len())?;
@@ -336,7 +393,10 @@ impl Engine {
         hiddens.push(last.shallow_clone());
         for step in 0..steps {
             let Some(projector) = projector else { break };
-            let e = projector.apply(&last)?.f_to_kind(self.model.kind())?.f_unsqueeze(1)?;
+            let e = projector
+                .apply(&last)?
+                .f_to_kind(self.model.kind())?
+                .f_unsqueeze(1)?;
             let h = self.model.forward(Input::Embeds(&e), &mut cache)?;
             last = h.f_select(1, 0)?;
             nan_flags.push(last.f_isnan()?.f_any()?);
@@ -370,7 +430,12 @@ impl Engine {
     /// The SDK's `generate()`: render and prefill the prompt after the
     /// context's KV-cache (if any), then decode (AVP-ENG-8). The context is
     /// not consumed (its cache is copied).
-    pub fn generate(&self, prompt: &str, context: Option<&LatentContext>, opts: &GenerateOptions) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompt: &str,
+        context: Option<&LatentContext>,
+        opts: &GenerateOptions,
+    ) -> Result<Generation> {
         let _guard = tch::no_grad_guard();
         let ids = self.prompt.prompt_ids(prompt)?;
         let mut cache = match context {
@@ -380,41 +445,61 @@ impl Engine {
             }
             None => self.model.new_cache(0)?,
         };
-        cache.reserve(cache.seq_len().saturating_add(ids.len()).saturating_add(opts.max_new_tokens))?;
+        cache.reserve(
+            cache
+                .seq_len()
+                .saturating_add(ids.len())
+                .saturating_add(opts.max_new_tokens),
+        )?;
         let tokens = self.tokens(&ids)?;
         self.decode_loop(Input::Tokens(&tokens), &mut cache, opts)
     }
 
     /// Generates after feeding `embeds` (`[1, n, D]`) into `cache`; used for
     /// primed cross-model generation and by [`Engine::generate`].
-    pub fn decode_loop(&self, first: Input<'_>, cache: &mut KvCache, opts: &GenerateOptions) -> Result<Generation> {
+    pub fn decode_loop(
+        &self,
+        first: Input<'_>,
+        cache: &mut KvCache,
+        opts: &GenerateOptions,
+    ) -> Result<Generation> {
         let _guard = tch::no_grad_guard();
-        if let Sampling::Sample { temperature, top_p, .. } = opts.sampling {
-            if !(temperature > 0.0 && temperature.is_finite()) || !(top_p > 0.0 && top_p <= 1.0) {
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = opts.sampling
+        {
+            if !(temperature > 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
                 return Err(EngineError::InvalidArgument(format!(
                     "temperature must be > 0 and top_p in (0, 1] (got {temperature}, {top_p})"
                 )));
             }
         }
         let stop: Vec<u32> = opts.stop_tokens.clone().unwrap_or_else(|| self.eos.clone());
-        let mut rng = match opts.sampling {
-            Sampling::Sample { seed, .. } => crate::sample::SplitMix64::new(seed),
-            Sampling::Greedy => crate::sample::SplitMix64::new(0),
-        };
+        if let Sampling::Sample { seed, .. } = opts.sampling {
+            // The SDK's reproducibility recipe: torch.manual_seed, then generate.
+            tch::manual_seed(seed as i64);
+        }
         let mut out: Vec<u32> = Vec::new();
         let mut stopped = false;
         let mut hidden = self.model.forward(first, cache)?;
         while out.len() < opts.max_new_tokens {
             let n = hidden.size().get(1).copied().unwrap_or(1);
-            let logits = self.model.logits(&hidden.f_select(1, n - 1)?)?.f_to_kind(Kind::Float)?; // [1, V]
+            let logits = self
+                .model
+                .logits(&hidden.f_select(1, n - 1)?)?
+                .f_to_kind(Kind::Float)?; // [1, V]
             let next = match opts.sampling {
                 Sampling::Greedy => logits.f_argmax(-1, false)?,
-                Sampling::Sample { temperature, top_p, top_k, .. } => {
-                    crate::sample::sample(&logits, temperature, top_k, top_p, rng.next_f64())?
-                }
+                Sampling::Sample {
+                    temperature,
+                    top_p,
+                    top_k,
+                    ..
+                } => crate::sample::sample(&logits, temperature, top_k, top_p)?,
             };
             let id = next.f_int64_value(&[0])?;
-            let id = u32::try_from(id).map_err(|_| EngineError::InvalidArgument("token id out of range".into()))?;
+            let id = u32::try_from(id)
+                .map_err(|_| EngineError::InvalidArgument("token id out of range".into()))?;
             out.push(id);
             if stop.contains(&id) {
                 stopped = true;
@@ -427,6 +512,10 @@ impl Engine {
             hidden = self.model.forward(Input::Tokens(&t), cache)?;
         }
         let text = self.prompt.decode(&out)?.trim().to_owned();
-        Ok(Generation { text, token_ids: out, stopped })
+        Ok(Generation {
+            text,
+            token_ids: out,
+            stopped,
+        })
     }
 }

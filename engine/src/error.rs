@@ -73,7 +73,9 @@ impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io { path, source } => write!(f, "cannot access {}: {source}", path.display()),
-            Self::Config { path, message } => write!(f, "bad model file {}: {message}", path.display()),
+            Self::Config { path, message } => {
+                write!(f, "bad model file {}: {message}", path.display())
+            }
             Self::Unsupported(what) => write!(f, "unsupported: {what}"),
             Self::MissingWeight(name) => write!(f, "checkpoint lacks weight {name:?}"),
             Self::BadWeight { name, message } => write!(f, "weight {name:?}: {message}"),
@@ -81,7 +83,10 @@ impl fmt::Display for EngineError {
             Self::Template(m) => write!(f, "chat template: {m}"),
             Self::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Self::InvalidContext(m) => write!(f, "invalid KV-cache context: {m}"),
-            Self::IncompatibleContext { context_hash, model_hash } => write!(
+            Self::IncompatibleContext {
+                context_hash,
+                model_hash,
+            } => write!(
                 f,
                 "context was made by another model (model_hash {context_hash:?}, this model {model_hash:?}); \
                  use cross-model projection instead"

@@ -69,14 +69,17 @@ impl LatentProjector {
 
 /// `x · (target / max(‖x‖, 1e-6))` row-wise, as the SDK normalises.
 pub(crate) fn normalise_to(x: &Tensor, target_norm: &Tensor) -> Result<Tensor> {
-    let n = x.f_norm_scalaropt_dim(2, [-1i64].as_slice(), true, Kind::Float)?.f_clamp_min(1e-6)?;
+    let n = x
+        .f_norm_scalaropt_dim(2, [-1i64].as_slice(), true)?
+        .f_clamp_min(1e-6)?;
     Ok(x.f_mul(&target_norm.f_div(&n)?)?)
 }
 
 /// Mean L2 norm of the rows of the input embeddings (float32 scalar tensor).
 pub fn target_norm(model: &Decoder) -> Result<Tensor> {
     let e = model.input_embeddings().f_to_kind(Kind::Float)?;
-    Ok(e.f_norm_scalaropt_dim(2, [1i64].as_slice(), false, Kind::Float)?.f_mean(Kind::Float)?)
+    Ok(e.f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?
+        .f_mean(Kind::Float)?)
 }
 
 /// Computes `W = (E_outᵀE_out + λI)⁻¹ E_outᵀE_in` and the target norm on the model's device.
@@ -88,7 +91,9 @@ pub fn compute_realignment(model: &Decoder) -> Result<(Tensor, Tensor)> {
     let eye = Tensor::f_eye(d, (Kind::Float, gram.device()))?.f_mul_scalar(REALIGN_LAMBDA)?;
     let gram = gram.f_add(&eye)?;
     let rhs = eout.f_tr()?.f_matmul(&ein)?;
-    let w = Tensor::f_linalg_solve(&gram, &rhs, true)?;
+    // LAPACK hands back a column-major result; make it row-major so a matrix
+    // read back from the cache multiplies bit-identically.
+    let w = Tensor::f_linalg_solve(&gram, &rhs, true)?.f_contiguous()?;
     Ok((w, target_norm(model)?))
 }
 
@@ -111,15 +116,27 @@ fn fingerprint(model: &Decoder, tn: &Tensor) -> Result<String> {
 }
 
 fn tensor_bytes_f32(t: &Tensor) -> Result<Vec<u8>> {
-    let t = t.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let t = t
+        .f_to_device(tch::Device::Cpu)?
+        .f_to_kind(Kind::Float)?
+        .f_contiguous()?;
     let numel = t.numel();
-    let mut buf = vec![0u8; numel.checked_mul(4).ok_or_else(|| EngineError::InvalidArgument("tensor too large".into()))?];
+    let mut buf = vec![
+        0u8;
+        numel
+            .checked_mul(4)
+            .ok_or_else(|| EngineError::InvalidArgument("tensor too large".into()))?
+    ];
     t.f_copy_data_u8(&mut buf, numel)?;
     Ok(buf)
 }
 
 /// Loads the realignment for `model` from `cache_dir`, or computes and stores it.
-pub fn load_or_compute(model: &Decoder, model_hash: &str, cache_dir: Option<&Path>) -> Result<LatentProjector> {
+pub fn load_or_compute(
+    model: &Decoder,
+    model_hash: &str,
+    cache_dir: Option<&Path>,
+) -> Result<LatentProjector> {
     let device = model.device();
     let Some(dir) = cache_dir else {
         let (w, target_norm) = compute_realignment(model)?;
@@ -127,10 +144,15 @@ pub fn load_or_compute(model: &Decoder, model_hash: &str, cache_dir: Option<&Pat
     };
     let tn = target_norm(model)?;
     let fp = fingerprint(model, &tn)?;
-    let path = dir.join("realign").join(format!("{model_hash}.safetensors"));
+    let path = dir
+        .join("realign")
+        .join(format!("{model_hash}.safetensors"));
     let d = model.config().hidden_size;
     if let Some(w) = read_cached(&path, model_hash, &fp, d)? {
-        return Ok(LatentProjector::Realign { w: w.f_to_device(device)?, target_norm: tn });
+        return Ok(LatentProjector::Realign {
+            w: w.f_to_device(device)?,
+            target_norm: tn,
+        });
     }
     let (w, tn) = compute_realignment(model)?;
     write_cached(&path, model_hash, &fp, &w, &tn)?;
@@ -138,8 +160,12 @@ pub fn load_or_compute(model: &Decoder, model_hash: &str, cache_dir: Option<&Pat
 }
 
 fn read_cached(path: &Path, model_hash: &str, fp: &str, d: usize) -> Result<Option<Tensor>> {
-    let Ok(bytes) = std::fs::read(path) else { return Ok(None) };
-    let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(&bytes) else { return Ok(None) };
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(None);
+    };
+    let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(&bytes) else {
+        return Ok(None);
+    };
     let m = meta.metadata().clone().unwrap_or_default();
     let ok = m.get("format").map(String::as_str) == Some("avp-realign")
         && m.get("version").map(String::as_str) == Some("1")
@@ -148,24 +174,43 @@ fn read_cached(path: &Path, model_hash: &str, fp: &str, d: usize) -> Result<Opti
     if !ok {
         return Ok(None);
     }
-    let Ok(st) = safetensors::SafeTensors::deserialize(&bytes) else { return Ok(None) };
-    let Ok(view) = st.tensor("w_realign") else { return Ok(None) };
-    if view.dtype() != safetensors::Dtype::F32 || view.shape() != [d, d] || view.data().len() != d * d * 4 {
+    let Ok(st) = safetensors::SafeTensors::deserialize(&bytes) else {
+        return Ok(None);
+    };
+    let Ok(view) = st.tensor("w_realign") else {
+        return Ok(None);
+    };
+    if view.dtype() != safetensors::Dtype::F32
+        || view.shape() != [d, d]
+        || view.data().len() != d * d * 4
+    {
         return Ok(None);
     }
     let di = crate::cache::to_i64(d)?;
-    Ok(Some(Tensor::f_from_data_size(view.data(), &[di, di], Kind::Float)?))
+    Ok(Some(Tensor::f_from_data_size(
+        view.data(),
+        &[di, di],
+        Kind::Float,
+    )?))
 }
 
 fn write_cached(path: &Path, model_hash: &str, fp: &str, w: &Tensor, tn: &Tensor) -> Result<()> {
-    let Some(dir) = path.parent() else { return Ok(()) };
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let d = usize::try_from(w.size().first().copied().unwrap_or(0)).unwrap_or(0);
     let w_bytes = tensor_bytes_f32(w)?;
     let tn_bytes = tensor_bytes_f32(tn)?;
     let views = [
-        ("w_realign", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![d, d], &w_bytes)),
-        ("target_norm", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &tn_bytes)),
+        (
+            "w_realign",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![d, d], &w_bytes),
+        ),
+        (
+            "target_norm",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &tn_bytes),
+        ),
     ];
     let mut list = Vec::new();
     for (name, v) in views {

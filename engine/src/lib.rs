@@ -30,7 +30,10 @@ pub use cache::KvCache;
 pub use config::{Architecture, DecoderConfig, ModelConfig, RopeScaling};
 pub use context::LatentContext;
 pub use decoder::{Decoder, Input};
-pub use engine::{Engine, GenerateOptions, Generation, LoadOptions, Sampling, WeightSource, parse_device, parse_kind};
+pub use engine::{
+    Engine, GenerateOptions, Generation, LoadOptions, Sampling, WeightSource, parse_device,
+    parse_kind,
+};
 pub use error::{EngineError, Result};
 pub use project::{ProjectionMap, ProjectionMethod, calibrate, project};
 pub use tch::{Device, Kind, Tensor};

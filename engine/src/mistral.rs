@@ -21,7 +21,11 @@ pub(crate) fn config(raw: &RawConfig) -> Result<DecoderConfig, String> {
             qk_norm: false,
         },
     )?;
-    if let Some(window) = raw.sliding_window.as_ref().and_then(serde_json::Value::as_u64) {
+    if let Some(window) = raw
+        .sliding_window
+        .as_ref()
+        .and_then(serde_json::Value::as_u64)
+    {
         let window = usize::try_from(window).unwrap_or(usize::MAX);
         cfg.max_position_embeddings = cfg.max_position_embeddings.min(window);
     }

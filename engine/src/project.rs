@@ -104,9 +104,16 @@ pub fn calibrate(source: &Engine, target: &Engine) -> Result<ProjectionMap> {
         return Ok(map);
     }
     let src_keys: BTreeSet<&String> = src_vocab.keys().collect();
-    let shared: Vec<&String> = tgt_vocab.keys().filter(|k| src_keys.contains(k)).collect::<BTreeSet<_>>().into_iter().collect();
+    let shared: Vec<&String> = tgt_vocab
+        .keys()
+        .filter(|k| src_keys.contains(k))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if shared.len() < MIN_OVERLAP {
-        return Err(EngineError::NoProjectionPath { shared_tokens: shared.len() });
+        return Err(EngineError::NoProjectionPath {
+            shared_tokens: shared.len(),
+        });
     }
     let id = |v: &HashMap<String, u32>, t: &String| v.get(t).map(|&i| i64::from(i)).unwrap_or(0);
     map.method = ProjectionMethod::VocabOverlap;
@@ -120,7 +127,9 @@ pub fn calibrate(source: &Engine, target: &Engine) -> Result<ProjectionMap> {
 fn rows(table: &Tensor, idx: &[i64], what: &str) -> Result<Tensor> {
     let n = table.size().first().copied().unwrap_or(0);
     if let Some(bad) = idx.iter().find(|&&i| i < 0 || i >= n) {
-        return Err(EngineError::InvalidArgument(format!("{what} index {bad} outside a table of {n} rows")));
+        return Err(EngineError::InvalidArgument(format!(
+            "{what} index {bad} outside a table of {n} rows"
+        )));
     }
     let t = Tensor::f_from_slice(idx)?.f_to_device(table.device())?;
     Ok(table.f_index_select(0, &t)?)
@@ -128,37 +137,61 @@ fn rows(table: &Tensor, idx: &[i64], what: &str) -> Result<Tensor> {
 
 /// Projects source hidden states `[.., D_src]` to target embeddings
 /// `[.., D_tgt]` (float32, on the target's device).
-pub fn project(source: &Engine, target: &Engine, map: &ProjectionMap, hidden: &Tensor) -> Result<Tensor> {
+pub fn project(
+    source: &Engine,
+    target: &Engine,
+    map: &ProjectionMap,
+    hidden: &Tensor,
+) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
     if map.source_hash != source.model_hash() || map.target_hash != target.model_hash() {
-        return Err(EngineError::InvalidArgument("projection map was made for other models".into()));
+        return Err(EngineError::InvalidArgument(
+            "projection map was made for other models".into(),
+        ));
     }
     let w_src = source.model().output_embeddings();
     let e_tgt = target.model().input_embeddings();
     let (w_src, e_tgt) = match map.method {
         ProjectionMethod::VocabMediated => {
-            let shared = w_src.size().first().copied().unwrap_or(0).min(e_tgt.size().first().copied().unwrap_or(0));
+            let shared = w_src
+                .size()
+                .first()
+                .copied()
+                .unwrap_or(0)
+                .min(e_tgt.size().first().copied().unwrap_or(0));
             (w_src.f_narrow(0, 0, shared)?, e_tgt.f_narrow(0, 0, shared)?)
         }
-        ProjectionMethod::VocabOverlap => {
-            (rows(w_src, &map.src_indices, "source")?, rows(e_tgt, &map.tgt_indices, "target")?)
-        }
+        ProjectionMethod::VocabOverlap => (
+            rows(w_src, &map.src_indices, "source")?,
+            rows(e_tgt, &map.tgt_indices, "target")?,
+        ),
     };
     let h = hidden.f_to_device(w_src.device())?.f_to_kind(Kind::Float)?;
     let logits = h.f_matmul(&w_src.f_to_kind(Kind::Float)?.f_tr()?)?;
-    let probs = logits.f_softmax(-1, Kind::Float)?.f_to_device(e_tgt.device())?;
+    let probs = logits
+        .f_softmax(-1, Kind::Float)?
+        .f_to_device(e_tgt.device())?;
     let e = probs.f_matmul(&e_tgt.f_to_kind(Kind::Float)?)?;
-    let tn = Tensor::f_from_slice(&[map.target_norm])?.f_to_device(e.device())?.f_reshape([] as [i64; 0])?;
+    let tn = Tensor::f_from_slice(&[map.target_norm])?
+        .f_to_device(e.device())?
+        .f_reshape([] as [i64; 0])?;
     normalise_to(&e, &tn)
 }
 
 impl Engine {
     /// Feeds projected embeddings `[D]`, `[n, D]` or `[1, n, D]` into a fresh
     /// cache and returns a context of this model (the SDK's KV priming).
-    pub fn prime_with_embeddings(&self, embeds: &Tensor, num_steps: usize) -> Result<LatentContext> {
+    pub fn prime_with_embeddings(
+        &self,
+        embeds: &Tensor,
+        num_steps: usize,
+    ) -> Result<LatentContext> {
         let _guard = tch::no_grad_guard();
         let d = to_i64(self.config().decoder.hidden_size)?;
-        let e = embeds.f_reshape([1, -1, d])?.f_to_device(self.model().device())?.f_to_kind(self.model().kind())?;
+        let e = embeds
+            .f_reshape([1, -1, d])?
+            .f_to_device(self.model().device())?
+            .f_to_kind(self.model().kind())?;
         let n = usize::try_from(e.size().get(1).copied().unwrap_or(0)).unwrap_or(0);
         let mut cache = self.model().new_cache(n)?;
         let h = self.model().forward(Input::Embeds(&e), &mut cache)?;
@@ -199,17 +232,32 @@ impl ProjectionMap {
         let tn = self.target_norm.to_le_bytes().to_vec();
         let si = i64_bytes(&self.src_indices);
         let ti = i64_bytes(&self.tgt_indices);
-        let err = |e: safetensors::SafeTensorError| EngineError::InvalidArgument(format!("map file: {e}"));
-        let mut views =
-            vec![("target_norm", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &tn).map_err(err)?)];
+        let err = |e: safetensors::SafeTensorError| {
+            EngineError::InvalidArgument(format!("map file: {e}"))
+        };
+        let mut views = vec![(
+            "target_norm",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &tn)
+                .map_err(err)?,
+        )];
         if self.method == ProjectionMethod::VocabOverlap {
             views.push((
                 "src_indices",
-                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![self.src_indices.len()], &si).map_err(err)?,
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::I64,
+                    vec![self.src_indices.len()],
+                    &si,
+                )
+                .map_err(err)?,
             ));
             views.push((
                 "tgt_indices",
-                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![self.tgt_indices.len()], &ti).map_err(err)?,
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::I64,
+                    vec![self.tgt_indices.len()],
+                    &ti,
+                )
+                .map_err(err)?,
             ));
         }
         let meta: HashMap<String, String> = [
@@ -238,11 +286,19 @@ impl ProjectionMap {
     /// Reads and validates a map file.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let bad = |m: String| EngineError::Config { path: path.to_path_buf(), message: m };
+        let bad = |m: String| EngineError::Config {
+            path: path.to_path_buf(),
+            message: m,
+        };
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
-        let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata lacks {k}")));
+        let get = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("metadata lacks {k}")))
+        };
         if get("format")? != "avp-map" || get("version")? != "1" {
             return Err(bad("not an avp-map version 1 file".into()));
         }
@@ -251,7 +307,11 @@ impl ProjectionMap {
             "vocab_overlap" => ProjectionMethod::VocabOverlap,
             other => return Err(bad(format!("method {other:?}"))),
         };
-        let num = |k: &str| get(k)?.parse::<usize>().map_err(|_| bad(format!("{k} is not a count")));
+        let num = |k: &str| {
+            get(k)?
+                .parse::<usize>()
+                .map_err(|_| bad(format!("{k} is not a count")))
+        };
         let tn_view = st.tensor("target_norm").map_err(|e| bad(e.to_string()))?;
         let tn: [u8; 4] = tn_view
             .data()
@@ -264,7 +324,10 @@ impl ProjectionMap {
             if v.dtype() != safetensors::Dtype::I64 || v.shape().len() != 1 {
                 return Err(bad(format!("{name} must be I64 [N]")));
             }
-            Ok(v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+            Ok(v.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect())
         };
         let (src_indices, tgt_indices) = if method == ProjectionMethod::VocabOverlap {
             let (s, t) = (idx("src_indices")?, idx("tgt_indices")?);
@@ -282,7 +345,9 @@ impl ProjectionMap {
             source_dim: num("source_dim")?,
             target_dim: num("target_dim")?,
             overlap_count: num("overlap_count")?,
-            overlap_ratio: get("overlap_ratio")?.parse().map_err(|_| bad("overlap_ratio".into()))?,
+            overlap_ratio: get("overlap_ratio")?
+                .parse()
+                .map_err(|_| bad("overlap_ratio".into()))?,
             src_indices,
             tgt_indices,
             target_norm: f32::from_le_bytes(tn),

@@ -18,6 +18,20 @@ use tokenizers::Tokenizer;
 
 use crate::error::{EngineError, Result, io_err};
 
+/// The split pattern of transformers' `Qwen2Tokenizer` pre-tokenizer (digits
+/// one by one), followed there by a byte-level step without its own regex.
+pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn qwen2_pre_tokenizer() -> serde_json::Value {
+    serde_json::json!({
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT_REGEX}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]
+    })
+}
+
 /// A model's tokenizer plus its chat template and special tokens.
 pub struct PromptFormat {
     tokenizer: Tokenizer,
@@ -29,7 +43,9 @@ pub struct PromptFormat {
 
 impl std::fmt::Debug for PromptFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PromptFormat").field("has_template", &self.template.is_some()).finish()
+        f.debug_struct("PromptFormat")
+            .field("has_template", &self.template.is_some())
+            .finish()
     }
 }
 
@@ -44,16 +60,35 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
 
 impl PromptFormat {
     /// Loads `tokenizer.json`, `tokenizer_config.json` and an optional
-    /// `chat_template.jinja` from a model directory.
-    pub fn from_dir(dir: &Path) -> Result<Self> {
+    /// `chat_template.jinja` from a model directory. `model_type` selects
+    /// the tokenizer class transformers would use (see [`QWEN2_SPLIT_REGEX`]).
+    pub fn from_dir(dir: &Path, model_type: &str) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        let text = std::fs::read_to_string(&tok_path).map_err(io_err(&tok_path))?;
+        let tok_err = |e: &dyn std::fmt::Display| {
+            EngineError::Tokenizer(format!("{}: {e}", tok_path.display()))
+        };
+        let tokenizer: Tokenizer = if model_type == "qwen2" {
+            // transformers 5 loads model_type qwen2 with Qwen2Tokenizer, which
+            // replaces the file's normalizer and pre-tokenizer with its own
+            // (a no-op for real Qwen2 checkpoints, whose files already say so).
+            let mut json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| tok_err(&e))?;
+            if let Some(obj) = json.as_object_mut() {
+                obj.insert("normalizer".into(), serde_json::json!({"type": "NFC"}));
+                obj.insert("pre_tokenizer".into(), qwen2_pre_tokenizer());
+            }
+            json.to_string().parse().map_err(|e| tok_err(&e))?
+        } else {
+            text.parse().map_err(|e| tok_err(&e))?
+        };
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.is_file() {
             let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-            serde_json::from_str(&text)
-                .map_err(|e| EngineError::Config { path: cfg_path.clone(), message: e.to_string() })?
+            serde_json::from_str(&text).map_err(|e| EngineError::Config {
+                path: cfg_path.clone(),
+                message: e.to_string(),
+            })?
         } else {
             serde_json::Value::Null
         };
@@ -80,7 +115,10 @@ impl PromptFormat {
             template: template.filter(|t| !t.is_empty()),
             bos_token: token_string(cfg.get("bos_token")),
             eos_token: token_string(cfg.get("eos_token")),
-            clean_up_spaces: cfg.get("clean_up_tokenization_spaces").and_then(|v| v.as_bool()).unwrap_or(false),
+            clean_up_spaces: cfg
+                .get("clean_up_tokenization_spaces")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
         })
     }
 
@@ -100,16 +138,32 @@ impl PromptFormat {
             return Ok(format!("<|user|>\n{prompt}\n</|user|>\n<|assistant|>"));
         };
         let mut env = minijinja::Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", strftime_now);
-        env.add_template("chat", template).map_err(|e| EngineError::Template(e.to_string()))?;
-        let tpl = env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
-        let messages = vec![HashMap::from([("role", "user"), ("content", prompt)])];
+        env.add_template("chat", template)
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        let tpl = env
+            .get_template("chat")
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        let messages = vec![HashMap::from([
+            ("role", "user".to_owned()),
+            ("content", prompt.to_owned()),
+        ])];
         tpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => true,
@@ -121,7 +175,10 @@ impl PromptFormat {
 
     /// Token ids of `text`, without special tokens (`add_special_tokens=False`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -130,15 +187,24 @@ impl PromptFormat {
         let text = self.render(prompt)?;
         let ids = self.encode(&text)?;
         if ids.is_empty() {
-            return Err(EngineError::InvalidArgument("the prompt renders to zero tokens".into()));
+            return Err(EngineError::InvalidArgument(
+                "the prompt renders to zero tokens".into(),
+            ));
         }
         Ok(ids)
     }
 
     /// Text of generated ids, skipping special tokens (as the SDK decodes).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text = self.tokenizer.decode(ids, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
+        let text = self
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(if self.clean_up_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
     }
 
     /// The vocabulary `{token string: id}` including added tokens.
@@ -167,10 +233,23 @@ fn strftime_now(fmt: String) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-        "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
-    let name = MONTHS.get(usize::try_from(month - 1).unwrap_or(0)).copied().unwrap_or("January");
+    let name = MONTHS
+        .get(usize::try_from(month - 1).unwrap_or(0))
+        .copied()
+        .unwrap_or("January");
     let mut out = String::new();
     let mut chars = fmt.chars();
     while let Some(c) = chars.next() {

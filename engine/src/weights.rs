@@ -39,11 +39,17 @@ pub(crate) fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| EngineError::Config { path: index.clone(), message: e.to_string() })?;
-    let map = json.get("weight_map").and_then(serde_json::Value::as_object).ok_or_else(|| {
-        EngineError::Config { path: index.clone(), message: "no weight_map object".into() }
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Config {
+        path: index.clone(),
+        message: e.to_string(),
     })?;
+    let map = json
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| EngineError::Config {
+            path: index.clone(),
+            message: "no weight_map object".into(),
+        })?;
     let mut files: Vec<String> = Vec::new();
     for v in map.values() {
         let name = v.as_str().ok_or_else(|| EngineError::Config {
@@ -88,8 +94,14 @@ impl Weights {
                     .iter()
                     .map(|&d| i64::try_from(d))
                     .collect::<Result<_, _>>()
-                    .map_err(|_| EngineError::BadWeight { name: name.clone(), message: "shape overflows".into() })?;
-                let numel = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                    .map_err(|_| EngineError::BadWeight {
+                        name: name.clone(),
+                        message: "shape overflows".into(),
+                    })?;
+                let numel = view
+                    .shape()
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d));
                 let expected = numel.and_then(|n| n.checked_mul(src_kind.elt_size_in_bytes()));
                 if expected != Some(view.data().len()) {
                     return Err(EngineError::BadWeight {
@@ -107,31 +119,37 @@ impl Weights {
 
     /// Takes a tensor out, checking its shape.
     pub(crate) fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.remove(name).ok_or_else(|| EngineError::MissingWeight(name.to_owned()))?;
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| EngineError::MissingWeight(name.to_owned()))?;
         check_shape(name, &t, shape)?;
         Ok(t)
-    }
-
-    /// Takes a tensor if present (optional biases, untied lm_head).
-    pub(crate) fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.tensors.contains_key(name) { self.take(name, shape).map(Some) } else { Ok(None) }
     }
 }
 
 pub(crate) fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     let got = t.size();
     let same = got.len() == shape.len()
-        && got.iter().zip(shape).all(|(&g, &s)| usize::try_from(g).ok() == Some(s));
+        && got
+            .iter()
+            .zip(shape)
+            .all(|(&g, &s)| usize::try_from(g).ok() == Some(s));
     if same {
         Ok(())
     } else {
-        Err(EngineError::BadWeight { name: name.to_owned(), message: format!("shape {got:?}, expected {shape:?}") })
+        Err(EngineError::BadWeight {
+            name: name.to_owned(),
+            message: format!("shape {got:?}, expected {shape:?}"),
+        })
     }
 }
 
 impl Weights {
     /// Wraps tensors made elsewhere (random initialisation).
     pub(crate) fn from_tensors(list: Vec<(String, Tensor)>) -> Self {
-        Self { tensors: list.into_iter().collect() }
+        Self {
+            tensors: list.into_iter().collect(),
+        }
     }
 }

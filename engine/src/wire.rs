@@ -98,7 +98,10 @@ fn bytes_field(out: &mut Vec<u8>, field: u64, data: &[u8]) {
 /// Encodes one uncompressed message: header, metadata, tensor bytes.
 pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
     let mut m = Vec::new();
-    for (field, v) in [(5u64, u64::from(meta.hidden_dim)), (6, u64::from(meta.num_layers))] {
+    for (field, v) in [
+        (5u64, u64::from(meta.hidden_dim)),
+        (6, u64::from(meta.num_layers)),
+    ] {
         if v != 0 {
             varint(&mut m, field << 3);
             varint(&mut m, v);
@@ -127,11 +130,20 @@ pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
     }
     varint(&mut m, 15 << 3);
     varint(&mut m, u64::from(crc32(tensor)));
-    let total = m.len().checked_add(tensor.len()).and_then(|t| u32::try_from(t).ok());
+    let total = m
+        .len()
+        .checked_add(tensor.len())
+        .and_then(|t| u32::try_from(t).ok());
     let (Some(total), Ok(meta_len)) = (total, u32::try_from(m.len())) else {
-        return Err(EngineError::InvalidArgument("message larger than 4 GiB".into()));
+        return Err(EngineError::InvalidArgument(
+            "message larger than 4 GiB".into(),
+        ));
     };
-    let flags: u8 = if meta.payload == PayloadKind::KvCache { 0x04 } else { 0 };
+    let flags: u8 = if meta.payload == PayloadKind::KvCache {
+        0x04
+    } else {
+        0
+    };
     let mut out = Vec::with_capacity(12 + total as usize);
     out.extend_from_slice(&[0x41, 0x56, 1, flags]);
     out.extend_from_slice(&total.to_le_bytes());
@@ -147,7 +159,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let (&b, rest) = self.0.split_first().ok_or_else(|| bad("truncated varint"))?;
+            let (&b, rest) = self
+                .0
+                .split_first()
+                .ok_or_else(|| bad("truncated varint"))?;
             self.0 = rest;
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
@@ -183,7 +198,9 @@ pub struct WireMessage<'a> {
 
 /// Decodes an uncompressed message, verifying length fields and checksum.
 pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
-    let header = bytes.get(..12).ok_or_else(|| bad("shorter than the 12-byte header"))?;
+    let header = bytes
+        .get(..12)
+        .ok_or_else(|| bad("shorter than the 12-byte header"))?;
     if header.get(..2) != Some(&[0x41, 0x56][..]) {
         return Err(bad("bad magic"));
     }
@@ -191,7 +208,9 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
         return Err(bad("unsupported version"));
     }
     if header.get(3).is_some_and(|f| f & 1 != 0) {
-        return Err(EngineError::Unsupported("compressed messages (needs the codec crate)".into()));
+        return Err(EngineError::Unsupported(
+            "compressed messages (needs the codec crate)".into(),
+        ));
     }
     let le = |r: std::ops::Range<usize>| -> u32 {
         let mut a = [0u8; 4];
@@ -233,7 +252,10 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
                             _ => return Err(bad("unsupported payload type")),
                         }
                     }
-                    8 => meta.dtype = WireDtype::from_code(v).ok_or_else(|| bad("unsupported dtype"))?,
+                    8 => {
+                        meta.dtype =
+                            WireDtype::from_code(v).ok_or_else(|| bad("unsupported dtype"))?
+                    }
                     9 => meta.tensor_shape.push(v as u32),
                     15 => checksum = Some(v as u32),
                     _ => {}
@@ -256,8 +278,13 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
                             return Err(bad("malformed extra entry"));
                         }
                         let len = e.varint()?;
-                        let s = std::str::from_utf8(e.take(len)?).map_err(|_| bad("extra is not UTF-8"))?;
-                        if key >> 3 == 1 { k = s.to_owned() } else { v = s.to_owned() }
+                        let s = std::str::from_utf8(e.take(len)?)
+                            .map_err(|_| bad("extra is not UTF-8"))?;
+                        if key >> 3 == 1 {
+                            k = s.to_owned()
+                        } else {
+                            v = s.to_owned()
+                        }
                     }
                     meta.extra.insert(k, v);
                 }
@@ -285,13 +312,21 @@ fn crc32(data: &[u8]) -> u32 {
     for (i, slot) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
         *slot = c;
     }
     let mut crc = !0u32;
     for &b in data {
-        crc = table.get(((crc ^ u32::from(b)) & 0xff) as usize).copied().unwrap_or(0) ^ (crc >> 8);
+        crc = table
+            .get(((crc ^ u32::from(b)) & 0xff) as usize)
+            .copied()
+            .unwrap_or(0)
+            ^ (crc >> 8);
     }
     !crc
 }
@@ -315,7 +350,15 @@ impl KvHeader {
     /// The 17 header bytes.
     pub fn to_bytes(&self) -> [u8; KV_HEADER_LEN] {
         let mut b = [0u8; KV_HEADER_LEN];
-        for (i, v) in [self.num_layers, self.num_kv_heads, self.head_dim, self.seq_len].iter().enumerate() {
+        for (i, v) in [
+            self.num_layers,
+            self.num_kv_heads,
+            self.head_dim,
+            self.seq_len,
+        ]
+        .iter()
+        .enumerate()
+        {
             if let Some(s) = b.get_mut(i * 4..i * 4 + 4) {
                 s.copy_from_slice(&v.to_le_bytes());
             }
@@ -328,7 +371,9 @@ impl KvHeader {
 
     /// Parses the header; unknown dtype bytes are refused.
     pub fn parse(payload: &[u8]) -> Result<Self> {
-        let h = payload.get(..KV_HEADER_LEN).ok_or_else(|| bad("KV payload shorter than its 17-byte header"))?;
+        let h = payload
+            .get(..KV_HEADER_LEN)
+            .ok_or_else(|| bad("KV payload shorter than its 17-byte header"))?;
         let u = |i: usize| -> u32 {
             let mut a = [0u8; 4];
             if let Some(s) = h.get(i * 4..i * 4 + 4) {
@@ -336,8 +381,17 @@ impl KvHeader {
             }
             u32::from_le_bytes(a)
         };
-        let dtype = h.get(16).and_then(|&b| WireDtype::from_code(u64::from(b))).ok_or_else(|| bad("unknown KV dtype byte"))?;
-        Ok(Self { num_layers: u(0), num_kv_heads: u(1), head_dim: u(2), seq_len: u(3), dtype })
+        let dtype = h
+            .get(16)
+            .and_then(|&b| WireDtype::from_code(u64::from(b)))
+            .ok_or_else(|| bad("unknown KV dtype byte"))?;
+        Ok(Self {
+            num_layers: u(0),
+            num_kv_heads: u(1),
+            head_dim: u(2),
+            seq_len: u(3),
+            dtype,
+        })
     }
 
     /// Bytes of one K (or V) tensor, checked.

@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 pub(crate) fn run() -> ExitCode {
-    let engine = if cfg!(feature = "engine") { "engine" } else { "no-engine" };
+    let engine = if cfg!(feature = "engine") {
+        "engine"
+    } else {
+        "no-engine"
+    };
     println!("avp {} ({engine})", env!("CARGO_PKG_VERSION"));
     ExitCode::SUCCESS
 }
