@@ -7,6 +7,8 @@ cd "$root"
 bash scripts/setup-venv.sh
 export PATH="$root/.venv/bin:$PATH"
 
+echo "== conformance vectors (regenerated with the SDK, diffed)"
+bash conformance/gen/check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

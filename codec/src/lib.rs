@@ -3,4 +3,50 @@
 //! Sans-I/O and dependency-light so that it can be embedded in a router that
 //! never touches a GPU: no panics on any input, every declared length checked
 //! before anything is sliced or allocated.
+//!
+//! - [`peek`]: header and metadata only, cost independent of the tensor size.
+//! - [`decode`] / [`decode_with`]: zero-copy (the payload borrows the input
+//!   unless it was compressed), checksum verified, limits enforced,
+//!   compatible or strict mode ([`DecodeOptions`]), warnings returned.
+//! - [`StreamDecoder`]: feed bytes, get [`Status::NeedMore`] / [`Status::Complete`].
+//! - [`encode`]: byte-identical to the SDK's `encode()`.
+//! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 #![forbid(unsafe_code)]
+#![warn(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+
+mod compress;
+mod decode;
+mod encode;
+mod error;
+mod header;
+mod limits;
+mod metadata;
+mod proto;
+mod stream;
+
+pub mod json;
+pub mod kv;
+pub mod tensor;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use compress::Compression;
+pub use decode::{DecodeOptions, Message, Peeked, Warning, decode, decode_with, peek, peek_with};
+pub use encode::{encode, encoded_len, flags_for};
+pub use error::{Error, ErrorKind};
+pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
+pub use limits::Limits;
+pub use metadata::{DataType, Metadata, Mode, PayloadType};
+pub use stream::{Status, StreamDecoder};
+
+#[cfg(feature = "bytes")]
+mod owned;
+#[cfg(feature = "bytes")]
+pub use owned::{OwnedMessage, decode_bytes};

@@ -1,0 +1,94 @@
+//! Codec benchmarks (BENCHMARKS.md `## Codec`): `peek` on small and 256 MiB
+//! messages, small-message decode, 256 MiB KV decode+verify, and encode.
+//!
+//! Run: `cargo bench -p avp-codec --bench codec`. `AVP_BENCH_KV_MIB` changes
+//! the large message size (default 256).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::borrow::Cow;
+use std::hint::black_box;
+
+use avp_codec::kv::{KvDtype, KvHeader, write_kv_cache};
+use avp_codec::{Compression, DataType, Metadata, PayloadType, decode, encode, peek};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+fn small_message() -> Vec<u8> {
+    let mut m = Metadata {
+        session_id: Cow::Borrowed("sess-0123456789"),
+        source_agent_id: Cow::Borrowed("agent-a"),
+        target_agent_id: Cow::Borrowed("agent-b"),
+        model_id: Cow::Borrowed("Qwen/Qwen2.5-0.5B-Instruct"),
+        hidden_dim: 896,
+        num_layers: 24,
+        dtype: DataType::Float32,
+        tensor_shape: vec![1, 896],
+        ..Metadata::default()
+    };
+    m.extra.insert(Cow::Borrowed("k"), Cow::Borrowed("v"));
+    let tensor: Vec<u8> = (0..896u32)
+        .flat_map(|i| (i as f32 * 0.001).to_le_bytes())
+        .collect();
+    encode(&m, &tensor, Compression::None).unwrap()
+}
+
+/// A KV cache of about `mib` MiB (f16, 8 heads, head_dim 64, 24 layers).
+pub fn kv_message(mib: usize) -> (Metadata<'static>, Vec<u8>) {
+    let per_token = 24 * 2 * 8 * 64 * 2;
+    let seq_len = (mib << 20) / per_token;
+    let h = KvHeader {
+        num_layers: 24,
+        num_kv_heads: 8,
+        head_dim: 64,
+        seq_len: seq_len as u32,
+        dtype: KvDtype::Float16,
+    };
+    let per = h.tensor_bytes().unwrap() as usize;
+    let tensor: Vec<u8> = (0..per).map(|i| (i * 31 % 251) as u8).collect();
+    let kv = write_kv_cache(&h, (0..24).map(|_| (tensor.as_slice(), tensor.as_slice()))).unwrap();
+    let m = Metadata {
+        model_id: Cow::Borrowed("bench"),
+        num_layers: 24,
+        payload_type: PayloadType::KvCache,
+        dtype: DataType::Float16,
+        ..Metadata::default()
+    };
+    (m, kv)
+}
+
+fn benches(c: &mut Criterion) {
+    let mib: usize = std::env::var("AVP_BENCH_KV_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let small = small_message();
+    let (meta, kv) = kv_message(mib);
+    let big = encode(&meta, &kv, Compression::None).unwrap();
+
+    let mut g = c.benchmark_group("peek");
+    g.bench_function("small", |b| b.iter(|| peek(black_box(&small)).unwrap()));
+    g.bench_function(format!("kv_{mib}MiB"), |b| {
+        b.iter(|| peek(black_box(&big)).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_function("small", |b| b.iter(|| decode(black_box(&small)).unwrap()));
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.sample_size(10);
+    g.bench_function(format!("kv_{mib}MiB_verify"), |b| {
+        b.iter(|| decode(black_box(&big)).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.sample_size(10);
+    g.bench_function(format!("kv_{mib}MiB"), |b| {
+        b.iter(|| encode(black_box(&meta), black_box(&kv), Compression::None).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(codec, benches);
+criterion_main!(codec);

@@ -1,0 +1,400 @@
+//! `peek` and `decode` (AVP-WIRE-5 .. AVP-WIRE-21).
+//!
+//! Checks run in a fixed order, the same for one-shot and incremental
+//! decoding: header (magic, version), limits, `metadata_length` against
+//! `payload_length`, metadata presence, metadata parse, tensor presence,
+//! then the compatible/strict checks, decompression and the checksum.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::error::{Error, ErrorKind};
+use crate::header::{Flags, HEADER_LEN, Header};
+use crate::limits::Limits;
+use crate::metadata::{Metadata, PayloadType};
+
+/// How to decode.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Reject what compatible mode only warns about (AVP-WIRE-20).
+    pub strict: bool,
+    /// Verify `payload_checksum` when present (AVP-WIRE-15). On by default;
+    /// turning it off is for benchmarks and forensic tools only.
+    pub verify_checksum: bool,
+    /// Decoder limits (spec/limits.md).
+    pub limits: Limits,
+}
+
+impl DecodeOptions {
+    /// Compatible mode, checksum verified, default limits.
+    pub const DEFAULT: DecodeOptions = DecodeOptions {
+        strict: false,
+        verify_checksum: true,
+        limits: Limits::DEFAULT,
+    };
+
+    /// Strict mode with default limits.
+    pub fn strict() -> Self {
+        DecodeOptions {
+            strict: true,
+            ..Self::DEFAULT
+        }
+    }
+
+    /// Sets strict mode.
+    pub fn with_strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// Sets the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets checksum verification.
+    pub fn with_verify_checksum(mut self, verify: bool) -> Self {
+        self.verify_checksum = verify;
+        self
+    }
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Something compatible mode accepted that strict mode rejects (AVP-WIRE-20).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// Bytes after the declared end of the message (AVP-WIRE-20a).
+    TrailingBytes {
+        /// How many.
+        count: u64,
+    },
+    /// Flag bits v1 does not define (AVP-WIRE-20b).
+    UnknownFlagBits {
+        /// The unknown bits.
+        bits: u8,
+    },
+    /// A header flag disagrees with the metadata (AVP-WIRE-20c).
+    FlagConflict {
+        /// `compressed`, `has_map` or `kv_cache`.
+        flag: &'static str,
+        /// Whether the header bit is set.
+        flag_set: bool,
+        /// What the metadata says.
+        detail: String,
+    },
+    /// `tensor_shape` times the element size is not the tensor byte count (AVP-WIRE-20d).
+    ShapeSizeMismatch {
+        /// Bytes `tensor_shape` and `dtype` imply (saturating).
+        expected: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// Bytes after the first zstd frame, which the SDK ignores (AVP-WIRE-20e).
+    TrailingCompressedBytes {
+        /// How many.
+        count: u64,
+    },
+    /// The KV inner header disagrees with the payload or the metadata (AVP-KV-6).
+    KvInconsistent {
+        /// What disagrees.
+        detail: String,
+    },
+}
+
+impl Warning {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Warning::TrailingBytes { .. } => "trailing_bytes",
+            Warning::UnknownFlagBits { .. } => "unknown_flag_bits",
+            Warning::FlagConflict { .. } => "flag_conflict",
+            Warning::ShapeSizeMismatch { .. } => "shape_size_mismatch",
+            Warning::TrailingCompressedBytes { .. } => "trailing_compressed_bytes",
+            Warning::KvInconsistent { .. } => "kv_inconsistent",
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::TrailingBytes { count } => {
+                write!(f, "{count} trailing bytes after the message")
+            }
+            Warning::UnknownFlagBits { bits } => write!(f, "unknown flag bits 0x{bits:02x}"),
+            Warning::FlagConflict {
+                flag,
+                flag_set,
+                detail,
+            } => {
+                let state = if *flag_set { "set" } else { "clear" };
+                write!(f, "flag {flag} is {state} but {detail}")
+            }
+            Warning::ShapeSizeMismatch { expected, actual } => write!(
+                f,
+                "tensor_shape implies {expected} tensor bytes, message has {actual}"
+            ),
+            Warning::TrailingCompressedBytes { count } => {
+                write!(f, "{count} bytes after the zstd frame ignored")
+            }
+            Warning::KvInconsistent { detail } => write!(f, "KV cache: {detail}"),
+        }
+    }
+}
+
+/// Collects warnings, or turns the first into an error in strict mode.
+pub(crate) struct Warnings {
+    strict: bool,
+    pub(crate) list: Vec<Warning>,
+}
+
+impl Warnings {
+    pub(crate) fn new(strict: bool) -> Self {
+        Warnings {
+            strict,
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, w: Warning) -> Result<(), Error> {
+        if self.strict {
+            return Err(Error::new(
+                ErrorKind::Inconsistent,
+                format!("strict mode: {w}"),
+            ));
+        }
+        self.list.push(w);
+        Ok(())
+    }
+}
+
+/// Header and metadata of a message, read without touching the tensor bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked<'a> {
+    /// The header.
+    pub header: Header,
+    /// The metadata (strings borrow from the input).
+    pub metadata: Metadata<'a>,
+}
+
+impl Peeked<'_> {
+    /// Bytes the whole message occupies: 12 + `payload_length`.
+    pub fn message_len(&self) -> u64 {
+        self.header.message_len()
+    }
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// The header as received.
+    pub header: Header,
+    /// The metadata as received.
+    pub metadata: Metadata<'a>,
+    /// The (decompressed) tensor bytes: a slice of the input unless the
+    /// message was compressed.
+    pub payload: Cow<'a, [u8]>,
+    /// What compatible mode accepted (always empty in strict mode).
+    pub warnings: Vec<Warning>,
+}
+
+impl Message<'_> {
+    /// Whether the tensor bytes were zstd-compressed on the wire (the header
+    /// bit decides, as in the SDK: AVP-WIRE-16).
+    pub fn was_compressed(&self) -> bool {
+        self.header.flags.compressed()
+    }
+
+    /// A copy that owns everything.
+    pub fn into_owned(self) -> Message<'static> {
+        Message {
+            header: self.header,
+            metadata: self.metadata.into_owned(),
+            payload: Cow::Owned(self.payload.into_owned()),
+            warnings: self.warnings,
+        }
+    }
+}
+
+/// Header checks that need only the 12 header bytes (AVP-WIRE-2/3/7, AVP-LIM-1/2).
+pub(crate) fn check_header(input: &[u8], limits: &Limits) -> Result<Header, Error> {
+    let header = Header::parse(input)?;
+    if header.metadata_length > limits.max_metadata_len {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "metadata_length {} exceeds the limit of {}",
+                header.metadata_length, limits.max_metadata_len
+            ),
+        ));
+    }
+    if header.payload_length > limits.max_payload_len {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "payload_length {} exceeds the limit of {}",
+                header.payload_length, limits.max_payload_len
+            ),
+        ));
+    }
+    if header.metadata_length > header.payload_length {
+        return Err(Error::new(
+            ErrorKind::Truncated,
+            format!(
+                "metadata_length {} exceeds payload_length {}: the metadata runs past the payload",
+                header.metadata_length, header.payload_length
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// The metadata bytes, once the header is checked.
+fn metadata_bytes<'a>(input: &'a [u8], header: &Header) -> Result<&'a [u8], Error> {
+    let end = HEADER_LEN.saturating_add(header.metadata_length as usize);
+    input
+        .get(HEADER_LEN..end)
+        .ok_or_else(|| Error::truncated("metadata", end as u64, input.len() as u64))
+}
+
+/// Reads header and metadata only (AVP-WIRE-21). Needs just the first
+/// `12 + metadata_length` bytes; its cost does not depend on the tensor size.
+pub fn peek(input: &[u8]) -> Result<Peeked<'_>, Error> {
+    peek_with(input, &DecodeOptions::DEFAULT)
+}
+
+/// [`peek`] with options (limits apply; strict mode is not consulted because
+/// its checks need the whole message).
+pub fn peek_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Peeked<'a>, Error> {
+    let header = check_header(input, &opts.limits)?;
+    let metadata = Metadata::parse(metadata_bytes(input, &header)?, &opts.limits)?;
+    Ok(Peeked { header, metadata })
+}
+
+/// Decodes a whole message in compatible mode with the default limits.
+pub fn decode(input: &[u8]) -> Result<Message<'_>, Error> {
+    decode_with(input, &DecodeOptions::DEFAULT)
+}
+
+/// Decodes a whole message.
+pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<'a>, Error> {
+    let Peeked { header, metadata } = peek_with(input, opts)?;
+    let end = header.message_len();
+    if (input.len() as u64) < end {
+        return Err(Error::truncated("message", end, input.len() as u64));
+    }
+    let mut warnings = Warnings::new(opts.strict);
+    let trailing = (input.len() as u64).saturating_sub(end);
+    if trailing > 0 {
+        warnings.push(Warning::TrailingBytes { count: trailing })?;
+    }
+    check_flags(header.flags, &metadata, &mut warnings)?;
+    let start = HEADER_LEN.saturating_add(header.metadata_length as usize);
+    let stored = input.get(start..end as usize).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            "tensor range out of bounds after length checks",
+        )
+    })?;
+    let payload: Cow<'a, [u8]> = if header.flags.compressed() {
+        Cow::Owned(crate::compress::decompress(
+            stored,
+            &opts.limits,
+            &mut warnings,
+        )?)
+    } else {
+        Cow::Borrowed(stored)
+    };
+    if opts.verify_checksum {
+        if let Some(expected) = metadata.payload_checksum {
+            let actual = crc32fast::hash(&payload);
+            if actual != expected {
+                return Err(Error::new(
+                    ErrorKind::ChecksumMismatch,
+                    format!(
+                        "payload checksum 0x{expected:08x} in metadata, tensor bytes give 0x{actual:08x}"
+                    ),
+                ));
+            }
+        }
+    }
+    check_shape(&metadata, payload.len(), &mut warnings)?;
+    Ok(Message {
+        header,
+        metadata,
+        payload,
+        warnings: warnings.list,
+    })
+}
+
+/// AVP-WIRE-20b/c: unknown bits and flag/metadata agreement.
+fn check_flags(flags: Flags, m: &Metadata<'_>, w: &mut Warnings) -> Result<(), Error> {
+    if flags.unknown_bits() != 0 {
+        w.push(Warning::UnknownFlagBits {
+            bits: flags.unknown_bits(),
+        })?;
+    }
+    let compression = m.compression.as_deref();
+    let agrees = matches!(
+        (flags.compressed(), compression),
+        (true, Some("zstd")) | (false, None)
+    );
+    if !agrees {
+        let detail = match compression {
+            Some(c) => format!("metadata compression is {c:?}"),
+            None => "metadata has no compression".to_owned(),
+        };
+        w.push(Warning::FlagConflict {
+            flag: "compressed",
+            flag_set: flags.compressed(),
+            detail,
+        })?;
+    }
+    if flags.has_map() == m.avp_map_id.is_empty() {
+        let detail = if m.avp_map_id.is_empty() {
+            "avp_map_id is empty"
+        } else {
+            "avp_map_id is set"
+        };
+        w.push(Warning::FlagConflict {
+            flag: "has_map",
+            flag_set: flags.has_map(),
+            detail: detail.to_owned(),
+        })?;
+    }
+    if flags.kv_cache() != (m.payload_type == PayloadType::KvCache) {
+        w.push(Warning::FlagConflict {
+            flag: "kv_cache",
+            flag_set: flags.kv_cache(),
+            detail: format!("payload_type is {}", m.payload_type.name()),
+        })?;
+    }
+    Ok(())
+}
+
+/// AVP-WIRE-20d: a non-empty `tensor_shape` must account for every tensor byte.
+fn check_shape(m: &Metadata<'_>, actual: usize, w: &mut Warnings) -> Result<(), Error> {
+    if m.tensor_shape.is_empty() {
+        return Ok(());
+    }
+    let elements = m
+        .tensor_shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+    let expected = elements.and_then(|e| e.checked_mul(m.dtype.element_size() as u64));
+    if expected != Some(actual as u64) {
+        w.push(Warning::ShapeSizeMismatch {
+            expected: expected.unwrap_or(u64::MAX),
+            actual: actual as u64,
+        })?;
+    }
+    Ok(())
+}

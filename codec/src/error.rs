@@ -1,0 +1,118 @@
+//! The codec's one error type (spec/errors.md).
+//!
+//! Every failure carries an [`ErrorKind`] whose [`ErrorKind::as_str`] is the
+//! exact string the CLI and the conformance suite use (AVP-ERR-1). Peer
+//! faults (the bytes are bad), API misuse (the caller asked for something
+//! impossible) and our own bugs are different kinds, so a router can tell
+//! "reject the message" apart from "fix the caller".
+
+use std::fmt;
+
+/// What went wrong, as a closed vocabulary (AVP-ERR-1).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The first two bytes are not `0x41 0x56` (AVP-WIRE-2).
+    BadMagic,
+    /// The version byte is not 1 (AVP-WIRE-3).
+    UnsupportedVersion,
+    /// The input ends before a length it declares (AVP-WIRE-6, AVP-ERR-2).
+    Truncated,
+    /// The Metadata protobuf is not valid proto3 for the AVP schema (AVP-WIRE-10).
+    MalformedMetadata,
+    /// A dtype, payload type, mode or KV dtype value outside the accepted set (AVP-WIRE-13).
+    UnknownEnum,
+    /// The CRC-32 of the tensor bytes differs from `payload_checksum` (AVP-WIRE-15).
+    ChecksumMismatch,
+    /// The zstd payload could not be decompressed (AVP-WIRE-17).
+    Decompression,
+    /// A decoder limit (spec/limits.md) would be exceeded.
+    LimitExceeded,
+    /// A strict-mode rejection: trailing bytes, unknown flag bits, flag/metadata
+    /// conflict, shape/size mismatch (AVP-WIRE-20).
+    Inconsistent,
+    /// API misuse: the caller asked for something the format cannot express
+    /// (for example a message over 4 GiB). Never caused by received bytes.
+    InvalidArgument,
+    /// A bug in this crate (an invariant did not hold). Please report it.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The exact kind string (AVP-ERR-1), e.g. `"bad_magic"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadMagic => "bad_magic",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::MalformedMetadata => "malformed_metadata",
+            ErrorKind::UnknownEnum => "unknown_enum",
+            ErrorKind::ChecksumMismatch => "checksum_mismatch",
+            ErrorKind::Decompression => "decompression",
+            ErrorKind::LimitExceeded => "limit_exceeded",
+            ErrorKind::Inconsistent => "inconsistent",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// True when the received bytes are at fault (as opposed to the caller or us).
+    pub fn is_peer_fault(self) -> bool {
+        !matches!(self, ErrorKind::InvalidArgument | ErrorKind::Internal)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A codec failure: a typed kind plus a human-readable explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// Builds an error. Errors are rare, so the message is simply owned.
+    #[cold]
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind, whose [`ErrorKind::as_str`] is the stable machine-readable name.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The explanation (for humans; not stable).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    #[cold]
+    pub(crate) fn truncated(what: &str, need: u64, have: u64) -> Self {
+        Error::new(
+            ErrorKind::Truncated,
+            format!("{what}: need {need} bytes, have {have}"),
+        )
+    }
+
+    #[cold]
+    pub(crate) fn malformed(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::MalformedMetadata, what)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,72 @@
+//! Decoder limits (spec/limits.md, AVP-LIM-*).
+//!
+//! Each limit is checked against declared sizes before anything is allocated,
+//! so a hostile header cannot make the decoder reserve memory it will not use.
+
+/// Bounds a decoder enforces; exceeding one gives `limit_exceeded`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted `metadata_length` (AVP-LIM-1). Default 1 MiB.
+    pub max_metadata_len: u32,
+    /// Largest accepted `payload_length` (AVP-LIM-2). Default `u32::MAX` (no limit
+    /// beyond the format's own); a router may lower it.
+    pub max_payload_len: u32,
+    /// Largest decompressed tensor (AVP-LIM-3). Default 1 GiB.
+    pub max_decompressed_len: u64,
+    /// Most `tensor_shape` entries (AVP-LIM-4). Default 32.
+    pub max_shape_rank: usize,
+    /// Most `extra` map entries (AVP-LIM-5). Default 4096.
+    pub max_extra_entries: usize,
+    /// Deepest nesting of unknown protobuf groups (AVP-LIM-6). Default 64.
+    pub max_group_depth: usize,
+}
+
+impl Limits {
+    /// The defaults of spec/limits.md.
+    pub const DEFAULT: Limits = Limits {
+        max_metadata_len: 1 << 20,
+        max_payload_len: u32::MAX,
+        max_decompressed_len: 1 << 30,
+        max_shape_rank: 32,
+        max_extra_entries: 4096,
+        max_group_depth: 64,
+    };
+
+    /// Sets [`Limits::max_metadata_len`].
+    pub fn with_max_metadata_len(mut self, n: u32) -> Self {
+        self.max_metadata_len = n;
+        self
+    }
+    /// Sets [`Limits::max_payload_len`].
+    pub fn with_max_payload_len(mut self, n: u32) -> Self {
+        self.max_payload_len = n;
+        self
+    }
+    /// Sets [`Limits::max_decompressed_len`].
+    pub fn with_max_decompressed_len(mut self, n: u64) -> Self {
+        self.max_decompressed_len = n;
+        self
+    }
+    /// Sets [`Limits::max_shape_rank`].
+    pub fn with_max_shape_rank(mut self, n: usize) -> Self {
+        self.max_shape_rank = n;
+        self
+    }
+    /// Sets [`Limits::max_extra_entries`].
+    pub fn with_max_extra_entries(mut self, n: usize) -> Self {
+        self.max_extra_entries = n;
+        self
+    }
+    /// Sets [`Limits::max_group_depth`].
+    pub fn with_max_group_depth(mut self, n: usize) -> Self {
+        self.max_group_depth = n;
+        self
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}

@@ -1,0 +1,438 @@
+//! The Metadata protobuf (AVP-WIRE-9 .. AVP-WIRE-14): types, parser, writer.
+//!
+//! Parsing borrows every string from the input (no copies); the writer
+//! emits exactly what the SDK's upb serializer emits for the same values:
+//! fields in number order, proto3 defaults omitted, `tensor_shape` packed,
+//! map entries with both key and value, `extra` sorted by key.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::error::{Error, ErrorKind};
+use crate::limits::Limits;
+use crate::proto::{self, Reader, WT_LEN, WT_VARINT};
+
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident, $what:literal { $($(#[$vdoc:meta])* $variant:ident = $value:literal => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[non_exhaustive]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant = $value),+
+        }
+
+        impl $name {
+            /// The value on the wire.
+            pub fn wire_value(self) -> i32 {
+                self as i32
+            }
+
+            /// The accepted value for `v`, or `None` (AVP-WIRE-13: reject unknown values).
+            pub fn from_wire(v: i32) -> Option<Self> {
+                match v {
+                    $($value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// The name used in JSON output and the conformance vectors.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parses [`Self::name`] back.
+            pub fn from_name(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            fn check(raw: i32) -> Result<Self, Error> {
+                Self::from_wire(raw).ok_or_else(|| {
+                    Error::new(ErrorKind::UnknownEnum, format!(concat!("unknown ", $what, " value {}"), raw))
+                })
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// Metadata field 7 (AVP-WIRE-13). The proto also names `EMBEDDING = 2`,
+    /// but the SDK rejects it, so v1 does too.
+    PayloadType, "payload_type" {
+        /// A hidden-state tensor.
+        #[default]
+        HiddenState = 0 => "HIDDEN_STATE",
+        /// A KV cache in the inner format of spec/kv-cache.md.
+        KvCache = 1 => "KV_CACHE",
+    }
+);
+
+wire_enum!(
+    /// Metadata field 8: element type of the tensor bytes (AVP-WIRE-13).
+    DataType, "dtype" {
+        /// IEEE 754 binary32, little-endian.
+        #[default]
+        Float32 = 0 => "FLOAT32",
+        /// IEEE 754 binary16, little-endian.
+        Float16 = 1 => "FLOAT16",
+        /// bfloat16 (upper half of a binary32), little-endian.
+        Bfloat16 = 2 => "BFLOAT16",
+        /// Signed 8-bit integer.
+        Int8 = 3 => "INT8",
+    }
+);
+
+wire_enum!(
+    /// Metadata field 10: the negotiated communication mode (AVP-WIRE-13).
+    Mode, "mode" {
+        /// Latent (tensor) communication.
+        #[default]
+        Latent = 0 => "LATENT",
+        /// JSON fallback (`JSON_MODE` in the proto).
+        Json = 1 => "JSON",
+    }
+);
+
+impl DataType {
+    /// Bytes per element.
+    pub fn element_size(self) -> usize {
+        match self {
+            DataType::Float32 => 4,
+            DataType::Float16 | DataType::Bfloat16 => 2,
+            DataType::Int8 => 1,
+        }
+    }
+}
+
+/// Decoded Metadata. Strings borrow from the message (`Cow::Borrowed`) after
+/// decoding; build one with owned or borrowed strings to encode.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metadata<'a> {
+    /// Field 1.
+    pub session_id: Cow<'a, str>,
+    /// Field 2.
+    pub source_agent_id: Cow<'a, str>,
+    /// Field 3.
+    pub target_agent_id: Cow<'a, str>,
+    /// Field 4.
+    pub model_id: Cow<'a, str>,
+    /// Field 5.
+    pub hidden_dim: u32,
+    /// Field 6.
+    pub num_layers: u32,
+    /// Field 7.
+    pub payload_type: PayloadType,
+    /// Field 8.
+    pub dtype: DataType,
+    /// Field 9 (repeated uint32; packed when written).
+    pub tensor_shape: Vec<u32>,
+    /// Field 10.
+    pub mode: Mode,
+    /// Field 11 (proto3 `optional`). The encoder sets it itself (AVP-WIRE-16).
+    pub compression: Option<Cow<'a, str>>,
+    /// Field 13. Field 12 is reserved.
+    pub avp_map_id: Cow<'a, str>,
+    /// Field 14, `map<string,string>`; written sorted by key (AVP-WIRE-12).
+    pub extra: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// Field 15 (proto3 `optional`): CRC-32 of the uncompressed tensor bytes.
+    /// The encoder computes it itself (AVP-WIRE-15).
+    pub payload_checksum: Option<u32>,
+}
+
+const F_SESSION: u32 = 1;
+const F_SOURCE: u32 = 2;
+const F_TARGET: u32 = 3;
+const F_MODEL: u32 = 4;
+const F_HIDDEN_DIM: u32 = 5;
+const F_NUM_LAYERS: u32 = 6;
+const F_PAYLOAD_TYPE: u32 = 7;
+const F_DTYPE: u32 = 8;
+const F_SHAPE: u32 = 9;
+const F_MODE: u32 = 10;
+const F_COMPRESSION: u32 = 11;
+const F_MAP_ID: u32 = 13;
+const F_EXTRA: u32 = 14;
+const F_CHECKSUM: u32 = 15;
+
+fn utf8<'a>(bytes: &'a [u8], field: &str) -> Result<Cow<'a, str>, Error> {
+    std::str::from_utf8(bytes)
+        .map(Cow::Borrowed)
+        .map_err(|_| Error::malformed(format!("{field}: string is not valid UTF-8")))
+}
+
+impl<'a> Metadata<'a> {
+    /// Parses a Metadata message under proto3 rules (AVP-WIRE-10, AVP-WIRE-11):
+    /// any field order, last scalar wins, packed and unpacked `tensor_shape`,
+    /// unknown fields (and known fields with another wire type) skipped, uint32
+    /// and enum varints truncated to 32 bits. Enum values are checked after the
+    /// whole message is read, so only the final value counts (AVP-WIRE-13).
+    pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Metadata<'a>, Error> {
+        let mut m = Metadata::default();
+        let (mut payload_type, mut dtype, mut mode) = (0i32, 0i32, 0i32);
+        let mut r = Reader::new(bytes);
+        while !r.is_empty() {
+            let (field, wt) = r.tag()?;
+            match (field, wt) {
+                (F_SESSION, WT_LEN) => m.session_id = utf8(r.len_delimited()?, "session_id")?,
+                (F_SOURCE, WT_LEN) => {
+                    m.source_agent_id = utf8(r.len_delimited()?, "source_agent_id")?
+                }
+                (F_TARGET, WT_LEN) => {
+                    m.target_agent_id = utf8(r.len_delimited()?, "target_agent_id")?
+                }
+                (F_MODEL, WT_LEN) => m.model_id = utf8(r.len_delimited()?, "model_id")?,
+                (F_HIDDEN_DIM, WT_VARINT) => m.hidden_dim = r.varint()? as u32,
+                (F_NUM_LAYERS, WT_VARINT) => m.num_layers = r.varint()? as u32,
+                (F_PAYLOAD_TYPE, WT_VARINT) => payload_type = r.varint()? as i32,
+                (F_DTYPE, WT_VARINT) => dtype = r.varint()? as i32,
+                (F_MODE, WT_VARINT) => mode = r.varint()? as i32,
+                (F_SHAPE, WT_VARINT) => {
+                    let v = r.varint()? as u32;
+                    push_dim(&mut m.tensor_shape, v, limits)?;
+                }
+                (F_SHAPE, WT_LEN) => {
+                    let mut packed = Reader::new(r.len_delimited()?);
+                    while !packed.is_empty() {
+                        let v = packed.varint()? as u32;
+                        push_dim(&mut m.tensor_shape, v, limits)?;
+                    }
+                }
+                (F_COMPRESSION, WT_LEN) => {
+                    m.compression = Some(utf8(r.len_delimited()?, "compression")?)
+                }
+                (F_MAP_ID, WT_LEN) => m.avp_map_id = utf8(r.len_delimited()?, "avp_map_id")?,
+                (F_EXTRA, WT_LEN) => {
+                    // An entry with unknown fields is kept by upb as an unknown
+                    // field of the message, not as a map entry (AVP-WIRE-12).
+                    let Some((k, v)) = parse_map_entry(r.len_delimited()?, limits)? else {
+                        continue;
+                    };
+                    m.extra.insert(k, v);
+                    if m.extra.len() > limits.max_extra_entries {
+                        return Err(Error::new(
+                            ErrorKind::LimitExceeded,
+                            format!("more than {} extra entries", limits.max_extra_entries),
+                        ));
+                    }
+                }
+                (F_CHECKSUM, WT_VARINT) => m.payload_checksum = Some(r.varint()? as u32),
+                _ => r.skip(field, wt, limits.max_group_depth)?,
+            }
+        }
+        // The SDK checks dtype, then payload_type, then mode.
+        m.dtype = DataType::check(dtype)?;
+        m.payload_type = PayloadType::check(payload_type)?;
+        m.mode = Mode::check(mode)?;
+        Ok(m)
+    }
+
+    /// Bytes [`Metadata::write`] produces.
+    pub fn encoded_len(&self) -> usize {
+        metadata_len(self, self.compression.as_deref(), self.payload_checksum)
+    }
+
+    /// Appends the protobuf encoding of these exact field values to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        write_metadata(
+            self,
+            self.compression.as_deref(),
+            self.payload_checksum,
+            out,
+        );
+    }
+
+    /// A copy that owns its strings.
+    pub fn into_owned(self) -> Metadata<'static> {
+        fn own(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        Metadata {
+            session_id: own(self.session_id),
+            source_agent_id: own(self.source_agent_id),
+            target_agent_id: own(self.target_agent_id),
+            model_id: own(self.model_id),
+            hidden_dim: self.hidden_dim,
+            num_layers: self.num_layers,
+            payload_type: self.payload_type,
+            dtype: self.dtype,
+            tensor_shape: self.tensor_shape,
+            mode: self.mode,
+            compression: self.compression.map(own),
+            avp_map_id: own(self.avp_map_id),
+            extra: self
+                .extra
+                .into_iter()
+                .map(|(k, v)| (own(k), own(v)))
+                .collect(),
+            payload_checksum: self.payload_checksum,
+        }
+    }
+}
+
+fn push_dim(shape: &mut Vec<u32>, v: u32, limits: &Limits) -> Result<(), Error> {
+    if shape.len() >= limits.max_shape_rank {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "tensor_shape has more than {} entries",
+                limits.max_shape_rank
+            ),
+        ));
+    }
+    shape.push(v);
+    Ok(())
+}
+
+/// One `extra` entry: key and value default to "", and `None` when the entry
+/// carries any other field (then it is not a map entry at all, as in upb).
+#[allow(clippy::type_complexity)]
+fn parse_map_entry<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Cow<'a, str>, Cow<'a, str>)>, Error> {
+    let mut r = Reader::new(bytes);
+    let (mut key, mut value) = (Cow::Borrowed(""), Cow::Borrowed(""));
+    let mut has_unknown = false;
+    while !r.is_empty() {
+        match r.tag()? {
+            (1, WT_LEN) => key = utf8(r.len_delimited()?, "extra key")?,
+            (2, WT_LEN) => value = utf8(r.len_delimited()?, "extra value")?,
+            (field, wt) => {
+                r.skip(field, wt, limits.max_group_depth)?;
+                has_unknown = true;
+            }
+        }
+    }
+    Ok((!has_unknown).then_some((key, value)))
+}
+
+fn string_field_len(field: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        len_field_len(field, s.len())
+    }
+}
+
+#[allow(clippy::arithmetic_side_effects)] // sizes of values in memory; the encoder checks the total against u32
+fn len_field_len(field: u32, n: usize) -> usize {
+    proto::tag_len(field) + proto::varint_len(n as u64) + n
+}
+
+#[allow(clippy::arithmetic_side_effects)] // sizes of values in memory; the encoder checks the total against u32
+fn varint_field_len(field: u32, v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        proto::tag_len(field) + proto::varint_len(v)
+    }
+}
+
+fn enum_wire(v: i32) -> u64 {
+    // Proto3 enums are int32; negatives sign-extend to 10 bytes.
+    i64::from(v) as u64
+}
+
+#[allow(clippy::arithmetic_side_effects)] // sizes of values in memory; the encoder checks the total against u32
+fn shape_body_len(shape: &[u32]) -> usize {
+    shape.iter().map(|&d| proto::varint_len(u64::from(d))).sum()
+}
+
+#[allow(clippy::arithmetic_side_effects)] // sizes of values in memory; the encoder checks the total against u32
+fn entry_body_len(k: &str, v: &str) -> usize {
+    len_field_len(1, k.len()) + len_field_len(2, v.len())
+}
+
+/// Encoded size with `compression` and `checksum` in place of the struct's own.
+#[allow(clippy::arithmetic_side_effects)] // sizes of values in memory; the encoder checks the total against u32
+pub(crate) fn metadata_len(
+    m: &Metadata<'_>,
+    compression: Option<&str>,
+    checksum: Option<u32>,
+) -> usize {
+    let mut n = string_field_len(F_SESSION, &m.session_id)
+        + string_field_len(F_SOURCE, &m.source_agent_id)
+        + string_field_len(F_TARGET, &m.target_agent_id)
+        + string_field_len(F_MODEL, &m.model_id)
+        + varint_field_len(F_HIDDEN_DIM, m.hidden_dim.into())
+        + varint_field_len(F_NUM_LAYERS, m.num_layers.into())
+        + varint_field_len(F_PAYLOAD_TYPE, enum_wire(m.payload_type.wire_value()))
+        + varint_field_len(F_DTYPE, enum_wire(m.dtype.wire_value()));
+    if !m.tensor_shape.is_empty() {
+        n += len_field_len(F_SHAPE, shape_body_len(&m.tensor_shape));
+    }
+    n += varint_field_len(F_MODE, enum_wire(m.mode.wire_value()));
+    if let Some(c) = compression {
+        n += len_field_len(F_COMPRESSION, c.len());
+    }
+    n += string_field_len(F_MAP_ID, &m.avp_map_id);
+    for (k, v) in &m.extra {
+        n += len_field_len(F_EXTRA, entry_body_len(k, v));
+    }
+    if let Some(c) = checksum {
+        n += proto::tag_len(F_CHECKSUM) + proto::varint_len(c.into());
+    }
+    n
+}
+
+fn put_string(out: &mut Vec<u8>, field: u32, s: &str) {
+    if !s.is_empty() {
+        put_bytes(out, field, s.as_bytes());
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+    proto::put_tag(out, field, WT_LEN);
+    proto::put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        proto::put_tag(out, field, WT_VARINT);
+        proto::put_varint(out, v);
+    }
+}
+
+/// Writes the fields in number order, as upb does (AVP-WIRE-12).
+pub(crate) fn write_metadata(
+    m: &Metadata<'_>,
+    compression: Option<&str>,
+    checksum: Option<u32>,
+    out: &mut Vec<u8>,
+) {
+    put_string(out, F_SESSION, &m.session_id);
+    put_string(out, F_SOURCE, &m.source_agent_id);
+    put_string(out, F_TARGET, &m.target_agent_id);
+    put_string(out, F_MODEL, &m.model_id);
+    put_varint_field(out, F_HIDDEN_DIM, m.hidden_dim.into());
+    put_varint_field(out, F_NUM_LAYERS, m.num_layers.into());
+    put_varint_field(out, F_PAYLOAD_TYPE, enum_wire(m.payload_type.wire_value()));
+    put_varint_field(out, F_DTYPE, enum_wire(m.dtype.wire_value()));
+    if !m.tensor_shape.is_empty() {
+        proto::put_tag(out, F_SHAPE, WT_LEN);
+        proto::put_varint(out, shape_body_len(&m.tensor_shape) as u64);
+        for &d in &m.tensor_shape {
+            proto::put_varint(out, d.into());
+        }
+    }
+    put_varint_field(out, F_MODE, enum_wire(m.mode.wire_value()));
+    if let Some(c) = compression {
+        put_bytes(out, F_COMPRESSION, c.as_bytes());
+    }
+    put_string(out, F_MAP_ID, &m.avp_map_id);
+    for (k, v) in &m.extra {
+        proto::put_tag(out, F_EXTRA, WT_LEN);
+        proto::put_varint(out, entry_body_len(k, v) as u64);
+        put_bytes(out, 1, k.as_bytes());
+        put_bytes(out, 2, v.as_bytes());
+    }
+    if let Some(c) = checksum {
+        proto::put_tag(out, F_CHECKSUM, WT_VARINT);
+        proto::put_varint(out, c.into());
+    }
+}

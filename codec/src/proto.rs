@@ -1,0 +1,172 @@
+//! Minimal proto3 wire-format reading and writing (AVP-WIRE-10, AVP-WIRE-11).
+//!
+//! Only what the Metadata message needs: varints, length-delimited fields and
+//! skipping every wire type, groups included. Rules follow upb, the parser
+//! the SDK runs: varints of up to 10 bytes (bits past 64 dropped), tags of up
+//! to 5 bytes, field number 0 and wire types 6/7 rejected.
+
+use crate::error::Error;
+
+/// Proto3 wire types.
+pub(crate) const WT_VARINT: u8 = 0;
+pub(crate) const WT_FIXED64: u8 = 1;
+pub(crate) const WT_LEN: u8 = 2;
+pub(crate) const WT_START_GROUP: u8 = 3;
+pub(crate) const WT_END_GROUP: u8 = 4;
+pub(crate) const WT_FIXED32: u8 = 5;
+
+/// A cursor over a borrowed protobuf message.
+pub(crate) struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { rest: bytes }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// A base-128 varint of at most 10 bytes; bits above 64 are dropped as upb does.
+    pub(crate) fn varint(&mut self) -> Result<u64, Error> {
+        let mut value: u64 = 0;
+        for (i, &byte) in self.rest.iter().enumerate().take(10) {
+            let shift = (i as u32).saturating_mul(7);
+            value |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
+            if byte & 0x80 == 0 {
+                self.rest = self.rest.get(i.saturating_add(1)..).unwrap_or_default();
+                return Ok(value);
+            }
+        }
+        if self.rest.len() < 10 {
+            Err(Error::malformed("varint runs past the end of its field"))
+        } else {
+            Err(Error::malformed("varint longer than 10 bytes"))
+        }
+    }
+
+    /// A field key: (field number, wire type).
+    pub(crate) fn tag(&mut self) -> Result<(u32, u8), Error> {
+        let start = self.rest.len();
+        let raw = self.varint()?;
+        if start.saturating_sub(self.rest.len()) > 5 || raw > u64::from(u32::MAX) {
+            return Err(Error::malformed("field tag wider than 32 bits"));
+        }
+        let field = (raw >> 3) as u32;
+        let wire_type = (raw & 7) as u8;
+        if field == 0 {
+            return Err(Error::malformed("field number 0"));
+        }
+        if wire_type > WT_FIXED32 {
+            return Err(Error::malformed(format!("invalid wire type {wire_type}")));
+        }
+        Ok((field, wire_type))
+    }
+
+    pub(crate) fn bytes(&mut self, n: u64) -> Result<&'a [u8], Error> {
+        let n = usize::try_from(n).map_err(|_| Error::malformed("length overflows"))?;
+        if n > self.rest.len() {
+            return Err(Error::malformed(format!(
+                "field length {n} exceeds the {} bytes left in the metadata",
+                self.rest.len()
+            )));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    /// The payload of a length-delimited field.
+    pub(crate) fn len_delimited(&mut self) -> Result<&'a [u8], Error> {
+        let n = self.varint()?;
+        self.bytes(n)
+    }
+
+    /// Skips the value of an unknown field (AVP-WIRE-11), groups included.
+    pub(crate) fn skip(
+        &mut self,
+        field: u32,
+        wire_type: u8,
+        depth_left: usize,
+    ) -> Result<(), Error> {
+        match wire_type {
+            WT_VARINT => self.varint().map(drop),
+            WT_FIXED64 => self.bytes(8).map(drop),
+            WT_LEN => self.len_delimited().map(drop),
+            WT_FIXED32 => self.bytes(4).map(drop),
+            WT_START_GROUP => {
+                let Some(depth_left) = depth_left.checked_sub(1) else {
+                    return Err(Error::new(
+                        crate::ErrorKind::LimitExceeded,
+                        "unknown groups nested deeper than the limit",
+                    ));
+                };
+                loop {
+                    if self.rest.is_empty() {
+                        return Err(Error::malformed("group without an end tag"));
+                    }
+                    let (inner, wt) = self.tag()?;
+                    if wt == WT_END_GROUP {
+                        if inner != field {
+                            return Err(Error::malformed("end-group tag does not match its start"));
+                        }
+                        return Ok(());
+                    }
+                    self.skip(inner, wt, depth_left)?;
+                }
+            }
+            _ => Err(Error::malformed("end-group tag without a start-group")),
+        }
+    }
+}
+
+/// Bytes a varint of `v` takes.
+pub(crate) fn varint_len(v: u64) -> usize {
+    // 1 byte per started 7 bits; 0 still takes one byte.
+    let bits = 64usize.saturating_sub((v | 1).leading_zeros() as usize);
+    bits.div_ceil(7)
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub(crate) fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+    put_varint(out, (u64::from(field) << 3) | u64::from(wire_type));
+}
+
+pub(crate) fn tag_len(field: u32) -> usize {
+    varint_len(u64::from(field) << 3)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn varint_len_matches_writer() {
+        for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+            assert_eq!(Reader::new(&out).varint().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn ten_byte_varint_drops_high_bits_eleven_fails() {
+        let ten = [0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x7f];
+        assert_eq!(Reader::new(&ten).varint().unwrap() & 0xff, 1);
+        let eleven = [
+            0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01,
+        ];
+        assert!(Reader::new(&eleven).varint().is_err());
+    }
+}
