@@ -21,7 +21,8 @@ use crate::cache::{KvCache, to_i64};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::wire::{
-    KV_HEADER_LEN, KvHeader, PayloadKind, WireDtype, WireMeta, decode_message, encode_message,
+    KV_HEADER_LEN, KvDtype, KvHeader, PayloadKind, WireMeta, decode_message, element_size,
+    encode_message,
 };
 
 /// A latent context: a KV-cache plus the identity of the model that made it.
@@ -45,22 +46,26 @@ pub struct LatentContext {
     pub steps_taken: usize,
 }
 
-pub(crate) fn wire_dtype(kind: Kind) -> Result<WireDtype> {
+pub(crate) fn wire_dtype(kind: Kind) -> Result<KvDtype> {
     match kind {
-        Kind::Float => Ok(WireDtype::Float32),
-        Kind::Half => Ok(WireDtype::Float16),
-        Kind::BFloat16 => Ok(WireDtype::BFloat16),
+        Kind::Float => Ok(KvDtype::Float32),
+        Kind::Half => Ok(KvDtype::Float16),
+        Kind::BFloat16 => Ok(KvDtype::Bfloat16),
         other => Err(EngineError::Unsupported(format!(
             "cache dtype {other:?} has no wire code"
         ))),
     }
 }
 
-fn kind_of(d: WireDtype) -> Kind {
+fn kind_of(d: KvDtype) -> Result<Kind> {
     match d {
-        WireDtype::Float32 => Kind::Float,
-        WireDtype::Float16 => Kind::Half,
-        WireDtype::BFloat16 => Kind::BFloat16,
+        KvDtype::Float32 => Ok(Kind::Float),
+        KvDtype::Float16 => Ok(Kind::Half),
+        KvDtype::Bfloat16 => Ok(Kind::BFloat16),
+        other => Err(EngineError::InvalidContext(format!(
+            "KV dtype {} is not supported",
+            other.name()
+        ))),
     }
 }
 
@@ -86,6 +91,7 @@ impl LatentContext {
         };
         let per = header
             .tensor_bytes()
+            .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
         let total = per
             .checked_mul(2 * c.num_layers())
@@ -95,7 +101,7 @@ impl LatentContext {
         if let Some(h) = out.get_mut(..KV_HEADER_LEN) {
             h.copy_from_slice(&header.to_bytes());
         }
-        let numel = per / header.dtype.size();
+        let numel = per / element_size(header.dtype);
         let mut at = KV_HEADER_LEN;
         for layer in 0..c.num_layers() {
             let (k, v) = c.layer(layer)?;
@@ -160,7 +166,8 @@ impl Engine {
                 EngineError::InvalidContext(format!("num_steps {s:?} is not a count"))
             })?,
         };
-        let header = KvHeader::parse(msg.tensor)?;
+        let tensor: &[u8] = &msg.tensor;
+        let header = KvHeader::parse(tensor).map_err(EngineError::Wire)?;
         let cfg = &self.config().decoder;
         if header.num_layers as usize != cfg.num_layers
             || header.num_kv_heads as usize != cfg.num_kv_heads
@@ -178,15 +185,16 @@ impl Engine {
         }
         let per = header
             .tensor_bytes()
+            .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| EngineError::InvalidContext("KV sizes overflow".into()))?;
         let expected = per
             .checked_mul(2)
             .and_then(|b| b.checked_mul(header.num_layers as usize))
             .and_then(|b| b.checked_add(KV_HEADER_LEN));
-        if expected != Some(msg.tensor.len()) {
+        if expected != Some(tensor.len()) {
             return Err(EngineError::InvalidContext(format!(
                 "KV payload is {} bytes, its header declares {}",
-                msg.tensor.len(),
+                tensor.len(),
                 expected.map_or_else(|| "an overflowing size".to_owned(), |e| e.to_string())
             )));
         }
@@ -204,8 +212,8 @@ impl Engine {
             to_i64(seq)?,
             to_i64(cfg.head_dim)?,
         ];
-        let src_kind = kind_of(header.dtype);
-        let body = msg.tensor.get(KV_HEADER_LEN..).unwrap_or_default();
+        let src_kind = kind_of(header.dtype)?;
+        let body = tensor.get(KV_HEADER_LEN..).unwrap_or_default();
         for (layer, pair) in body.chunks_exact(per.max(1).saturating_mul(2)).enumerate() {
             let (k, v) = pair.split_at(per);
             let kt = Tensor::f_from_data_size(k, &shape, src_kind)?;

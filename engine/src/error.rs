@@ -2,7 +2,7 @@
 //!
 //! Kinds are kept apart by who is at fault: the caller's input or files
 //! (`Io`, `Config`, `MissingWeight`, `Tokenizer`, `Template`, `InvalidArgument`),
-//! a peer's message (`InvalidContext`, `IncompatibleContext`), a limit
+//! a peer's message (`Wire`, `InvalidContext`, `IncompatibleContext`), a limit
 //! (`CacheFull`, `NoProjectionPath`) or the tensor backend (`Torch`), which is
 //! either a resource problem (out of memory, no CUDA) or our bug.
 
@@ -65,6 +65,8 @@ pub enum EngineError {
         /// Number of shared token strings found.
         shared_tokens: usize,
     },
+    /// A message is not valid AVP (from `avp-codec`: bad magic, truncated, checksum, …).
+    Wire(avp_codec::Error),
     /// libtorch reported an error (device, memory, or a bug of ours).
     Torch(tch::TchError),
 }
@@ -99,6 +101,7 @@ impl fmt::Display for EngineError {
                 f,
                 "no projection path: vocabularies differ and share only {shared_tokens} token strings (need 100)"
             ),
+            Self::Wire(e) => write!(f, "AVP message: {e}"),
             Self::Torch(e) => write!(f, "libtorch: {e}"),
         }
     }
@@ -109,6 +112,7 @@ impl std::error::Error for EngineError {
         match self {
             Self::Io { source, .. } => Some(source),
             Self::Torch(e) => Some(e),
+            Self::Wire(e) => Some(e),
             _ => None,
         }
     }

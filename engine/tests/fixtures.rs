@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use avp_engine::wire::{KV_HEADER_LEN, KvHeader, decode_message};
+use avp_engine::wire::{KV_HEADER_LEN, KvDtype, KvHeader, decode_message};
 use avp_engine::{
     Device, Engine, EngineError, GenerateOptions, Input, Kind, LoadOptions, Sampling, Tensor,
     WeightSource, calibrate, project,
@@ -120,13 +120,13 @@ fn assert_close(what: &str, ours: &Tensor, sdk: &Tensor, tol: f64) {
 /// KV inner payload floats as a tensor (header excluded).
 fn kv_floats(payload: &[u8]) -> Tensor {
     let h = KvHeader::parse(payload).unwrap();
-    let kind = match h.dtype.code() {
-        0 => Kind::Float,
-        1 => Kind::Half,
+    let kind = match h.dtype {
+        KvDtype::Float32 => Kind::Float,
+        KvDtype::Float16 => Kind::Half,
         _ => Kind::BFloat16,
     };
     let body = &payload[KV_HEADER_LEN..];
-    let n = (body.len() / h.dtype.size()) as i64;
+    let n = (body.len() / avp_engine::wire::element_size(h.dtype)) as i64;
     Tensor::from_data_size(body, &[n], kind)
 }
 
@@ -261,8 +261,8 @@ fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: f64) {
     assert_eq!(om.tensor.len(), sm.tensor.len(), "{label} KV length");
     assert_close(
         &format!("{label} KV"),
-        &kv_floats(om.tensor),
-        &kv_floats(sm.tensor),
+        &kv_floats(&om.tensor),
+        &kv_floats(&sm.tensor),
         tol,
     );
     let last = ctx.last_hidden.as_ref().unwrap();
@@ -341,8 +341,8 @@ fn think_continues_from_a_context() {
         assert_eq!(om.meta, sdk_msg.meta, "{name} chain metadata");
         assert_close(
             &format!("{name} chain KV"),
-            &kv_floats(om.tensor),
-            &kv_floats(sdk_msg.tensor),
+            &kv_floats(&om.tensor),
+            &kv_floats(&sdk_msg.tensor),
             REL_TOL,
         );
         let last = second.last_hidden.as_ref().unwrap().reshape([-1]);
@@ -475,7 +475,7 @@ fn malformed_kv_messages_are_refused_without_panicking() {
     }
     // A KV header that declares more positions than the payload holds.
     let msg = decode_message(&good).unwrap();
-    let mut h = KvHeader::parse(msg.tensor).unwrap();
+    let mut h = KvHeader::parse(&msg.tensor).unwrap();
     h.seq_len += 1;
     let mut payload = msg.tensor.to_vec();
     payload[..KV_HEADER_LEN].copy_from_slice(&h.to_bytes());

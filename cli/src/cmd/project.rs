@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use avp_engine::wire::{PayloadKind, WireDtype, WireMeta, encode_message};
+use avp_engine::wire::{KvDtype, PayloadKind, WireMeta, encode_message};
 use avp_engine::{Device, Kind, ProjectionMap, calibrate, project};
 use clap::Args;
 
@@ -91,7 +91,7 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
         hidden_dim: u32::try_from(d)?,
         num_layers: u32::try_from(target.config().decoder.num_layers)?,
         payload: PayloadKind::HiddenState,
-        dtype: WireDtype::Float32,
+        dtype: KvDtype::Float32,
         tensor_shape: vec![u32::try_from(d)?],
         extra,
     };
