@@ -109,12 +109,10 @@ impl fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Io { source, .. } => Some(source),
-            Self::Torch(e) => Some(e),
-            Self::Wire(e) => Some(e),
-            _ => None,
-        }
+        // The causes are already part of Display (one line for CLI users);
+        // reporting them here too would print them twice in error chains.
+        let _ = self;
+        None
     }
 }
 
