@@ -9,6 +9,7 @@ export PATH="$root/.venv/bin:$PATH"
 
 echo "== conformance vectors (regenerated with the SDK, diffed)"
 bash conformance/gen/check.sh
+echo "== engine fixtures: regenerate with the SDK and compare"; bash engine/testdata/check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-REL_TOL = 1e-5
+# The Rust tests' own tolerance: loose enough for another CPU's SIMD paths, far tighter than any
+# change in what the SDK computes.
+REL_TOL = 1e-4
 EXACT_ONLY = ("models/",)
 
 
@@ -84,7 +86,8 @@ def json_close(x, y, path="$") -> str | None:
     if isinstance(x, float) or isinstance(y, float):
         if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
             return f"{path}: {x!r} vs {y!r}"
-        return None if abs(x - y) <= REL_TOL * max(abs(y), 1e-6) else f"{path}: {x} vs {y}"
+        # Absolute floor of REL_TOL: margins are rounded to 6 decimals, norms are O(1).
+        return None if abs(x - y) <= REL_TOL * max(abs(y), 1.0) else f"{path}: {x} vs {y}"
     if type(x) is not type(y):
         return f"{path}: type {type(x).__name__} vs {type(y).__name__}"
     if isinstance(x, dict):

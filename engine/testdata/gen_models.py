@@ -14,6 +14,7 @@ Rule IDs (AVP-ENG-n) refer to spec/engine.md.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 # a throwaway directory so we neither read a stale realignment matrix / map from ~/.avp nor leave
 # files there. Offline: nothing may touch the hub.
 _CACHE = tempfile.mkdtemp(prefix="avp-fixture-cache-")
+atexit.register(shutil.rmtree, _CACHE, True)
 os.environ["AVP_CACHE_DIR"] = _CACHE
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -35,13 +37,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import save_file as save_np  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import (  # noqa: E402
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 
 import avp  # noqa: E402
 from avp.connectors.base import _render_prompt, _tokenize_prompt  # noqa: E402
 from avp.connectors.huggingface import HuggingFaceConnector  # noqa: E402
 from avp.context import AVPContext  # noqa: E402
-from avp.handshake import compute_model_hash, compute_tokenizer_hash  # noqa: E402
+from avp.handshake import compute_tokenizer_hash  # noqa: E402
 from avp.kv_cache import serialize_kv_cache  # noqa: E402
 from avp.realign import (  # noqa: E402
     apply_realignment,
@@ -93,10 +103,32 @@ SPECIAL_A = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SPECIAL_B = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int, special: list[str]) -> Tokenizer:
-    """Byte-level BPE, deterministic for a fixed corpus (checked by check.sh)."""
+# The pre-tokenizer split of Qwen2/Qwen2.5 (and, up to details, Llama 3) tokenizer.json files.
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+               r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int, special: list[str],
+                    qwen_style: bool) -> Tokenizer:
+    """Byte-level BPE, deterministic for a fixed corpus (checked by check.sh).
+
+    qwen_style: NFC normaliser + regex split + ByteLevel(use_regex=False), exactly what
+    transformers 5.23's Qwen2Tokenizer imposes. That class is what AutoTokenizer picks for a
+    `model_type: qwen2` directory, and it rebuilds the tokenizer from vocab and merges with its
+    own normaliser and pre-tokenizer, ignoring those in tokenizer.json
+    (models/qwen2/tokenization_qwen2.py). Real Qwen2 tokenizer.json files carry the same ones,
+    so reading tokenizer.json is right; the fixture's tokenizer must match too, or the SDK
+    would tokenize the qwen2 model differently from its own tokenizer.json.
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen_style:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -125,12 +157,25 @@ LLAMA_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>ASSISTANT\\n\\n' }}{%- endif %}"
 )
-QWEN3_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '[INST] ' + message['content'] + ' [/INST]' if message['role'] == 'user' else message['content'] + '</s>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- ' ' }}{%- endif %}"
-)
+# Multi-line and indented: renders right only with HF's jinja settings trim_blocks=True and
+# lstrip_blocks=True (transformers utils/chat_template_utils.py), and with `raise_exception`
+# and `namespace` available; `{{- ' ' }}` eats the newline before it.
+QWEN3_TEMPLATE = """{% if messages | length == 0 %}
+    {{ raise_exception('no messages') }}
+{% endif %}
+{% set ns = namespace(turns=0) %}
+{% for message in messages %}
+    {% set ns.turns = ns.turns + 1 %}
+    {% if message['role'] == 'user' %}
+[INST] {{ message['content'] }} [/INST]
+    {% else %}
+{{ message['content'] }}</s>
+    {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+    {{- ' ' }}
+{% endif %}
+"""
 
 # ---------------------------------------------------------------------------------------------
 # Models
@@ -167,7 +212,10 @@ MODELS = [
         name="qwen2", arch="qwen2", tok="A", template="tokenizer_config", seed=13,
         hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=True, vocab_pad=16,
         rope_theta=1000000.0, dtype="float32", shard=None,
+        generation_eos=["<|im_end|>", "<|endoftext|>"],
         covers=["qwen2", "q/k/v bias", "tied embeddings", "GQA 4:2",
+                "generation_config.json eos_token_id as a list (as Qwen2.5-Instruct ships it); "
+                "greedy runs stop on the second one",
                 "embedding table padded beyond the tokenizer (vocab_size > len(tokenizer))",
                 "float32"],
     ),
@@ -186,11 +234,19 @@ MODELS = [
                 "float16 checkpoint"],
     ),
     dict(
+        name="mistral_window", arch="mistral", tok="B", template="tokenizer_config", seed=16,
+        hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=False, sliding_window=16,
+        rope_theta=10000.0, dtype="float32", shard=None,
+        covers=["mistral sliding_window 16 < every prompt: the attention window mask",
+                "the SDK exports only the last window-1 KV positions (see think[].sdk_wire_"
+                "truncated); wire_full_cache is the complete cache (AVP-ENG-3, AVP-ENG-7)"],
+    ),
+    dict(
         name="llama_nan", arch="llama", tok="A", template="tokenizer_config", seed=11,
         hidden=32, layers=2, heads=4, kv_heads=2, inter=64, tied=True,
         rope=LLAMA3_ROPE, rope_theta=10000.0, dtype="float32", shard=None, nan_row=True,
         covers=["NaN early stop: one embedding row of an unused token is NaN, so the prompt "
-                "pass is finite and the first latent step is NaN (AVP-ENG-13)"],
+                "pass is finite and the first latent step is NaN (AVP-ENG-9)"],
     ),
 ]
 MODEL_BY_NAME = {m["name"]: m for m in MODELS}
@@ -229,6 +285,8 @@ def config_for(spec: dict, tok_len: int, bos: int, eos: int, pad: int):
     common["rope_parameters"] = rope
     if "head_dim" in spec:
         common["head_dim"] = spec["head_dim"]
+    if "sliding_window" in spec:
+        common["sliding_window"] = spec["sliding_window"]
     arch = spec["arch"]
     if arch == "llama":
         return transformers.LlamaConfig(**common)
@@ -242,20 +300,38 @@ def config_for(spec: dict, tok_len: int, bos: int, eos: int, pad: int):
 
 
 def init_weights(model, seed: int) -> None:
-    """Larger-than-HF random init: peaked logits (greedy argmax is not a coin toss) and layers
-    strong enough that the output depends on the prompt (with HF's 0.02 init, or 1/sqrt(fan_in),
-    tied models just repeat one token whatever the prompt)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Random init tuned for two properties the tests need.
+
+    - Greedy output depends on the prompt and argmax margins are not tiny: with HF's 0.02 init,
+      or with embeddings as strong as the layers (std 0.5 against 1/sqrt(fan_in)), tied models
+      repeat one token whatever the prompt.
+    - The latent loop is not chaotic: with layers at 2/sqrt(fan_in) a float32 rounding
+      difference in the latent step (numpy on the host in the SDK, torch on the device in the
+      engine) grew about 10x per step (1e-4 relative after 4 steps, 1e-2..1 after 10). With
+      embeddings 0.25 and layers 1/sqrt(fan_in) it stays <= 3e-6 after 4 steps and about 1e-4
+      after 10 (measured on every model by swapping the SDK's numpy step for a torch one).
+
+    Uniform values with the wanted standard deviation, made from integers (PCG64, exact
+    scaling), so the weight files are bit-identical on every CPU; torch.randn's vectorised
+    Box-Muller may round differently with other SIMD code paths.
+    """
+    rng = np.random.Generator(np.random.PCG64(seed))
+
+    def uniform(shape, std: float) -> torch.Tensor:
+        k = rng.integers(-(2 ** 23), 2 ** 23, size=tuple(shape), dtype=np.int64)
+        u = (k.astype(np.float64) / 2 ** 23).astype(np.float32)  # exact: 24-bit integers
+        return torch.from_numpy(u * np.float32(std * 3 ** 0.5))
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(1.0 + uniform(p.shape, 0.1))
             elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(uniform(p.shape, 0.1))
             elif "embed_tokens" in name or "lm_head" in name:
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+                p.copy_(uniform(p.shape, 0.25))
             else:
-                p.copy_(2.0 * torch.randn(p.shape, generator=gen) / (p.shape[1] ** 0.5))
+                p.copy_(uniform(p.shape, 1.0 / p.shape[1] ** 0.5))
 
 
 def write_tokenizer(model_dir: Path, tok: Tokenizer, kind: str, template: str | None,
@@ -277,8 +353,8 @@ def write_tokenizer(model_dir: Path, tok: Tokenizer, kind: str, template: str | 
 
 def build_models(out: Path) -> dict:
     toks = {
-        "A": train_tokenizer(CORPUS_A, 480, SPECIAL_A),
-        "B": train_tokenizer(CORPUS_B, 400, SPECIAL_B),
+        "A": train_tokenizer(CORPUS_A, 480, SPECIAL_A, qwen_style=True),
+        "B": train_tokenizer(CORPUS_B, 400, SPECIAL_B, qwen_style=False),
     }
     info = {}
     for spec in MODELS:
@@ -305,13 +381,17 @@ def build_models(out: Path) -> dict:
         model.save_pretrained(str(mdir), **kwargs)
         if spec.get("legacy_rope"):
             # Real checkpoints from the hub still use the transformers 4.x keys; transformers 5
-            # reads them. The engine must accept both spellings (AVP-ENG-3).
+            # reads them. The engine must accept both spellings (AVP-ENG-1).
             cfg = json.loads((mdir / "config.json").read_text())
             rp = cfg.pop("rope_parameters")
             cfg["rope_theta"] = rp.pop("rope_theta")
             rp["type"] = rp.pop("rope_type")
             cfg["rope_scaling"] = rp
             (mdir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if spec.get("generation_eos"):
+            gcfg = json.loads((mdir / "generation_config.json").read_text())
+            gcfg["eos_token_id"] = [vocab[t] for t in spec["generation_eos"]]
+            (mdir / "generation_config.json").write_text(json.dumps(gcfg, indent=2, sort_keys=True) + "\n")
         template = {"A": CHATML_TEMPLATE, "B": QWEN3_TEMPLATE}[spec["tok"]]
         if spec["name"] == "llama_untied":
             template = LLAMA_TEMPLATE
@@ -348,6 +428,11 @@ class Arrays:
         save_np(self.items, str(path), metadata={"generator": "engine/testdata/gen_models.py"})
 
 
+def write_json(path: Path, obj) -> None:
+    """UTF-8 JSON, one space indent, no NaN (JSON has none)."""
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+
+
 def _finite_or_none(x: float):
     return x if np.isfinite(x) else None
 
@@ -380,7 +465,7 @@ def canonical_wire(wire: bytes) -> bytes:
     order of the three `extra` entries changes from process to process (upb map iteration order)
     and its bytes are not reproducible. Re-serialising with deterministic=True sorts the map keys
     and changes nothing else: same fields, same lengths, same checksum, same payload. This is the
-    order our engine writes (AVP-ENG-17).
+    order our engine writes (AVP-ENG-7).
     """
     from avp import avp_pb2
     from avp.codec import decode
@@ -394,6 +479,25 @@ def canonical_wire(wire: bytes) -> bytes:
     a, b = decode(wire), decode(out)
     assert a.metadata == b.metadata and a.payload == b.payload
     return out
+
+
+def engine_form(wire: bytes, model_hash: str) -> bytes:
+    """The same message with extra.model_hash set to the engine's hash (AVP-ENG-11).
+
+    Not an SDK output: the SDK's message with one metadata value replaced (both hashes are 64 hex
+    digits, so every length stays the same). The engine accepts these for the model that made
+    them, and must refuse the SDK originals, whose hash it cannot compute.
+    """
+    from avp import avp_pb2
+
+    meta_len = int.from_bytes(wire[8:12], "little")
+    meta = avp_pb2.Metadata()
+    meta.ParseFromString(wire[12:12 + meta_len])
+    assert len(meta.extra["model_hash"]) == len(model_hash) == 64
+    meta.extra["model_hash"] = model_hash
+    canon = meta.SerializeToString(deterministic=True)
+    assert len(canon) == meta_len
+    return wire[:12] + canon + wire[12 + meta_len:]
 
 
 def kv_header_dict(raw: bytes) -> dict:
@@ -449,6 +553,282 @@ def sdk_generate(conn: HuggingFaceConnector, rec: GenerateRecorder, prompt: str,
             "min_top2_margin": round(min(rec.last["margins"]), 6)}
 
 
+def decode_cases(conn: HuggingFaceConnector) -> list[dict]:
+    """AVP-ENG-8 step 4 on chosen ids: the SDK's own text step, huggingface.py:734-735.
+
+    Edge cases: special tokens in the middle, Python str.strip() also removing U+001C..U+001F
+    (Rust's str::trim does not), a lone UTF-8 lead byte (decodes to U+FFFD), leading spaces.
+    """
+    tok = conn.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    specials = [i for i in sorted(set(tok.all_special_ids))]
+    cases = {
+        "specials_skipped": [specials[0]] + ids(" hello") + [specials[-1]] + ids(" world"),
+        "strip_unit_separators": ids("\x1c\x1d") + ids(" a b ") + ids("\x1e\x1f"),
+        "strip_whitespace": ids("\n\t  x  \n"),
+        "lone_utf8_lead_byte": ids("東")[:1] + ids("ok"),
+        "non_ascii": ids("Grüße 東京 🚀"),
+        "only_specials": specials[:2],
+        # Added tokens marked special in tokenizer.json but not named in tokenizer_config.json
+        # (<|im_start|>, [INST], ...) are skipped too.
+        "every_added_token": sorted(tok.added_tokens_decoder) + ids("x"),
+    }
+    return [{"case": k, "token_ids": v, "text": tok.decode(v, skip_special_tokens=True).strip()}
+            for k, v in cases.items()]
+
+
+def record_full_cache(conn, edir: Path, arrays: "Arrays", entry: dict, ctx, ids_t, mask_t,
+                      steps: int, hidden: torch.Tensor) -> None:
+    """Sliding-window models: the complete KV-cache the SDK's message should have carried.
+
+    transformers 5 gives a model with `sliding_window` a DynamicCache of
+    DynamicSlidingWindowLayer, which keeps only the last window-1 positions; the SDK serialises
+    that (kv_cache.py:104-139), so its message holds 15 positions while the context reports the
+    full seq_len, and a receiver continues at the wrong positions. Not an SDK output: the SDK's
+    own latent loop (generate_latent_steps) run on a plain, non-cropping DynamicCache(), which
+    transformers still masks with the window (checked: same hidden states within 1e-4).
+    """
+    from transformers import DynamicCache
+
+    past, hidden_full = conn.generate_latent_steps(ids_t, steps, attention_mask=mask_t,
+                                                   past_key_values=DynamicCache(),
+                                                   collect_hidden_states=True)
+    assert float((hidden_full - hidden).abs().max()) <= 1e-4 * float(hidden.abs().max())
+    full_ctx = AVPContext(past_key_values=past, model_hash=ctx.model_hash,
+                          num_steps=ctx.num_steps, seq_len=past.get_seq_length(),
+                          model_family=ctx.model_family, hidden_dim=ctx.hidden_dim,
+                          num_layers=ctx.num_layers)
+    wire = canonical_wire(full_ctx.to_bytes())
+    fname = entry["wire"].replace(".avp", ".full.avp")
+    (edir / fname).write_bytes(wire)
+    raw, _ = serialize_kv_cache(past)
+    entry["sdk_wire_truncated"] = True
+    entry["wire_full_cache"] = fname
+    entry["wire_full_cache_layout"] = wire_layout(wire)
+    entry["kv_header_full_cache"] = kv_header_dict(raw)
+    entry["hidden_states_full_cache"] = arrays.add(
+        f"think.{entry['prompt']}.s{steps}.hidden_full_cache", hidden_full)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent re-implementations of spec/engine.md, asserted against the SDK
+#
+# They run in float64 / plain libraries, so they also show that an implementation written from
+# the spec (not from the SDK's code) meets the tolerances the README promises.
+# ---------------------------------------------------------------------------------------------
+
+SPEC_TOL = 1e-4
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - ref), initial=0.0)
+                 / max(float(np.max(np.abs(ref), initial=0.0)), 1e-6))
+
+
+def spec_render(model_dir: Path, prompt: str) -> str:
+    """AVP-ENG-4 with minijinja (the engine's template engine) instead of transformers."""
+    import minijinja
+
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    jinja = model_dir / "chat_template.jinja"
+    template = jinja.read_text() if jinja.exists() else cfg.get("chat_template")
+    if not template:
+        return f"<|user|>\n{prompt}\n</|user|>\n<|assistant|>"
+    env = minijinja.Environment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message):
+        raise RuntimeError(message)
+
+    env.add_function("raise_exception", raise_exception)
+    specials = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if k in cfg}
+    return env.render_str(template, messages=[{"role": "user", "content": prompt}],
+                          add_generation_prompt=True, **specials)
+
+
+def spec_vocab(model_dir: Path) -> dict[str, int]:
+    """Token string -> id from tokenizer.json: model vocab plus added tokens (AVP-ENG-13/14)."""
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    vocab = dict(tj["model"]["vocab"])
+    for added in tj["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    return vocab
+
+
+def spec_softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - np.max(x))
+    return z / z.sum()
+
+
+def spec_latent_step(h: np.ndarray, e_in: np.ndarray, e_out: np.ndarray, tied: bool) -> np.ndarray:
+    """AVP-ENG-5 in float64."""
+    if tied:
+        return spec_softmax(e_in @ h) @ e_in
+    gram = e_out.T @ e_out + 1e-5 * np.eye(e_out.shape[1])
+    w = np.linalg.solve(gram, e_out.T @ e_in)
+    a = h @ w
+    target = np.mean(np.linalg.norm(e_in, axis=1))
+    return a * (target / max(np.linalg.norm(a), 1e-6))
+
+
+def spec_project(h: np.ndarray, src_out: np.ndarray, tgt_in: np.ndarray, src_vocab, tgt_vocab):
+    """AVP-ENG-13/14 in float64; returns (vector, method, src_idx, tgt_idx)."""
+    target_norm = np.mean(np.linalg.norm(tgt_in, axis=1))
+    if src_vocab == tgt_vocab:
+        n = min(src_out.shape[0], tgt_in.shape[0])
+        y = spec_softmax(src_out[:n] @ h) @ tgt_in[:n]
+        method, si, ti = "vocab_mediated", None, None
+    else:
+        shared = sorted(set(src_vocab) & set(tgt_vocab))
+        assert len(shared) >= 100
+        si = np.array([src_vocab[t] for t in shared])
+        ti = np.array([tgt_vocab[t] for t in shared])
+        y = spec_softmax(src_out[si] @ h) @ tgt_in[ti]
+        method = "vocab_overlap"
+    return y * (target_norm / max(np.linalg.norm(y), 1e-6)), method, si, ti
+
+
+def spec_load(model_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """AVP-ENG-1/2: config.json with the spec's defaults, weights (sharded or not) as float64."""
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() \
+        else ["model.safetensors"]
+    weights = {}
+    for f in files:
+        if cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16":
+            # numpy has no bfloat16: read through torch, widen exactly.
+            from safetensors.torch import load_file as load_torch
+            weights.update({k: v.double().numpy() for k, v in load_torch(str(model_dir / f)).items()})
+        else:
+            weights.update({k: v.astype(np.float64) for k, v in load_file(str(model_dir / f)).items()})
+    return cfg, weights
+
+
+def spec_inv_freq(cfg: dict, d: int) -> np.ndarray:
+    """AVP-ENG-3 RoPE frequencies, both config spellings."""
+    rp = cfg.get("rope_parameters")
+    if rp is None:
+        rp = dict(cfg.get("rope_scaling") or {})
+        rp["rope_theta"] = cfg.get("rope_theta", 10000.0)
+        rp["rope_type"] = rp.pop("type", rp.get("rope_type", "default"))
+    theta = rp.get("rope_theta", 10000.0)
+    inv = (1.0 / theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))).astype(np.float32)
+    kind = rp.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / rp["factor"]
+    elif kind == "llama3":
+        f, lo, hi, n = (rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"],
+                        rp["original_max_position_embeddings"])
+        wl = 2 * np.pi / inv
+        smooth = (n / wl - lo) / (hi - lo)
+        inv = np.where(wl > n / lo, inv / f,
+                       np.where(wl < n / hi, inv, (1 - smooth) * inv / f + smooth * inv))
+    else:
+        assert kind == "default", kind
+    return inv.astype(np.float64)
+
+
+def spec_forward(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, list, list]:
+    """AVP-ENG-3 from scratch in float64: (logits [T, V], hidden states, per-layer (K, V))."""
+    cfg, w = spec_load(model_dir)
+    arch = cfg["model_type"]
+    n_h, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    d = cfg.get("head_dim") or (128 if arch == "qwen3" else cfg["hidden_size"] // n_h)
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    window = cfg.get("sliding_window", 4096) if arch == "mistral" else None
+
+    def rms(x, weight):
+        return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps))
+
+    def rope(x, pos):  # x [heads, T, d]
+        ang = pos[:, None] * spec_inv_freq(cfg, d)[None, :]
+        c, s_ = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+        half = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
+        return x * c + half * s_
+
+    t = len(ids)
+    pos = np.arange(t, dtype=np.float64)
+    x = w["model.embed_tokens.weight"][ids]
+    hidden, kv = [x], []
+    mask = np.tril(np.ones((t, t), dtype=bool))
+    if window is not None:
+        mask &= (pos[None, :] > pos[:, None] - window)
+    for i in range(cfg["num_hidden_layers"]):
+        pre = f"model.layers.{i}."
+        y = rms(x, w[pre + "input_layernorm.weight"])
+
+        def proj(name, y=y, pre=pre):
+            out = y @ w[pre + f"self_attn.{name}_proj.weight"].T
+            bias = w.get(pre + f"self_attn.{name}_proj.bias")
+            return out if bias is None else out + bias
+
+        q = proj("q").reshape(t, n_h, d).transpose(1, 0, 2)
+        k = proj("k").reshape(t, n_kv, d).transpose(1, 0, 2)
+        v = proj("v").reshape(t, n_kv, d).transpose(1, 0, 2)
+        if arch == "qwen3":
+            q, k = rms(q, w[pre + "self_attn.q_norm.weight"]), rms(k, w[pre + "self_attn.k_norm.weight"])
+        q, k = rope(q, pos), rope(k, pos)
+        kv.append((k, v))
+        group = n_h // n_kv
+        out = np.empty((n_h, t, d))
+        for h in range(n_h):
+            sc = q[h] @ k[h // group].T / np.sqrt(d)
+            sc = np.where(mask, sc, -np.inf)
+            p = np.exp(sc - sc.max(-1, keepdims=True))
+            out[h] = (p / p.sum(-1, keepdims=True)) @ v[h // group]
+        x = x + out.transpose(1, 0, 2).reshape(t, n_h * d) @ w[pre + "self_attn.o_proj.weight"].T
+        y = rms(x, w[pre + "post_attention_layernorm.weight"])
+        g = y @ w[pre + "mlp.gate_proj.weight"].T
+        x = x + ((g / (1 + np.exp(-g))) * (y @ w[pre + "mlp.up_proj.weight"].T)) \
+            @ w[pre + "mlp.down_proj.weight"].T
+        hidden.append(x)
+    x = rms(x, w["model.norm.weight"])
+    hidden[-1] = x  # transformers' last hidden state is the final-norm output
+    head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+    return x @ head.T, hidden, kv
+
+
+def assert_loop_not_chaotic(conn: HuggingFaceConnector, ids_t, mask_t, steps: int,
+                            hidden: torch.Tensor) -> float:
+    """Rerun the SDK's loop with the latent step in torch (as an engine does it on the device)
+    instead of numpy: if float32 rounding differences grew along the loop, no independent
+    implementation could meet the 1e-4 tolerance, and the fixture would be useless."""
+    import avp.connectors.huggingface as hf
+
+    def torch_realign(h, w, tn):
+        with torch.no_grad():
+            a = h.detach().float() @ w.detach().float()
+            return (a * (tn / a.norm(dim=-1, keepdim=True).clamp_min(1e-6))).numpy()
+
+    def torch_soft(h, e, temperature=1.0):
+        with torch.no_grad():
+            e = e.detach().float()
+            return (torch.softmax(h.detach().float() @ e.T, -1) @ e).numpy()
+
+    saved = (hf.apply_realignment, hf.project_to_embedding_space)
+    hf.apply_realignment, hf.project_to_embedding_space = torch_realign, torch_soft
+    try:
+        _, other = conn.generate_latent_steps(ids_t, steps, attention_mask=mask_t,
+                                              collect_hidden_states=True)
+    finally:
+        hf.apply_realignment, hf.project_to_embedding_space = saved
+    err = rel_err(other.numpy(), hidden.numpy())
+    assert err <= SPEC_TOL / 10, err
+    return err
+
+
+def embeddings64(model) -> tuple[np.ndarray, np.ndarray]:
+    e_in = model.get_input_embeddings().weight.detach().double().numpy()
+    e_out = model.get_output_embeddings().weight.detach().double().numpy()
+    return e_in, e_out
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-model recording
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +876,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
     if spec.get("nan_row"):
         entry["nan_token_id"] = build_info[name]["nan_token"]
 
-    # -- prompts (AVP-ENG-5/6) --------------------------------------------------------------
+    # -- prompts (AVP-ENG-4) ----------------------------------------------------------------
     prompts = {}
     for pid, text in PROMPTS.items():
         rendered = _render_prompt(tok, [{"role": "user", "content": text}])
@@ -504,6 +884,9 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         ids = ids[0].tolist()
         if spec.get("nan_row"):
             assert entry["nan_token_id"] not in ids
+        assert spec_render(Path(name), text) == rendered, (name, pid)
+        assert Tokenizer.from_file(f"{name}/tokenizer.json").encode(
+            rendered, add_special_tokens=False).ids == ids, (name, pid)
         prompts[pid] = {"text": text, "rendered": rendered, "input_ids": ids}
     followup_rendered = _render_prompt(tok, [{"role": "user", "content": FOLLOWUP}])
     prompts["followup"] = {
@@ -518,7 +901,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
     with torch.no_grad():
         fw = model(input_ids=ids, use_cache=True, output_hidden_states=True, return_dict=True)
         base = model.model(input_ids=ids, return_dict=True).last_hidden_state
-    # AVP-ENG-8: hidden_states[-1] is the final-norm output, i.e. the base model's output.
+    # AVP-ENG-3: hidden_states[-1] is the final-norm output, i.e. the base model's output.
     assert torch.equal(fw.hidden_states[-1], base)
     ref = {"input_ids": REFERENCE_IDS, "logits": arrays.add("reference.logits", fw.logits[0]),
            "hidden_states": [], "kv": []}
@@ -528,8 +911,24 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         ref["kv"].append({"k": arrays.add(f"reference.kv.{li}.k", layer.keys[0]),
                           "v": arrays.add(f"reference.kv.{li}.v", layer.values[0])})
     entry["reference_forward"] = ref
+    # The spec's forward pass, written from scratch, against transformers.
+    logits64, hidden64, kv64 = spec_forward(Path(name), REFERENCE_IDS)
+    ok = np.isfinite(fw.logits[0].numpy())
+    assert rel_err(logits64[ok], fw.logits[0].numpy()[ok]) <= SPEC_TOL, name
+    for i, h in enumerate(hidden64):
+        assert rel_err(h, fw.hidden_states[i][0].numpy()) <= SPEC_TOL, (name, i)
+    for li, layer in enumerate(fw.past_key_values.layers):
+        assert rel_err(kv64[li][0], layer.keys[0].numpy()) <= SPEC_TOL, (name, li)
+        assert rel_err(kv64[li][1], layer.values[0].numpy()) <= SPEC_TOL, (name, li)
+    if spec.get("sliding_window"):
+        # A prompt longer than the window: the window mask matters (AVP-ENG-3).
+        long_ids = prompts["unicode"]["input_ids"]
+        assert len(long_ids) > spec["sliding_window"]
+        with torch.no_grad():
+            hf = model(input_ids=torch.tensor([long_ids]), output_hidden_states=True).hidden_states[-1][0]
+        assert rel_err(spec_forward(Path(name), long_ids)[1][-1], hf.numpy()) <= SPEC_TOL
 
-    # -- realignment / soft-embedding operands (AVP-ENG-10/11) -------------------------------
+    # -- realignment / soft-embedding operands (AVP-ENG-5) -----------------------------------
     if conn.needs_realignment():
         w, tn = compute_realignment_matrix(model, device="cpu")
         sdk_w, sdk_tn = conn._ensure_realignment()  # what the SDK caches and uses
@@ -549,9 +948,16 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
                 rows.append(project_to_embedding_space(h, model.get_input_embeddings().weight))
         if not rows:
             return np.zeros((0, hidden.shape[1]), dtype=np.float32)
-        return np.concatenate(rows, axis=0).astype(np.float32)
+        sdk = np.concatenate(rows, axis=0).astype(np.float32)
+        e_in, e_out = embeddings64(model)
+        for i in range(sdk.shape[0]):
+            if np.isnan(sdk[i]).any():
+                continue
+            ours = spec_latent_step(hidden[i].double().numpy(), e_in, e_out, spec["tied"])
+            assert rel_err(ours, sdk[i]) <= SPEC_TOL, (name, i, rel_err(ours, sdk[i]))
+        return sdk
 
-    # -- think (AVP-ENG-7..15) ----------------------------------------------------------------
+    # -- think (AVP-ENG-7, AVP-ENG-9) --------------------------------------------------------
     think = []
     contexts = {}
     for pid in PROMPTS:
@@ -585,16 +991,20 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
                 "latent_inputs": arrays.add(key + ".latent_inputs", latent_inputs(hidden)),
                 "last_hidden_state": arrays.add(key + ".last_hidden", ctx.last_hidden_state[0]),
             })
+            if steps == max(THINK_STEPS) and not spec.get("nan_row"):
+                assert_loop_not_chaotic(conn, ids_t, mask_t, steps, hidden)
+            if spec.get("sliding_window"):
+                record_full_cache(conn, edir, arrays, think[-1], ctx, ids_t, mask_t, steps, hidden)
             contexts[(pid, steps)] = wire
     entry["think"] = think
 
     if spec.get("nan_row"):
         # Only the early stop matters here; greedy decoding over NaN logits is meaningless.
         arrays.save(edir / "arrays.safetensors")
-        (edir / "expected.json").write_text(json.dumps(entry, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+        write_json(edir / "expected.json", entry)
         return conn
 
-    # think continuing from a context (accumulated num_steps, positions continue): AVP-ENG-14
+    # think continuing from a context (accumulated num_steps, positions continue): AVP-ENG-9
     ctx = conn.think(PROMPTS["ascii"], steps=2)
     ctx2 = conn.think(FOLLOWUP, steps=3, context=ctx)
     wire = canonical_wire(ctx2.to_bytes())
@@ -609,7 +1019,7 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         "last_hidden_state": arrays.add("think_chain.last_hidden", ctx2.last_hidden_state[0]),
     }
 
-    # -- generate (AVP-ENG-16..19) ------------------------------------------------------------
+    # -- generate (AVP-ENG-8, AVP-ENG-10) ----------------------------------------------------
     gens = []
     for pid in PROMPTS:
         r = sdk_generate(conn, rec, PROMPTS[pid])
@@ -622,9 +1032,37 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
             r = sdk_generate(conn, rec, FOLLOWUP, context=ctx)
             # Roundtrip: the wire form gives the same continuation (AVP-ENG-20).
             r2 = sdk_generate(conn, rec, FOLLOWUP, context=AVPContext.from_bytes(wire))
-            assert r == r2, (name, pid, steps, r, r2)
-            gens.append({"prompt": "followup", "context": f"think_{pid}_s{steps}.avp",
-                         "max_new_tokens": GEN_MAX_NEW, **r})
+            if steps == 0:
+                # AVP-ENG-8 step 1: a 0-step context is just the prompt's cache, so continuing
+                # from it equals plain greedy decoding of prompt + follow-up ids from position 0.
+                both = prompts[pid]["input_ids"] + prompts["followup"]["input_ids"]
+                with torch.no_grad():
+                    # An explicit all-ones mask: without one transformers masks every token equal
+                    # to pad_token_id, and in tokenizer A the pad is also the BOS the llama_untied
+                    # template writes.
+                    plain = rec.orig(input_ids=torch.tensor([both]), do_sample=False,
+                                     attention_mask=torch.ones((1, len(both)), dtype=torch.long),
+                                     max_new_tokens=GEN_MAX_NEW,
+                                     pad_token_id=tok.pad_token_id)[0, len(both):].tolist()
+                assert plain == r["token_ids"], (name, pid, plain, r)
+            g = {"prompt": "followup", "context": f"think_{pid}_s{steps}.avp",
+                 "max_new_tokens": GEN_MAX_NEW, **r}
+            if spec.get("sliding_window"):
+                # The SDK's wire context lost all but window-1 positions and restarts the
+                # positions there, so its roundtrip differs; `token_ids` is the in-memory
+                # (correct) continuation, what the engine must produce from wire_full_cache.
+                g["context"] = f"think_{pid}_s{steps}.full.avp"
+                full = (edir / g["context"]).read_bytes()
+                r3 = sdk_generate(conn, rec, FOLLOWUP, context=AVPContext.from_bytes(full))
+                assert r3["token_ids"] == r["token_ids"], (name, pid, steps, r, r3)
+                g["sdk_wire_roundtrip_token_ids"] = r2["token_ids"]
+            else:
+                assert r == r2, (name, pid, steps, r, r2)
+            src_wire = (edir / g["context"]).read_bytes()
+            g["context_engine_form"] = g["context"].replace(".avp", ".engine.avp")
+            (edir / g["context_engine_form"]).write_bytes(
+                engine_form(src_wire, entry["config_json_hash"]))
+            gens.append(g)
     # Stop token: pass the 3rd greedy token of the first run as eos, as a caller-supplied stop
     # token; HF stops after emitting it (the stop token is included in the ids, not the text).
     first = gens[0]
@@ -633,6 +1071,10 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         r = sdk_generate(conn, rec, PROMPTS["ascii"], eos_token_id=stop)
         gens.append({"prompt": "ascii", "context": None, "max_new_tokens": GEN_MAX_NEW,
                      "stop_token_ids": [stop], **r})
+    entry["decode_cases"] = decode_cases(conn)
+    decoder = Tokenizer.from_file(f"{name}/tokenizer.json")
+    for g in gens + entry["decode_cases"]:  # AVP-ENG-8 step 4, tokenizers library (Rust crate)
+        assert decoder.decode(g["token_ids"], skip_special_tokens=True).strip() == g["text"], g
     entry["generate"] = gens
 
     # -- sampling (SHOULD-level: needs the same RNG stream as torch's CPU generator) ----------
@@ -664,12 +1106,12 @@ def record_model(out: Path, name: str, build_info: dict) -> dict:
         del nconn
 
     arrays.save(edir / "arrays.safetensors")
-    (edir / "expected.json").write_text(json.dumps(entry, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_json(edir / "expected.json", entry)
     return conn
 
 
 # ---------------------------------------------------------------------------------------------
-# Cross-model projection (AVP-ENG-21..26)
+# Cross-model projection (AVP-ENG-13..16)
 # ---------------------------------------------------------------------------------------------
 
 PAIRS = [
@@ -679,6 +1121,33 @@ PAIRS = [
     ("mistral", "llama_untied", "vocab_overlap"),  # untied f16 source
 ]
 PROJ_STEPS = [0, 4]
+
+
+def project_message(src_name: str, tgt_name: str, tgt, num_steps: int,
+                    vector: np.ndarray) -> bytes:
+    """What `avp project` writes (AVP-ENG-17), encoded with the SDK's own codec.
+
+    Not an SDK output (the SDK has no such command): the spec's HIDDEN_STATE message, built
+    with avp.codec.encode so the SDK can read it, with the engine's hashes (AVP-ENG-11).
+    """
+    from avp.codec import decode, encode
+    from avp.types import AVPMetadata, CommunicationMode, DataType, PayloadType
+
+    src_hash = canonical_hash(json.loads(Path(src_name, "config.json").read_text()))
+    tgt_hash = canonical_hash(json.loads(Path(tgt_name, "config.json").read_text()))
+    vec = np.ascontiguousarray(vector, dtype="<f4")
+    meta = AVPMetadata(
+        hidden_dim=tgt.hidden_dim, num_layers=tgt.num_layers,
+        payload_type=PayloadType.HIDDEN_STATE, dtype=DataType.FLOAT32,
+        tensor_shape=(int(vec.shape[0]),), mode=CommunicationMode.LATENT,
+        avp_map_id=f"{src_hash[:16]}_{tgt_hash[:16]}",
+        extra={"model_family": tgt.get_model_identity().model_family, "model_hash": tgt_hash,
+               "num_steps": str(num_steps)},
+    )
+    wire = canonical_wire(encode(vec.tobytes(), meta))
+    back = decode(wire)
+    assert back.metadata.payload_type == PayloadType.HIDDEN_STATE and back.payload == vec.tobytes()
+    return wire
 
 
 def record_projections(out: Path, conns: dict) -> dict:
@@ -713,8 +1182,22 @@ def record_projections(out: Path, conns: dict) -> dict:
                                     output_logits=True)
                 seq = rec.last["sequences"][0]
                 tgt.model.generate = rec.orig
+                e_src_in, e_src_out = embeddings64(src.model)
+                e_tgt_in, _ = embeddings64(tgt.model)
+                ours, method, si, ti = spec_project(
+                    ctx.last_hidden_state[0].double().numpy(), e_src_out, e_tgt_in,
+                    spec_vocab(Path(src_name)), spec_vocab(Path(tgt_name)))
+                assert method == amap.method.value
+                if si is not None:
+                    assert np.array_equal(si, amap.src_indices)
+                    assert np.array_equal(ti, amap.tgt_indices)
+                assert rel_err(ours, projected.reshape(-1).numpy()) <= SPEC_TOL
+                msg = project_message(src_name, tgt_name, tgt, ctx.num_steps,
+                                      projected.reshape(-1).float().numpy())
+                msg_name = f"project_{key}_{pid}_s{steps}.avp"
+                (pdir / msg_name).write_bytes(msg)
                 p["cases"].append({
-                    "prompt": pid, "steps": steps,
+                    "prompt": pid, "steps": steps, "hidden_state_message": msg_name,
                     "source_last_hidden": arrays.add(f"{key}.{pid}.s{steps}.source_hidden",
                                                      ctx.last_hidden_state[0]),
                     "projected": arrays.add(f"{key}.{pid}.s{steps}.projected",
@@ -728,7 +1211,7 @@ def record_projections(out: Path, conns: dict) -> dict:
         pairs.append(p)
     arrays.save(pdir / "arrays.safetensors")
     doc = {"pairs": pairs, "arrays": "arrays.safetensors", "followup_prompt": FOLLOWUP}
-    (pdir / "projections.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_json(pdir / "projections.json", doc)
     return doc
 
 
@@ -763,8 +1246,7 @@ def main() -> None:
             "note": "see README.md: relative error max|a-b|/max(max|b|,1e-6) per tensor",
         },
     }
-    (out / "expected" / "index.json").write_text(json.dumps(index, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    write_json(out / "expected" / "index.json", index)
 
 
 if __name__ == "__main__":
