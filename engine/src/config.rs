@@ -101,6 +101,9 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
     pub qk_norm: bool,
+    /// Sliding attention window (Mistral): a query at position p sees keys
+    /// at positions > p − window (AVP-ENG-3).
+    pub sliding_window: Option<usize>,
     /// End-of-sequence token ids from config.json.
     pub eos_token_ids: Vec<i64>,
     /// The dtype the checkpoint declares (`torch_dtype` / `dtype`), if any.
@@ -133,6 +136,9 @@ pub(crate) struct RawConfig {
     pub dtype: Option<String>,
     pub use_sliding_window: Option<bool>,
     pub sliding_window: Option<serde_json::Value>,
+    /// Whether the `sliding_window` key exists at all (absent and `null` differ for Mistral).
+    #[serde(skip)]
+    pub sliding_window_present: bool,
     pub partial_rotary_factor: Option<f64>,
 }
 
@@ -172,7 +178,10 @@ impl ModelConfig {
             path: path.to_path_buf(),
             message,
         };
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut raw: RawConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        raw.sliding_window_present = value.get("sliding_window").is_some();
         let model_type = raw
             .model_type
             .clone()
@@ -267,6 +276,7 @@ pub(crate) fn build(raw: &RawConfig, d: &ArchDefaults) -> Result<DecoderConfig, 
         o_bias: d.qkv_bias.is_none() && raw.attention_bias.unwrap_or(false),
         mlp_bias: raw.mlp_bias.unwrap_or(false),
         qk_norm: d.qk_norm,
+        sliding_window: None,
         eos_token_ids,
         declared_dtype: raw.torch_dtype.clone().or_else(|| raw.dtype.clone()),
     })

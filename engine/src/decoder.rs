@@ -372,15 +372,27 @@ impl Decoder {
         // Causal masking: a fresh prefill uses SDPA's causal flag; a
         // multi-token chunk after cached positions needs an explicit
         // [n, offset+n] mask (True = attend); one new token sees everything.
-        let mask = if n > 1 && off > 0 {
+        // With a sliding window w (Mistral) a query at position p also
+        // drops keys at positions <= p - w, once the sequence is that long.
+        let window = self
+            .cfg
+            .sliding_window
+            .map(to_i64)
+            .transpose()?
+            .filter(|&w| off + n > w);
+        let mask = if (n > 1 && off > 0) || window.is_some() {
             let cols = Tensor::f_arange(off + n, (Kind::Int64, self.device))?.f_unsqueeze(0)?;
             let rows =
                 Tensor::f_arange_start(off, off + n, (Kind::Int64, self.device))?.f_unsqueeze(1)?;
-            Some(cols.f_le_tensor(&rows)?)
+            let mut allowed = cols.f_le_tensor(&rows)?;
+            if let Some(w) = window {
+                allowed = allowed.f_logical_and(&cols.f_gt_tensor(&rows.f_sub_scalar(w)?)?)?;
+            }
+            Some(allowed)
         } else {
             None
         };
-        let causal = n > 1 && off == 0;
+        let causal = n > 1 && off == 0 && mask.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
             let a = layer

@@ -511,11 +511,17 @@ impl Engine {
             let t = next.f_reshape([1, 1])?;
             hidden = self.model.forward(Input::Tokens(&t), cache)?;
         }
-        let text = self.prompt.decode(&out)?.trim().to_owned();
+        let text = python_strip(&self.prompt.decode(&out)?).to_owned();
         Ok(Generation {
             text,
             token_ids: out,
             stopped,
         })
     }
+}
+
+/// Python's `str.strip()`: Unicode White_Space plus U+001C..U+001F, which
+/// Rust's `str::trim` keeps (AVP-ENG-8).
+pub fn python_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }

@@ -1,10 +1,9 @@
 //! Mistral (`model_type: "mistral"`), AVP-ENG-1.
 //!
 //! The Llama layout without biases; `head_dim` may be explicit (Mistral
-//! Nemo). Sliding-window attention is not implemented as a band mask: instead
-//! the position limit is capped at `sliding_window`, so every sequence we
-//! accept is one where the window has no effect and results equal
-//! transformers' exactly; longer ones get [`crate::EngineError::CacheFull`].
+//! Nemo). Sliding-window attention: `sliding_window` (transformers' default
+//! 4096 when the key is absent, none when it is `null`) becomes a band mask in
+//! the shared decoder; the KV-cache keeps every position (AVP-ENG-3, AVP-ENG-7).
 
 use crate::config::{ArchDefaults, Architecture, DecoderConfig, RawConfig, build};
 
@@ -21,13 +20,13 @@ pub(crate) fn config(raw: &RawConfig) -> Result<DecoderConfig, String> {
             qk_norm: false,
         },
     )?;
-    if let Some(window) = raw
-        .sliding_window
-        .as_ref()
-        .and_then(serde_json::Value::as_u64)
-    {
-        let window = usize::try_from(window).unwrap_or(usize::MAX);
-        cfg.max_position_embeddings = cfg.max_position_embeddings.min(window);
-    }
+    cfg.sliding_window = match &raw.sliding_window {
+        None if !raw.sliding_window_present => Some(4096),
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64().and_then(|w| usize::try_from(w).ok()) {
+            Some(w) if w > 0 => Some(w),
+            _ => return Err(format!("sliding_window {v} is not a positive integer")),
+        },
+    };
     Ok(cfg)
 }
