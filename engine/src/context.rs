@@ -134,6 +134,7 @@ impl LatentContext {
             payload: PayloadKind::KvCache,
             dtype: wire_dtype(self.cache.kind())?,
             tensor_shape: Vec::new(),
+            avp_map_id: String::new(),
             extra,
         };
         encode_message(&meta, &payload)

@@ -10,17 +10,18 @@
 //!
 //! then `e` is scaled to the target's mean input-embedding row norm.
 //!
-//! # Map file format (AVP-ENG-10)
-//! A safetensors file named `{source_hash[..16]}_{target_hash[..16]}.safetensors`
-//! (the pair naming the handshake's `avp_map_file` rule looks for) in the
-//! maps directory (`<cache_dir>/maps`). Tensors: `target_norm` (F32 `[]`) and,
-//! for vocab-overlap, `src_indices` / `tgt_indices` (I64 `[N]`). Metadata
-//! (strings): `format = "avp-map"`, `version = "1"`, `method`
-//! (`vocab_mediated` | `vocab_overlap`), `source_hash`, `target_hash`,
-//! `source_dim`, `target_dim`, `overlap_count`, `overlap_ratio`. Unlike the
-//! SDK's torch pickle, the file holds no copy of the target's embedding
-//! matrix (`w_map`): those rows are taken from the loaded target model, so a
-//! map stays small and cannot execute code when read.
+//! # Map file format (AVP-ENG-15)
+//! A safetensors file `{source_hash[..16]}_{target_hash[..16]}.avpmap.safetensors`
+//! (the pair name the handshake's `avp_map_file` rule looks for) in a maps
+//! directory. Tensors: `w_map` (F32 `[rows, D_tgt]`, the target embedding
+//! rows used), `target_norm` (F32 `[]`) and, for vocab-overlap,
+//! `src_indices` / `tgt_indices` (I64 `[N]`). Metadata (strings):
+//! `format = "avp-map"`, `version = "1"`, `method` (`vocab_mediated` |
+//! `vocab_overlap`), `source_hash`, `target_hash`, `source_dim`, `target_dim`,
+//! `overlap_count`, `overlap_ratio`. A file that does not [`ProjectionMap::fits`]
+//! the two loaded models is recalibrated, never trusted; the projection
+//! itself reads the rows from the loaded target model (the same values).
+//! Unlike the SDK's torch pickle, a safetensors file cannot execute code.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -80,6 +81,8 @@ pub struct ProjectionMap {
     pub overlap_ratio: f64,
     /// Mean input-embedding row norm of the target.
     pub target_norm: f32,
+    /// Rows of `w_map`: the target embedding rows the projection uses.
+    pub w_map_rows: usize,
 }
 
 /// Builds the map for `source` → `target` (the SDK's `calibrate`).
@@ -99,8 +102,11 @@ pub fn calibrate(source: &Engine, target: &Engine) -> Result<ProjectionMap> {
         overlap_count: 0,
         overlap_ratio: 1.0,
         target_norm: tn,
+        w_map_rows: 0,
     };
     if src_vocab == tgt_vocab {
+        let rows = |e: &Engine| e.config().decoder.vocab_size;
+        map.w_map_rows = rows(source).min(rows(target));
         return Ok(map);
     }
     let src_keys: BTreeSet<&String> = src_vocab.keys().collect();
@@ -120,6 +126,7 @@ pub fn calibrate(source: &Engine, target: &Engine) -> Result<ProjectionMap> {
     map.src_indices = shared.iter().map(|t| id(&src_vocab, t)).collect();
     map.tgt_indices = shared.iter().map(|t| id(&tgt_vocab, t)).collect();
     map.overlap_count = shared.len();
+    map.w_map_rows = shared.len();
     map.overlap_ratio = shared.len() as f64 / src_vocab.len().min(tgt_vocab.len()).max(1) as f64;
     Ok(map)
 }
@@ -149,23 +156,7 @@ pub fn project(
             "projection map was made for other models".into(),
         ));
     }
-    let w_src = source.model().output_embeddings();
-    let e_tgt = target.model().input_embeddings();
-    let (w_src, e_tgt) = match map.method {
-        ProjectionMethod::VocabMediated => {
-            let shared = w_src
-                .size()
-                .first()
-                .copied()
-                .unwrap_or(0)
-                .min(e_tgt.size().first().copied().unwrap_or(0));
-            (w_src.f_narrow(0, 0, shared)?, e_tgt.f_narrow(0, 0, shared)?)
-        }
-        ProjectionMethod::VocabOverlap => (
-            rows(w_src, &map.src_indices, "source")?,
-            rows(e_tgt, &map.tgt_indices, "target")?,
-        ),
-    };
+    let (w_src, e_tgt) = map.used_rows(source, target)?;
     let h = hidden.f_to_device(w_src.device())?.f_to_kind(Kind::Float)?;
     let logits = h.f_matmul(&w_src.f_to_kind(Kind::Float)?.f_tr()?)?;
     let probs = logits
@@ -214,7 +205,7 @@ impl Engine {
 pub fn map_file_name(source_hash: &str, target_hash: &str) -> String {
     let s = source_hash.get(..16).unwrap_or(source_hash);
     let t = target_hash.get(..16).unwrap_or(target_hash);
-    format!("{s}_{t}.safetensors")
+    format!("{s}_{t}.avpmap.safetensors")
 }
 
 /// Where a pair's map lives inside `maps_dir`.
@@ -227,19 +218,81 @@ fn i64_bytes(v: &[i64]) -> Vec<u8> {
 }
 
 impl ProjectionMap {
-    /// Writes the map file (atomically: temporary file, then rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// The source output rows and target input rows the projection uses
+    /// (truncated to the shorter table, or the shared tokens), in the models' dtype.
+    pub fn used_rows(&self, source: &Engine, target: &Engine) -> Result<(Tensor, Tensor)> {
+        let w_src = source.model().output_embeddings();
+        let e_tgt = target.model().input_embeddings();
+        Ok(match self.method {
+            ProjectionMethod::VocabMediated => {
+                let n = |t: &Tensor| t.size().first().copied().unwrap_or(0);
+                let shared = n(w_src).min(n(e_tgt));
+                (w_src.f_narrow(0, 0, shared)?, e_tgt.f_narrow(0, 0, shared)?)
+            }
+            ProjectionMethod::VocabOverlap => (
+                rows(w_src, &self.src_indices, "source")?,
+                rows(e_tgt, &self.tgt_indices, "target")?,
+            ),
+        })
+    }
+
+    /// Whether this map was made for exactly these two models (hashes,
+    /// widths, table rows); a map file that fails this is recalibrated, never trusted.
+    pub fn fits(&self, source: &Engine, target: &Engine) -> bool {
+        let (s, t) = (&source.config().decoder, &target.config().decoder);
+        let rows = match self.method {
+            ProjectionMethod::VocabMediated => s.vocab_size.min(t.vocab_size),
+            ProjectionMethod::VocabOverlap => self.tgt_indices.len(),
+        };
+        self.source_hash == source.model_hash()
+            && self.target_hash == target.model_hash()
+            && self.source_dim == s.hidden_size
+            && self.target_dim == t.hidden_size
+            && self.w_map_rows == rows
+            && self
+                .src_indices
+                .iter()
+                .all(|&i| i >= 0 && (i as usize) < s.vocab_size)
+            && self
+                .tgt_indices
+                .iter()
+                .all(|&i| i >= 0 && (i as usize) < t.vocab_size)
+    }
+
+    /// Writes the map file (atomically: temporary file, then rename), with
+    /// `w_map` = the target embedding rows used, float32 (AVP-ENG-15).
+    pub fn save(&self, path: &Path, source: &Engine, target: &Engine) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let (_, e_tgt) = self.used_rows(source, target)?;
+        let w = e_tgt
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?;
+        let numel = w.numel();
+        let mut w_bytes = vec![0u8; numel * 4];
+        w.f_copy_data_u8(&mut w_bytes, numel)?;
         let tn = self.target_norm.to_le_bytes().to_vec();
         let si = i64_bytes(&self.src_indices);
         let ti = i64_bytes(&self.tgt_indices);
         let err = |e: safetensors::SafeTensorError| {
             EngineError::InvalidArgument(format!("map file: {e}"))
         };
-        let mut views = vec![(
-            "target_norm",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &tn)
+        let mut views = vec![
+            (
+                "w_map",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![self.w_map_rows, self.target_dim],
+                    &w_bytes,
+                )
                 .map_err(err)?,
-        )];
+            ),
+            (
+                "target_norm",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &tn)
+                    .map_err(err)?,
+            ),
+        ];
         if self.method == ProjectionMethod::VocabOverlap {
             views.push((
                 "src_indices",
@@ -338,12 +391,22 @@ impl ProjectionMap {
         } else {
             (Vec::new(), Vec::new())
         };
+        let target_dim = num("target_dim")?;
+        let w = st.tensor("w_map").map_err(|e| bad(e.to_string()))?;
+        let w_map_rows = match w.shape() {
+            [rows, d] if w.dtype() == safetensors::Dtype::F32 && *d == target_dim => *rows,
+            _ => return Err(bad("w_map must be F32 [rows, target_dim]".into())),
+        };
+        if method == ProjectionMethod::VocabOverlap && w_map_rows != tgt_indices.len() {
+            return Err(bad("w_map rows differ from the shared-token count".into()));
+        }
         Ok(Self {
             method,
+            w_map_rows,
             source_hash: get("source_hash")?,
             target_hash: get("target_hash")?,
             source_dim: num("source_dim")?,
-            target_dim: num("target_dim")?,
+            target_dim,
             overlap_count: num("overlap_count")?,
             overlap_ratio: get("overlap_ratio")?
                 .parse()

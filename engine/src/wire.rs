@@ -36,6 +36,8 @@ pub struct WireMeta {
     pub dtype: KvDtype,
     /// Field 9.
     pub tensor_shape: Vec<u32>,
+    /// Field 13 (sets the HAS_MAP flag when non-empty).
+    pub avp_map_id: String,
     /// Field 14.
     pub extra: BTreeMap<String, String>,
 }
@@ -61,6 +63,7 @@ pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
         dtype: meta.dtype.data_type(),
         tensor_shape: meta.tensor_shape.clone(),
         mode: Mode::Latent,
+        avp_map_id: Cow::Borrowed(meta.avp_map_id.as_str()),
         extra: meta
             .extra
             .iter()
@@ -102,6 +105,7 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
         payload,
         dtype,
         tensor_shape: m.tensor_shape.clone(),
+        avp_map_id: m.avp_map_id.to_string(),
         extra: m
             .extra
             .iter()

@@ -538,8 +538,23 @@ fn cross_model_projection_matches_the_sdk() {
         }
         // The map file round-trips and carries the handshake's pair name.
         let path = avp_engine::project::map_path(&maps, &map.source_hash, &map.target_hash);
-        map.save(&path).unwrap();
-        assert_eq!(avp_engine::ProjectionMap::load(&path).unwrap(), map);
+        map.save(&path, &src, &tgt).unwrap();
+        let loaded = avp_engine::ProjectionMap::load(&path).unwrap();
+        assert_eq!(loaded, map);
+        assert!(loaded.fits(&src, &tgt));
+        assert!(!loaded.fits(&tgt, &src), "a map is for one direction only");
+        // The SDK keeps the whole target table for vocab-mediated maps; we keep
+        // the rows the projection uses (AVP-ENG-15 divergence).
+        let (sv, tv) = (
+            s.expected["vocab_size"].as_u64().unwrap(),
+            t.expected["vocab_size"].as_u64().unwrap(),
+        );
+        let rows = if map.method == avp_engine::ProjectionMethod::VocabOverlap {
+            pair["w_map_rows"].as_u64().unwrap()
+        } else {
+            sv.min(tv)
+        };
+        assert_eq!(map.w_map_rows as u64, rows, "{label} rows");
         assert!(
             path.file_name()
                 .unwrap()

@@ -60,6 +60,13 @@ pub(crate) fn load(
     progress: &Progress,
 ) -> Result<Engine> {
     progress.say(&format!("loading {}", dir.display()));
+    if args.random_weights {
+        // AVP-ENG-19: the context still carries the config hash, so say so.
+        eprintln!(
+            "warning: --random-weights: {} gets random weights; outputs are for measurements only",
+            dir.display()
+        );
+    }
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         kind: args.dtype.as_deref().map(parse_kind).transpose()?,

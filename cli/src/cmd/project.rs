@@ -1,6 +1,6 @@
 //! `avp project`: think on a source model and project its last hidden state
 //! into a target model's embedding space through the vocabulary; writes a
-//! HIDDEN_STATE message with the float32 vector `[D_target]` (spec/engine.md).
+//! HIDDEN_STATE message with the float32 vector `[D_target]` (AVP-ENG-17).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,12 +52,14 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
     let map = match &args.maps {
         Some(dir) => {
             let path = avp_engine::project::map_path(dir, source.model_hash(), target.model_hash());
-            if path.is_file() {
-                ProjectionMap::load(&path)?
-            } else {
-                let map = calibrate(&source, &target)?;
-                map.save(&path)?;
-                map
+            // A map file is used only if it fits these two models (AVP-ENG-15).
+            match ProjectionMap::load(&path) {
+                Ok(map) if map.fits(&source, &target) => map,
+                _ => {
+                    let map = calibrate(&source, &target)?;
+                    map.save(&path, &source, &target)?;
+                    map
+                }
             }
         }
         None => calibrate(&source, &target)?,
@@ -80,19 +82,19 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
     let extra: BTreeMap<String, String> = [
         ("model_hash", target.model_hash().to_owned()),
         ("model_family", target.model_family().to_owned()),
-        ("source_model_hash", source.model_hash().to_owned()),
-        ("projection", map.method.name().to_owned()),
         ("num_steps", ctx.num_steps.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    let map_id = avp_engine::project::map_file_name(source.model_hash(), target.model_hash());
     let meta = WireMeta {
         hidden_dim: u32::try_from(d)?,
         num_layers: u32::try_from(target.config().decoder.num_layers)?,
         payload: PayloadKind::HiddenState,
         dtype: KvDtype::Float32,
         tensor_shape: vec![u32::try_from(d)?],
+        avp_map_id: map_id.split('.').next().unwrap_or_default().to_owned(),
         extra,
     };
     write_out(&args.out, &encode_message(&meta, &bytes)?)?;
