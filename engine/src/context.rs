@@ -44,6 +44,10 @@ pub struct LatentContext {
     pub last_hidden: Option<Tensor>,
     /// Steps the latest `think` call actually ran (fewer than asked after a NaN).
     pub steps_taken: usize,
+    /// A hidden state of the latest `think` held a NaN (AVP-ENG-9: callers SHOULD warn).
+    pub nan_seen: bool,
+    /// A hidden state of the latest `think` held an Inf.
+    pub inf_seen: bool,
 }
 
 pub(crate) fn wire_dtype(kind: Kind) -> Result<KvDtype> {
@@ -231,6 +235,8 @@ impl Engine {
             num_layers: msg.meta.num_layers as usize,
             last_hidden: None,
             steps_taken: 0,
+            nan_seen: false,
+            inf_seen: false,
         })
     }
 }

@@ -413,6 +413,11 @@ impl Engine {
                 cache.truncate(after_prompt + taken);
             }
         }
+        // Whether h_0 … h_taken hold a NaN or an Inf (the SDK warns about both).
+        let kept = hiddens.get(..=taken).unwrap_or(&hiddens);
+        let stacked = Tensor::f_stack(kept, 0)?;
+        let nan_seen = stacked.f_isnan()?.f_any()?.f_int64_value(&[])? != 0;
+        let inf_seen = stacked.f_isinf()?.f_any()?.f_int64_value(&[])? != 0;
         let last_hidden = hiddens.swap_remove(taken.min(hiddens.len().saturating_sub(1)));
         let c = &self.config.decoder;
         Ok(LatentContext {
@@ -424,6 +429,8 @@ impl Engine {
             num_layers: c.num_layers,
             last_hidden: Some(last_hidden),
             steps_taken: taken,
+            nan_seen,
+            inf_seen,
         })
     }
 

@@ -1,12 +1,17 @@
-//! `model_hash`: the identity a context carries (AVP-ENG-CTX).
+//! `model_hash`: the identity a context carries (AVP-ENG-11).
 //!
-//! The SDK hashes its config dictionary as canonical JSON (sorted keys,
-//! `(",", ":")` separators, Python float/int spelling). That canonical writer
-//! belongs to the `avp-handshake` crate; until it is wired in here this one
-//! function is the only place that computes the hash, so switching over is a
-//! one-line change. INTERIM: SHA-256 hex of the config.json bytes as stored,
-//! which identifies the same file the same way but does not equal the SDK's
-//! value.
+//! spec/engine.md asks for the AVP-HASH model hash of config.json (SHA-256 of
+//! Python-canonical JSON: sorted keys, `(",", ":")` separators, Python
+//! float/int spelling; `config_json_hash` in the fixtures). That canonical
+//! writer belongs to the `avp-handshake` crate and must not be duplicated, so
+//! this one function is the only place the hash is computed.
+//!
+//! INTERIM, until `avp-handshake` is a dependency of this crate: SHA-256 hex
+//! of the config.json bytes as stored. It identifies the same file the same
+//! way on every machine but differs from `config_json_hash`. The switch is:
+//! `avp_handshake::json::parse(config_json.as_bytes())` then
+//! `avp_handshake::model_hash(&value)`, with its error mapped to
+//! `EngineError::Config`.
 
 use sha2::{Digest, Sha256};
 

@@ -197,6 +197,8 @@ impl Engine {
             num_layers: c.num_layers,
             last_hidden: Some(last),
             steps_taken: 0,
+            nan_seen: false,
+            inf_seen: false,
         })
     }
 }

@@ -246,6 +246,12 @@ fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: f64) {
         t["seq_len"].as_u64().unwrap(),
         "{label} seq_len"
     );
+    // AVP-ENG-9: a NaN stop is reported (llama_nan stops at its first step).
+    assert_eq!(
+        ctx.nan_seen,
+        f.name == "llama_nan" && steps > 0,
+        "{label} NaN flag"
+    );
     // Wire form: metadata exact, inner header exact, floats within tolerance.
     let ours = ctx.to_bytes().unwrap();
     // Sliding-window models: the SDK's own message drops positions outside

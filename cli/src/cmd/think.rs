@@ -54,10 +54,15 @@ fn think(args: &ThinkArgs) -> Result<()> {
     let ctx = engine.think_with_progress(&args.prompt, args.steps, context, &mut |d, t| {
         progress.step(d, t)
     })?;
-    if ctx.steps_taken < args.steps {
+    if ctx.nan_seen {
         eprintln!(
             "warning: NaN in the hidden state; stopped after {} of {} steps",
             ctx.steps_taken, args.steps
+        );
+    }
+    if ctx.inf_seen {
+        eprintln!(
+            "warning: Inf in the hidden state; generation from this context will likely be garbage"
         );
     }
     write_out(&args.out, &ctx.to_bytes()?)?;
