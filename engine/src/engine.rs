@@ -1,6 +1,6 @@
 //! [`Engine`]: one loaded model with its tokenizer, and the operations the
 //! SDK's HuggingFace connector offers: `think`, `generate`, KV export/import
-//! (AVP-ENG-4 … AVP-ENG-9).
+//! (AVP-ENG-4, -7 … -11, -18).
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ pub struct LoadOptions {
     /// Use this identity hash instead of hashing config.json: the SDK hashes
     /// transformers' in-memory config (all defaults included), which cannot
     /// be derived from config.json alone, so a peer running the SDK is
-    /// matched by passing the hash it announces (AVP-ENG-18).
+    /// matched by passing the hash it announces (AVP-ENG-11).
     pub model_hash: Option<String>,
 }
 
@@ -340,7 +340,7 @@ impl Engine {
 
     /// The SDK's `think()`: prefill the rendered prompt (after `context`, if
     /// any), then run `steps` latent steps, each feeding the projected
-    /// last hidden state back as an input embedding (AVP-ENG-5).
+    /// last hidden state back as an input embedding (AVP-ENG-5, AVP-ENG-9).
     ///
     /// No tensor leaves the device inside the loop. NaN detection (the SDK
     /// stops at the first step whose hidden state has a NaN) is recorded per

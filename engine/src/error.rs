@@ -1,4 +1,4 @@
-//! The engine's one error type (AVP-ENG-ERR).
+//! The engine's one error type (AVP-ENG-12).
 //!
 //! Kinds are kept apart by who is at fault: the caller's input or files
 //! (`Io`, `Config`, `MissingWeight`, `Tokenizer`, `Template`, `InvalidArgument`),
@@ -44,9 +44,9 @@ pub enum EngineError {
     Template(String),
     /// A caller passed an argument outside its domain (API misuse).
     InvalidArgument(String),
-    /// A KV-cache payload from a peer is malformed (AVP-ENG-KV).
+    /// A KV-cache payload from a peer is malformed (AVP-ENG-10).
     InvalidContext(String),
-    /// A context was produced by a different model (AVP-ENG-CTX).
+    /// A context was produced by a different model (AVP-ENG-11).
     IncompatibleContext {
         /// The `model_hash` the context carries.
         context_hash: String,

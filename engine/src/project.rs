@@ -1,4 +1,4 @@
-//! Cross-model projection ("Rosetta Stone", AVP-ENG-9): a source model's last
+//! Cross-model projection ("Rosetta Stone", AVP-ENG-13, AVP-ENG-14, AVP-ENG-16): a source model's last
 //! hidden state mapped into a target model's input-embedding space through
 //! the vocabulary, with no learned parameters.
 //!

@@ -7,7 +7,7 @@
 //! which [`crate::Engine::generate`] seeds with `manual_seed(seed)` first:
 //! on CPU that is exactly the random stream the SDK consumes after
 //! `torch.manual_seed(seed)`, so the same seed gives the same tokens
-//! (AVP-ENG-19, SHOULD).
+//! (AVP-ENG-8, SHOULD).
 
 use tch::{Kind, Tensor};
 

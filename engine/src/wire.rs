@@ -1,5 +1,5 @@
 //! The engine's only contact with the AVP wire format, through `avp-codec`:
-//! building and reading KV_CACHE and HIDDEN_STATE messages (AVP-ENG-17).
+//! building and reading KV_CACHE and HIDDEN_STATE messages (AVP-ENG-7, AVP-ENG-17).
 //!
 //! [`WireMeta`] is the slice of the Metadata the engine reads and writes;
 //! everything else (header, checksum, compression, limits, proto3 rules) is

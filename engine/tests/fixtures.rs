@@ -59,7 +59,7 @@ impl Fixture {
     }
 
     /// The engine in float32 on CPU, identified by the SDK's hash so SDK
-    /// messages are accepted (AVP-ENG-18).
+    /// messages are accepted (AVP-ENG-11).
     fn engine(&self) -> Engine {
         self.engine_as(Kind::Float)
     }
@@ -141,7 +141,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn prompts_render_and_tokenize_like_the_sdk() {
-    // AVP-ENG-5/6: chat template (or fallback), add_generation_prompt, no special tokens.
+    // AVP-ENG-4: chat template (or fallback), add_generation_prompt, no special tokens.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -164,7 +164,7 @@ fn prompts_render_and_tokenize_like_the_sdk() {
 
 #[test]
 fn reference_forward_matches_transformers() {
-    // AVP-ENG-3/8: logits, final-norm hidden states and post-RoPE KV of a plain forward.
+    // AVP-ENG-3: logits, final-norm hidden states and post-RoPE KV of a plain forward.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -208,7 +208,7 @@ fn reference_forward_matches_transformers() {
 
 #[test]
 fn realignment_matrix_and_target_norm_match() {
-    // AVP-ENG-10: W = (E_outᵀE_out + 1e-5·I)⁻¹ E_outᵀE_in, target norm = mean row norm.
+    // AVP-ENG-5: W = (E_outᵀE_out + 1e-5·I)⁻¹ E_outᵀE_in, target norm = mean row norm.
     for name in ["llama_untied", "qwen3", "mistral"] {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -286,7 +286,7 @@ fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: f64) {
 
 #[test]
 fn think_matches_the_sdk_kv_and_hidden_state() {
-    // AVP-ENG-7..15: latent loop, KV export as AVPContext.to_bytes(), NaN stop.
+    // AVP-ENG-5, -7, -9: latent loop, KV export as AVPContext.to_bytes(), NaN stop.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -298,7 +298,7 @@ fn think_matches_the_sdk_kv_and_hidden_state() {
 
 #[test]
 fn think_in_the_checkpoint_dtype_matches_within_half_precision() {
-    // bf16 (qwen3) and f16 (mistral): the KV dtype byte follows the cache.
+    // AVP-ENG-18: bf16 (qwen3) and f16 (mistral): the KV dtype byte follows the cache.
     for (name, kind, tol) in [
         ("qwen3", Kind::BFloat16, 2e-2),
         ("mistral", Kind::Half, 5e-3),
@@ -319,7 +319,7 @@ fn think_in_the_checkpoint_dtype_matches_within_half_precision() {
 
 #[test]
 fn think_continues_from_a_context() {
-    // AVP-ENG-14: positions continue, num_steps accumulates.
+    // AVP-ENG-9: positions continue, num_steps accumulates.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -374,7 +374,7 @@ fn think_continues_from_a_context() {
 
 #[test]
 fn greedy_generation_matches_the_sdk_token_for_token() {
-    // AVP-ENG-16..18: greedy, stop tokens, continuation after an SDK-made KV message.
+    // AVP-ENG-8, -10: greedy, stop tokens, continuation after an SDK-made KV message.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -403,7 +403,7 @@ fn greedy_generation_matches_the_sdk_token_for_token() {
 
 #[test]
 fn sampling_reproduces_the_sdk_with_the_same_seed() {
-    // AVP-ENG-19 (SHOULD): temperature → top-k → top-p, torch.manual_seed stream.
+    // AVP-ENG-8 (SHOULD): temperature → top-k → top-p, torch.manual_seed stream.
     for name in MODELS {
         let f = Fixture::load(name);
         let Some(s) = f.expected.get("sample") else {
@@ -456,7 +456,7 @@ fn roundtrip_through_bytes_equals_the_in_memory_context() {
 
 #[test]
 fn a_context_from_another_model_is_refused() {
-    // AVP-ENG-15: the SDK's IncompatibleModelsError, as a typed error.
+    // AVP-ENG-11: the SDK's IncompatibleModelsError, as a typed error.
     let qwen = Fixture::load("qwen2");
     let llama = Fixture::load("llama_tied");
     let (eq, el) = (qwen.engine(), llama.engine());
@@ -505,7 +505,7 @@ fn malformed_kv_messages_are_refused_without_panicking() {
 
 #[test]
 fn cross_model_projection_matches_the_sdk() {
-    // AVP-ENG-21..26: vocab-mediated (truncated tables) and vocab-overlap, normalised; priming + generate.
+    // AVP-ENG-13..16: vocab-mediated (truncated tables) and vocab-overlap, normalised; priming + generate.
     let dir = testdata().join("expected").join("projections");
     let p: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("projections.json")).unwrap())
@@ -633,7 +633,7 @@ fn tempdir(tag: &str) -> PathBuf {
 
 #[test]
 fn realignment_cache_is_written_once_and_reused() {
-    // AVP-ENG-10 cache: a second load reads the file; a forged file for the same hash is ignored.
+    // AVP-ENG-6: a second load reads the file; a forged file for the same hash is ignored.
     let f = Fixture::load("llama_untied");
     let dir = tempdir("realign");
     let opts = LoadOptions {
