@@ -7,6 +7,11 @@ save_pretrained, plus a fixture tokenizer), then times on it:
   ours : the think_timing example (release build) on the same directory
 and prints the medians and the speed-up ratios.
 
+On a machine shared with other work, libgomp's spin-waiting collapses the
+throughput of whichever process is unlucky (measured 9x on the loaded 2-core
+dev box); run both sides with OMP_WAIT_POLICY=PASSIVE there (the variable is
+inherited by the engine process).
+
 Usage (from the repository root):
   cargo build --release -p avp-engine --example think_timing
   .venv/bin/python engine/benches/side_by_side.py [--shape qwen2.5-0.5b] [--steps 20] [--repeats 5] [--device cpu]
@@ -69,12 +74,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--binary", default=str(ROOT / "target/release/examples/think_timing"))
+    ap.add_argument("--model-dir", help="reuse a model directory made by an earlier run instead of building one")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["AVP_CACHE_DIR"] = tmp  # keep the SDK's realignment cache out of ~/.avp
-        model_dir = Path(tmp) / args.shape
-        build_model(args.shape, model_dir)
+        model_dir = Path(args.model_dir) if args.model_dir else Path(tmp) / args.shape
+        if not args.model_dir:
+            build_model(args.shape, model_dir)
         sdk = time_sdk(model_dir, args.steps, args.repeats, args.device)
         out = subprocess.run([args.binary, str(model_dir), str(args.steps), str(args.repeats), args.device,
                               "float32"], check=True, capture_output=True, text=True)
