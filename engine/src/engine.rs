@@ -532,3 +532,33 @@ impl Engine {
 pub fn python_strip(s: &str) -> &str {
     s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_strip_also_strips_unit_separators() {
+        assert_eq!(python_strip("\u{1c}\u{1f} a b\u{1e}\n"), "a b");
+        assert_eq!(python_strip("\u{a0}x\u{3000}"), "x");
+        assert_eq!(
+            python_strip("\u{200b}x"),
+            "\u{200b}x",
+            "ZWSP is not whitespace in Python"
+        );
+    }
+
+    #[test]
+    fn devices_and_dtypes_parse_or_fail_typed() {
+        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
+        assert!(matches!(
+            parse_device("tpu"),
+            Err(EngineError::InvalidArgument(_))
+        ));
+        assert_eq!(parse_kind("bf16").unwrap(), Kind::BFloat16);
+        assert!(matches!(
+            parse_kind("int4"),
+            Err(EngineError::InvalidArgument(_))
+        ));
+    }
+}

@@ -711,3 +711,118 @@ fn sliding_window_model_exports_every_position() {
     );
     assert!(u64::from(h.seq_len) > 16, "longer than the window");
 }
+
+/// Copies a fixture model directory so a test can break it.
+fn copy_model(name: &str, tag: &str) -> PathBuf {
+    let src = testdata().join("models").join(name);
+    let dst = tempdir(tag).join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+fn load_err(dir: &Path) -> EngineError {
+    let opts = LoadOptions {
+        cache_dir: None,
+        ..LoadOptions::default()
+    };
+    Engine::load(dir, &opts).expect_err("a broken model directory must not load")
+}
+
+#[test]
+fn broken_model_directories_give_typed_errors() {
+    // AVP-ENG-1, -2, -12: unsupported architecture, bad config, missing or
+    // misshapen weights, shards escaping the directory; never a panic.
+    let edit_config = |dir: &Path, f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let p = dir.join("config.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(v.as_object_mut().unwrap());
+        std::fs::write(&p, v.to_string()).unwrap();
+    };
+    let d = copy_model("llama_tied", "arch");
+    edit_config(&d, &|c| {
+        c.insert("model_type".into(), "gpt2".into());
+    });
+    assert!(matches!(load_err(&d), EngineError::Unsupported(m) if m.contains("gpt2")));
+
+    let d = copy_model("llama_tied", "heads");
+    edit_config(&d, &|c| {
+        c.insert("num_key_value_heads".into(), 3.into());
+    });
+    assert!(
+        matches!(load_err(&d), EngineError::Config { message, .. } if message.contains("multiple"))
+    );
+
+    let d = copy_model("llama_tied", "rope");
+    edit_config(&d, &|c| {
+        c.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+        );
+    });
+    assert!(
+        matches!(load_err(&d), EngineError::Config { message, .. } if message.contains("yarn"))
+    );
+
+    // Untied config over a checkpoint without lm_head.weight.
+    let d = copy_model("llama_tied", "untied");
+    edit_config(&d, &|c| {
+        c.insert("tie_word_embeddings".into(), false.into());
+    });
+    assert!(matches!(load_err(&d), EngineError::MissingWeight(n) if n == "lm_head.weight"));
+
+    // A wider model than the checkpoint holds.
+    let d = copy_model("llama_tied", "shape");
+    edit_config(&d, &|c| {
+        c.insert("intermediate_size".into(), 65.into());
+    });
+    assert!(matches!(load_err(&d), EngineError::BadWeight { .. }));
+
+    // A shard name that leaves the model directory.
+    let d = copy_model("llama_untied", "escape");
+    let p = d.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("model-00001-of-00003", "../evil", 1);
+    std::fs::write(&p, text).unwrap();
+    assert!(
+        matches!(load_err(&d), EngineError::Config { message, .. } if message.contains("leaves"))
+    );
+
+    // Not a safetensors file at all.
+    let d = copy_model("llama_tied", "garbage");
+    std::fs::write(
+        d.join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
+    )
+    .unwrap();
+    assert!(matches!(load_err(&d), EngineError::Config { .. }));
+}
+
+#[test]
+fn random_weights_need_only_config_and_tokenizer() {
+    // AVP-ENG-19: no safetensors read; a usable model of the configured shape.
+    let d = copy_model("qwen3", "random");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    let opts = LoadOptions {
+        weights: WeightSource::Random { seed: 1 },
+        cache_dir: None,
+        ..LoadOptions::default()
+    };
+    let e = Engine::load(&d, &opts).unwrap();
+    let ctx = e.think("hi", 2, None).unwrap();
+    assert_eq!(ctx.steps_taken, 2);
+    assert_eq!(ctx.cache.head_dim(), 16);
+    let again = Engine::load(&d, &opts)
+        .unwrap()
+        .think("hi", 2, None)
+        .unwrap();
+    assert_eq!(
+        ctx.to_bytes().unwrap(),
+        again.to_bytes().unwrap(),
+        "seeded: reproducible"
+    );
+}
