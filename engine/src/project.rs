@@ -166,7 +166,13 @@ pub fn project(
     let tn = Tensor::f_from_slice(&[map.target_norm])?
         .f_to_device(e.device())?
         .f_reshape([] as [i64; 0])?;
-    normalise_to(&e, &tn)
+    let y = normalise_to(&e, &tn)?;
+    // The SDK hands the vector back in the source hidden state's dtype
+    // (huggingface.py `_np_to_torch`): round through it when that is not float32.
+    match hidden.f_kind()? {
+        Kind::Float => Ok(y),
+        k => Ok(y.f_to_kind(k)?.f_to_kind(Kind::Float)?),
+    }
 }
 
 impl Engine {
