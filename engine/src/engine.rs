@@ -123,7 +123,8 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Greedy or sampling.
     pub sampling: Sampling,
-    /// Stop tokens; `None` = the model's EOS ids (generation_config.json, else config.json).
+    /// Stop tokens in addition to the model's EOS ids (generation_config.json,
+    /// else config.json), AVP-ENG-8.
     pub stop_tokens: Option<Vec<u32>>,
 }
 
@@ -481,7 +482,8 @@ impl Engine {
                 )));
             }
         }
-        let stop: Vec<u32> = opts.stop_tokens.clone().unwrap_or_else(|| self.eos.clone());
+        let mut stop: Vec<u32> = self.eos.clone();
+        stop.extend(opts.stop_tokens.iter().flatten().copied());
         if let Sampling::Sample { seed, .. } = opts.sampling {
             // The SDK's reproducibility recipe: torch.manual_seed, then generate.
             tch::manual_seed(seed as i64);
