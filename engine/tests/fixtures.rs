@@ -826,3 +826,21 @@ fn random_weights_need_only_config_and_tokenizer() {
         "seeded: reproducible"
     );
 }
+
+#[test]
+#[ignore = "needs avp-handshake's model_hash in engine/src/hash.rs (AVP-ENG-11); un-ignore when wired"]
+fn model_hash_is_the_canonical_config_json_hash() {
+    for name in MODELS {
+        let f = Fixture::load(name);
+        let opts = LoadOptions {
+            cache_dir: None,
+            ..LoadOptions::default()
+        };
+        let e = Engine::load(&f.model_dir(), &opts).unwrap();
+        assert_eq!(
+            e.model_hash(),
+            f.expected["config_json_hash"].as_str().unwrap(),
+            "{name}"
+        );
+    }
+}
