@@ -450,6 +450,10 @@ fn roundtrip_through_bytes_equals_the_in_memory_context() {
         };
         let a = e.generate("Now answer.", Some(&ctx), &opts).unwrap();
         let b = e.generate("Now answer.", Some(&back), &opts).unwrap();
+        // AVP-ENG-8: generate leaves the context untouched, so reusing it gives the same ids.
+        let again = e.generate("Now answer.", Some(&ctx), &opts).unwrap();
+        assert_eq!(again.token_ids, a.token_ids, "{name}: context reused");
+        assert_eq!(ctx.seq_len(), back.seq_len());
         assert_eq!(a.token_ids, b.token_ids, "{name}");
     }
 }
