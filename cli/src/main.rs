@@ -43,6 +43,15 @@ enum Command {
     Identity(cmd::identity::IdentityArgs),
     /// Handshake tools: resolve the mode two identities would negotiate.
     Handshake(cmd::handshake::HandshakeArgs),
+    /// Think in latent space on a model and write the KV_CACHE message.
+    #[cfg(feature = "engine")]
+    Think(cmd::think::ThinkArgs),
+    /// Generate text, optionally continuing a KV_CACHE context.
+    #[cfg(feature = "engine")]
+    Generate(cmd::generate::GenerateArgs),
+    /// Project a source model's thought into a target model's embedding space.
+    #[cfg(feature = "engine")]
+    Project(cmd::project::ProjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,5 +68,11 @@ fn main() -> ExitCode {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Handshake(args) => cmd::handshake::run(args),
+        #[cfg(feature = "engine")]
+        Command::Think(args) => cmd::think::run(args),
+        #[cfg(feature = "engine")]
+        Command::Generate(args) => cmd::generate::run(args),
+        #[cfg(feature = "engine")]
+        Command::Project(args) => cmd::project::run(args),
     }
 }

@@ -10,4 +10,12 @@ pub(crate) mod inspect;
 pub(crate) mod route;
 pub(crate) mod send;
 pub(crate) mod serve;
+#[cfg(feature = "engine")]
+pub(crate) mod engine_common;
+#[cfg(feature = "engine")]
+pub(crate) mod generate;
+#[cfg(feature = "engine")]
+pub(crate) mod project;
+#[cfg(feature = "engine")]
+pub(crate) mod think;
 pub(crate) mod version;
