@@ -223,7 +223,7 @@ impl Engine {
             .map_or(50, |k| k as usize);
         let model_hash = match &opts.model_hash {
             Some(h) => h.clone(),
-            None => crate::hash::model_hash(&config.raw_json),
+            None => crate::hash::model_hash(&config.raw_json, &dir.join("config.json"))?,
         };
         // Random weights must never share a realignment cache entry with the
         // real checkpoint of the same config.

@@ -1,26 +1,21 @@
 //! `model_hash`: the identity a context carries (AVP-ENG-11).
 //!
-//! spec/engine.md asks for the AVP-HASH model hash of config.json (SHA-256 of
-//! Python-canonical JSON: sorted keys, `(",", ":")` separators, Python
-//! float/int spelling; `config_json_hash` in the fixtures). That canonical
-//! writer belongs to the `avp-handshake` crate and must not be duplicated, so
-//! this one function is the only place the hash is computed.
-//!
-//! INTERIM, until `avp-handshake` is a dependency of this crate: SHA-256 hex
-//! of the config.json bytes as stored. It identifies the same file the same
-//! way on every machine but differs from `config_json_hash`. The switch is:
-//! `avp_handshake::json::parse(config_json.as_bytes())` then
-//! `avp_handshake::model_hash(&value)`, with its error mapped to
-//! `EngineError::Config`.
+//! The AVP-HASH-1 model hash of config.json: SHA-256 of its Python-canonical
+//! JSON form, computed by `avp-handshake` (the one canonical JSON writer in
+//! the workspace), so a context made here names the same model as the
+//! handshake does.
 
-use sha2::{Digest, Sha256};
+use std::path::Path;
 
-/// The model hash of a config.json text.
-pub fn model_hash(config_json: &str) -> String {
-    let digest = Sha256::digest(config_json.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+use crate::EngineError;
+
+/// The model hash of a config.json text; `path` names the file in errors.
+pub fn model_hash(config_json: &str, path: &Path) -> Result<String, EngineError> {
+    let config_error = |message: String| EngineError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let value = avp_handshake::json::parse(config_json.as_bytes())
+        .map_err(|e| config_error(format!("not hashable as JSON: {e}")))?;
+    avp_handshake::model_hash(&value).map_err(|e| config_error(format!("model hash: {e}")))
 }

@@ -832,7 +832,6 @@ fn random_weights_need_only_config_and_tokenizer() {
 }
 
 #[test]
-#[ignore = "needs avp-handshake's model_hash in engine/src/hash.rs (AVP-ENG-11); un-ignore when wired"]
 fn model_hash_is_the_canonical_config_json_hash() {
     for name in MODELS {
         let f = Fixture::load(name);
