@@ -255,7 +255,7 @@ def op_identity(req):
     return {"outcome": "accepted", "identity": ident.to_dict(), "json": json.dumps(ident.to_dict())}
 
 
-def op_hello(req):
+def op_hello_parse(req):
     try:
         hello = HelloMessage.from_dict(json.loads(text_of(req["input"])))
         d = hello.to_dict()
@@ -300,7 +300,7 @@ def op_resolve(req):
 
 OPS = {"decode": op_decode, "encode": op_encode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
        "model_hash": op_model_hash, "tokenizer_hash": op_tokenizer_hash, "vocab_hash": op_vocab_hash,
-       "identity": op_identity, "case.hello": op_hello, "resolve": op_resolve}
+       "identity": op_identity, "hello_parse": op_hello_parse, "resolve": op_resolve}
 
 
 def main():
