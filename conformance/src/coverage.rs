@@ -67,9 +67,7 @@ impl ElsewhereMap {
     /// A file that is not such an object is a usage error.
     pub fn load(path: &Path, root: &Path) -> Result<Self, ConformanceError> {
         let bytes = std::fs::read(path).map_err(|e| ConformanceError::io(path, e))?;
-        let bad = |what: &str| {
-            ConformanceError::Usage(format!("{}: {what}", path.display()))
-        };
+        let bad = |what: &str| ConformanceError::Usage(format!("{}: {what}", path.display()));
         let doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| bad(&format!("not JSON: {e}")))?;
         let rules = doc
@@ -112,7 +110,9 @@ impl ElsewhereMap {
             return Some(format!("{rule}: {}: file not found or unreadable", r.file));
         };
         let valid_name = !r.test.is_empty()
-            && r.test.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && r.test
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         let defined = valid_name
             && [format!("fn {}(", r.test), format!("fn {}<", r.test)]
                 .iter()
@@ -292,9 +292,16 @@ mod tests {
         assert_eq!(cov.rules_covered, 0);
         assert_eq!(
             cov.rules_covered_elsewhere,
-            [("AVP-WIRE-1".to_string(), vec!["t.rs::good_test".to_string()])]
+            [(
+                "AVP-WIRE-1".to_string(),
+                vec!["t.rs::good_test".to_string()]
+            )]
         );
-        let uncovered: Vec<&str> = cov.rules_uncovered.iter().map(|(r, _)| r.as_str()).collect();
+        let uncovered: Vec<&str> = cov
+            .rules_uncovered
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .collect();
         assert_eq!(uncovered, ["AVP-WIRE-2", "AVP-WIRE-3", "AVP-WIRE-4"]);
         assert_eq!(cov.elsewhere_errors.len(), 4, "{:?}", cov.elsewhere_errors);
         assert!(cov.elsewhere_errors[0].contains("never mentions AVP-WIRE-2"));

@@ -67,7 +67,11 @@ pub(crate) struct ReportArgs {
     spec: PathBuf,
     /// Map of rules checked by in-tree tests instead of cases (AVP-CONF-7);
     /// its paths are relative to the spec directory's parent.
-    #[arg(long, value_name = "FILE", default_value = "conformance/rules-elsewhere.json")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "conformance/rules-elsewhere.json"
+    )]
     rules_elsewhere: PathBuf,
 }
 
@@ -223,7 +227,11 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
         let mut all = corpus.cases.clone();
         all.extend(http::cases(&corpus, &http_options));
         let elsewhere = if args.report.rules_elsewhere.is_file() {
-            let root = args.report.spec.parent().unwrap_or(std::path::Path::new(""));
+            let root = args
+                .report
+                .spec
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
             Some(coverage::ElsewhereMap::load(
                 &args.report.rules_elsewhere,
                 root,
