@@ -127,7 +127,10 @@ def op_decode(req):
     except Exception as exc:  # rejection is a normal answer (AVP-CONF-22)
         if not (IGNORE_CHECKSUM and error_kind(exc) == "checksum_mismatch"):
             return rejected(exc)
-        msg = codec.decode(strip_checksum(data))
+        try:
+            msg = codec.decode(strip_checksum(data))
+        except Exception as exc2:  # a fault the checksum hid (e.g. an unknown enum)
+            return rejected(exc2)
     m = msg.metadata
     _, version, flags, payload_length, metadata_length = struct.unpack("<2sBBII", data[:12])
     pb = avp_pb2.Metadata()
