@@ -195,6 +195,7 @@ fn a_context_from_another_model_fails_cleanly() {
     );
 }
 
+/// AVP-ENG-17: `avp project` writes one float32 HIDDEN_STATE message.
 #[test]
 fn project_writes_a_float32_hidden_state_of_the_target_width() {
     let file = tmp("proj.avp");

@@ -289,6 +289,7 @@ fn http_40_avp_send_reaches_the_sdk_create_app() {
     assert_eq!(seen[1]["content"], "hello ✓");
 }
 
+/// AVP-HTTP-51, AVP-HTTP-53: streamed through the router; unknown targets get 404.
 #[test]
 fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_get_404() {
     let scratch = Scratch::new("route");
@@ -418,6 +419,7 @@ fn http_13_missing_or_wrong_token_gets_401_and_nothing_is_stored() {
     assert!(std::fs::read(&stored[0]).expect("stored") == std::fs::read(&message).expect("sent"));
 }
 
+/// AVP-HTTP-40: a refused connection is retried, then reported as JSON.
 #[test]
 fn http_40_avp_send_reports_connection_failure_as_json_after_retrying() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -465,6 +467,7 @@ fn http_12_sdk_client_over_the_body_limit_gets_413_and_nothing_is_stored() {
     assert_eq!(stored_files(&store).len(), 1);
 }
 
+/// AVP-HTTP-60, AVP-HTTP-61: acknowledged messages survive a kill; no half files.
 #[test]
 fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_half_files() {
     let scratch = Scratch::new("restart");
@@ -525,6 +528,8 @@ fn http_2_sdk_httpx_over_h2c_prior_knowledge_reaches_avp_serve() {
     }
 }
 
+/// AVP-HTTP-42: `avp send` prints the answer (exit 0), the error JSON (exit 1)
+/// or fails locally (exit 2).
 #[test]
 fn http_42_avp_send_exit_codes_separate_peer_answers_from_local_problems() {
     let scratch = Scratch::new("exit");
@@ -574,6 +579,7 @@ fn http_42_avp_send_exit_codes_separate_peer_answers_from_local_problems() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// AVP-HTTP-16: SIGTERM lets the request in flight finish.
 #[test]
 fn http_16_sigterm_lets_the_upload_in_flight_finish_then_exits_cleanly() {
     use std::io::Write;

@@ -43,6 +43,7 @@ fn wire_22_encode_then_decode_is_zero_copy_and_checked() {
     assert!(avp_codec::fuzzing::check_roundtrip(&bytes));
 }
 
+/// AVP-WIRE-21: `peek` reads the header and metadata only.
 #[test]
 fn wire_21_peek_needs_only_header_and_metadata() {
     let (m, t) = sample();
@@ -90,6 +91,7 @@ fn lim_1_metadata_limit_is_checked_before_parsing() {
     );
 }
 
+/// AVP-WIRE-23: the stream decoder answers `NeedMore(n)` exactly.
 #[test]
 fn wire_23_stream_decoder_reports_need_more() {
     let (m, t) = sample();
@@ -118,6 +120,8 @@ fn wire_13_kv_flag_follows_payload_type() {
     assert_eq!(bytes[3], 0x06);
 }
 
+/// AVP-KV-3, AVP-KV-6: borrowed per-layer views; a writer given the wrong
+/// layers fails with `invalid_argument`, a caller error (AVP-ERR-2).
 #[test]
 fn kv_3_write_then_read_layers_and_strictness() {
     use avp_codec::kv::{KvCache, KvDtype, KvHeader, write_kv_cache};
@@ -172,6 +176,8 @@ fn kv_3_write_then_read_layers_and_strictness() {
     );
 }
 
+/// AVP-ERR-1: exact kind strings; AVP-ERR-2: caller kinds are not peer
+/// faults; AVP-ERR-5: every error carries a human-readable message.
 #[test]
 fn err_1_kind_strings_are_exact_and_faults_are_classified() {
     let all = [
@@ -194,6 +200,7 @@ fn err_1_kind_strings_are_exact_and_faults_are_classified() {
     }
     let e = decode(b"XX\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00").unwrap_err();
     assert_eq!(e.to_string(), format!("bad_magic: {}", e.message()));
+    assert!(!e.message().is_empty());
 }
 
 #[cfg(feature = "bytes")]
@@ -273,6 +280,7 @@ fn wire_23_stream_decoder_keeps_only_the_message() {
     assert_eq!(strict.finish().unwrap_err().kind(), ErrorKind::Inconsistent);
 }
 
+/// AVP-LIM-8: a header declaring 4 GiB reserves at most 64 MiB up front.
 #[test]
 fn lim_8_stream_header_declaring_4_gib_reserves_little() {
     let mut header = vec![0x41, 0x56, 1, 0];

@@ -297,7 +297,7 @@ def config_hash_cases():
         text = (OUT / rel).read_text(encoding="utf-8")
         loaded = json.loads(text)
         cases.append(case(
-            f"hash/real/{slug}", ["AVP-HASH-1", "AVP-HASH-2", "AVP-HASH-3"], "model_hash",
+            f"hash/real/{slug}", ["AVP-HASH-1", "AVP-HASH-2", "AVP-HASH-3", "AVP-HASH-9"], "model_hash",
             {"file": rel},
             {"result": "valid", "canonical": canonical(loaded), "model_hash": compute_model_hash(loaded)},
         ))
@@ -307,6 +307,14 @@ def config_hash_cases():
             f"hash/adversarial/{slug}",
             ["AVP-HASH-1", "AVP-HASH-2", "AVP-HASH-3", "AVP-HASH-4", "AVP-HASH-5", "AVP-HASH-6"],
             "model_hash", {"text": text},
+            {"result": "valid", "canonical": canonical(loaded), "model_hash": compute_model_hash(loaded)},
+        ))
+    # The integer/float distinction survives reading and writing (AVP-HASH-7).
+    for slug, text in [("int", "100"), ("float", "100.0"), ("exponent-is-float", "1e2"), ("minus-zero-int", "-0"),
+                       ("minus-zero-float", "-0.0"), ("mixed-members", '{"a": 1, "b": 1.0, "c": -0, "d": 1E0}')]:
+        loaded = json.loads(text)
+        cases.append(case(
+            f"hash/int-float/{slug}", ["AVP-HASH-7", "AVP-HASH-9"], "model_hash", {"text": text},
             {"result": "valid", "canonical": canonical(loaded), "model_hash": compute_model_hash(loaded)},
         ))
     for slug, text in INVALID_TEXTS:
@@ -589,6 +597,25 @@ def tokenizer_cases():
             f"tokenizer/vocab/{name}", ["AVP-HASH-10"], "vocab_hash", {"file": vrel},
             {"result": "valid", "tokenizer_hash": compute_tokenizer_hash(vocab)},
         ))
+    # "A tokenizer" is a tokenizer.json or a plain {token: id} map (AVP-HASH-12).
+    # The SDK has no such reader: compute_tokenizer_hash(dict) hashes any dict
+    # as a vocabulary, so its answer for a tokenizer.json is recorded in `sdk`.
+    for name in ("bytelevel-bpe", "unigram"):
+        rel = f"tokenizers/{name}.json"
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(OUT / rel))
+        as_dict = json.loads((OUT / rel).read_text(encoding="utf-8"))
+        cases.append(case(
+            f"tokenizer/detect/tokenizer-json-{name}", ["AVP-HASH-12", "AVP-HASH-10"], "vocab_hash", {"file": rel},
+            {"result": "valid", "tokenizer_hash": compute_tokenizer_hash(tok),
+             "sdk": {"tokenizer_hash": compute_tokenizer_hash(as_dict)}},
+        ))
+    for slug, vocab in [("model-not-an-object", {"model": 1, "version": 2, "a": 3}),
+                        ("model-object-without-version", {"model": {"type": "BPE"}, "b": 0})]:
+        cases.append(case(
+            f"tokenizer/detect/plain-{slug}", ["AVP-HASH-12", "AVP-HASH-10"], "vocab_hash",
+            {"text": json.dumps(vocab)},
+            {"result": "valid", "tokenizer_hash": compute_tokenizer_hash(vocab)},
+        ))
     # Inline vocab maps: escapes, ordering, non-integer ids kept as written.
     inline = [
         ("ascii-order", {"b": 1, "a": 0, "B": 2, "": 3}),
@@ -709,7 +736,7 @@ def hello_cases():
     for slug, d in inputs.items():
         h = HelloMessage.from_dict(d)
         cases.append(case(
-            f"hello/roundtrip/{slug}", ["AVP-HS-1", "AVP-HS-4"], "hello", {"text": json.dumps(d)},
+            f"hello/roundtrip/{slug}", ["AVP-HS-1", "AVP-HS-4"], "hello_parse", {"text": json.dumps(d)},
             {"result": "valid", "to_dict": h.to_dict(), "wire": json.dumps(h.to_dict())},
         ))
     bad = {
@@ -725,8 +752,9 @@ def hello_cases():
     }
     for slug, d in bad.items():
         cases.append(case(
-            f"hello/invalid/{slug}", ["AVP-HS-4", "AVP-HS-20"] if "weights" in slug else ["AVP-HS-4"],
-            "hello", {"text": json.dumps(d)}, {"result": "invalid"},
+            f"hello/invalid/{slug}",
+            ["AVP-HS-4", "AVP-HS-12"] + (["AVP-HS-20"] if "weights" in slug else []),
+            "hello_parse", {"text": json.dumps(d)}, {"result": "invalid"},
             note="the SDK accepts some of these and fails later (or never looks); we reject at parse time",
         ))
     return cases

@@ -239,6 +239,9 @@ def valid(section, slug, rules, description, data, encode=None, level="MUST", kv
     it differs from "valid": `decoded.kv` is always the SDK's own view."""
     outcome, view, exc = sdk_outcome(data)
     assert outcome == "accepted", f"{slug}: SDK rejected: {exc!r}"
+    # Every valid case judges the tensor byte range (payload digest, AVP-WIRE-8)
+    # and the whole decoded view: header, metadata, payload, warnings (AVP-WIRE-19).
+    rules = rules + [r for r in ("AVP-WIRE-8", "AVP-WIRE-19") if r not in rules]
     expect = {"result": "valid", "decoded": view}
     if view["metadata"]["payload_type"] == "KV_CACHE":
         expect["kv"] = kv or {"result": "valid"}
@@ -246,19 +249,26 @@ def valid(section, slug, rules, description, data, encode=None, level="MUST", kv
 
 
 def invalid(section, slug, rules, description, data, kind, sdk_agrees=True, level="MUST"):
+    # The expected kind is one of the closed list (AVP-ERR-1); where the SDK
+    # agrees, it was derived from the SDK's exception (AVP-ERR-3); a limit is
+    # told apart from a malformed message by its kind (AVP-LIM-9).
+    rules = rules + ["AVP-ERR-1"] + (["AVP-ERR-3"] if sdk_agrees else [])
+    if kind == "limit_exceeded":
+        rules.append("AVP-LIM-9")
     outcome, view, exc = sdk_outcome(data)
     expect = {"result": "invalid", "error_kind": kind}
     if sdk_agrees:
         assert outcome == "rejected", f"{slug}: SDK accepted"
         assert error_kind(exc) == kind, f"{slug}: SDK says {error_kind(exc)} ({exc}), we say {kind}"
     else:
-        # We reject on purpose where the SDK does not (a limit); record what the SDK did.
+        # We reject on purpose where the SDK does not (a limit, a check order); record what the SDK did.
         expect["sdk"] = (f"accepted" if outcome == "accepted"
                          else f"rejected as {error_kind(exc)}: {type(exc).__name__}")
     case(section, slug, rules, description, data, expect, level)
 
 
 def non_strict(section, slug, rules, description, data, warnings):
+    rules = rules + ["AVP-WIRE-19"]  # the warnings are returned with the message
     outcome, view, exc = sdk_outcome(data)
     assert outcome == "accepted", f"{slug}: SDK rejected: {exc!r}"
     case(section, slug, rules, description, data,
@@ -370,6 +380,11 @@ def gen_kv():
     valid(s, "kv-trailing-inner", ["AVP-KV-4"], "4 bytes after the last inner layer",
           sdk_encode(kv + b"\0\0\0\0", payload_type=PayloadType.KV_CACHE, num_layers=2), encode="none",
           kv={"result": "non_strict", "warnings": ["kv_inconsistent"], "strict_error_kind": "inconsistent"})
+    kv16, _ = serialize_kv_cache(kv_layers(1, 1, 2, 2, torch.float16))
+    valid(s, "kv-dtype-differs-from-metadata", ["AVP-KV-5"],
+          "inner dtype float16, metadata dtype FLOAT32: the SDK does not compare them",
+          sdk_encode(kv16, payload_type=PayloadType.KV_CACHE, dtype=DataType.FLOAT32, num_layers=1), encode="none",
+          kv={"result": "non_strict", "warnings": ["kv_inconsistent"], "strict_error_kind": "inconsistent"})
 
 
 # ---------------------------------------------------------------- proto3 rules
@@ -441,7 +456,8 @@ def gen_invalid():
     invalid(s, "cut-in-tensor", ["AVP-WIRE-6"], "ends one byte before the declared end", good[:-1], "truncated")
     invalid(s, "payload-length-too-large", ["AVP-WIRE-6"], "payload_length one more than present",
             frame(meta, tensor, pl=len(meta) + len(tensor) + 1), "truncated")
-    invalid(s, "payload-length-max", ["AVP-WIRE-6"], "payload_length 2^32-1 with a small body",
+    invalid(s, "payload-length-max", ["AVP-WIRE-6", "AVP-LIM-2"],
+            "payload_length 2^32-1 with a small body (within the default limit: truncated, not limit_exceeded)",
             frame(meta, tensor, pl=0xFFFFFFFF), "truncated")
     # metadata_length > payload_length: the SDK parses past the payload and fails.
     invalid(s, "metadata-longer-than-payload", ["AVP-WIRE-7"], "metadata_length > payload_length",
@@ -511,6 +527,23 @@ def gen_invalid():
     nosize = cobj.compress(f32(ramp(256))) + cobj.flush()
     invalid(s, "no-content-size", ["AVP-WIRE-17"], "frame without a declared content size",
             frame(zmeta, nosize, flags=1), "decompression")
+    # Several faults in one message: the check order of AVP-WIRE-24 decides
+    # the kind (AVP-ERR-4). Where the SDK checks in another order, its kind is
+    # recorded in `sdk` (conformance/expectations/avp-python.txt).
+    s = "order"
+    order = ["AVP-WIRE-24", "AVP-ERR-4"]
+    invalid(s, "magic-before-version", order, "magic 'AX' and version 2", frame(meta, tensor, magic=b"AX", version=2),
+            "bad_magic")
+    invalid(s, "version-before-length", order, "version 2 and the tensor cut short",
+            frame(meta, tensor, version=2)[:-3], "unsupported_version")
+    invalid(s, "metadata-before-length", order, "wire type 7 in the metadata and the tensor cut short",
+            m(tag(20, 7) + tensor_ck)[:-3], "malformed_metadata", sdk_agrees=False)
+    invalid(s, "enum-before-checksum", order, "dtype 9 and a wrong payload_checksum",
+            m(vi(8, 9) + vi(15, crc(tensor) ^ 1)), "unknown_enum", sdk_agrees=False)
+    invalid(s, "decompression-before-checksum", order, "zstd bytes that do not decompress and a wrong checksum",
+            frame(zmeta + vi(15, 7), b"not zstd at all", flags=1), "decompression")
+    invalid(s, "checksum-before-shape", order, "a wrong checksum and a tensor_shape that disagrees with the size",
+            m(ld(9, varint(3)) + vi(15, crc(tensor) ^ 1)), "checksum_mismatch")
     s = "limits"
     invalid(s, "metadata-over-limit", ["AVP-LIM-1"], "metadata_length 1 MiB + 1 declared (bytes absent)",
             frame(meta, tensor, ml=(1 << 20) + 1, pl=(1 << 20) + 1), "limit_exceeded", sdk_agrees=False)
@@ -533,7 +566,7 @@ def gen_invalid():
             w.write(zeros)
     bomb = sink.getvalue()
     data = frame(zmeta, bomb, flags=1)
-    case(s, "zstd-bomb-2gib", ["AVP-LIM-3", "AVP-WIRE-17"],
+    case(s, "zstd-bomb-2gib", ["AVP-LIM-3", "AVP-WIRE-17", "AVP-ERR-1", "AVP-LIM-9"],
          f"zstd frame of {len(bomb)} bytes declaring 2 GiB of zeros", data,
          {"result": "invalid", "error_kind": "limit_exceeded", "sdk": "not run (would allocate 2 GiB)"})
 
@@ -615,6 +648,21 @@ def gen_json():
     back = JSONMessage.from_json(text)
     jcase("unknown-members-and-order", ["AVP-JSON-3", "AVP-JSON-4"], "unknown member ignored, any order", text,
           {"result": "valid", "message": back.to_dict(), "to_json": back.to_json()})
+    for slug, text in [("empty-object", "{}"), ("content-only", '{"content": "hi"}')]:
+        back = JSONMessage.from_json(text)
+        jcase(f"defaults-{slug}", ["AVP-JSON-2"], "missing members take their defaults (avp_version 0.6.2)", text,
+              {"result": "valid", "message": back.to_dict(), "to_json": back.to_json()})
+    # Nesting (AVP-LIM-7): the top-level object, each array and the innermost
+    # value count one level each; 64 levels are accepted, 65 are refused.
+    for levels, ok in [(64, True), (65, False)]:
+        text = '{"extra": {"deep": ' + "[" * (levels - 3) + "1" + "]" * (levels - 3) + "}}"
+        back = JSONMessage.from_json(text)  # Python's json has no such limit
+        if ok:
+            jcase(f"nesting-{levels}", ["AVP-LIM-7"], f"{levels} levels of nesting: accepted", text,
+                  {"result": "valid", "message": back.to_dict(), "to_json": back.to_json()})
+        else:
+            jcase(f"nesting-{levels}", ["AVP-LIM-7", "AVP-LIM-9"], f"{levels} levels of nesting: over the limit",
+                  text, {"result": "invalid", "error_kind": "limit_exceeded", "sdk": "accepted"})
     for slug, text, note in [("not-an-object", "[1, 2]", "SDK: AttributeError (not AVP's error type)"),
                              ("not-json", "{\"content\": ", "SDK: JSONDecodeError"),
                              ("content-not-string", '{"content": 5}', "SDK: accepts content=5"),

@@ -30,19 +30,10 @@ const LOG_LIMIT: usize = 64 * 1024;
 /// The four outcomes an answer may carry (AVP-CONF-22).
 pub const OUTCOMES: [&str; 4] = ["accepted", "rejected", "skipped", "errored"];
 
-/// Control commands of the protocol; never used as a case's `cmd`.
+/// Control commands of the protocol; no case op may be spelled like one
+/// (the corpus loader refuses such a case, AVP-CONF-22), so a case request's
+/// `cmd` is its op.
 pub const CONTROL_COMMANDS: [&str; 2] = ["hello", "stop"];
-
-/// The `cmd` a case with operation `op` is sent under (AVP-CONF-22): the op
-/// itself, or `case.<op>` when the op is spelled like a control command
-/// (the handshake corpus has an op `hello`: parsing a HelloMessage).
-pub fn command_for(op: &str) -> String {
-    if CONTROL_COMMANDS.contains(&op) {
-        format!("case.{op}")
-    } else {
-        op.to_string()
-    }
-}
 
 struct Running {
     child: Child,
@@ -323,11 +314,11 @@ impl Subject for AdapterSubject {
                 }
                 input.insert("data".into(), self.data_ref(request.case_id, data)?);
                 self.exchange(
-                    json!({ "cmd": command_for(request.cmd), "case": request.case_id, "input": input }),
+                    json!({ "cmd": request.cmd, "case": request.case_id, "input": input }),
                 )?
             }
             None => self.exchange_with_input(
-                json!({ "cmd": command_for(request.cmd), "case": request.case_id }),
+                json!({ "cmd": request.cmd, "case": request.case_id }),
                 Some(request.input_raw),
             )?,
         };

@@ -120,7 +120,10 @@ pub(crate) fn decoded_view(msg: &Message<'_>, strict: bool) -> Value {
         .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
         .collect();
     let kv = if m.payload_type == PayloadType::KvCache {
-        match KvCache::parse_with(&msg.payload, strict) {
+        // The inner dtype is compared with the metadata's too (AVP-KV-5).
+        match KvCache::parse_with(&msg.payload, strict)
+            .and_then(|mut kv| kv.check_metadata_dtype(m.dtype, strict).map(|()| kv))
+        {
             Ok(kv) => {
                 let h = kv.header;
                 json!({"num_layers": h.num_layers, "num_kv_heads": h.num_kv_heads, "head_dim": h.head_dim,
@@ -324,7 +327,7 @@ fn handshake_op(op: &str, request: &Request<'_>) -> Value {
             })
         }
         "identity" => identity(request, &input),
-        "hello" => document(request, &input).and_then(|doc| {
+        "hello_parse" => document(request, &input).and_then(|doc| {
             let hello = HelloMessage::from_value(&doc)
                 .and_then(|h| h.weights_digest().map(|_| h))
                 .map_err(|e| rejected("invalid", e))?;

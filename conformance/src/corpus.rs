@@ -259,6 +259,13 @@ fn build_case(rc: RawCase, dir: &Path, rel: &str, path: &Path) -> Result<Case, C
     if rc.id.split('/').count() < 3 || rc.id.split('/').any(str::is_empty) {
         return Err(bad("id is not <area>/<section>/<slug>".into()));
     }
+    if crate::adapter::CONTROL_COMMANDS.contains(&rc.op.as_str()) {
+        // Case requests carry the op as their `cmd` (AVP-CONF-22).
+        return Err(bad(format!(
+            "op {:?} is a control command of the adapter protocol",
+            rc.op
+        )));
+    }
     let expect: Value = serde_json::from_str(&without_lone_surrogates(rc.expect.get()))
         .map_err(|e| bad(format!("expect: {e}")))?;
     let result: ExpectedResult = expect

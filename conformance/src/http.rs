@@ -400,6 +400,27 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
             "a hello that is not JSON is refused with 400",
         ),
         http_case(
+            "http/text/message",
+            &["AVP-HTTP-1", "AVP-HTTP-33"],
+            Must,
+            Valid,
+            json!({"method": "POST", "path": "/avp/v2/text", "content_type": "application/json",
+                   "json": {"avp_version": "0.6.2", "session_id": "conformance", "source_agent_id": "conformance",
+                            "target_agent_id": "server", "content": "a JSON fallback message"}}),
+            json!({"status": [200]}),
+            "a JSON fallback message is accepted on /avp/v2/text",
+        ),
+        http_case(
+            "http/text/content-not-a-string",
+            &["AVP-HTTP-14", "AVP-HTTP-33"],
+            Must,
+            Invalid,
+            json!({"method": "POST", "path": "/avp/v2/text", "content_type": "application/json",
+                   "json": {"session_id": "conformance", "content": 5}}),
+            json!({"status": [400]}),
+            "a text message whose content is not a string is refused with 400",
+        ),
+        http_case(
             "http/transmit/wrong-content-type",
             &["AVP-HTTP-4", "AVP-HTTP-11"],
             Must,
@@ -516,6 +537,8 @@ pub fn cases(corpus: &Corpus, options: &HttpOptions) -> Vec<Case> {
             }
             .into(),
         );
+        // The whole message is decoded before it is accepted (AVP-HTTP-31).
+        c.rules.push("AVP-HTTP-31".into());
         c.input_file.clone_from(&case.input_file);
         out.push(c);
     }

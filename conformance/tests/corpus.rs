@@ -43,3 +43,45 @@ fn conf_24_inputs_with_lone_surrogates_are_forwarded_verbatim() {
     );
     assert!(case.input_raw.contains(r#""\ud83d\ude00": 5"#));
 }
+
+/// AVP-CONF-6, AVP-CONF-7: the committed corpus, the live HTTP mode's cases
+/// and the verified rules-elsewhere map leave no spec rule uncovered. A new
+/// rule in spec/ without a case or a mapped in-tree test fails here.
+#[test]
+fn conf_7_every_spec_rule_has_a_case_or_a_verified_in_tree_test() {
+    use avp_conformance::coverage::{ElsewhereMap, compute_with};
+    use avp_conformance::http::{DEFAULT_OVERSIZE, HttpOptions, cases as http_cases};
+
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = crate_dir.parent().expect("repository root");
+    let corpus = Corpus::load(&crate_dir.join("vectors")).unwrap();
+    let options = HttpOptions {
+        token: Some(String::new()),
+        timeout: std::time::Duration::from_secs(1),
+        oversize: DEFAULT_OVERSIZE,
+        name: None,
+    };
+    let mut all = corpus.cases.clone();
+    all.extend(http_cases(&corpus, &options));
+    let map = ElsewhereMap::load(&crate_dir.join("rules-elsewhere.json"), repo).unwrap();
+    let cov = compute_with(&repo.join("spec"), &all, Some(&map)).unwrap();
+    assert!(
+        cov.elsewhere_errors.is_empty(),
+        "{:#?}",
+        cov.elsewhere_errors
+    );
+    assert!(cov.rules_uncovered.is_empty(), "{:#?}", cov.rules_uncovered);
+    assert!(cov.unknown_rules.is_empty(), "{:#?}", cov.unknown_rules);
+    assert!(cov.rules_total >= 128, "{}", cov.rules_total);
+    // The map only fills gaps the corpus cannot: a rule that gains a case
+    // should leave the map.
+    let redundant: Vec<&String> = map
+        .rules
+        .keys()
+        .filter(|r| all.iter().any(|c| c.rules.contains(r)))
+        .collect();
+    assert!(
+        redundant.is_empty(),
+        "rules with cases still in the map: {redundant:?}"
+    );
+}

@@ -374,7 +374,7 @@ fn think_continues_from_a_context() {
 
 #[test]
 fn greedy_generation_matches_the_sdk_token_for_token() {
-    // AVP-ENG-8, -10: greedy, stop tokens, continuation after an SDK-made KV message.
+    // AVP-ENG-8, AVP-ENG-10: greedy, stop tokens, continuation after an SDK-made KV message.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -509,7 +509,8 @@ fn malformed_kv_messages_are_refused_without_panicking() {
 
 #[test]
 fn cross_model_projection_matches_the_sdk() {
-    // AVP-ENG-13..16: vocab-mediated (truncated tables) and vocab-overlap, normalised; priming + generate.
+    // AVP-ENG-13, AVP-ENG-14, AVP-ENG-15, AVP-ENG-16: vocab-mediated (truncated tables)
+    // and vocab-overlap, normalised; priming + generate.
     let dir = testdata().join("expected").join("projections");
     let p: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("projections.json")).unwrap())
@@ -738,7 +739,7 @@ fn load_err(dir: &Path) -> EngineError {
 
 #[test]
 fn broken_model_directories_give_typed_errors() {
-    // AVP-ENG-1, -2, -12: unsupported architecture, bad config, missing or
+    // AVP-ENG-1, AVP-ENG-2, AVP-ENG-12: unsupported architecture, bad config, missing or
     // misshapen weights, shards escaping the directory; never a panic.
     let edit_config = |dir: &Path, f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let p = dir.join("config.json");

@@ -317,6 +317,7 @@ mod tests {
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// AVP-HTTP-62: ids that are not 32 lowercase hex digits are refused.
     #[test]
     fn ids_that_could_escape_the_directory_are_refused() {
         let store = ContextStore::in_memory(Duration::from_secs(60));

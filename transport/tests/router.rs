@@ -1,6 +1,7 @@
 //! The router in process, in front of an in-process agent: routing by
 //! `target_agent_id`, unknown targets, the body limit while streaming, an
-//! unreachable destination, and hellos (AVP-HTTP-50..55). Rule IDs: spec/http.md.
+//! unreachable destination, and hellos (AVP-HTTP-50, AVP-HTTP-51, AVP-HTTP-52,
+//! AVP-HTTP-53, AVP-HTTP-54, AVP-HTTP-55). Rule IDs: spec/http.md.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -183,4 +184,49 @@ async fn endless_chunked(url: &str, first: Bytes) -> (u16, String) {
     let text = String::from_utf8_lossy(&answer).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
+}
+
+/// AVP-HTTP-52: `Authorization` is end-to-end: a router without a token of its
+/// own passes the sender's bearer token on, and the destination checks it.
+#[tokio::test]
+async fn http_52_the_bearer_token_passes_through_the_router() {
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
+    let bob_config = ServerConfig {
+        token: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    let bob = run(bob_config, Role::Agent(Arc::new(agent))).await;
+    let routes = HashMap::from([("bob".to_owned(), bob.url.clone())]);
+    let router = run(
+        ServerConfig::default(),
+        Role::Router(Arc::new(Router::new(routes))),
+    )
+    .await;
+    let with_token = AvpClient::new(
+        &router.url,
+        ClientConfig {
+            token: Some("s3cret".into()),
+            retries: 0,
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    let answer = with_token
+        .transmit(message("bob", 100))
+        .await
+        .expect("the token reached bob");
+    assert!(
+        store
+            .get(answer["request_id"].as_str().expect("id"))
+            .expect("read")
+            .is_some()
+    );
+    // Without the token the destination refuses: the router added nothing.
+    assert_eq!(
+        status_of(client(&router.url).transmit(message("bob", 100)).await),
+        (401, "unauthorized".into())
+    );
+    router.shutdown().await;
+    bob.shutdown().await;
 }

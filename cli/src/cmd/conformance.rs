@@ -65,6 +65,14 @@ pub(crate) struct ReportArgs {
     /// Spec directory for the rule-coverage report.
     #[arg(long, default_value = "spec")]
     spec: PathBuf,
+    /// Map of rules checked by in-tree tests instead of cases (AVP-CONF-7);
+    /// its paths are relative to the spec directory's parent.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "conformance/rules-elsewhere.json"
+    )]
+    rules_elsewhere: PathBuf,
 }
 
 /// `avp conformance run`.
@@ -218,7 +226,24 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
         };
         let mut all = corpus.cases.clone();
         all.extend(http::cases(&corpus, &http_options));
-        report.coverage = Some(coverage::compute(&args.report.spec, &all)?);
+        let elsewhere = if args.report.rules_elsewhere.is_file() {
+            let root = args
+                .report
+                .spec
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            Some(coverage::ElsewhereMap::load(
+                &args.report.rules_elsewhere,
+                root,
+            )?)
+        } else {
+            None
+        };
+        report.coverage = Some(coverage::compute_with(
+            &args.report.spec,
+            &all,
+            elsewhere.as_ref(),
+        )?);
     }
     emit(&report, &args.report)
 }

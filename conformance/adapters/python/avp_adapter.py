@@ -127,7 +127,10 @@ def op_decode(req):
     except Exception as exc:  # rejection is a normal answer (AVP-CONF-22)
         if not (IGNORE_CHECKSUM and error_kind(exc) == "checksum_mismatch"):
             return rejected(exc)
-        msg = codec.decode(strip_checksum(data))
+        try:
+            msg = codec.decode(strip_checksum(data))
+        except Exception as exc2:  # a fault the checksum hid (e.g. an unknown enum)
+            return rejected(exc2)
     m = msg.metadata
     _, version, flags, payload_length, metadata_length = struct.unpack("<2sBBII", data[:12])
     pb = avp_pb2.Metadata()
@@ -255,7 +258,7 @@ def op_identity(req):
     return {"outcome": "accepted", "identity": ident.to_dict(), "json": json.dumps(ident.to_dict())}
 
 
-def op_hello(req):
+def op_hello_parse(req):
     try:
         hello = HelloMessage.from_dict(json.loads(text_of(req["input"])))
         d = hello.to_dict()
@@ -300,7 +303,7 @@ def op_resolve(req):
 
 OPS = {"decode": op_decode, "encode": op_encode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
        "model_hash": op_model_hash, "tokenizer_hash": op_tokenizer_hash, "vocab_hash": op_vocab_hash,
-       "identity": op_identity, "case.hello": op_hello, "resolve": op_resolve}
+       "identity": op_identity, "hello_parse": op_hello_parse, "resolve": op_resolve}
 
 
 def main():

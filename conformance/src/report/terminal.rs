@@ -100,8 +100,24 @@ pub fn render(report: &RunReport, verbose: bool) -> String {
             "Rule coverage: {}/{} rules have cases",
             cov.rules_covered, cov.rules_total
         );
-        for (rule, file) in &cov.rules_without_cases {
-            let _ = writeln!(out, "  no case: {rule} ({file})");
+        if !cov.rules_covered_elsewhere.is_empty() {
+            let rules: Vec<&str> = cov
+                .rules_covered_elsewhere
+                .iter()
+                .map(|(r, _)| r.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} more covered by in-tree tests (rules-elsewhere map): {}",
+                rules.len(),
+                rules.join(" ")
+            );
+        }
+        for (rule, file) in &cov.rules_uncovered {
+            let _ = writeln!(out, "  no case and no in-tree test: {rule} ({file})");
+        }
+        for error in &cov.elsewhere_errors {
+            let _ = writeln!(out, "  rules-elsewhere map error: {error}");
         }
         for (rule, cases) in &cov.unknown_rules {
             let more = if cases.len() > 3 {
