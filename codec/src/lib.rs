@@ -42,7 +42,9 @@ pub mod tensor;
 pub mod fuzzing;
 
 pub use compress::Compression;
-pub use decode::{DecodeOptions, Message, Peeked, Warning, decode, decode_with, peek, peek_with};
+pub use decode::{
+    DecodeOptions, Message, Peeked, Warning, check_header, decode, decode_with, peek, peek_with,
+};
 pub use encode::{encode, encode_into, encode_prefix, encoded_len, flags_for};
 pub use error::{Error, ErrorKind};
 pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
