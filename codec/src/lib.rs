@@ -14,6 +14,7 @@
 //!   so a transport can send the tensor without copying it.
 //! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
+//! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
     clippy::indexing_slicing,
@@ -51,6 +52,9 @@ pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
 pub use limits::Limits;
 pub use metadata::{DataType, Metadata, Mode, PayloadType};
 pub use stream::{Status, StreamDecoder};
+
+#[cfg(feature = "mac")]
+pub mod mac;
 
 #[cfg(feature = "bytes")]
 mod owned;
