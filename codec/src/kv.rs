@@ -212,15 +212,6 @@ impl<'a> KvCache<'a> {
         limits: &Limits,
     ) -> Result<KvCache<'a>, Error> {
         let header = KvHeader::parse(payload)?;
-        if header.num_layers > limits.max_kv_layers {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "KV cache declares {} layers, over the limit of {} (AVP-LIM-12)",
-                    header.num_layers, limits.max_kv_layers
-                ),
-            ));
-        }
         let total = header.total_bytes().ok_or_else(|| {
             Error::new(ErrorKind::Truncated, "KV-cache dimensions overflow 64 bits")
         })?;
@@ -229,6 +220,17 @@ impl<'a> KvCache<'a> {
                 "KV-cache tensors",
                 total,
                 payload.len() as u64,
+            ));
+        }
+        // After the size check, so a payload too short for its header stays
+        // `truncated`; what is left are layers of zero-sized tensors.
+        if header.num_layers > limits.max_kv_layers {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "KV cache declares {} layers, over the limit of {} (AVP-LIM-12)",
+                    header.num_layers, limits.max_kv_layers
+                ),
             ));
         }
         let mut warnings = Warnings::new(strict);
