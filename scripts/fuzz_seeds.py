@@ -33,7 +33,7 @@ def main():
     bindir = os.path.join(VEC, "wire", "bin")
     for name in sorted(os.listdir(bindir)):
         data = open(os.path.join(bindir, name), "rb").read()
-        for t in ("decode", "peek", "roundtrip"):
+        for t in ("decode", "peek", "roundtrip", "mac"):
             put(out_root, "codec", t, data)
         # incremental: first byte picks the chunk sizes
         for seed in (0x00, 0x31, 0xF7):
@@ -55,6 +55,12 @@ def main():
     for case in wire["cases"]:
         if case["op"] == "json_decode":
             put(out_root, "codec", "json_fallback", case["input"]["text"].encode("utf-8"))
+    macdir = os.path.join(VEC, "mac", "bin")
+    if os.path.isdir(macdir):
+        for name in sorted(os.listdir(macdir)):
+            data = open(os.path.join(macdir, name), "rb").read()
+            for t in ("decode", "mac"):
+                put(out_root, "codec", t, data)
     hs = os.path.join(VEC, "handshake")
     if os.path.isdir(hs):
         for name in sorted(os.listdir(hs)):

@@ -300,3 +300,46 @@ pub fn check_json(data: &[u8]) {
         }
     }
 }
+
+/// The MAC oracle (spec/mac.md): verifying arbitrary bytes never panics and
+/// reports framing errors with their own kinds; any message that decodes
+/// can be signed, the signed form verifies, and flipping any one of the
+/// first bytes that the MAC covers makes it fail.
+#[cfg(feature = "mac")]
+pub fn check_mac(data: &[u8]) {
+    use crate::mac::{MacKey, encode_signed, verify};
+    let key = MacKey::from_raw([7; 32]);
+    let limits = crate::Limits::DEFAULT;
+    if let Err(e) = verify(data, &key, &limits) {
+        assert!(e.kind().is_peer_fault(), "verify: non-peer error {e}");
+    }
+    let Ok(msg) = decode_with(data, &DecodeOptions::DEFAULT) else {
+        return;
+    };
+    let mut meta = msg.metadata.clone();
+    meta.compression = None;
+    meta.payload_checksum = None;
+    let Ok(signed) = encode_signed(&meta, &msg.payload, Compression::None, &key) else {
+        return;
+    };
+    let lenient = limits
+        .with_max_metadata_len(u32::MAX)
+        .with_max_extra_entries(usize::MAX)
+        .with_max_extra_string_len(usize::MAX);
+    if let Err(e) = verify(&signed, &key, &lenient) {
+        panic!("our own signed message does not verify: {e}");
+    }
+    let pick = data
+        .first()
+        .map_or(0, |&b| usize::from(b))
+        .checked_rem(signed.len())
+        .unwrap_or(0);
+    let mut tampered = signed;
+    if let Some(b) = tampered.get_mut(pick) {
+        *b ^= 0x01;
+        assert!(
+            verify(&tampered, &key, &lenient).is_err(),
+            "a flipped byte {pick} still verifies"
+        );
+    }
+}

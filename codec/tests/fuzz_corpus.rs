@@ -101,3 +101,9 @@ fn oracles_accept_the_golden_messages() {
     assert!(fuzzing::check_decode_modes(&ok), "kv-f32 decodes");
     assert!(fuzzing::check_roundtrip(&ok), "kv-f32 round-trips");
 }
+
+#[cfg(feature = "mac")]
+#[test]
+fn fuzz_corpus_mac() {
+    replay("mac", fuzzing::check_mac);
+}

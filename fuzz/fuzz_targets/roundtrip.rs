@@ -2,4 +2,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| { avp_codec::fuzzing::check_roundtrip(data); });
+fuzz_target!(|data: &[u8]| {
+    avp_codec::fuzzing::check_roundtrip(data);
+});
