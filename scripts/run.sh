@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job: build the release `avp` binary, then decode (JSON) and
-# inspect every bundled golden wire vector and check each outcome against
-# conformance/vectors/wire/cases.json (valid/non-strict decode, invalid
-# vectors are rejected with the expected error kind).
+# The main job: build the release `avp` binary, run the conformance suite
+# (this implementation, compatible and strict decoding, against the whole
+# SDK-generated corpus: wire, KV, JSON fallback, handshake), then decode (JSON)
+# and inspect every bundled golden wire vector and check each outcome against
+# conformance/vectors/wire/cases.json.
 # Needs only Rust and a system python3 (standard library).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +12,13 @@ echo "== building the release CLI"
 cargo build --release -q -p avp-cli
 avp="$root/target/release/avp"
 export AVP_BIN="$avp"
+mkdir -p target/avp-report
+echo "== conformance: this implementation against conformance/vectors"
+"$avp" conformance run --builtin compatible --builtin strict \
+  --json target/avp-report/report.json --html target/avp-report/report.html
+echo "   reports: target/avp-report/report.{json,html}"
+echo
+echo "== decode + inspect every golden wire vector"
 python3 - <<'PY'
 import json, os, subprocess, sys
 

@@ -7,6 +7,12 @@ cd "$root"
 bash scripts/setup-venv.sh
 export PATH="$root/.venv/bin:$PATH"
 
+echo "== chromium (headless screenshot of the conformance HTML report, cli/tests/conformance_html.rs)"
+if ! command -v chromium >/dev/null 2>&1; then
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+        || echo "WARNING: could not install chromium; the HTML screenshot test will skip"
+fi
+
 echo "== conformance vectors (regenerated with the SDK, diffed)"
 bash conformance/gen/check.sh
 echo "== engine fixtures (regenerated with the SDK, compared)"

@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Print the workspace version and enabled features.
     Version,
+    /// Check an implementation or a live server against the conformance corpus.
+    #[command(subcommand)]
+    Conformance(cmd::conformance::ConformanceCommand),
     /// Decode one AVP message and print it as JSON (spec/cli.md).
     Decode(cmd::decode::DecodeArgs),
     /// Encode metadata (JSON) and tensor bytes into an AVP message.
@@ -34,17 +37,42 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Forward messages to agents by their target_agent_id.
     Route(cmd::route::RouteArgs),
+    /// Model hash, tokenizer hash or weights digest of a file or directory.
+    Hash(cmd::hash::HashArgs),
+    /// The model identity (the SDK's `to_dict()` JSON) of a config or model directory.
+    Identity(cmd::identity::IdentityArgs),
+    /// Handshake tools: resolve the mode two identities would negotiate.
+    Handshake(cmd::handshake::HandshakeArgs),
+    /// Think in latent space on a model and write the KV_CACHE message.
+    #[cfg(feature = "engine")]
+    Think(cmd::think::ThinkArgs),
+    /// Generate text, optionally continuing a KV_CACHE context.
+    #[cfg(feature = "engine")]
+    Generate(cmd::generate::GenerateArgs),
+    /// Project a source model's thought into a target model's embedding space.
+    #[cfg(feature = "engine")]
+    Project(cmd::project::ProjectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),
+        Command::Conformance(command) => cmd::conformance::run(command),
         Command::Decode(args) => cmd::decode::run(args),
         Command::Encode(args) => cmd::encode::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Send(args) => cmd::send::run(&args),
         Command::Route(args) => cmd::route::run(&args),
+        Command::Hash(args) => cmd::hash::run(args),
+        Command::Identity(args) => cmd::identity::run(args),
+        Command::Handshake(args) => cmd::handshake::run(args),
+        #[cfg(feature = "engine")]
+        Command::Think(args) => cmd::think::run(args),
+        #[cfg(feature = "engine")]
+        Command::Generate(args) => cmd::generate::run(args),
+        #[cfg(feature = "engine")]
+        Command::Project(args) => cmd::project::run(args),
     }
 }

@@ -613,3 +613,33 @@ fn http_16_sigterm_lets_the_upload_in_flight_finish_then_exits_cleanly() {
     assert_eq!(stored.len(), 1);
     assert!(std::fs::read(&stored[0]).expect("stored") == message);
 }
+
+/// `avp handshake URL --identity FILE` (AVP-CLI-106's remote form): our own
+/// identity of the same model directory resolves to `hash_match` at `avp serve`.
+#[test]
+fn http_30_avp_handshake_url_against_avp_serve_resolves_hash_match() {
+    let model = workspace().join("conformance/vectors/handshake/models/qwen2-7b-bpe");
+    let scratch = Scratch::new("handshake-url");
+    let server = serve(&["--model", model.to_str().expect("utf-8")]);
+    let identity = avp()
+        .arg("identity")
+        .arg(&model)
+        .output()
+        .expect("avp identity");
+    assert!(identity.status.success(), "avp identity failed");
+    let identity_file = scratch.path("identity.json");
+    std::fs::write(&identity_file, &identity.stdout).expect("write identity");
+    let answer = avp()
+        .args(["handshake", &server.url, "--identity"])
+        .arg(&identity_file)
+        .output()
+        .expect("avp handshake URL");
+    assert!(
+        answer.status.success(),
+        "avp handshake URL failed: {}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&answer.stdout).expect("one JSON answer");
+    assert_eq!(answer["resolution_path"], "hash_match", "{answer}");
+    assert_eq!(answer["mode"], "LATENT", "{answer}");
+}

@@ -450,6 +450,14 @@ def random_document_cases():
             f"json/float-repr/{i:02d}", ["AVP-HASH-3"], "canonical_json", {"text": text},
             {"result": "valid", "canonical": canonical(xs)},
         ))
+    # Exact ties between two shortest candidates (Python rounds to even).
+    ties = []
+    for _ in range(1000):
+        scale = rng.choice([2.0 ** 49, 2.0 ** 50, 2.0 ** 51, 2.0 ** 52])
+        ties.append(rng.choice([-1, 1]) * (scale + rng.randrange(1 << 20) + rng.choice([0.25, 0.75, 0.5, 0.125])))
+    text = "[" + ",".join(repr(x) for x in ties) + "]"
+    cases.append(case("json/float-repr/ties", ["AVP-HASH-3"], "canonical_json", {"text": text},
+                      {"result": "valid", "canonical": canonical(ties)}))
     return cases
 
 
@@ -545,6 +553,15 @@ def handmade_tokenizers():
         "sparse-ids": bpe({"x": 0, "y": 10, "z": 20}, [added(0, "<new1>"), added(0, "<new2>"), added(0, "y")], ()),
         # No added tokens at all.
         "no-added": bpe(base_vocab, []),
+        # Unigram with a repeated piece: it takes its last position, and the
+        # size counts list entries, so the new added token gets id 5.
+        "unigram-duplicates": {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [added(0, "<unk>", True), added(9, "<new>", True)],
+            "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": None,
+            "model": {"type": "Unigram", "unk_id": 0, "byte_fallback": False,
+                      "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -2.0], ["a", -3.0], ["c", -4.0]]},
+        },
     }
 
 

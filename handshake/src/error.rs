@@ -73,7 +73,12 @@ impl JsonError {
 
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid JSON: {} at byte {}", self.kind.describe(), self.offset)
+        write!(
+            f,
+            "invalid JSON: {} at byte {}",
+            self.kind.describe(),
+            self.offset
+        )
     }
 }
 
@@ -112,7 +117,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn field(field: impl Into<String>, expected: &'static str, found: impl Into<String>) -> Self {
+    pub(crate) fn field(
+        field: impl Into<String>,
+        expected: &'static str,
+        found: impl Into<String>,
+    ) -> Self {
         Error::Field {
             field: field.into(),
             expected,
@@ -125,12 +134,18 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Json(e) => fmt::Display::fmt(e, f),
-            Error::Field { field, expected, found } => {
+            Error::Field {
+                field,
+                expected,
+                found,
+            } => {
                 write!(f, "field `{field}`: expected {expected}, found {found}")
             }
             Error::Tokenizer(msg) => write!(f, "unusable tokenizer.json: {msg}"),
             Error::Safetensors(msg) => write!(f, "invalid safetensors file: {msg}"),
-            Error::DuplicateTensor(name) => write!(f, "tensor `{name}` appears in more than one file"),
+            Error::DuplicateTensor(name) => {
+                write!(f, "tensor `{name}` appears in more than one file")
+            }
             Error::TooDeepToWrite => f.write_str("value nests deeper than 512 levels"),
             Error::DuplicateSession(id) => write!(f, "session id `{id}` is already in use"),
             Error::Io { path, message } => write!(f, "{path}: {message}"),

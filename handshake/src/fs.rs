@@ -84,7 +84,10 @@ struct Job {
 pub fn weights_digest_dir(dir: &Path, threads: usize) -> Result<WeightsDigest, Error> {
     let files = safetensors_files(dir)?;
     if files.is_empty() {
-        return Err(Error::Safetensors(format!("no *.safetensors file in {}", dir.display())));
+        return Err(Error::Safetensors(format!(
+            "no *.safetensors file in {}",
+            dir.display()
+        )));
     }
     let mut jobs = Vec::new();
     for (index, path) in files.iter().enumerate() {
@@ -141,7 +144,12 @@ pub fn weights_digest_dir(dir: &Path, threads: usize) -> Result<WeightsDigest, E
     combine(leaves)
 }
 
-fn hash_job(job: &Job, files: &[PathBuf], open: &mut [Option<File>], buffer: &mut [u8]) -> Result<[u8; 32], Error> {
+fn hash_job(
+    job: &Job,
+    files: &[PathBuf],
+    open: &mut [Option<File>],
+    buffer: &mut [u8],
+) -> Result<[u8; 32], Error> {
     let path = files
         .get(job.file)
         .ok_or_else(|| Error::Safetensors("internal: file index out of range".into()))?;
@@ -154,12 +162,16 @@ fn hash_job(job: &Job, files: &[PathBuf], open: &mut [Option<File>], buffer: &mu
     let file = slot
         .as_mut()
         .ok_or_else(|| Error::Safetensors("internal: file not open".into()))?;
-    file.seek(SeekFrom::Start(job.data_start.saturating_add(job.entry.begin)))
-        .map_err(|e| io_err(path, &e))?;
+    file.seek(SeekFrom::Start(
+        job.data_start.saturating_add(job.entry.begin),
+    ))
+    .map_err(|e| io_err(path, &e))?;
     let mut hasher = LeafHasher::new();
     let mut remaining = job.entry.byte_len();
     while remaining > 0 {
-        let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buffer.len());
+        let want = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
         let chunk = buffer
             .get_mut(..want)
             .ok_or_else(|| Error::Safetensors("internal: chunk".into()))?;

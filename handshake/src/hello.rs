@@ -76,7 +76,9 @@ impl HelloMessage {
         let capabilities = match obj.get("capabilities") {
             None => Object::new(),
             Some(Value::Object(o)) => o.clone(),
-            Some(other) => return Err(Error::field("capabilities", "an object", other.type_name())),
+            Some(other) => {
+                return Err(Error::field("capabilities", "an object", other.type_name()));
+            }
         };
         Ok(HelloMessage {
             agent_id: text("agent_id", "")?,
@@ -106,13 +108,19 @@ impl HelloMessage {
                         format!("{:?}", s.to_string_lossy()),
                     )
                 }),
-            Some(other) => Err(Error::field("capabilities.weights_digest", "a string", other.type_name())),
+            Some(other) => Err(Error::field(
+                "capabilities.weights_digest",
+                "a string",
+                other.type_name(),
+            )),
         }
     }
 
     /// Adds (or replaces) the `weights_digest` capability.
     pub fn set_weights_digest(&mut self, digest: &WeightsDigest) {
-        self.capabilities
-            .insert(WEIGHTS_DIGEST_CAPABILITY, Value::Str(digest.to_hex().into()));
+        self.capabilities.insert(
+            WEIGHTS_DIGEST_CAPABILITY,
+            Value::Str(digest.to_hex().into()),
+        );
     }
 }

@@ -49,14 +49,22 @@ impl ModelIdentity {
     /// wrong type is an error (the SDK stores it and fails later, in the
     /// resolver's comparisons). `context` prefixes field names in errors.
     pub fn from_value(value: &Value, context: &str) -> Result<Self, Error> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::field(context_or(context, "(identity)"), "an object", value.type_name()))?;
+        let obj = value.as_object().ok_or_else(|| {
+            Error::field(
+                context_or(context, "(identity)"),
+                "an object",
+                value.type_name(),
+            )
+        })?;
         let text = |key: &str| -> Result<JsonString, Error> {
             match obj.get(key) {
                 None => Ok(JsonString::default()),
                 Some(Value::Str(s)) => Ok(s.clone()),
-                Some(other) => Err(Error::field(join(context, key), "a string", other.type_name())),
+                Some(other) => Err(Error::field(
+                    join(context, key),
+                    "a string",
+                    other.type_name(),
+                )),
             }
         };
         let count = |key: &str| -> Result<u64, Error> {
@@ -79,11 +87,19 @@ impl ModelIdentity {
 }
 
 fn context_or(context: &str, fallback: &str) -> String {
-    if context.is_empty() { fallback.to_owned() } else { context.to_owned() }
+    if context.is_empty() {
+        fallback.to_owned()
+    } else {
+        context.to_owned()
+    }
 }
 
 fn join(context: &str, key: &str) -> String {
-    if context.is_empty() { key.to_owned() } else { format!("{context}.{key}") }
+    if context.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{context}.{key}")
+    }
 }
 
 /// A JSON integer in `0..=u64::MAX`.
@@ -92,7 +108,11 @@ fn non_negative(v: &Value, field: &str) -> Result<u64, Error> {
         Value::Int(i) => i
             .as_u64()
             .ok_or_else(|| Error::field(field, "a non-negative integer below 2^64", i.to_string())),
-        other => Err(Error::field(field, "a non-negative integer", other.type_name())),
+        other => Err(Error::field(
+            field,
+            "a non-negative integer",
+            other.type_name(),
+        )),
     }
 }
 
@@ -126,7 +146,10 @@ fn count_with_fallbacks(config: &Object, keys: &[&str]) -> Result<u64, Error> {
 /// Divergence (AVP-HS-3): where the SDK would put a non-integer or negative
 /// number (or `null`) into a count, or a non-string into a name, this is an
 /// error naming the config key.
-pub fn identity_from_config(config: &Value, tokenizer_hash: JsonString) -> Result<ModelIdentity, Error> {
+pub fn identity_from_config(
+    config: &Value,
+    tokenizer_hash: JsonString,
+) -> Result<ModelIdentity, Error> {
     let obj = config
         .as_object()
         .ok_or_else(|| Error::field("(config)", "an object", config.type_name()))?;

@@ -41,7 +41,9 @@ pub use error::{Error, JsonError, JsonErrorKind};
 pub use hash::{model_hash, tokenizer_hash};
 pub use hello::{AVP_VERSION_STRING, HelloMessage, WEIGHTS_DIGEST_CAPABILITY};
 pub use identity::{ModelIdentity, identity_from_config};
-pub use resolve::{MIN_VOCAB_OVERLAP, MapLookup, Mode, Resolution, ResolutionPath, ResolveOptions, map_id, resolve};
+pub use resolve::{
+    MIN_VOCAB_OVERLAP, MapLookup, Mode, Resolution, ResolutionPath, ResolveOptions, map_id, resolve,
+};
 pub use session::{DEFAULT_TTL, Session, SessionManager};
 pub use vocab::{count_vocab_overlap, vocab_from_document, vocab_from_tokenizer_json};
 pub use weights::WeightsDigest;

@@ -145,7 +145,11 @@ pub fn map_id(source_hash: &JsonString, target_hash: &JsonString) -> Option<Stri
 /// Resolves the mode for `local` talking to `remote` (AVP-HS-5..AVP-HS-10,
 /// AVP-HS-22). Pure: no clock, no files; map files come through
 /// `options.maps`.
-pub fn resolve(local: &ModelIdentity, remote: &ModelIdentity, options: &ResolveOptions<'_>) -> Resolution {
+pub fn resolve(
+    local: &ModelIdentity,
+    remote: &ModelIdentity,
+    options: &ResolveOptions<'_>,
+) -> Resolution {
     let weights_mismatch = matches!(
         (options.local_weights, options.remote_weights),
         (Some(a), Some(b)) if a != b
@@ -159,7 +163,10 @@ pub fn resolve(local: &ModelIdentity, remote: &ModelIdentity, options: &ResolveO
 
     if !weights_mismatch {
         // Rule 1 (AVP-HS-5).
-        if !local.model_hash.is_empty() && !remote.model_hash.is_empty() && local.model_hash == remote.model_hash {
+        if !local.model_hash.is_empty()
+            && !remote.model_hash.is_empty()
+            && local.model_hash == remote.model_hash
+        {
             return latent(ResolutionPath::HashMatch, String::new());
         }
         // Rule 2 (AVP-HS-6): only the local side is tested for non-empty and
@@ -179,12 +186,17 @@ pub fn resolve(local: &ModelIdentity, remote: &ModelIdentity, options: &ResolveO
         && !remote.tokenizer_hash.is_empty()
         && local.tokenizer_hash == remote.tokenizer_hash
     {
-        let id = format!("vocab:{}", prefix16(&local.tokenizer_hash).to_string_lossy());
+        let id = format!(
+            "vocab:{}",
+            prefix16(&local.tokenizer_hash).to_string_lossy()
+        );
         return latent(ResolutionPath::SharedTokenizer, id);
     }
     // Rule 4 (AVP-HS-8).
     if !local.model_hash.is_empty() && !remote.model_hash.is_empty() {
-        if let (Some(maps), Some(id)) = (options.maps, map_id(&local.model_hash, &remote.model_hash)) {
+        if let (Some(maps), Some(id)) =
+            (options.maps, map_id(&local.model_hash, &remote.model_hash))
+        {
             if maps.has_map(&id) {
                 return latent(ResolutionPath::AvpMapFile, id);
             }
@@ -194,7 +206,10 @@ pub fn resolve(local: &ModelIdentity, remote: &ModelIdentity, options: &ResolveO
     if let Some((source, target)) = options.vocabularies {
         let overlap = count_vocab_overlap(source, target, MIN_VOCAB_OVERLAP);
         if overlap > 0 {
-            return latent(ResolutionPath::VocabOverlap, format!("vocab_overlap:{overlap}"));
+            return latent(
+                ResolutionPath::VocabOverlap,
+                format!("vocab_overlap:{overlap}"),
+            );
         }
     }
     // Rule 6 (AVP-HS-10).

@@ -118,6 +118,9 @@ impl SessionManager {
 
     /// Number of live sessions.
     pub fn active_count(&self, now: Duration) -> usize {
-        self.sessions.values().filter(|s| !s.is_expired(now)).count()
+        self.sessions
+            .values()
+            .filter(|s| !s.is_expired(now))
+            .count()
     }
 }

@@ -96,7 +96,9 @@ pub struct SafetensorsHeader {
 pub fn header_len(first8: [u8; 8], file_len: u64) -> Result<u64, Error> {
     let n = u64::from_le_bytes(first8);
     if n > MAX_HEADER_LEN {
-        return Err(Error::Safetensors(format!("header length {n} exceeds {MAX_HEADER_LEN}")));
+        return Err(Error::Safetensors(format!(
+            "header length {n} exceeds {MAX_HEADER_LEN}"
+        )));
     }
     if n > file_len.saturating_sub(8) {
         return Err(Error::Safetensors(format!(
@@ -135,7 +137,9 @@ pub fn parse_header(header: &[u8], data_len: u64) -> Result<SafetensorsHeader, E
             continue;
         }
         let bad = |what: &str| Error::Safetensors(format!("tensor `{name}`: {what}"));
-        let fields = entry.as_object().ok_or_else(|| bad("entry is not an object"))?;
+        let fields = entry
+            .as_object()
+            .ok_or_else(|| bad("entry is not an object"))?;
         let dtype = fields
             .get("dtype")
             .and_then(Value::as_json_str)
@@ -164,7 +168,9 @@ pub fn parse_header(header: &[u8], data_len: u64) -> Result<SafetensorsHeader, E
             _ => return Err(bad("`data_offsets` is not a list")),
         };
         if begin > end || end > data_len {
-            return Err(bad(&format!("data_offsets [{begin}, {end}] outside the {data_len}-byte data section")));
+            return Err(bad(&format!(
+                "data_offsets [{begin}, {end}] outside the {data_len}-byte data section"
+            )));
         }
         if let Some(size) = dtype_size(dtype) {
             let expected = shape
@@ -271,7 +277,9 @@ pub fn digest_safetensors_bytes(files: &[&[u8]]) -> Result<WeightsDigest, Error>
         let data = file.get(header_end..).unwrap_or_default();
         let parsed = parse_header(header, u64::try_from(data.len()).unwrap_or(u64::MAX))?;
         for t in parsed.tensors {
-            let range = usize::try_from(t.begin).ok().zip(usize::try_from(t.end).ok());
+            let range = usize::try_from(t.begin)
+                .ok()
+                .zip(usize::try_from(t.end).ok());
             let bytes = range
                 .and_then(|(b, e)| data.get(b..e))
                 .ok_or_else(|| Error::Safetensors(format!("tensor `{}` out of range", t.name)))?;

@@ -36,7 +36,6 @@ pub(crate) struct HandshakeRemoteArgs {
 }
 
 /// Runs the remote handshake; prints the answer JSON (exit 0) or an error object (exit 1).
-#[allow(dead_code)] // wired into `avp handshake URL` by the lead at merge time
 pub(crate) fn run_remote(args: &HandshakeRemoteArgs) -> ExitCode {
     finish(runtime().and_then(|rt| rt.block_on(handshake(args))))
 }

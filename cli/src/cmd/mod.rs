@@ -1,9 +1,21 @@
 //! One module per subcommand.
+pub(crate) mod conformance;
 pub(crate) mod decode;
 pub(crate) mod encode;
+#[cfg(feature = "engine")]
+pub(crate) mod engine_common;
+#[cfg(feature = "engine")]
+pub(crate) mod generate;
+pub(crate) mod handshake;
 pub(crate) mod handshake_remote;
+pub(crate) mod hash;
+pub(crate) mod identity;
 pub(crate) mod inspect;
+#[cfg(feature = "engine")]
+pub(crate) mod project;
 pub(crate) mod route;
 pub(crate) mod send;
 pub(crate) mod serve;
+#[cfg(feature = "engine")]
+pub(crate) mod think;
 pub(crate) mod version;

@@ -13,8 +13,8 @@ mod write;
 
 pub use float::write_py_float;
 pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, parse};
-pub use write::{Separators, WriteOptions, to_canonical, write_value};
-pub(crate) use write::write_string as write_string_pub;
+pub(crate) use write::write_wtf8_string;
+pub use write::{Separators, Sink, WriteOptions, to_canonical, write_value};
 
 use core::cmp::Ordering;
 use core::fmt;
@@ -123,7 +123,7 @@ fn utf8_width(lead: u8) -> usize {
 /// Iterator over the code points of a [`JsonString`].
 #[derive(Debug, Clone)]
 pub struct CodePoints<'a> {
-    bytes: &'a [u8],
+    pub(crate) bytes: &'a [u8],
 }
 
 impl Iterator for CodePoints<'_> {

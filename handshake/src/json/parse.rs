@@ -8,6 +8,8 @@
 //! stack), a UTF-8 byte-order mark, and invalid UTF-8.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 use super::{Int, JsonString, Object, Value};
 use crate::error::{JsonError, JsonErrorKind};
@@ -20,7 +22,7 @@ pub const MAX_DEPTH: usize = 512;
 pub const MAX_INT_DIGITS: usize = 4300;
 
 /// Objects larger than this get a hash index for duplicate detection.
-const INDEX_THRESHOLD: usize = 16;
+const INDEX_THRESHOLD: usize = 64;
 
 /// Parses one JSON document (surrounding whitespace allowed) from UTF-8 bytes.
 pub fn parse(input: &[u8]) -> Result<Value, JsonError> {
@@ -145,7 +147,7 @@ impl Parser<'_> {
         self.enter()?;
         self.bump(1); // '{'
         let mut entries: Vec<(JsonString, Value)> = Vec::new();
-        let mut index: Option<HashMap<JsonString, usize>> = None;
+        let mut index: Option<KeyIndex> = None;
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.bump(1);
@@ -217,7 +219,9 @@ impl Parser<'_> {
                 }
                 Some(b'\\') => {
                     self.bump(1);
-                    let esc = self.peek().ok_or_else(|| self.err(JsonErrorKind::UnexpectedEnd))?;
+                    let esc = self
+                        .peek()
+                        .ok_or_else(|| self.err(JsonErrorKind::UnexpectedEnd))?;
                     let simple = match esc {
                         b'"' => Some(b'"'),
                         b'\\' => Some(b'\\'),
@@ -244,7 +248,8 @@ impl Parser<'_> {
                                 let low = self.hex4()?;
                                 if (0xdc00..0xe000).contains(&low) {
                                     // Both ranges were checked just above, so this cannot wrap.
-                                    cp = 0x10000u32.wrapping_add(((cp & 0x3ff) << 10) | (low & 0x3ff));
+                                    cp = 0x10000u32
+                                        .wrapping_add(((cp & 0x3ff) << 10) | (low & 0x3ff));
                                 } else {
                                     self.pos = save;
                                 }
@@ -260,7 +265,11 @@ impl Parser<'_> {
     }
 
     fn digits(&mut self) -> usize {
-        let n = self.rest().iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         self.bump(n);
         n
     }
@@ -282,7 +291,10 @@ impl Parser<'_> {
         // Python's NUMBER_RE: a fraction needs a digit after '.', an exponent
         // needs one after [eE][+-]; otherwise the number ends before them.
         if self.peek() == Some(b'.')
-            && self.bytes.get(self.pos.saturating_add(1)).is_some_and(u8::is_ascii_digit)
+            && self
+                .bytes
+                .get(self.pos.saturating_add(1))
+                .is_some_and(u8::is_ascii_digit)
         {
             self.bump(1);
             self.digits();
@@ -302,7 +314,8 @@ impl Parser<'_> {
         }
         let text = self.bytes.get(start..self.pos).unwrap_or_default();
         // Only ASCII digits, signs, '.', 'e' were consumed.
-        let text = core::str::from_utf8(text).map_err(|_| JsonError::new(JsonErrorKind::BadNumber, start))?;
+        let text = core::str::from_utf8(text)
+            .map_err(|_| JsonError::new(JsonErrorKind::BadNumber, start))?;
         if is_float {
             let v: f64 = text
                 .parse()
@@ -317,27 +330,72 @@ impl Parser<'_> {
     }
 }
 
+/// Duplicate-key index for large objects: key hash → first entry with that
+/// hash, plus a chain through entries sharing a hash. Keys are not cloned;
+/// SipHash with a random key keeps crafted collisions from degrading it.
+struct KeyIndex {
+    state: RandomState,
+    heads: HashMap<u64, usize>,
+    chain: Vec<usize>,
+}
+
+const NO_ENTRY: usize = usize::MAX;
+
+impl KeyIndex {
+    fn new(entries: &[(JsonString, Value)]) -> Self {
+        let mut index = KeyIndex {
+            state: RandomState::new(),
+            heads: HashMap::with_capacity(entries.len().saturating_mul(2)),
+            chain: Vec::with_capacity(entries.len().saturating_mul(2)),
+        };
+        for (i, (k, _)) in entries.iter().enumerate() {
+            index.add(k, i);
+        }
+        index
+    }
+
+    fn hash(&self, key: &JsonString) -> u64 {
+        self.state.hash_one(key.as_wtf8())
+    }
+
+    fn find(&self, entries: &[(JsonString, Value)], key: &JsonString) -> Option<usize> {
+        let mut at = self.heads.get(&self.hash(key)).copied().unwrap_or(NO_ENTRY);
+        while at != NO_ENTRY {
+            if entries.get(at).is_some_and(|(k, _)| k == key) {
+                return Some(at);
+            }
+            at = self.chain.get(at).copied().unwrap_or(NO_ENTRY);
+        }
+        None
+    }
+
+    /// Records that entry `i` (which must be the next entry) has `key`.
+    fn add(&mut self, key: &JsonString, i: usize) {
+        let h = self.hash(key);
+        let previous = self.heads.insert(h, i).unwrap_or(NO_ENTRY);
+        self.chain.push(previous);
+    }
+}
+
 /// Python dict assignment: a repeated key keeps its slot, takes the new value.
 fn insert_entry(
     entries: &mut Vec<(JsonString, Value)>,
-    index: &mut Option<HashMap<JsonString, usize>>,
+    index: &mut Option<KeyIndex>,
     key: JsonString,
     value: Value,
 ) {
     if index.is_none() && entries.len() >= INDEX_THRESHOLD {
-        let map: HashMap<JsonString, usize> =
-            entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        *index = Some(map);
+        *index = Some(KeyIndex::new(entries));
     }
     let existing = match index {
-        Some(map) => map.get(&key).copied(),
+        Some(idx) => idx.find(entries, &key),
         None => entries.iter().position(|(k, _)| *k == key),
     };
     match existing.and_then(|i| entries.get_mut(i)) {
         Some(slot) => slot.1 = value,
         None => {
-            if let Some(map) = index {
-                map.insert(key.clone(), entries.len());
+            if let Some(idx) = index {
+                idx.add(&key, entries.len());
             }
             entries.push((key, value));
         }

@@ -1,0 +1,242 @@
+//! [`LatentContext`]: what `think()` produces and `generate()` consumes, and
+//! its wire form, the SDK's `AVPContext.to_bytes()` (AVP-ENG-7).
+//!
+//! The message is a KV_CACHE AVP message whose tensor bytes are the KV-cache
+//! inner format v1 (17-byte `<IIIIB` header, then K₀ V₀ K₁ V₁ … each
+//! `[kv_heads, seq_len, head_dim]` little-endian in the cache's dtype), with
+//! metadata `hidden_dim`, `num_layers`, `dtype` = the cache dtype, and `extra`
+//! = {`model_hash`, `model_family`, `num_steps` (decimal string)}.
+//!
+//! Import checks, before allocating anything, that the declared sizes add up
+//! exactly to the bytes present, that the model hash matches (else
+//! [`EngineError::IncompatibleContext`], as the SDK refuses such a context)
+//! and that layers/heads/head_dim fit the model; it then copies the cache
+//! onto the model's device in the model's dtype.
+
+use std::collections::BTreeMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::{KvCache, to_i64};
+use crate::engine::Engine;
+use crate::error::{EngineError, Result};
+use crate::wire::{
+    KV_HEADER_LEN, KvDtype, KvHeader, PayloadKind, WireMeta, decode_message, element_size,
+    encode_message,
+};
+
+/// A latent context: a KV-cache plus the identity of the model that made it.
+#[derive(Debug)]
+pub struct LatentContext {
+    /// The KV-cache (on the model's device).
+    pub cache: KvCache,
+    /// Hash of the producing model's config.
+    pub model_hash: String,
+    /// Producing model's family (`model_type`).
+    pub model_family: String,
+    /// Latent steps accumulated over all `think` calls.
+    pub num_steps: usize,
+    /// Producing model's hidden size.
+    pub hidden_dim: usize,
+    /// Producing model's layer count.
+    pub num_layers: usize,
+    /// Final-norm hidden state `[1, D]` after the last step (not serialized, as in the SDK).
+    pub last_hidden: Option<Tensor>,
+    /// Steps the latest `think` call actually ran (fewer than asked after a NaN).
+    pub steps_taken: usize,
+    /// A hidden state of the latest `think` held a NaN (AVP-ENG-9: callers SHOULD warn).
+    pub nan_seen: bool,
+    /// A hidden state of the latest `think` held an Inf.
+    pub inf_seen: bool,
+}
+
+pub(crate) fn wire_dtype(kind: Kind) -> Result<KvDtype> {
+    match kind {
+        Kind::Float => Ok(KvDtype::Float32),
+        Kind::Half => Ok(KvDtype::Float16),
+        Kind::BFloat16 => Ok(KvDtype::Bfloat16),
+        other => Err(EngineError::Unsupported(format!(
+            "cache dtype {other:?} has no wire code"
+        ))),
+    }
+}
+
+fn kind_of(d: KvDtype) -> Result<Kind> {
+    match d {
+        KvDtype::Float32 => Ok(Kind::Float),
+        KvDtype::Float16 => Ok(Kind::Half),
+        KvDtype::Bfloat16 => Ok(Kind::BFloat16),
+        other => Err(EngineError::InvalidContext(format!(
+            "KV dtype {} is not supported",
+            other.name()
+        ))),
+    }
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| EngineError::InvalidArgument(format!("{what} {n} exceeds u32")))
+}
+
+impl LatentContext {
+    /// Filled KV positions.
+    pub fn seq_len(&self) -> usize {
+        self.cache.seq_len()
+    }
+
+    /// The KV-cache inner format v1 bytes (one copy to host per layer tensor).
+    pub fn kv_payload(&self) -> Result<Vec<u8>> {
+        let c = &self.cache;
+        let header = KvHeader {
+            num_layers: u32_of(c.num_layers(), "num_layers")?,
+            num_kv_heads: u32_of(c.num_kv_heads(), "num_kv_heads")?,
+            head_dim: u32_of(c.head_dim(), "head_dim")?,
+            seq_len: u32_of(c.seq_len(), "seq_len")?,
+            dtype: wire_dtype(c.kind())?,
+        };
+        let per = header
+            .tensor_bytes()
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
+        let total = per
+            .checked_mul(2 * c.num_layers())
+            .and_then(|b| b.checked_add(KV_HEADER_LEN))
+            .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
+        let mut out = vec![0u8; total];
+        if let Some(h) = out.get_mut(..KV_HEADER_LEN) {
+            h.copy_from_slice(&header.to_bytes());
+        }
+        let numel = per / element_size(header.dtype);
+        let mut at = KV_HEADER_LEN;
+        for layer in 0..c.num_layers() {
+            let (k, v) = c.layer(layer)?;
+            for t in [k, v] {
+                // [1, H, S, D] view -> contiguous host copy -> bytes (bf16 as raw 2-byte patterns).
+                let host = t.f_to_device(Device::Cpu)?.f_contiguous()?;
+                let dst = out
+                    .get_mut(at..at + per)
+                    .ok_or_else(|| EngineError::InvalidArgument("KV layout overflow".into()))?;
+                host.f_copy_data_u8(dst, numel)?;
+                at += per;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The SDK's `AVPContext.to_bytes()`: a KV_CACHE AVP message.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let payload = self.kv_payload()?;
+        let extra: BTreeMap<String, String> = [
+            ("model_hash".to_owned(), self.model_hash.clone()),
+            ("model_family".to_owned(), self.model_family.clone()),
+            ("num_steps".to_owned(), self.num_steps.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let meta = WireMeta {
+            hidden_dim: u32_of(self.hidden_dim, "hidden_dim")?,
+            num_layers: u32_of(self.num_layers, "num_layers")?,
+            payload: PayloadKind::KvCache,
+            dtype: wire_dtype(self.cache.kind())?,
+            tensor_shape: Vec::new(),
+            avp_map_id: String::new(),
+            extra,
+        };
+        encode_message(&meta, &payload)
+    }
+}
+
+impl Engine {
+    /// Decodes a KV_CACHE message onto this model's device (the SDK's
+    /// `AVPContext.from_bytes` plus its model check). `headroom` extra
+    /// positions are preallocated for the prompt and steps that follow.
+    pub fn import_context(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
+        let _guard = tch::no_grad_guard();
+        let msg = decode_message(bytes)?;
+        if msg.meta.payload != PayloadKind::KvCache {
+            return Err(EngineError::InvalidContext(
+                "message is not a KV_CACHE payload".into(),
+            ));
+        }
+        let extra = &msg.meta.extra;
+        let context_hash = extra.get("model_hash").cloned().unwrap_or_default();
+        if context_hash != self.model_hash() {
+            return Err(EngineError::IncompatibleContext {
+                context_hash,
+                model_hash: self.model_hash().to_owned(),
+            });
+        }
+        let num_steps = match extra.get("num_steps") {
+            None => 0,
+            Some(s) => s.trim().parse::<usize>().map_err(|_| {
+                EngineError::InvalidContext(format!("num_steps {s:?} is not a count"))
+            })?,
+        };
+        let tensor: &[u8] = &msg.tensor;
+        let header = KvHeader::parse(tensor).map_err(EngineError::Wire)?;
+        let cfg = &self.config().decoder;
+        if header.num_layers as usize != cfg.num_layers
+            || header.num_kv_heads as usize != cfg.num_kv_heads
+            || header.head_dim as usize != cfg.head_dim
+        {
+            return Err(EngineError::InvalidContext(format!(
+                "KV-cache of {} layers x {} heads x {} does not fit this model ({} x {} x {})",
+                header.num_layers,
+                header.num_kv_heads,
+                header.head_dim,
+                cfg.num_layers,
+                cfg.num_kv_heads,
+                cfg.head_dim
+            )));
+        }
+        let per = header
+            .tensor_bytes()
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| EngineError::InvalidContext("KV sizes overflow".into()))?;
+        let expected = per
+            .checked_mul(2)
+            .and_then(|b| b.checked_mul(header.num_layers as usize))
+            .and_then(|b| b.checked_add(KV_HEADER_LEN));
+        if expected != Some(tensor.len()) {
+            return Err(EngineError::InvalidContext(format!(
+                "KV payload is {} bytes, its header declares {}",
+                tensor.len(),
+                expected.map_or_else(|| "an overflowing size".to_owned(), |e| e.to_string())
+            )));
+        }
+        let seq = header.seq_len as usize;
+        if seq > cfg.max_position_embeddings {
+            return Err(EngineError::CacheFull {
+                capacity: cfg.max_position_embeddings,
+                needed: seq,
+            });
+        }
+        let mut cache = self.model().new_cache(seq.saturating_add(headroom))?;
+        let shape = [
+            1,
+            to_i64(cfg.num_kv_heads)?,
+            to_i64(seq)?,
+            to_i64(cfg.head_dim)?,
+        ];
+        let src_kind = kind_of(header.dtype)?;
+        let body = tensor.get(KV_HEADER_LEN..).unwrap_or_default();
+        for (layer, pair) in body.chunks_exact(per.max(1).saturating_mul(2)).enumerate() {
+            let (k, v) = pair.split_at(per);
+            let kt = Tensor::f_from_data_size(k, &shape, src_kind)?;
+            let vt = Tensor::f_from_data_size(v, &shape, src_kind)?;
+            cache.load_layer(layer, &kt, &vt)?;
+        }
+        cache.set_seq_len(seq);
+        Ok(LatentContext {
+            cache,
+            model_hash: context_hash,
+            model_family: extra.get("model_family").cloned().unwrap_or_default(),
+            num_steps,
+            hidden_dim: msg.meta.hidden_dim as usize,
+            num_layers: msg.meta.num_layers as usize,
+            last_hidden: None,
+            steps_taken: 0,
+            nan_seen: false,
+            inf_seen: false,
+        })
+    }
+}

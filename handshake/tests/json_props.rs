@@ -1,0 +1,251 @@
+//! Property tests of the JSON layer (AVP-HASH-2..AVP-HASH-6): canonical
+//! output re-parses to the same value, every f64 survives the Python repr,
+//! and no input makes the parser panic or overflow the stack.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use avp_handshake::json::{self, Int, JsonString, Object, Value, WriteOptions, write_py_float};
+use avp_handshake::{JsonErrorKind, model_hash};
+use proptest::prelude::*;
+
+fn string_strategy() -> impl Strategy<Value = JsonString> {
+    // Any code points, lone surrogates included (built through an escape,
+    // the only way they enter).
+    prop::collection::vec(
+        // (is an escape already, text)
+        prop_oneof![
+            any::<char>().prop_map(|c| (false, c.to_string())),
+            (0xd800u32..0xe000).prop_map(|u| (true, format!("\\u{u:04x}"))),
+            Just((false, "\"".to_string())),
+            Just((true, "\\\\".to_string())),
+        ],
+        0..6,
+    )
+    .prop_map(|parts| {
+        let mut lit = String::from("\"");
+        for (is_escape, p) in parts {
+            if is_escape {
+                lit.push_str(&p);
+            } else {
+                for c in p.chars() {
+                    match c {
+                        '"' => lit.push_str("\\\""),
+                        '\\' => lit.push_str("\\\\"),
+                        c if (c as u32) < 0x20 => lit.push_str(&format!("\\u{:04x}", c as u32)),
+                        c => lit.push(c),
+                    }
+                }
+            }
+        }
+        lit.push('"');
+        match json::parse(lit.as_bytes()).unwrap() {
+            Value::Str(s) => s,
+            _ => unreachable!(),
+        }
+    })
+}
+
+fn int_strategy() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(|v| Value::Int(Int::from(v))),
+        any::<u64>().prop_map(|v| Value::Int(Int::from(v))),
+        // Beyond 64 bits.
+        ("-?[1-9][0-9]{19,60}").prop_map(|s| json::parse(s.as_bytes()).unwrap()),
+    ]
+}
+
+fn value_strategy() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        int_strategy(),
+        any::<f64>().prop_map(Value::Float),
+        string_strategy().prop_map(Value::Str),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((string_strategy(), inner), 0..6).prop_map(|entries| {
+                let mut o = Object::new();
+                for (k, v) in entries {
+                    o.insert(k, v);
+                }
+                Value::Object(o)
+            }),
+        ]
+    })
+}
+
+fn write(v: &Value, options: WriteOptions) -> String {
+    let mut s = String::new();
+    json::write_value(&mut s, v, options).unwrap();
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn avp_hash_2_canonical_roundtrips_through_parser(v in value_strategy()) {
+        for options in [WriteOptions::CANONICAL, WriteOptions::COMPACT, WriteOptions::PYTHON_DEFAULT] {
+            let text = write(&v, options);
+            // ensure_ascii: the output is pure ASCII.
+            prop_assert!(text.is_ascii());
+            let back = json::parse(text.as_bytes()).unwrap();
+            // Written forms compare NaN as equal, unlike `==`.
+            prop_assert_eq!(write(&back, options), text.clone());
+            prop_assert_eq!(write(&back, WriteOptions::CANONICAL), write(&v, WriteOptions::CANONICAL));
+        }
+        prop_assert!(model_hash(&v).is_ok());
+    }
+
+    #[test]
+    fn avp_hash_3_every_f64_survives_python_repr(bits in any::<u64>()) {
+        let x = f64::from_bits(bits);
+        let mut s = String::new();
+        write_py_float(&mut s, x);
+        match json::parse(s.as_bytes()).unwrap() {
+            Value::Float(y) if x.is_nan() => prop_assert!(y.is_nan()),
+            Value::Float(y) => prop_assert_eq!(y.to_bits(), x.to_bits(), "{}", s),
+            other => prop_assert!(false, "{s} parsed as {other:?}"),
+        }
+        // Fixed notation carries a '.', scientific a signed two-digit exponent.
+        if let Some((_, exp)) = s.split_once('e') {
+            prop_assert!(exp.starts_with('+') || exp.starts_with('-'));
+            prop_assert!(exp.len() >= 3);
+        } else if x.is_finite() {
+            prop_assert!(s.contains('.'), "{}", s);
+        }
+    }
+
+    /// AVP-HS-14: no JSON value makes the typed readers panic.
+    #[test]
+    fn avp_hs_14_readers_never_panic_on_any_json(v in value_strategy()) {
+        let _ = avp_handshake::HelloMessage::from_value(&v).map(|h| h.weights_digest());
+        let _ = avp_handshake::ModelIdentity::from_value(&v, "x");
+        let _ = avp_handshake::identity_from_config(&v, JsonString::default());
+        let _ = avp_handshake::vocab_from_tokenizer_json(&v);
+        let _ = avp_handshake::vocab_from_document(&v);
+        let text = write(&v, WriteOptions::COMPACT);
+        let _ = avp_handshake::weights::parse_header(text.as_bytes(), 1 << 20);
+        // Wrapped as the parts the readers look into.
+        let mut model = Object::new();
+        model.insert("type", Value::from("BPE"));
+        model.insert("vocab", v.clone());
+        let mut root = Object::new();
+        root.insert("model", Value::Object(model));
+        root.insert("added_tokens", Value::Array(vec![v]));
+        let _ = avp_handshake::vocab_from_tokenizer_json(&Value::Object(root));
+    }
+
+    #[test]
+    fn avp_hash_6_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = json::parse(&bytes);
+    }
+
+    #[test]
+    fn avp_hash_6_parser_never_panics_on_json_like_text(s in "[\\[\\]{}\",:0-9eE.+\\-a-zNIty\\\\u ]{0,40}") {
+        let _ = json::parse(s.as_bytes());
+    }
+}
+
+#[test]
+fn avp_hash_6_deep_nesting_is_an_error_not_a_crash() {
+    for open in ["[", "{\"a\":"] {
+        let text = open.repeat(200_000);
+        let err = json::parse(text.as_bytes()).unwrap_err();
+        assert_eq!(err.kind, JsonErrorKind::TooDeep);
+    }
+    // 512 levels are fine.
+    let ok = format!("{}{}", "[".repeat(512), "]".repeat(512));
+    assert!(json::parse(ok.as_bytes()).is_ok());
+    let too_deep = format!("{}{}", "[".repeat(513), "]".repeat(513));
+    assert_eq!(
+        json::parse(too_deep.as_bytes()).unwrap_err().kind,
+        JsonErrorKind::TooDeep
+    );
+}
+
+#[test]
+fn avp_hash_6_writer_refuses_values_deeper_than_the_limit() {
+    let mut v = Value::Null;
+    for _ in 0..600 {
+        v = Value::Array(vec![v]);
+    }
+    assert!(json::to_canonical(&v).is_err());
+}
+
+#[test]
+fn avp_hash_6_python_dict_semantics_for_duplicate_keys() {
+    let v = json::parse(br#"{"a":1,"b":2,"a":3}"#).unwrap();
+    assert_eq!(write(&v, WriteOptions::COMPACT), r#"{"a":3,"b":2}"#);
+    // Above the index threshold too.
+    let mut text = String::from("{");
+    for i in 0..300 {
+        text.push_str(&format!("\"k{i}\":{i},"));
+    }
+    text.push_str("\"k3\":\"last\",\"k299\":\"end\"}");
+    let v = json::parse(text.as_bytes()).unwrap();
+    let o = v.as_object().unwrap();
+    assert_eq!(o.len(), 300);
+    assert_eq!(o.get("k299"), Some(&Value::from("end")));
+    assert_eq!(o.get("k3"), Some(&Value::from("last")));
+    assert_eq!(o.iter().nth(3).unwrap().0.as_str(), Some("k3"));
+}
+
+#[test]
+fn avp_hash_4_keys_sort_by_code_point_not_utf16() {
+    // U+FF61 sorts before U+1F600 by code point, after it by UTF-16 unit.
+    let v = json::parse("{\"\u{1F600}\":1,\"\u{FF61}\":2}".as_bytes()).unwrap();
+    assert_eq!(
+        json::to_canonical(&v).unwrap(),
+        r#"{"\uff61":2,"\ud83d\ude00":1}"#
+    );
+}
+
+#[test]
+fn avp_hash_5_lone_surrogates_survive() {
+    let v = json::parse(br#"["\ud800","\udc00\ud800","\ud83d\ude00"]"#).unwrap();
+    assert_eq!(
+        json::to_canonical(&v).unwrap(),
+        r#"["\ud800","\udc00\ud800","\ud83d\ude00"]"#
+    );
+    let Value::Array(items) = &v else { panic!() };
+    assert_eq!(items[0].as_json_str().unwrap().as_str(), None);
+    assert_eq!(items[2].as_json_str().unwrap().as_str(), Some("\u{1F600}"));
+}
+
+#[test]
+fn avp_hash_6_errors_carry_kind_and_offset() {
+    let cases: &[(&[u8], JsonErrorKind, usize)] = &[
+        (b"", JsonErrorKind::UnexpectedEnd, 0),
+        (b"[1,]", JsonErrorKind::UnexpectedChar, 3),
+        (b"{1:2}", JsonErrorKind::ExpectedKey, 1),
+        (b"{\"a\" 1}", JsonErrorKind::ExpectedColon, 5),
+        (b"\"a\tb\"", JsonErrorKind::ControlCharacter, 2),
+        (b"\"\\x\"", JsonErrorKind::BadEscape, 2),
+        (b"-", JsonErrorKind::BadNumber, 1),
+        (b"1 2", JsonErrorKind::TrailingData, 2),
+        (b"\xef\xbb\xbf{}", JsonErrorKind::ByteOrderMark, 0),
+        (b"\"\xff\"", JsonErrorKind::InvalidUtf8, 1),
+    ];
+    for (input, kind, offset) in cases {
+        let err = json::parse(input).unwrap_err();
+        assert_eq!(
+            (err.kind, err.offset),
+            (*kind, *offset),
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    let long = "7".repeat(4301);
+    assert_eq!(
+        json::parse(long.as_bytes()).unwrap_err().kind,
+        JsonErrorKind::IntegerTooLong
+    );
+    assert!(json::parse("7".repeat(4300).as_bytes()).is_ok());
+}
