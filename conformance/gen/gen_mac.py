@@ -135,7 +135,8 @@ def entry_key(raw):
 
 def case(slug, rules, description, data, expect, key_file="key.bin", level="MUST", encode=None):
     BINS[slug] = data
-    c = {"id": f"mac/{slug}", "rules": rules, "level": level, "op": "mac_verify",
+    section = "signed" if expect.get("result") == "valid" else "refused"
+    c = {"id": f"mac/{section}/{slug}", "rules": rules, "level": level, "op": "mac_verify",
          "description": description, "input": {"file": f"bin/{slug}.avp", "key_file": key_file}}
     if encode is not None:
         c["encode"] = encode
