@@ -11,10 +11,10 @@ Python `blake3` package's keyed mode over the message bytes exactly as spec/mac.
   key = blake3(key_file, derive_key_context=KEY_CONTEXT)                       (AVP-MAC-1)
   tag = blake3(message[:12 + payload_length], key=key) with the tag read as zeros (AVP-MAC-3/4)
 then written over the placeholder in place (AVP-MAC-6). Every case also records whether the SDK
-still decodes the bytes (`sdk_decodes`), which is the point of carrying the tag in `extra`
+still decodes the bytes (`sdk`: decodes | rejects), which is the point of carrying the tag in `extra`
 (AVP-MAC-2).
 
-Case op `mac_verify`: input {file, key_file}; expect {result: valid} or
+Case op `mac_verify`: input {file, key_file, key_file_hex (the key file's bytes)}; expect {result: valid} or
 {result: invalid, error_kind: bad_mac | <a codec kind>}. Valid signed cases also give the `tag`
 and `encode` (the SDK fields used), so an implementation can check its signer byte for byte.
 """
@@ -41,6 +41,7 @@ PLACEHOLDER = b"0" * 64
 KEY_FILE = bytes(range(32))
 WRONG_KEY_FILE = b"not the right key, but long enough\n"
 
+KEYS = {"key.bin": KEY_FILE, "wrong-key.bin": WRONG_KEY_FILE}
 CASES = []
 BINS = {}
 
@@ -137,10 +138,11 @@ def case(slug, rules, description, data, expect, key_file="key.bin", level="MUST
     BINS[slug] = data
     section = "signed" if expect.get("result") == "valid" else "refused"
     c = {"id": f"mac/{section}/{slug}", "rules": rules, "level": level, "op": "mac_verify",
-         "description": description, "input": {"file": f"bin/{slug}.avp", "key_file": key_file}}
+         "description": description, "input": {"file": f"bin/{slug}.avp", "key_file": key_file,
+                   "key_file_hex": KEYS[key_file].hex()}}
     if encode is not None:
         c["encode"] = encode
-    c["expect"] = dict(expect, sdk_decodes=sdk_decodes(data))
+    c["expect"] = dict(expect, sdk="decodes" if sdk_decodes(data) else "rejects")
     CASES.append(c)
 
 
