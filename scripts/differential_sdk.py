@@ -117,7 +117,7 @@ def explain(group, ours_detail, sdk_detail, data):
     if ours_detail == "decompression" and zstd_declared(data) == 0:
         return ("SDK defect: a zstd frame declaring 0 bytes is never decoded by the SDK "
                 "(python-zstandard returns b'' early), so corrupt frames pass "
-                "(vector wire/invalid/zstd-zero-size-corrupt-frame, AVP-WIRE-17)")
+                "(vector wire/zstd/zstd-zero-size-corrupt-frame, AVP-WIRE-17)")
     return None
 
 
