@@ -23,3 +23,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -q -- -D warnings
 echo "== cargo test (all crates, engine included)"
 cargo test --workspace --all-features
+echo "== fuzz smoke (each cargo-fuzz target ~10 s; skipped when cargo-fuzz cannot be installed)"
+bash scripts/fuzz_smoke.sh

@@ -2,9 +2,11 @@
 //!
 //! Decompression is bounded before it starts: the frame must declare its
 //! content size (the SDK requires it too) and that size is checked against
-//! [`Limits::max_decompressed_len`] before one byte of output is allocated,
+//! [`Limits::max_decompressed_len`] and against the ratio limit
+//! ([`Limits::decompressed_cap`]) before one byte of output is allocated,
 //! and the output buffer is never allowed to grow beyond it, so a
-//! decompression bomb costs at most the limit.
+//! decompression bomb costs at most the limit (a 6 KB bomb declaring 200 MB
+//! is refused having produced nothing).
 
 use crate::decode::Warnings;
 use crate::error::{Error, ErrorKind};
@@ -78,13 +80,24 @@ pub(crate) fn decompress(
             return Err(Error::new(ErrorKind::Decompression, "not a zstd frame"));
         }
     };
-    if content_size > limits.max_decompressed_len {
+    // AVP-LIM-3 and AVP-LIM-10: the declared size is checked against the
+    // absolute limit and the ratio to the stored size before any output is
+    // allocated; the output buffer then has exactly that capacity, so a frame
+    // that lies about its size cannot produce more.
+    let cap = limits.decompressed_cap(stored.len());
+    if content_size > cap {
+        let why = if content_size > limits.max_decompressed_len {
+            format!("the limit of {} (AVP-LIM-3)", limits.max_decompressed_len)
+        } else {
+            format!(
+                "{cap}, the most {} stored bytes may expand to (ratio {}, AVP-LIM-10)",
+                stored.len(),
+                limits.max_decompression_ratio
+            )
+        };
         return Err(Error::new(
             ErrorKind::LimitExceeded,
-            format!(
-                "zstd frame declares {content_size} bytes, over the limit of {}",
-                limits.max_decompressed_len
-            ),
+            format!("zstd frame declares {content_size} bytes, over {why}"),
         ));
     }
     let frame_len = zstd_safe::find_frame_compressed_size(stored).map_err(|code| {

@@ -235,8 +235,11 @@ impl Message<'_> {
     }
 }
 
-/// Header checks that need only the 12 header bytes (AVP-WIRE-2/3/7, AVP-LIM-1/2).
-pub(crate) fn check_header(input: &[u8], limits: &Limits) -> Result<Header, Error> {
+/// Header checks that need only the 12 header bytes (AVP-WIRE-2/3/7,
+/// AVP-LIM-1/2): magic, version, `metadata_length` and `payload_length`
+/// against `limits`, and `metadata_length <= payload_length`. A transport can
+/// call this on the first 12 bytes of a body to refuse it before buffering.
+pub fn check_header(input: &[u8], limits: &Limits) -> Result<Header, Error> {
     let header = Header::parse(input)?;
     if header.metadata_length > limits.max_metadata_len {
         return Err(Error::new(

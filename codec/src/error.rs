@@ -31,6 +31,9 @@ pub enum ErrorKind {
     /// A strict-mode rejection: trailing bytes, unknown flag bits, flag/metadata
     /// conflict, shape/size mismatch (AVP-WIRE-20).
     Inconsistent,
+    /// The message's keyed MAC is missing, malformed or wrong (AVP-MAC-5);
+    /// only reported when the caller asked for verification.
+    BadMac,
     /// API misuse (AVP-ERR-2): the caller asked for something the format cannot express
     /// (for example a message over 4 GiB). Never caused by received bytes.
     InvalidArgument,
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::Decompression => "decompression",
             ErrorKind::LimitExceeded => "limit_exceeded",
             ErrorKind::Inconsistent => "inconsistent",
+            ErrorKind::BadMac => "bad_mac",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::Internal => "internal",
         }

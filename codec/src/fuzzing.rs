@@ -85,3 +85,261 @@ pub fn check_incremental(data: &[u8], split: usize) {
         }
     }
 }
+
+/// The two-modes oracle: compatible and strict decoding of the same bytes
+/// agree. Strict accepts only what compatible accepts without warnings, and
+/// then returns the same message; `peek` agrees with both on header and
+/// metadata. Returns whether compatible mode accepted the input.
+pub fn check_decode_modes(data: &[u8]) -> bool {
+    let compatible = decode_with(data, &DecodeOptions::DEFAULT);
+    let strict = decode_with(data, &DecodeOptions::strict());
+    match (&compatible, &strict) {
+        (Ok(c), Ok(s)) => {
+            assert!(c.warnings.is_empty(), "strict accepted a warned message");
+            assert_eq!(c, s, "strict and compatible decode differently");
+        }
+        (Ok(c), Err(e)) => {
+            assert!(
+                !c.warnings.is_empty() || e.kind() == crate::ErrorKind::Inconsistent,
+                "strict rejected ({e}) a message compatible mode accepts without warnings"
+            );
+        }
+        (Err(c), Ok(_)) => panic!("strict accepted what compatible rejects: {c}"),
+        (Err(_), Err(_)) => {}
+    }
+    for e in [compatible.as_ref().err(), strict.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
+        assert!(
+            e.kind().is_peer_fault(),
+            "received bytes caused a non-peer error: {e}"
+        );
+    }
+    if let Ok(m) = &compatible {
+        match crate::peek(data) {
+            Ok(p) => {
+                assert_eq!(p.header, m.header, "peek header");
+                assert_eq!(p.metadata, m.metadata, "peek metadata");
+            }
+            Err(e) => panic!("peek rejects ({e}) what decode accepts"),
+        }
+    }
+    compatible.is_ok()
+}
+
+/// The peek oracle: `peek` never needs more than `12 + metadata_length`
+/// bytes, and gives the same answer on that prefix as on the whole input;
+/// a decoded message's peek equals its header and metadata.
+pub fn check_peek(data: &[u8]) {
+    let whole = crate::peek(data);
+    if let Ok(p) = &whole {
+        let need = crate::HEADER_LEN.saturating_add(p.header.metadata_length as usize);
+        let prefix = data.get(..need).unwrap_or(data);
+        assert_eq!(
+            crate::peek(prefix).as_ref(),
+            Ok(p),
+            "peek on the header+metadata prefix differs"
+        );
+        assert!(
+            p.message_len() >= need as u64,
+            "message_len below metadata end"
+        );
+    }
+    if let Err(e) = &whole {
+        assert!(e.kind().is_peer_fault(), "peek: non-peer error {e}");
+    }
+}
+
+/// The incremental oracle over several chunks: the first input byte picks
+/// the chunk sizes (a cycle of small and large steps), the rest is the
+/// message. Feeding it chunk by chunk agrees with one-shot decoding, and
+/// `into_buffer` hands back exactly the declared message bytes.
+pub fn check_incremental_chunks(data: &[u8]) {
+    let Some((&seed, msg)) = data.split_first() else {
+        return;
+    };
+    let opts = DecodeOptions::DEFAULT;
+    let one_shot = decode_with(msg, &opts);
+    let steps = [
+        1usize,
+        usize::from(seed & 0x0f).saturating_add(1),
+        usize::from(seed >> 4).saturating_mul(37).saturating_add(1),
+    ];
+    let mut dec = StreamDecoder::new(opts);
+    let mut rest = msg;
+    let mut status = Ok(Status::NeedMore(0));
+    for step in steps.iter().cycle() {
+        let (a, b) = rest.split_at((*step).min(rest.len()));
+        status = dec.feed(a);
+        rest = b;
+        if status.is_err() || rest.is_empty() {
+            break;
+        }
+    }
+    match (status, &one_shot) {
+        (Err(e), Err(want)) => assert_eq!(e.kind(), want.kind(), "early error differs"),
+        (Err(e), Ok(_)) => panic!("stream rejected what one-shot accepts: {e}"),
+        (Ok(Status::NeedMore(_)), Err(want)) => assert_eq!(
+            want.kind(),
+            crate::ErrorKind::Truncated,
+            "stream wants more, one-shot says {want}"
+        ),
+        (Ok(Status::NeedMore(n)), Ok(_)) => {
+            panic!("stream wants {n} more bytes of a complete message")
+        }
+        (Ok(Status::Complete), _) => {
+            let got = dec.finish();
+            match (&got, &one_shot) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w),
+                (Err(g), Err(w)) => assert_eq!(g.kind(), w.kind()),
+                _ => panic!("stream and one-shot disagree: {got:?} vs {one_shot:?}"),
+            }
+            let declared = dec.header().map(|h| h.message_len()).unwrap_or(0);
+            let buffered = dec.into_buffer();
+            assert_eq!(buffered.len() as u64, declared, "into_buffer length");
+            assert_eq!(
+                Some(buffered.as_slice()),
+                msg.get(..buffered.len()),
+                "into_buffer bytes"
+            );
+        }
+    }
+}
+
+/// The metadata oracle: a Metadata protobuf that parses writes back to a
+/// canonical form that parses to the same value and re-writes identically;
+/// `encoded_len` is exact.
+pub fn check_metadata(data: &[u8]) {
+    let limits = crate::Limits::DEFAULT;
+    let Ok(m) = crate::Metadata::parse(data, &limits) else {
+        return;
+    };
+    let mut out = Vec::new();
+    m.write(&mut out);
+    assert_eq!(out.len(), m.encoded_len(), "metadata encoded_len");
+    let again = match crate::Metadata::parse(&out, &limits) {
+        Ok(a) => a,
+        Err(e) => panic!("our own metadata does not parse: {e}"),
+    };
+    assert_eq!(again, m, "metadata changed in a round trip");
+    let mut second = Vec::new();
+    again.write(&mut second);
+    assert_eq!(second, out, "metadata re-encoding differs");
+}
+
+/// The KV oracle: a KV-cache payload that parses has exactly `num_layers`
+/// layers of `tensor_bytes` each, strict accepts only what compatible
+/// accepts without warnings, and re-writing the layers gives back the
+/// declared bytes.
+pub fn check_kv(data: &[u8]) {
+    use crate::kv::{KvCache, write_kv_cache};
+    let compatible = KvCache::parse_with(data, false);
+    let strict = KvCache::parse_with(data, true);
+    let Ok(kv) = compatible else {
+        assert!(
+            strict.is_err(),
+            "strict KV accepted what compatible rejects"
+        );
+        return;
+    };
+    assert_eq!(
+        strict.is_ok(),
+        kv.warnings.is_empty(),
+        "KV strict vs warnings"
+    );
+    let per = kv.header.tensor_bytes().unwrap_or(u64::MAX);
+    let layers: Vec<_> = kv.layers().collect();
+    assert_eq!(layers.len(), kv.num_layers(), "KV layer count");
+    for l in &layers {
+        assert_eq!(l.key.bytes().len() as u64, per, "K size");
+        assert_eq!(l.value.bytes().len() as u64, per, "V size");
+    }
+    let written = write_kv_cache(
+        &kv.header,
+        layers.iter().map(|l| (l.key.bytes(), l.value.bytes())),
+    );
+    let total = kv.header.total_bytes().unwrap_or(u64::MAX);
+    match written {
+        Ok(w) => assert_eq!(Some(w.as_slice()), data.get(..total as usize), "KV rewrite"),
+        Err(e) => panic!("KV rewrite failed: {e}"),
+    }
+}
+
+/// The JSON fallback oracle: any text that parses writes back (Python
+/// `json.dumps` style) to text that parses to the same value, and a fallback
+/// message that parses round-trips through `to_json`.
+pub fn check_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(v) = crate::json::parse(text) {
+        let written = crate::json::to_python_json(&v);
+        match crate::json::parse(&written) {
+            Ok(again) => {
+                assert_eq!(
+                    crate::json::to_python_json(&again),
+                    written,
+                    "JSON re-write differs"
+                );
+            }
+            Err(e) => panic!("our own JSON does not parse: {e}: {written}"),
+        }
+    }
+    if let Ok(m) = crate::json::JsonMessage::from_json(text) {
+        let written = m.to_json();
+        match crate::json::JsonMessage::from_json(&written) {
+            Ok(again) => {
+                assert_eq!(
+                    again.to_json(),
+                    written,
+                    "fallback message re-write differs"
+                )
+            }
+            Err(e) => panic!("our own fallback message does not parse: {e}"),
+        }
+    }
+}
+
+/// The MAC oracle (spec/mac.md): verifying arbitrary bytes never panics and
+/// reports framing errors with their own kinds; any message that decodes
+/// can be signed, the signed form verifies, and flipping any one of the
+/// first bytes that the MAC covers makes it fail.
+#[cfg(feature = "mac")]
+pub fn check_mac(data: &[u8]) {
+    use crate::mac::{MacKey, encode_signed, verify};
+    let key = MacKey::from_raw([7; 32]);
+    let limits = crate::Limits::DEFAULT;
+    if let Err(e) = verify(data, &key, &limits) {
+        assert!(e.kind().is_peer_fault(), "verify: non-peer error {e}");
+    }
+    let Ok(msg) = decode_with(data, &DecodeOptions::DEFAULT) else {
+        return;
+    };
+    let mut meta = msg.metadata.clone();
+    meta.compression = None;
+    meta.payload_checksum = None;
+    let Ok(signed) = encode_signed(&meta, &msg.payload, Compression::None, &key) else {
+        return;
+    };
+    let lenient = limits
+        .with_max_metadata_len(u32::MAX)
+        .with_max_extra_entries(usize::MAX)
+        .with_max_extra_string_len(usize::MAX);
+    if let Err(e) = verify(&signed, &key, &lenient) {
+        panic!("our own signed message does not verify: {e}");
+    }
+    let pick = data
+        .first()
+        .map_or(0, |&b| usize::from(b))
+        .checked_rem(signed.len())
+        .unwrap_or(0);
+    let mut tampered = signed;
+    if let Some(b) = tampered.get_mut(pick) {
+        *b ^= 0x01;
+        assert!(
+            verify(&tampered, &key, &lenient).is_err(),
+            "a flipped byte {pick} still verifies"
+        );
+    }
+}

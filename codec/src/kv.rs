@@ -6,6 +6,7 @@
 
 use crate::decode::{Warning, Warnings};
 use crate::error::{Error, ErrorKind};
+use crate::limits::Limits;
 use crate::metadata::DataType;
 use crate::tensor::{ElementType, TensorView};
 
@@ -197,7 +198,19 @@ impl<'a> KvCache<'a> {
     }
 
     /// Parses a KV-cache payload; `strict` rejects trailing bytes (AVP-KV-4).
+    /// Default limits apply.
     pub fn parse_with(payload: &'a [u8], strict: bool) -> Result<KvCache<'a>, Error> {
+        Self::parse_with_limits(payload, strict, &Limits::DEFAULT)
+    }
+
+    /// [`KvCache::parse_with`] under `limits`: `num_layers` is bounded
+    /// (AVP-LIM-12) because layers of zero-sized tensors cost nothing on the
+    /// wire but one step each to walk.
+    pub fn parse_with_limits(
+        payload: &'a [u8],
+        strict: bool,
+        limits: &Limits,
+    ) -> Result<KvCache<'a>, Error> {
         let header = KvHeader::parse(payload)?;
         let total = header.total_bytes().ok_or_else(|| {
             Error::new(ErrorKind::Truncated, "KV-cache dimensions overflow 64 bits")
@@ -207,6 +220,17 @@ impl<'a> KvCache<'a> {
                 "KV-cache tensors",
                 total,
                 payload.len() as u64,
+            ));
+        }
+        // After the size check, so a payload too short for its header stays
+        // `truncated`; what is left are layers of zero-sized tensors.
+        if header.num_layers > limits.max_kv_layers {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "KV cache declares {} layers, over the limit of {} (AVP-LIM-12)",
+                    header.num_layers, limits.max_kv_layers
+                ),
             ));
         }
         let mut warnings = Warnings::new(strict);

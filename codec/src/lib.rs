@@ -14,6 +14,7 @@
 //!   so a transport can send the tensor without copying it.
 //! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
+//! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
     clippy::indexing_slicing,
@@ -42,13 +43,18 @@ pub mod tensor;
 pub mod fuzzing;
 
 pub use compress::Compression;
-pub use decode::{DecodeOptions, Message, Peeked, Warning, decode, decode_with, peek, peek_with};
+pub use decode::{
+    DecodeOptions, Message, Peeked, Warning, check_header, decode, decode_with, peek, peek_with,
+};
 pub use encode::{encode, encode_into, encode_prefix, encoded_len, flags_for};
 pub use error::{Error, ErrorKind};
 pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
 pub use limits::Limits;
 pub use metadata::{DataType, Metadata, Mode, PayloadType};
 pub use stream::{Status, StreamDecoder};
+
+#[cfg(feature = "mac")]
+pub mod mac;
 
 #[cfg(feature = "bytes")]
 mod owned;

@@ -307,7 +307,20 @@ fn parse_map_entry<'a>(
             }
         }
     }
-    Ok((!has_unknown).then_some((key, value)))
+    if has_unknown {
+        return Ok(None);
+    }
+    let longest = key.len().max(value.len());
+    if longest > limits.max_extra_string_len {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "extra entry of {longest} bytes exceeds the limit of {} (AVP-LIM-11)",
+                limits.max_extra_string_len
+            ),
+        ));
+    }
+    Ok(Some((key, value)))
 }
 
 fn string_field_len(field: u32, s: &str) -> usize {

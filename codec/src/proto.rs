@@ -25,6 +25,12 @@ impl<'a> Reader<'a> {
         Reader { rest: bytes }
     }
 
+    /// Bytes not read yet (offsets are `total - remaining`).
+    #[cfg_attr(not(feature = "mac"), allow(dead_code))]
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.rest.is_empty()
     }

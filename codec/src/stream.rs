@@ -155,4 +155,11 @@ impl StreamDecoder {
     pub fn buffer(&self) -> &[u8] {
         &self.buf
     }
+
+    /// Hands back the buffered message bytes without copying them (bytes
+    /// after its declared end are not included), e.g. to store a message
+    /// once [`Self::finish`] has checked it.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
 }

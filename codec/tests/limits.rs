@@ -148,3 +148,160 @@ fn lim_7_json_depth() {
         ErrorKind::LimitExceeded
     );
 }
+
+#[cfg(feature = "zstd")]
+#[test]
+fn lim_10_decompression_ratio_refuses_a_bomb_before_producing_anything() {
+    // 4 MiB of zeros compress to a few hundred bytes: ratio far above 1024.
+    let tensor = vec![0u8; 4 << 20];
+    let bytes = encode(&Metadata::default(), &tensor, Compression::Fast).unwrap();
+    let stored = bytes.len();
+    assert!(stored < 4096, "compressible: {stored}");
+    // Under the default 16 MiB ratio-free allowance it decodes.
+    assert_eq!(kind(&bytes, Limits::default()), None);
+    // With the allowance lowered, the ratio decides, at the edge.
+    let free_1mib = Limits::default().with_ratio_free_len(1 << 20);
+    assert_eq!(kind(&bytes, free_1mib), Some(ErrorKind::LimitExceeded));
+    let e = decode_with(&bytes, &opts(free_1mib)).unwrap_err();
+    assert!(e.message().contains("AVP-LIM-10"), "{e}");
+    // The payload occupies stored - 12 - metadata bytes; find the ratio that just fits.
+    let meta_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let frame = (stored - 12 - meta_len) as u32;
+    let just = (4u32 << 20).div_ceil(frame);
+    assert_eq!(
+        kind(&bytes, free_1mib.with_max_decompression_ratio(just)),
+        None
+    );
+    assert_eq!(
+        kind(&bytes, free_1mib.with_max_decompression_ratio(just - 1)),
+        Some(ErrorKind::LimitExceeded)
+    );
+    // 0 turns the ratio check off.
+    assert_eq!(
+        kind(&bytes, free_1mib.with_max_decompression_ratio(0)),
+        None
+    );
+}
+
+#[test]
+fn lim_11_extra_string_len() {
+    let mut m = Metadata::default();
+    m.extra
+        .insert(Cow::Borrowed("k"), Cow::Owned("v".repeat(1000)));
+    m.extra
+        .insert(Cow::Owned("x".repeat(900)), Cow::Borrowed("short"));
+    let bytes = encode(&m, b"", Compression::None).unwrap();
+    assert_eq!(
+        kind(&bytes, Limits::default().with_max_extra_string_len(1000)),
+        None
+    );
+    assert_eq!(
+        kind(&bytes, Limits::default().with_max_extra_string_len(999)),
+        Some(ErrorKind::LimitExceeded)
+    );
+    // Keys count too.
+    let mut keys = Metadata::default();
+    keys.extra
+        .insert(Cow::Owned("x".repeat(900)), Cow::Borrowed(""));
+    let bytes = encode(&keys, b"", Compression::None).unwrap();
+    assert_eq!(
+        kind(&bytes, Limits::default().with_max_extra_string_len(899)),
+        Some(ErrorKind::LimitExceeded)
+    );
+    // The default allows 64 KiB.
+    assert_eq!(Limits::DEFAULT.max_extra_string_len, 64 << 10);
+}
+
+#[test]
+fn lim_12_kv_layers_bounded_even_when_tensors_are_empty() {
+    use avp_codec::kv::{KvCache, KvDtype, KvHeader};
+    // Zero-sized tensors: a 17-byte payload declaring 4 billion layers.
+    let header = |num_layers| KvHeader {
+        num_layers,
+        num_kv_heads: 0,
+        head_dim: 8,
+        seq_len: 8,
+        dtype: KvDtype::Float32,
+    };
+    let huge = header(u32::MAX).to_bytes();
+    let e = KvCache::parse(&huge).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+    let at = header(4096).to_bytes();
+    assert_eq!(KvCache::parse(&at).unwrap().layers().count(), 4096);
+    let tight = Limits::default().with_max_kv_layers(4095);
+    assert_eq!(
+        KvCache::parse_with_limits(&at, false, &tight)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::LimitExceeded
+    );
+}
+
+#[test]
+fn kv_header_products_never_overflow_or_allocate() {
+    use avp_codec::kv::{KvCache, KvDtype, KvHeader};
+    // Each product overflows u64 or exceeds the payload: always `truncated`,
+    // answered from the 17 header bytes alone.
+    for (heads, dim, seq) in [
+        (u32::MAX, u32::MAX, u32::MAX),
+        (u32::MAX, u32::MAX, 1),
+        (1, 1, u32::MAX),
+    ] {
+        let h = KvHeader {
+            num_layers: 4096,
+            num_kv_heads: heads,
+            head_dim: dim,
+            seq_len: seq,
+            dtype: KvDtype::Float32,
+        };
+        let e = KvCache::parse(&h.to_bytes()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Truncated, "{heads} {dim} {seq}");
+    }
+}
+
+#[test]
+fn builder_sets_every_limit_and_defaults_are_the_spec_values() {
+    let d = Limits::default();
+    assert_eq!(d, Limits::DEFAULT);
+    assert_eq!(d.max_metadata_len, 1 << 20);
+    assert_eq!(d.max_decompressed_len, 1 << 30);
+    assert_eq!(d.max_shape_rank, 32);
+    assert_eq!(d.max_extra_entries, 4096);
+    assert_eq!(d.max_decompression_ratio, 1024);
+    assert_eq!(d.ratio_free_len, 16 << 20);
+    assert_eq!(d.max_kv_layers, 4096);
+    let l = d
+        .with_max_metadata_len(1)
+        .with_max_payload_len(2)
+        .with_max_decompressed_len(3)
+        .with_max_shape_rank(4)
+        .with_max_extra_entries(5)
+        .with_max_group_depth(6)
+        .with_max_decompression_ratio(7)
+        .with_ratio_free_len(8)
+        .with_max_extra_string_len(9)
+        .with_max_kv_layers(10);
+    assert_eq!(
+        (
+            l.max_metadata_len,
+            l.max_payload_len,
+            l.max_decompressed_len,
+            l.max_shape_rank,
+            l.max_extra_entries,
+            l.max_group_depth,
+            l.max_decompression_ratio,
+            l.ratio_free_len,
+            l.max_extra_string_len,
+            l.max_kv_layers
+        ),
+        (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+    );
+    // The cap is the smaller of the absolute limit and the ratio bound.
+    assert_eq!(l.decompressed_cap(100), 3);
+    assert_eq!(
+        Limits::DEFAULT.decompressed_cap(1 << 20),
+        1 << 30,
+        "1 MiB * 1024"
+    );
+    assert_eq!(Limits::DEFAULT.decompressed_cap(10), 16 << 20);
+}

@@ -520,6 +520,13 @@ def gen_invalid():
             frame(zmeta, b"not zstd at all", flags=1), "decompression")
     invalid(s, "empty-compressed-payload", ["AVP-WIRE-17"], "compressed flag, zero tensor bytes",
             frame(zmeta, b"", flags=1), "decompression")
+    # Found by scripts/differential_sdk.py: python-zstandard returns b"" for a frame that
+    # declares content size 0 without decoding its blocks, so the SDK accepts this corrupt
+    # frame (a compressed block of size 0) as an empty tensor. We decode it and refuse.
+    invalid(s, "zstd-zero-size-corrupt-frame", ["AVP-WIRE-17"],
+            "frame declares 0 bytes but its only block is corrupt (SDK defect: not decoded)",
+            frame(zmeta, b"\x28\xb5\x2f\xfd\x20\x00\x05\x00\x00", flags=1), "decompression",
+            sdk_agrees=False)
     z = zstandard.ZstdCompressor(level=3).compress(f32(ramp(256)))
     invalid(s, "truncated-frame", ["AVP-WIRE-17"], "zstd frame cut short", frame(zmeta, z[:-3], flags=1),
             "decompression")

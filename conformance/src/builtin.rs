@@ -81,6 +81,14 @@ impl Subject for BuiltinSubject {
                     ));
                 }
             },
+            "mac_verify" => match request.data {
+                Some(data) => mac_verify(request.input, data),
+                None => {
+                    return Err(HarnessFailure::Protocol(
+                        "mac_verify without input bytes".into(),
+                    ));
+                }
+            },
             op => handshake_op(op, request),
         })
     }
@@ -220,6 +228,40 @@ fn encode_op(input: &Value, payload: &[u8]) -> Value {
     match avp_codec::encode(&metadata, payload, compression) {
         Ok(bytes) => {
             json!({ "outcome": "accepted", "output": { "b64": crate::b64::encode(&bytes) } })
+        }
+        Err(e) => rejected(e.kind().as_str(), &e),
+    }
+}
+
+/// `mac_verify` (spec/mac.md, AVP-MAC-5): the key file's bytes come as
+/// `input.key_file_hex`; an accepted answer carries the verified tag.
+fn mac_verify(input: &Value, data: &[u8]) -> Value {
+    let Some(hex) = input.get("key_file_hex").and_then(Value::as_str) else {
+        return rejected("invalid_argument", "no key_file_hex in the input");
+    };
+    let key_file: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i.saturating_add(2))
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect();
+    let Some(key_file) = key_file else {
+        return rejected("invalid_argument", "key_file_hex is not hex");
+    };
+    let key = match avp_codec::mac::MacKey::from_key_file_bytes(&key_file) {
+        Ok(k) => k,
+        Err(e) => return rejected(e.kind().as_str(), &e),
+    };
+    match avp_codec::mac::verify(data, &key, &avp_codec::Limits::DEFAULT) {
+        Ok(()) => {
+            let tag = avp_codec::peek(data).ok().and_then(|p| {
+                p.metadata
+                    .extra
+                    .get(avp_codec::mac::TAG_KEY)
+                    .map(|t| t.to_string())
+            });
+            json!({ "outcome": "accepted", "tag": tag })
         }
         Err(e) => rejected(e.kind().as_str(), &e),
     }

@@ -27,6 +27,10 @@ pub mod hash;
 pub mod hello;
 pub mod identity;
 pub mod json;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub mod resolve;
 pub mod session;
 pub mod state;

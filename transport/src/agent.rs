@@ -14,7 +14,10 @@ use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_r
 use crate::hello::{self, HelloProblem};
 use crate::server::{Endpoint, ServerConfig, too_large};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{HEADER_LEN, WireError, check_complete, peek_header, peek_routing, status_for};
+use crate::wire::{
+    HEADER_LEN, WireError, check_complete_signed, peek_header, peek_routing, status_for,
+};
+use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
 #[derive(Debug, Clone)]
@@ -40,6 +43,8 @@ pub struct Agent {
     /// (AVP-HTTP-17).
     budget: Arc<tokio::sync::Semaphore>,
     budget_mib: u32,
+    /// When set, transmits must carry a valid keyed MAC (AVP-MAC-7).
+    mac_key: Option<Arc<MacKey>>,
 }
 
 /// Default for [`Agent::with_memory_budget`]: 4 GiB.
@@ -62,7 +67,16 @@ impl Agent {
             hook: None,
             budget: Arc::new(tokio::sync::Semaphore::new(budget_mib as usize)),
             budget_mib,
+            mac_key: None,
         }
+    }
+
+    /// Requires every binary transmit to carry a valid keyed MAC made with
+    /// `key` (spec/mac.md, AVP-MAC-7): unsigned or badly signed messages are
+    /// refused with 400 and the error kind `bad_mac`, and nothing is stored.
+    pub fn with_mac_key(mut self, key: MacKey) -> Self {
+        self.mac_key = Some(Arc::new(key));
+        self
     }
 
     /// Bounds the message bytes all requests together may buffer (rounded up
@@ -173,7 +187,8 @@ impl Agent {
         // Checksum, enums, decompression: CPU work off the async threads.
         let checked = {
             let bytes = bytes.clone();
-            tokio::task::spawn_blocking(move || check_complete(&bytes)).await
+            let key = self.mac_key.clone();
+            tokio::task::spawn_blocking(move || check_complete_signed(&bytes, key.as_deref())).await
         };
         let warnings = match checked {
             Ok(Ok(warnings)) => warnings,

@@ -5,7 +5,8 @@
 //!
 //! Only [`check_complete`] touches tensor bytes; the router never calls it.
 
-use avp_codec::{DecodeOptions, ErrorKind, Header, Limits, decode_with, peek_with};
+use avp_codec::mac::MacKey;
+use avp_codec::{DecodeOptions, ErrorKind, Header, Limits, check_header, decode_with, peek_with};
 use http::StatusCode;
 
 pub use avp_codec::{Error as WireError, HEADER_LEN};
@@ -31,20 +32,8 @@ pub fn peek_header(bytes: &[u8]) -> Result<Option<Header>, WireError> {
     if bytes.len() < HEADER_LEN {
         return Ok(None);
     }
-    let header = Header::parse(bytes)?;
-    // The codec's header checks (limits, metadata within the payload) run in
-    // peek_with; on the header alone, "truncated" only means the metadata is
-    // still to come, unless the header itself puts it past the payload.
-    // (A public `check_header` in the codec would make this direct.)
-    let first = bytes.get(..HEADER_LEN).unwrap_or(bytes);
-    match peek_with(first, &options()) {
-        Ok(_) => {}
-        Err(err)
-            if err.kind() == ErrorKind::Truncated
-                && header.metadata_length <= header.payload_length => {}
-        Err(err) => return Err(err),
-    }
-    Ok(Some(header))
+    // The codec's own header checks: magic, version, limits, metadata within the payload.
+    check_header(bytes, &options().limits).map(Some)
 }
 
 /// Header and metadata checked by the codec (`bytes` holds at least
@@ -62,6 +51,19 @@ pub fn peek_routing(bytes: &[u8]) -> Result<RoutingInfo, WireError> {
 /// enums, decompression within limits, AVP-HTTP-31); the warning codes it
 /// reported. The bytes are not kept: the caller stores them as received.
 pub fn check_complete(bytes: &[u8]) -> Result<Vec<&'static str>, WireError> {
+    check_complete_signed(bytes, None)
+}
+
+/// [`check_complete`], after verifying the keyed MAC when `key` is set
+/// (AVP-MAC-5/7): a missing or wrong tag is `bad_mac`, found before any
+/// decompression or checksum work.
+pub fn check_complete_signed(
+    bytes: &[u8],
+    key: Option<&MacKey>,
+) -> Result<Vec<&'static str>, WireError> {
+    if let Some(key) = key {
+        avp_codec::mac::verify(bytes, key, &options().limits)?;
+    }
     let message = decode_with(bytes, &options())?;
     Ok(message.warnings.iter().map(|w| w.code()).collect())
 }

@@ -23,6 +23,10 @@ pub(crate) struct DecodeArgs {
     /// Reject what compatible mode only warns about (AVP-WIRE-20).
     #[arg(long)]
     strict: bool,
+    /// Require a valid keyed MAC made with this key file (spec/mac.md,
+    /// AVP-MAC-8); a missing or wrong tag is `bad_mac`. Checked before decoding.
+    #[arg(long, value_name = "F")]
+    mac_key: Option<PathBuf>,
     /// The message file, or `-` for stdin.
     file: PathBuf,
 }
@@ -46,6 +50,18 @@ pub(crate) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 /// `{"error":{"kind":..,"message":..}}` on stdout, as AVP-CLI-3 requires.
 pub(crate) fn print_error(kind: &str, message: &str) {
     println!("{}", json!({"error": {"kind": kind, "message": message}}));
+}
+
+/// Reads a MAC key file (AVP-MAC-1); prints the error and gives the exit code on failure.
+pub(crate) fn read_mac_key(path: &Path) -> Result<avp_codec::mac::MacKey, ExitCode> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
+    avp_codec::mac::MacKey::from_key_file_bytes(&bytes).map_err(|e| {
+        print_error(
+            e.kind().as_str(),
+            &format!("{}: {}", path.display(), e.message()),
+        );
+        ExitCode::from(EXIT_INVALID)
+    })
 }
 
 pub(crate) fn codec_error(e: &Error) -> ExitCode {
@@ -142,6 +158,15 @@ pub(crate) fn run(args: DecodeArgs) -> ExitCode {
         Err(e) => return io_error(&args.file, &e),
     };
     let opts = DecodeOptions::default().with_strict(args.strict);
+    if let Some(path) = &args.mac_key {
+        let key = match read_mac_key(path) {
+            Ok(k) => k,
+            Err(code) => return code,
+        };
+        if let Err(e) = avp_codec::mac::verify(&data, &key, &opts.limits) {
+            return codec_error(&e);
+        }
+    }
     let out = decode_with(&data, &opts).and_then(|msg| message_json(&msg, args.strict));
     match out {
         Ok(v) => {

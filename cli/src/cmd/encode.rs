@@ -42,6 +42,9 @@ pub(crate) struct EncodeArgs {
     /// Output file.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
+    /// Sign the message with a keyed MAC derived from this key file (spec/mac.md, AVP-MAC-8).
+    #[arg(long, value_name = "F")]
+    mac_key: Option<PathBuf>,
 }
 
 const KNOWN: &[&str] = &[
@@ -184,7 +187,16 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
         Some(CompressArg::Balanced) => Compression::Balanced,
         Some(CompressArg::Max) => Compression::Max,
     };
-    let bytes = match encode(&meta, &payload, compression) {
+    let key = match args.mac_key.as_deref().map(super::decode::read_mac_key) {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(code)) => return code,
+    };
+    let encoded = match &key {
+        Some(k) => avp_codec::mac::encode_signed(&meta, &payload, compression, k),
+        None => encode(&meta, &payload, compression),
+    };
+    let bytes = match encoded {
         Ok(b) => b,
         Err(e) => return codec_error(&e),
     };
@@ -195,7 +207,7 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
     println!(
         "{}",
         json!({"output": args.output.display().to_string(), "length": bytes.len(),
-               "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name()})
+               "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name(), "signed": key.is_some()})
     );
     ExitCode::SUCCESS
 }

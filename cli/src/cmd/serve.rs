@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Refuse transmits without a valid keyed MAC made with this key file
+    /// (spec/mac.md, AVP-MAC-7): 400 with the error kind `bad_mac`.
+    #[arg(long, value_name = "F")]
+    mac_key: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &ServeArgs) -> ExitCode {
@@ -82,6 +86,13 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .with_memory_budget(args.memory_budget);
     if !args.quiet {
         agent = agent.on_received(Arc::new(print_progress));
+    }
+    if let Some(path) = &args.mac_key {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading MAC key {}", path.display()))?;
+        let key = avp_codec::mac::MacKey::from_key_file_bytes(&bytes)
+            .with_context(|| format!("MAC key {}", path.display()))?;
+        agent = agent.with_mac_key(key);
     }
     let config = ServerConfig {
         token: read_token_file(args.token_file.as_deref())?,
