@@ -56,6 +56,7 @@ fn decode(file: &Path, key: Option<&Path>) -> Output {
     c.output().unwrap()
 }
 
+/// AVP-MAC-8: `avp decode --mac-key` gives each MAC vector its expected outcome.
 #[test]
 fn mac_8_decode_with_key_follows_every_vector() {
     let doc: Value =

@@ -183,6 +183,7 @@ fn lim_10_decompression_ratio_refuses_a_bomb_before_producing_anything() {
     );
 }
 
+/// AVP-LIM-11: an `extra` key or value longer than the limit is refused.
 #[test]
 fn lim_11_extra_string_len() {
     let mut m = Metadata::default();
@@ -212,6 +213,7 @@ fn lim_11_extra_string_len() {
     assert_eq!(Limits::DEFAULT.max_extra_string_len, 64 << 10);
 }
 
+/// AVP-LIM-12: the KV layer count is bounded even when every tensor is empty.
 #[test]
 fn lim_12_kv_layers_bounded_even_when_tensors_are_empty() {
     use avp_codec::kv::{KvCache, KvDtype, KvHeader};
