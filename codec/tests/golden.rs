@@ -78,8 +78,12 @@ fn warning_codes(msg: &Message<'_>) -> Vec<String> {
 
 /// AVP-KV-*: our expectation for the inner payload, and agreement with the SDK's KV view.
 fn check_kv(id: &str, msg: &Message<'_>, expect: &Value, sdk_kv: &Value) {
-    let compat = KvCache::parse(&msg.payload);
-    let strict = KvCache::parse_with(&msg.payload, true);
+    // The inner dtype is compared with the metadata's too (AVP-KV-5).
+    let dtype = msg.metadata.dtype;
+    let compat = KvCache::parse(&msg.payload)
+        .and_then(|mut kv| kv.check_metadata_dtype(dtype, false).map(|()| kv));
+    let strict = KvCache::parse_with(&msg.payload, true)
+        .and_then(|mut kv| kv.check_metadata_dtype(dtype, true).map(|()| kv));
     match expect["result"].as_str().unwrap() {
         "valid" => {
             let kv = compat.unwrap_or_else(|e| panic!("{id}: KV rejected: {e}"));
