@@ -257,7 +257,7 @@ fn avp_hs_2_identity_from_config_golden() {
 
 #[test]
 fn avp_hs_4_hello_from_dict_to_dict_golden() {
-    run("hello.json", "hello", |case| {
+    run("hello.json", "hello_parse", |case| {
         let parsed =
             json::parse(&wtf8(field(field(case, "input"), "text"))).map_err(|e| e.to_string())?;
         let hello = HelloMessage::from_value(&parsed).and_then(|h| h.weights_digest().map(|_| h));
