@@ -234,9 +234,9 @@ fn project_writes_a_float32_hidden_state_of_the_target_width() {
     assert_eq!(msg.payload.len(), d as usize * 4);
     assert_eq!(msg.metadata.avp_map_id.len(), 33, "<src16>_<tgt16>");
     assert!(msg.header.flags.has_map());
-    let keys: Vec<&str> = msg.metadata.extra.keys().map(|k| k.as_ref()).collect();
+    let keys: Vec<&str> = msg.metadata.extra.keys().collect();
     assert_eq!(keys, ["model_family", "model_hash", "num_steps"]);
-    assert_eq!(msg.metadata.extra["num_steps"], "2");
+    assert_eq!(&msg.metadata.extra["num_steps"], "2");
     // The vector is normalised to the target's mean embedding norm.
     let v: Vec<f32> = msg
         .payload

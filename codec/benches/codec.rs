@@ -23,7 +23,7 @@ fn small_message() -> Vec<u8> {
         hidden_dim: 896,
         num_layers: 24,
         dtype: DataType::Float32,
-        tensor_shape: vec![1, 896],
+        tensor_shape: vec![1, 896].into(),
         ..Metadata::default()
     };
     m.extra.insert(Cow::Borrowed("k"), Cow::Borrowed("v"));

@@ -287,6 +287,7 @@ pub fn peek(input: &[u8]) -> Result<Peeked<'_>, Error> {
 
 /// [`peek`] with options (limits apply; strict mode is not consulted because
 /// its checks need the whole message).
+#[inline]
 pub fn peek_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Peeked<'a>, Error> {
     let header = check_header(input, &opts.limits)?;
     let metadata = Metadata::parse(metadata_bytes(input, &header)?, &opts.limits)?;
@@ -301,7 +302,10 @@ pub fn decode(input: &[u8]) -> Result<Message<'_>, Error> {
 /// Decodes a whole message, checking in the order of AVP-WIRE-24 (which
 /// decides the error when several apply, AVP-ERR-4).
 pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<'a>, Error> {
-    let Peeked { header, metadata } = peek_with(input, opts)?;
+    // peek_with's two steps, spelled out so the metadata is built in place
+    // rather than moved through a `Peeked`.
+    let header = check_header(input, &opts.limits)?;
+    let metadata = Metadata::parse(metadata_bytes(input, &header)?, &opts.limits)?;
     let end = header.message_len();
     if (input.len() as u64) < end {
         return Err(Error::truncated("message", end, input.len() as u64));

@@ -51,49 +51,154 @@ fn payload_length(meta_len: usize, tensor_len: usize) -> Result<u32, Error> {
         })
 }
 
+/// How to encode.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncodeOptions {
+    /// Tensor compression (AVP-WIRE-18).
+    pub compression: Compression,
+    /// Threads for the checksum and the tensor copy of tensors of 8 MiB or
+    /// more: 0 (default) picks the available parallelism (at most 8), 1 keeps
+    /// all work on the caller's thread.
+    pub threads: usize,
+}
+
+impl EncodeOptions {
+    /// No compression, automatic threads.
+    pub const DEFAULT: EncodeOptions = EncodeOptions {
+        compression: Compression::None,
+        threads: 0,
+    };
+
+    /// Sets the compression.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets [`EncodeOptions::threads`].
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+}
+
 /// Encodes a message as the SDK does, into one exactly-sized allocation.
 pub fn encode(
     metadata: &Metadata<'_>,
     tensor: &[u8],
     compression: Compression,
 ) -> Result<Vec<u8>, Error> {
+    encode_with(
+        metadata,
+        tensor,
+        &EncodeOptions::DEFAULT.with_compression(compression),
+    )
+}
+
+/// [`encode`] with options.
+pub fn encode_with(
+    metadata: &Metadata<'_>,
+    tensor: &[u8],
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
-    encode_into(metadata, tensor, compression, &mut out)?;
+    encode_into_with(metadata, tensor, opts, &mut out)?;
     Ok(out)
 }
 
-/// [`encode`] into `out` (cleared first), reusing its allocation when it is
-/// large enough: a sender that reuses one buffer pays no allocation and no
-/// page faults per message. On error `out` holds no valid message.
+/// [`encode`] into `out`, reusing its allocation when it is large enough: a
+/// sender that reuses one buffer pays no allocation and no page faults per
+/// message. On success `out` is exactly the message; on error it is empty.
 pub fn encode_into(
     metadata: &Metadata<'_>,
     tensor: &[u8],
     compression: Compression,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    out.clear();
-    let checksum = crate::crc32(tensor);
+    encode_into_with(
+        metadata,
+        tensor,
+        &EncodeOptions::DEFAULT.with_compression(compression),
+        out,
+    )
+}
+
+/// [`encode_into`] with options.
+pub fn encode_into_with(
+    metadata: &Metadata<'_>,
+    tensor: &[u8],
+    opts: &EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let result = encode_into_unchecked(metadata, tensor, opts, out);
+    if result.is_err() {
+        out.clear();
+    }
+    result
+}
+
+fn encode_into_unchecked(
+    metadata: &Metadata<'_>,
+    tensor: &[u8],
+    opts: &EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let compression = opts.compression;
+    let checksum = crate::checksum::crc32_with_threads(tensor, opts.threads);
     let comp = compression_field(compression);
     let (header, meta_len) = header_for(metadata, tensor.len(), compression, checksum)?;
-    match compression.level() {
-        None => {
-            let total = HEADER_LEN
-                .saturating_add(meta_len)
-                .saturating_add(tensor.len());
+    let Some(level) = compression.level() else {
+        let prefix_len = HEADER_LEN.saturating_add(meta_len);
+        let total = prefix_len.saturating_add(tensor.len());
+        if tensor.len() < crate::checksum::PARALLEL_MIN_LEN || opts.threads == 1 {
+            out.clear();
             out.reserve_exact(total);
             out.extend_from_slice(&header.to_bytes());
             write_metadata(metadata, comp, Some(checksum), out);
             out.extend_from_slice(tensor);
-            if out.len() != total {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    "encoded length differs from the computed length",
-                ));
+        } else {
+            // A large tensor is copied by several threads into an already
+            // sized buffer: a reused one is only truncated (no memset), a new
+            // one comes zeroed from the allocator untouched, so the threads
+            // take its first-touch page faults in parallel.
+            size_for_overwrite(out, total);
+            let mut prefix = Vec::with_capacity(prefix_len);
+            prefix.extend_from_slice(&header.to_bytes());
+            write_metadata(metadata, comp, Some(checksum), &mut prefix);
+            let (head, body) = out.split_at_mut(prefix_len.min(total));
+            if prefix.len() != head.len() {
+                return Err(length_bug());
             }
-            Ok(())
+            head.copy_from_slice(&prefix);
+            crate::checksum::copy_with_threads(body, tensor, opts.threads);
         }
-        Some(level) => compressed(metadata, tensor, level, header, comp, checksum, out),
+        if out.len() != total {
+            return Err(length_bug());
+        }
+        return Ok(());
+    };
+    out.clear();
+    compressed(metadata, tensor, level, header, comp, checksum, out)
+}
+
+/// Makes `out` exactly `len` bytes long, contents unspecified, touching as
+/// little memory as possible.
+fn size_for_overwrite(out: &mut Vec<u8>, len: usize) {
+    if out.len() >= len {
+        out.truncate(len);
+    } else if out.capacity() >= len {
+        out.resize(len, 0);
+    } else {
+        *out = vec![0u8; len];
     }
+}
+
+fn length_bug() -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        "encoded length differs from the computed length",
+    )
 }
 
 /// The header and metadata of the uncompressed encoding of `metadata` with

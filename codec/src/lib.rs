@@ -29,10 +29,12 @@ mod compress;
 mod decode;
 mod encode;
 mod error;
+mod extra;
 mod header;
 mod limits;
 mod metadata;
 mod proto;
+mod shape;
 mod stream;
 
 pub mod json;
@@ -46,11 +48,16 @@ pub use compress::Compression;
 pub use decode::{
     DecodeOptions, Message, Peeked, Warning, check_header, decode, decode_with, peek, peek_with,
 };
-pub use encode::{encode, encode_into, encode_prefix, encoded_len, flags_for};
+pub use encode::{
+    EncodeOptions, encode, encode_into, encode_into_with, encode_prefix, encode_with, encoded_len,
+    flags_for,
+};
 pub use error::{Error, ErrorKind};
+pub use extra::Extra;
 pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
 pub use limits::Limits;
 pub use metadata::{DataType, Metadata, Mode, PayloadType};
+pub use shape::Shape;
 pub use stream::{Status, StreamDecoder};
 
 #[cfg(feature = "mac")]

@@ -6,11 +6,13 @@
 //! map entries with both key and value, `extra` sorted by key.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use crate::error::{Error, ErrorKind};
+use crate::extra::{Extra, wire_entries};
 use crate::limits::Limits;
 use crate::proto::{self, Reader, WT_LEN, WT_VARINT};
+use crate::shape::Shape;
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $what:literal { $($(#[$vdoc:meta])* $variant:ident = $value:literal => $text:literal),+ $(,)? }) => {
@@ -128,8 +130,9 @@ pub struct Metadata<'a> {
     pub payload_type: PayloadType,
     /// Field 8.
     pub dtype: DataType,
-    /// Field 9 (repeated uint32; packed when written).
-    pub tensor_shape: Vec<u32>,
+    /// Field 9 (repeated uint32; packed when written). Short shapes are
+    /// stored inline, so decoding one allocates nothing.
+    pub tensor_shape: Shape,
     /// Field 10.
     pub mode: Mode,
     /// Field 11 (proto3 `optional`). The encoder sets it itself (AVP-WIRE-16).
@@ -137,7 +140,8 @@ pub struct Metadata<'a> {
     /// Field 13. Field 12 is reserved.
     pub avp_map_id: Cow<'a, str>,
     /// Field 14, `map<string,string>`; written sorted by key (AVP-WIRE-12).
-    pub extra: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// After decoding, the entries are read from the message on access.
+    pub extra: Extra<'a>,
     /// Field 15 (proto3 `optional`): CRC-32 of the uncompressed tensor bytes.
     /// The encoder computes it itself (AVP-WIRE-15).
     pub payload_checksum: Option<u32>,
@@ -158,9 +162,9 @@ const F_MAP_ID: u32 = 13;
 const F_EXTRA: u32 = 14;
 const F_CHECKSUM: u32 = 15;
 
-fn utf8<'a>(bytes: &'a [u8], field: &str) -> Result<Cow<'a, str>, Error> {
+#[inline]
+fn utf8<'a>(bytes: &'a [u8], field: &str) -> Result<&'a str, Error> {
     std::str::from_utf8(bytes)
-        .map(Cow::Borrowed)
         .map_err(|_| Error::malformed(format!("{field}: string is not valid UTF-8")))
 }
 
@@ -170,64 +174,106 @@ impl<'a> Metadata<'a> {
     /// unknown fields (and known fields with another wire type) skipped, uint32
     /// and enum varints truncated to 32 bits. Enum values are checked after the
     /// whole message is read, so only the final value counts (AVP-WIRE-13).
+    #[inline(always)]
     pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Metadata<'a>, Error> {
-        let mut m = Metadata::default();
+        // Fields land in plain locals and the struct is built once at the end:
+        // assigning into `Cow` fields in the loop would test-and-drop the old
+        // value on every write.
+        let (mut session_id, mut source_agent_id, mut target_agent_id) = ("", "", "");
+        let (mut model_id, mut avp_map_id) = ("", "");
+        let mut compression: Option<&'a str> = None;
+        let (mut hidden_dim, mut num_layers) = (0u32, 0u32);
         let (mut payload_type, mut dtype, mut mode) = (0i32, 0i32, 0i32);
+        let mut payload_checksum = None;
+        let mut tensor_shape = Shape::new();
+        // Entries are validated here and read back from `bytes` on access;
+        // distinct keys are only counted once the raw count passes the limit.
+        let mut raw_entries = 0usize;
+        let mut distinct_keys: Option<BTreeSet<&'a str>> = None;
         let mut r = Reader::new(bytes);
         while !r.is_empty() {
+            let field_start = bytes.len().saturating_sub(r.remaining());
             let (field, wt) = r.tag()?;
             match (field, wt) {
-                (F_SESSION, WT_LEN) => m.session_id = utf8(r.len_delimited()?, "session_id")?,
+                (F_SESSION, WT_LEN) => session_id = utf8(r.len_delimited()?, "session_id")?,
                 (F_SOURCE, WT_LEN) => {
-                    m.source_agent_id = utf8(r.len_delimited()?, "source_agent_id")?
+                    source_agent_id = utf8(r.len_delimited()?, "source_agent_id")?
                 }
                 (F_TARGET, WT_LEN) => {
-                    m.target_agent_id = utf8(r.len_delimited()?, "target_agent_id")?
+                    target_agent_id = utf8(r.len_delimited()?, "target_agent_id")?
                 }
-                (F_MODEL, WT_LEN) => m.model_id = utf8(r.len_delimited()?, "model_id")?,
-                (F_HIDDEN_DIM, WT_VARINT) => m.hidden_dim = r.varint()? as u32,
-                (F_NUM_LAYERS, WT_VARINT) => m.num_layers = r.varint()? as u32,
+                (F_MODEL, WT_LEN) => model_id = utf8(r.len_delimited()?, "model_id")?,
+                (F_HIDDEN_DIM, WT_VARINT) => hidden_dim = r.varint()? as u32,
+                (F_NUM_LAYERS, WT_VARINT) => num_layers = r.varint()? as u32,
                 (F_PAYLOAD_TYPE, WT_VARINT) => payload_type = r.varint()? as i32,
                 (F_DTYPE, WT_VARINT) => dtype = r.varint()? as i32,
                 (F_MODE, WT_VARINT) => mode = r.varint()? as i32,
                 (F_SHAPE, WT_VARINT) => {
                     let v = r.varint()? as u32;
-                    push_dim(&mut m.tensor_shape, v, limits)?;
+                    push_dim(&mut tensor_shape, v, limits)?;
                 }
                 (F_SHAPE, WT_LEN) => {
                     let mut packed = Reader::new(r.len_delimited()?);
                     while !packed.is_empty() {
                         let v = packed.varint()? as u32;
-                        push_dim(&mut m.tensor_shape, v, limits)?;
+                        push_dim(&mut tensor_shape, v, limits)?;
                     }
                 }
                 (F_COMPRESSION, WT_LEN) => {
-                    m.compression = Some(utf8(r.len_delimited()?, "compression")?)
+                    compression = Some(utf8(r.len_delimited()?, "compression")?)
                 }
-                (F_MAP_ID, WT_LEN) => m.avp_map_id = utf8(r.len_delimited()?, "avp_map_id")?,
+                (F_MAP_ID, WT_LEN) => avp_map_id = utf8(r.len_delimited()?, "avp_map_id")?,
                 (F_EXTRA, WT_LEN) => {
                     // An entry with unknown fields is kept by upb as an unknown
                     // field of the message, not as a map entry (AVP-WIRE-12).
-                    let Some((k, v)) = parse_map_entry(r.len_delimited()?, limits)? else {
+                    let Some((k, _)) = parse_map_entry(r.len_delimited()?, limits)? else {
                         continue;
                     };
-                    m.extra.insert(k, v);
-                    if m.extra.len() > limits.max_extra_entries {
+                    raw_entries = raw_entries.saturating_add(1);
+                    if raw_entries <= limits.max_extra_entries {
+                        continue;
+                    }
+                    // Past the limit in raw entries: count distinct keys, as a map would.
+                    let keys = distinct_keys.get_or_insert_with(|| {
+                        let seen = bytes.get(..field_start).unwrap_or_default();
+                        wire_entries(seen).map(|(k, _)| k).collect()
+                    });
+                    keys.insert(k);
+                    if keys.len() > limits.max_extra_entries {
                         return Err(Error::new(
                             ErrorKind::LimitExceeded,
                             format!("more than {} extra entries", limits.max_extra_entries),
                         ));
                     }
                 }
-                (F_CHECKSUM, WT_VARINT) => m.payload_checksum = Some(r.varint()? as u32),
+                (F_CHECKSUM, WT_VARINT) => payload_checksum = Some(r.varint()? as u32),
                 _ => r.skip(field, wt, limits.max_group_depth)?,
             }
         }
         // The SDK checks dtype, then payload_type, then mode.
-        m.dtype = DataType::check(dtype)?;
-        m.payload_type = PayloadType::check(payload_type)?;
-        m.mode = Mode::check(mode)?;
-        Ok(m)
+        let dtype = DataType::check(dtype)?;
+        let payload_type = PayloadType::check(payload_type)?;
+        let mode = Mode::check(mode)?;
+        Ok(Metadata {
+            session_id: Cow::Borrowed(session_id),
+            source_agent_id: Cow::Borrowed(source_agent_id),
+            target_agent_id: Cow::Borrowed(target_agent_id),
+            model_id: Cow::Borrowed(model_id),
+            hidden_dim,
+            num_layers,
+            payload_type,
+            dtype,
+            tensor_shape,
+            mode,
+            compression: compression.map(Cow::Borrowed),
+            avp_map_id: Cow::Borrowed(avp_map_id),
+            extra: if raw_entries == 0 {
+                Extra::new()
+            } else {
+                Extra::from_wire(bytes)
+            },
+            payload_checksum,
+        })
     }
 
     /// Bytes [`Metadata::write`] produces.
@@ -263,17 +309,13 @@ impl<'a> Metadata<'a> {
             mode: self.mode,
             compression: self.compression.map(own),
             avp_map_id: own(self.avp_map_id),
-            extra: self
-                .extra
-                .into_iter()
-                .map(|(k, v)| (own(k), own(v)))
-                .collect(),
+            extra: self.extra.into_owned(),
             payload_checksum: self.payload_checksum,
         }
     }
 }
 
-fn push_dim(shape: &mut Vec<u32>, v: u32, limits: &Limits) -> Result<(), Error> {
+fn push_dim(shape: &mut Shape, v: u32, limits: &Limits) -> Result<(), Error> {
     if shape.len() >= limits.max_shape_rank {
         return Err(Error::new(
             ErrorKind::LimitExceeded,
@@ -289,13 +331,12 @@ fn push_dim(shape: &mut Vec<u32>, v: u32, limits: &Limits) -> Result<(), Error> 
 
 /// One `extra` entry: key and value default to "", and `None` when the entry
 /// carries any other field (then it is not a map entry at all, as in upb).
-#[allow(clippy::type_complexity)]
 fn parse_map_entry<'a>(
     bytes: &'a [u8],
     limits: &Limits,
-) -> Result<Option<(Cow<'a, str>, Cow<'a, str>)>, Error> {
+) -> Result<Option<(&'a str, &'a str)>, Error> {
     let mut r = Reader::new(bytes);
-    let (mut key, mut value) = (Cow::Borrowed(""), Cow::Borrowed(""));
+    let (mut key, mut value) = ("", "");
     let mut has_unknown = false;
     while !r.is_empty() {
         match r.tag()? {

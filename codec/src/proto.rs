@@ -26,7 +26,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Bytes not read yet (offsets are `total - remaining`).
-    #[cfg_attr(not(feature = "mac"), allow(dead_code))]
+    #[inline]
     pub(crate) fn remaining(&self) -> usize {
         self.rest.len()
     }
@@ -36,7 +36,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A base-128 varint of at most 10 bytes; bits above 64 are dropped as upb does.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, Error> {
         // Fast path: tags, lengths and small values are one byte.
         if let Some((&b, rest)) = self.rest.split_first() {
@@ -66,8 +66,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A field key: (field number, wire type).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn tag(&mut self) -> Result<(u32, u8), Error> {
+        // Fast path: fields 1..=15 with a valid wire type fit in one byte.
+        if let Some((&b, rest)) = self.rest.split_first() {
+            if (8..0x80).contains(&b) && b & 7 <= WT_FIXED32 {
+                self.rest = rest;
+                return Ok((u32::from(b >> 3), b & 7));
+            }
+        }
+        self.tag_slow()
+    }
+
+    #[inline(never)]
+    fn tag_slow(&mut self) -> Result<(u32, u8), Error> {
         let start = self.rest.len();
         let raw = self.varint()?;
         if start.saturating_sub(self.rest.len()) > 5 || raw > u64::from(u32::MAX) {
@@ -84,20 +96,29 @@ impl<'a> Reader<'a> {
         Ok((field, wire_type))
     }
 
+    #[inline]
     pub(crate) fn bytes(&mut self, n: u64) -> Result<&'a [u8], Error> {
-        let n = usize::try_from(n).map_err(|_| Error::malformed("length overflows"))?;
-        if n > self.rest.len() {
-            return Err(Error::malformed(format!(
-                "field length {n} exceeds the {} bytes left in the metadata",
-                self.rest.len()
-            )));
+        match usize::try_from(n) {
+            Ok(n) if n <= self.rest.len() => {
+                let (head, tail) = self.rest.split_at(n);
+                self.rest = tail;
+                Ok(head)
+            }
+            _ => Err(self.overrun(n)),
         }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn overrun(&self, n: u64) -> Error {
+        Error::malformed(format!(
+            "field length {n} exceeds the {} bytes left in the metadata",
+            self.rest.len()
+        ))
     }
 
     /// The payload of a length-delimited field.
+    #[inline]
     pub(crate) fn len_delimited(&mut self) -> Result<&'a [u8], Error> {
         let n = self.varint()?;
         self.bytes(n)

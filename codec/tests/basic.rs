@@ -19,7 +19,7 @@ fn sample() -> (Metadata<'static>, Vec<u8>) {
         model_id: Cow::Borrowed("m"),
         hidden_dim: 4,
         dtype: DataType::Float32,
-        tensor_shape: vec![1, 4],
+        tensor_shape: vec![1, 4].into(),
         mode: Mode::Latent,
         avp_map_id: Cow::Borrowed("map"),
         ..Metadata::default()
@@ -297,4 +297,33 @@ fn lim_8_stream_header_declaring_4_gib_reserves_little() {
         "{} bytes reserved for a bare header",
         d.allocated()
     );
+}
+
+/// AVP-WIRE-22: the multi-threaded path for large tensors (checksum and copy
+/// split across threads, output buffer sized without a memset) gives the
+/// same bytes as the single-threaded one, into fresh, shorter and longer
+/// reused buffers.
+#[test]
+fn wire_22_threaded_encode_is_byte_identical() {
+    use avp_codec::{EncodeOptions, encode_into_with, encode_with};
+    let (m, _) = sample();
+    let tensor: Vec<u8> = (0..(9usize << 20) + 3)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let serial = encode_with(&m, &tensor, &EncodeOptions::DEFAULT.with_threads(1)).unwrap();
+    assert_eq!(serial, encode(&m, &tensor, Compression::None).unwrap());
+    for threads in [0, 2, 3] {
+        let opts = EncodeOptions::DEFAULT.with_threads(threads);
+        assert!(
+            encode_with(&m, &tensor, &opts).unwrap() == serial,
+            "{threads} threads"
+        );
+        for start_len in [0usize, 100, serial.len() - 1, serial.len() + 4096] {
+            let mut out = vec![0xAA; start_len];
+            encode_into_with(&m, &tensor, &opts, &mut out).unwrap();
+            assert!(out == serial, "{threads} threads, buffer of {start_len}");
+        }
+    }
+    let msg = decode(&serial).unwrap();
+    assert_eq!(&*msg.payload, &tensor[..]);
 }

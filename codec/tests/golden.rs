@@ -54,7 +54,7 @@ fn view(msg: &Message<'_>) -> Value {
             "target_agent_id": m.target_agent_id, "model_id": m.model_id,
             "hidden_dim": m.hidden_dim, "num_layers": m.num_layers,
             "payload_type": m.payload_type.name(), "dtype": m.dtype.name(),
-            "tensor_shape": m.tensor_shape, "mode": m.mode.name(),
+            "tensor_shape": m.tensor_shape.as_slice(), "mode": m.mode.name(),
             "compression": if msg.was_compressed() { Some("zstd") } else { None },
             "avp_map_id": m.avp_map_id, "extra": extra,
             "payload_checksum": m.payload_checksum,

@@ -78,7 +78,7 @@ fn lim_3_decompressed_size_checked_before_allocating() {
 #[test]
 fn lim_4_shape_rank() {
     let m = Metadata {
-        tensor_shape: vec![1; 5],
+        tensor_shape: vec![1; 5].into(),
         ..Metadata::default()
     };
     let bytes = encode(&m, &[0u8; 4], Compression::None).unwrap();

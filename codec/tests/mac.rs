@@ -51,7 +51,7 @@ fn mac_5_every_vector_verifies_as_expected() {
                 // A verified message also decodes (compatible mode).
                 let msg = decode(&bytes).unwrap();
                 assert_eq!(
-                    msg.metadata.extra.get(TAG_KEY).map(|t| t.as_ref()),
+                    msg.metadata.extra.get(TAG_KEY),
                     c["expect"]["tag"].as_str(),
                     "{id}: tag"
                 );
@@ -139,7 +139,7 @@ fn mac_3_every_single_bit_flip_of_a_signed_message_is_caught() {
     let k = key("key.bin");
     let m = avp_codec::Metadata {
         session_id: "s".into(),
-        tensor_shape: vec![2],
+        tensor_shape: vec![2].into(),
         ..Default::default()
     };
     let signed = encode_signed(&m, &[1, 2, 3, 4, 5, 6, 7, 8], Compression::None, &k).unwrap();

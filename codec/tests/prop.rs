@@ -38,9 +38,9 @@ prop_compose! {
         Metadata {
             session_id: Cow::Owned(session_id), source_agent_id: Cow::Owned(source),
             target_agent_id: Cow::Owned(target), model_id: Cow::Owned(model),
-            hidden_dim, num_layers, payload_type, dtype, tensor_shape: shape, mode,
+            hidden_dim, num_layers, payload_type, dtype, tensor_shape: shape.into(), mode,
             avp_map_id: Cow::Owned(map_id),
-            extra: extra.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect::<BTreeMap<_, _>>(),
+            extra: extra.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect::<BTreeMap<_, _>>().into(),
             ..Metadata::default()
         }
     }

@@ -61,7 +61,7 @@ pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
             PayloadKind::KvCache => PayloadType::KvCache,
         },
         dtype: meta.dtype.data_type(),
-        tensor_shape: meta.tensor_shape.clone(),
+        tensor_shape: meta.tensor_shape.as_slice().into(),
         mode: Mode::Latent,
         avp_map_id: Cow::Borrowed(meta.avp_map_id.as_str()),
         extra: meta
@@ -104,7 +104,7 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
         num_layers: m.num_layers,
         payload,
         dtype,
-        tensor_shape: m.tensor_shape.clone(),
+        tensor_shape: m.tensor_shape.to_vec(),
         avp_map_id: m.avp_map_id.to_string(),
         extra: m
             .extra

@@ -31,7 +31,7 @@ fn message(index: usize, base: &[u8]) -> Vec<u8> {
         session_id: session.as_str().into(),
         source_agent_id: "load".into(),
         target_agent_id: "agent".into(),
-        tensor_shape: vec![1, (tensor.len() / 4) as u32],
+        tensor_shape: vec![1, (tensor.len() / 4) as u32].into(),
         ..Metadata::default()
     };
     encode(&metadata, &tensor, Compression::None).expect("encodable")

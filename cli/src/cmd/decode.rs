@@ -129,7 +129,7 @@ pub(crate) fn message_json(msg: &Message<'_>, strict: bool) -> Result<Value, Err
             "num_layers": m.num_layers,
             "payload_type": m.payload_type.name(),
             "dtype": m.dtype.name(),
-            "tensor_shape": m.tensor_shape,
+            "tensor_shape": m.tensor_shape.as_slice(),
             "mode": m.mode.name(),
             "compression": if msg.was_compressed() { Some("zstd") } else { None },
             "avp_map_id": m.avp_map_id,

@@ -111,7 +111,7 @@ fn metadata_from_json(v: &Value) -> anyhow::Result<Metadata<'static>> {
         Some(s) => Mode::from_name(&s).ok_or_else(|| anyhow!("unknown mode {s:?}"))?,
     };
     let tensor_shape = match obj.get("tensor_shape") {
-        None => Vec::new(),
+        None => avp_codec::Shape::new(),
         Some(Value::Array(items)) => items
             .iter()
             .map(|x| u32_of("tensor_shape entry", Some(x)))
@@ -143,7 +143,7 @@ fn metadata_from_json(v: &Value) -> anyhow::Result<Metadata<'static>> {
         tensor_shape,
         mode,
         avp_map_id: string("avp_map_id")?,
-        extra,
+        extra: extra.into(),
         ..Metadata::default()
     })
 }

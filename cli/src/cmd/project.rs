@@ -93,7 +93,7 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
         num_layers: u32::try_from(target.config().decoder.num_layers)?,
         payload: PayloadKind::HiddenState,
         dtype: KvDtype::Float32,
-        tensor_shape: vec![u32::try_from(d)?],
+        tensor_shape: [u32::try_from(d)?].into(),
         avp_map_id: map_id.split('.').next().unwrap_or_default().to_owned(),
         extra,
     };
