@@ -209,12 +209,24 @@ pub fn check_incremental_chunks(data: &[u8]) {
 
 /// The metadata oracle: a Metadata protobuf that parses writes back to a
 /// canonical form that parses to the same value and re-writes identically;
-/// `encoded_len` is exact.
+/// `encoded_len` is exact; the `extra` view read from the wire agrees with
+/// the same entries turned into a map.
 pub fn check_metadata(data: &[u8]) {
     let limits = crate::Limits::DEFAULT;
     let Ok(m) = crate::Metadata::parse(data, &limits) else {
         return;
     };
+    let mut materialised = m.extra.clone();
+    let map = materialised.map_mut().clone();
+    assert_eq!(m.extra.len(), map.len(), "extra len");
+    assert_eq!(m.extra.is_empty(), map.is_empty(), "extra is_empty");
+    assert!(
+        m.extra.iter().eq(map.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
+        "extra iteration differs from its map"
+    );
+    for (k, v) in &map {
+        assert_eq!(m.extra.get(k), Some(v.as_ref()), "extra get({k:?})");
+    }
     let mut out = Vec::new();
     m.write(&mut out);
     assert_eq!(out.len(), m.encoded_len(), "metadata encoded_len");

@@ -11,7 +11,10 @@
 //! - [`StreamDecoder`]: feed bytes, get [`Status::NeedMore`] / [`Status::Complete`].
 //! - [`encode`]: byte-identical to the SDK's `encode()`; [`encode_into`]
 //!   reuses an output buffer, [`encode_prefix`] returns header + metadata only
-//!   so a transport can send the tensor without copying it.
+//!   so a transport can send the tensor without copying it; [`EncodeOptions`]
+//!   bounds the threads used for large tensors.
+//! - [`Metadata`] borrows its strings from the input; its [`Shape`] and
+//!   [`Extra`] fields keep a typical decode free of heap allocations.
 //! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 //! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
