@@ -2,44 +2,16 @@
 //! bounded-memory decode of zstd bombs (spec/limits.md, AVP-LIM-10).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-fn avp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_avp"))
-}
+mod common;
+use common::{Running, Scratch, avp, start};
 
 fn vectors() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../conformance/vectors/mac")
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let dir =
-            std::env::temp_dir().join(format!("avp-mac-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn json_of(out: &Output) -> Value {
@@ -83,7 +55,7 @@ fn mac_8_decode_with_key_follows_every_vector() {
 
 #[test]
 fn mac_8_encode_signs_decode_verifies_and_unsigned_decoding_still_works() {
-    let s = Scratch::new("cli");
+    let s = Scratch::new("mac", "cli");
     let meta = s.path("meta.json");
     std::fs::write(&meta, r#"{"session_id": "s1", "tensor_shape": [2]}"#).unwrap();
     let payload = s.path("payload.bin");
@@ -146,40 +118,13 @@ fn mac_8_encode_signs_decode_verifies_and_unsigned_decoding_still_works() {
     assert_eq!(json_of(&bad_key)["error"]["kind"], "invalid_argument");
 }
 
-struct Running {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(args: &[&std::ffi::OsStr]) -> Running {
-    let mut child = avp()
+    let mut command = avp();
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    Running { child, url }
+        .stderr(Stdio::null());
+    start(command)
 }
 
 fn send(url: &str, file: &Path) -> Output {
@@ -202,7 +147,7 @@ fn stored(dir: &Path) -> usize {
 
 #[test]
 fn mac_7_serve_refuses_unsigned_and_tampered_transmits_with_bad_mac() {
-    let s = Scratch::new("serve");
+    let s = Scratch::new("mac", "serve");
     let store = s.path("store");
     let key = vectors().join("key.bin");
     let server = serve(&[
@@ -285,7 +230,7 @@ fn decode_peak_rss(file: &Path) -> (i32, Value, u64) {
 /// bomb adds on top of that.
 #[test]
 fn lim_10_avp_decode_of_a_zstd_bomb_peaks_under_64_mib() {
-    let s = Scratch::new("bomb");
+    let s = Scratch::new("mac", "bomb");
     let small = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../conformance/vectors/wire/bin/hidden-f32.avp");
     let (rc, v, baseline_kib) = decode_peak_rss(&small);

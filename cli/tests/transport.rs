@@ -2,17 +2,15 @@
 //! SDK (avp==0.6.2): real servers on loopback, started here, on free ports.
 //! Rule IDs are in spec/http.md.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod common;
+use common::{Running, Scratch, avp, start, workspace};
 
 fn python() -> PathBuf {
     workspace().join(".venv/bin/python")
@@ -20,75 +18,6 @@ fn python() -> PathBuf {
 
 fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transport_py/sdk_peer.py")
-}
-
-/// A fresh scratch directory under the target dir (removed on drop).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let dir = std::env::temp_dir().join(format!(
-            "avp-transport-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A server process (ours or the SDK's) that printed `listening on URL`;
-/// killed (by its own handle) when dropped.
-struct Running {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(mut command: Command) -> Running {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server announced its address");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("announcement")
-        .to_owned();
-    Running { child, url }
-}
-
-fn avp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_avp"))
 }
 
 fn serve(extra: &[&str]) -> Running {
@@ -151,7 +80,7 @@ fn assert_stored_identically(lines: &[Value], store: &Path, expected_count: usiz
 
 #[test]
 fn http_30_31_60_sdk_client_handshakes_and_transmits_to_avp_serve_byte_identically() {
-    let scratch = Scratch::new("sdk-client");
+    let scratch = Scratch::new("transport", "sdk-client");
     let store = scratch.path("store");
     let identity = scratch.path("identity.json");
     std::fs::write(
@@ -193,7 +122,7 @@ fn http_30_31_60_sdk_client_handshakes_and_transmits_to_avp_serve_byte_identical
 #[test]
 fn http_30_serve_with_model_dir_hash_matches_the_sdk_identity_of_the_same_config() {
     let model = workspace().join("conformance/vectors/handshake/models/qwen2-7b-bpe");
-    let scratch = Scratch::new("model-dir");
+    let scratch = Scratch::new("transport", "model-dir");
     let server = serve(&["--model", model.to_str().expect("utf-8")]);
     let out = scratch.path("sent");
     std::fs::create_dir_all(&out).expect("out dir");
@@ -210,7 +139,7 @@ fn http_30_serve_with_model_dir_hash_matches_the_sdk_identity_of_the_same_config
 
 #[test]
 fn http_40_avp_send_reaches_the_sdk_create_app() {
-    let scratch = Scratch::new("send");
+    let scratch = Scratch::new("transport", "send");
     let record = scratch.path("record.jsonl");
     let mut command = Command::new(python());
     command
@@ -292,7 +221,7 @@ fn http_40_avp_send_reaches_the_sdk_create_app() {
 /// AVP-HTTP-51, AVP-HTTP-53: streamed through the router; unknown targets get 404.
 #[test]
 fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_get_404() {
-    let scratch = Scratch::new("route");
+    let scratch = Scratch::new("transport", "route");
     let store = scratch.path("store");
     let agent = serve(&["--store", store.to_str().expect("utf-8")]);
     let mut command = avp();
@@ -360,7 +289,7 @@ fn http_51_53_sdk_client_through_avp_route_arrives_intact_and_unknown_targets_ge
 
 #[test]
 fn http_13_missing_or_wrong_token_gets_401_and_nothing_is_stored() {
-    let scratch = Scratch::new("auth");
+    let scratch = Scratch::new("transport", "auth");
     let store = scratch.path("store");
     let token = scratch.path("token");
     std::fs::write(&token, "s3cret-token\n").expect("token");
@@ -426,7 +355,7 @@ fn http_40_avp_send_reports_connection_failure_as_json_after_retrying() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let scratch = Scratch::new("refused");
+    let scratch = Scratch::new("transport", "refused");
     let message = scratch.path("m.avp");
     std::fs::write(&message, b"AV").expect("file");
     let output = avp()
@@ -447,7 +376,7 @@ fn http_40_avp_send_reports_connection_failure_as_json_after_retrying() {
 
 #[test]
 fn http_12_sdk_client_over_the_body_limit_gets_413_and_nothing_is_stored() {
-    let scratch = Scratch::new("limit");
+    let scratch = Scratch::new("transport", "limit");
     let store = scratch.path("store");
     let server = serve(&[
         "--store",
@@ -470,7 +399,7 @@ fn http_12_sdk_client_over_the_body_limit_gets_413_and_nothing_is_stored() {
 /// AVP-HTTP-60, AVP-HTTP-61: acknowledged messages survive a kill; no half files.
 #[test]
 fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_half_files() {
-    let scratch = Scratch::new("restart");
+    let scratch = Scratch::new("transport", "restart");
     let store = scratch.path("store");
     let message = scratch.path("msg.avp");
     sdk(&["encode", message.to_str().expect("utf-8")]);
@@ -516,7 +445,7 @@ fn http_60_61_a_killed_agent_restarts_with_every_acknowledged_message_and_no_hal
 
 #[test]
 fn http_2_sdk_httpx_over_h2c_prior_knowledge_reaches_avp_serve() {
-    let scratch = Scratch::new("h2c");
+    let scratch = Scratch::new("transport", "h2c");
     let store = scratch.path("store");
     let server = serve(&["--store", store.to_str().expect("utf-8")]);
     let out = scratch.path("sent");
@@ -532,7 +461,7 @@ fn http_2_sdk_httpx_over_h2c_prior_knowledge_reaches_avp_serve() {
 /// or fails locally (exit 2).
 #[test]
 fn http_42_avp_send_exit_codes_separate_peer_answers_from_local_problems() {
-    let scratch = Scratch::new("exit");
+    let scratch = Scratch::new("transport", "exit");
     let missing = scratch.path("missing.avp");
     let output = avp()
         .args([
@@ -583,7 +512,7 @@ fn http_42_avp_send_exit_codes_separate_peer_answers_from_local_problems() {
 #[test]
 fn http_16_sigterm_lets_the_upload_in_flight_finish_then_exits_cleanly() {
     use std::io::Write;
-    let scratch = Scratch::new("sigterm");
+    let scratch = Scratch::new("transport", "sigterm");
     let store = scratch.path("store");
     let message_path = scratch.path("msg.avp");
     sdk(&["encode", message_path.to_str().expect("utf-8")]);
@@ -625,7 +554,7 @@ fn http_16_sigterm_lets_the_upload_in_flight_finish_then_exits_cleanly() {
 #[test]
 fn http_30_avp_handshake_url_against_avp_serve_resolves_hash_match() {
     let model = workspace().join("conformance/vectors/handshake/models/qwen2-7b-bpe");
-    let scratch = Scratch::new("handshake-url");
+    let scratch = Scratch::new("transport", "handshake-url");
     let server = serve(&["--model", model.to_str().expect("utf-8")]);
     let identity = avp()
         .arg("identity")

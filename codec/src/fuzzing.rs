@@ -221,7 +221,9 @@ pub fn check_metadata(data: &[u8]) {
     assert_eq!(m.extra.len(), map.len(), "extra len");
     assert_eq!(m.extra.is_empty(), map.is_empty(), "extra is_empty");
     assert!(
-        m.extra.iter().eq(map.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
+        m.extra
+            .iter()
+            .eq(map.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
         "extra iteration differs from its map"
     );
     for (k, v) in &map {

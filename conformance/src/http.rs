@@ -106,6 +106,24 @@ pub enum Body<'a> {
     Oversize(u64),
 }
 
+/// A fresh connection to `target` with read and write timeouts set.
+fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
+    let addr = (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("resolve {}: no address", target.host))?;
+    let stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
 /// Sends one request on a fresh connection and reads the whole response.
 pub fn send(
     target: &Target,
@@ -115,19 +133,7 @@ pub fn send(
     body: Body<'_>,
     timeout: Duration,
 ) -> Result<Response, String> {
-    let addr = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {}: {e}", target.host))?
-        .next()
-        .ok_or_else(|| format!("resolve {}: no address", target.host))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let mut stream = connect(target, timeout)?;
     let length = match body {
         Body::Bytes(b) => b.len() as u64,
         Body::Oversize(n) => n,
@@ -179,16 +185,7 @@ pub fn send(
 /// Sends the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113
 /// §3.4) and expects the server's first frame to be SETTINGS (type 4).
 fn h2c_probe(target: &Target, timeout: Duration) -> Result<(), String> {
-    let addr = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {}: {e}", target.host))?
-        .next()
-        .ok_or_else(|| format!("resolve {}: no address", target.host))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let mut stream = connect(target, timeout)?;
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
     stream
