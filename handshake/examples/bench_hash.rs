@@ -77,6 +77,13 @@ fn main() {
                 vocab.len()
             );
         }
+        // For `perf record`: only the model hash, ITERS times.
+        "config-hash-only" => {
+            let config = json::parse(&bytes).unwrap();
+            for _ in 0..iters {
+                std::hint::black_box(model_hash(std::hint::black_box(&config)).unwrap());
+            }
+        }
         // For `perf stat`: only the hash, ITERS times.
         "tokenizer-hash-only" => {
             let vocab = vocab_from_tokenizer_json(&json::parse(&bytes).unwrap()).unwrap();

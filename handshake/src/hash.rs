@@ -7,36 +7,55 @@ use crate::json::{Object, Sink, Value, WriteOptions, write_value, write_wtf8_str
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
-    for b in bytes {
-        for nibble in [b >> 4, b & 0xf] {
-            s.push(char::from(
-                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-            ));
-        }
+    let mut text = vec![0u8; bytes.len().saturating_mul(2)];
+    for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
+        let digit = |nibble: u8| HEX_DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
+        pair.copy_from_slice(&[digit(b >> 4), digit(b & 0xf)]);
     }
-    s
+    // Only ASCII hex digits were written.
+    String::from_utf8(text).unwrap_or_default()
 }
 
-/// A [`Sink`] that feeds SHA-256 in blocks of up to 64 KiB.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// A [`Sink`] that gathers output in a stack buffer and feeds SHA-256 only
+/// when it fills (or at the end): a config's whole canonical text (under a
+/// kilobyte) then costs a single `update`, no heap allocation.
 struct HashSink {
-    buffer: Vec<u8>,
+    buffer: [u8; HashSink::SIZE],
+    len: usize,
     hasher: Sha256,
 }
 
 impl HashSink {
-    const BLOCK: usize = 64 * 1024;
+    const SIZE: usize = 1024;
 
     fn new() -> Self {
         Self {
-            buffer: Vec::with_capacity(1024),
+            buffer: [0; Self::SIZE],
+            len: 0,
             hasher: Sha256::new(),
         }
     }
 
+    /// Hashes the buffered bytes, then `bytes` (buffered when they fit).
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        self.hasher
+            .update(self.buffer.get(..self.len).unwrap_or_default());
+        self.len = 0;
+        match self.buffer.get_mut(..bytes.len()) {
+            Some(slot) => {
+                slot.copy_from_slice(bytes);
+                self.len = bytes.len();
+            }
+            None => self.hasher.update(bytes),
+        }
+    }
+
     fn finish(mut self) -> String {
-        self.hasher.update(&self.buffer);
+        self.hasher
+            .update(self.buffer.get(..self.len).unwrap_or_default());
         hex(&self.hasher.finalize())
     }
 }
@@ -48,11 +67,29 @@ impl Sink for HashSink {
 
     #[inline]
     fn put_ascii(&mut self, bytes: &[u8]) {
-        if self.buffer.len().saturating_add(bytes.len()) > Self::BLOCK {
-            self.hasher.update(&self.buffer);
-            self.buffer.clear();
+        let end = self.len.saturating_add(bytes.len());
+        match self.buffer.get_mut(self.len..end) {
+            Some(slot) => {
+                slot.copy_from_slice(bytes);
+                self.len = end;
+            }
+            None => self.spill(bytes),
         }
-        self.buffer.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn spare(&mut self, len: usize) -> Option<&mut [u8]> {
+        let end = self.len.saturating_add(len);
+        if end > Self::SIZE {
+            self.spill(&[]);
+        }
+        let end = self.len.saturating_add(len);
+        self.buffer.get_mut(self.len..end)
+    }
+
+    #[inline]
+    fn commit(&mut self, len: usize) {
+        self.len = self.len.saturating_add(len).min(Self::SIZE);
     }
 }
 

@@ -11,6 +11,7 @@
 use avp_handshake::json::{self, Int, JsonString, Object, Value, WriteOptions, write_py_float};
 use avp_handshake::{JsonErrorKind, model_hash};
 use proptest::prelude::*;
+use sha2::{Digest, Sha256};
 
 fn string_strategy() -> impl Strategy<Value = JsonString> {
     // Any code points, lone surrogates included (built through an escape,
@@ -140,6 +141,44 @@ proptest! {
         root.insert("model", Value::Object(model));
         root.insert("added_tokens", Value::Array(vec![v]));
         let _ = avp_handshake::vocab_from_tokenizer_json(&Value::Object(root));
+    }
+
+    /// AVP-HASH-1, AVP-HASH-4: on objects with many keys sharing long
+    /// prefixes (the stack sort's tie-break), long texts (the hash sink's
+    /// spill) and non-plain strings (the escaping fallback), the canonical
+    /// form equals the entries sorted by code point and written unsorted,
+    /// and `model_hash` is SHA-256 of exactly that text.
+    #[test]
+    fn avp_hash_1_model_hash_is_sha256_of_the_sorted_text(
+        entries in prop::collection::vec(
+            (
+                prop_oneof![Just(""), Just("a"), Just("num_attention_"), Just("attention_dropout_prob"), Just("é\u{1F600}")],
+                "[a-z_\"\\\u{0}-\u{1f}é]{0,20}",
+                prop_oneof![
+                    any::<i64>().prop_map(|v| Value::Int(Int::from(v))),
+                    any::<f64>().prop_map(Value::Float),
+                    "[ -~é]{0,30}".prop_map(|s| Value::from(s.as_str())),
+                ],
+            ),
+            0..90,
+        )
+    ) {
+        let mut object = Object::new();
+        for (prefix, rest, value) in entries {
+            object.insert(format!("{prefix}{rest}"), value);
+        }
+        let mut sorted: Vec<_> = object.clone().into_entries();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut by_hand = Object::new();
+        for (k, v) in sorted {
+            by_hand.insert(k, v);
+        }
+        let value = Value::Object(object);
+        let canonical = write(&value, WriteOptions::CANONICAL);
+        prop_assert_eq!(&canonical, &write(&Value::Object(by_hand), WriteOptions::COMPACT));
+        let digest = Sha256::digest(canonical.as_bytes());
+        let want: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        prop_assert_eq!(model_hash(&value).unwrap(), want);
     }
 
     #[test]
