@@ -153,7 +153,7 @@ proptest! {
         entries in prop::collection::vec(
             (
                 prop_oneof![Just(""), Just("a"), Just("num_attention_"), Just("attention_dropout_prob"), Just("é\u{1F600}")],
-                "[a-z_\"\\\u{0}-\u{1f}é]{0,20}",
+                "[a-z_\"\\\\\u{0}-\u{1f}é]{0,20}",
                 prop_oneof![
                     any::<i64>().prop_map(|v| Value::Int(Int::from(v))),
                     any::<f64>().prop_map(Value::Float),
@@ -179,6 +179,52 @@ proptest! {
         let digest = Sha256::digest(canonical.as_bytes());
         let want: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         prop_assert_eq!(model_hash(&value).unwrap(), want);
+    }
+
+    /// AVP-HASH-10: the tokenizer hash equals SHA-256 of the general
+    /// writer's `[[token,id],...]` in code-point order, for tokens that tie
+    /// on long prefixes, need every kind of escape (quotes, controls,
+    /// 2/3/4-byte characters, lone surrogates) and ids of any JSON type.
+    #[test]
+    fn avp_hash_10_tokenizer_hash_is_sha256_of_the_sorted_pairs(
+        entries in prop::collection::vec(
+            (
+                prop_oneof![Just(""), Just("Ġ"), Just("ĠĠĠĠĠĠĠĠ"), Just("abcdefghijkl"), Just("\u{7}\"")],
+                string_strategy(),
+                prop_oneof![
+                    4 => (0u64..200_000).prop_map(Value::from),
+                    1 => Just(Value::from(u64::from(u32::MAX))),
+                    1 => int_strategy(),
+                    1 => any::<f64>().prop_map(Value::Float),
+                    1 => Just(Value::from("id")),
+                ],
+            ),
+            0..60,
+        )
+    ) {
+        let mut vocab = Object::new();
+        for (prefix, rest, id) in entries {
+            let mut key = JsonString::from(prefix).as_wtf8().to_vec();
+            key.extend_from_slice(rest.as_wtf8());
+            // Through the parser, the only way lone surrogates enter.
+            let mut literal = String::new();
+            json::write_value(&mut literal, &Value::Str(JsonString::from(prefix)), WriteOptions::COMPACT).unwrap();
+            let mut rest_literal = String::new();
+            json::write_value(&mut rest_literal, &Value::Str(rest), WriteOptions::COMPACT).unwrap();
+            // Both literals are ASCII: drop the prefix's closing quote and the rest's opening one.
+            let joined = format!("{}{}", &literal[..literal.len() - 1], &rest_literal[1..]);
+            let Value::Str(token) = json::parse(joined.as_bytes()).unwrap() else { unreachable!() };
+            prop_assert_eq!(token.as_wtf8(), key.as_slice());
+            vocab.insert(token, id);
+        }
+        let mut pairs: Vec<_> = vocab.clone().into_entries();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let list = Value::Array(
+            pairs.into_iter().map(|(k, v)| Value::Array(vec![Value::Str(k), v])).collect(),
+        );
+        let text = write(&list, WriteOptions::COMPACT);
+        let want: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        prop_assert_eq!(avp_handshake::tokenizer_hash(&vocab).unwrap(), want);
     }
 
     #[test]

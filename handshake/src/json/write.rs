@@ -239,7 +239,11 @@ fn copy_plain(dst: &mut [u8], src: &[u8]) -> bool {
         }
         d.copy_from_slice(&word);
     }
-    for (slot, &b) in dst_words.into_remainder().iter_mut().zip(src_words.remainder()) {
+    for (slot, &b) in dst_words
+        .into_remainder()
+        .iter_mut()
+        .zip(src_words.remainder())
+    {
         if !PLAIN.get(usize::from(b)).copied().unwrap_or(false) {
             return false;
         }
@@ -380,7 +384,8 @@ fn sorted_small<'a>(
     let count = entries.len().min(SMALL_OBJECT);
     for (index, (slot, (key, _))) in order.iter_mut().zip(entries).enumerate() {
         // index < SMALL_OBJECT <= 256.
-        *slot = (key_prefix(key.as_wtf8()) & !0xff) | u128::from(u8::try_from(index).unwrap_or(u8::MAX));
+        *slot = (key_prefix(key.as_wtf8()) & !0xff)
+            | u128::from(u8::try_from(index).unwrap_or(u8::MAX));
     }
     let order = order.get_mut(..count).unwrap_or_default();
     order.sort_unstable();
@@ -429,6 +434,12 @@ pub(crate) fn write_string<S: Sink + ?Sized>(out: &mut S, s: &JsonString) {
 /// [`write_string`] over the WTF-8 bytes of a [`JsonString`].
 pub(crate) fn write_wtf8_string<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
     out.put_ascii(b"\"");
+    write_wtf8_body(out, wtf8);
+    out.put_ascii(b"\"");
+}
+
+/// The escaped characters of [`write_wtf8_string`], without the quotes.
+pub(crate) fn write_wtf8_body<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
     let mut rest = wtf8;
     while !rest.is_empty() {
         // Copy the run of plain ASCII in one piece.
@@ -461,5 +472,4 @@ pub(crate) fn write_wtf8_string<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
             }
         }
     }
-    out.put_ascii(b"\"");
 }
