@@ -8,7 +8,9 @@ Builds the release binaries, writes synthetic inputs to a temp dir
 config.json, a safetensors model of N GiB), checks that both sides produce
 the same hashes, and prints times and ratios. Wall times are the fastest of
 several runs on both sides (the least disturbed run on a shared machine);
-"CPU time" rows are the thread's CPU time per call, averaged, on both sides:
+"CPU time" rows are CPU time per call, averaged: the thread's on the SDK
+side and for our model hash, the whole process's (both threads) for our
+tokenizer hash, which uses a second core for large vocabularies:
 
   tokenizer hash  SDK compute_tokenizer_hash(PreTrainedTokenizerFast)  vs  ours on the loaded vocab
   model hash      SDK compute_model_hash(dict)                         vs  ours on the parsed config

@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::json::{Object, Sink, Value, WriteOptions, write_value, write_wtf8_body};
+use crate::json::{JsonString, Object, Sink, Value, WriteOptions, write_value, write_wtf8_body};
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -165,102 +165,313 @@ fn key_offset(key: u128) -> usize {
 /// separators=(",", ":"))` (AVP-HASH-10): a list of `[token, id]` pairs in
 /// code-point order of the tokens, `ensure_ascii` escaping, no key sorting
 /// inside values.
+///
+/// Large vocabularies use a second thread when one can be started (the
+/// result is the same either way; see [`TokenRuns`]).
 pub fn tokenizer_hash(vocab: &Object) -> Result<String, Error> {
-    // Memory layout is what decides the speed here: the final pass visits
-    // the tokens in sorted, i.e. random, order, and a 152k vocabulary does
-    // not fit in L2, so every token read is a cache miss. One sequential
-    // pass therefore copies each token into one compact record (id, entry
-    // number, length, bytes: one miss instead of several) and builds a
-    // 16-byte integer sort key that carries the record's offset; the sort
-    // moves only those keys; the last pass reads the records in sorted
-    // order and writes each escaped item straight into a small block that
-    // feeds SHA-256 (no ~4.5 MB intermediate text).
-    let total: usize = vocab
-        .iter()
-        .map(|(k, _)| k.as_wtf8().len().saturating_add(RECORD_HEADER))
-        .fold(0, usize::saturating_add);
-    let mut records: Vec<u8> = Vec::with_capacity(total);
-    let mut keys: Vec<u128> = Vec::with_capacity(vocab.len());
-    let too_large = || Error::Tokenizer("vocabulary larger than 4 GiB or 2^32 tokens".into());
-    for (number, (token, id)) in vocab.iter().enumerate() {
-        let bytes = token.as_wtf8();
-        let offset = u32::try_from(records.len()).map_err(|_| too_large())?;
-        // Ids that are not a u32 below u32::MAX (never in a real vocabulary,
-        // but any JSON value is allowed) are written from the object later.
-        let id = match id {
-            Value::Int(i) => i
-                .as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(u32::MAX),
-            _ => u32::MAX,
+    let entries = vocab.entries_slice();
+    let parallel = entries.len() >= PARALLEL_FROM
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    if !parallel {
+        let all = TokenRuns::build(entries, 0)?;
+        let none = TokenRuns::default();
+        let mut sink = BlockHasher::new();
+        sink.block.push(b'[');
+        render_merged(
+            vocab,
+            (&all, 0..all.keys.len()),
+            (&none, 0..0),
+            true,
+            &mut sink,
+        )?;
+        sink.block.push(b']');
+        return Ok(sink.finish());
+    }
+    // Two halves of the entries, each turned into sorted records on its own
+    // core; then the merged order is cut in two at its middle and each core
+    // writes one part; the second part's text is hashed after the first.
+    let (first, second) = entries.split_at(entries.len() / 2);
+    let worker_failed = || Error::Tokenizer("tokenizer hash worker failed".into());
+    let (a, b) = std::thread::scope(|scope| -> Result<_, Error> {
+        let other = std::thread::Builder::new()
+            .spawn_scoped(scope, || TokenRuns::build(second, first.len()));
+        let a = TokenRuns::build(first, 0)?;
+        let b = match other {
+            Ok(handle) => handle.join().map_err(|_| worker_failed())??,
+            Err(_) => TokenRuns::build(second, first.len())?,
         };
-        let number = u32::try_from(number).map_err(|_| too_large())?;
-        let len = u32::try_from(bytes.len()).map_err(|_| too_large())?;
-        records.extend_from_slice(&id.to_le_bytes());
-        records.extend_from_slice(&number.to_le_bytes());
-        records.extend_from_slice(&len.to_le_bytes());
-        records.extend_from_slice(bytes);
-        keys.push(sort_key(bytes, offset));
-    }
-    let record = |key: &u128| parse_record(&records, key_offset(*key));
-    keys.sort_unstable();
-    // Tokens whose first 12 bytes tie (rare) were ordered by record offset:
-    // re-sort each such run by the full bytes (distinct keys of a map
-    // never compare equal).
-    let mut run_start = 0;
-    while run_start < keys.len() {
-        let prefix = keys.get(run_start).map_or(0, |k| k >> 32);
-        let run_end = keys
-            .get(run_start..)
-            .unwrap_or_default()
+        Ok((a, b))
+    })?;
+    let total = a.keys.len().saturating_add(b.keys.len());
+    let (cut_a, cut_b) = co_rank(&a, &b, total / 2);
+    let (a, b) = (&a, &b);
+    let render_tail = move || -> Result<Vec<u8>, Error> {
+        // The escaped text is about 3× the token bytes.
+        let size = a
+            .records
+            .len()
+            .saturating_add(b.records.len())
+            .saturating_mul(3)
+            / 2;
+        let mut text = VecSink(Vec::with_capacity(size));
+        render_merged(
+            vocab,
+            (a, cut_a..a.keys.len()),
+            (b, cut_b..b.keys.len()),
+            cut_a.saturating_add(cut_b) == 0,
+            &mut text,
+        )?;
+        Ok(text.0)
+    };
+    std::thread::scope(|scope| {
+        let second_part = std::thread::Builder::new().spawn_scoped(scope, render_tail);
+        let mut sink = BlockHasher::new();
+        sink.block.push(b'[');
+        render_merged(vocab, (a, 0..cut_a), (b, 0..cut_b), true, &mut sink)?;
+        let tail = match second_part {
+            Ok(handle) => handle.join().map_err(|_| worker_failed())??,
+            Err(_) => render_tail()?,
+        };
+        sink.flush();
+        sink.hasher.update(&tail);
+        sink.block.push(b']');
+        Ok(sink.finish())
+    })
+}
+
+/// Vocabularies from this size on are hashed on two cores.
+const PARALLEL_FROM: usize = 32 * 1024;
+
+/// Some vocabulary entries as compact records in one buffer (id, entry
+/// number, length, token bytes), with sort keys in token order.
+///
+/// Memory layout is what decides the speed here: the writing pass visits
+/// the tokens in sorted, i.e. random, order, and a 152k vocabulary does
+/// not fit in L2, so each token read is a cache miss. A record holds all a
+/// token's item needs (one miss instead of several), and the 16-byte
+/// integer keys (12-byte token prefix, record offset) sort without a
+/// comparator call.
+#[derive(Default)]
+struct TokenRuns {
+    records: Vec<u8>,
+    keys: Vec<u128>,
+}
+
+impl TokenRuns {
+    /// Records and sorted keys of `entries`, whose first is entry `base`.
+    fn build(entries: &[(JsonString, Value)], base: usize) -> Result<Self, Error> {
+        let total: usize = entries
             .iter()
-            .position(|k| k >> 32 != prefix)
-            .map_or(keys.len(), |n| run_start.saturating_add(n));
-        if run_end.saturating_sub(run_start) > 1 {
-            if let Some(run) = keys.get_mut(run_start..run_end) {
-                run.sort_unstable_by(|a, b| record(a).2.cmp(record(b).2));
-            }
+            .map(|(k, _)| k.as_wtf8().len().saturating_add(RECORD_HEADER))
+            .fold(0, usize::saturating_add);
+        let mut records: Vec<u8> = Vec::with_capacity(total);
+        let mut keys: Vec<u128> = Vec::with_capacity(entries.len());
+        let too_large = || Error::Tokenizer("vocabulary larger than 4 GiB or 2^32 tokens".into());
+        for (i, (token, id)) in entries.iter().enumerate() {
+            let bytes = token.as_wtf8();
+            let offset = u32::try_from(records.len()).map_err(|_| too_large())?;
+            // Ids that are not a u32 below u32::MAX (never in a real
+            // vocabulary, but any JSON value is allowed) are written from
+            // the object when the item is written.
+            let id = match id {
+                Value::Int(i) => i
+                    .as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(u32::MAX),
+                _ => u32::MAX,
+            };
+            let number = u32::try_from(base.saturating_add(i)).map_err(|_| too_large())?;
+            let len = u32::try_from(bytes.len()).map_err(|_| too_large())?;
+            records.extend_from_slice(&id.to_le_bytes());
+            records.extend_from_slice(&number.to_le_bytes());
+            records.extend_from_slice(&len.to_le_bytes());
+            records.extend_from_slice(bytes);
+            keys.push(sort_key(bytes, offset));
         }
-        run_start = run_end.max(run_start.saturating_add(1));
+        let mut runs = TokenRuns { records, keys };
+        runs.keys.sort_unstable();
+        runs.sort_prefix_ties();
+        Ok(runs)
     }
+
+    /// Tokens whose first 12 bytes tie (rare) were ordered by record
+    /// offset: re-sort each such run by the full bytes (distinct keys of a
+    /// map never compare equal).
+    fn sort_prefix_ties(&mut self) {
+        let TokenRuns { records, keys } = self;
+        let mut run_start = 0;
+        while run_start < keys.len() {
+            let prefix = keys.get(run_start).map_or(0, |k| k >> 32);
+            let run_end = keys
+                .get(run_start..)
+                .unwrap_or_default()
+                .iter()
+                .position(|k| k >> 32 != prefix)
+                .map_or(keys.len(), |n| run_start.saturating_add(n));
+            if run_end.saturating_sub(run_start) > 1 {
+                if let Some(run) = keys.get_mut(run_start..run_end) {
+                    run.sort_unstable_by(|a, b| {
+                        let token = |k: &u128| parse_record(records, key_offset(*k)).2;
+                        token(a).cmp(token(b))
+                    });
+                }
+            }
+            run_start = run_end.max(run_start.saturating_add(1));
+        }
+    }
+
+    fn key(&self, i: usize) -> Option<u128> {
+        self.keys.get(i).copied()
+    }
+
+    fn token(&self, key: u128) -> &[u8] {
+        parse_record(&self.records, key_offset(key)).2
+    }
+}
+
+/// Token order across two runs: the prefix first, the full bytes on a tie.
+fn before(a: &TokenRuns, ka: u128, b: &TokenRuns, kb: u128) -> bool {
+    match (ka >> 32).cmp(&(kb >> 32)) {
+        core::cmp::Ordering::Equal => a.token(ka) < b.token(kb),
+        order => order.is_lt(),
+    }
+}
+
+/// How many of the first `n` items of the merged order come from `a` and
+/// from `b` (binary search on the merge path).
+fn co_rank(a: &TokenRuns, b: &TokenRuns, n: usize) -> (usize, usize) {
+    let mut low = n.saturating_sub(b.keys.len());
+    let mut high = n.min(a.keys.len());
+    while low < high {
+        let i = low.saturating_add(high.saturating_sub(low) / 2);
+        let j = n.saturating_sub(i);
+        // More of `a` belongs in front while a[i] sorts before b[j - 1].
+        match (a.key(i), b.key(j.wrapping_sub(1))) {
+            (Some(ka), Some(kb)) if before(a, ka, b, kb) => low = i.saturating_add(1),
+            _ => high = i,
+        }
+    }
+    (low, n.saturating_sub(low))
+}
+
+/// Where written items go: a growing buffer or the hashing blocks.
+trait ItemSink {
+    /// The buffer to append the next item to.
+    fn buffer(&mut self) -> &mut Vec<u8>;
+    /// Called after each item (the hashing sink hashes full blocks).
+    fn item_done(&mut self) {}
+}
+
+/// Items gathered in one buffer (the second thread's part).
+struct VecSink(Vec<u8>);
+
+impl ItemSink for VecSink {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+/// Items written into a cache-resident block that feeds SHA-256 when full.
+struct BlockHasher {
+    block: Vec<u8>,
+    hasher: Sha256,
+}
+
+impl BlockHasher {
     const BLOCK: usize = 64 * 1024;
-    let mut block: Vec<u8> = Vec::with_capacity(BLOCK.saturating_add(4096));
-    let mut hasher = Sha256::new();
-    block.push(b'[');
-    // Sorted order visits the records at random: read a byte of the record
-    // PREFETCH keys ahead so its cache miss overlaps the work on this one
-    // (safe Rust's stand-in for a prefetch instruction; `touched` only
-    // keeps the loads from being optimised away).
+
+    fn new() -> Self {
+        Self {
+            block: Vec::with_capacity(Self::BLOCK.saturating_add(4096)),
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(&self.block);
+        self.block.clear();
+    }
+
+    fn finish(mut self) -> String {
+        self.flush();
+        hex(&self.hasher.finalize())
+    }
+}
+
+impl ItemSink for BlockHasher {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.block
+    }
+
+    #[inline]
+    fn item_done(&mut self) {
+        if self.block.len() >= Self::BLOCK {
+            self.flush();
+        }
+    }
+}
+
+/// Writes the items of `a[range_a]` and `b[range_b]` merged in token order,
+/// each as `,[token,id]` (no comma before the very first item when `first`).
+fn render_merged(
+    vocab: &Object,
+    (a, range_a): (&TokenRuns, core::ops::Range<usize>),
+    (b, range_b): (&TokenRuns, core::ops::Range<usize>),
+    first: bool,
+    sink: &mut impl ItemSink,
+) -> Result<(), Error> {
+    let keys_a = a.keys.get(range_a).unwrap_or_default();
+    let keys_b = b.keys.get(range_b).unwrap_or_default();
+    let (mut i, mut j) = (0usize, 0usize);
+    let mut first = first;
+    // Sorted order visits the records at random: read a byte of each run's
+    // record PREFETCH keys ahead so its cache miss overlaps the work on
+    // this one (safe Rust's stand-in for a prefetch instruction; `touched`
+    // only keeps the loads from being optimised away).
     const PREFETCH: usize = 8;
     let mut touched = 0u8;
-    for (i, key) in keys.iter().enumerate() {
-        if let Some(ahead) = keys.get(i.saturating_add(PREFETCH)) {
-            touched ^= records.get(key_offset(*ahead)).copied().unwrap_or(0);
+    loop {
+        let (runs, key) = match (keys_a.get(i), keys_b.get(j)) {
+            (Some(&ka), Some(&kb)) if before(a, ka, b, kb) => {
+                i = i.saturating_add(1);
+                (a, ka)
+            }
+            (Some(&ka), None) => {
+                i = i.saturating_add(1);
+                (a, ka)
+            }
+            (_, Some(&kb)) => {
+                j = j.saturating_add(1);
+                (b, kb)
+            }
+            (None, None) => break,
+        };
+        for (run, keys, at) in [(a, keys_a, i), (b, keys_b, j)] {
+            if let Some(ahead) = keys.get(at.saturating_add(PREFETCH)) {
+                touched ^= run.records.get(key_offset(*ahead)).copied().unwrap_or(0);
+            }
         }
-        let (id, number, token) = record(key);
-        block.extend_from_slice(if i == 0 { b"[" } else { b",[" });
-        push_escaped(&mut block, token);
-        block.push(b',');
+        let (id, number, token) = parse_record(&runs.records, key_offset(key));
+        let out = sink.buffer();
+        out.extend_from_slice(if first { b"[" } else { b",[" });
+        first = false;
+        push_escaped(out, token);
+        out.push(b',');
         match id {
-            Some(id) if id != u32::MAX => push_u64(&mut block, u64::from(id)),
+            Some(id) if id != u32::MAX => push_u64(out, u64::from(id)),
             _ => {
                 let id = vocab.entry(number).map(|(_, v)| v).unwrap_or(&Value::Null);
-                let mut sink = ByteSink(core::mem::take(&mut block));
-                let written = write_value(&mut sink, id, WriteOptions::COMPACT);
-                block = sink.0;
+                let mut bytes = ByteSink(core::mem::take(out));
+                let written = write_value(&mut bytes, id, WriteOptions::COMPACT);
+                *out = bytes.0;
                 written?;
             }
         }
-        block.push(b']');
-        if block.len() >= BLOCK {
-            hasher.update(&block);
-            block.clear();
-        }
+        out.push(b']');
+        sink.item_done();
     }
-    block.push(b']');
-    hasher.update(&block);
     core::hint::black_box(touched);
-    Ok(hex(&hasher.finalize()))
+    Ok(())
 }
 
 /// Bytes before a record's token: id, entry number and token length (u32 LE).
@@ -303,16 +514,28 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.truncate(len.saturating_add(count));
 }
 
-/// `\uXXXX` of one UTF-16 unit, lowercase hex.
-fn u16_escape(unit: u32) -> [u8; 6] {
-    let digit = |shift: u32| {
-        HEX_DIGITS
-            .get(((unit >> shift) & 0xf) as usize)
-            .copied()
-            .unwrap_or(b'0')
-    };
-    [b'\\', b'u', digit(12), digit(8), digit(4), digit(0)]
-}
+/// The four lowercase hex digits of every code point below U+0800 (the
+/// 2-byte UTF-8 characters that make up most byte-level BPE tokens),
+/// built at compile time: one load per escape instead of four nibble
+/// lookups.
+static HEX4_BELOW_0800: [[u8; 4]; 0x800] = {
+    let mut table = [[0u8; 4]; 0x800];
+    let mut cp = 0;
+    while cp < 0x800 {
+        // In a const block: out-of-range indexing fails the build, not a run.
+        #[allow(clippy::indexing_slicing)]
+        {
+            table[cp] = [
+                HEX_DIGITS[(cp >> 12) & 0xf],
+                HEX_DIGITS[(cp >> 8) & 0xf],
+                HEX_DIGITS[(cp >> 4) & 0xf],
+                HEX_DIGITS[cp & 0xf],
+            ];
+        }
+        cp += 1;
+    }
+    table
+};
 
 /// Appends `"token"` with `ensure_ascii` escaping (AVP-HASH-5), the same
 /// bytes as the general writer, with a short path for the characters of
@@ -327,8 +550,9 @@ fn push_escaped(out: &mut Vec<u8>, token: &[u8]) {
                 rest = tail;
             }
             (0xc0..=0xdf, Some(&second)) => {
-                let cp = (u32::from(lead & 0x1f) << 6) | u32::from(second & 0x3f);
-                out.extend_from_slice(&u16_escape(cp));
+                let cp = (usize::from(lead & 0x1f) << 6) | usize::from(second & 0x3f);
+                let [a, b, c, d] = HEX4_BELOW_0800.get(cp).copied().unwrap_or(*b"fffd");
+                out.extend_from_slice(&[b'\\', b'u', a, b, c, d]);
                 rest = tail.get(1..).unwrap_or_default();
             }
             _ => {

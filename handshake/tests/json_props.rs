@@ -334,3 +334,82 @@ fn avp_hash_6_errors_carry_kind_and_offset() {
     );
     assert!(json::parse("7".repeat(4300).as_bytes()).is_ok());
 }
+
+/// AVP-HASH-10 on vocabularies large enough for the two-core path (which
+/// splits the entries, sorts the halves apart and merges them): the same
+/// hash as the general writer's sorted pair list. Tokens share long
+/// prefixes across the halves, and some ids are not u32.
+#[test]
+fn avp_hash_10_two_core_tokenizer_hash_matches_the_general_writer() {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for size in [40_000usize, 70_001] {
+        // Built as JSON text and parsed (Object::insert is a linear search).
+        let mut seen = std::collections::HashSet::new();
+        let mut text = String::from("{");
+        let mut number = 0u64;
+        while seen.len() < size {
+            let r = next();
+            let mut token = String::new();
+            match r % 4 {
+                0 => token.push_str("ĠĠĠĠĠĠĠĠ"),
+                1 => token.push('Ġ'),
+                2 => token.push_str("\"\\\u{1}"),
+                _ => {}
+            }
+            for i in 0..(r >> 8) % 6 {
+                let c = (r >> (12 + 5 * i)) % 40;
+                token.push(match c {
+                    0 => '\u{4e2d}',
+                    1 => '\u{1F600}',
+                    2 => 'é',
+                    _ => char::from(b'a' + (c % 26) as u8),
+                });
+            }
+            let id = match r % 97 {
+                0 => Value::Int(Int::from(-5i64)),
+                1 => Value::Float(0.5),
+                2 => Value::from(u64::from(u32::MAX) + 7),
+                _ => Value::from(number),
+            };
+            number += 1;
+            if !seen.insert(token.clone()) {
+                continue;
+            }
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(&write(&Value::from(token.as_str()), WriteOptions::COMPACT));
+            text.push(':');
+            text.push_str(&write(&id, WriteOptions::COMPACT));
+        }
+        text.push('}');
+        let Value::Object(vocab) = json::parse(text.as_bytes()).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(vocab.len(), size);
+        let mut pairs: Vec<_> = vocab.clone().into_entries();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let list = Value::Array(
+            pairs
+                .into_iter()
+                .map(|(k, v)| Value::Array(vec![Value::Str(k), v]))
+                .collect(),
+        );
+        let text = write(&list, WriteOptions::COMPACT);
+        let want: String = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            avp_handshake::tokenizer_hash(&vocab).unwrap(),
+            want,
+            "{size} tokens"
+        );
+    }
+}

@@ -48,7 +48,11 @@ impl StackBuf {
     fn push_ascii(&mut self, bytes: &[u8]) {
         let end = self.len.saturating_add(bytes.len());
         if let Some(slot) = self.bytes.get_mut(self.len..end) {
-            slot.copy_from_slice(bytes);
+            // A byte loop: these pieces are a few digits, shorter than
+            // what a memcpy call is worth.
+            for (to, from) in slot.iter_mut().zip(bytes) {
+                *to = *from;
+            }
             self.len = end;
         }
     }

@@ -259,6 +259,11 @@ impl Object {
             .map(|(_, v)| v)
     }
 
+    /// All entries, in insertion order.
+    pub(crate) fn entries_slice(&self) -> &[(JsonString, Value)] {
+        &self.entries
+    }
+
     /// Entry `index` (insertion order).
     pub(crate) fn entry(&self, index: usize) -> Option<(&JsonString, &Value)> {
         self.entries.get(index).map(|(k, v)| (k, v))

@@ -162,17 +162,29 @@ fn write_inner<S: Sink + ?Sized>(
                         write_string(out, k);
                         out.put_ascii(key_sep);
                     }
-                    write_inner(out, v, options, depth.saturating_add(1))
+                    // Scalars inline; only containers recurse.
+                    if write_scalar(out, v) {
+                        Ok(())
+                    } else {
+                        write_inner(out, v, options, depth.saturating_add(1))
+                    }
                 };
             if !options.sort_keys {
                 for (i, (k, v)) in obj.iter().enumerate() {
                     write_member(out, i, k, v)?;
                 }
             } else if obj.len() <= SMALL_OBJECT {
-                // Configs have a few dozen keys: sort them on the stack.
-                let mut order = [0u128; SMALL_OBJECT];
+                // Configs have a few dozen keys: sort them on the stack
+                // (in an array sized for the object: zeroing 1 KiB for a
+                // nested 2-key object costs more than sorting it).
+                let mut tiny = [0u128; TINY_OBJECT];
+                let mut small = [0u128; SMALL_OBJECT];
                 let entries = obj.entries.as_slice();
-                let order = sorted_small(entries, &mut order);
+                let order = if entries.len() <= TINY_OBJECT {
+                    sorted_small(entries, &mut tiny)
+                } else {
+                    sorted_small(entries, &mut small)
+                };
                 for (i, packed) in order.iter().enumerate() {
                     // The low byte is the entry's index (< SMALL_OBJECT).
                     if let Some((k, v)) = entries.get(usize::from(packed.to_le_bytes()[0])) {
@@ -344,6 +356,26 @@ fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Objects up to this size are sorted without a heap allocation.
 const SMALL_OBJECT: usize = 64;
+/// Objects up to this size are sorted in a smaller stack array.
+const TINY_OBJECT: usize = 8;
+
+/// Writes `value` when it is a scalar with a fast form (null, booleans,
+/// `i64` integers, plain strings); false, having written nothing, otherwise.
+#[inline]
+fn write_scalar<S: Sink + ?Sized>(out: &mut S, value: &Value) -> bool {
+    match value {
+        Value::Null => out.put_ascii(b"null"),
+        Value::Bool(true) => out.put_ascii(b"true"),
+        Value::Bool(false) => out.put_ascii(b"false"),
+        Value::Int(i) => match i.as_i64() {
+            Some(v) => put_i64(out, v),
+            None => return false,
+        },
+        Value::Str(s) => return put_plain_string(out, s.as_wtf8(), b""),
+        Value::Float(_) | Value::Array(_) | Value::Object(_) => return false,
+    }
+    true
+}
 
 /// The first 16 bytes of `key` as a big-endian integer, zero-padded
 /// (whole-word loads where the key is long enough).
@@ -377,11 +409,8 @@ fn key_prefix(key: &[u8]) -> u128 {
 /// key's first 15 bytes big-endian in the high bytes, the entry index in
 /// the low byte. Sorting plain integers needs no comparator calls; keys
 /// whose 15-byte prefixes tie (rare) are then re-sorted by their full bytes.
-fn sorted_small<'a>(
-    entries: &[(JsonString, Value)],
-    order: &'a mut [u128; SMALL_OBJECT],
-) -> &'a [u128] {
-    let count = entries.len().min(SMALL_OBJECT);
+fn sorted_small<'a>(entries: &[(JsonString, Value)], order: &'a mut [u128]) -> &'a [u128] {
+    let count = entries.len().min(order.len()).min(SMALL_OBJECT);
     for (index, (slot, (key, _))) in order.iter_mut().zip(entries).enumerate() {
         // index < SMALL_OBJECT <= 256.
         *slot = (key_prefix(key.as_wtf8()) & !0xff)
