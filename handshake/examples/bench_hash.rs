@@ -5,9 +5,9 @@
 //! `bench_hash config FILE ITERS` / `bench_hash tokenizer FILE ITERS`
 //!
 //! Wall times are the fastest of ITERS runs; `*_cpu_s` is CPU time per
-//! run, averaged over all ITERS (robust on a busy machine): this thread's
-//! for the model hash, the whole process's (every thread) for the
-//! tokenizer hash, which uses a second core for large vocabularies.
+//! run, averaged over all ITERS (robust on a busy machine): this thread's,
+//! except for `two_threads_*` (`tokenizer_hash_with_threads(.., 2)`),
+//! which counts the whole process (both threads).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +18,9 @@
 use std::time::{Duration, Instant};
 
 use avp_handshake::json;
-use avp_handshake::{model_hash, tokenizer_hash, vocab_from_tokenizer_json};
+use avp_handshake::{
+    model_hash, tokenizer_hash, tokenizer_hash_with_threads, vocab_from_tokenizer_json,
+};
 
 /// The fastest sample: on a shared machine the least disturbed run (the
 /// script takes the minimum on the SDK side too).
@@ -88,13 +90,17 @@ fn main() {
             let doc = json::parse(&bytes).unwrap();
             let vocab = vocab_from_tokenizer_json(&doc).unwrap();
             let (hash_s, hash_cpu, hash) =
-                time(iters, process_cpu, || tokenizer_hash(&vocab).unwrap());
-            let (e2e_s, e2e_cpu, _) = time(iters, process_cpu, || {
+                time(iters, thread_cpu, || tokenizer_hash(&vocab).unwrap());
+            let (two_s, two_cpu, two_hash) = time(iters, process_cpu, || {
+                tokenizer_hash_with_threads(&vocab, 2).unwrap()
+            });
+            assert_eq!(two_hash, hash);
+            let (e2e_s, e2e_cpu, _) = time(iters, thread_cpu, || {
                 let doc = json::parse(&bytes).unwrap();
                 tokenizer_hash(&vocab_from_tokenizer_json(&doc).unwrap()).unwrap()
             });
             println!(
-                r#"{{"hash":"{hash}","vocab_size":{},"hash_only_s":{hash_s:e},"hash_only_cpu_s":{hash_cpu:e},"parse_and_hash_s":{e2e_s:e},"parse_and_hash_cpu_s":{e2e_cpu:e}}}"#,
+                r#"{{"hash":"{hash}","vocab_size":{},"hash_only_s":{hash_s:e},"hash_only_cpu_s":{hash_cpu:e},"parse_and_hash_s":{e2e_s:e},"parse_and_hash_cpu_s":{e2e_cpu:e},"two_threads_s":{two_s:e},"two_threads_cpu_s":{two_cpu:e}}}"#,
                 vocab.len()
             );
         }
