@@ -1,5 +1,6 @@
 //! Criterion benches of the handshake hot paths (BENCHMARKS.md `## Handshake`):
-//! model hash of a 7B config, tokenizer hash of a 152k-token vocabulary,
+//! model hash of a 7B config, tokenizer hash of a 152k-token vocabulary
+//! (one thread and the opt-in two-thread path),
 //! the weights-digest leaf hash (one core) and whole-file digest.
 #![allow(
     missing_docs,
@@ -12,7 +13,9 @@ use std::hint::black_box;
 
 use avp_handshake::json::{self, Int, JsonString, Object, Value};
 use avp_handshake::weights::{digest_safetensors_bytes, leaf_hash};
-use avp_handshake::{model_hash, tokenizer_hash, vocab_from_tokenizer_json};
+use avp_handshake::{
+    model_hash, tokenizer_hash, tokenizer_hash_with_threads, vocab_from_tokenizer_json,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A Llama-2-7B config.json as HF writes it.
@@ -142,6 +145,9 @@ fn benches(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("vocab-152k", |b| {
         b.iter(|| tokenizer_hash(black_box(&vocab)).unwrap())
+    });
+    group.bench_function("vocab-152k-two-threads", |b| {
+        b.iter(|| tokenizer_hash_with_threads(black_box(&vocab), 2).unwrap())
     });
     let text = tokenizer_json(&vocab);
     group.bench_function("tokenizer-json-152k-parse-vocab-hash", |b| {

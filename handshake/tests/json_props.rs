@@ -11,6 +11,7 @@
 use avp_handshake::json::{self, Int, JsonString, Object, Value, WriteOptions, write_py_float};
 use avp_handshake::{JsonErrorKind, model_hash};
 use proptest::prelude::*;
+use sha2::{Digest, Sha256};
 
 fn string_strategy() -> impl Strategy<Value = JsonString> {
     // Any code points, lone surrogates included (built through an escape,
@@ -142,6 +143,90 @@ proptest! {
         let _ = avp_handshake::vocab_from_tokenizer_json(&Value::Object(root));
     }
 
+    /// AVP-HASH-1, AVP-HASH-4: on objects with many keys sharing long
+    /// prefixes (the stack sort's tie-break), long texts (the hash sink's
+    /// spill) and non-plain strings (the escaping fallback), the canonical
+    /// form equals the entries sorted by code point and written unsorted,
+    /// and `model_hash` is SHA-256 of exactly that text.
+    #[test]
+    fn avp_hash_1_model_hash_is_sha256_of_the_sorted_text(
+        entries in prop::collection::vec(
+            (
+                prop_oneof![Just(""), Just("a"), Just("num_attention_"), Just("attention_dropout_prob"), Just("é\u{1F600}")],
+                "[a-z_\"\\\\\u{0}-\u{1f}é]{0,20}",
+                prop_oneof![
+                    any::<i64>().prop_map(|v| Value::Int(Int::from(v))),
+                    any::<f64>().prop_map(Value::Float),
+                    "[ -~é]{0,30}".prop_map(|s| Value::from(s.as_str())),
+                ],
+            ),
+            0..90,
+        )
+    ) {
+        let mut object = Object::new();
+        for (prefix, rest, value) in entries {
+            object.insert(format!("{prefix}{rest}"), value);
+        }
+        let mut sorted: Vec<_> = object.clone().into_entries();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut by_hand = Object::new();
+        for (k, v) in sorted {
+            by_hand.insert(k, v);
+        }
+        let value = Value::Object(object);
+        let canonical = write(&value, WriteOptions::CANONICAL);
+        prop_assert_eq!(&canonical, &write(&Value::Object(by_hand), WriteOptions::COMPACT));
+        let digest = Sha256::digest(canonical.as_bytes());
+        let want: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        prop_assert_eq!(model_hash(&value).unwrap(), want);
+    }
+
+    /// AVP-HASH-10: the tokenizer hash equals SHA-256 of the general
+    /// writer's `[[token,id],...]` in code-point order, for tokens that tie
+    /// on long prefixes, need every kind of escape (quotes, controls,
+    /// 2/3/4-byte characters, lone surrogates) and ids of any JSON type.
+    #[test]
+    fn avp_hash_10_tokenizer_hash_is_sha256_of_the_sorted_pairs(
+        entries in prop::collection::vec(
+            (
+                prop_oneof![Just(""), Just("Ġ"), Just("ĠĠĠĠĠĠĠĠ"), Just("abcdefghijkl"), Just("\u{7}\"")],
+                string_strategy(),
+                prop_oneof![
+                    4 => (0u64..200_000).prop_map(Value::from),
+                    1 => Just(Value::from(u64::from(u32::MAX))),
+                    1 => int_strategy(),
+                    1 => any::<f64>().prop_map(Value::Float),
+                    1 => Just(Value::from("id")),
+                ],
+            ),
+            0..60,
+        )
+    ) {
+        let mut vocab = Object::new();
+        for (prefix, rest, id) in entries {
+            let mut key = JsonString::from(prefix).as_wtf8().to_vec();
+            key.extend_from_slice(rest.as_wtf8());
+            // Through the parser, the only way lone surrogates enter.
+            let mut literal = String::new();
+            json::write_value(&mut literal, &Value::Str(JsonString::from(prefix)), WriteOptions::COMPACT).unwrap();
+            let mut rest_literal = String::new();
+            json::write_value(&mut rest_literal, &Value::Str(rest), WriteOptions::COMPACT).unwrap();
+            // Both literals are ASCII: drop the prefix's closing quote and the rest's opening one.
+            let joined = format!("{}{}", &literal[..literal.len() - 1], &rest_literal[1..]);
+            let Value::Str(token) = json::parse(joined.as_bytes()).unwrap() else { unreachable!() };
+            prop_assert_eq!(token.as_wtf8(), key.as_slice());
+            vocab.insert(token, id);
+        }
+        let mut pairs: Vec<_> = vocab.clone().into_entries();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let list = Value::Array(
+            pairs.into_iter().map(|(k, v)| Value::Array(vec![Value::Str(k), v])).collect(),
+        );
+        let text = write(&list, WriteOptions::COMPACT);
+        let want: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        prop_assert_eq!(avp_handshake::tokenizer_hash(&vocab).unwrap(), want);
+    }
+
     #[test]
     fn avp_hash_6_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = json::parse(&bytes);
@@ -248,4 +333,83 @@ fn avp_hash_6_errors_carry_kind_and_offset() {
         JsonErrorKind::IntegerTooLong
     );
     assert!(json::parse("7".repeat(4300).as_bytes()).is_ok());
+}
+
+/// AVP-HASH-10 on vocabularies large enough for the two-core path (which
+/// splits the entries, sorts the halves apart and merges them): the same
+/// hash as the general writer's sorted pair list. Tokens share long
+/// prefixes across the halves, and some ids are not u32.
+#[test]
+fn avp_hash_10_two_core_tokenizer_hash_matches_the_general_writer() {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for size in [40_000usize, 70_001] {
+        // Built as JSON text and parsed (Object::insert is a linear search).
+        let mut seen = std::collections::HashSet::new();
+        let mut text = String::from("{");
+        let mut number = 0u64;
+        while seen.len() < size {
+            let r = next();
+            let mut token = String::new();
+            match r % 4 {
+                0 => token.push_str("ĠĠĠĠĠĠĠĠ"),
+                1 => token.push('Ġ'),
+                2 => token.push_str("\"\\\u{1}"),
+                _ => {}
+            }
+            for i in 0..(r >> 8) % 6 {
+                let c = (r >> (12 + 5 * i)) % 40;
+                token.push(match c {
+                    0 => '\u{4e2d}',
+                    1 => '\u{1F600}',
+                    2 => 'é',
+                    _ => char::from(b'a' + (c % 26) as u8),
+                });
+            }
+            let id = match r % 97 {
+                0 => Value::Int(Int::from(-5i64)),
+                1 => Value::Float(0.5),
+                2 => Value::from(u64::from(u32::MAX) + 7),
+                _ => Value::from(number),
+            };
+            number += 1;
+            if !seen.insert(token.clone()) {
+                continue;
+            }
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(&write(&Value::from(token.as_str()), WriteOptions::COMPACT));
+            text.push(':');
+            text.push_str(&write(&id, WriteOptions::COMPACT));
+        }
+        text.push('}');
+        let Value::Object(vocab) = json::parse(text.as_bytes()).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(vocab.len(), size);
+        let mut pairs: Vec<_> = vocab.clone().into_entries();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let list = Value::Array(
+            pairs
+                .into_iter()
+                .map(|(k, v)| Value::Array(vec![Value::Str(k), v]))
+                .collect(),
+        );
+        let text = write(&list, WriteOptions::COMPACT);
+        let want: String = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            avp_handshake::tokenizer_hash(&vocab).unwrap(),
+            want,
+            "{size} tokens"
+        );
+    }
 }

@@ -42,6 +42,30 @@ impl StackBuf {
     fn push(&mut self, c: char) {
         let _ = self.write_char(c);
     }
+
+    /// Appends ASCII bytes (dropped if they do not fit, which the callers'
+    /// sizes rule out).
+    fn push_ascii(&mut self, bytes: &[u8]) {
+        let end = self.len.saturating_add(bytes.len());
+        if let Some(slot) = self.bytes.get_mut(self.len..end) {
+            // A byte loop: these pieces are a few digits, shorter than
+            // what a memcpy call is worth.
+            for (to, from) in slot.iter_mut().zip(bytes) {
+                *to = *from;
+            }
+            self.len = end;
+        }
+    }
+
+    fn push_digits(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        self.push_ascii(format_u64(n, &mut digits));
+    }
+
+    /// The bytes written so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
 }
 
 impl core::fmt::Write for StackBuf {
@@ -67,17 +91,29 @@ pub(crate) fn write_py_float_to(out: &mut StackBuf, x: f64) {
     // Fast path for integral values below 2^53 (`10000.0`, `0.0`): every
     // such value is exact, so its shortest repr is the integer itself, and
     // with fewer than 17 digits Python prints it in fixed notation + ".0".
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if x.fract() == 0.0 && x.abs() < EXACT {
-        if x == 0.0 && x.is_sign_negative() {
-            out.push_str("-0.0");
-        } else {
-            // |x| < 2^53, so the conversion is exact.
-            #[allow(clippy::cast_possible_truncation)]
-            let _ = write!(out, "{}.0", x as i64);
+        if x.is_sign_negative() {
+            out.push('-');
         }
+        // |x| < 2^53, so the conversion is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        out.push_digits(x.abs() as u64);
+        out.push_str(".0");
         return;
     }
+    if let Some((digits, fraction_digits)) = short_decimal(x.abs()) {
+        if x.is_sign_negative() {
+            out.push('-');
+        }
+        write_short_decimal(out, digits, fraction_digits);
+        return;
+    }
+    write_py_float_general(out, x);
+}
+
+/// [`write_py_float_to`] for a finite `x` through Rust's shortest `{:e}`
+/// digits (every value; the fast paths above skip it for common ones).
+fn write_py_float_general(out: &mut StackBuf, x: f64) {
     // `{:e}` of a finite f64: `-?D(.DDD)?e-?N` with shortest round-trip digits.
     let mut sci = StackBuf::new();
     // At most 24 bytes: the buffer cannot overflow.
@@ -128,6 +164,112 @@ pub(crate) fn write_py_float_to(out: &mut StackBuf, x: f64) {
         }
         let _ = write!(out, "{magnitude}");
     }
+}
+
+/// 2^53: integers below it are exact in an f64.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// Powers of ten that are exact in an f64 (10^0..=10^17).
+const POW10: [f64; 18] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17,
+];
+
+/// The shortest round-tripping decimal of a positive, finite, non-integral
+/// `x` as `digits × 10^-fraction_digits`, when it has at most 17 fraction
+/// digits and `digits < 2^53` (config values such as `0.02`, `1e-05`).
+/// `None` sends the caller to the general (slower) path.
+///
+/// Why this is exact: `digits` and `10^k` are exact f64 values, so the
+/// IEEE division `digits / 10^k` is the correctly rounded value of the
+/// decimal, i.e. what parsing it gives: the decimal round-trips iff that
+/// quotient equals `x`. Trying `k = 1, 2, ...` finds the fewest fraction
+/// digits, hence the fewest significant digits (a non-integral `x < 2^53`
+/// has no integral round-tripping decimal). The rounded product `x·10^k`
+/// is within 0.5 of the exact one, so every candidate lies within ±1 of
+/// its rounding; when more than one candidate round-trips (a tie between
+/// two shortest decimals, which Python breaks by closeness) this gives up.
+fn short_decimal(x: f64) -> Option<(u64, usize)> {
+    if !(x > 0.0 && x < EXACT) {
+        return None;
+    }
+    for (k, &scale) in POW10.iter().enumerate().skip(1) {
+        let scaled = x * scale;
+        if scaled >= EXACT {
+            return None;
+        }
+        let nearest = scaled.round();
+        let mut found = None;
+        for candidate in [nearest - 1.0, nearest, nearest + 1.0] {
+            if candidate > 0.0 && candidate / scale == x {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(candidate);
+            }
+        }
+        if let Some(digits) = found {
+            // 0 < digits < 2^53: the conversion is exact.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            return Some((digits as u64, k));
+        }
+    }
+    None
+}
+
+/// Python's layout of `digits × 10^-fraction_digits` (no trailing zeros in
+/// `digits`, value below 2^53, so the decimal exponent is below 16).
+fn write_short_decimal(out: &mut StackBuf, digits: u64, fraction_digits: usize) {
+    let mut text = [0u8; 20];
+    let digits = format_u64(digits, &mut text);
+    let len = digits.len();
+    // Decimal exponent of d.ddd×10^e: e = len - 1 - fraction_digits.
+    if len.saturating_add(4) > fraction_digits {
+        // e >= -4: fixed notation.
+        if fraction_digits >= len {
+            out.push_str("0.");
+            for _ in 0..fraction_digits.saturating_sub(len) {
+                out.push('0');
+            }
+            out.push_ascii(digits);
+        } else {
+            let (int_part, frac_part) = digits.split_at(len.saturating_sub(fraction_digits));
+            out.push_ascii(int_part);
+            out.push('.');
+            out.push_ascii(frac_part);
+        }
+    } else {
+        let (first, rest) = digits.split_at(1.min(len));
+        out.push_ascii(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_ascii(rest);
+        }
+        // e < -4: magnitude = fraction_digits + 1 - len >= 5.
+        out.push_str("e-");
+        let magnitude = fraction_digits.saturating_add(1).saturating_sub(len);
+        if magnitude < 10 {
+            out.push('0');
+        }
+        out.push_digits(u64::try_from(magnitude).unwrap_or(0));
+    }
+}
+
+/// Decimal digits of `n`, written at the end of `buf`.
+pub(crate) fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at = at.saturating_sub(1);
+        if let Some(slot) = buf.get_mut(at) {
+            // n % 10 < 10, so the cast is exact.
+            *slot = b'0'.saturating_add((n % 10) as u8);
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.get(at..).unwrap_or_default()
 }
 
 /// Fixed notation for `lead.frac × 10^exp10` with `-4 <= exp10 < 16`.
@@ -209,6 +351,44 @@ mod tests {
         ];
         for (x, want) in cases {
             assert_eq!(repr(*x), *want, "repr({x:e})");
+        }
+    }
+
+    fn general(x: f64) -> String {
+        let mut buf = StackBuf::new();
+        write_py_float_general(&mut buf, x);
+        buf.as_str().to_owned()
+    }
+
+    /// The fast paths (integral values, short decimals) print exactly what
+    /// the general path prints, on values built to hit them and on raw bits.
+    #[test]
+    fn avp_hash_3_fast_paths_agree_with_the_general_path() {
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..300_000u32 {
+            let r = next();
+            let x = match i % 4 {
+                // digits / 10^k with up to 17 digits and k in 0..=20.
+                0 | 1 => {
+                    let digits = r % 10u64.pow(1 + (i / 4 % 17));
+                    let k = (r >> 59) as i32 % 21;
+                    digits as f64 / 10f64.powi(k)
+                }
+                // Integral values.
+                2 => (r >> (r % 40)) as f64,
+                _ => f64::from_bits(r),
+            };
+            for v in [x, -x] {
+                if v.is_finite() {
+                    assert_eq!(repr(v), general(v), "bits {:#x}", v.to_bits());
+                }
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ mod write;
 
 pub use float::write_py_float;
 pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, parse};
-pub(crate) use write::write_wtf8_string;
+pub(crate) use write::write_wtf8_body;
 pub use write::{Separators, Sink, WriteOptions, to_canonical, write_value};
 
 use core::cmp::Ordering;
@@ -257,6 +257,16 @@ impl Object {
             .iter()
             .find(|(k, _)| k.as_wtf8() == key.as_bytes())
             .map(|(_, v)| v)
+    }
+
+    /// All entries, in insertion order.
+    pub(crate) fn entries_slice(&self) -> &[(JsonString, Value)] {
+        &self.entries
+    }
+
+    /// Entry `index` (insertion order).
+    pub(crate) fn entry(&self, index: usize) -> Option<(&JsonString, &Value)> {
+        self.entries.get(index).map(|(k, v)| (k, v))
     }
 
     /// Entries in insertion order.
