@@ -327,3 +327,38 @@ fn wire_22_threaded_encode_is_byte_identical() {
     let msg = decode(&serial).unwrap();
     assert_eq!(&*msg.payload, &tensor[..]);
 }
+
+/// AVP-WIRE-15, AVP-WIRE-22: the checksum's varint width (1 to 5 bytes)
+/// moves where the tensor starts; with CRCs of 2, 3, 4 and 5 bytes the
+/// threaded encoder's output is byte-identical to the single-threaded one.
+#[test]
+fn wire_22_threaded_encode_for_every_checksum_width() {
+    use avp_codec::{EncodeOptions, encode_with};
+    let (m, _) = sample();
+    let base: Vec<u8> = (0..(8usize << 20) + 100)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let mut prefix = crc32fast::Hasher::new();
+    prefix.update(&base);
+    let varint_width = |crc: u32| (32 - (crc | 1).leading_zeros()).div_ceil(7);
+    for width in [2u32, 3, 4, 5] {
+        // Four trailing bytes chosen by search give a CRC of this width.
+        let tail = (0u32..)
+            .find(|t| {
+                let mut h = prefix.clone();
+                h.update(&t.to_le_bytes());
+                varint_width(h.finalize()) == width
+            })
+            .unwrap();
+        let mut tensor = base.clone();
+        tensor.extend_from_slice(&tail.to_le_bytes());
+        let serial = encode_with(&m, &tensor, &EncodeOptions::DEFAULT.with_threads(1)).unwrap();
+        let threaded = encode_with(&m, &tensor, &EncodeOptions::DEFAULT.with_threads(2)).unwrap();
+        assert!(threaded == serial, "checksum varint of {width} bytes");
+        let msg = decode(&threaded).unwrap();
+        assert_eq!(
+            msg.metadata.payload_checksum,
+            Some(crc32fast::hash(&tensor))
+        );
+    }
+}
