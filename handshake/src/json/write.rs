@@ -6,7 +6,7 @@
 
 use core::fmt::Write as _;
 
-use super::float::{StackBuf, write_py_float_to};
+use super::float::{StackBuf, format_u64, write_py_float_to};
 use super::{JsonString, MAX_DEPTH, Value};
 use crate::error::Error;
 
@@ -330,21 +330,11 @@ fn decimal_digits(mut n: u64) -> usize {
     count
 }
 
-/// Decimal digits of `v` (with `-`), written at the end of `buf`.
+/// Decimal digits of `v` (with `-`), written at the end of `buf` (20 bytes
+/// hold `i64::MIN`: 19 digits and the sign).
 fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut n = v.unsigned_abs();
-    let mut at = buf.len();
-    loop {
-        at = at.saturating_sub(1);
-        if let Some(slot) = buf.get_mut(at) {
-            // n % 10 < 10, so the cast is exact.
-            *slot = b'0'.saturating_add((n % 10) as u8);
-        }
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+    let digits = format_u64(v.unsigned_abs(), buf).len();
+    let mut at = buf.len().saturating_sub(digits);
     if v < 0 {
         at = at.saturating_sub(1);
         if let Some(slot) = buf.get_mut(at) {
