@@ -6,52 +6,13 @@
 //! `fuzz/artifacts/<target>` are replayed too.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use avp_codec::fuzzing;
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
-/// Runs `check` on every input of `target`; fails naming each input that panics.
-fn replay(target: &str, check: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    files_under(&root.join("tests/fuzz_seeds").join(target), &mut files);
-    let committed = files.len();
-    if std::env::var_os("AVP_FUZZ_LOCAL").is_some() {
-        for d in ["corpus", "artifacts"] {
-            files_under(&root.join("../fuzz").join(d).join(target), &mut files);
-        }
-    }
-    assert!(committed > 0, "no committed seeds for {target}");
-    files.sort();
-    let mut failures = Vec::new();
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        if catch_unwind(AssertUnwindSafe(|| check(&data))).is_err() {
-            failures.push(f.display().to_string());
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{target}: {} of {} inputs broke the oracle: {failures:#?}",
-        failures.len(),
-        files.len()
-    );
-}
+#[path = "../../test-support/fuzz_replay.rs"]
+mod fuzz_replay;
+use fuzz_replay::replay;
 
 #[test]
 fn fuzz_corpus_decode_both_modes() {

@@ -5,51 +5,13 @@
 //! `fuzz/corpus/<target>` and `fuzz/artifacts/<target>` are replayed too.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use avp_handshake::fuzzing;
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
-fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    files_under(&root.join("tests/fuzz_seeds").join(target), &mut files);
-    assert!(!files.is_empty(), "no committed seeds for {target}");
-    if std::env::var_os("AVP_FUZZ_LOCAL").is_some() {
-        for d in ["corpus", "artifacts"] {
-            files_under(&root.join("../fuzz").join(d).join(target), &mut files);
-        }
-    }
-    files.sort();
-    let mut failures = Vec::new();
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        if catch_unwind(AssertUnwindSafe(|| check(&data))).is_err() {
-            failures.push(f.display().to_string());
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{target}: {} of {} inputs broke the oracle: {failures:#?}",
-        failures.len(),
-        files.len()
-    );
-    files.len()
-}
+#[path = "../../test-support/fuzz_replay.rs"]
+mod fuzz_replay;
+use fuzz_replay::replay;
 
 #[test]
 fn fuzz_corpus_json_parse() {
