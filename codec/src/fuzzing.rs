@@ -62,28 +62,38 @@ pub fn check_incremental(data: &[u8], split: usize) {
     let (a, b) = data.split_at(split.min(data.len()));
     let mut dec = StreamDecoder::new(opts);
     let fed = dec.feed(a).and_then(|_| dec.feed(b));
-    match (fed, &one_shot) {
+    assert_stream_agrees(fed, &dec, &one_shot);
+}
+
+/// `status` (the stream decoder's last answer) agrees with the one-shot
+/// decode of the same bytes; returns whether the stream completed.
+fn assert_stream_agrees(
+    status: Result<Status, crate::Error>,
+    dec: &StreamDecoder,
+    one_shot: &Result<crate::Message<'_>, crate::Error>,
+) -> bool {
+    match (status, one_shot) {
         (Err(e), Err(want)) => assert_eq!(e.kind(), want.kind(), "early error differs"),
         (Err(e), Ok(_)) => panic!("stream rejected what one-shot accepts: {e}"),
-        (Ok(Status::NeedMore(_)), Err(want)) => {
-            assert_eq!(
-                want.kind(),
-                crate::ErrorKind::Truncated,
-                "stream wants more, one-shot says {want}"
-            )
-        }
+        (Ok(Status::NeedMore(_)), Err(want)) => assert_eq!(
+            want.kind(),
+            crate::ErrorKind::Truncated,
+            "stream wants more, one-shot says {want}"
+        ),
         (Ok(Status::NeedMore(n)), Ok(_)) => {
             panic!("stream wants {n} more bytes of a complete message")
         }
         (Ok(Status::Complete), _) => {
             let got = dec.finish();
-            match (&got, &one_shot) {
+            match (&got, one_shot) {
                 (Ok(g), Ok(w)) => assert_eq!(g, w),
                 (Err(g), Err(w)) => assert_eq!(g.kind(), w.kind()),
                 _ => panic!("stream and one-shot disagree: {got:?} vs {one_shot:?}"),
             }
+            return true;
         }
     }
+    false
 }
 
 /// The two-modes oracle: compatible and strict decoding of the same bytes
@@ -177,33 +187,15 @@ pub fn check_incremental_chunks(data: &[u8]) {
             break;
         }
     }
-    match (status, &one_shot) {
-        (Err(e), Err(want)) => assert_eq!(e.kind(), want.kind(), "early error differs"),
-        (Err(e), Ok(_)) => panic!("stream rejected what one-shot accepts: {e}"),
-        (Ok(Status::NeedMore(_)), Err(want)) => assert_eq!(
-            want.kind(),
-            crate::ErrorKind::Truncated,
-            "stream wants more, one-shot says {want}"
-        ),
-        (Ok(Status::NeedMore(n)), Ok(_)) => {
-            panic!("stream wants {n} more bytes of a complete message")
-        }
-        (Ok(Status::Complete), _) => {
-            let got = dec.finish();
-            match (&got, &one_shot) {
-                (Ok(g), Ok(w)) => assert_eq!(g, w),
-                (Err(g), Err(w)) => assert_eq!(g.kind(), w.kind()),
-                _ => panic!("stream and one-shot disagree: {got:?} vs {one_shot:?}"),
-            }
-            let declared = dec.header().map(|h| h.message_len()).unwrap_or(0);
-            let buffered = dec.into_buffer();
-            assert_eq!(buffered.len() as u64, declared, "into_buffer length");
-            assert_eq!(
-                Some(buffered.as_slice()),
-                msg.get(..buffered.len()),
-                "into_buffer bytes"
-            );
-        }
+    if assert_stream_agrees(status, &dec, &one_shot) {
+        let declared = dec.header().map(|h| h.message_len()).unwrap_or(0);
+        let buffered = dec.into_buffer();
+        assert_eq!(buffered.len() as u64, declared, "into_buffer length");
+        assert_eq!(
+            Some(buffered.as_slice()),
+            msg.get(..buffered.len()),
+            "into_buffer bytes"
+        );
     }
 }
 
