@@ -28,6 +28,20 @@ fn decode(file: &Path, key: Option<&Path>) -> Output {
     c.output().unwrap()
 }
 
+fn encode(meta: &Path, payload: &Path, out: &Path, key: Option<&Path>) -> Output {
+    let mut c = avp();
+    c.args(["encode", "--metadata"])
+        .arg(meta)
+        .arg("--payload")
+        .arg(payload)
+        .arg("-o")
+        .arg(out);
+    if let Some(k) = key {
+        c.arg("--mac-key").arg(k);
+    }
+    c.output().unwrap()
+}
+
 /// AVP-MAC-8: `avp decode --mac-key` gives each MAC vector its expected outcome.
 #[test]
 fn mac_8_decode_with_key_follows_every_vector() {
@@ -65,17 +79,7 @@ fn mac_8_encode_signs_decode_verifies_and_unsigned_decoding_still_works() {
     let other = s.path("other");
     std::fs::write(&other, "another passphrase, also long\n").unwrap();
     let signed = s.path("signed.avp");
-    let out = avp()
-        .args(["encode", "--metadata"])
-        .arg(&meta)
-        .arg("--payload")
-        .arg(&payload)
-        .arg("-o")
-        .arg(&signed)
-        .arg("--mac-key")
-        .arg(&key)
-        .output()
-        .unwrap();
+    let out = encode(&meta, &payload, &signed, Some(&key));
     assert_eq!(out.status.code(), Some(0), "{}", json_of(&out));
     assert_eq!(json_of(&out)["signed"], true);
 
@@ -97,15 +101,7 @@ fn mac_8_encode_signs_decode_verifies_and_unsigned_decoding_still_works() {
     assert_eq!(json_of(&wrong)["error"]["kind"], "bad_mac");
 
     let unsigned = s.path("unsigned.avp");
-    let out = avp()
-        .args(["encode", "--metadata"])
-        .arg(&meta)
-        .arg("--payload")
-        .arg(&payload)
-        .arg("-o")
-        .arg(&unsigned)
-        .output()
-        .unwrap();
+    let out = encode(&meta, &payload, &unsigned, None);
     assert_eq!(out.status.code(), Some(0));
     let refused = decode(&unsigned, Some(&key));
     assert_eq!(refused.status.code(), Some(1));
