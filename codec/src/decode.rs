@@ -239,6 +239,7 @@ impl Message<'_> {
 /// AVP-LIM-1/2): magic, version, `metadata_length` and `payload_length`
 /// against `limits`, and `metadata_length <= payload_length`. A transport can
 /// call this on the first 12 bytes of a body to refuse it before buffering.
+#[inline(always)]
 pub fn check_header(input: &[u8], limits: &Limits) -> Result<Header, Error> {
     let header = Header::parse(input)?;
     if header.metadata_length > limits.max_metadata_len {

@@ -57,6 +57,7 @@ pub struct Header {
 impl Header {
     /// Parses the first 12 bytes. Fewer bytes give `truncated`; then magic and
     /// version are checked in that order (AVP-WIRE-2, AVP-WIRE-3, AVP-WIRE-6).
+    #[inline(always)]
     pub fn parse(input: &[u8]) -> Result<Header, Error> {
         let Some(bytes) = input.first_chunk::<HEADER_LEN>() else {
             return Err(Error::truncated(

@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorKind};
 use crate::extra::{Extra, wire_entries};
 use crate::limits::Limits;
 use crate::proto::{self, Reader, WT_LEN, WT_VARINT};
-use crate::shape::Shape;
+use crate::shape::{Shape, ShapeBuilder};
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $what:literal { $($(#[$vdoc:meta])* $variant:ident = $value:literal => $text:literal),+ $(,)? }) => {
@@ -162,10 +162,92 @@ const F_MAP_ID: u32 = 13;
 const F_EXTRA: u32 = 14;
 const F_CHECKSUM: u32 = 15;
 
-#[inline]
-fn utf8<'a>(bytes: &'a [u8], field: &str) -> Result<&'a str, Error> {
-    std::str::from_utf8(bytes)
-        .map_err(|_| Error::malformed(format!("{field}: string is not valid UTF-8")))
+#[cold]
+#[inline(never)]
+fn not_utf8(field: &str) -> Error {
+    Error::malformed(format!("{field}: string is not valid UTF-8"))
+}
+
+/// UTF-8 validation shared by all string fields of one metadata message.
+///
+/// Tags and one-byte lengths are ASCII, and ASCII never joins or splits a
+/// UTF-8 sequence, so a string field followed by ASCII bytes is valid exactly
+/// when the field is. The first string of such a run validates the whole run
+/// once; later strings inside it are sliced from it at char boundaries. An
+/// SDK message's four ids thus cost one `from_utf8` call, not four.
+struct Utf8Run<'a> {
+    /// The metadata bytes the string fields are slices of.
+    base: &'a [u8],
+    /// Offset of `run` in `base`.
+    start: usize,
+    /// A validated stretch of `base`.
+    run: &'a str,
+}
+
+impl<'a> Utf8Run<'a> {
+    fn new(base: &'a [u8]) -> Self {
+        Utf8Run {
+            base,
+            start: 0,
+            run: "",
+        }
+    }
+
+    /// `field` (a slice of `base`) as a string, or `malformed_metadata`.
+    #[inline]
+    fn str(&mut self, field: &'a [u8], name: &str) -> Result<&'a str, Error> {
+        let offset = (field.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize);
+        let from = offset.wrapping_sub(self.start);
+        let inside = from
+            .checked_add(field.len())
+            .and_then(|to| self.run.get(from..to));
+        match inside {
+            Some(s) => Ok(s),
+            None => self.validate(offset, field, name),
+        }
+    }
+
+    /// Validates `field` and the ASCII bytes after it as the new run.
+    #[inline(never)]
+    fn validate(&mut self, offset: usize, field: &'a [u8], name: &str) -> Result<&'a str, Error> {
+        // `offset` comes from the field's address, so when `base` has bytes at
+        // `offset..end` they are the field's own bytes, whatever `field` was
+        // sliced from; the same holds for the slice `str` returns.
+        let end = offset.saturating_add(field.len());
+        let window = match (self.base.get(offset..end), self.base.get(end..)) {
+            (Some(_), Some(after)) => {
+                let with_ascii = end.saturating_add(ascii_prefix_len(after));
+                self.base.get(offset..with_ascii).unwrap_or(field)
+            }
+            _ => field,
+        };
+        let run = std::str::from_utf8(window).map_err(|_| not_utf8(name))?;
+        self.start = offset;
+        self.run = run;
+        run.get(..field.len()).ok_or_else(|| not_utf8(name))
+    }
+}
+
+/// How many leading bytes are ASCII, read a word at a time.
+fn ascii_prefix_len(bytes: &[u8]) -> usize {
+    let mut words = bytes.chunks_exact(8);
+    let mut n = 0usize;
+    for word in &mut words {
+        let Some(word) = word.first_chunk::<8>() else {
+            break;
+        };
+        let high = u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+        if high != 0 {
+            return n.saturating_add((high.trailing_zeros() / 8) as usize);
+        }
+        n = n.saturating_add(8);
+    }
+    let tail = words
+        .remainder()
+        .iter()
+        .take_while(|b| b.is_ascii())
+        .count();
+    n.saturating_add(tail)
 }
 
 impl<'a> Metadata<'a> {
@@ -185,24 +267,25 @@ impl<'a> Metadata<'a> {
         let (mut hidden_dim, mut num_layers) = (0u32, 0u32);
         let (mut payload_type, mut dtype, mut mode) = (0i32, 0i32, 0i32);
         let mut payload_checksum = None;
-        let mut tensor_shape = Shape::new();
+        let mut tensor_shape = ShapeBuilder::new();
         // Entries are validated here and read back from `bytes` on access;
         // distinct keys are only counted once the raw count passes the limit.
         let mut raw_entries = 0usize;
         let mut distinct_keys: Option<BTreeSet<&'a str>> = None;
+        let mut run = Utf8Run::new(bytes);
         let mut r = Reader::new(bytes);
         while !r.is_empty() {
             let field_start = bytes.len().saturating_sub(r.remaining());
             let (field, wt) = r.tag()?;
             match (field, wt) {
-                (F_SESSION, WT_LEN) => session_id = utf8(r.len_delimited()?, "session_id")?,
+                (F_SESSION, WT_LEN) => session_id = run.str(r.len_delimited()?, "session_id")?,
                 (F_SOURCE, WT_LEN) => {
-                    source_agent_id = utf8(r.len_delimited()?, "source_agent_id")?
+                    source_agent_id = run.str(r.len_delimited()?, "source_agent_id")?
                 }
                 (F_TARGET, WT_LEN) => {
-                    target_agent_id = utf8(r.len_delimited()?, "target_agent_id")?
+                    target_agent_id = run.str(r.len_delimited()?, "target_agent_id")?
                 }
-                (F_MODEL, WT_LEN) => model_id = utf8(r.len_delimited()?, "model_id")?,
+                (F_MODEL, WT_LEN) => model_id = run.str(r.len_delimited()?, "model_id")?,
                 (F_HIDDEN_DIM, WT_VARINT) => hidden_dim = r.varint()? as u32,
                 (F_NUM_LAYERS, WT_VARINT) => num_layers = r.varint()? as u32,
                 (F_PAYLOAD_TYPE, WT_VARINT) => payload_type = r.varint()? as i32,
@@ -220,13 +303,14 @@ impl<'a> Metadata<'a> {
                     }
                 }
                 (F_COMPRESSION, WT_LEN) => {
-                    compression = Some(utf8(r.len_delimited()?, "compression")?)
+                    compression = Some(run.str(r.len_delimited()?, "compression")?)
                 }
-                (F_MAP_ID, WT_LEN) => avp_map_id = utf8(r.len_delimited()?, "avp_map_id")?,
+                (F_MAP_ID, WT_LEN) => avp_map_id = run.str(r.len_delimited()?, "avp_map_id")?,
                 (F_EXTRA, WT_LEN) => {
                     // An entry with unknown fields is kept by upb as an unknown
                     // field of the message, not as a map entry (AVP-WIRE-12).
-                    let Some((k, _)) = parse_map_entry(r.len_delimited()?, limits)? else {
+                    let Some((k, _)) = parse_map_entry(r.len_delimited()?, limits, &mut run)?
+                    else {
                         continue;
                     };
                     raw_entries = raw_entries.saturating_add(1);
@@ -263,7 +347,7 @@ impl<'a> Metadata<'a> {
             num_layers,
             payload_type,
             dtype,
-            tensor_shape,
+            tensor_shape: tensor_shape.finish(),
             mode,
             compression: compression.map(Cow::Borrowed),
             avp_map_id: Cow::Borrowed(avp_map_id),
@@ -315,18 +399,25 @@ impl<'a> Metadata<'a> {
     }
 }
 
-fn push_dim(shape: &mut Shape, v: u32, limits: &Limits) -> Result<(), Error> {
+#[inline(always)]
+fn push_dim(shape: &mut ShapeBuilder, v: u32, limits: &Limits) -> Result<(), Error> {
     if shape.len() >= limits.max_shape_rank {
-        return Err(Error::new(
-            ErrorKind::LimitExceeded,
-            format!(
-                "tensor_shape has more than {} entries",
-                limits.max_shape_rank
-            ),
-        ));
+        return Err(rank_exceeded(limits));
     }
     shape.push(v);
     Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn rank_exceeded(limits: &Limits) -> Error {
+    Error::new(
+        ErrorKind::LimitExceeded,
+        format!(
+            "tensor_shape has more than {} entries",
+            limits.max_shape_rank
+        ),
+    )
 }
 
 /// One `extra` entry: key and value default to "", and `None` when the entry
@@ -334,14 +425,15 @@ fn push_dim(shape: &mut Shape, v: u32, limits: &Limits) -> Result<(), Error> {
 fn parse_map_entry<'a>(
     bytes: &'a [u8],
     limits: &Limits,
+    run: &mut Utf8Run<'a>,
 ) -> Result<Option<(&'a str, &'a str)>, Error> {
     let mut r = Reader::new(bytes);
     let (mut key, mut value) = ("", "");
     let mut has_unknown = false;
     while !r.is_empty() {
         match r.tag()? {
-            (1, WT_LEN) => key = utf8(r.len_delimited()?, "extra key")?,
-            (2, WT_LEN) => value = utf8(r.len_delimited()?, "extra value")?,
+            (1, WT_LEN) => key = run.str(r.len_delimited()?, "extra key")?,
+            (2, WT_LEN) => value = run.str(r.len_delimited()?, "extra value")?,
             (field, wt) => {
                 r.skip(field, wt, limits.max_group_depth)?;
                 has_unknown = true;

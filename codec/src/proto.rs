@@ -49,6 +49,25 @@ impl<'a> Reader<'a> {
     }
 
     fn varint_slow(&mut self) -> Result<u64, Error> {
+        // Up to 8 bytes from one little-endian word: the first clear high bit
+        // ends the varint, and three shift-and-mask steps drop the
+        // continuation bits (hidden_dim, shape dims and the 5-byte checksum
+        // all land here).
+        if let Some(chunk) = self.rest.first_chunk::<8>() {
+            let word = u64::from_le_bytes(*chunk);
+            let ends = !word & 0x8080_8080_8080_8080;
+            if ends != 0 {
+                // Bit 8k+7 for a varint of k+1 bytes; `63 ^ stop` == 63 - stop.
+                let stop = ends.trailing_zeros();
+                let mut v = word & u64::MAX.wrapping_shr(63 ^ stop) & 0x7f7f_7f7f_7f7f_7f7f;
+                v = (v & 0x007f_007f_007f_007f) | ((v & 0x7f00_7f00_7f00_7f00) >> 1);
+                v = (v & 0x0000_3fff_0000_3fff) | ((v & 0x3fff_0000_3fff_0000) >> 2);
+                v = (v & 0x0000_0000_0fff_ffff) | ((v & 0x0fff_ffff_0000_0000) >> 4);
+                let len = ((stop >> 3) as usize).wrapping_add(1);
+                self.rest = self.rest.get(len..).unwrap_or_default();
+                return Ok(v);
+            }
+        }
         let mut value: u64 = 0;
         for (i, &byte) in self.rest.iter().enumerate().take(10) {
             let shift = (i as u32).saturating_mul(7);
@@ -187,7 +206,11 @@ pub(crate) fn tag_len(field: u32) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )]
     use super::*;
 
     #[test]
@@ -198,6 +221,67 @@ mod tests {
             assert_eq!(out.len(), varint_len(v), "{v}");
             assert_eq!(Reader::new(&out).varint().unwrap(), v);
         }
+    }
+
+    /// The reference: one byte at a time, as the spec words it.
+    fn varint_bytewise(bytes: &[u8]) -> Option<(u64, usize)> {
+        let mut v = 0u64;
+        for (i, &b) in bytes.iter().enumerate().take(10) {
+            v |= u64::from(b & 0x7f).checked_shl(7 * i as u32).unwrap_or(0);
+            if b & 0x80 == 0 {
+                return Some((v, i + 1));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn wire_10_word_fast_path_agrees_with_bytewise_reading() {
+        // Every length 1..=10, minimal and non-minimal, followed by bytes
+        // with and without the high bit so the 8-byte word sees both.
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            896,
+            16383,
+            16384,
+            0x0f67_224b,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            cases.push(out);
+        }
+        for len in 1..=10usize {
+            let mut nonminimal = vec![0x80u8; len - 1];
+            nonminimal.push(0x00);
+            cases.push(nonminimal);
+            let mut ones = vec![0xffu8; len - 1];
+            ones.push(0x01);
+            cases.push(ones);
+        }
+        for case in cases {
+            for tail in [
+                &[][..],
+                &[0x00; 9],
+                &[0xff; 9],
+                &[0x81, 0x01, 0x7f, 0x80, 0, 0, 0, 0, 0],
+            ] {
+                let mut input = case.clone();
+                input.extend_from_slice(tail);
+                let mut r = Reader::new(&input);
+                let (want, used) = varint_bytewise(&input).unwrap();
+                assert_eq!(r.varint().unwrap(), want, "{input:02x?}");
+                assert_eq!(r.remaining(), input.len() - used, "{input:02x?}");
+            }
+        }
+        // Eight or more continuation bytes in the word fall back and still fail cleanly.
+        assert!(Reader::new(&[0x80; 12]).varint().is_err());
+        assert!(Reader::new(&[0x80; 9]).varint().is_err());
     }
 
     #[test]

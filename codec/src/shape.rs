@@ -21,7 +21,7 @@ pub struct Shape(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, dims: [u32; INLINE] },
+    Inline { len: u32, dims: [u32; INLINE] },
     Heap(Vec<u32>),
 }
 
@@ -40,16 +40,17 @@ impl Shape {
     /// The dimensions.
     pub fn as_slice(&self) -> &[u32] {
         match &self.0 {
-            Repr::Inline { len, dims } => dims.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Inline { len, dims } => dims.get(..*len as usize).unwrap_or_default(),
             Repr::Heap(v) => v,
         }
     }
 
     /// Appends a dimension, moving to the heap past [`Shape::INLINE`].
+    #[inline]
     pub fn push(&mut self, dim: u32) {
         match &mut self.0 {
             Repr::Inline { len, dims } => {
-                if let Some(slot) = dims.get_mut(usize::from(*len)) {
+                if let Some(slot) = dims.get_mut(*len as usize) {
                     *slot = dim;
                     *len = len.saturating_add(1);
                 } else {
@@ -66,6 +67,58 @@ impl Shape {
     /// Removes every dimension.
     pub fn clear(&mut self) {
         *self = Shape::new();
+    }
+}
+
+/// Collects dimensions in plain locals while a parser runs and builds the
+/// [`Shape`] once at the end: updating the enum in place on every dimension
+/// made the compiler copy it through overlapping stack stores.
+pub(crate) struct ShapeBuilder {
+    dims: [u32; INLINE],
+    len: usize,
+    /// Every dimension, once there are more than [`INLINE`].
+    spill: Vec<u32>,
+}
+
+impl ShapeBuilder {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        ShapeBuilder {
+            dims: [0; INLINE],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    /// Dimensions pushed so far.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    pub(crate) fn push(&mut self, dim: u32) {
+        if let Some(slot) = self.dims.get_mut(self.len) {
+            *slot = dim;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.dims);
+            }
+            self.spill.push(dim);
+        }
+        self.len = self.len.saturating_add(1);
+    }
+
+    #[inline(always)]
+    pub(crate) fn finish(self) -> Shape {
+        if self.len <= INLINE {
+            Shape(Repr::Inline {
+                len: self.len as u32,
+                dims: self.dims,
+            })
+        } else {
+            Shape(Repr::Heap(self.spill))
+        }
     }
 }
 

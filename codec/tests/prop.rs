@@ -131,3 +131,120 @@ proptest! {
         }
     }
 }
+
+/// Bytes for a string field: valid text, ASCII, or byte soup that is often
+/// not UTF-8 (lone continuation bytes, sequences cut short, overlongs).
+fn string_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        any::<String>().prop_map(String::into_bytes),
+        "[ -~]{0,20}".prop_map(String::into_bytes),
+        proptest::collection::vec(
+            prop_oneof![
+                0x20u8..0x7f,
+                Just(0xe2),
+                Just(0x82),
+                Just(0xac),
+                Just(0xc0),
+                Just(0xf0),
+                Just(0x9f)
+            ],
+            0..20
+        ),
+    ]
+}
+
+/// A metadata field for the UTF-8 property: a string field (1-4, 11, 13),
+/// an `extra` entry (14) whose key is the bytes, or a varint (5) whose
+/// value's bytes are non-ASCII when large.
+#[derive(Debug, Clone)]
+enum Field {
+    Text(u8, Vec<u8>),
+    Entry(Vec<u8>),
+    Varint(u64),
+}
+
+fn field() -> impl Strategy<Value = Field> {
+    prop_oneof![
+        4 => (prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(11), Just(13)], string_bytes())
+            .prop_map(|(f, b)| Field::Text(f, b)),
+        1 => string_bytes().prop_map(Field::Entry),
+        1 => any::<u64>().prop_map(Field::Varint),
+    ]
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_len(out: &mut Vec<u8>, field: u8, body: &[u8]) {
+    out.push(field << 3 | 2);
+    put_varint(out, body.len() as u64);
+    out.extend_from_slice(body);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// AVP-WIRE-9: every string field is checked as UTF-8 on its own, however
+    /// the parser shares the work between neighbouring fields: a message
+    /// parses exactly when every string occurrence is UTF-8, the first bad
+    /// one is named, and the last occurrence of each field is the value.
+    #[test]
+    fn wire_9_each_string_field_is_validated_on_its_own(fields in proptest::collection::vec(field(), 0..12)) {
+        let mut bytes = Vec::new();
+        let mut first_bad: Option<&str> = None;
+        let mut last: BTreeMap<u8, &[u8]> = BTreeMap::new();
+        for f in &fields {
+            match f {
+                Field::Text(n, b) => {
+                    put_len(&mut bytes, *n, b);
+                    last.insert(*n, b);
+                    if first_bad.is_none() && std::str::from_utf8(b).is_err() {
+                        first_bad = Some(match n { 1 => "session_id", 2 => "source_agent_id", 3 => "target_agent_id",
+                            4 => "model_id", 11 => "compression", _ => "avp_map_id" });
+                    }
+                }
+                Field::Entry(k) => {
+                    let mut entry = Vec::new();
+                    put_len(&mut entry, 1, k);
+                    put_len(&mut entry, 2, b"v");
+                    put_len(&mut bytes, 14, &entry);
+                    if first_bad.is_none() && std::str::from_utf8(k).is_err() {
+                        first_bad = Some("extra key");
+                    }
+                }
+                Field::Varint(v) => {
+                    bytes.push(5 << 3);
+                    put_varint(&mut bytes, *v);
+                }
+            }
+        }
+        let parsed = Metadata::parse(&bytes, &avp_codec::Limits::default());
+        match (first_bad, parsed) {
+            (None, Ok(m)) => {
+                let want = |n: u8| last.get(&n).map(|b| std::str::from_utf8(b).unwrap());
+                prop_assert_eq!(Some(&*m.session_id).filter(|s| !s.is_empty()), want(1).filter(|s| !s.is_empty()));
+                prop_assert_eq!(Some(&*m.source_agent_id).filter(|s| !s.is_empty()), want(2).filter(|s| !s.is_empty()));
+                prop_assert_eq!(Some(&*m.target_agent_id).filter(|s| !s.is_empty()), want(3).filter(|s| !s.is_empty()));
+                prop_assert_eq!(Some(&*m.model_id).filter(|s| !s.is_empty()), want(4).filter(|s| !s.is_empty()));
+                prop_assert_eq!(m.compression.as_deref(), want(11));
+                prop_assert_eq!(Some(&*m.avp_map_id).filter(|s| !s.is_empty()), want(13).filter(|s| !s.is_empty()));
+                let keys: Vec<&str> = m.extra.iter().map(|(k, _)| k).collect();
+                for f in &fields {
+                    if let Field::Entry(k) = f {
+                        prop_assert!(keys.contains(&std::str::from_utf8(k).unwrap()));
+                    }
+                }
+            }
+            (Some(name), Err(e)) => {
+                prop_assert_eq!(e.kind(), avp_codec::ErrorKind::MalformedMetadata);
+                prop_assert!(e.to_string().contains(name), "{} does not name {}", e, name);
+            }
+            (want, got) => prop_assert!(false, "expected first bad field {:?}, got {:?}", want, got.map(|_| ())),
+        }
+    }
+}
