@@ -427,6 +427,18 @@ fn parse_map_entry<'a>(
     limits: &Limits,
     run: &mut Utf8Run<'a>,
 ) -> Result<Option<(&'a str, &'a str)>, Error> {
+    // What upb writes: key (field 1) then value (field 2), short lengths.
+    if let [0x0a, key_len, rest @ ..] = bytes {
+        if let Some((key, [0x12, value_len, value @ ..])) =
+            rest.split_at_checked(usize::from(*key_len))
+        {
+            if *key_len < 0x80 && usize::from(*value_len) == value.len() && value.len() < 0x80 {
+                let key = run.str(key, "extra key")?;
+                let value = run.str(value, "extra value")?;
+                return entry_within_limits(key, value, limits).map(Some);
+            }
+        }
+    }
     let mut r = Reader::new(bytes);
     let (mut key, mut value) = ("", "");
     let mut has_unknown = false;
@@ -443,6 +455,16 @@ fn parse_map_entry<'a>(
     if has_unknown {
         return Ok(None);
     }
+    entry_within_limits(key, value, limits).map(Some)
+}
+
+/// AVP-LIM-11 on one entry.
+#[inline(always)]
+fn entry_within_limits<'a>(
+    key: &'a str,
+    value: &'a str,
+    limits: &Limits,
+) -> Result<(&'a str, &'a str), Error> {
     let longest = key.len().max(value.len());
     if longest > limits.max_extra_string_len {
         return Err(Error::new(
@@ -453,7 +475,7 @@ fn parse_map_entry<'a>(
             ),
         ));
     }
-    Ok(Some((key, value)))
+    Ok((key, value))
 }
 
 fn string_field_len(field: u32, s: &str) -> usize {

@@ -18,11 +18,17 @@ pub(crate) const WT_FIXED32: u8 = 5;
 /// A cursor over a borrowed protobuf message.
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
+    /// The whole message: `rest` is always a suffix of it, so its last
+    /// 8 bytes hold a short `rest` in their top bytes.
+    whole: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Reader { rest: bytes }
+        Reader {
+            rest: bytes,
+            whole: bytes,
+        }
     }
 
     /// Bytes not read yet (offsets are `total - remaining`).
@@ -51,14 +57,26 @@ impl<'a> Reader<'a> {
     fn varint_slow(&mut self) -> Result<u64, Error> {
         // Up to 8 bytes from one little-endian word: the first clear high bit
         // ends the varint, and three shift-and-mask steps drop the
-        // continuation bits (hidden_dim, shape dims and the 5-byte checksum
-        // all land here).
-        if let Some(chunk) = self.rest.first_chunk::<8>() {
-            let word = u64::from_le_bytes(*chunk);
+        // continuation bits (hidden_dim, shape dims and the checksum land
+        // here). With fewer than 8 bytes left, the word is the last 8 bytes of
+        // the message shifted down, its top bytes zero: a stop bit found
+        // there is past the end, so the byte loop below reports the cut.
+        let avail = self.rest.len().min(8);
+        let word = match (self.rest.first_chunk::<8>(), self.whole.last_chunk::<8>()) {
+            (Some(chunk), _) => Some(u64::from_le_bytes(*chunk)),
+            (None, Some(last)) => Some(
+                u64::from_le_bytes(*last)
+                    .wrapping_shr(8u32.wrapping_sub(avail as u32).wrapping_mul(8)),
+            ),
+            (None, None) => None,
+        };
+        if let Some(word) = word {
             let ends = !word & 0x8080_8080_8080_8080;
-            if ends != 0 {
-                // Bit 8k+7 for a varint of k+1 bytes; `63 ^ stop` == 63 - stop.
-                let stop = ends.trailing_zeros();
+            // Bit 8k+7 for a varint of k+1 bytes (64 if none, never below
+            // `8 * avail` when only padding ends it).
+            let stop = ends.trailing_zeros();
+            if (stop as usize) < avail.saturating_mul(8) {
+                // `63 ^ stop` == 63 - stop.
                 let mut v = word & u64::MAX.wrapping_shr(63 ^ stop) & 0x7f7f_7f7f_7f7f_7f7f;
                 v = (v & 0x007f_007f_007f_007f) | ((v & 0x7f00_7f00_7f00_7f00) >> 1);
                 v = (v & 0x0000_3fff_0000_3fff) | ((v & 0x3fff_0000_3fff_0000) >> 2);
@@ -70,8 +88,9 @@ impl<'a> Reader<'a> {
         }
         let mut value: u64 = 0;
         for (i, &byte) in self.rest.iter().enumerate().take(10) {
-            let shift = (i as u32).saturating_mul(7);
-            value |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
+            // i <= 9, so the shift stays below 64.
+            let shift = (i as u32).wrapping_mul(7);
+            value |= u64::from(byte & 0x7f).wrapping_shl(shift);
             if byte & 0x80 == 0 {
                 self.rest = self.rest.get(i.saturating_add(1)..).unwrap_or_default();
                 return Ok(value);
@@ -277,6 +296,28 @@ mod tests {
                 let (want, used) = varint_bytewise(&input).unwrap();
                 assert_eq!(r.varint().unwrap(), want, "{input:02x?}");
                 assert_eq!(r.remaining(), input.len() - used, "{input:02x?}");
+            }
+        }
+        // A short varint at the very end of a longer message is read from
+        // the message's last word; cut short there, it still fails cleanly.
+        for case in [
+            &[0x05u8][..],
+            &[0x80, 0x07],
+            &[0x9b, 0xbf, 0xe1, 0xd0, 0x0a],
+            &[0xff; 7],
+        ] {
+            for prefix in [1usize, 7, 9] {
+                let mut input = vec![0x55u8; prefix];
+                input.extend_from_slice(case);
+                let mut r = Reader::new(&input);
+                r.bytes(prefix as u64).unwrap();
+                match varint_bytewise(case) {
+                    Some((want, _)) => {
+                        assert_eq!(r.varint().unwrap(), want, "{input:02x?}");
+                        assert!(r.is_empty());
+                    }
+                    None => assert!(r.varint().is_err(), "{input:02x?}"),
+                }
             }
         }
         // Eight or more continuation bytes in the word fall back and still fail cleanly.
