@@ -323,7 +323,16 @@ pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<
     } else {
         None
     };
-    let metadata = Metadata::parse(metadata_bytes(input, &header)?, &opts.limits)?;
+    // The message is assembled once and the checks below read it in place;
+    // building it at the end from locals compiled to two 250-byte copies
+    // (metadata into a temporary, temporary into the result), now one.
+    let mut message = Message {
+        header,
+        metadata: Metadata::parse(metadata_bytes(input, &header)?, &opts.limits)?,
+        payload: Cow::Borrowed(&[]),
+        warnings: Vec::new(),
+    };
+    let metadata = &message.metadata;
     let end = header.message_len();
     if (input.len() as u64) < end {
         return Err(Error::truncated("message", end, input.len() as u64));
@@ -333,7 +342,7 @@ pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<
     if trailing > 0 {
         warnings.push(Warning::TrailingBytes { count: trailing })?;
     }
-    check_flags(header.flags, &metadata, &mut warnings)?;
+    check_flags(header.flags, metadata, &mut warnings)?;
     let start = HEADER_LEN.saturating_add(header.metadata_length as usize);
     let stored = input.get(start..end as usize).ok_or_else(|| {
         Error::new(
@@ -366,13 +375,10 @@ pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<
             }
         }
     }
-    check_shape(&metadata, payload.len(), &mut warnings)?;
-    Ok(Message {
-        header,
-        metadata,
-        payload,
-        warnings: warnings.list,
-    })
+    check_shape(metadata, payload.len(), &mut warnings)?;
+    message.payload = payload;
+    message.warnings = warnings.list;
+    Ok(message)
 }
 
 /// AVP-WIRE-20b/c: unknown bits and flag/metadata agreement.
