@@ -422,6 +422,7 @@ fn rank_exceeded(limits: &Limits) -> Error {
 
 /// One `extra` entry: key and value default to "", and `None` when the entry
 /// carries any other field (then it is not a map entry at all, as in upb).
+#[inline(always)]
 fn parse_map_entry<'a>(
     bytes: &'a [u8],
     limits: &Limits,
@@ -433,12 +434,24 @@ fn parse_map_entry<'a>(
             rest.split_at_checked(usize::from(*key_len))
         {
             if *key_len < 0x80 && usize::from(*value_len) == value.len() && value.len() < 0x80 {
-                let key = run.str(key, "extra key")?;
-                let value = run.str(value, "extra value")?;
+                // Keys and values are short: validating each on its own
+                // is cheaper than opening a run for them.
+                let key = std::str::from_utf8(key).map_err(|_| not_utf8("extra key"))?;
+                let value = std::str::from_utf8(value).map_err(|_| not_utf8("extra value"))?;
                 return entry_within_limits(key, value, limits).map(Some);
             }
         }
     }
+    parse_map_entry_general(bytes, limits, run)
+}
+
+/// [`parse_map_entry`] for entries in any other layout.
+#[inline(never)]
+fn parse_map_entry_general<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+    run: &mut Utf8Run<'a>,
+) -> Result<Option<(&'a str, &'a str)>, Error> {
     let mut r = Reader::new(bytes);
     let (mut key, mut value) = ("", "");
     let mut has_unknown = false;
