@@ -21,9 +21,11 @@ const F_EXTRA: u32 = 14;
 #[derive(Clone)]
 pub struct Extra<'a> {
     /// When set, the entries are those of this (already validated) Metadata
-    /// message and `map` is empty.
+    /// message and `map` is `None`.
     wire: Option<&'a [u8]>,
-    map: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// `None` until a map is built: dropping a decoded message then costs
+    /// no `BTreeMap` teardown.
+    map: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
 }
 
 impl<'a> Extra<'a> {
@@ -31,7 +33,7 @@ impl<'a> Extra<'a> {
     pub const fn new() -> Extra<'a> {
         Extra {
             wire: None,
-            map: BTreeMap::new(),
+            map: None,
         }
     }
 
@@ -40,7 +42,7 @@ impl<'a> Extra<'a> {
     pub(crate) fn from_wire(metadata: &'a [u8]) -> Extra<'a> {
         Extra {
             wire: Some(metadata),
-            map: BTreeMap::new(),
+            map: None,
         }
     }
 
@@ -48,7 +50,7 @@ impl<'a> Extra<'a> {
     pub fn len(&self) -> usize {
         match self.wire {
             Some(bytes) => sorted_wire(bytes).len(),
-            None => self.map.len(),
+            None => self.map.as_ref().map_or(0, BTreeMap::len),
         }
     }
 
@@ -56,7 +58,7 @@ impl<'a> Extra<'a> {
     pub fn is_empty(&self) -> bool {
         match self.wire {
             Some(bytes) => wire_entries(bytes).next().is_none(),
-            None => self.map.is_empty(),
+            None => self.map.as_ref().is_none_or(BTreeMap::is_empty),
         }
     }
 
@@ -67,7 +69,7 @@ impl<'a> Extra<'a> {
                 .filter(|(k, _)| *k == key)
                 .last()
                 .map(|(_, v)| v),
-            None => self.map.get(key).map(|v| v.as_ref()),
+            None => self.map.as_ref()?.get(key).map(|v| v.as_ref()),
         }
     }
 
@@ -80,7 +82,10 @@ impl<'a> Extra<'a> {
     pub fn iter(&self) -> Iter<'_> {
         match self.wire {
             Some(bytes) => Iter(IterRepr::Sorted(sorted_wire(bytes).into_iter())),
-            None => Iter(IterRepr::Map(self.map.iter())),
+            None => match &self.map {
+                Some(m) => Iter(IterRepr::Map(m.iter())),
+                None => Iter(IterRepr::Sorted(Vec::new().into_iter())),
+            },
         }
     }
 
@@ -92,11 +97,13 @@ impl<'a> Extra<'a> {
     /// The entries as a map that can be changed (built from the wire on first use).
     pub fn map_mut(&mut self) -> &mut BTreeMap<Cow<'a, str>, Cow<'a, str>> {
         if let Some(bytes) = self.wire.take() {
-            self.map = wire_entries(bytes)
-                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
-                .collect();
+            self.map = Some(
+                wire_entries(bytes)
+                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                    .collect(),
+            );
         }
-        &mut self.map
+        self.map.get_or_insert_with(BTreeMap::new)
     }
 
     /// Sets `key` to `value`, returning the previous value.
@@ -207,17 +214,21 @@ impl<'a, K: Into<Cow<'a, str>>, V: Into<Cow<'a, str>>> FromIterator<(K, V)> for 
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Extra {
             wire: None,
-            map: iter
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            map: Some(
+                iter.into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
         }
     }
 }
 
 impl<'a> From<BTreeMap<Cow<'a, str>, Cow<'a, str>>> for Extra<'a> {
     fn from(m: BTreeMap<Cow<'a, str>, Cow<'a, str>>) -> Self {
-        Extra { wire: None, map: m }
+        Extra {
+            wire: None,
+            map: Some(m),
+        }
     }
 }
 

@@ -44,11 +44,18 @@ impl<'a> Reader<'a> {
     /// A base-128 varint of at most 10 bytes; bits above 64 are dropped as upb does.
     #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, Error> {
-        // Fast path: tags, lengths and small values are one byte.
+        // Fast path: tags, lengths and small values are one byte; dimensions
+        // such as 896 are two.
         if let Some((&b, rest)) = self.rest.split_first() {
             if b < 0x80 {
                 self.rest = rest;
                 return Ok(u64::from(b));
+            }
+            if let Some((&b1, rest)) = rest.split_first() {
+                if b1 < 0x80 {
+                    self.rest = rest;
+                    return Ok(u64::from(b & 0x7f) | u64::from(b1) << 7);
+                }
             }
         }
         self.varint_slow()
