@@ -96,6 +96,15 @@ impl ShapeBuilder {
         self.len
     }
 
+    /// The dimensions pushed so far.
+    #[inline(always)]
+    pub(crate) fn as_slice(&self) -> &[u32] {
+        match self.dims.get(..self.len) {
+            Some(inline) => inline,
+            None => &self.spill,
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn push(&mut self, dim: u32) {
         if let Some(slot) = self.dims.get_mut(self.len) {
