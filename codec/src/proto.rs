@@ -61,6 +61,7 @@ impl<'a> Reader<'a> {
         self.varint_slow()
     }
 
+    #[inline]
     fn varint_slow(&mut self) -> Result<u64, Error> {
         // Up to 8 bytes from one little-endian word: the first clear high bit
         // ends the varint, and three shift-and-mask steps drop the
