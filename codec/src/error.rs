@@ -73,8 +73,14 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A codec failure: a typed kind plus a human-readable explanation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
+///
+/// One pointer wide, so every `Result` the parser passes around fits in
+/// registers; the allocation is paid only when something fails.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error(Box<Inner>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Inner {
     kind: ErrorKind,
     message: String,
 }
@@ -83,20 +89,20 @@ impl Error {
     /// Builds an error. Errors are rare, so the message is simply owned.
     #[cold]
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
-        }
+        }))
     }
 
     /// The kind, whose [`ErrorKind::as_str`] is the stable machine-readable name.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The explanation (for humans; not stable: AVP-ERR-5).
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     #[cold]
@@ -115,7 +121,16 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind.as_str(), self.message)
+        write!(f, "{}: {}", self.0.kind.as_str(), self.0.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.0.kind)
+            .field("message", &self.0.message)
+            .finish()
     }
 }
 
