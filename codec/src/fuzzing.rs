@@ -144,7 +144,7 @@ pub fn check_decode_modes(data: &[u8]) -> bool {
 pub fn check_peek(data: &[u8]) {
     let whole = crate::peek(data);
     if let Ok(p) = &whole {
-        let need = crate::HEADER_LEN.saturating_add(p.header.metadata_length as usize);
+        let need = p.header.metadata_end();
         let prefix = data.get(..need).unwrap_or(data);
         assert_eq!(
             crate::peek(prefix).as_ref(),

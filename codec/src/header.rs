@@ -110,6 +110,13 @@ impl Header {
         ]
     }
 
+    /// Offset where the metadata ends and the tensor bytes begin:
+    /// 12 + `metadata_length` (AVP-WIRE-5).
+    #[inline]
+    pub fn metadata_end(&self) -> usize {
+        HEADER_LEN.saturating_add(self.metadata_length as usize)
+    }
+
     /// Total message length the header declares: 12 + `payload_length` (AVP-WIRE-5).
     pub fn message_len(&self) -> u64 {
         (HEADER_LEN as u64).saturating_add(u64::from(self.payload_length))

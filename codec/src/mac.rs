@@ -79,7 +79,7 @@ fn bad_mac(msg: impl Into<String>) -> Error {
 /// malformed tag is `bad_mac`.
 fn locate(message: &[u8], limits: &Limits) -> Result<TagSpan, Error> {
     let header = check_header(message, limits)?;
-    let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
+    let meta_end = header.metadata_end();
     let meta = message
         .get(HEADER_LEN..meta_end)
         .ok_or_else(|| Error::truncated("metadata", meta_end as u64, message.len() as u64))?;

@@ -102,7 +102,7 @@ impl StreamDecoder {
         self.buf.extend_from_slice(body);
         self.trailing = self.trailing.saturating_add(rest.len() as u64);
         if !self.metadata_checked {
-            let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
+            let meta_end = header.metadata_end();
             if self.buf.len() < meta_end {
                 return Ok(Status::NeedMore(total.saturating_sub(self.buf.len())));
             }

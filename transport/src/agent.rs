@@ -166,7 +166,7 @@ impl Agent {
                 .unwrap_or(0)
                 .saturating_sub(buf.len()),
         );
-        let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
+        let meta_end = header.metadata_end();
         if let Err(err) = reader.fill_to(&mut buf, meta_end).await {
             return read_error(err, config.max_body);
         }

@@ -96,7 +96,7 @@ impl Router {
         if header.message_len() > config.max_body {
             return too_large(config.max_body);
         }
-        let meta_end = HEADER_LEN.saturating_add(header.metadata_length as usize);
+        let meta_end = header.metadata_end();
         if let Err(err) = reader.fill_to(&mut prefix, meta_end).await {
             return read_error(err, config.max_body);
         }
