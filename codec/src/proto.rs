@@ -65,7 +65,7 @@ impl<'a> Reader<'a> {
     fn varint_slow(&mut self) -> Result<u64, Error> {
         // Up to 8 bytes from one little-endian word: the first clear high bit
         // ends the varint, and three shift-and-mask steps drop the
-        // continuation bits (hidden_dim, shape dims and the checksum land
+        // continuation bits (values of 3+ bytes, such as the checksum, land
         // here). With fewer than 8 bytes left, the word is the last 8 bytes of
         // the message shifted down, its top bytes zero: a stop bit found
         // there is past the end, so the byte loop below reports the cut.

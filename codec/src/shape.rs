@@ -21,7 +21,7 @@ pub struct Shape(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u32, dims: [u32; INLINE] },
+    Inline { len: u8, dims: [u32; INLINE] },
     Heap(Vec<u32>),
 }
 
@@ -40,17 +40,16 @@ impl Shape {
     /// The dimensions.
     pub fn as_slice(&self) -> &[u32] {
         match &self.0 {
-            Repr::Inline { len, dims } => dims.get(..*len as usize).unwrap_or_default(),
+            Repr::Inline { len, dims } => dims.get(..usize::from(*len)).unwrap_or_default(),
             Repr::Heap(v) => v,
         }
     }
 
     /// Appends a dimension, moving to the heap past [`Shape::INLINE`].
-    #[inline]
     pub fn push(&mut self, dim: u32) {
         match &mut self.0 {
             Repr::Inline { len, dims } => {
-                if let Some(slot) = dims.get_mut(*len as usize) {
+                if let Some(slot) = dims.get_mut(usize::from(*len)) {
                     *slot = dim;
                     *len = len.saturating_add(1);
                 } else {
@@ -122,7 +121,7 @@ impl ShapeBuilder {
     pub(crate) fn finish(self) -> Shape {
         if self.len <= INLINE {
             Shape(Repr::Inline {
-                len: self.len as u32,
+                len: self.len as u8,
                 dims: self.dims,
             })
         } else {
