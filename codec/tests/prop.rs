@@ -189,12 +189,12 @@ fn put_len(out: &mut Vec<u8>, field: u8, body: &[u8]) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
-    /// AVP-WIRE-9: every string field is checked as UTF-8 on its own, however
+    /// AVP-WIRE-10: every string field is checked as UTF-8 on its own, however
     /// the parser shares the work between neighbouring fields: a message
     /// parses exactly when every string occurrence is UTF-8, the first bad
     /// one is named, and the last occurrence of each field is the value.
     #[test]
-    fn wire_9_each_string_field_is_validated_on_its_own(fields in proptest::collection::vec(field(), 0..12)) {
+    fn wire_10_each_string_field_is_validated_on_its_own(fields in proptest::collection::vec(field(), 0..12)) {
         let mut bytes = Vec::new();
         let mut first_bad: Option<&str> = None;
         let mut last: BTreeMap<u8, &[u8]> = BTreeMap::new();
