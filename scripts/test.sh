@@ -15,13 +15,20 @@ fi
 
 echo "== conformance vectors (regenerated with the SDK, diffed)"
 bash conformance/gen/check.sh
-echo "== engine fixtures (regenerated with the SDK, compared)"
+echo "== engine fixtures (regenerated with the SDK on the native and on a portable CPU path, compared)"
 bash engine/testdata/check.sh
+echo "== the fixture check rejects planted mistakes (engine/testdata/mutants.py)"
+python engine/testdata/mutants.py
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -q -- -D warnings
 echo "== cargo test (all crates, engine included)"
 cargo test --workspace --all-features
+# Results must not depend on the CPU: run the engine's tests again on libtorch's portable
+# kernels, with MKL and oneDNN held to AVX2 (what an AVX2-only or an older CPU computes).
+echo "== engine tests on the portable CPU path (ATEN_CPU_CAPABILITY=default)"
+ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+    cargo test -p avp-engine --all-features
 echo "== fuzz smoke (each cargo-fuzz target ~10 s; skipped when cargo-fuzz cannot be installed)"
 bash scripts/fuzz_smoke.sh

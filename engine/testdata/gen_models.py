@@ -1242,8 +1242,8 @@ def main() -> None:
         "think_steps": THINK_STEPS,
         "generate_max_new_tokens": GEN_MAX_NEW,
         "tolerances": {
-            "float32_rel": 1e-4,
-            "note": "see README.md: relative error max|a-b|/max(max|b|,1e-6) per tensor",
+            "float32": 1e-4, "float16": 5e-3, "bfloat16_kv": 3e-2, "bfloat16_hidden": 1e-1,
+            "note": "see README.md: norm ratio ||a-b||/||b|| per tensor, derived bounds",
         },
     }
     write_json(out / "expected" / "index.json", index)
