@@ -1,9 +1,11 @@
 //! The engine against the SDK's outputs on the tiny fixture models
 //! (engine/testdata, made by engine/testdata/gen_models.py with avp 0.6.2).
 //!
-//! Tolerances are the fixtures' (engine/testdata/README.md): relative error
-//! `max|ours − sdk| / max(max|sdk|, 1e-6)` ≤ 1e-4 per tensor in float32,
-//! NaN exactly where the SDK has NaN; greedy token ids identical.
+//! Tolerances are the fixtures' (engine/testdata/README.md, "Tolerances"): the
+//! norm ratio `‖ours − sdk‖₂ / ‖sdk‖₂` over the whole tensor, ≤ 1e-4 in
+//! float32 and the derived half-precision bounds below, NaN exactly where the
+//! SDK has NaN; token ids, shapes and headers exact. They hold on any x86-64
+//! CPU: scripts/test.sh also runs these tests under `ATEN_CPU_CAPABILITY=default`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -16,7 +18,31 @@ use avp_engine::{
 };
 use serde_json::Value;
 
+/// float32 end to end: ~20× the spread measured between CPU code paths (5e-6).
 const REL_TOL: f64 = 1e-4;
+
+/// Bounds for a think run in the checkpoint's half-precision dtype: the KV
+/// payload, and the final hidden state after the latent steps (where rounding
+/// compounds). Each is about twice the distance between the SDK's own
+/// half-precision and float32 runs, plus a margin (engine/testdata/README.md).
+#[derive(Clone, Copy)]
+struct Bounds {
+    kv: f64,
+    hidden: f64,
+}
+
+const FLOAT32: Bounds = Bounds {
+    kv: REL_TOL,
+    hidden: REL_TOL,
+};
+const BFLOAT16: Bounds = Bounds {
+    kv: 3e-2,
+    hidden: 1e-1,
+};
+const FLOAT16: Bounds = Bounds {
+    kv: 5e-3,
+    hidden: 5e-3,
+};
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
@@ -90,7 +116,8 @@ const MODELS: [&str; 7] = [
     "llama_nan",
 ];
 
-/// Relative error as the fixtures define it; NaN positions must coincide.
+/// Relative error as the fixtures define it, the norm ratio
+/// `‖ours − sdk‖₂ / ‖sdk‖₂`; NaN positions must coincide.
 fn rel_err(ours: &Tensor, sdk: &Tensor) -> f64 {
     let a = ours
         .to_kind(Kind::Double)
@@ -105,8 +132,11 @@ fn rel_err(ours: &Tensor, sdk: &Tensor) -> f64 {
     if b.numel() == 0 {
         return 0.0;
     }
-    let diff = (&a - &b).abs().max().double_value(&[]);
-    let scale = b.abs().max().double_value(&[]).max(1e-6);
+    let diff = (&a - &b).norm().double_value(&[]);
+    let scale = b.norm().double_value(&[]);
+    if scale == 0.0 {
+        return if diff == 0.0 { 0.0 } else { f64::INFINITY };
+    }
     diff / scale
 }
 
@@ -228,7 +258,7 @@ fn realignment_matrix_and_target_norm_match() {
     }
 }
 
-fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: f64) {
+fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: Bounds) {
     let name = &f.name;
     let prompt = f.expected["prompts"][t["prompt"].as_str().unwrap()]["text"]
         .as_str()
@@ -273,14 +303,14 @@ fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: f64) {
         &format!("{label} KV"),
         &kv_floats(&om.tensor),
         &kv_floats(&sm.tensor),
-        tol,
+        tol.kv,
     );
     let last = ctx.last_hidden.as_ref().unwrap();
     assert_close(
         &format!("{label} last hidden"),
         &last.reshape([-1]),
         f.array(t["last_hidden_state"].as_str().unwrap()),
-        tol,
+        tol.hidden,
     );
 }
 
@@ -291,7 +321,7 @@ fn think_matches_the_sdk_kv_and_hidden_state() {
         let f = Fixture::load(name);
         let e = f.engine();
         for t in f.expected["think"].as_array().unwrap() {
-            check_think_entry(&f, &e, t, REL_TOL);
+            check_think_entry(&f, &e, t, FLOAT32);
         }
     }
 }
@@ -300,8 +330,8 @@ fn think_matches_the_sdk_kv_and_hidden_state() {
 fn think_in_the_checkpoint_dtype_matches_within_half_precision() {
     // AVP-ENG-18: bf16 (qwen3) and f16 (mistral): the KV dtype byte follows the cache.
     for (name, kind, tol) in [
-        ("qwen3", Kind::BFloat16, 2e-2),
-        ("mistral", Kind::Half, 5e-3),
+        ("qwen3", Kind::BFloat16, BFLOAT16),
+        ("mistral", Kind::Half, FLOAT16),
     ] {
         let f = Fixture::load(name);
         let entries = f.expected["think_native_dtype"].as_array().unwrap();
