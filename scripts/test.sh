@@ -30,5 +30,7 @@ cargo test --workspace --all-features
 echo "== engine tests on the portable CPU path (ATEN_CPU_CAPABILITY=default)"
 ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
     cargo test -p avp-engine --all-features
+echo "== the engine tests reject the same planted mistakes (engine/testdata/engine_mutants.sh)"
+bash engine/testdata/engine_mutants.sh
 echo "== fuzz smoke (each cargo-fuzz target ~10 s; skipped when cargo-fuzz cannot be installed)"
 bash scripts/fuzz_smoke.sh
