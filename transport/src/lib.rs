@@ -8,22 +8,26 @@
 
 mod agent;
 mod body;
+mod budget;
 mod client;
 mod error;
+pub mod framing;
 pub mod hello;
 mod router;
 mod server;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 pub use agent::{Agent, DEFAULT_MEMORY_BUDGET, Received, ReceivedHook};
-pub use avp_handshake::ModelIdentity;
+pub use avp_handshake::{ModelIdentity, WeightsDigest};
 pub use body::{OutgoingBody, ResponseBody};
 pub use client::{AvpClient, ClientConfig};
 pub use error::TransportError;
-pub use router::{MAX_ROUTED_METADATA, Router};
+pub use hello::{HandshakeResult, HandshakeServer};
+pub use router::{DEFAULT_UPSTREAM_TIMEOUT, MAX_ROUTED_METADATA, Router};
 pub use server::{
-    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT,
-    Role, Server, ServerConfig, constant_time_eq,
+    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, DEFAULT_MAX_HEAD, DEFAULT_MIN_RATE, PATH_HANDSHAKE,
+    PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT, Role, Server, ServerConfig, constant_time_eq,
 };
 pub use store::{ContextStore, StoredContext};

@@ -137,7 +137,12 @@ async fn http_50_to_55_routing_limits_and_failures() {
     );
     // With two routes a hello has nowhere to go.
     assert_eq!(
-        status_of(via_router.handshake(&ModelIdentity::default()).await),
+        status_of(
+            via_router
+                .handshake(&ModelIdentity::default())
+                .await
+                .map(|result| result.answer)
+        ),
         (404, "unknown_target".into())
     );
     // A chunked body that keeps going past the limit after a small header:

@@ -1,5 +1,6 @@
 //! `avp handshake URL --identity FILE`: sends a hello with this model's
-//! identity to a remote agent and prints its answer (AVP-HTTP-30).
+//! identity to a remote agent and prints its answer (AVP-HTTP-30), with the
+//! resolution this side computes from both hellos under `client_resolution`.
 //!
 //! The `avp handshake` command itself (with `resolve`) lives in handshake.rs;
 //! it calls [`run_remote`] when given a URL.
@@ -14,7 +15,7 @@ use avp_transport::{AvpClient, ClientConfig, TransportError};
 use clap::Args;
 use serde_json::Value;
 
-use super::send::{finish, read_token_file, runtime};
+use super::send::{ClientTlsArgs, finish, read_token_file, runtime};
 
 /// Arguments of `avp handshake URL`.
 #[derive(Args, Debug)]
@@ -33,6 +34,8 @@ pub(crate) struct HandshakeRemoteArgs {
     /// Use HTTP/2 with prior knowledge.
     #[arg(long)]
     pub(crate) http2: bool,
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
 }
 
 /// Runs the remote handshake; prints the answer JSON (exit 0) or an error object (exit 1).
@@ -50,13 +53,24 @@ async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, T
         token: read_token_file(args.token_file.as_deref())?,
         timeout: Duration::from_secs(30),
         http2: args.http2,
+        tls: args.tls.config()?,
         ..ClientConfig::default()
     };
     let client = match AvpClient::new(&args.url, config) {
         Ok(client) => client,
         Err(err) => return Ok(Err(err)),
     };
-    Ok(client.handshake(&identity).await)
+    Ok(client.handshake(&identity).await.map(|result| {
+        let mut answer = result.answer.clone();
+        answer["client_resolution"] = serde_json::json!({
+            "mode": result.mode.name(),
+            "resolution_path": result.resolution_path.as_str(),
+            "avp_map_id": result.avp_map_id,
+            "weights_mismatch": result.weights_mismatch,
+            "agrees": result.agrees(),
+        });
+        answer
+    }))
 }
 
 #[cfg(test)]
@@ -100,6 +114,7 @@ mod tests {
                 token_file: None,
                 agent_id: "me".into(),
                 http2: true,
+                tls: ClientTlsArgs::default(),
             };
             let answer = handshake(&args)
                 .await
@@ -113,6 +128,7 @@ mod tests {
         assert_eq!(answer["mode"], "LATENT");
         assert_eq!(answer["agent_id"], "remote");
         assert_eq!(answer["session_id"].as_str().map(str::len), Some(32));
+        assert_eq!(answer["client_resolution"]["agrees"], true);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
