@@ -234,6 +234,10 @@ impl Body for PrefixedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(prefix) = self.prefix.take() {
+            if self.rest.is_end_stream() {
+                // The whole body was in the prefix.
+                self.signals.done.notify_one();
+            }
             if !prefix.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(prefix))));
             }
@@ -267,9 +271,18 @@ impl Body for PrefixedBody {
                     let (deadline, _) = self.pace.next_deadline(self.received);
                     self.timer.as_mut().reset(deadline);
                 }
+                // hyper stops polling a body of known length after its last
+                // byte, so the end is noticed here rather than at `None`.
+                if self.rest.is_end_stream() {
+                    self.signals.done.notify_one();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.as_ref().is_none_or(Bytes::is_empty) && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -235,3 +235,54 @@ async fn http_52_the_bearer_token_passes_through_the_router() {
     router.shutdown().await;
     bob.shutdown().await;
 }
+
+/// Issue 13, defect 2: an upstream that accepts and reads but never answers
+/// gets the client a 504 `upstream_timeout` within the upstream timeout,
+/// for transmits and for text (AVP-HTTP-56).
+#[tokio::test]
+async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    let sink = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut stream, _)) = silent.accept().await {
+            // Reads everything, answers nothing.
+            open.push(tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut stream, &mut sink).await;
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    let routes = HashMap::from([("agent-b".to_owned(), silent_url)]);
+    let router = Router::new(routes).with_upstream_timeout(Duration::from_millis(300));
+    let router = run(ServerConfig::default(), Role::Router(Arc::new(router))).await;
+    let via_router = AvpClient::new(
+        &router.url,
+        ClientConfig {
+            retries: 0,
+            timeout: Duration::from_secs(60),
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        status_of(via_router.transmit(message("agent-b", 1 << 20)).await),
+        (504, "upstream_timeout".into())
+    );
+    assert_eq!(
+        status_of(
+            via_router
+                .send_text(&serde_json::json!({"target_agent_id": "agent-b", "content": "x"}))
+                .await
+        ),
+        (504, "upstream_timeout".into())
+    );
+    // Well under the client's own 60 s: the router answered, not a timeout.
+    assert!(started.elapsed() < Duration::from_secs(50));
+    router.shutdown().await;
+    sink.abort();
+}

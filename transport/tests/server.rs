@@ -1136,3 +1136,117 @@ async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
     );
     server.shutdown().await;
 }
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate,
+/// written as PEM files into `dir` (made at run time, never committed).
+/// Returns (ca, server cert, server key, client cert, client key, client DER).
+fn test_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "AVP test CA");
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+        (cert, key)
+    };
+    let (server, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "avp server",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = leaf(vec![], "avp client", ExtendedKeyUsagePurpose::ClientAuth);
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    })
+}
+
+/// HTTPS with mutual TLS (AVP-HTTP-70..74): HTTP/1.1 and HTTP/2 (ALPN)
+/// both work, the client certificate's identity is stored with each
+/// message, and a client without a certificate is refused at the TLS layer.
+#[tokio::test]
+async fn http_70_74_https_and_mtls_record_the_client_identity() {
+    use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
+    let dir = std::env::temp_dir().join(format!("avp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let [ca, cert, key, client_cert, client_key] = test_pki(&dir);
+    let tls = server_config(&ServerTlsFiles {
+        cert,
+        key,
+        client_ca: Some(ca.clone()),
+    })
+    .expect("server TLS");
+    let config = ServerConfig {
+        tls: Some(tls),
+        ..ServerConfig::default()
+    };
+    let server = start_agent(config, plain_agent()).await;
+    let url = format!("https://{}", server.addr);
+    let with_cert = ClientTlsFiles {
+        ca: Some(ca.clone()),
+        client_cert: Some((client_cert.clone(), client_key)),
+    };
+    let client_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(&client_cert).expect("client DER")
+    };
+    let expected = avp_transport::tls::client_identity(&client_der);
+    for http2 in [false, true] {
+        let config = ClientConfig {
+            tls: Some(client_config(&with_cert).expect("client TLS")),
+            http2,
+            ..ClientConfig::default()
+        };
+        let client = AvpClient::new(&url, config).expect("client");
+        let answer = client
+            .transmit(Bytes::from(message("bob", &[5u8; 4096])))
+            .await
+            .unwrap_or_else(|err| panic!("http2={http2}: {err}"));
+        let id = answer["request_id"].as_str().expect("id");
+        let (stored, _) = server.store.get(id).expect("read").expect("stored");
+        assert_eq!(stored.client_identity.as_deref(), Some(expected.as_str()));
+    }
+    let no_cert = ClientConfig {
+        tls: Some(
+            client_config(&ClientTlsFiles {
+                ca: Some(ca),
+                client_cert: None,
+            })
+            .expect("client TLS"),
+        ),
+        retries: 0,
+        ..ClientConfig::default()
+    };
+    let refused = AvpClient::new(&url, no_cert)
+        .expect("client")
+        .transmit(Bytes::from(message("bob", &[5u8; 16])))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(TransportError::Connect(_) | TransportError::Connection(_))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(server.store.list().len(), 2);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    server.shutdown().await;
+}
