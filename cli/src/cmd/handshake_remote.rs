@@ -34,8 +34,27 @@ pub(crate) struct HandshakeRemoteArgs {
     /// Use HTTP/2 with prior knowledge.
     #[arg(long)]
     pub(crate) http2: bool,
-    #[command(flatten)]
-    pub(crate) tls: ClientTlsArgs,
+    /// PEM file of the CA(s) to trust for an https:// URL.
+    #[arg(long, value_name = "F")]
+    pub(crate) ca: Option<PathBuf>,
+    /// PEM client certificate chain, for agents that require mutual TLS.
+    #[arg(long, value_name = "F", requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "F", requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+}
+
+impl HandshakeRemoteArgs {
+    // Not a nested #[command(flatten)]: this struct is itself flattened as an
+    // Option into `avp handshake`, and clap then never reports it present.
+    fn tls(&self) -> ClientTlsArgs {
+        ClientTlsArgs {
+            ca: self.ca.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
 }
 
 /// Runs the remote handshake; prints the answer JSON (exit 0) or an error object (exit 1).
@@ -53,7 +72,7 @@ async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, T
         token: read_token_file(args.token_file.as_deref())?,
         timeout: Duration::from_secs(30),
         http2: args.http2,
-        tls: args.tls.config()?,
+        tls: args.tls().config()?,
         ..ClientConfig::default()
     };
     let client = match AvpClient::new(&args.url, config) {
@@ -114,7 +133,9 @@ mod tests {
                 token_file: None,
                 agent_id: "me".into(),
                 http2: true,
-                tls: ClientTlsArgs::default(),
+                ca: None,
+                client_cert: None,
+                client_key: None,
             };
             let answer = handshake(&args)
                 .await
