@@ -164,6 +164,23 @@ mod tests {
         assert!(!media_type_is(Some(b"text/plain"), "application/json"));
     }
 
+    /// Replays the committed seeds (and any promoted crash regressions) of
+    /// the `http_framing` fuzz target (FUZZING.md).
+    #[test]
+    fn the_fuzz_seeds_replay() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_seeds/http_framing");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed dir") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                fuzzing::check(&std::fs::read(&path).expect("seed"));
+                replayed += 1;
+            }
+        }
+        assert!(replayed >= 6, "only {replayed} seeds");
+    }
+
     #[test]
     fn the_fuzz_oracle_holds_on_a_few_inputs() {
         for input in [
