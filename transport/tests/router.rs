@@ -15,6 +15,8 @@ use avp_transport::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+mod pki;
+
 struct Running {
     url: String,
     stop: oneshot::Sender<()>,
@@ -285,4 +287,73 @@ async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
     assert!(started.elapsed() < Duration::from_secs(50));
     router.shutdown().await;
     sink.abort();
+}
+
+/// A router speaks TLS on both sides (AVP-HTTP-75): HTTPS from the client,
+/// HTTPS with the router's client certificate to an mTLS agent, which
+/// records the router's certificate identity.
+#[tokio::test]
+async fn http_75_a_router_speaks_tls_on_both_sides() {
+    use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
+    let dir = std::env::temp_dir().join(format!("avp-route-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let [ca, cert, key, client_cert, client_key] = pki::test_pki(&dir);
+    let server_tls = |client_ca: Option<std::path::PathBuf>| {
+        server_config(&ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca,
+        })
+        .expect("server TLS")
+    };
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
+    let bob_config = ServerConfig {
+        tls: Some(server_tls(Some(ca.clone()))),
+        ..ServerConfig::default()
+    };
+    let bob = run(bob_config, Role::Agent(Arc::new(agent))).await;
+    let bob_url = bob.url.replace("http://", "https://");
+    let upstream_tls = client_config(&ClientTlsFiles {
+        ca: Some(ca.clone()),
+        client_cert: Some((client_cert, client_key)),
+    })
+    .expect("router's client TLS");
+    let router =
+        Router::new(HashMap::from([("bob".to_owned(), bob_url)])).with_upstream_tls(upstream_tls);
+    let router_config = ServerConfig {
+        tls: Some(server_tls(None)),
+        ..ServerConfig::default()
+    };
+    let router = run(router_config, Role::Router(Arc::new(router))).await;
+    let client = AvpClient::new(
+        &router.url.replace("http://", "https://"),
+        ClientConfig {
+            tls: Some(
+                client_config(&ClientTlsFiles {
+                    ca: Some(ca),
+                    client_cert: None,
+                })
+                .expect("client TLS"),
+            ),
+            retries: 0,
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    let answer = client
+        .transmit(message("bob", 4096))
+        .await
+        .expect("through two TLS hops");
+    let (stored, _) = store
+        .get(answer["request_id"].as_str().expect("id"))
+        .expect("read")
+        .expect("stored");
+    let identity = stored
+        .client_identity
+        .expect("the router's certificate identity");
+    assert!(identity.starts_with("sha256:"), "{identity}");
+    router.shutdown().await;
+    bob.shutdown().await;
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

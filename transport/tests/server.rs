@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod pki;
+
 struct Running {
     addr: SocketAddr,
     store: Arc<ContextStore>,
@@ -1137,48 +1139,6 @@ async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
     server.shutdown().await;
 }
 
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate,
-/// written as PEM files into `dir` (made at run time, never committed).
-/// Returns (ca, server cert, server key, client cert, client key, client DER).
-fn test_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "AVP test CA");
-    let ca_key = KeyPair::generate().expect("key");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
-        (cert, key)
-    };
-    let (server, server_key) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        "avp server",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client, client_key) = leaf(vec![], "avp client", ExtendedKeyUsagePurpose::ClientAuth);
-    let files = [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", client_key.serialize_pem()),
-    ];
-    files.map(|(name, pem)| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path
-    })
-}
-
 /// HTTPS with mutual TLS (AVP-HTTP-70..74): HTTP/1.1 and HTTP/2 (ALPN)
 /// both work, the client certificate's identity is stored with each
 /// message, and a client without a certificate is refused at the TLS layer.
@@ -1187,7 +1147,7 @@ async fn http_70_74_https_and_mtls_record_the_client_identity() {
     use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
     let dir = std::env::temp_dir().join(format!("avp-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let [ca, cert, key, client_cert, client_key] = test_pki(&dir);
+    let [ca, cert, key, client_cert, client_key] = pki::test_pki(&dir);
     let tls = server_config(&ServerTlsFiles {
         cert,
         key,
