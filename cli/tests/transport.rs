@@ -851,3 +851,100 @@ fn http_34_serve_with_model_dir_sends_its_weights_digest() {
     assert_eq!(answer["resolution_path"], "hash_match", "{answer}");
     assert_eq!(answer["client_resolution"]["agrees"], true, "{answer}");
 }
+
+/// AVP-HTTP-56/75 through the binaries: `avp route` serves HTTPS, reaches an
+/// HTTPS `avp serve` with `--ca`, and answers 504 `upstream_timeout` for a
+/// route whose agent reads everything and never answers; `avp handshake`
+/// speaks HTTPS too.
+#[test]
+fn http_56_75_avp_route_over_tls_and_a_silent_upstream() {
+    let scratch = Scratch::new("transport", "route-tls");
+    let [ca, cert, key, _, _] = test_pki(&scratch);
+    let store = scratch.path("store");
+    let agent = serve(&[
+        "--store",
+        s(&store),
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+    ]);
+    // Accepts, reads, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            let Ok(stream) = stream else { break };
+            let mut reader = stream.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            });
+            // Kept open, never written to.
+            held.push(stream);
+        }
+    });
+    let mut command = avp();
+    command
+        .args([
+            "route",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-timeout",
+            "1",
+        ])
+        .args(["--route", &format!("py-server={}", agent.url)])
+        .args(["--route", &format!("ghost={silent_url}")])
+        .args(["--tls-cert", s(&cert), "--tls-key", s(&key), "--ca", s(&ca)])
+        .stderr(Stdio::null());
+    let router = common::start(command);
+    assert!(router.url.starts_with("https://"), "{}", router.url);
+    let message = scratch.path("m.avp");
+    sdk(&["encode", s(&message)]);
+    let sent = avp()
+        .args(["send", s(&message), "--to", &router.url, "--ca", s(&ca)])
+        .output()
+        .expect("avp send");
+    let answer: Value = serde_json::from_slice(&sent.stdout).expect("JSON");
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(stored_files(&store).len(), 1);
+    // A message for the silent agent: header and metadata are all the router reads.
+    let mut ghost = b"AV\x01\x00".to_vec();
+    let meta = [&[0x1a, 5][..], b"ghost"].concat();
+    let payload = 4096usize;
+    ghost.extend_from_slice(&((meta.len() + payload) as u32).to_le_bytes());
+    ghost.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    ghost.extend_from_slice(&meta);
+    ghost.resize(ghost.len() + payload, 0);
+    let ghost_file = scratch.path("ghost.avp");
+    std::fs::write(&ghost_file, ghost).expect("write");
+    let started = std::time::Instant::now();
+    let sent = avp()
+        .args(["send", s(&ghost_file), "--to", &router.url, "--ca", s(&ca)])
+        .args(["--timeout", "120"])
+        .output()
+        .expect("avp send");
+    let answer: Value = serde_json::from_slice(&sent.stdout).expect("JSON");
+    assert_eq!(answer["error"]["kind"], "upstream_timeout", "{answer}");
+    assert_eq!(answer["error"]["status"], 504, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "the router answered, not the client's timeout"
+    );
+    // `avp handshake` over HTTPS, straight to the agent.
+    let identity_file = scratch.path("identity.json");
+    std::fs::write(&identity_file, "{}").expect("identity");
+    let hello = avp()
+        .args([
+            "handshake",
+            &agent.url,
+            "--identity",
+            s(&identity_file),
+            "--ca",
+            s(&ca),
+        ])
+        .output()
+        .expect("avp handshake");
+    let hello: Value = serde_json::from_slice(&hello.stdout).expect("JSON");
+    assert_eq!(hello["success"], true, "{hello}");
+}
