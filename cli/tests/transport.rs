@@ -948,3 +948,41 @@ fn http_56_75_avp_route_over_tls_and_a_silent_upstream() {
     let hello: Value = serde_json::from_slice(&hello.stdout).expect("JSON");
     assert_eq!(hello["success"], true, "{hello}");
 }
+
+/// AVP-HTTP-34: `--identity` may be a hello file; its weights digest is the
+/// server's, and a malformed one is a configuration error (exit 2).
+#[test]
+fn http_34_serve_identity_from_a_hello_file_carries_its_digest() {
+    let scratch = Scratch::new("transport", "hello-identity");
+    let digest = "ab".repeat(32);
+    let hello = scratch.path("hello.json");
+    std::fs::write(
+        &hello,
+        format!(
+            r#"{{"agent_id":"me","identity":{{"model_hash":"h"}},"capabilities":{{"weights_digest":"{digest}"}}}}"#
+        ),
+    )
+    .expect("hello");
+    let server = serve(&["--identity", s(&hello)]);
+    let identity = scratch.path("identity.json");
+    std::fs::write(&identity, r#"{"model_hash":"h"}"#).expect("identity");
+    let answer = avp()
+        .args(["handshake", &server.url, "--identity", s(&identity)])
+        .output()
+        .expect("avp handshake URL");
+    let answer: Value = serde_json::from_slice(&answer.stdout).expect("JSON");
+    assert_eq!(answer["capabilities"]["weights_digest"], digest, "{answer}");
+    assert_eq!(answer["resolution_path"], "hash_match", "{answer}");
+    std::fs::write(
+        &hello,
+        r#"{"identity":{"model_hash":"h"},"capabilities":{"weights_digest":"AB"}}"#,
+    )
+    .expect("bad hello");
+    let status = avp()
+        .args(["serve", "--listen", "127.0.0.1:0", "--identity", s(&hello)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("avp serve");
+    assert_eq!(status.code(), Some(2));
+}

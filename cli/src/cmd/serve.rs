@@ -40,7 +40,8 @@ pub(crate) struct ServeArgs {
     /// Largest accepted message in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_body: u64,
-    /// This agent's ModelIdentity (JSON, the SDK's `to_dict()` form) for handshakes.
+    /// This agent's ModelIdentity (JSON, the SDK's `to_dict()` form) for handshakes,
+    /// or a hello file whose identity and `capabilities.weights_digest` are used.
     #[arg(long, conflicts_with = "model")]
     identity: Option<PathBuf>,
     /// Derive the identity from a model directory (config.json, and tokenizer.json when present).
@@ -156,7 +157,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let token = read_token_file(args.token_file.as_deref())?;
     let config = args.limits.config(token, args.max_body, &args.tls)?;
     let (identity, weights) = match (&args.identity, &args.model) {
-        (Some(path), _) => (read_identity(path)?, None),
+        (Some(path), _) => read_identity(path)?,
         (None, Some(dir)) => (identity_from_model_dir(dir)?, weights_of_model_dir(dir)?),
         (None, None) => (ModelIdentity::default(), None),
     };
@@ -223,10 +224,23 @@ pub(crate) fn announce(addr: SocketAddr, https: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_identity(path: &Path) -> anyhow::Result<ModelIdentity> {
+/// An identity file (ModelIdentity JSON), or a hello file (an object with an
+/// `identity` member), whose `capabilities.weights_digest` is then ours too,
+/// as `avp handshake resolve` reads its sides.
+fn read_identity(path: &Path) -> anyhow::Result<(ModelIdentity, Option<WeightsDigest>)> {
     let raw =
         std::fs::read(path).with_context(|| format!("reading identity {}", path.display()))?;
-    identity_from_json(&raw).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+    let doc = avp_handshake::json::parse(&raw)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    if doc.as_object().is_some_and(|o| o.get("identity").is_some()) {
+        let with_path = |err: avp_handshake::Error| anyhow::anyhow!("{}: {err}", path.display());
+        let hello = avp_handshake::HelloMessage::from_value(&doc).map_err(with_path)?;
+        let digest = hello.weights_digest().map_err(with_path)?;
+        return Ok((hello.identity_or_default(), digest));
+    }
+    let identity =
+        identity_from_json(&raw).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+    Ok((identity, None))
 }
 
 /// The SDK's `extract_model_identity(config, tokenizer)` for a model directory.
