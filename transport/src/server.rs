@@ -402,6 +402,22 @@ async fn handle(
     shared: &Shared,
     peer: &Peer,
 ) -> Response<ResponseBody> {
+    // Later heads on a kept-alive connection skip read_first_head; within
+    // hyper's own buffer they still get the JSON 431 (AVP-HTTP-19).
+    let head_len: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request.uri().to_string().len();
+    if head_len > shared.config.max_head {
+        drain_later(request.into_body());
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header_too_large",
+            &format!("the request head exceeds {} bytes", shared.config.max_head),
+        );
+    }
     let endpoint = match request.uri().path() {
         PATH_HEALTH => Endpoint::Health,
         PATH_HANDSHAKE => Endpoint::Handshake,

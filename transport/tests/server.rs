@@ -969,6 +969,35 @@ async fn http_19_an_oversized_head_gets_431_with_the_json_envelope() {
     );
     let (status, body) = raw(server.addr, &head, b"").await;
     assert_error(status, &body, 431, "header_too_large", "1 MB header");
+    // The second request of a kept-alive connection, 200 KiB of header:
+    // checked by the server too, not only the first head.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("first");
+    // The whole first answer (it ends with its JSON body) before the second request.
+    let mut first = Vec::new();
+    while !first.ends_with(br#""ok"}"#) {
+        let mut chunk = [0u8; 256];
+        let n = stream.read(&mut chunk).await.expect("first answer");
+        assert!(n > 0, "closed early");
+        first.extend_from_slice(&chunk[..n]);
+    }
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    let second = format!(
+        "POST /avp/v2/transmit HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+        "p".repeat(200 << 10)
+    );
+    stream.write_all(second.as_bytes()).await.expect("second");
+    let (status, body) = read_answer(&mut stream).await;
+    assert_error(
+        status,
+        &body,
+        431,
+        "header_too_large",
+        "200 KiB on keep-alive",
+    );
     // The server keeps serving.
     let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
     assert_eq!(client.health().await.expect("health")["status"], "ok");
