@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_response};
-use crate::budget::{Budget, Held, Starved};
+use crate::budget::{Budget, Held, PeerKey, Starved};
 use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
 use crate::server::{Endpoint, Peer, ServerConfig, too_large};
 use crate::store::{ContextStore, StoredContext, new_id};
@@ -98,9 +98,9 @@ impl Agent {
         self
     }
 
-    /// Bytes of the budget one peer address may hold at once (default: a
-    /// quarter of the budget, at least 1 GiB when the budget allows). A
-    /// message larger than this is refused with 413.
+    /// Bytes of the budget one peer (its mTLS certificate, else its address)
+    /// may hold at once (default: a quarter of the budget, at least 1 GiB
+    /// when the budget allows). A message larger than this is refused with 413.
     pub fn with_peer_share(mut self, bytes: u64) -> Self {
         self.peer_share = Some(bytes);
         self.rebuild_budget();
@@ -121,7 +121,7 @@ impl Agent {
 
     /// Budget bytes held now, in all and by `peer` (for tests and metrics).
     pub fn budget_in_use(&self, peer: std::net::IpAddr) -> (u64, u64) {
-        self.budget.in_use(peer)
+        self.budget.in_use(&PeerKey::Addr(peer))
     }
 
     /// Answers handshakes with this server side (weights digest, map files,
@@ -164,7 +164,12 @@ impl Agent {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let body = request.into_body();
-        let held = Held::new(Arc::clone(&self.budget), peer.ip);
+        // Under mTLS the credential, not the address, is the unit of the share.
+        let key = match &peer.client_identity {
+            Some(identity) => PeerKey::Cert(Arc::from(identity.as_str())),
+            None => PeerKey::Addr(peer.ip),
+        };
+        let held = Held::new(Arc::clone(&self.budget), key);
         match endpoint {
             Endpoint::Transmit => self.transmit(body, config, started, held, peer).await,
             Endpoint::Handshake => {

@@ -1,7 +1,7 @@
 //! The memory budget (AVP-HTTP-17): message bytes all requests together may
 //! buffer, taken as the bytes arrive (never as a peer declares them) and
-//! capped per peer address, so a slow or greedy peer can only ever stall its
-//! own requests.
+//! capped per peer (its client certificate under mutual TLS, else its
+//! address), so a slow or greedy peer can only ever stall its own requests.
 //!
 //! A request that finds the budget (or its peer's share) full waits, which
 //! stops reading its body and pushes back through TCP; the wait is bounded by
@@ -26,13 +26,23 @@ pub(crate) enum Starved {
     Budget,
 }
 
+/// The unit of the per-peer share (AVP-HTTP-17).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PeerKey {
+    /// The source address.
+    Addr(IpAddr),
+    /// The mutual-TLS client identity (`sha256:<hex>`): one credential,
+    /// whatever addresses it connects from.
+    Cert(Arc<str>),
+}
+
 #[derive(Default)]
 struct State {
     used: u64,
-    peers: HashMap<IpAddr, u64>,
+    peers: HashMap<PeerKey, u64>,
     /// Requests holding bytes: id → (peer, waiting for more). Ids grow with
     /// age, so the largest id is the youngest request.
-    holders: BTreeMap<u64, (IpAddr, bool)>,
+    holders: BTreeMap<u64, (PeerKey, bool)>,
     next_id: u64,
 }
 
@@ -40,12 +50,12 @@ impl State {
     /// True when `me` is the youngest of a set of holders that all wait:
     /// every holder in all, or, when it is its peer's share that is full,
     /// every holder of `peer`.
-    fn must_yield(&self, me: u64, peer: IpAddr, why: Starved) -> bool {
+    fn must_yield(&self, me: u64, peer: &PeerKey, why: Starved) -> bool {
         let stuck = |of_peer: bool| {
             let mut set = self
                 .holders
                 .iter()
-                .filter(|(_, (p, _))| !of_peer || *p == peer)
+                .filter(|(_, (p, _))| !of_peer || p == peer)
                 .peekable();
             set.peek().is_some()
                 && set.clone().all(|(_, (_, waiting))| *waiting)
@@ -83,9 +93,9 @@ impl Budget {
     }
 
     /// Bytes held now in all, and by `peer`.
-    pub(crate) fn in_use(&self, peer: IpAddr) -> (u64, u64) {
+    pub(crate) fn in_use(&self, peer: &PeerKey) -> (u64, u64) {
         let state = self.lock();
-        (state.used, state.peers.get(&peer).copied().unwrap_or(0))
+        (state.used, state.peers.get(peer).copied().unwrap_or(0))
     }
 
     /// Requests that hold bytes and wait for more.
@@ -103,9 +113,9 @@ impl Budget {
 
     /// Takes `n` bytes for holder `id`, or says why not; when it cannot,
     /// marks the holder waiting and reports whether it must give up.
-    fn try_take(&self, id: u64, peer: IpAddr, n: u64) -> Result<(), (Starved, bool)> {
+    fn try_take(&self, id: u64, peer: &PeerKey, n: u64) -> Result<(), (Starved, bool)> {
         let mut state = self.lock();
-        let mine = state.peers.get(&peer).copied().unwrap_or(0);
+        let mine = state.peers.get(peer).copied().unwrap_or(0);
         let why = if mine.saturating_add(n) > self.peer_share {
             Some(Starved::PeerShare)
         } else if state.used.saturating_add(n) > self.total {
@@ -132,8 +142,8 @@ impl Budget {
             return Err((why, yield_now));
         }
         state.used = state.used.saturating_add(n);
-        state.peers.insert(peer, mine.saturating_add(n));
-        state.holders.insert(id, (peer, false));
+        state.peers.insert(peer.clone(), mine.saturating_add(n));
+        state.holders.insert(id, (peer.clone(), false));
         Ok(())
     }
 
@@ -143,22 +153,22 @@ impl Budget {
         state.next_id
     }
 
-    fn give_back(&self, id: u64, peer: IpAddr, n: u64) {
+    fn give_back(&self, id: u64, peer: &PeerKey, n: u64) {
         {
             let mut state = self.lock();
             state.holders.remove(&id);
             state.used = state.used.saturating_sub(n);
             let left = state
                 .peers
-                .get(&peer)
+                .get(peer)
                 .copied()
                 .unwrap_or(0)
                 .saturating_sub(n);
             if left == 0 {
                 // Bounded map: only peers holding bytes have an entry.
-                state.peers.remove(&peer);
+                state.peers.remove(peer);
             } else {
-                state.peers.insert(peer, left);
+                state.peers.insert(peer.clone(), left);
             }
         }
         self.freed.notify_waiters();
@@ -169,12 +179,12 @@ impl Budget {
 pub(crate) struct Held {
     budget: Arc<Budget>,
     id: u64,
-    peer: IpAddr,
+    peer: PeerKey,
     bytes: u64,
 }
 
 impl Held {
-    pub(crate) fn new(budget: Arc<Budget>, peer: IpAddr) -> Self {
+    pub(crate) fn new(budget: Arc<Budget>, peer: PeerKey) -> Self {
         let id = budget.register();
         Self {
             budget,
@@ -192,7 +202,7 @@ impl Held {
             let freed = self.budget.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.budget.try_take(self.id, self.peer, n) {
+            match self.budget.try_take(self.id, &self.peer, n) {
                 Ok(()) => {
                     self.bytes = self.bytes.saturating_add(n);
                     return Ok(());
@@ -211,7 +221,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.budget.give_back(self.id, self.peer, self.bytes);
+        self.budget.give_back(self.id, &self.peer, self.bytes);
     }
 }
 
@@ -221,8 +231,8 @@ mod tests {
 
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([127, 0, 0, last])
+    fn ip(last: u8) -> PeerKey {
+        PeerKey::Addr(IpAddr::from([127, 0, 0, last]))
     }
 
     #[tokio::test]
@@ -235,9 +245,9 @@ mod tests {
         assert_eq!(again.take(1, soon).await, Err(Starved::PeerShare));
         let mut other = Held::new(Arc::clone(&budget), ip(1));
         other.take(40, soon).await.expect("another peer fits");
-        assert_eq!(budget.in_use(ip(2)), (80, 40));
+        assert_eq!(budget.in_use(&ip(2)), (80, 40));
         drop(greedy);
-        assert_eq!(budget.in_use(ip(2)), (40, 0));
+        assert_eq!(budget.in_use(&ip(2)), (40, 0));
     }
 
     #[tokio::test]
@@ -274,6 +284,6 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(first);
         assert_eq!(waiter.await.expect("join"), Ok(5));
-        assert_eq!(budget.in_use(ip(3)), (0, 0), "released on drop");
+        assert_eq!(budget.in_use(&ip(3)), (0, 0), "released on drop");
     }
 }
