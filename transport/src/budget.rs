@@ -74,7 +74,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// `total` bytes in all; one peer address holds at most `peer_share`
+    /// `total` bytes in all; one peer holds at most `peer_share`
     /// (clamped to `1..=total`).
     pub(crate) fn new(total: u64, peer_share: u64) -> Self {
         let total = total.max(1);

@@ -104,8 +104,9 @@ impl ServerConfig {
     }
 }
 
-/// Who sent a request: the peer address (the unit of the budget share,
-/// AVP-HTTP-17) and, under mutual TLS, its certificate identity (AVP-HTTP-74).
+/// Who sent a request: the peer address and, under mutual TLS, its
+/// certificate identity (AVP-HTTP-74); the latter, else the former, is the
+/// unit of the budget share (AVP-HTTP-17).
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) ip: IpAddr,

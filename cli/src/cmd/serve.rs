@@ -66,8 +66,9 @@ pub(crate) struct ServeArgs {
     /// (spec/mac.md, AVP-MAC-7): 400 with the error kind `bad_mac`.
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,
-    /// Bytes of the memory budget one peer address may hold at once
-    /// (default: a quarter of the budget, at least the body limit when it fits).
+    /// Bytes of the memory budget one peer (its mTLS certificate, else its
+    /// address) may hold (default: a quarter of the budget, at least 1 GiB when
+    /// the budget has it).
     #[arg(long)]
     peer_share: Option<u64>,
     /// Refuse transmits that do not claim a live session from this agent's
