@@ -868,10 +868,14 @@ async fn http_17_one_peer_cannot_hold_more_than_its_share() {
             Some(full.len()),
             "",
         );
-        stream.write_all(head.as_bytes()).await.expect("head");
+        let body = full[..3 << 19].to_vec();
         // 1.5 MiB of 2 MiB each, then a stall: together far over the share.
-        let _ = stream.write_all(&full[..3 << 19]).await;
-        streams.push(stream);
+        // In a task: a server that stops reading (share full) blocks the write.
+        streams.push(tokio::spawn(async move {
+            stream.write_all(head.as_bytes()).await.expect("head");
+            let _ = stream.write_all(&body).await;
+            std::future::pending::<()>().await;
+        }));
     }
     let greedy_ip: std::net::IpAddr = greedy.parse().expect("ip");
     wait_until("the greedy peer reached its share", || {
@@ -889,7 +893,9 @@ async fn http_17_one_peer_cannot_hold_more_than_its_share() {
     assert_eq!(answer["success"], true);
     let (_, held) = server.agent.budget_in_use(greedy_ip);
     assert!(held <= share, "held {held} > share {share}");
-    drop(streams);
+    for stream in streams {
+        stream.abort();
+    }
     server.shutdown().await;
 }
 
