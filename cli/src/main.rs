@@ -37,6 +37,8 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Forward messages to agents by their target_agent_id.
     Route(cmd::route::RouteArgs),
+    /// Inspect an agent's store directory (`avp store ls DIR`).
+    Store(cmd::store::StoreArgs),
     /// Model hash, tokenizer hash or weights digest of a file or directory.
     Hash(cmd::hash::HashArgs),
     /// The model identity (the SDK's `to_dict()` JSON) of a config or model directory.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Send(args) => cmd::send::run(&args),
         Command::Route(args) => cmd::route::run(&args),
+        Command::Store(args) => cmd::store::run(&args),
         Command::Hash(args) => cmd::hash::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Handshake(args) => cmd::handshake::run(args),

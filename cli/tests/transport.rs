@@ -56,11 +56,24 @@ fn sdk(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// Every file in the store except the metadata sidecars (`<id>.meta`,
+/// AVP-HTTP-63), each of which belongs to exactly one message file.
 fn stored_files(dir: &Path) -> Vec<PathBuf> {
-    match std::fs::read_dir(dir) {
+    let files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.map(|e| e.expect("entry").path()).collect(),
         Err(_) => Vec::new(),
+    };
+    let (sidecars, rest): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|p| p.extension().is_some_and(|e| e == "meta"));
+    for sidecar in &sidecars {
+        assert!(
+            rest.iter().any(|p| p.file_stem() == sidecar.file_stem()),
+            "sidecar without its message: {}",
+            sidecar.display()
+        );
     }
+    rest
 }
 
 /// Checks every transmit line: 200, and the stored file equals what the SDK encoded.
@@ -577,4 +590,399 @@ fn http_30_avp_handshake_url_against_avp_serve_resolves_hash_match() {
     let answer: Value = serde_json::from_slice(&answer.stdout).expect("one JSON answer");
     assert_eq!(answer["resolution_path"], "hash_match", "{answer}");
     assert_eq!(answer["mode"], "LATENT", "{answer}");
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate,
+/// as PEM files in `scratch` (made at run time, never committed):
+/// [ca, server cert, server key, client cert, client key].
+fn test_pki(scratch: &Scratch) -> [PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "AVP test CA");
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "avp serve",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = leaf(vec![], "avp send", ExtendedKeyUsagePurpose::ClientAuth);
+    [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server),
+        ("server.key", server_key),
+        ("client.pem", client),
+        ("client.key", client_key),
+    ]
+    .map(|(name, pem)| {
+        let path = scratch.path(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    })
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// AVP-HTTP-70/71: the SDK's httpx client, trusting the test CA through
+/// SSL_CERT_FILE, handshakes, transmits and sends text to `avp serve` over
+/// HTTPS, negotiating HTTP/2 by ALPN, and every message is stored as sent.
+#[test]
+fn http_70_71_sdk_httpx_client_over_https_reaches_avp_serve() {
+    let scratch = Scratch::new("transport", "https-sdk");
+    let [ca, cert, key, _, _] = test_pki(&scratch);
+    let store = scratch.path("store");
+    let server = serve(&[
+        "--store",
+        s(&store),
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+    ]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let out = scratch.path("sent");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let output = Command::new(python())
+        .arg(peer_script())
+        .args(["client", &server.url, s(&out)])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "sdk over https failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert!(
+        lines[0]["handshake"]["session_id"].is_string(),
+        "{}",
+        lines[0]
+    );
+    let transmits = lines.iter().filter(|l| l.get("name").is_some()).count();
+    assert_stored_identically(&lines, &store, transmits);
+    for line in lines.iter().filter(|l| l.get("name").is_some()) {
+        assert_eq!(line["http_version"], "HTTP/2", "ALPN h2: {line}");
+    }
+    let text = lines
+        .iter()
+        .find(|l| l.get("text").is_some())
+        .expect("text line");
+    assert_eq!(text["status"], 200, "{text}");
+}
+
+/// AVP-HTTP-73/74 and AVP-HTTP-63: `avp send` with a client certificate
+/// reaches an mTLS `avp serve`; without one it is refused; `avp store ls`
+/// shows the sender, the session and the certificate identity, also after
+/// the server was restarted.
+#[test]
+fn http_63_73_mtls_send_and_store_ls_show_who_sent_what() {
+    let scratch = Scratch::new("transport", "mtls");
+    let [ca, cert, key, client_cert, client_key] = test_pki(&scratch);
+    let store = scratch.path("store");
+    let tls = [
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+        "--tls-client-ca",
+        s(&ca),
+    ];
+    let mut args = vec!["--store", s(&store)];
+    args.extend(tls);
+    let server = serve(&args);
+    let message = scratch.path("m.avp");
+    let sdk_lines = sdk(&["encode", s(&message)]);
+    assert!(!sdk_lines.is_empty());
+    let sent = avp()
+        .args(["send", s(&message), "--to", &server.url, "--ca", s(&ca)])
+        .args([
+            "--client-cert",
+            s(&client_cert),
+            "--client-key",
+            s(&client_key),
+        ])
+        .output()
+        .expect("avp send");
+    assert!(
+        sent.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let refused = avp()
+        .args(["send", s(&message), "--to", &server.url, "--ca", s(&ca)])
+        .args(["--retries", "0"])
+        .output()
+        .expect("avp send");
+    assert_eq!(refused.status.code(), Some(1), "no client certificate");
+    drop(server);
+    // A restarted server keeps what it knew; `ls` reads the directory itself.
+    let _again = serve(&args);
+    let listed = avp()
+        .args(["store", "ls", s(&store), "--json"])
+        .output()
+        .expect("avp store ls");
+    assert!(listed.status.success());
+    let rows: Value = serde_json::from_slice(&listed.stdout).expect("JSON array");
+    let rows = rows.as_array().expect("array");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["kind"], "avp");
+    assert!(
+        !row["source_agent_id"].as_str().unwrap_or("").is_empty(),
+        "{row}"
+    );
+    assert!(
+        !row["session_id"].as_str().unwrap_or("").is_empty(),
+        "{row}"
+    );
+    let identity = row["client_identity"].as_str().expect("client identity");
+    assert!(
+        identity.starts_with("sha256:") && identity.len() == 71,
+        "{row}"
+    );
+    let table = avp()
+        .args(["store", "ls", s(&store)])
+        .output()
+        .expect("avp store ls");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(identity), "{table}");
+}
+
+/// Issue 13, defect 5: a configuration error is found before the store
+/// directory is created.
+#[test]
+fn http_13_serve_with_a_missing_token_file_leaves_no_store_behind() {
+    let scratch = Scratch::new("transport", "no-leftovers");
+    let inbox = scratch.path("inbox");
+    let status = avp()
+        .args(["serve", "--listen", "127.0.0.1:0", "--token-file"])
+        .arg(scratch.path("missing"))
+        .args(["--store", s(&inbox)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("avp serve");
+    assert_eq!(status.code(), Some(2));
+    assert!(!inbox.exists(), "inbox/ was created");
+}
+
+/// Issue 13, defect 5: `avp send` of a body over the server's --max-body
+/// reports `body_too_large` every time, not a broken pipe (AVP-HTTP-12).
+#[test]
+fn http_12_avp_send_over_max_body_reports_body_too_large_every_time() {
+    let scratch = Scratch::new("transport", "send-413");
+    let server = serve(&["--max-body", "100000"]);
+    let big = scratch.path("big.avp");
+    let mut bytes = b"AV\x01\x00".to_vec();
+    bytes.extend_from_slice(&(8u32 << 20).to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.resize(12 + (8 << 20), 0);
+    std::fs::write(&big, bytes).expect("write");
+    for round in 0..6 {
+        let out = avp()
+            .args(["send", s(&big), "--to", &server.url])
+            .output()
+            .expect("avp send");
+        let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(
+            answer["error"]["kind"], "body_too_large",
+            "round {round}: {answer}"
+        );
+        assert_eq!(answer["error"]["status"], 413, "round {round}");
+    }
+}
+
+/// Issue 14: `avp serve --model DIR` answers with the directory's identity
+/// and the weights digest `avp hash weights DIR` prints (AVP-HTTP-34), with
+/// no engine involved.
+#[test]
+fn http_34_serve_with_model_dir_sends_its_weights_digest() {
+    let scratch = Scratch::new("transport", "weights");
+    let model = scratch.path("model");
+    std::fs::create_dir_all(&model).expect("model dir");
+    let config = workspace().join("conformance/vectors/handshake/models/qwen2-7b-bpe/config.json");
+    std::fs::copy(&config, model.join("config.json")).expect("config");
+    // One 2-element F32 tensor.
+    let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(header);
+    st.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]);
+    std::fs::write(model.join("model.safetensors"), st).expect("safetensors");
+    let digest = avp()
+        .args(["hash", "weights", s(&model)])
+        .output()
+        .expect("avp hash weights");
+    assert!(digest.status.success());
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_owned();
+    let server = serve(&["--model", s(&model)]);
+    let identity = avp()
+        .arg("identity")
+        .arg(&model)
+        .output()
+        .expect("identity");
+    let identity_file = scratch.path("identity.json");
+    std::fs::write(&identity_file, &identity.stdout).expect("write identity");
+    let answer = avp()
+        .args(["handshake", &server.url, "--identity", s(&identity_file)])
+        .output()
+        .expect("avp handshake URL");
+    let answer: Value = serde_json::from_slice(&answer.stdout).expect("JSON");
+    assert_eq!(answer["capabilities"]["weights_digest"], digest, "{answer}");
+    assert_eq!(answer["resolution_path"], "hash_match", "{answer}");
+    assert_eq!(answer["client_resolution"]["agrees"], true, "{answer}");
+}
+
+/// AVP-HTTP-56/75 through the binaries: `avp route` serves HTTPS, reaches an
+/// HTTPS `avp serve` with `--ca`, and answers 504 `upstream_timeout` for a
+/// route whose agent reads everything and never answers; `avp handshake`
+/// speaks HTTPS too.
+#[test]
+fn http_56_75_avp_route_over_tls_and_a_silent_upstream() {
+    let scratch = Scratch::new("transport", "route-tls");
+    let [ca, cert, key, _, _] = test_pki(&scratch);
+    let store = scratch.path("store");
+    let agent = serve(&[
+        "--store",
+        s(&store),
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+    ]);
+    // Accepts, reads, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            let Ok(stream) = stream else { break };
+            let mut reader = stream.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            });
+            // Kept open, never written to.
+            held.push(stream);
+        }
+    });
+    let mut command = avp();
+    command
+        .args([
+            "route",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-timeout",
+            "1",
+        ])
+        .args(["--route", &format!("py-server={}", agent.url)])
+        .args(["--route", &format!("ghost={silent_url}")])
+        .args(["--tls-cert", s(&cert), "--tls-key", s(&key), "--ca", s(&ca)])
+        .stderr(Stdio::null());
+    let router = common::start(command);
+    assert!(router.url.starts_with("https://"), "{}", router.url);
+    let message = scratch.path("m.avp");
+    sdk(&["encode", s(&message)]);
+    let sent = avp()
+        .args(["send", s(&message), "--to", &router.url, "--ca", s(&ca)])
+        .output()
+        .expect("avp send");
+    let answer: Value = serde_json::from_slice(&sent.stdout).expect("JSON");
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(stored_files(&store).len(), 1);
+    // A message for the silent agent: header and metadata are all the router reads.
+    let mut ghost = b"AV\x01\x00".to_vec();
+    let meta = [&[0x1a, 5][..], b"ghost"].concat();
+    let payload = 4096usize;
+    ghost.extend_from_slice(&((meta.len() + payload) as u32).to_le_bytes());
+    ghost.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    ghost.extend_from_slice(&meta);
+    ghost.resize(ghost.len() + payload, 0);
+    let ghost_file = scratch.path("ghost.avp");
+    std::fs::write(&ghost_file, ghost).expect("write");
+    let started = std::time::Instant::now();
+    let sent = avp()
+        .args(["send", s(&ghost_file), "--to", &router.url, "--ca", s(&ca)])
+        .args(["--timeout", "120"])
+        .output()
+        .expect("avp send");
+    let answer: Value = serde_json::from_slice(&sent.stdout).expect("JSON");
+    assert_eq!(answer["error"]["kind"], "upstream_timeout", "{answer}");
+    assert_eq!(answer["error"]["status"], 504, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "the router answered, not the client's timeout"
+    );
+    // `avp handshake` over HTTPS, straight to the agent.
+    let identity_file = scratch.path("identity.json");
+    std::fs::write(&identity_file, "{}").expect("identity");
+    let hello = avp()
+        .args([
+            "handshake",
+            &agent.url,
+            "--identity",
+            s(&identity_file),
+            "--ca",
+            s(&ca),
+        ])
+        .output()
+        .expect("avp handshake");
+    let hello: Value = serde_json::from_slice(&hello.stdout).expect("JSON");
+    assert_eq!(hello["success"], true, "{hello}");
+}
+
+/// AVP-HTTP-34: `--identity` may be a hello file; its weights digest is the
+/// server's, and a malformed one is a configuration error (exit 2).
+#[test]
+fn http_34_serve_identity_from_a_hello_file_carries_its_digest() {
+    let scratch = Scratch::new("transport", "hello-identity");
+    let digest = "ab".repeat(32);
+    let hello = scratch.path("hello.json");
+    std::fs::write(
+        &hello,
+        format!(
+            r#"{{"agent_id":"me","identity":{{"model_hash":"h"}},"capabilities":{{"weights_digest":"{digest}"}}}}"#
+        ),
+    )
+    .expect("hello");
+    let server = serve(&["--identity", s(&hello)]);
+    let identity = scratch.path("identity.json");
+    std::fs::write(&identity, r#"{"model_hash":"h"}"#).expect("identity");
+    let answer = avp()
+        .args(["handshake", &server.url, "--identity", s(&identity)])
+        .output()
+        .expect("avp handshake URL");
+    let answer: Value = serde_json::from_slice(&answer.stdout).expect("JSON");
+    assert_eq!(answer["capabilities"]["weights_digest"], digest, "{answer}");
+    assert_eq!(answer["resolution_path"], "hash_match", "{answer}");
+    std::fs::write(
+        &hello,
+        r#"{"identity":{"model_hash":"h"},"capabilities":{"weights_digest":"AB"}}"#,
+    )
+    .expect("bad hello");
+    let status = avp()
+        .args(["serve", "--listen", "127.0.0.1:0", "--identity", s(&hello)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("avp serve");
+    assert_eq!(status.code(), Some(2));
 }

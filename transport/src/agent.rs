@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_response};
-use crate::hello::{self, HelloProblem};
-use crate::server::{Endpoint, ServerConfig, too_large};
+use crate::budget::{Budget, Held, PeerKey, Starved};
+use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
+use crate::server::{Endpoint, Peer, ServerConfig, too_large};
 use crate::store::{ContextStore, StoredContext, new_id};
 use crate::wire::{
     HEADER_LEN, WireError, check_complete_signed, peek_header, peek_routing, status_for,
@@ -36,20 +37,23 @@ pub type ReceivedHook = Arc<dyn Fn(&Received) + Send + Sync>;
 /// An agent endpoint.
 pub struct Agent {
     agent_id: String,
-    identity: ModelIdentity,
+    handshake: HandshakeServer,
+    /// Transmits must claim a live session issued here (AVP-HTTP-35).
+    require_session: bool,
     store: Arc<ContextStore>,
     hook: Option<ReceivedHook>,
-    /// Bytes of message buffers all requests together may hold, in MiB permits
-    /// (AVP-HTTP-17).
-    budget: Arc<tokio::sync::Semaphore>,
-    budget_mib: u32,
+    /// Bytes of message buffers all requests together may hold, taken as
+    /// they arrive, at most a share per peer (AVP-HTTP-17).
+    budget: Arc<Budget>,
+    budget_total: u64,
+    peer_share: Option<u64>,
     /// When set, transmits must carry a valid keyed MAC (AVP-MAC-7).
     mac_key: Option<Arc<MacKey>>,
 }
 
 /// Default for [`Agent::with_memory_budget`]: 4 GiB.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 4 << 30;
-const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 
 impl Agent {
     /// An agent with this id and model identity (ModelIdentity JSON form) that
@@ -59,14 +63,19 @@ impl Agent {
         identity: ModelIdentity,
         store: Arc<ContextStore>,
     ) -> Self {
-        let budget_mib = budget_permits(DEFAULT_MEMORY_BUDGET);
+        let agent_id = agent_id.into();
         Self {
-            agent_id: agent_id.into(),
-            identity,
+            handshake: HandshakeServer::new(agent_id.clone(), identity),
+            require_session: false,
+            agent_id,
             store,
             hook: None,
-            budget: Arc::new(tokio::sync::Semaphore::new(budget_mib as usize)),
-            budget_mib,
+            budget: Arc::new(Budget::new(
+                DEFAULT_MEMORY_BUDGET,
+                default_share(DEFAULT_MEMORY_BUDGET),
+            )),
+            budget_total: DEFAULT_MEMORY_BUDGET,
+            peer_share: None,
             mac_key: None,
         }
     }
@@ -79,14 +88,60 @@ impl Agent {
         self
     }
 
-    /// Bounds the message bytes all requests together may buffer (rounded up
-    /// to whole MiB). A request whose declared size does not fit waits until
-    /// earlier ones are stored; one larger than the whole budget waits for
-    /// all of it (AVP-HTTP-17).
+    /// Bounds the message bytes all requests together may buffer. Bytes are
+    /// taken as they arrive; a request that finds the budget full stops
+    /// reading (TCP pushes back) until bytes are given back or its deadline
+    /// passes (AVP-HTTP-17, AVP-HTTP-18).
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
-        self.budget_mib = budget_permits(bytes);
-        self.budget = Arc::new(tokio::sync::Semaphore::new(self.budget_mib as usize));
+        self.budget_total = bytes;
+        self.rebuild_budget();
         self
+    }
+
+    /// Bytes of the budget one peer (its mTLS certificate, else its address)
+    /// may hold at once (default: a quarter of the budget, at least 1 GiB
+    /// when the budget allows). A message larger than this is refused with 413.
+    pub fn with_peer_share(mut self, bytes: u64) -> Self {
+        self.peer_share = Some(bytes);
+        self.rebuild_budget();
+        self
+    }
+
+    fn rebuild_budget(&mut self) {
+        let share = self
+            .peer_share
+            .unwrap_or_else(|| default_share(self.budget_total));
+        self.budget = Arc::new(Budget::new(self.budget_total, share));
+    }
+
+    /// Requests that hold budget and wait for more (for tests and metrics).
+    pub fn budget_waiting(&self) -> usize {
+        self.budget.waiting()
+    }
+
+    /// Budget bytes held now, in all and by `peer` (for tests and metrics).
+    pub fn budget_in_use(&self, peer: std::net::IpAddr) -> (u64, u64) {
+        self.budget.in_use(&PeerKey::Addr(peer))
+    }
+
+    /// Answers handshakes with this server side (weights digest, map files,
+    /// session limits); its agent id should be this agent's.
+    pub fn with_handshake(mut self, handshake: HandshakeServer) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// Refuses transmits that do not claim a live session issued by this
+    /// agent's handshake (409 `unknown_session`, AVP-HTTP-35). Off by
+    /// default: the SDK's client may transmit without a handshake.
+    pub fn require_session(mut self, required: bool) -> Self {
+        self.require_session = required;
+        self
+    }
+
+    /// The handshake side (sessions issued, identity).
+    pub fn handshake(&self) -> &HandshakeServer {
+        &self.handshake
     }
 
     /// Calls `hook` after every stored message.
@@ -105,27 +160,41 @@ impl Agent {
         endpoint: Endpoint,
         request: Request<Incoming>,
         config: &ServerConfig,
+        peer: &Peer,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let body = request.into_body();
+        // Under mTLS the credential, not the address, is the unit of the share.
+        let key = match &peer.client_identity {
+            Some(identity) => PeerKey::Cert(Arc::from(identity.as_str())),
+            None => PeerKey::Addr(peer.ip),
+        };
+        let held = Held::new(Arc::clone(&self.budget), key);
         match endpoint {
-            Endpoint::Transmit => self.transmit(body, config, started).await,
-            Endpoint::Handshake => match read_bytes(body, config.max_json, config).await {
-                Ok(bytes) => match hello::answer(&self.agent_id, &self.identity, &bytes) {
-                    Ok(answer) => json_bytes_response(answer),
-                    Err(HelloProblem::NotJson(why)) => error_response(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_json",
-                        &format!("body is not JSON: {why}"),
-                    ),
-                    Err(HelloProblem::NotAHello(why)) => {
-                        error_response(StatusCode::BAD_REQUEST, "invalid_hello", &why)
-                    }
-                },
-                Err(response) => *response,
-            },
-            Endpoint::Text => match read_bytes(body, config.max_json, config).await {
-                Ok(bytes) => self.text(bytes, started).await,
+            Endpoint::Transmit => self.transmit(body, config, started, held, peer).await,
+            Endpoint::Handshake => {
+                match read_bytes(body, config.max_json, config, Some(held)).await {
+                    Ok(bytes) => match self.handshake.answer(&bytes) {
+                        Ok(answer) => json_bytes_response(answer),
+                        Err(HelloProblem::TooManySessions) => error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "server_busy",
+                            "too many live sessions; try again later",
+                        ),
+                        Err(HelloProblem::NotJson(why)) => error_response(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_json",
+                            &format!("body is not JSON: {why}"),
+                        ),
+                        Err(HelloProblem::NotAHello(why)) => {
+                            error_response(StatusCode::BAD_REQUEST, "invalid_hello", &why)
+                        }
+                    },
+                    Err(response) => *response,
+                }
+            }
+            Endpoint::Text => match read_bytes(body, config.max_json, config, Some(held)).await {
+                Ok(bytes) => self.text(bytes, started, peer).await,
                 Err(response) => *response,
             },
             Endpoint::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -140,11 +209,14 @@ impl Agent {
         body: Incoming,
         config: &ServerConfig,
         started: Instant,
+        held: Held,
+        peer: &Peer,
     ) -> Response<ResponseBody> {
-        let mut reader = LimitedReader::new(body, config.max_body, config.idle_timeout);
+        let mut reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
+            .with_budget(held);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         if let Err(err) = reader.fill_to(&mut buf, HEADER_LEN).await {
-            return read_error(err, config.max_body);
+            return read_error_draining(reader, err, config.max_body);
         }
         let header = match peek_header(&buf) {
             Ok(Some(header)) => header,
@@ -152,23 +224,17 @@ impl Agent {
             Err(err) => return wire_error(&err),
         };
         let total = header.message_len();
-        if total > config.max_body {
-            return too_large(config.max_body);
+        // A message larger than one peer may ever hold could never complete.
+        let limit = config.max_body.min(self.budget.largest_request());
+        if total > limit {
+            reader.drain_later();
+            return too_large(limit);
         }
-        // Held until the message is stored: all buffers together stay within the budget.
-        let wanted = budget_permits(total).min(self.budget_mib);
-        let Ok(_budget) = Arc::clone(&self.budget).acquire_many_owned(wanted).await else {
-            return internal("the memory budget is closed");
-        };
-        // Bounded by the limit just checked, not by what the client may send later.
-        buf.reserve(
-            usize::try_from(total)
-                .unwrap_or(0)
-                .saturating_sub(buf.len()),
-        );
+        // Nothing is reserved from the declared size: the reader takes budget
+        // for bytes as they arrive and the buffer grows with them.
         let meta_end = header.metadata_end();
         if let Err(err) = reader.fill_to(&mut buf, meta_end).await {
-            return read_error(err, config.max_body);
+            return read_error_draining(reader, err, config.max_body);
         }
         if buf.len() < meta_end {
             return truncated(buf.len() as u64, total);
@@ -177,8 +243,35 @@ impl Agent {
             Ok(routing) => routing,
             Err(err) => return wire_error(&err),
         };
+        let session = match self
+            .handshake
+            .check_session(&routing.session_id, routing.mode)
+        {
+            SessionCheck::ModeMismatch { session, message } => {
+                reader.drain_later();
+                return error_response(
+                    StatusCode::CONFLICT,
+                    "session_mode_mismatch",
+                    &format!(
+                        "session {:?} negotiated {session}; this message is {message}",
+                        routing.session_id
+                    ),
+                );
+            }
+            SessionCheck::Unknown | SessionCheck::None if self.require_session => {
+                reader.drain_later();
+                return error_response(
+                    StatusCode::CONFLICT,
+                    "unknown_session",
+                    "this agent requires a live session from /avp/v2/handshake",
+                );
+            }
+            SessionCheck::Unknown => "unknown",
+            SessionCheck::Live => "live",
+            _ => "none",
+        };
         if let Err(err) = reader.read_to_end(&mut buf).await {
-            return read_error(err, config.max_body);
+            return read_error_draining(reader, err, config.max_body);
         }
         if (buf.len() as u64) < total {
             return truncated(buf.len() as u64, total);
@@ -200,6 +293,7 @@ impl Agent {
             session_id: routing.session_id,
             source_agent_id: routing.source_agent_id,
             target_agent_id: routing.target_agent_id,
+            client_identity: peer.client_identity.clone(),
             len: 0,
             received_at: SystemTime::now(),
             path: None,
@@ -220,56 +314,53 @@ impl Agent {
                 "target_agent_id": stored.target_agent_id,
                 "bytes": stored.len,
                 "warnings": warnings,
+                "session": session,
             }),
         )
     }
 
-    /// AVP-HTTP-33: a JSON fallback message (AVP-JSON form) is stored as sent.
-    async fn text(&self, bytes: bytes::Bytes, started: Instant) -> Response<ResponseBody> {
-        let value: Value = match serde_json::from_slice(&bytes) {
-            Ok(value) => value,
-            Err(err) => {
+    /// AVP-HTTP-33: a JSON fallback message is checked with the codec's
+    /// parser (AVP-JSON-3: known members typed, `extra` an object, nesting
+    /// within AVP-LIM-7) and stored as sent.
+    async fn text(
+        &self,
+        bytes: bytes::Bytes,
+        started: Instant,
+        peer: &Peer,
+    ) -> Response<ResponseBody> {
+        // Plain JSON first, so "not JSON at all" keeps its own kind.
+        if let Err(err) = serde_json::from_slice::<Value>(&bytes) {
+            // serde_json stops at 128 levels; deeper is AVP-LIM-7 below.
+            if !err.to_string().contains("recursion limit") {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "invalid_json",
                     &format!("body is not JSON: {err}"),
                 );
             }
+        }
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return error_response(StatusCode::BAD_REQUEST, "invalid_json", "body is not UTF-8");
         };
-        let Some(message) = value.as_object() else {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_message",
-                "the message must be a JSON object",
-            );
-        };
-        for key in [
-            "avp_version",
-            "session_id",
-            "source_agent_id",
-            "target_agent_id",
-            "content",
-        ] {
-            if message.get(key).is_some_and(|v| !v.is_string()) {
+        let message = match avp_codec::json::JsonMessage::from_json(text) {
+            Ok(message) => message,
+            Err(err) if err.kind() == avp_codec::ErrorKind::LimitExceeded => {
                 return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_message",
-                    &format!("`{key}` must be a string"),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "limit_exceeded",
+                    err.message(),
                 );
             }
-        }
-        let field = |key: &str| {
-            message
-                .get(key)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
+            Err(err) => {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_message", err.message());
+            }
         };
         let context = StoredContext {
             id: new_id(),
-            session_id: field("session_id"),
-            source_agent_id: field("source_agent_id"),
-            target_agent_id: field("target_agent_id"),
+            session_id: message.session_id,
+            source_agent_id: message.source_agent_id,
+            target_agent_id: message.target_agent_id,
+            client_identity: peer.client_identity.clone(),
             len: 0,
             received_at: SystemTime::now(),
             path: None,
@@ -321,17 +412,21 @@ impl Agent {
     }
 }
 
-/// Reads a whole body bounded by `limit`.
+/// Reads a whole body bounded by `limit`, taking budget for it when given.
 pub(crate) async fn read_bytes(
     body: Incoming,
     limit: u64,
     config: &ServerConfig,
+    held: Option<Held>,
 ) -> Result<bytes::Bytes, Box<Response<ResponseBody>>> {
-    let mut reader = LimitedReader::new(body, limit, config.idle_timeout);
+    let mut reader = LimitedReader::new(body, limit, config.pace(Instant::now().into()));
+    if let Some(held) = held {
+        reader = reader.with_budget(held);
+    }
     let mut buf = BytesMut::new();
     match reader.read_to_end(&mut buf).await {
         Ok(()) => Ok(buf.freeze()),
-        Err(err) => Err(Box::new(read_error(err, limit))),
+        Err(err) => Err(Box::new(read_error_draining(reader, err, limit))),
     }
 }
 
@@ -344,6 +439,19 @@ fn json_bytes_response(body: Vec<u8>) -> Response<ResponseBody> {
     response
 }
 
+/// [`read_error`], and a 413 keeps reading the rest (bounded) so the client
+/// sees the answer instead of a reset.
+pub(crate) fn read_error_draining(
+    reader: LimitedReader,
+    err: ReadError,
+    limit: u64,
+) -> Response<ResponseBody> {
+    if matches!(err, ReadError::TooLarge) {
+        reader.drain_later();
+    }
+    read_error(err, limit)
+}
+
 pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
     match err {
         ReadError::TooLarge => too_large(limit),
@@ -352,6 +460,28 @@ pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
             "timeout",
             "the request body stalled",
         ),
+        ReadError::TooSlow => error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request body arrived slower than the server's minimum rate",
+        ),
+        ReadError::Starved(Starved::PeerShare) => error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "this peer's other requests held its whole share of the memory budget until the deadline",
+        ),
+        ReadError::Starved(Starved::Budget) => {
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "the server's memory budget stayed full until the request's deadline",
+            );
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            response
+        }
         ReadError::Broken(why) => error_response(
             StatusCode::BAD_REQUEST,
             "truncated",
@@ -360,9 +490,10 @@ pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
     }
 }
 
-/// Whole MiB needed for `bytes` (at least 1), as semaphore permits.
-fn budget_permits(bytes: u64) -> u32 {
-    u32::try_from(bytes.div_ceil(MIB).max(1)).unwrap_or(u32::MAX)
+/// A quarter of the budget, but at least 1 GiB (the default body limit) when
+/// the budget has it, so one peer's default-sized message always fits.
+fn default_share(total: u64) -> u64 {
+    (total / 4).max(GIB.min(total))
 }
 
 /// A codec error as an answer: its kind and message, 400 or 413 (AVP-HTTP-14).

@@ -2,12 +2,15 @@
 //! that replays a peeked prefix then streams the rest (the router), a body that
 //! streams a file (the client), and the JSON envelopes (AVP-HTTP-20).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode, header};
@@ -16,6 +19,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::budget::{Held, Starved};
 
 /// The body type of every response the server writes.
 pub type ResponseBody = Full<Bytes>;
@@ -29,35 +34,91 @@ pub(crate) enum ReadError {
     TooLarge,
     /// No bytes for longer than the idle timeout.
     Idle,
+    /// The body arrived slower than the minimum rate (AVP-HTTP-18).
+    TooSlow,
+    /// No budget for the bytes before the deadline (AVP-HTTP-17).
+    Starved(Starved),
     /// The connection broke or the framing was invalid (client went away).
     Broken(String),
 }
 
+/// The deadlines of one request (AVP-HTTP-18): each read waits at most the
+/// idle time, and by `started + grace + n / min_rate` at least `n` bytes must
+/// have arrived, so a whole body of `N` bytes has `grace + N / min_rate`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    started: Instant,
+    idle: Duration,
+    grace: Duration,
+    /// Bytes per second; 0 turns the rate floor off.
+    min_rate: u64,
+}
+
+impl Pace {
+    pub(crate) fn new(started: Instant, idle: Duration, grace: Duration, min_rate: u64) -> Self {
+        Self {
+            started,
+            idle,
+            grace,
+            min_rate,
+        }
+    }
+
+    /// When the byte after the first `received` must have arrived, and the
+    /// error to report if it has not.
+    pub(crate) fn next_deadline(&self, received: u64) -> (Instant, ReadError) {
+        let idle = Instant::now() + self.idle;
+        if self.min_rate == 0 {
+            return (idle, ReadError::Idle);
+        }
+        let allowed = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+        let floor = self
+            .started
+            .checked_add(self.grace.saturating_add(allowed))
+            .unwrap_or(idle);
+        if floor < idle {
+            (floor, ReadError::TooSlow)
+        } else {
+            (idle, ReadError::Idle)
+        }
+    }
+}
+
 /// Reads a request body frame by frame, counting every byte against a limit
 /// before keeping it, so memory never exceeds the limit whatever the client
-/// claims (AVP-HTTP-12).
+/// claims (AVP-HTTP-12), taking budget for bytes as they arrive
+/// (AVP-HTTP-17) and holding the client to its deadlines (AVP-HTTP-18).
 pub(crate) struct LimitedReader {
     body: Incoming,
     limit: u64,
     received: u64,
-    idle: Duration,
+    pace: Pace,
+    budget: Option<Held>,
 }
 
 impl LimitedReader {
-    pub(crate) fn new(body: Incoming, limit: u64, idle: Duration) -> Self {
+    pub(crate) fn new(body: Incoming, limit: u64, pace: Pace) -> Self {
         Self {
             body,
             limit,
             received: 0,
-            idle,
+            pace,
+            budget: None,
         }
+    }
+
+    /// Takes budget for every byte kept (given back when the reader is dropped).
+    pub(crate) fn with_budget(mut self, held: Held) -> Self {
+        self.budget = Some(held);
+        self
     }
 
     /// The next data chunk, or `None` at the end of the body.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError> {
         loop {
-            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
-                Err(_) => return Err(ReadError::Idle),
+            let (deadline, late) = self.pace.next_deadline(self.received);
+            let frame = match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return Err(late),
                 Ok(None) => return Ok(None),
                 Ok(Some(Err(err))) => return Err(ReadError::Broken(err.to_string())),
                 Ok(Some(Ok(frame))) => frame,
@@ -68,6 +129,13 @@ impl LimitedReader {
             self.received = self.received.saturating_add(data.len() as u64);
             if self.received > self.limit {
                 return Err(ReadError::TooLarge);
+            }
+            if let Some(held) = &mut self.budget {
+                // Waiting here stops reading: TCP pushes back on the sender.
+                let (deadline, _) = self.pace.next_deadline(self.received);
+                held.take(data.len() as u64, deadline)
+                    .await
+                    .map_err(ReadError::Starved)?;
             }
             return Ok(Some(data));
         }
@@ -96,21 +164,43 @@ impl LimitedReader {
         Ok(())
     }
 
-    /// Gives back the unread part of the body, with the bytes already counted.
-    pub(crate) fn into_parts(self) -> (Incoming, u64) {
-        (self.body, self.received)
+    /// Answered early (413): keep reading and dropping the rest, bounded, so
+    /// the client reads the answer rather than a reset.
+    pub(crate) fn drain_later(self) {
+        crate::server::drain_later(self.body);
     }
+
+    /// Gives back the unread part of the body, the bytes already counted and
+    /// the deadlines.
+    pub(crate) fn into_parts(self) -> (Incoming, u64, Pace) {
+        (self.body, self.received, self.pace)
+    }
+}
+
+/// What happened to a [`PrefixedBody`] while the router forwarded it.
+#[derive(Default)]
+pub(crate) struct BodySignals {
+    /// The bytes crossed the body limit (the answer is 413).
+    pub(crate) over_limit: AtomicBool,
+    /// The client missed its deadline (the answer is 408).
+    pub(crate) too_slow: AtomicBool,
+    /// The whole body went upstream; from now on the upstream's answer is
+    /// what we wait for (AVP-HTTP-56).
+    pub(crate) done: tokio::sync::Notify,
 }
 
 /// A request body for the router: first the bytes it peeked at, then the rest
 /// of the incoming body, frame by frame, never buffered whole (AVP-HTTP-51).
-/// Counts bytes against the limit and raises `over_limit` when it is crossed.
+/// Counts bytes against the limit and holds the client to its deadlines
+/// (AVP-HTTP-18), reporting either through `signals`.
 pub(crate) struct PrefixedBody {
     prefix: Option<Bytes>,
     rest: Incoming,
     received: u64,
     limit: u64,
-    over_limit: Arc<AtomicBool>,
+    pace: Pace,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    signals: Arc<BodySignals>,
 }
 
 impl PrefixedBody {
@@ -119,14 +209,18 @@ impl PrefixedBody {
         rest: Incoming,
         received: u64,
         limit: u64,
-        over_limit: Arc<AtomicBool>,
+        pace: Pace,
+        signals: Arc<BodySignals>,
     ) -> Self {
+        let (deadline, _) = pace.next_deadline(received);
         Self {
             prefix: Some(prefix),
             rest,
             received,
             limit,
-            over_limit,
+            pace,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            signals,
         }
     }
 }
@@ -140,26 +234,55 @@ impl Body for PrefixedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(prefix) = self.prefix.take() {
+            if self.rest.is_end_stream() {
+                // The whole body was in the prefix.
+                self.signals.done.notify_one();
+            }
             if !prefix.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(prefix))));
             }
         }
-        match ready!(Pin::new(&mut self.rest).poll_frame(cx)) {
-            None => Poll::Ready(None),
+        let polled = Pin::new(&mut self.rest).poll_frame(cx);
+        let Poll::Ready(polled) = polled else {
+            if self.timer.as_mut().poll(cx).is_ready() {
+                self.signals.too_slow.store(true, Ordering::SeqCst);
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client missed its deadline",
+                ))));
+            }
+            return Poll::Pending;
+        };
+        match polled {
+            None => {
+                self.signals.done.notify_one();
+                Poll::Ready(None)
+            }
             Some(Err(err)) => Poll::Ready(Some(Err(io::Error::other(err)))),
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     self.received = self.received.saturating_add(data.len() as u64);
                     if self.received > self.limit {
-                        self.over_limit.store(true, Ordering::SeqCst);
+                        self.signals.over_limit.store(true, Ordering::SeqCst);
                         return Poll::Ready(Some(Err(io::Error::other(
                             "request body over the limit",
                         ))));
                     }
+                    let (deadline, _) = self.pace.next_deadline(self.received);
+                    self.timer.as_mut().reset(deadline);
+                }
+                // hyper stops polling a body of known length after its last
+                // byte, so the end is noticed here rather than at `None`.
+                if self.rest.is_end_stream() {
+                    self.signals.done.notify_one();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.as_ref().is_none_or(Bytes::is_empty) && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -250,17 +373,19 @@ pub(crate) fn json_response(
 
 /// The error envelope (AVP-HTTP-20): the SDK's `{"success": false, "message"}`
 /// plus a machine-readable `error.kind`.
+pub(crate) fn error_json(kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "success": false,
+        "message": message,
+        "error": {"kind": kind, "message": message},
+    })
+}
+
+/// An error answer with the envelope of [`error_json`].
 pub(crate) fn error_response(
     status: StatusCode,
     kind: &str,
     message: &str,
 ) -> Response<ResponseBody> {
-    json_response(
-        status,
-        &serde_json::json!({
-            "success": false,
-            "message": message,
-            "error": {"kind": kind, "message": message},
-        }),
-    )
+    json_response(status, &error_json(kind, message))
 }

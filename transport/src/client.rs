@@ -1,16 +1,18 @@
 //! The client: handshake, transmit (bytes or a file, streamed), send_text and
-//! health, over HTTP/1.1 or HTTP/2 prior knowledge. Retries with exponential
-//! backoff only when the connection could not be made, never after the peer
-//! answered (AVP-HTTP-40, AVP-HTTP-41).
+//! health, over HTTP/1.1 or HTTP/2 prior knowledge, or HTTPS with rustls
+//! (ALPN h2/http1.1, AVP-HTTP-70). Retries with exponential backoff only when
+//! the connection could not be made, never after the peer answered
+//! (AVP-HTTP-40, AVP-HTTP-41).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use avp_handshake::ModelIdentity;
+use avp_handshake::{ModelIdentity, WeightsDigest};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -18,6 +20,7 @@ use serde_json::Value;
 
 use crate::body::{FileBody, OutgoingBody};
 use crate::error::TransportError;
+use crate::hello::HandshakeResult;
 use crate::server::{
     AVP_VERSION_HEADER, CONTENT_TYPE_AVP, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT,
 };
@@ -40,8 +43,14 @@ pub struct ClientConfig {
     pub retries: u32,
     /// Wait before the first retry; doubles each time.
     pub backoff: Duration,
-    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1; over
+    /// HTTPS, offer only `h2` in ALPN.
     pub http2: bool,
+    /// TLS settings for `https://` URLs (trusted CAs, client certificate);
+    /// without them an `https://` server cannot be verified.
+    pub tls: Option<rustls::ClientConfig>,
+    /// Our weights digest, sent in the hello (AVP-HS-20).
+    pub weights_digest: Option<WeightsDigest>,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +63,8 @@ impl Default for ClientConfig {
             retries: 3,
             backoff: Duration::from_millis(200),
             http2: false,
+            tls: None,
+            weights_digest: None,
         }
     }
 }
@@ -71,17 +82,37 @@ enum Payload {
 pub struct AvpClient {
     base: String,
     config: ClientConfig,
-    inner: Client<HttpConnector, OutgoingBody>,
+    inner: HttpClient,
 }
+
+/// The hyper client of [`AvpClient`] and the router: plain or TLS per URL.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, OutgoingBody>;
 
 /// Builds the hyper client used by [`AvpClient`] and the router.
 pub(crate) fn http_client(
     http2: bool,
     connect_timeout: Duration,
-) -> Client<HttpConnector, OutgoingBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
+    tls: Option<rustls::ClientConfig>,
+) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    // https:// URLs go through the TLS layer below.
+    http.enforce_http(false);
+    let tls = match tls {
+        Some(tls) => tls,
+        // No trusted CA: https:// fails verification, plain http:// works.
+        None => crate::tls::client_config(&crate::tls::ClientTlsFiles::default())
+            .unwrap_or_else(|_| empty_client_config()),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_all_versions().wrap_connector(http)
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .http2_only(http2)
@@ -90,17 +121,38 @@ pub(crate) fn http_client(
     builder.build(connector)
 }
 
+fn empty_client_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        #[allow(deprecated)] // see tls.rs: ring is chosen for build cost
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| {
+        b.with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    })
+    .unwrap_or_else(|_| unreachable_config())
+}
+
+/// ring supports the default protocol versions; kept total rather than panicking.
+fn unreachable_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 impl AvpClient {
     /// A client for `url` (`http://host:port`, optionally with a path prefix).
     pub fn new(url: &str, config: ClientConfig) -> Result<Self, TransportError> {
         let uri: Uri = url
             .parse()
             .map_err(|_| TransportError::InvalidUrl(url.to_owned()))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() || uri.query().is_some() {
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        if !scheme_ok || uri.authority().is_none() || uri.query().is_some() {
             return Err(TransportError::InvalidUrl(url.to_owned()));
         }
         let base = url.trim_end_matches('/').to_owned();
-        let inner = http_client(config.http2, config.connect_timeout);
+        let inner = http_client(config.http2, config.connect_timeout, config.tls.clone());
         Ok(Self {
             base,
             config,
@@ -114,17 +166,31 @@ impl AvpClient {
             .await
     }
 
-    /// `POST /avp/v2/handshake` with our hello (`agent_id` from the config,
-    /// written exactly as the SDK's `json.dumps(hello.to_dict())`).
-    pub async fn handshake(&self, identity: &ModelIdentity) -> Result<Value, TransportError> {
-        let body = Bytes::from(crate::hello::hello_bytes(&self.config.agent_id, identity));
-        self.send(
-            Method::POST,
-            PATH_HANDSHAKE,
-            Some("application/json"),
-            &Payload::Bytes(body),
-        )
-        .await
+    /// `POST /avp/v2/handshake` with our hello (`agent_id` and weights
+    /// digest from the config, written exactly as the SDK's
+    /// `json.dumps(hello.to_dict())`); the answer is resolved on our side by
+    /// the handshake crate's state machine (AVP-HTTP-30).
+    pub async fn handshake(
+        &self,
+        identity: &ModelIdentity,
+    ) -> Result<HandshakeResult, TransportError> {
+        let hello = crate::hello::hello_message(
+            &self.config.agent_id,
+            identity,
+            self.config.weights_digest.as_ref(),
+        );
+        let body = Bytes::from(hello.to_wire().map_err(|err| {
+            TransportError::Io(io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))
+        })?);
+        let answer = self
+            .send_raw(
+                Method::POST,
+                PATH_HANDSHAKE,
+                Some("application/json"),
+                &Payload::Bytes(body),
+            )
+            .await?;
+        HandshakeResult::from_answer(hello, &answer).map_err(TransportError::BadHandshake)
     }
 
     /// `POST /avp/v2/transmit` with an encoded message held in memory.
@@ -175,6 +241,19 @@ impl AvpClient {
         content_type: Option<&str>,
         payload: &Payload,
     ) -> Result<Value, TransportError> {
+        let body = self.send_raw(method, path, content_type, payload).await?;
+        serde_json::from_slice(&body)
+            .map_err(|_| TransportError::BadResponse("the answer is not JSON".to_owned()))
+    }
+
+    /// The 2xx answer's bytes, or the error of [`interpret`].
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        payload: &Payload,
+    ) -> Result<Bytes, TransportError> {
         let mut attempt = 0u32;
         loop {
             let request = self
@@ -194,7 +273,10 @@ impl AvpClient {
                     attempt = attempt.saturating_add(1);
                 }
                 Err(err) => return Err(err),
-                Ok((status, body)) => return interpret(status, &body),
+                Ok((status, body)) => {
+                    interpret(status, &body)?;
+                    return Ok(body);
+                }
             }
         }
     }
@@ -249,7 +331,7 @@ fn header_value(text: &str) -> Result<HeaderValue, TransportError> {
 
 /// Sends one request and reads the (bounded) answer.
 pub(crate) async fn exchange(
-    client: &Client<HttpConnector, OutgoingBody>,
+    client: &HttpClient,
     request: Request<OutgoingBody>,
 ) -> Result<(StatusCode, Bytes), TransportError> {
     let response = client.request(request).await.map_err(|err| {
@@ -309,9 +391,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_must_be_plain_http_with_a_host() {
+    fn urls_must_be_http_or_https_with_a_host() {
         assert!(AvpClient::new("http://127.0.0.1:1", ClientConfig::default()).is_ok());
-        assert!(AvpClient::new("https://x:1", ClientConfig::default()).is_err());
+        assert!(AvpClient::new("https://x:1", ClientConfig::default()).is_ok());
+        assert!(AvpClient::new("ftp://x:1", ClientConfig::default()).is_err());
         assert!(AvpClient::new("127.0.0.1:1", ClientConfig::default()).is_err());
         assert!(AvpClient::new("http://x:1/?q", ClientConfig::default()).is_err());
     }

@@ -35,6 +35,10 @@ pub enum TransportError {
     BadResponse(String),
     /// Local I/O (reading the file to send, binding a socket, the store).
     Io(io::Error),
+    /// TLS configuration: unreadable or unusable certificates and keys.
+    Tls(String),
+    /// The handshake answer is not what AVP-HTTP-30 describes.
+    BadHandshake(String),
 }
 
 impl fmt::Display for TransportError {
@@ -54,6 +58,8 @@ impl fmt::Display for TransportError {
             },
             Self::BadResponse(why) => write!(f, "peer sent an unreadable answer: {why}"),
             Self::Io(err) => write!(f, "I/O error: {err}"),
+            Self::Tls(why) => write!(f, "TLS configuration: {why}"),
+            Self::BadHandshake(why) => write!(f, "the handshake answer is unusable: {why}"),
         }
     }
 }
@@ -87,6 +93,8 @@ impl TransportError {
             Self::Status { .. } => "status",
             Self::BadResponse(_) => "bad_response",
             Self::Io(_) => "io",
+            Self::Tls(_) => "tls",
+            Self::BadHandshake(_) => "bad_handshake",
         }
     }
 }

@@ -1,24 +1,26 @@
 //! A router: forwards each transmit to the agent named by the message's
 //! `target_agent_id`, reading only the header and metadata; the tensor bytes
 //! stream through frame by frame and are never buffered whole or decoded
-//! (AVP-HTTP-50..54).
+//! (AVP-HTTP-50..56). An upstream that has the whole request and does not
+//! answer within the upstream timeout gets the client a 504 (AVP-HTTP-56).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
+use tokio::time::Instant;
 
-use crate::agent::{read_bytes, read_error, wire_error};
-use crate::body::{LimitedReader, OutgoingBody, PrefixedBody, ResponseBody, error_response};
-use crate::client::{exchange, http_client};
+use crate::agent::{read_bytes, read_error_draining, wire_error};
+use crate::body::{
+    BodySignals, LimitedReader, OutgoingBody, PrefixedBody, ResponseBody, error_response,
+};
+use crate::client::{HttpClient, exchange, http_client};
 use crate::error::TransportError;
 use crate::server::{Endpoint, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, ServerConfig, too_large};
 use crate::wire::{HEADER_LEN, MAX_METADATA, peek_header, peek_routing};
@@ -38,8 +40,12 @@ const FORWARDED: [&str; 5] = [
 /// Forwards messages to agents by id.
 pub struct Router {
     routes: HashMap<String, String>,
-    client: Client<HttpConnector, OutgoingBody>,
+    client: HttpClient,
+    upstream_timeout: Duration,
 }
+
+/// Default of [`Router::with_upstream_timeout`]: 60 s.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Router {
     /// A router with `agent id → base URL` routes (`http://host:port[/prefix]`).
@@ -50,8 +56,24 @@ impl Router {
             .collect();
         Self {
             routes,
-            client: http_client(false, Duration::from_secs(10)),
+            client: http_client(false, Duration::from_secs(10), None),
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
         }
+    }
+
+    /// Speaks HTTPS to `https://` routes with this client configuration
+    /// (trusted CAs and, for mTLS upstreams, the router's own certificate).
+    pub fn with_upstream_tls(mut self, tls: rustls::ClientConfig) -> Self {
+        self.client = http_client(false, Duration::from_secs(10), Some(tls));
+        self
+    }
+
+    /// How long an upstream may take to answer once it has the whole
+    /// request (for JSON bodies: from the start) before the client gets
+    /// 504 `upstream_timeout` (AVP-HTTP-56).
+    pub fn with_upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = timeout;
+        self
     }
 
     pub(crate) async fn handle(
@@ -76,10 +98,10 @@ impl Router {
         config: &ServerConfig,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let mut reader = LimitedReader::new(body, config.max_body, config.idle_timeout);
+        let mut reader = LimitedReader::new(body, config.max_body, config.pace(Instant::now()));
         let mut prefix = BytesMut::new();
         if let Err(err) = reader.fill_to(&mut prefix, HEADER_LEN).await {
-            return read_error(err, config.max_body);
+            return read_error_draining(reader, err, config.max_body);
         }
         let header = match peek_header(&prefix) {
             Ok(Some(header)) => header,
@@ -94,11 +116,12 @@ impl Router {
             Err(err) => return wire_error(&err),
         };
         if header.message_len() > config.max_body {
+            reader.drain_later();
             return too_large(config.max_body);
         }
         let meta_end = header.metadata_end();
         if let Err(err) = reader.fill_to(&mut prefix, meta_end).await {
-            return read_error(err, config.max_body);
+            return read_error_draining(reader, err, config.max_body);
         }
         if prefix.len() < meta_end {
             return error_response(
@@ -114,20 +137,36 @@ impl Router {
         let Some(base) = self.routes.get(&routing.target_agent_id) else {
             return unknown_target(&routing.target_agent_id);
         };
-        let over_limit = Arc::new(AtomicBool::new(false));
-        let (rest, received) = reader.into_parts();
+        let signals = Arc::new(BodySignals::default());
+        let (rest, received, pace) = reader.into_parts();
         let body = PrefixedBody::new(
             prefix.freeze(),
             rest,
             received,
             config.max_body,
-            Arc::clone(&over_limit),
+            pace,
+            Arc::clone(&signals),
         );
-        let outcome = self
-            .forward(&parts, base, PATH_TRANSMIT, body.boxed())
-            .await;
-        if over_limit.load(Ordering::SeqCst) {
+        let forward = self.forward(&parts, base, PATH_TRANSMIT, body.boxed());
+        // The upstream's time starts once it has the whole body: before that
+        // the client's own deadlines apply (AVP-HTTP-18, AVP-HTTP-56).
+        let upstream_silent = async {
+            signals.done.notified().await;
+            tokio::time::sleep(self.upstream_timeout).await;
+        };
+        let outcome = tokio::select! {
+            outcome = forward => outcome,
+            () = upstream_silent => Err(TransportError::Timeout),
+        };
+        if signals.over_limit.load(Ordering::SeqCst) {
             return too_large(config.max_body);
+        }
+        if signals.too_slow.load(Ordering::SeqCst) {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body arrived slower than the minimum rate or stalled",
+            );
         }
         relay(outcome, &routing.target_agent_id)
     }
@@ -138,7 +177,7 @@ impl Router {
         config: &ServerConfig,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let bytes = match read_bytes(body, config.max_json, config).await {
+        let bytes = match read_bytes(body, config.max_json, config, None).await {
             Ok(bytes) => bytes,
             Err(response) => return *response,
         };
@@ -155,7 +194,10 @@ impl Router {
         };
         // The original bytes go on, not a re-serialisation.
         let body = Full::new(bytes).map_err(|never| match never {}).boxed();
-        relay(self.forward(&parts, base, PATH_TEXT, body).await, &target)
+        relay(
+            self.forward_timed(&parts, base, PATH_TEXT, body).await,
+            &target,
+        )
     }
 
     /// A hello names its sender, not its destination: with exactly one route
@@ -166,7 +208,7 @@ impl Router {
         config: &ServerConfig,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let bytes = match read_bytes(body, config.max_json, config).await {
+        let bytes = match read_bytes(body, config.max_json, config, None).await {
             Ok(bytes) => bytes,
             Err(response) => return *response,
         };
@@ -180,9 +222,23 @@ impl Router {
         };
         let body = Full::new(bytes).map_err(|never| match never {}).boxed();
         relay(
-            self.forward(&parts, base, PATH_HANDSHAKE, body).await,
+            self.forward_timed(&parts, base, PATH_HANDSHAKE, body).await,
             target,
         )
+    }
+
+    /// [`Router::forward`] of a small body that is sent at once: the whole
+    /// exchange is bounded by the upstream timeout.
+    async fn forward_timed(
+        &self,
+        parts: &http::request::Parts,
+        base: &str,
+        path: &str,
+        body: OutgoingBody,
+    ) -> Result<(StatusCode, Bytes), TransportError> {
+        tokio::time::timeout(self.upstream_timeout, self.forward(parts, base, path, body))
+            .await
+            .unwrap_or(Err(TransportError::Timeout))
     }
 
     async fn forward(
@@ -231,6 +287,11 @@ fn relay(
             );
             response
         }
+        Err(TransportError::Timeout) => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            &format!("agent {target:?} did not answer in time"),
+        ),
         Err(err) => error_response(
             StatusCode::BAD_GATEWAY,
             "upstream_unavailable",

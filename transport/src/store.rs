@@ -4,6 +4,10 @@
 //! temporary file, flushed to disk, then renamed into place (and the directory
 //! synced), so a crash never leaves a half message under a final name and a
 //! restart finds every message that was acknowledged (AVP-HTTP-60, AVP-HTTP-61).
+//! Beside each message a sidecar `<id>.meta` (written the same way, before
+//! the message) keeps what the server knew about it: session, agents, the
+//! mTLS client identity and the arrival time, so a restart forgets nothing
+//! (AVP-HTTP-63).
 
 use std::collections::HashMap;
 use std::fs;
@@ -18,8 +22,12 @@ use bytes::Bytes;
 const EXTENSION: &str = "avp";
 /// File extension of stored JSON fallback messages.
 const TEXT_EXTENSION: &str = "json";
+/// File extension of the metadata sidecars.
+const META_EXTENSION: &str = "meta";
 /// Prefix of temporary files; they are removed when a store is opened.
 const TEMP_PREFIX: &str = ".incoming-";
+/// Largest sidecar read back (they are a few hundred bytes).
+const MAX_SIDECAR: u64 = 64 << 10;
 
 /// One received context.
 #[derive(Debug, Clone)]
@@ -32,9 +40,12 @@ pub struct StoredContext {
     pub source_agent_id: String,
     /// Metadata `target_agent_id`.
     pub target_agent_id: String,
+    /// The sender's client certificate identity under mutual TLS
+    /// (`sha256:<hex>`, AVP-HTTP-74).
+    pub client_identity: Option<String>,
     /// Length of the whole message in bytes.
     pub len: u64,
-    /// When it was received (file modification time after a restart).
+    /// When it was received (from the sidecar after a restart).
     pub received_at: SystemTime,
     /// Where the bytes are: the file, when the store has a directory.
     pub path: Option<PathBuf>,
@@ -65,16 +76,53 @@ impl ContextStore {
     }
 
     /// A store backed by `dir` (created if missing). Finishes what a crash left:
-    /// temporary files are deleted, complete messages are indexed again.
+    /// temporary files and sidecars without their message are deleted,
+    /// complete messages are indexed again with their metadata.
     pub fn open(dir: &Path, ttl: Duration) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let mut entries = HashMap::new();
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let orphan = name
+                .strip_suffix(".meta")
+                .is_some_and(|id| !message_exists(dir, id));
+            if name.starts_with(TEMP_PREFIX) || orphan {
+                fs::remove_file(item.path())?;
+            }
+        }
+        let entries = Self::scan(dir)?
+            .into_iter()
+            .map(|context| {
+                (
+                    context.id.clone(),
+                    Entry {
+                        context,
+                        bytes: None,
+                    },
+                )
+            })
+            .collect();
+        let store = Self {
+            dir: Some(dir.to_path_buf()),
+            ttl,
+            entries: Mutex::new(entries),
+        };
+        store.evict_expired();
+        Ok(store)
+    }
+
+    /// Every complete message in `dir` with its metadata, oldest first,
+    /// without changing anything (what `avp store ls` shows). Metadata comes
+    /// from the sidecar; a message without one (written before sidecars
+    /// existed) is described from its own header and metadata.
+    pub fn scan(dir: &Path) -> io::Result<Vec<StoredContext>> {
+        let mut found = Vec::new();
         for item in fs::read_dir(dir)? {
             let item = item?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(TEMP_PREFIX) {
-                fs::remove_file(item.path())?;
                 continue;
             }
             let (id, text) = match (name.strip_suffix(".avp"), name.strip_suffix(".json")) {
@@ -86,31 +134,26 @@ impl ContextStore {
                 continue;
             }
             let meta = item.metadata()?;
-            let context = StoredContext {
+            let mut context = StoredContext {
                 id: id.to_owned(),
                 session_id: String::new(),
                 source_agent_id: String::new(),
                 target_agent_id: String::new(),
+                client_identity: None,
                 len: meta.len(),
                 received_at: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                 path: Some(item.path()),
                 text,
             };
-            entries.insert(
-                id.to_owned(),
-                Entry {
-                    context,
-                    bytes: None,
-                },
-            );
+            let sidecar = dir.join(format!("{id}.{META_EXTENSION}"));
+            if !read_sidecar(&sidecar, &mut context) {
+                // Best effort: an unreadable message keeps empty fields.
+                let _ = describe_from_message(&item.path(), &mut context);
+            }
+            found.push(context);
         }
-        let store = Self {
-            dir: Some(dir.to_path_buf()),
-            ttl,
-            entries: Mutex::new(entries),
-        };
-        store.evict_expired();
-        Ok(store)
+        found.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        Ok(found)
     }
 
     /// The directory, when the store has one.
@@ -137,7 +180,21 @@ impl ContextStore {
                 } else {
                     EXTENSION
                 };
-                let path = write_atomically(dir, &context.id, extension, &bytes)?;
+                // Sidecar first: a message on disk always has its metadata.
+                write_atomically(
+                    dir,
+                    &format!("{}-meta", context.id),
+                    &format!("{}.{META_EXTENSION}", context.id),
+                    &sidecar_bytes(&context),
+                    false,
+                )?;
+                let path = write_atomically(
+                    dir,
+                    &context.id,
+                    &format!("{}.{extension}", context.id),
+                    &bytes,
+                    true,
+                )?;
                 context.path = Some(path);
                 None
             }
@@ -192,6 +249,7 @@ impl ContextStore {
                 if let Some(path) = &entry.context.path {
                     // A file already gone is what we wanted anyway.
                     let _ = fs::remove_file(path);
+                    let _ = fs::remove_file(path.with_extension(META_EXTENSION));
                 }
             }
             keep
@@ -216,10 +274,16 @@ fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// temp file + write + fsync + rename + fsync(dir) (AVP-HTTP-60).
-fn write_atomically(dir: &Path, id: &str, extension: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-    let temp = dir.join(format!("{TEMP_PREFIX}{id}"));
-    let fin = dir.join(format!("{id}.{extension}"));
+/// temp file + write + fsync + rename (+ fsync(dir) when `sync_dir`) (AVP-HTTP-60).
+fn write_atomically(
+    dir: &Path,
+    temp_tag: &str,
+    name: &str,
+    bytes: &[u8],
+    sync_dir: bool,
+) -> io::Result<PathBuf> {
+    let temp = dir.join(format!("{TEMP_PREFIX}{temp_tag}"));
+    let fin = dir.join(name);
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -229,12 +293,117 @@ fn write_atomically(dir: &Path, id: &str, extension: &str, bytes: &[u8]) -> io::
         file.sync_all()?;
         drop(file);
         fs::rename(&temp, &fin)?;
-        fs::File::open(dir)?.sync_all()
+        if sync_dir {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
     result.map(|()| fin)
+}
+
+fn message_exists(dir: &Path, id: &str) -> bool {
+    dir.join(format!("{id}.{EXTENSION}")).is_file()
+        || dir.join(format!("{id}.{TEXT_EXTENSION}")).is_file()
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The sidecar: one JSON object with the fields of [`StoredContext`] that
+/// the message file does not give back by itself.
+fn sidecar_bytes(context: &StoredContext) -> Vec<u8> {
+    let value = serde_json::json!({
+        "id": context.id,
+        "session_id": context.session_id,
+        "source_agent_id": context.source_agent_id,
+        "target_agent_id": context.target_agent_id,
+        "client_identity": context.client_identity,
+        "received_at_ms": unix_millis(context.received_at),
+        "text": context.text,
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// Fills `context` from its sidecar; false when there is none or it is unusable.
+fn read_sidecar(path: &Path, context: &mut StoredContext) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    let mut raw = Vec::new();
+    if io::Read::read_to_end(&mut io::Read::take(file, MAX_SIDECAR), &mut raw).is_err() {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&raw) else {
+        return false;
+    };
+    if map.get("id").and_then(serde_json::Value::as_str) != Some(context.id.as_str()) {
+        return false;
+    }
+    let text = |key: &str| {
+        map.get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    context.session_id = text("session_id");
+    context.source_agent_id = text("source_agent_id");
+    context.target_agent_id = text("target_agent_id");
+    context.client_identity = map
+        .get("client_identity")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    if let Some(ms) = map
+        .get("received_at_ms")
+        .and_then(serde_json::Value::as_u64)
+    {
+        context.received_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    }
+    true
+}
+
+/// Reads session and agent ids from the message itself: the AVP header and
+/// metadata, or the JSON fallback message's fields.
+fn describe_from_message(path: &Path, context: &mut StoredContext) -> io::Result<()> {
+    let mut file = fs::File::open(path)?;
+    if context.text {
+        let mut raw = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, 4 << 20), &mut raw)?;
+        let value: serde_json::Value = serde_json::from_slice(&raw).map_err(io::Error::other)?;
+        let field = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        context.session_id = field("session_id");
+        context.source_agent_id = field("source_agent_id");
+        context.target_agent_id = field("target_agent_id");
+        return Ok(());
+    }
+    let mut head = vec![0u8; crate::wire::HEADER_LEN];
+    io::Read::read_exact(&mut file, &mut head)?;
+    let header = crate::wire::peek_header(&head)
+        .map_err(|err| io::Error::other(err.message().to_owned()))?
+        .ok_or_else(|| io::Error::other("short header"))?;
+    // metadata_end is bounded by the codec's metadata limit (1 MiB), checked above.
+    head.resize(header.metadata_end(), 0);
+    io::Read::read_exact(
+        &mut file,
+        head.get_mut(crate::wire::HEADER_LEN..).unwrap_or_default(),
+    )?;
+    let routing = crate::wire::peek_routing(&head)
+        .map_err(|err| io::Error::other(err.message().to_owned()))?;
+    context.session_id = routing.session_id;
+    context.source_agent_id = routing.source_agent_id;
+    context.target_agent_id = routing.target_agent_id;
+    Ok(())
 }
 
 /// A fresh random id: 16 random bytes as 32 lowercase hex digits.
@@ -263,6 +432,7 @@ mod tests {
             session_id: "s".into(),
             source_agent_id: "a".into(),
             target_agent_id: "b".into(),
+            client_identity: Some("sha256:ab".into()),
             len: 0,
             received_at: SystemTime::now(),
             path: None,
@@ -297,8 +467,8 @@ mod tests {
             .collect();
         assert_eq!(
             names.len(),
-            1,
-            "temp file removed, one message left: {names:?}"
+            2,
+            "temp file removed, one message and its sidecar left: {names:?}"
         );
         fs::remove_dir_all(&dir).expect("cleanup");
     }
@@ -314,6 +484,56 @@ mod tests {
         // put() stamps nothing itself: the caller's received_at is kept.
         assert!(store.get(&id).expect("get").is_none());
         assert!(!stored.path.expect("path").exists());
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// AVP-HTTP-63: session, agents, client identity and arrival time come
+    /// back after a restart; a message without a sidecar is described from
+    /// its own metadata; a sidecar without its message is removed.
+    #[test]
+    fn http_63_metadata_survives_a_restart() {
+        let dir = temp_dir("meta");
+        let id = new_id();
+        let received_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        {
+            let store = ContextStore::open(&dir, Duration::from_secs(u64::MAX / 4)).expect("open");
+            let mut first = context(&id);
+            first.received_at = received_at;
+            store
+                .put(first, Bytes::from_static(b"AVmessage"))
+                .expect("put");
+        }
+        // A JSON message stored without a sidecar (an older store).
+        let old = new_id();
+        fs::write(
+            dir.join(format!("{old}.json")),
+            br#"{"session_id":"s2","source_agent_id":"x","target_agent_id":"y","content":"hi"}"#,
+        )
+        .expect("write");
+        fs::write(dir.join(format!("{}.meta", new_id())), b"{}").expect("orphan");
+        let store = ContextStore::open(&dir, Duration::from_secs(u64::MAX / 4)).expect("reopen");
+        let (ctx, _) = store.get(&id).expect("read").expect("present");
+        assert_eq!(
+            (
+                ctx.session_id.as_str(),
+                ctx.source_agent_id.as_str(),
+                ctx.target_agent_id.as_str()
+            ),
+            ("s", "a", "b")
+        );
+        assert_eq!(ctx.client_identity.as_deref(), Some("sha256:ab"));
+        assert_eq!(ctx.received_at, received_at);
+        let (ctx, _) = store.get(&old).expect("read").expect("present");
+        assert_eq!((ctx.session_id.as_str(), ctx.text), ("s2", true));
+        let metas = fs::read_dir(&dir)
+            .expect("ls")
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().ends_with(".meta"))
+                    .unwrap_or(false)
+            })
+            .count();
+        assert_eq!(metas, 1, "the orphan sidecar is gone");
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

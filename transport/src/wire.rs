@@ -23,6 +23,9 @@ pub struct RoutingInfo {
     pub source_agent_id: String,
     /// Metadata field 3.
     pub target_agent_id: String,
+    /// Metadata field 10 by name (`LATENT` or `JSON`), checked against the
+    /// session the message claims (AVP-HTTP-35).
+    pub mode: &'static str,
 }
 
 /// The header, once 12 bytes are there (`Ok(None)` before that). Rejects bad
@@ -44,6 +47,7 @@ pub fn peek_routing(bytes: &[u8]) -> Result<RoutingInfo, WireError> {
         session_id: peeked.metadata.session_id.into_owned(),
         source_agent_id: peeked.metadata.source_agent_id.into_owned(),
         target_agent_id: peeked.metadata.target_agent_id.into_owned(),
+        mode: peeked.metadata.mode.name(),
     })
 }
 

@@ -15,6 +15,8 @@ use avp_transport::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+mod pki;
+
 struct Running {
     url: String,
     stop: oneshot::Sender<()>,
@@ -137,7 +139,12 @@ async fn http_50_to_55_routing_limits_and_failures() {
     );
     // With two routes a hello has nowhere to go.
     assert_eq!(
-        status_of(via_router.handshake(&ModelIdentity::default()).await),
+        status_of(
+            via_router
+                .handshake(&ModelIdentity::default())
+                .await
+                .map(|result| result.answer)
+        ),
         (404, "unknown_target".into())
     );
     // A chunked body that keeps going past the limit after a small header:
@@ -229,4 +236,124 @@ async fn http_52_the_bearer_token_passes_through_the_router() {
     );
     router.shutdown().await;
     bob.shutdown().await;
+}
+
+/// Issue 13, defect 2: an upstream that accepts and reads but never answers
+/// gets the client a 504 `upstream_timeout` within the upstream timeout,
+/// for transmits and for text (AVP-HTTP-56).
+#[tokio::test]
+async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    let sink = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut stream, _)) = silent.accept().await {
+            // Reads everything, answers nothing.
+            open.push(tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut stream, &mut sink).await;
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    let routes = HashMap::from([("agent-b".to_owned(), silent_url)]);
+    let router = Router::new(routes).with_upstream_timeout(Duration::from_millis(300));
+    let router = run(ServerConfig::default(), Role::Router(Arc::new(router))).await;
+    let via_router = AvpClient::new(
+        &router.url,
+        ClientConfig {
+            retries: 0,
+            timeout: Duration::from_secs(60),
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        status_of(via_router.transmit(message("agent-b", 1 << 20)).await),
+        (504, "upstream_timeout".into())
+    );
+    assert_eq!(
+        status_of(
+            via_router
+                .send_text(&serde_json::json!({"target_agent_id": "agent-b", "content": "x"}))
+                .await
+        ),
+        (504, "upstream_timeout".into())
+    );
+    // Well under the client's own 60 s: the router answered, not a timeout.
+    assert!(started.elapsed() < Duration::from_secs(50));
+    router.shutdown().await;
+    sink.abort();
+}
+
+/// A router speaks TLS on both sides (AVP-HTTP-75): HTTPS from the client,
+/// HTTPS with the router's client certificate to an mTLS agent, which
+/// records the router's certificate identity.
+#[tokio::test]
+async fn http_75_a_router_speaks_tls_on_both_sides() {
+    use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
+    let dir = std::env::temp_dir().join(format!("avp-route-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let [ca, cert, key, client_cert, client_key] = pki::test_pki(&dir);
+    let server_tls = |client_ca: Option<std::path::PathBuf>| {
+        server_config(&ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca,
+        })
+        .expect("server TLS")
+    };
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
+    let bob_config = ServerConfig {
+        tls: Some(server_tls(Some(ca.clone()))),
+        ..ServerConfig::default()
+    };
+    let bob = run(bob_config, Role::Agent(Arc::new(agent))).await;
+    let bob_url = bob.url.replace("http://", "https://");
+    let upstream_tls = client_config(&ClientTlsFiles {
+        ca: Some(ca.clone()),
+        client_cert: Some((client_cert, client_key)),
+    })
+    .expect("router's client TLS");
+    let router =
+        Router::new(HashMap::from([("bob".to_owned(), bob_url)])).with_upstream_tls(upstream_tls);
+    let router_config = ServerConfig {
+        tls: Some(server_tls(None)),
+        ..ServerConfig::default()
+    };
+    let router = run(router_config, Role::Router(Arc::new(router))).await;
+    let client = AvpClient::new(
+        &router.url.replace("http://", "https://"),
+        ClientConfig {
+            tls: Some(
+                client_config(&ClientTlsFiles {
+                    ca: Some(ca),
+                    client_cert: None,
+                })
+                .expect("client TLS"),
+            ),
+            retries: 0,
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    let answer = client
+        .transmit(message("bob", 4096))
+        .await
+        .expect("through two TLS hops");
+    let (stored, _) = store
+        .get(answer["request_id"].as_str().expect("id"))
+        .expect("read")
+        .expect("stored");
+    let identity = stored
+        .client_identity
+        .expect("the router's certificate identity");
+    assert!(identity.starts_with("sha256:"), "{identity}");
+    router.shutdown().await;
+    bob.shutdown().await;
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -18,9 +18,12 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod pki;
+
 struct Running {
     addr: SocketAddr,
     store: Arc<ContextStore>,
+    agent: Arc<Agent>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -47,11 +50,12 @@ async fn start_with_budget(config: ServerConfig, budget: u64) -> Running {
     let identity =
         identity_from_json(br#"{"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2}"#)
             .expect("identity");
-    let agent = Agent::new("test-agent", identity, Arc::clone(&store)).with_memory_budget(budget);
+    let agent =
+        Arc::new(Agent::new("test-agent", identity, Arc::clone(&store)).with_memory_budget(budget));
     let server = Server::bind(
         "127.0.0.1:0".parse().expect("addr"),
         config,
-        Role::Agent(Arc::new(agent)),
+        Role::Agent(Arc::clone(&agent)),
     )
     .await
     .expect("bind");
@@ -63,6 +67,7 @@ async fn start_with_budget(config: ServerConfig, budget: u64) -> Running {
     Running {
         addr,
         store,
+        agent,
         stop: Some(stop),
         task,
     }
@@ -511,7 +516,10 @@ async fn http_30_33_handshake_and_text_over_the_client() {
         br#"{"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2, "model_hash": "zz"}"#,
     )
     .expect("identity");
-    let answer = client.handshake(&identity).await.expect("handshake");
+    let result = client.handshake(&identity).await.expect("handshake");
+    assert!(result.agrees(), "{:?}", result.answer);
+    assert_eq!(result.resolution_path.as_str(), "structural_match");
+    let answer = &result.answer;
     assert_eq!(answer["mode"], "LATENT");
     assert_eq!(answer["resolution_path"], "structural_match");
     assert_eq!(answer["identity"]["model_family"], "qwen2");
@@ -645,8 +653,10 @@ async fn http_14_31_32_the_wire_corpus_through_transmit() {
     server.shutdown().await;
 }
 
-/// With a 1 MiB budget, a second 700 KiB message waits while a first one is
-/// still being received, then goes through (AVP-HTTP-17).
+/// With a 1 MiB budget, bytes are taken as they arrive (AVP-HTTP-17): a
+/// second 700 KiB message fills what the stalled first one left and waits;
+/// when the first resumes, the two could only wait on each other, so the
+/// younger gives up with 503 `server_busy` and the older is stored.
 #[tokio::test]
 async fn http_17_message_buffers_share_one_memory_budget() {
     let server = start_with_budget(ServerConfig::default(), 1 << 20).await;
@@ -664,19 +674,19 @@ async fn http_17_message_buffers_share_one_memory_budget() {
         .write_all(&first[..first.len() / 2])
         .await
         .expect("first half");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
     let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
     let second = tokio::spawn(async move {
         client
             .transmit(Bytes::from(message("bob", &[2u8; 700 * 1024])))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second message must wait for the budget"
-    );
+    // Wait until the second message holds bytes and waits for more.
+    let loopback = "127.0.0.1".parse().expect("ip");
+    wait_until("the second message waits for budget", || {
+        server.agent.budget_waiting() == 1
+    })
+    .await;
+    assert!(!second.is_finished(), "the second message waits for budget");
     assert!(server.store.list().is_empty());
 
     stream
@@ -685,11 +695,553 @@ async fn http_17_message_buffers_share_one_memory_budget() {
         .expect("second half");
     let (status, answer) = read_answer(&mut stream).await;
     assert_eq!(status, 200, "{answer}");
-    let answer = second
+    match second.await.expect("join") {
+        Err(TransportError::Status { status, kind, .. }) => {
+            assert_eq!((status, kind.as_deref()), (503, Some("server_busy")));
+        }
+        other => panic!("the younger message must yield, got {other:?}"),
+    }
+    assert_eq!(server.store.list().len(), 1);
+    assert_eq!(
+        server.agent.budget_in_use(loopback),
+        (0, 0),
+        "all given back"
+    );
+    server.shutdown().await;
+}
+
+/// A server with its own config, budget share and handshake, for the tests
+/// of issue 13 (hostile peers).
+async fn start_agent(config: ServerConfig, agent: Agent) -> Running {
+    let store = Arc::clone(agent.store());
+    let agent = Arc::new(agent);
+    let server = Server::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        config,
+        Role::Agent(Arc::clone(&agent)),
+    )
+    .await
+    .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        store,
+        agent,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn plain_agent() -> Agent {
+    Agent::new(
+        "test-agent",
+        avp_transport::ModelIdentity::default(),
+        Arc::new(ContextStore::in_memory(Duration::from_secs(60))),
+    )
+}
+
+/// A connection to `to` whose source address is `from` (another loopback
+/// address stands for another peer).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind a loopback source");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Polls `cond` every 10 ms, failing after 60 s (a bound, not a timing).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let waited = async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), waited)
         .await
-        .expect("join")
-        .expect("second message stored once the first is done");
+        .unwrap_or_else(|_| panic!("never happened: {what}"));
+}
+
+/// Issue 13, defect 1: 64 hostile connections from another address (16
+/// that stall after the request head, 16 that trickle, 32 that declare a
+/// 1 GiB message in its header and stall) hold almost no budget, and a
+/// legitimate 16 MiB transmit goes through while all of them are still
+/// connected. The server's timeouts are set far beyond the test, so it is
+/// not their expiry that lets the legitimate request pass.
+#[tokio::test]
+async fn http_17_18_hostile_connections_do_not_delay_a_legitimate_transmit() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_secs(600),
+        header_timeout: Duration::from_secs(600),
+        min_rate: 0,
+        ..ServerConfig::default()
+    };
+    let server = start_agent(config, plain_agent()).await;
+    let attacker = "127.0.0.2";
+    let mut hostile = Vec::new();
+    for i in 0..64usize {
+        let mut stream = connect_from(attacker, server.addr).await;
+        let declared = message("bob", &[0u8; 16]);
+        let head = request_head(
+            "POST",
+            "/avp/v2/transmit",
+            "application/avp+binary",
+            Some(1 << 30),
+            "",
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        match i % 4 {
+            // Stall after the head.
+            0 => {}
+            // Trickle: a few bytes of a real header now, more later.
+            1 => stream.write_all(&declared[..5]).await.expect("trickle"),
+            // A 12-byte AVP header declaring ~1 GiB, then silence.
+            _ => {
+                let mut header = declared[..12].to_vec();
+                header[4..8].copy_from_slice(&((1u32 << 30) - 12).to_le_bytes());
+                stream.write_all(&header).await.expect("header");
+            }
+        }
+        hostile.push(stream);
+    }
+    let attacker_ip: std::net::IpAddr = attacker.parse().expect("ip");
+    // Every connection's bytes have reached the server (32 headers of 12 bytes).
+    wait_until("the hostile headers arrived", || {
+        server.agent.budget_in_use(attacker_ip).1 >= 32 * 12
+    })
+    .await;
+    let config = ClientConfig {
+        timeout: Duration::from_secs(120),
+        ..ClientConfig::default()
+    };
+    let client = AvpClient::new(&server.url(), config).expect("client");
+    let big = message("bob", &vec![7u8; 16 << 20]);
+    let answer = client
+        .transmit(Bytes::from(big))
+        .await
+        .expect("the legitimate transmit is not blocked");
     assert_eq!(answer["success"], true);
+    let (_, held) = server.agent.budget_in_use(attacker_ip);
+    assert!(
+        held < 64 * 1024,
+        "the attackers hold only what they sent: {held}"
+    );
+    // The attackers are still connected: nothing has timed them out.
+    for stream in &mut hostile {
+        let mut byte = [0u8; 1];
+        let open = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await;
+        assert!(open.is_err(), "a hostile connection was closed early");
+    }
+    drop(hostile);
+    server.shutdown().await;
+}
+
+/// One peer address cannot hold more than its share of the budget: a
+/// second peer's message fits beside it (AVP-HTTP-17).
+#[tokio::test]
+async fn http_17_one_peer_cannot_hold_more_than_its_share() {
+    let share = 2u64 << 20;
+    let config = ServerConfig {
+        max_body: share,
+        idle_timeout: Duration::from_secs(600),
+        min_rate: 0,
+        ..ServerConfig::default()
+    };
+    // Room for the greedy peer's share and one more message.
+    let agent = plain_agent()
+        .with_memory_budget(5 << 20)
+        .with_peer_share(share);
+    let server = start_agent(config, agent).await;
+    let greedy = "127.0.0.2";
+    let full = message("bob", &vec![1u8; (share as usize) - 64]);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from(greedy, server.addr).await;
+        let head = request_head(
+            "POST",
+            "/avp/v2/transmit",
+            "application/avp+binary",
+            Some(full.len()),
+            "",
+        );
+        let body = full[..3 << 19].to_vec();
+        // 1.5 MiB of 2 MiB each, then a stall: together far over the share.
+        // In a task: a server that stops reading (share full) blocks the write.
+        streams.push(tokio::spawn(async move {
+            stream.write_all(head.as_bytes()).await.expect("head");
+            let _ = stream.write_all(&body).await;
+            std::future::pending::<()>().await;
+        }));
+    }
+    let greedy_ip: std::net::IpAddr = greedy.parse().expect("ip");
+    wait_until("the greedy peer reached its share", || {
+        server.agent.budget_in_use(greedy_ip).1 > 3 << 19
+    })
+    .await;
+    let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
+    let answer = client
+        .transmit(Bytes::from(message(
+            "bob",
+            &vec![2u8; (share as usize) - 64],
+        )))
+        .await
+        .expect("another peer's message fits beside the greedy one");
+    assert_eq!(answer["success"], true);
+    let (_, held) = server.agent.budget_in_use(greedy_ip);
+    assert!(held <= share, "held {held} > share {share}");
+    for stream in streams {
+        stream.abort();
+    }
+    server.shutdown().await;
+}
+
+/// A client that trickles far below the minimum rate is answered 408 once
+/// its grace is over; only its own request is lost (AVP-HTTP-18).
+#[tokio::test]
+async fn http_18_a_trickling_client_loses_its_own_request() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_secs(600),
+        min_rate: 1000,
+        rate_grace: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = start_agent(config, plain_agent()).await;
+    let body = message("bob", &[3u8; 4096]);
+    let head = request_head(
+        "POST",
+        "/avp/v2/transmit",
+        "application/avp+binary",
+        Some(body.len()),
+        "",
+    );
+    let stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head.as_bytes()).await.expect("head");
+    let trickle = tokio::spawn(async move {
+        // 20 bytes/s, far below 1000: stops when the server closes.
+        for byte in body {
+            if write.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), read.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""kind":"timeout""#), "{text}");
+    trickle.abort();
+    assert!(server.store.list().is_empty());
+    server.shutdown().await;
+}
+
+/// A peer that never finishes its first request head is dropped after the
+/// header timeout, TLS or not (AVP-HTTP-18).
+#[tokio::test]
+async fn http_18_a_stalled_request_head_is_dropped_after_the_header_timeout() {
+    let config = ServerConfig {
+        header_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /avp/v2/transmit HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial head");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server closes the connection");
+    server.shutdown().await;
+}
+
+/// Issue 13, defect 5: a 1 MB `Authorization` header gets 431 with the JSON
+/// envelope (AVP-HTTP-19, AVP-HTTP-20), not an empty body.
+#[tokio::test]
+async fn http_19_an_oversized_head_gets_431_with_the_json_envelope() {
+    let server = start(ServerConfig::default()).await;
+    let huge = format!("Authorization: Bearer {}\r\n", "a".repeat(1 << 20));
+    let head = request_head(
+        "POST",
+        "/avp/v2/transmit",
+        "application/avp+binary",
+        Some(0),
+        &huge,
+    );
+    let (status, body) = raw(server.addr, &head, b"").await;
+    assert_error(status, &body, 431, "header_too_large", "1 MB header");
+    // The second request of a kept-alive connection, 200 KiB of header:
+    // checked by the server too, not only the first head.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("first");
+    // The whole first answer (it ends with its JSON body) before the second request.
+    let mut first = Vec::new();
+    while !first.ends_with(br#""ok"}"#) {
+        let mut chunk = [0u8; 256];
+        let n = stream.read(&mut chunk).await.expect("first answer");
+        assert!(n > 0, "closed early");
+        first.extend_from_slice(&chunk[..n]);
+    }
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    let second = format!(
+        "POST /avp/v2/transmit HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+        "p".repeat(200 << 10)
+    );
+    stream.write_all(second.as_bytes()).await.expect("second");
+    let (status, body) = read_answer(&mut stream).await;
+    assert_error(
+        status,
+        &body,
+        431,
+        "header_too_large",
+        "200 KiB on keep-alive",
+    );
+    // The server keeps serving.
+    let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
+    assert_eq!(client.health().await.expect("health")["status"], "ok");
+    server.shutdown().await;
+}
+
+/// Issue 13, defect 5: a client still uploading a body over the limit reads
+/// the early 413 instead of a broken pipe, every time (AVP-HTTP-12).
+#[tokio::test]
+async fn http_12_an_early_413_reaches_a_client_that_is_still_uploading() {
+    let server = start(ServerConfig {
+        max_body: 1 << 20,
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("avp-413-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("big.avp");
+    std::fs::write(&file, message("bob", &vec![0u8; 8 << 20])).expect("write");
+    for round in 0..6 {
+        let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
+        match client.transmit_file(&file).await {
+            Err(TransportError::Status { status, kind, .. }) => {
+                assert_eq!(
+                    (status, kind.as_deref()),
+                    (413, Some("body_too_large")),
+                    "round {round}"
+                );
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    server.shutdown().await;
+}
+
+/// Issue 13, defect 5: text messages are checked with AVP-JSON-3 and
+/// AVP-LIM-7 (extra must be an object; nesting at most 64).
+#[tokio::test]
+async fn http_33_text_follows_avp_json_3_and_avp_lim_7() {
+    let server = start(ServerConfig::default()).await;
+    let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
+    let status = |outcome: Result<Value, TransportError>| match outcome {
+        Err(TransportError::Status { status, kind, .. }) => (status, kind.unwrap_or_default()),
+        Ok(_) => (200, String::new()),
+        Err(other) => panic!("{other}"),
+    };
+    let bad_extra = Bytes::from_static(br#"{"content":"x","extra":[1]}"#);
+    assert_eq!(
+        status(client.send_text_bytes(bad_extra).await),
+        (400, "invalid_message".into())
+    );
+    let deep = format!(
+        r#"{{"content":"x","extra":{{"a":{}1{}}}}}"#,
+        "[".repeat(70),
+        "]".repeat(70)
+    );
+    assert_eq!(
+        status(client.send_text_bytes(Bytes::from(deep)).await),
+        (413, "limit_exceeded".into())
+    );
+    assert!(server.store.list().is_empty(), "nothing stored");
+    let fine = Bytes::from_static(br#"{"content":"x","extra":{"k":[1]}}"#);
+    assert_eq!(status(client.send_text_bytes(fine).await).0, 200);
+    server.shutdown().await;
+}
+
+fn session_message(session: &str, mode: avp_codec::Mode) -> Bytes {
+    let tensor = [0u8; 64];
+    let metadata = avp_codec::Metadata {
+        session_id: session.into(),
+        source_agent_id: "peer".into(),
+        target_agent_id: "test-agent".into(),
+        mode,
+        tensor_shape: vec![1, 16].into(),
+        ..avp_codec::Metadata::default()
+    };
+    Bytes::from(
+        avp_codec::encode(&metadata, &tensor, avp_codec::Compression::None).expect("encode"),
+    )
+}
+
+/// Issue 13, defect 3: the hello is resolved with the full options over
+/// HTTP (bad digests refused, our digest sent), the session is recorded,
+/// and a transmit claiming it must carry its mode (AVP-HTTP-34/35).
+#[tokio::test]
+async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
+    let identity = identity_from_json(
+        br#"{"model_family":"qwen2","hidden_dim":8,"num_layers":2,"model_hash":"h"}"#,
+    )
+    .expect("identity");
+    let digest = avp_transport::WeightsDigest([9; 32]);
+    let agent = plain_agent().with_handshake(
+        avp_transport::HandshakeServer::new("test-agent", identity.clone())
+            .with_weights_digest(digest),
+    );
+    let server = start_agent(ServerConfig::default(), agent).await;
+    for bad in [
+        format!("\"{}\"", "AB".repeat(32)),
+        "5".to_owned(),
+        "\"ab\"".to_owned(),
+    ] {
+        let hello = format!(
+            r#"{{"agent_id":"p","identity":{{"model_hash":"h"}},"capabilities":{{"weights_digest":{bad}}}}}"#
+        );
+        let head = request_head(
+            "POST",
+            "/avp/v2/handshake",
+            "application/json",
+            Some(hello.len()),
+            "",
+        );
+        let (status, body) = raw(server.addr, &head, hello.as_bytes()).await;
+        assert_error(status, &body, 400, "invalid_hello", &bad);
+    }
+    let client = AvpClient::new(&server.url(), ClientConfig::default()).expect("client");
+    let result = client.handshake(&identity).await.expect("handshake");
+    assert_eq!(
+        result.weights_digest,
+        Some(digest),
+        "the server sends its digest"
+    );
+    assert_eq!(result.mode.name(), "LATENT");
+    assert!(result.agrees());
+    // A differing digest from the client skips hash_match (AVP-HS-22).
+    let other = ClientConfig {
+        weights_digest: Some(avp_transport::WeightsDigest([1; 32])),
+        ..ClientConfig::default()
+    };
+    let mismatch = AvpClient::new(&server.url(), other)
+        .expect("client")
+        .handshake(&identity)
+        .await
+        .expect("handshake");
+    assert!(mismatch.weights_mismatch);
+    assert_eq!(mismatch.answer["weights_mismatch"], true);
+
+    let live = client
+        .transmit(session_message(&result.session_id, avp_codec::Mode::Latent))
+        .await
+        .expect("a message in its session's mode");
+    assert_eq!(live["session"], "live");
+    match client
+        .transmit(session_message(&result.session_id, avp_codec::Mode::Json))
+        .await
+    {
+        Err(TransportError::Status { status, kind, .. }) => {
+            assert_eq!(
+                (status, kind.as_deref()),
+                (409, Some("session_mode_mismatch"))
+            );
+        }
+        other => panic!("a JSON-mode message in a LATENT session: {other:?}"),
+    }
+    // Unknown sessions and none at all stay accepted (SDK compatibility).
+    let unknown = client
+        .transmit(session_message(&"f".repeat(32), avp_codec::Mode::Latent))
+        .await
+        .expect("unknown session");
+    assert_eq!(unknown["session"], "unknown");
+    assert_eq!(
+        client
+            .transmit(session_message("", avp_codec::Mode::Json))
+            .await
+            .expect("no session")["session"],
+        "none"
+    );
+    server.shutdown().await;
+}
+
+/// HTTPS with mutual TLS (AVP-HTTP-70..74): HTTP/1.1 and HTTP/2 (ALPN)
+/// both work, the client certificate's identity is stored with each
+/// message, and a client without a certificate is refused at the TLS layer.
+#[tokio::test]
+async fn http_70_74_https_and_mtls_record_the_client_identity() {
+    use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
+    let dir = std::env::temp_dir().join(format!("avp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let [ca, cert, key, client_cert, client_key] = pki::test_pki(&dir);
+    let tls = server_config(&ServerTlsFiles {
+        cert,
+        key,
+        client_ca: Some(ca.clone()),
+    })
+    .expect("server TLS");
+    let config = ServerConfig {
+        tls: Some(tls),
+        ..ServerConfig::default()
+    };
+    let server = start_agent(config, plain_agent()).await;
+    let url = format!("https://{}", server.addr);
+    let with_cert = ClientTlsFiles {
+        ca: Some(ca.clone()),
+        client_cert: Some((client_cert.clone(), client_key)),
+    };
+    let client_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(&client_cert).expect("client DER")
+    };
+    let expected = avp_transport::tls::client_identity(&client_der);
+    for http2 in [false, true] {
+        let config = ClientConfig {
+            tls: Some(client_config(&with_cert).expect("client TLS")),
+            http2,
+            ..ClientConfig::default()
+        };
+        let client = AvpClient::new(&url, config).expect("client");
+        let answer = client
+            .transmit(Bytes::from(message("bob", &[5u8; 4096])))
+            .await
+            .unwrap_or_else(|err| panic!("http2={http2}: {err}"));
+        let id = answer["request_id"].as_str().expect("id");
+        let (stored, _) = server.store.get(id).expect("read").expect("stored");
+        assert_eq!(stored.client_identity.as_deref(), Some(expected.as_str()));
+    }
+    let no_cert = ClientConfig {
+        tls: Some(
+            client_config(&ClientTlsFiles {
+                ca: Some(ca),
+                client_cert: None,
+            })
+            .expect("client TLS"),
+        ),
+        retries: 0,
+        ..ClientConfig::default()
+    };
+    let refused = AvpClient::new(&url, no_cert)
+        .expect("client")
+        .transmit(Bytes::from(message("bob", &[5u8; 16])))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(TransportError::Connect(_) | TransportError::Connection(_))
+        ),
+        "{refused:?}"
+    );
     assert_eq!(server.store.list().len(), 2);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
     server.shutdown().await;
 }

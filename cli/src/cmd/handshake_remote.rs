@@ -1,5 +1,6 @@
 //! `avp handshake URL --identity FILE`: sends a hello with this model's
-//! identity to a remote agent and prints its answer (AVP-HTTP-30).
+//! identity to a remote agent and prints its answer (AVP-HTTP-30), with the
+//! resolution this side computes from both hellos under `client_resolution`.
 //!
 //! The `avp handshake` command itself (with `resolve`) lives in handshake.rs;
 //! it calls [`run_remote`] when given a URL.
@@ -14,7 +15,7 @@ use avp_transport::{AvpClient, ClientConfig, TransportError};
 use clap::Args;
 use serde_json::Value;
 
-use super::send::{finish, read_token_file, runtime};
+use super::send::{ClientTlsArgs, finish, read_token_file, runtime};
 
 /// Arguments of `avp handshake URL`.
 #[derive(Args, Debug)]
@@ -33,6 +34,27 @@ pub(crate) struct HandshakeRemoteArgs {
     /// Use HTTP/2 with prior knowledge.
     #[arg(long)]
     pub(crate) http2: bool,
+    /// PEM file of the CA(s) to trust for an https:// URL.
+    #[arg(long, value_name = "F")]
+    pub(crate) ca: Option<PathBuf>,
+    /// PEM client certificate chain, for agents that require mutual TLS.
+    #[arg(long, value_name = "F", requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "F", requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+}
+
+impl HandshakeRemoteArgs {
+    // Not a nested #[command(flatten)]: this struct is itself flattened as an
+    // Option into `avp handshake`, and clap then never reports it present.
+    fn tls(&self) -> ClientTlsArgs {
+        ClientTlsArgs {
+            ca: self.ca.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
 }
 
 /// Runs the remote handshake; prints the answer JSON (exit 0) or an error object (exit 1).
@@ -50,13 +72,24 @@ async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, T
         token: read_token_file(args.token_file.as_deref())?,
         timeout: Duration::from_secs(30),
         http2: args.http2,
+        tls: args.tls().config()?,
         ..ClientConfig::default()
     };
     let client = match AvpClient::new(&args.url, config) {
         Ok(client) => client,
         Err(err) => return Ok(Err(err)),
     };
-    Ok(client.handshake(&identity).await)
+    Ok(client.handshake(&identity).await.map(|result| {
+        let mut answer = result.answer.clone();
+        answer["client_resolution"] = serde_json::json!({
+            "mode": result.mode.name(),
+            "resolution_path": result.resolution_path.as_str(),
+            "avp_map_id": result.avp_map_id,
+            "weights_mismatch": result.weights_mismatch,
+            "agrees": result.agrees(),
+        });
+        answer
+    }))
 }
 
 #[cfg(test)]
@@ -100,6 +133,9 @@ mod tests {
                 token_file: None,
                 agent_id: "me".into(),
                 http2: true,
+                ca: None,
+                client_cert: None,
+                client_key: None,
             };
             let answer = handshake(&args)
                 .await
@@ -113,6 +149,7 @@ mod tests {
         assert_eq!(answer["mode"], "LATENT");
         assert_eq!(answer["agent_id"], "remote");
         assert_eq!(answer["session_id"].as_str().map(str::len), Some(32));
+        assert_eq!(answer["client_resolution"]["agrees"], true);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -1,18 +1,21 @@
 //! `avp route`: forwards each transmit to the agent named by its
-//! `target_agent_id`, reading only header and metadata (AVP-HTTP-50..54).
+//! `target_agent_id`, reading only header and metadata (AVP-HTTP-50..56).
+//! HTTPS on both sides: `--tls-cert/--tls-key` towards clients, `--ca` (and
+//! `--client-cert/--client-key`) towards `https://` upstreams.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use avp_transport::{AvpClient, ClientConfig, Role, Router, Server, ServerConfig};
 use clap::Args;
 
-use super::send::{read_token_file, runtime};
-use super::serve::{announce, shutdown_signal};
+use super::send::{ClientTlsArgs, read_token_file, runtime};
+use super::serve::{ServerLimitArgs, ServerTlsArgs, announce, shutdown_signal};
 
 /// Arguments of `avp route`.
 #[derive(Args, Debug)]
@@ -29,6 +32,16 @@ pub(crate) struct RouteArgs {
     /// Largest accepted message in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_body: u64,
+    /// Seconds an upstream may take to answer once it has the whole request
+    /// (then 504 `upstream_timeout`, AVP-HTTP-56).
+    #[arg(long, default_value_t = 60)]
+    upstream_timeout: u64,
+    #[command(flatten)]
+    limits: ServerLimitArgs,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+    #[command(flatten)]
+    upstream_tls: ClientTlsArgs,
 }
 
 pub(crate) fn run(args: &RouteArgs) -> ExitCode {
@@ -43,19 +56,18 @@ pub(crate) fn run(args: &RouteArgs) -> ExitCode {
 
 async fn route(args: &RouteArgs) -> anyhow::Result<()> {
     let routes = parse_routes(&args.routes)?;
-    let config = ServerConfig {
-        token: read_token_file(args.token_file.as_deref())?,
-        max_body: args.max_body,
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(
-        args.listen,
-        config,
-        Role::Router(Arc::new(Router::new(routes))),
-    )
-    .await
-    .with_context(|| format!("binding {}", args.listen))?;
-    announce(server.local_addr()?)?;
+    let token = read_token_file(args.token_file.as_deref())?;
+    let config: ServerConfig = args.limits.config(token, args.max_body, &args.tls)?;
+    let mut router =
+        Router::new(routes).with_upstream_timeout(Duration::from_secs(args.upstream_timeout));
+    if let Some(tls) = args.upstream_tls.config()? {
+        router = router.with_upstream_tls(tls);
+    }
+    let https = config.tls.is_some();
+    let server = Server::bind(args.listen, config, Role::Router(Arc::new(router)))
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce(server.local_addr()?, https)?;
     server.run(shutdown_signal()).await?;
     Ok(())
 }

@@ -38,6 +38,37 @@ pub(crate) struct SendArgs {
     /// Extra attempts when the connection cannot be made.
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// TLS options of the commands that connect (`send`, `handshake URL`, and
+/// `route` towards its upstreams), AVP-HTTP-70..75.
+#[derive(Args, Debug, Default)]
+pub(crate) struct ClientTlsArgs {
+    /// PEM file of the CA(s) to trust for https:// URLs (no other roots are trusted).
+    #[arg(long, value_name = "F")]
+    pub(crate) ca: Option<PathBuf>,
+    /// PEM client certificate chain, for servers that require mutual TLS.
+    #[arg(long, value_name = "F", requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "F", requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// The rustls client configuration, when any TLS option was given.
+    pub(crate) fn config(&self) -> anyhow::Result<Option<rustls::ClientConfig>> {
+        if self.ca.is_none() && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        let files = avp_transport::tls::ClientTlsFiles {
+            ca: self.ca.clone(),
+            client_cert: self.client_cert.clone().zip(self.client_key.clone()),
+        };
+        Ok(Some(avp_transport::tls::client_config(&files)?))
+    }
 }
 
 pub(crate) fn run(args: &SendArgs) -> ExitCode {
@@ -52,6 +83,7 @@ async fn send(args: &SendArgs) -> anyhow::Result<Result<Value, TransportError>> 
         timeout: Duration::from_secs(args.timeout),
         retries: args.retries,
         http2: args.http2,
+        tls: args.tls.config()?,
         ..ClientConfig::default()
     };
     let client = match AvpClient::new(&args.to, config) {

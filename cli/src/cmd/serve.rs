@@ -1,7 +1,12 @@
 //! `avp serve`: an agent endpoint (AVP-HTTP-30..35). Prints
-//! `listening on http://ADDR` on stdout once bound (so callers using port 0
-//! learn the port), one progress line per received message on stderr, and
-//! shuts down gracefully on Ctrl-C or SIGTERM.
+//! `listening on http://ADDR` (or `https://`) on stdout once bound (so
+//! callers using port 0 learn the port), one progress line per received
+//! message on stderr, and shuts down gracefully on Ctrl-C or SIGTERM.
+//!
+//! With `--model DIR` the handshake answers with the identity and weights
+//! digest of that directory, computed by the handshake crate (config.json,
+//! tokenizer.json, safetensors headers and bytes); the engine is not loaded.
+//! Every option is checked before anything is created on disk.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,7 +21,9 @@ use avp_handshake::{
     ModelIdentity, identity_from_config, tokenizer_hash, vocab_from_tokenizer_json,
 };
 use avp_transport::hello::identity_from_json;
-use avp_transport::{Agent, ContextStore, Received, Role, Server, ServerConfig};
+use avp_transport::{
+    Agent, ContextStore, HandshakeServer, Received, Role, Server, ServerConfig, WeightsDigest,
+};
 use clap::Args;
 
 use super::send::{read_token_file, runtime};
@@ -33,7 +40,8 @@ pub(crate) struct ServeArgs {
     /// Largest accepted message in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_body: u64,
-    /// This agent's ModelIdentity (JSON, the SDK's `to_dict()` form) for handshakes.
+    /// This agent's ModelIdentity (JSON, the SDK's `to_dict()` form) for handshakes,
+    /// or a hello file whose identity and `capabilities.weights_digest` are used.
     #[arg(long, conflicts_with = "model")]
     identity: Option<PathBuf>,
     /// Derive the identity from a model directory (config.json, and tokenizer.json when present).
@@ -58,6 +66,81 @@ pub(crate) struct ServeArgs {
     /// (spec/mac.md, AVP-MAC-7): 400 with the error kind `bad_mac`.
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,
+    /// Bytes of the memory budget one peer (its mTLS certificate, else its
+    /// address) may hold (default: a quarter of the budget, at least 1 GiB when
+    /// the budget has it).
+    #[arg(long)]
+    peer_share: Option<u64>,
+    /// Refuse transmits that do not claim a live session from this agent's
+    /// handshake (409 `unknown_session`, AVP-HTTP-35).
+    #[arg(long)]
+    require_session: bool,
+    /// Map-file directory for handshake rule 4 (AVP-HS-8).
+    #[arg(long, value_name = "DIR")]
+    maps: Option<PathBuf>,
+    #[command(flatten)]
+    limits: ServerLimitArgs,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+}
+
+/// Deadlines shared by `serve` and `route` (AVP-HTTP-18).
+#[derive(Args, Debug)]
+pub(crate) struct ServerLimitArgs {
+    /// Minimum request body rate in bytes/s after a 10 s grace (0 = no floor).
+    #[arg(long, default_value_t = avp_transport::DEFAULT_MIN_RATE)]
+    min_rate: u64,
+    /// Seconds for the TLS handshake plus a request head.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a request body may send nothing.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout: u64,
+}
+
+/// TLS options of the servers (`serve`, `route`), AVP-HTTP-70..75.
+#[derive(Args, Debug)]
+pub(crate) struct ServerTlsArgs {
+    /// Serve HTTPS with this PEM certificate chain (leaf first).
+    #[arg(long, value_name = "F", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "F", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates that chain to this PEM CA (mutual TLS);
+    /// the certificate's identity is recorded with each stored message.
+    #[arg(long, value_name = "F", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerLimitArgs {
+    /// A server configuration with these limits, `token`, `max_body` and TLS.
+    pub(crate) fn config(
+        &self,
+        token: Option<String>,
+        max_body: u64,
+        tls: &ServerTlsArgs,
+    ) -> anyhow::Result<ServerConfig> {
+        let tls = match (&tls.tls_cert, &tls.tls_key) {
+            (Some(cert), Some(key)) => Some(avp_transport::tls::server_config(
+                &avp_transport::tls::ServerTlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: tls.tls_client_ca.clone(),
+                },
+            )?),
+            _ => None,
+        };
+        Ok(ServerConfig {
+            token,
+            max_body,
+            min_rate: self.min_rate,
+            header_timeout: Duration::from_secs(self.header_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            tls,
+            ..ServerConfig::default()
+        })
+    }
 }
 
 pub(crate) fn run(args: &ServeArgs) -> ExitCode {
@@ -71,54 +154,94 @@ pub(crate) fn run(args: &ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let identity = match (&args.identity, &args.model) {
+    // Everything that can fail is read first: a bad option leaves nothing behind.
+    let token = read_token_file(args.token_file.as_deref())?;
+    let config = args.limits.config(token, args.max_body, &args.tls)?;
+    let (identity, weights) = match (&args.identity, &args.model) {
         (Some(path), _) => read_identity(path)?,
-        (None, Some(dir)) => identity_from_model_dir(dir)?,
-        (None, None) => ModelIdentity::default(),
+        (None, Some(dir)) => (identity_from_model_dir(dir)?, weights_of_model_dir(dir)?),
+        (None, None) => (ModelIdentity::default(), None),
     };
+    let mac_key = match &args.mac_key {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading MAC key {}", path.display()))?;
+            Some(
+                avp_codec::mac::MacKey::from_key_file_bytes(&bytes)
+                    .with_context(|| format!("MAC key {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(dir) = &args.maps {
+        anyhow::ensure!(dir.is_dir(), "--maps {} is not a directory", dir.display());
+    }
     let ttl = Duration::from_secs(args.ttl);
+    let mut handshake = HandshakeServer::new(args.agent_id.clone(), identity)
+        .with_session_limit(ttl, avp_transport::hello::DEFAULT_MAX_SESSIONS);
+    if let Some(digest) = weights {
+        handshake = handshake.with_weights_digest(digest);
+    }
+    if let Some(dir) = &args.maps {
+        handshake = handshake.with_maps(Arc::new(avp_handshake::fs::MapDir(dir.clone())));
+    }
     let store = match &args.store {
         Some(dir) => ContextStore::open(dir, ttl)
             .with_context(|| format!("opening store {}", dir.display()))?,
         None => ContextStore::in_memory(ttl),
     };
-    let mut agent = Agent::new(args.agent_id.clone(), identity, Arc::new(store))
-        .with_memory_budget(args.memory_budget);
+    let mut agent = Agent::new(
+        args.agent_id.clone(),
+        ModelIdentity::default(),
+        Arc::new(store),
+    )
+    .with_handshake(handshake)
+    .require_session(args.require_session)
+    .with_memory_budget(args.memory_budget);
+    if let Some(share) = args.peer_share {
+        agent = agent.with_peer_share(share);
+    }
     if !args.quiet {
         agent = agent.on_received(Arc::new(print_progress));
     }
-    if let Some(path) = &args.mac_key {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading MAC key {}", path.display()))?;
-        let key = avp_codec::mac::MacKey::from_key_file_bytes(&bytes)
-            .with_context(|| format!("MAC key {}", path.display()))?;
+    if let Some(key) = mac_key {
         agent = agent.with_mac_key(key);
     }
-    let config = ServerConfig {
-        token: read_token_file(args.token_file.as_deref())?,
-        max_body: args.max_body,
-        ..ServerConfig::default()
-    };
+    let https = config.tls.is_some();
     let server = Server::bind(args.listen, config, Role::Agent(Arc::new(agent)))
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    announce(server.local_addr()?)?;
+    announce(server.local_addr()?, https)?;
     server.run(shutdown_signal()).await?;
     Ok(())
 }
 
 /// The first stdout line, flushed at once: tests and scripts read the port from it.
-pub(crate) fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn announce(addr: SocketAddr, https: bool) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on http://{addr}")?;
+    let scheme = if https { "https" } else { "http" };
+    writeln!(stdout, "listening on {scheme}://{addr}")?;
     stdout.flush()?;
     Ok(())
 }
 
-fn read_identity(path: &Path) -> anyhow::Result<ModelIdentity> {
+/// An identity file (ModelIdentity JSON), or a hello file (an object with an
+/// `identity` member), whose `capabilities.weights_digest` is then ours too,
+/// as `avp handshake resolve` reads its sides.
+fn read_identity(path: &Path) -> anyhow::Result<(ModelIdentity, Option<WeightsDigest>)> {
     let raw =
         std::fs::read(path).with_context(|| format!("reading identity {}", path.display()))?;
-    identity_from_json(&raw).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+    let doc = avp_handshake::json::parse(&raw)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    if doc.as_object().is_some_and(|o| o.get("identity").is_some()) {
+        let with_path = |err: avp_handshake::Error| anyhow::anyhow!("{}: {err}", path.display());
+        let hello = avp_handshake::HelloMessage::from_value(&doc).map_err(with_path)?;
+        let digest = hello.weights_digest().map_err(with_path)?;
+        return Ok((hello.identity_or_default(), digest));
+    }
+    let identity =
+        identity_from_json(&raw).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+    Ok((identity, None))
 }
 
 /// The SDK's `extract_model_identity(config, tokenizer)` for a model directory.
@@ -139,6 +262,19 @@ fn identity_from_model_dir(dir: &Path) -> anyhow::Result<ModelIdentity> {
     };
     identity_from_config(&parse("config.json")?, tokenizer)
         .map_err(|err| anyhow::anyhow!("config.json: {err}"))
+}
+
+/// The weights digest (AVP-HS-21) of the directory's safetensors files, or
+/// none when it has none (a config-only directory).
+fn weights_of_model_dir(dir: &Path) -> anyhow::Result<Option<WeightsDigest>> {
+    let files = avp_handshake::fs::safetensors_files(dir)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", dir.display()))?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    avp_handshake::fs::weights_digest_dir(dir, 0)
+        .map(Some)
+        .map_err(|err| anyhow::anyhow!("weights digest of {}: {err}", dir.display()))
 }
 
 /// One line per received message, e.g.
