@@ -270,7 +270,8 @@ async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
         },
     )
     .expect("client");
-    let started = std::time::Instant::now();
+    // A 504 is the router's answer; the client's own 60 s timeout would be an
+    // error, not a status, so no clock is needed to tell the two apart.
     assert_eq!(
         status_of(via_router.transmit(message("agent-b", 1 << 20)).await),
         (504, "upstream_timeout".into())
@@ -283,8 +284,6 @@ async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
         ),
         (504, "upstream_timeout".into())
     );
-    // Well under the client's own 60 s: the router answered, not a timeout.
-    assert!(started.elapsed() < Duration::from_secs(50));
     router.shutdown().await;
     sink.abort();
 }

@@ -553,19 +553,30 @@ async fn http_16_shutdown_waits_for_the_request_in_flight() {
         "/avp/v2/transmit",
         "application/avp+binary",
         Some(good.len()),
-        "",
+        "Expect: 100-continue\r\n",
     );
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream.write_all(head.as_bytes()).await.expect("head");
+    // The interim answer proves the request is in flight (head parsed, body
+    // being read) before the server is told to stop: a condition, not a delay.
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut interim))
+        .await
+        .expect("100 Continue in time")
+        .expect("100 Continue");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     stream.write_all(&good[..50_000]).await.expect("first half");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = server.stop.take().map(|stop| stop.send(()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // New connections are no longer accepted...
-    assert!(
-        TcpStream::connect(server.addr).await.is_err(),
-        "listener closed"
-    );
+    // New connections are no longer accepted once the stop has been taken...
+    let addr = server.addr;
+    let closed = async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), closed)
+        .await
+        .expect("listener closed");
     // ...but the upload in flight completes and is answered.
     stream
         .write_all(&good[50_000..])
