@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod out;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    out::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),

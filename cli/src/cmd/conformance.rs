@@ -144,13 +144,13 @@ pub(crate) fn run(command: ConformanceCommand) -> ExitCode {
 
 fn verify(root: &Path) -> Result<u8, ConformanceError> {
     let m = manifest::load_verified(root)?;
-    println!(
+    let shown = crate::out::line(format_args!(
         "{}: {} files match MANIFEST.json (blake3 {})",
         root.display(),
         m.files.len(),
         m.digest
-    );
-    Ok(0)
+    ));
+    Ok(shown.err().map_or(0, |_| crate::out::EXIT_BROKEN_PIPE))
 }
 
 fn expectations_for(
@@ -326,6 +326,12 @@ fn emit(report: &RunReport, args: &ReportArgs) -> Result<u8, ConformanceError> {
     write(&args.json, report::json(report))?;
     write(&args.junit, report::junit::render(report))?;
     write(&args.html, report::html::render(report))?;
-    print!("{}", report::terminal::render(report, args.verbose));
+    if crate::out::text(&report::terminal::render(report, args.verbose)).is_err() {
+        // A failing run keeps its failing status; a passing one reports the closed pipe.
+        return Ok(match report.exit_code() {
+            0 => crate::out::EXIT_BROKEN_PIPE,
+            code => code,
+        });
+    }
     Ok(report.exit_code())
 }

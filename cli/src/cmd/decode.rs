@@ -49,7 +49,8 @@ pub(crate) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// `{"error":{"kind":..,"message":..}}` on stdout, as AVP-CLI-3 requires.
 pub(crate) fn print_error(kind: &str, message: &str) {
-    println!("{}", json!({"error": {"kind": kind, "message": message}}));
+    // The status already says what failed; a closed stdout only loses the detail.
+    let _ = crate::out::line(json!({"error": {"kind": kind, "message": message}}));
 }
 
 /// Reads a MAC key file (AVP-MAC-1); prints the error and gives the exit code on failure.
@@ -171,11 +172,10 @@ pub(crate) fn run(args: DecodeArgs) -> ExitCode {
     match out {
         Ok(v) => {
             if args.json {
-                println!("{v}");
+                crate::out::finish_line(v)
             } else {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::out::finish_line(serde_json::to_string_pretty(&v).unwrap_or_default())
             }
-            ExitCode::SUCCESS
         }
         Err(e) => codec_error(&e),
     }

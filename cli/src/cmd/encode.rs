@@ -204,10 +204,8 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
         print_error("io", &format!("{}: {e}", args.output.display()));
         return ExitCode::from(EXIT_IO);
     }
-    println!(
-        "{}",
+    crate::out::finish_line(
         json!({"output": args.output.display().to_string(), "length": bytes.len(),
-               "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name(), "signed": key.is_some()})
-    );
-    ExitCode::SUCCESS
+               "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name(), "signed": key.is_some()}),
+    )
 }

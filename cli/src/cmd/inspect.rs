@@ -178,10 +178,10 @@ pub(crate) fn run(args: InspectArgs) -> ExitCode {
     };
     let opts = DecodeOptions::default().with_strict(args.strict);
     match decode_with(&data, &opts) {
-        Ok(msg) => {
-            print!("{}", report(&msg, data.len()));
-            ExitCode::SUCCESS
-        }
+        Ok(msg) => match crate::out::text(&report(&msg, data.len())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(code) => code,
+        },
         Err(e) => codec_error(&e),
     }
 }

@@ -8,6 +8,5 @@ pub(crate) fn run() -> ExitCode {
     } else {
         "no-engine"
     };
-    println!("avp {} ({engine})", env!("CARGO_PKG_VERSION"));
-    ExitCode::SUCCESS
+    crate::out::finish_line(format_args!("avp {} ({engine})", env!("CARGO_PKG_VERSION")))
 }

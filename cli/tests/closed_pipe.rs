@@ -1,0 +1,157 @@
+//! AVP-CLI-7: every subcommand whose stdout is a closed pipe ends quietly
+//! with status 141 (a shell's SIGPIPE status), never with a panic (101).
+//!
+//! The pipe is closed before the child starts (`std::io::pipe`, read end
+//! dropped), so the first write fails deterministically rather than racing
+//! the reader.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+mod common;
+use common::{Scratch, avp, workspace};
+
+fn wire(name: &str) -> PathBuf {
+    workspace().join("conformance/vectors/wire/bin").join(name)
+}
+
+fn config(name: &str) -> PathBuf {
+    workspace()
+        .join("conformance/vectors/handshake/configs")
+        .join(name)
+}
+
+/// Runs `avp ARGS` with stdout a pipe nobody reads and returns (status, stderr).
+fn into_closed_pipe(args: &[&Path]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = avp()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_quiet_141(args: &[&str]) {
+    let paths: Vec<&Path> = args.iter().map(Path::new).collect();
+    let (code, stderr) = into_closed_pipe(&paths);
+    assert!(
+        !stderr.contains("panicked"),
+        "avp {args:?} panicked: {stderr}"
+    );
+    assert_eq!(code, Some(141), "avp {args:?}: stderr {stderr}");
+    assert!(stderr.is_empty(), "avp {args:?} is not quiet: {stderr}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn cli_7_codec_commands_into_a_closed_pipe() {
+    let kv = wire("kv-f16.avp");
+    let kv_zstd = wire("kv-f16-zstd.avp");
+    let hidden = wire("hidden-f32.avp");
+    for args in [
+        vec!["decode", "--json", s(&kv)],
+        vec!["decode", s(&kv)],
+        vec!["decode", "--json", s(&kv_zstd)],
+        vec!["inspect", s(&kv)],
+        vec!["inspect", s(&hidden)],
+        vec!["inspect", s(&kv_zstd)],
+    ] {
+        assert_quiet_141(&args);
+    }
+}
+
+#[test]
+fn cli_7_error_lines_into_a_closed_pipe_keep_their_status() {
+    // An invalid message still says "invalid" (1) in its status even if the
+    // error line cannot be written; nothing panics.
+    let (code, stderr) = into_closed_pipe(&[
+        Path::new("decode"),
+        Path::new("--json"),
+        &wire("bad-magic.avp"),
+    ]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, Some(1), "{stderr}");
+}
+
+#[test]
+fn cli_7_encode_into_a_closed_pipe() {
+    let dir = Scratch::new("closed-pipe", "encode");
+    let meta = dir.path("meta.json");
+    let payload = dir.path("payload.bin");
+    let out = dir.path("out.avp");
+    std::fs::write(
+        &meta,
+        r#"{"session_id":"s","source_agent_id":"a","target_agent_id":"b","model_id":"m",
+            "hidden_dim":2,"num_layers":1,"payload_type":"HIDDEN_STATE","dtype":"FLOAT32",
+            "tensor_shape":[2],"mode":"LATENT","avp_map_id":"","extra":{}}"#,
+    )
+    .unwrap();
+    std::fs::write(&payload, [0u8; 8]).unwrap();
+    assert_quiet_141(&[
+        "encode",
+        "--metadata",
+        s(&meta),
+        "--payload",
+        s(&payload),
+        "-o",
+        s(&out),
+    ]);
+    // The message itself was written before the report line failed.
+    assert!(avp_codec::decode(&std::fs::read(&out).unwrap()).is_ok());
+}
+
+#[test]
+fn cli_7_handshake_and_hash_commands_into_a_closed_pipe() {
+    let dir = Scratch::new("closed-pipe", "handshake");
+    let gpt2 = config("gpt2.json");
+    let qwen = config("qwen2-7b.json");
+    for (cfg, name) in [(&gpt2, "a.json"), (&qwen, "b.json")] {
+        let out = avp().arg("identity").arg(cfg).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(dir.path(name), out.stdout).unwrap();
+    }
+    let (a, b) = (dir.path("a.json"), dir.path("b.json"));
+    for args in [
+        vec!["version"],
+        vec!["--help"],
+        vec!["decode", "--help"],
+        vec!["hash", "config", s(&gpt2)],
+        vec!["identity", s(&gpt2)],
+        vec!["handshake", "resolve", s(&a), s(&b)],
+    ] {
+        let paths: Vec<&Path> = args.iter().map(Path::new).collect();
+        let (code, stderr) = into_closed_pipe(&paths);
+        assert!(!stderr.contains("panicked"), "avp {args:?}: {stderr}");
+        // clap writes --help itself and exits 0 whatever the write gave.
+        let want = if args.contains(&"--help") { 0 } else { 141 };
+        assert_eq!(code, Some(want), "avp {args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn cli_7_conformance_into_a_closed_pipe() {
+    let vectors = workspace().join("conformance/vectors");
+    assert_quiet_141(&["conformance", "vectors", "verify", "--vectors", s(&vectors)]);
+    let wire_only = [
+        "conformance",
+        "run",
+        "--builtin",
+        "strict",
+        "--only",
+        "wire/",
+    ];
+    let mut args: Vec<&str> = wire_only.to_vec();
+    args.extend(["--vectors", s(&vectors)]);
+    assert_quiet_141(&args);
+}
