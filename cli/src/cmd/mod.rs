@@ -16,6 +16,7 @@ pub(crate) mod project;
 pub(crate) mod route;
 pub(crate) mod send;
 pub(crate) mod serve;
+pub(crate) mod stream_in;
 #[cfg(feature = "engine")]
 pub(crate) mod think;
 pub(crate) mod version;
