@@ -1,13 +1,12 @@
 //! AVP-CLI-7: every subcommand whose stdout is a closed pipe ends quietly
 //! with status 141 (a shell's SIGPIPE status), never with a panic (101).
 //!
-//! The pipe is closed before the child starts (`std::io::pipe`, read end
-//! dropped), so the first write fails deterministically rather than racing
-//! the reader.
+//! The pipe's read end is closed before the child starts, so the first
+//! write fails deterministically rather than racing the reader.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::Command;
 
 mod common;
 use common::{Scratch, avp, workspace};
@@ -23,20 +22,21 @@ fn config(name: &str) -> PathBuf {
 }
 
 /// Runs `avp ARGS` with stdout a pipe nobody reads and returns (status, stderr).
+/// Python makes the pipe (`std::io::pipe` is newer than our MSRV).
 fn into_closed_pipe(args: &[&Path]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = avp()
+    const PROBE: &str = "import os, subprocess, sys\n\
+        r, w = os.pipe()\n\
+        os.close(r)\n\
+        p = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.PIPE)\n\
+        sys.stdout.write(str(p.returncode) + '\\n' + p.stderr.decode(errors='replace'))";
+    let out = Command::new("python3")
+        .args(["-c", PROBE, env!("CARGO_BIN_EXE_avp")])
         .args(args)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(Stdio::piped())
         .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, stderr) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    (code.trim().parse().ok(), stderr.to_owned())
 }
 
 fn assert_quiet_141(args: &[&str]) {

@@ -45,6 +45,9 @@ pub(crate) struct EncodeArgs {
     /// Sign the message with a keyed MAC derived from this key file (spec/mac.md, AVP-MAC-8).
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,
+    /// Override the routing fields of META.json.
+    #[command(flatten)]
+    address: super::address::AddressArgs,
 }
 
 const KNOWN: &[&str] = &[
@@ -167,7 +170,7 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
     let meta = serde_json::from_str::<Value>(&meta_text)
         .context("metadata is not JSON")
         .and_then(|v| metadata_from_json(&v));
-    let meta = match meta {
+    let mut meta = match meta {
         Ok(m) => m,
         Err(e) => {
             print_error(
@@ -177,6 +180,7 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    args.address.apply(&mut meta);
     let payload = match std::fs::read(&args.payload) {
         Ok(p) => p,
         Err(e) => return io_error(&args.payload, &e),

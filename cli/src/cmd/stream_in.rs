@@ -418,7 +418,7 @@ fn buffered(
     opts: &DecodeOptions,
     want: Want,
 ) -> Result<Decoded, Failure> {
-    let mut dec = StreamDecoder::new(opts.clone());
+    let mut dec = StreamDecoder::new(*opts);
     dec.feed(&head)?;
     let mut window = vec![0u8; WINDOW];
     loop {
