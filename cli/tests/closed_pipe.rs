@@ -155,3 +155,63 @@ fn cli_7_conformance_into_a_closed_pipe() {
     args.extend(["--vectors", s(&vectors)]);
     assert_quiet_141(&args);
 }
+
+/// The HTTP commands (their output is the transport's) fail on a closed
+/// stdout without a panic, whatever status they choose.
+#[test]
+fn cli_7_http_commands_do_not_panic_into_a_closed_pipe() {
+    let kv = wire("kv-f32.avp");
+    for args in [
+        vec!["serve", "--listen", "127.0.0.1:0"],
+        vec![
+            "route",
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "b=http://127.0.0.1:9",
+        ],
+        vec![
+            "send",
+            s(&kv),
+            "--to",
+            "http://127.0.0.1:9",
+            "--retries",
+            "0",
+        ],
+    ] {
+        let paths: Vec<&Path> = args.iter().map(Path::new).collect();
+        let (code, stderr) = into_closed_pipe(&paths);
+        assert!(!stderr.contains("panicked"), "avp {args:?}: {stderr}");
+        assert!(
+            code.is_some_and(|c| c != 101 && c != 0),
+            "avp {args:?}: {code:?} {stderr}"
+        );
+    }
+}
+
+/// `generate` prints its text, `think --out -` its message: both to a closed pipe.
+#[cfg(feature = "engine")]
+#[test]
+fn cli_7_engine_commands_into_a_closed_pipe() {
+    let m = workspace().join("engine/testdata/models/qwen2");
+    let m = s(&m);
+    for args in [
+        vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+        ],
+        vec![
+            "think", "--model", m, "--prompt", "hi", "--steps", "1", "--out", "-",
+        ],
+    ] {
+        let paths: Vec<&Path> = args.iter().map(Path::new).collect();
+        let (code, stderr) = into_closed_pipe(&paths);
+        assert!(!stderr.contains("panicked"), "avp {args:?}: {stderr}");
+        assert_eq!(code, Some(141), "avp {args:?}: {stderr}");
+    }
+}

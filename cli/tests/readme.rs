@@ -20,7 +20,11 @@ fn quick_start() -> String {
         .expect("README.md names cli/tests/readme.rs before its quick start")
         .1;
     let block = after.split_once("```sh\n").expect("a ```sh block").1;
-    block.split_once("```").expect("a closed block").0.to_owned()
+    block
+        .split_once("```")
+        .expect("a closed block")
+        .0
+        .to_owned()
 }
 
 #[test]

@@ -260,11 +260,7 @@ fn run_corpus(mut args: RunArgs) -> Result<u8, ConformanceError> {
         } else {
             None
         };
-        report.coverage = Some(coverage::compute_with(
-            &spec,
-            &all,
-            elsewhere.as_ref(),
-        )?);
+        report.coverage = Some(coverage::compute_with(&spec, &all, elsewhere.as_ref())?);
     }
     emit(&report, &args.report)
 }

@@ -330,7 +330,7 @@ fn fill(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Bytes left in the input, read and discarded unless the size says it.
-fn count_rest(f: &mut File, window: &mut [u8]) -> std::io::Result<u64> {
+fn count_rest(f: &mut File) -> std::io::Result<u64> {
     if let Ok(meta) = f.metadata() {
         if meta.is_file() {
             if let Ok(pos) = f.stream_position() {
@@ -338,9 +338,11 @@ fn count_rest(f: &mut File, window: &mut [u8]) -> std::io::Result<u64> {
             }
         }
     }
+    // Its own buffer: the tensor's window may be a few bytes for a small message.
+    let mut window = vec![0u8; 64 << 10];
     let mut n = 0u64;
     loop {
-        match fill(f, window)? {
+        match fill(f, &mut window)? {
             0 => return Ok(n),
             got => n = n.saturating_add(got as u64),
         }
@@ -390,11 +392,7 @@ pub(crate) fn read_message(
             break;
         }
     }
-    let trailing = if left == 0 {
-        count_rest(&mut f, &mut window)?
-    } else {
-        0
-    };
+    let trailing = if left == 0 { count_rest(&mut f)? } else { 0 };
     let tensor = sink.finish();
     let input_len = (head.len() as u64)
         .saturating_add(tensor.len)
