@@ -70,7 +70,18 @@ fn engine_help_is_snapshotted() {
 #[test]
 fn engine_commands_without_the_engine_say_how_to_build_it() {
     for cmd in ENGINE {
-        let (code, text, stderr) = help(&[cmd.to_owned()]);
+        // A stale avp-engine from an earlier engine build may sit in target/;
+        // point the lookup at a path that cannot exist.
+        let out = avp()
+            .args([cmd, "--help"])
+            .env("AVP_ENGINE", "/nonexistent/avp-engine")
+            .output()
+            .unwrap();
+        let (code, text, stderr) = (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        );
         assert_eq!(code, Some(2), "avp {cmd}: {text}");
         assert!(stderr.contains("--features engine"), "{stderr}");
     }
