@@ -22,7 +22,6 @@ pub(crate) struct AddressArgs {
 
 impl AddressArgs {
     /// Whether any field was given.
-    #[allow(dead_code)] // compiled into both binaries; only avp-engine re-addresses
     pub(crate) fn any(&self) -> bool {
         self.session.is_some() || self.source_agent.is_some() || self.target_agent.is_some()
     }
@@ -40,9 +39,9 @@ impl AddressArgs {
         }
     }
 
-    /// `message` with the given fields set, re-encoded; unchanged (the
-    /// engine's bytes, byte-identical to the SDK's) when none is given.
-    #[allow(dead_code)] // compiled into both binaries; only avp-engine re-addresses
+    /// `message` with the given fields set, re-encoded (a compressed tensor
+    /// at the balanced zstd level); unchanged (the engine's bytes,
+    /// byte-identical to the SDK's) when none is given.
     pub(crate) fn readdress(&self, message: Vec<u8>) -> Result<Vec<u8>, Error> {
         if !self.any() {
             return Ok(message);

@@ -151,7 +151,7 @@ fn metadata_from_json(v: &Value) -> anyhow::Result<Metadata<'static>> {
     })
 }
 
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp-avp");
     let tmp = PathBuf::from(tmp);

@@ -1,6 +1,7 @@
 //! One module per subcommand. The engine commands' modules (think, generate,
 //! project, engine_common) belong to the `avp-engine` binary (engine_main.rs).
 pub(crate) mod address;
+pub(crate) mod address_cmd;
 pub(crate) mod conformance;
 pub(crate) mod decode;
 pub(crate) mod encode;
