@@ -109,6 +109,13 @@ fn cli_7_encode_into_a_closed_pipe() {
     ]);
     // The message itself was written before the report line failed.
     assert!(avp_codec::decode(&std::fs::read(&out).unwrap()).is_ok());
+    let addressed = dir.path("addressed.avp");
+    assert_quiet_141(&["address", s(&out), "-o", s(&addressed), "--target", "b"]);
+    let msg = std::fs::read(&addressed).unwrap();
+    assert_eq!(
+        avp_codec::decode(&msg).unwrap().metadata.target_agent_id,
+        "b"
+    );
 }
 
 #[test]
