@@ -1,10 +1,12 @@
 //! `avp`: the command-line front end of the AVP workspace.
 //!
 //! Each subcommand lives in its own module under `cmd/`; this file only
-//! dispatches. Output formats are contracts other tools rely on (spec/cli.md).
+//! dispatches. `think`, `generate` and `project` are run by the separate
+//! `avp-engine` binary, so this one never links libtorch (cmd/engine_exec.rs). Output formats are contracts other tools rely on (spec/cli.md).
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod out;
 
 use std::process::ExitCode;
 
@@ -43,20 +45,20 @@ enum Command {
     Hash(cmd::hash::HashArgs),
     /// The model identity (the SDK's `to_dict()` JSON) of a config or model directory.
     Identity(cmd::identity::IdentityArgs),
+    /// Set session_id, source_agent_id, target_agent_id of an existing message.
+    Address(cmd::address_cmd::AddressCmdArgs),
     /// Handshake tools: resolve the mode two identities would negotiate.
     Handshake(cmd::handshake::HandshakeArgs),
-    /// Think in latent space on a model and write the KV_CACHE message.
-    #[cfg(feature = "engine")]
-    Think(cmd::think::ThinkArgs),
-    /// Generate text, optionally continuing a KV_CACHE context.
-    #[cfg(feature = "engine")]
-    Generate(cmd::generate::GenerateArgs),
-    /// Project a source model's thought into a target model's embedding space.
-    #[cfg(feature = "engine")]
-    Project(cmd::project::ProjectArgs),
+    /// Think in latent space on a model and write the KV_CACHE message (runs avp-engine).
+    Think(cmd::engine_exec::EngineArgs),
+    /// Generate text, optionally continuing a KV_CACHE context (runs avp-engine).
+    Generate(cmd::engine_exec::EngineArgs),
+    /// Project a source model's thought into a target model's embedding space (runs avp-engine).
+    Project(cmd::engine_exec::EngineArgs),
 }
 
 fn main() -> ExitCode {
+    out::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => cmd::version::run(),
@@ -71,11 +73,9 @@ fn main() -> ExitCode {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Handshake(args) => cmd::handshake::run(args),
-        #[cfg(feature = "engine")]
-        Command::Think(args) => cmd::think::run(args),
-        #[cfg(feature = "engine")]
-        Command::Generate(args) => cmd::generate::run(args),
-        #[cfg(feature = "engine")]
-        Command::Project(args) => cmd::project::run(args),
+        Command::Address(args) => cmd::address_cmd::run(args),
+        Command::Think(args) => cmd::engine_exec::run("think", args),
+        Command::Generate(args) => cmd::engine_exec::run("generate", args),
+        Command::Project(args) => cmd::engine_exec::run("project", args),
     }
 }

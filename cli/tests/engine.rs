@@ -58,10 +58,12 @@ fn generate_prints_the_sdk_greedy_text() {
         String::from_utf8(out.stdout).unwrap(),
         format!("{}\n", g["text"].as_str().unwrap())
     );
-    assert!(
-        out.stderr.is_empty(),
-        "no progress output when stderr is not a terminal"
-    );
+    // AVP-CLI-9: one report line, and no progress when stderr is not a terminal.
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.starts_with("generate: "), "{stderr:?}");
+    assert!(stderr.contains(" tokens generated ("), "{stderr:?}");
 }
 
 #[test]

@@ -337,6 +337,67 @@ pub fn decode_with<'a>(input: &'a [u8], opts: &DecodeOptions) -> Result<Message<
     })
 }
 
+/// The checks [`decode_with`] makes after the metadata parse (AVP-WIRE-24:
+/// tensor presence, trailing bytes, flags, checksum, shape), for a caller
+/// that streamed an uncompressed tensor through its own window instead of
+/// holding the message: `input_len` is the length of the whole input
+/// (trailing bytes included) and `tensor_crc32` the CRC-32 of the tensor
+/// bytes. Gives exactly the warnings, or the error, that [`decode_with`]
+/// gives for that input. A compressed tensor has to be decompressed to be
+/// checked, so it is `invalid_argument` here: decode it with [`decode_with`].
+pub fn check_streamed(
+    peeked: &Peeked<'_>,
+    input_len: u64,
+    tensor_crc32: u32,
+    opts: &DecodeOptions,
+) -> Result<Vec<Warning>, Error> {
+    let header = &peeked.header;
+    let m = &peeked.metadata;
+    let end = header.message_len();
+    if input_len < end {
+        return Err(Error::truncated("message", end, input_len));
+    }
+    let fields = ParsedFields {
+        payload_type: m.payload_type,
+        dtype: m.dtype,
+        tensor_shape: m.tensor_shape.as_slice(),
+        compression: m.compression.as_deref(),
+        avp_map_id: &m.avp_map_id,
+        payload_checksum: m.payload_checksum,
+    };
+    let mut warnings = Warnings::new(opts.strict);
+    let trailing = input_len.saturating_sub(end);
+    if trailing > 0 {
+        warnings.push(Warning::TrailingBytes { count: trailing })?;
+    }
+    check_flags(header.flags, &fields, &mut warnings)?;
+    if header.flags.compressed() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "check_streamed needs the decompressed tensor: decode a compressed message with decode_with",
+        ));
+    }
+    if opts.verify_checksum {
+        if let Some(expected) = fields.payload_checksum {
+            if tensor_crc32 != expected {
+                return Err(Error::new(
+                    ErrorKind::ChecksumMismatch,
+                    format!(
+                        "payload checksum 0x{expected:08x} in metadata, tensor bytes give 0x{tensor_crc32:08x}"
+                    ),
+                ));
+            }
+        }
+    }
+    let tensor_len = end.saturating_sub(header.metadata_end() as u64);
+    check_shape(
+        &fields,
+        usize::try_from(tensor_len).unwrap_or(usize::MAX),
+        &mut warnings,
+    )?;
+    Ok(warnings.list)
+}
+
 /// Everything after the metadata parse, in the order of AVP-WIRE-24: tensor
 /// presence, trailing bytes, flags, decompression, checksum, shape.
 #[inline(always)]

@@ -160,6 +160,65 @@ impl KvHeader {
             .checked_mul(self.dtype.element_type().size() as u64)
     }
 
+    /// What [`KvCache::parse_with_limits`] checks, from the payload's first
+    /// bytes and its length alone, for a caller that streams the payload
+    /// instead of holding it: `head` is the payload's first
+    /// `min(17, payload_len)` bytes. Same errors and warnings as the parse.
+    pub fn check_payload(
+        head: &[u8],
+        payload_len: u64,
+        strict: bool,
+        limits: &Limits,
+    ) -> Result<(KvHeader, Vec<Warning>), Error> {
+        let header = KvHeader::parse(head)?;
+        let total = header.total_bytes().ok_or_else(|| {
+            Error::new(ErrorKind::Truncated, "KV-cache dimensions overflow 64 bits")
+        })?;
+        if payload_len < total {
+            return Err(Error::truncated("KV-cache tensors", total, payload_len));
+        }
+        // After the size check, so a payload too short for its header stays
+        // `truncated`; what is left are layers of zero-sized tensors.
+        if header.num_layers > limits.max_kv_layers {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "KV cache declares {} layers, over the limit of {} (AVP-LIM-12)",
+                    header.num_layers, limits.max_kv_layers
+                ),
+            ));
+        }
+        let mut warnings = Warnings::new(strict);
+        let trailing = payload_len.saturating_sub(total);
+        if trailing > 0 {
+            warnings.push(Warning::KvInconsistent {
+                detail: format!("{trailing} bytes after the last layer"),
+            })?;
+        }
+        Ok((header, warnings.list))
+    }
+
+    /// AVP-KV-5: the inner dtype against the metadata's; a mismatch is a
+    /// warning, or `inconsistent` when `strict`.
+    pub fn check_metadata_dtype(
+        &self,
+        dtype: DataType,
+        strict: bool,
+    ) -> Result<Option<Warning>, Error> {
+        if self.dtype.data_type() == dtype {
+            return Ok(None);
+        }
+        let mut ws = Warnings::new(strict);
+        ws.push(Warning::KvInconsistent {
+            detail: format!(
+                "inner dtype {} but metadata dtype {}",
+                self.dtype.name(),
+                dtype.name()
+            ),
+        })?;
+        Ok(ws.list.pop())
+    }
+
     /// Bytes of the whole inner payload, header included, or `None` on overflow (AVP-KV-3).
     pub fn total_bytes(&self) -> Option<u64> {
         self.tensor_bytes()?
@@ -211,63 +270,25 @@ impl<'a> KvCache<'a> {
         strict: bool,
         limits: &Limits,
     ) -> Result<KvCache<'a>, Error> {
-        let header = KvHeader::parse(payload)?;
-        let total = header.total_bytes().ok_or_else(|| {
-            Error::new(ErrorKind::Truncated, "KV-cache dimensions overflow 64 bits")
-        })?;
-        if (payload.len() as u64) < total {
-            return Err(Error::truncated(
-                "KV-cache tensors",
-                total,
-                payload.len() as u64,
-            ));
-        }
-        // After the size check, so a payload too short for its header stays
-        // `truncated`; what is left are layers of zero-sized tensors.
-        if header.num_layers > limits.max_kv_layers {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "KV cache declares {} layers, over the limit of {} (AVP-LIM-12)",
-                    header.num_layers, limits.max_kv_layers
-                ),
-            ));
-        }
-        let mut warnings = Warnings::new(strict);
-        let trailing = (payload.len() as u64).saturating_sub(total);
-        if trailing > 0 {
-            warnings.push(Warning::KvInconsistent {
-                detail: format!("{trailing} bytes after the last layer"),
-            })?;
-        }
-        // Both fit in usize: they are at most payload.len().
+        let (header, warnings) =
+            KvHeader::check_payload(payload, payload.len() as u64, strict, limits)?;
+        // Both fit in usize: the check proved them at most payload.len().
         let tensor_len = header.tensor_bytes().unwrap_or(0) as usize;
-        let data = payload
-            .get(KV_HEADER_LEN..total as usize)
-            .unwrap_or_default();
+        let total = header.total_bytes().unwrap_or(0) as usize;
+        let data = payload.get(KV_HEADER_LEN..total).unwrap_or_default();
         Ok(KvCache {
             header,
             data,
             tensor_len,
-            warnings: warnings.list,
+            warnings,
         })
     }
 
     /// Checks the inner dtype against the metadata's (AVP-KV-5); a mismatch
     /// is a warning, or `inconsistent` when `strict`.
     pub fn check_metadata_dtype(&mut self, dtype: DataType, strict: bool) -> Result<(), Error> {
-        if self.header.dtype.data_type() != dtype {
-            let w = Warning::KvInconsistent {
-                detail: format!(
-                    "inner dtype {} but metadata dtype {}",
-                    self.header.dtype.name(),
-                    dtype.name()
-                ),
-            };
-            let mut ws = Warnings::new(strict);
-            ws.push(w)?;
-            self.warnings.extend(ws.list);
-        }
+        self.warnings
+            .extend(self.header.check_metadata_dtype(dtype, strict)?);
         Ok(())
     }
 

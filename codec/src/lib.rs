@@ -49,7 +49,8 @@ pub mod fuzzing;
 
 pub use compress::Compression;
 pub use decode::{
-    DecodeOptions, Message, Peeked, Warning, check_header, decode, decode_with, peek, peek_with,
+    DecodeOptions, Message, Peeked, Warning, check_header, check_streamed, decode, decode_with,
+    peek, peek_with,
 };
 pub use encode::{
     EncodeOptions, encode, encode_into, encode_into_with, encode_prefix, encode_with, encoded_len,

@@ -117,31 +117,9 @@ impl<'a> TensorView<'a> {
 
     /// Summary statistics in one pass.
     pub fn stats(&self) -> Stats {
-        let mut s = Stats {
-            count: 0,
-            nan: 0,
-            inf: 0,
-            min: None,
-            max: None,
-            l2_norm: 0.0,
-        };
-        let mut sum_sq = 0.0f64;
-        for v in self.iter_f32() {
-            s.count = s.count.saturating_add(1);
-            if v.is_nan() {
-                s.nan = s.nan.saturating_add(1);
-                continue;
-            }
-            if v.is_infinite() {
-                s.inf = s.inf.saturating_add(1);
-            } else {
-                sum_sq += f64::from(v) * f64::from(v);
-            }
-            s.min = Some(s.min.map_or(v, |m: f32| m.min(v)));
-            s.max = Some(s.max.map_or(v, |m: f32| m.max(v)));
-        }
-        s.l2_norm = sum_sq.sqrt();
-        s
+        let mut acc = StatsAccumulator::default();
+        acc.update(self);
+        acc.finish()
     }
 
     /// The elements as an owned f32 array of `shape` (its product must equal [`Self::len`]).
@@ -169,6 +147,52 @@ pub struct Stats {
     pub max: Option<f32>,
     /// Euclidean norm of the finite elements.
     pub l2_norm: f64,
+}
+
+/// [`Stats`] over a tensor that arrives in pieces (a streamed payload):
+/// feeding consecutive views gives exactly what [`TensorView::stats`] gives
+/// for their concatenation, bit for bit (the same per-element updates in the
+/// same order). Pieces must split at element boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StatsAccumulator {
+    count: u64,
+    nan: u64,
+    inf: u64,
+    min: Option<f32>,
+    max: Option<f32>,
+    sum_sq: f64,
+}
+
+impl StatsAccumulator {
+    /// Adds the elements of `view`.
+    pub fn update(&mut self, view: &TensorView<'_>) {
+        for v in view.iter_f32() {
+            self.count = self.count.saturating_add(1);
+            if v.is_nan() {
+                self.nan = self.nan.saturating_add(1);
+                continue;
+            }
+            if v.is_infinite() {
+                self.inf = self.inf.saturating_add(1);
+            } else {
+                self.sum_sq += f64::from(v) * f64::from(v);
+            }
+            self.min = Some(self.min.map_or(v, |m: f32| m.min(v)));
+            self.max = Some(self.max.map_or(v, |m: f32| m.max(v)));
+        }
+    }
+
+    /// The statistics of everything added.
+    pub fn finish(&self) -> Stats {
+        Stats {
+            count: self.count,
+            nan: self.nan,
+            inf: self.inf,
+            min: self.min,
+            max: self.max,
+            l2_norm: self.sum_sq.sqrt(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +227,20 @@ mod tests {
         assert_eq!(s.min, Some(-4.0));
         assert_eq!(s.max, Some(f32::INFINITY));
         assert_eq!(s.l2_norm, 5.0);
+    }
+
+    #[test]
+    fn accumulated_pieces_equal_the_whole() {
+        let vals: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let whole = TensorView::new(&bytes, ElementType::F32).stats();
+        let mut acc = StatsAccumulator::default();
+        for piece in bytes.chunks(4 * 37) {
+            acc.update(&TensorView::new(piece, ElementType::F32));
+        }
+        let pieces = acc.finish();
+        assert_eq!(pieces, whole);
+        assert_eq!(pieces.l2_norm.to_bits(), whole.l2_norm.to_bits());
+        assert_eq!(pieces.count, 1000);
     }
 }

@@ -34,9 +34,9 @@ pub(crate) enum ConformanceCommand {
 pub(crate) enum VectorsCommand {
     /// Recompute every digest and compare with MANIFEST.json (exit 3 on any difference).
     Verify {
-        /// Corpus root.
-        #[arg(long, default_value = "conformance/vectors")]
-        vectors: PathBuf,
+        /// Corpus root (default: found as described in `avp conformance run --help`).
+        #[arg(long, alias = "suite", value_name = "DIR")]
+        vectors: Option<PathBuf>,
     },
 }
 
@@ -62,25 +62,23 @@ pub(crate) struct ReportArgs {
     /// <vectors>/../expectations/<implementation name>.txt when it exists.
     #[arg(long, value_name = "FILE")]
     expectations: Option<PathBuf>,
-    /// Spec directory for the rule-coverage report.
-    #[arg(long, default_value = "spec")]
-    spec: PathBuf,
+    /// Spec directory for the rule-coverage report [default: <vectors>/../../spec].
+    #[arg(long, value_name = "DIR")]
+    spec: Option<PathBuf>,
     /// Map of rules checked by in-tree tests instead of cases (AVP-CONF-7);
-    /// its paths are relative to the spec directory's parent.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "conformance/rules-elsewhere.json"
-    )]
-    rules_elsewhere: PathBuf,
+    /// its paths are relative to the spec directory's parent
+    /// [default: <vectors>/../rules-elsewhere.json].
+    #[arg(long, value_name = "FILE")]
+    rules_elsewhere: Option<PathBuf>,
 }
 
 /// `avp conformance run`.
 #[derive(Args)]
 pub(crate) struct RunArgs {
-    /// Corpus root (holds MANIFEST.json).
-    #[arg(long, default_value = "conformance/vectors")]
-    vectors: PathBuf,
+    /// Corpus root (holds MANIFEST.json). Default: ./conformance/vectors if present, else the
+    /// corpus of the source tree this binary was built from.
+    #[arg(long, alias = "suite", value_name = "DIR")]
+    vectors: Option<PathBuf>,
     /// Adapter command line ('CMD ARGS'); repeat to compare implementations.
     #[arg(long, value_name = "CMD")]
     adapter: Vec<String>,
@@ -106,9 +104,9 @@ pub(crate) struct HttpArgs {
     /// Bearer token the server requires (enables the auth cases).
     #[arg(long)]
     token: Option<String>,
-    /// Corpus root whose wire vectors are replayed.
-    #[arg(long, default_value = "conformance/vectors")]
-    vectors: PathBuf,
+    /// Corpus root whose wire vectors are replayed (default: as for `run`).
+    #[arg(long, alias = "suite", value_name = "DIR")]
+    vectors: Option<PathBuf>,
     /// Body size the oversized-body case sends (declared in Content-Length).
     #[arg(long, default_value_t = http::DEFAULT_OVERSIZE)]
     oversize: u64,
@@ -131,7 +129,7 @@ pub(crate) fn run(command: ConformanceCommand) -> ExitCode {
         ConformanceCommand::Http(args) => run_http(*args),
         ConformanceCommand::Vectors {
             command: VectorsCommand::Verify { vectors },
-        } => verify(&vectors),
+        } => resolve_vectors(vectors).and_then(|v| verify(&v)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -142,15 +140,39 @@ pub(crate) fn run(command: ConformanceCommand) -> ExitCode {
     }
 }
 
+/// The corpus built into this binary's source tree: `cargo install --path cli`
+/// leaves the checkout in place, so `avp conformance run` works from any directory.
+const BUILD_TREE_VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conformance/vectors");
+
+/// The corpus root: `--vectors` (alias `--suite`) if given, else
+/// `./conformance/vectors` when it holds a MANIFEST.json, else the build tree's.
+fn resolve_vectors(given: Option<PathBuf>) -> Result<PathBuf, ConformanceError> {
+    if let Some(v) = given {
+        return Ok(v);
+    }
+    let here = PathBuf::from("conformance/vectors");
+    let built = PathBuf::from(BUILD_TREE_VECTORS);
+    for candidate in [&here, &built] {
+        if candidate.join("MANIFEST.json").is_file() {
+            return Ok(candidate.clone());
+        }
+    }
+    Err(ConformanceError::Usage(format!(
+        "no conformance corpus found in ./conformance/vectors or {}; give --vectors DIR \
+         (the conformance/vectors directory of an avp-rs checkout)",
+        built.display()
+    )))
+}
+
 fn verify(root: &Path) -> Result<u8, ConformanceError> {
     let m = manifest::load_verified(root)?;
-    println!(
+    let shown = crate::out::line(format_args!(
         "{}: {} files match MANIFEST.json (blake3 {})",
         root.display(),
         m.files.len(),
         m.digest
-    );
-    Ok(0)
+    ));
+    Ok(shown.err().map_or(0, |_| crate::out::EXIT_BROKEN_PIPE))
 }
 
 fn expectations_for(
@@ -173,8 +195,9 @@ fn expectations_for(
     }
 }
 
-fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
-    let corpus = Corpus::load(&args.vectors)?;
+fn run_corpus(mut args: RunArgs) -> Result<u8, ConformanceError> {
+    let vectors = resolve_vectors(args.vectors.take())?;
+    let corpus = Corpus::load(&vectors)?;
     let cases = select(&corpus.cases, &args.only);
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(ConformanceError::Usage(
@@ -206,7 +229,7 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
     for subject in &mut subjects {
         let hello = subject.hello()?;
         let name = implementation_name(&hello);
-        let expectations = expectations_for(&args.report, &args.vectors, &name)?;
+        let expectations = expectations_for(&args.report, &vectors, &name)?;
         let universe: Vec<String> = corpus.cases.iter().map(|c| c.id.clone()).collect();
         report.subjects.push(run_subject(
             &cases,
@@ -216,7 +239,12 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
             &universe,
         ));
     }
-    if args.report.spec.is_dir() {
+    // spec/ and rules-elsewhere.json sit beside the corpus in a checkout.
+    let conformance_dir = vectors.join("..");
+    let spec = (args.report.spec.clone()).unwrap_or_else(|| conformance_dir.join("../spec"));
+    let rules_elsewhere = (args.report.rules_elsewhere.clone())
+        .unwrap_or_else(|| conformance_dir.join("rules-elsewhere.json"));
+    if spec.is_dir() {
         // The live HTTP mode's own cases cover the HTTP binding's rules.
         let http_options = http::HttpOptions {
             token: Some(String::new()),
@@ -226,30 +254,20 @@ fn run_corpus(args: RunArgs) -> Result<u8, ConformanceError> {
         };
         let mut all = corpus.cases.clone();
         all.extend(http::cases(&corpus, &http_options));
-        let elsewhere = if args.report.rules_elsewhere.is_file() {
-            let root = args
-                .report
-                .spec
-                .parent()
-                .unwrap_or(std::path::Path::new(""));
-            Some(coverage::ElsewhereMap::load(
-                &args.report.rules_elsewhere,
-                root,
-            )?)
+        let elsewhere = if rules_elsewhere.is_file() {
+            let root = spec.parent().unwrap_or(std::path::Path::new(""));
+            Some(coverage::ElsewhereMap::load(&rules_elsewhere, root)?)
         } else {
             None
         };
-        report.coverage = Some(coverage::compute_with(
-            &args.report.spec,
-            &all,
-            elsewhere.as_ref(),
-        )?);
+        report.coverage = Some(coverage::compute_with(&spec, &all, elsewhere.as_ref())?);
     }
     emit(&report, &args.report)
 }
 
-fn run_http(args: HttpArgs) -> Result<u8, ConformanceError> {
-    let corpus = Corpus::load(&args.vectors)?;
+fn run_http(mut args: HttpArgs) -> Result<u8, ConformanceError> {
+    let vectors = resolve_vectors(args.vectors.take())?;
+    let corpus = Corpus::load(&vectors)?;
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(ConformanceError::Usage(
             "--timeout must be a positive number of seconds".into(),
@@ -289,7 +307,7 @@ fn run_http(args: HttpArgs) -> Result<u8, ConformanceError> {
     }
     let hello = subject.hello()?;
     let name = implementation_name(&hello);
-    let expectations = expectations_for(&args.report, &args.vectors, &name)?;
+    let expectations = expectations_for(&args.report, &vectors, &name)?;
     let mut report = RunReport::new(&corpus, args.report.strict);
     report.subjects.push(run_subject(
         &cases,
@@ -326,6 +344,12 @@ fn emit(report: &RunReport, args: &ReportArgs) -> Result<u8, ConformanceError> {
     write(&args.json, report::json(report))?;
     write(&args.junit, report::junit::render(report))?;
     write(&args.html, report::html::render(report))?;
-    print!("{}", report::terminal::render(report, args.verbose));
+    if crate::out::text(&report::terminal::render(report, args.verbose)).is_err() {
+        // A failing run keeps its failing status; a passing one reports the closed pipe.
+        return Ok(match report.exit_code() {
+            0 => crate::out::EXIT_BROKEN_PIPE,
+            code => code,
+        });
+    }
     Ok(report.exit_code())
 }

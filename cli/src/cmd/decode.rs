@@ -1,18 +1,19 @@
 //! `avp decode --json FILE|-` (spec/cli.md, AVP-CLI-1 .. AVP-CLI-4).
 //!
 //! Reads one message, decodes it (compatible mode, or strict with
-//! `--strict`) and prints one JSON object. The file is read into one buffer
-//! of exactly its size and the payload is borrowed from it, so peak memory
-//! stays near the file size (AVP-CLI-4).
+//! `--strict`) and prints one JSON object. The tensor streams through one
+//! window (`stream_in`), so memory does not grow with the input (AVP-CLI-4).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use avp_codec::kv::KvCache;
-use avp_codec::{DecodeOptions, Error, Message, PayloadType, decode_with};
+use avp_codec::kv::KvHeader;
+use avp_codec::{DecodeOptions, Error, Limits, PayloadType, decode_with};
 use clap::Args;
 use serde_json::{Value, json};
+
+use super::stream_in::{Decoded, Failure, Want, read_message, summarise};
 
 /// Arguments of `avp decode`.
 #[derive(Args, Debug)]
@@ -36,7 +37,7 @@ pub(crate) const EXIT_INVALID: u8 = 1;
 /// Exit code for a file that cannot be read or written (AVP-CLI-2).
 pub(crate) const EXIT_IO: u8 = 2;
 
-/// Reads `path` (`-` = stdin) into a buffer of exactly its size.
+/// Reads `path` (`-` = stdin) whole: only for `--mac-key`, whose tag covers every byte.
 pub(crate) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -49,7 +50,8 @@ pub(crate) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// `{"error":{"kind":..,"message":..}}` on stdout, as AVP-CLI-3 requires.
 pub(crate) fn print_error(kind: &str, message: &str) {
-    println!("{}", json!({"error": {"kind": kind, "message": message}}));
+    // The status already says what failed; a closed stdout only loses the detail.
+    let _ = crate::out::line(json!({"error": {"kind": kind, "message": message}}));
 }
 
 /// Reads a MAC key file (AVP-MAC-1); prints the error and gives the exit code on failure.
@@ -75,30 +77,34 @@ pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
 }
 
 /// The JSON view of a decoded message (AVP-CLI-1).
-pub(crate) fn message_json(msg: &Message<'_>, strict: bool) -> Result<Value, Error> {
-    let m = &msg.metadata;
+pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Error> {
+    let m = &d.metadata;
     let extra: serde_json::Map<String, Value> = m
         .extra
         .iter()
         .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
         .collect();
-    let mut warnings: Vec<Value> = msg
+    let mut warnings: Vec<Value> = d
         .warnings
         .iter()
         .map(|w| json!({"code": w.code(), "message": w.to_string()}))
         .collect();
+    let t = &d.tensor;
     let kv = if m.payload_type == PayloadType::KvCache {
-        match KvCache::parse_with(&msg.payload, strict).and_then(|mut kv| {
-            kv.check_metadata_dtype(m.dtype, strict)?;
-            Ok(kv)
-        }) {
-            Ok(kv) => {
+        // KvCache::parse_with + check_metadata_dtype, from the inner header and the length.
+        let checked = KvHeader::check_payload(&t.head, t.len, strict, &Limits::DEFAULT).and_then(
+            |(h, mut ws)| {
+                ws.extend(h.check_metadata_dtype(m.dtype, strict)?);
+                Ok((h, ws))
+            },
+        );
+        match checked {
+            Ok((h, kv_warnings)) => {
                 warnings.extend(
-                    kv.warnings
+                    kv_warnings
                         .iter()
                         .map(|w| json!({"code": w.code(), "message": w.to_string()})),
                 );
-                let h = kv.header;
                 json!({"num_layers": h.num_layers, "num_kv_heads": h.num_kv_heads, "head_dim": h.head_dim,
                        "seq_len": h.seq_len, "dtype": h.dtype.name()})
             }
@@ -113,12 +119,13 @@ pub(crate) fn message_json(msg: &Message<'_>, strict: bool) -> Result<Value, Err
     } else {
         Value::Null
     };
+    let blake3 = t.blake3.map(|h| h.to_hex().to_string());
     Ok(json!({
         "header": {
-            "version": msg.header.version,
-            "flags": msg.header.flags.0,
-            "payload_length": msg.header.payload_length,
-            "metadata_length": msg.header.metadata_length,
+            "version": d.header.version,
+            "flags": d.header.flags.0,
+            "payload_length": d.header.payload_length,
+            "metadata_length": d.header.metadata_length,
         },
         "metadata": {
             "session_id": m.session_id,
@@ -131,52 +138,55 @@ pub(crate) fn message_json(msg: &Message<'_>, strict: bool) -> Result<Value, Err
             "dtype": m.dtype.name(),
             "tensor_shape": m.tensor_shape.as_slice(),
             "mode": m.mode.name(),
-            "compression": if msg.was_compressed() { Some("zstd") } else { None },
+            "compression": if d.header.flags.compressed() { Some("zstd") } else { None },
             "avp_map_id": m.avp_map_id,
             "extra": extra,
             "payload_checksum": m.payload_checksum,
         },
         "payload": {
-            "length": msg.payload.len(),
-            "crc32": crc32(&msg.payload),
-            "blake3": blake3::hash(&msg.payload).to_hex().as_str(),
+            "length": t.len,
+            "crc32": t.crc32,
+            "blake3": blake3,
         },
         "kv": kv,
         "warnings": warnings,
     }))
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    // The codec already verified the checksum when present; recomputing keeps
-    // the output right for messages without one. crc32fast is what the codec uses.
-    avp_codec::crc32(bytes)
+/// Reads and decodes per the arguments: streamed (AVP-CLI-4), or whole when
+/// a MAC must be checked, since the tag covers every byte before it.
+pub(crate) fn read_decoded(
+    file: &Path,
+    strict: bool,
+    mac_key: Option<&Path>,
+    want: Want,
+) -> Result<Decoded, ExitCode> {
+    let opts = DecodeOptions::default().with_strict(strict);
+    let Some(key_path) = mac_key else {
+        return read_message(file, &opts, want).map_err(|f| match f {
+            Failure::Io(e) => io_error(file, &e),
+            Failure::Codec(e) => codec_error(&e),
+        });
+    };
+    let key = read_mac_key(key_path)?;
+    let data = read_input(file).map_err(|e| io_error(file, &e))?;
+    avp_codec::mac::verify(&data, &key, &opts.limits).map_err(|e| codec_error(&e))?;
+    let msg = decode_with(&data, &opts).map_err(|e| codec_error(&e))?;
+    Ok(summarise(&msg, data.len() as u64, want))
 }
 
 pub(crate) fn run(args: DecodeArgs) -> ExitCode {
-    let data = match read_input(&args.file) {
-        Ok(d) => d,
-        Err(e) => return io_error(&args.file, &e),
+    let want = Want {
+        blake3: true,
+        stats: false,
     };
-    let opts = DecodeOptions::default().with_strict(args.strict);
-    if let Some(path) = &args.mac_key {
-        let key = match read_mac_key(path) {
-            Ok(k) => k,
-            Err(code) => return code,
-        };
-        if let Err(e) = avp_codec::mac::verify(&data, &key, &opts.limits) {
-            return codec_error(&e);
-        }
-    }
-    let out = decode_with(&data, &opts).and_then(|msg| message_json(&msg, args.strict));
-    match out {
-        Ok(v) => {
-            if args.json {
-                println!("{v}");
-            } else {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            }
-            ExitCode::SUCCESS
-        }
+    let decoded = match read_decoded(&args.file, args.strict, args.mac_key.as_deref(), want) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match message_json(&decoded, args.strict) {
+        Ok(v) if args.json => crate::out::finish_line(v),
+        Ok(v) => crate::out::finish_line(serde_json::to_string_pretty(&v).unwrap_or_default()),
         Err(e) => codec_error(&e),
     }
 }

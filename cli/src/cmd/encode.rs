@@ -45,6 +45,9 @@ pub(crate) struct EncodeArgs {
     /// Sign the message with a keyed MAC derived from this key file (spec/mac.md, AVP-MAC-8).
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,
+    /// Override the routing fields of META.json.
+    #[command(flatten)]
+    address: super::address::AddressArgs,
 }
 
 const KNOWN: &[&str] = &[
@@ -148,7 +151,7 @@ fn metadata_from_json(v: &Value) -> anyhow::Result<Metadata<'static>> {
     })
 }
 
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp-avp");
     let tmp = PathBuf::from(tmp);
@@ -167,7 +170,7 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
     let meta = serde_json::from_str::<Value>(&meta_text)
         .context("metadata is not JSON")
         .and_then(|v| metadata_from_json(&v));
-    let meta = match meta {
+    let mut meta = match meta {
         Ok(m) => m,
         Err(e) => {
             print_error(
@@ -177,6 +180,7 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    args.address.apply(&mut meta);
     let payload = match std::fs::read(&args.payload) {
         Ok(p) => p,
         Err(e) => return io_error(&args.payload, &e),
@@ -204,10 +208,8 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
         print_error("io", &format!("{}: {e}", args.output.display()));
         return ExitCode::from(EXIT_IO);
     }
-    println!(
-        "{}",
+    crate::out::finish_line(
         json!({"output": args.output.display().to_string(), "length": bytes.len(),
-               "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name(), "signed": key.is_some()})
-    );
-    ExitCode::SUCCESS
+               "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name(), "signed": key.is_some()}),
+    )
 }

@@ -25,6 +25,56 @@ pub(crate) struct DeviceArgs {
     pub(crate) weights_seed: i64,
 }
 
+/// The user message: `--prompt TEXT`, or `--prompt-file F` (`-` = stdin)
+/// for prompts the command line cannot carry (its limit is ~128 KiB per argument).
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub(crate) struct PromptArgs {
+    /// The user message.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Read the user message from this file (`-` for stdin), as UTF-8.
+    #[arg(long, value_name = "F")]
+    prompt_file: Option<PathBuf>,
+}
+
+impl PromptArgs {
+    /// The message text.
+    pub(crate) fn text(&self) -> Result<String> {
+        use std::io::Read;
+        match (&self.prompt, &self.prompt_file) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(f)) if f.as_os_str() == "-" => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_to_string(&mut s)
+                    .context("reading the prompt from stdin")?;
+                Ok(s)
+            }
+            (None, Some(f)) => {
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))
+            }
+            (None, None) => anyhow::bail!("give --prompt or --prompt-file"),
+        }
+    }
+}
+
+/// One line on stderr saying what a command did (always, unlike
+/// [`Progress`]): scripts and logs see it, stdout stays the data.
+pub(crate) fn report(line: std::fmt::Arguments<'_>) {
+    crate::out::note(line);
+}
+
+/// Where a written message went, for the report.
+pub(crate) fn destination(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        "stdout".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
 /// Prints progress lines on stderr, only when stderr is a terminal.
 pub(crate) struct Progress {
     on: bool,
@@ -39,15 +89,17 @@ impl Progress {
 
     pub(crate) fn say(&self, msg: &str) {
         if self.on {
-            eprintln!("{msg}");
+            crate::out::note(msg);
         }
     }
 
     pub(crate) fn step(&self, done: usize, total: usize) {
         if self.on {
-            eprint!("\rlatent step {done}/{total}");
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\rlatent step {done}/{total}");
             if done == total {
-                eprintln!();
+                let _ = writeln!(err);
             }
         }
     }
@@ -62,10 +114,10 @@ pub(crate) fn load(
     progress.say(&format!("loading {}", dir.display()));
     if args.random_weights {
         // AVP-ENG-19: the context still carries the config hash, so say so.
-        eprintln!(
+        crate::out::note(format_args!(
             "warning: --random-weights: {} gets random weights; outputs are for measurements only",
             dir.display()
-        );
+        ));
     }
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
@@ -87,8 +139,11 @@ pub(crate) fn load(
 pub(crate) fn write_out(path: &PathBuf, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     if path.as_os_str() == "-" {
-        std::io::stdout().lock().write_all(bytes)?;
-        return Ok(());
+        let mut out = std::io::stdout().lock();
+        return out
+            .write_all(bytes)
+            .and_then(|()| out.flush())
+            .context("writing the message to stdout");
     }
     let tmp = path.with_extension("avp-tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -98,6 +153,13 @@ pub(crate) fn write_out(path: &PathBuf, bytes: &[u8]) -> Result<()> {
 
 /// Reports an error the anyhow way and returns exit status 1.
 pub(crate) fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    // A closed stdout (`avp think --out - | head -c1`) is the reader's choice, not an error.
+    if e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::from(crate::out::EXIT_BROKEN_PIPE);
+    }
+    crate::out::note(format_args!("error: {e:#}"));
     ExitCode::FAILURE
 }

@@ -1,5 +1,8 @@
 //! `avp generate`: text generation, optionally continuing a KV_CACHE context;
-//! prints the text on stdout (spec/engine.md).
+//! prints the text on stdout (spec/engine.md) and on stderr what it did
+//! (AVP-CLI-9). A `--max-new-tokens` beyond the model's context length is
+//! cut to what fits, with a warning, so the text produced is never lost to
+//! a "cache full" error at the last position.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use avp_engine::{GenerateOptions, Sampling};
 use clap::Args;
 
-use super::engine_common::{DeviceArgs, Progress, fail, load};
+use super::engine_common::{DeviceArgs, Progress, PromptArgs, fail, load, report};
 
 /// Arguments of `avp generate`.
 #[derive(Args, Debug)]
@@ -16,13 +19,12 @@ pub(crate) struct GenerateArgs {
     /// Hugging Face model directory.
     #[arg(long)]
     model: PathBuf,
-    /// The user message.
-    #[arg(long)]
-    prompt: String,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// KV_CACHE message to continue from (made by this model).
     #[arg(long)]
     context: Option<PathBuf>,
-    /// Upper bound on generated tokens.
+    /// Upper bound on generated tokens (cut, with a warning, to what the model's context length leaves).
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
     /// Greedy decoding (the default unless --temperature is given).
@@ -55,14 +57,31 @@ pub(crate) fn run(args: GenerateArgs) -> ExitCode {
 }
 
 fn generate(args: &GenerateArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
+    let capacity = engine.config().decoder.max_position_embeddings;
     let context = match &args.context {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Some(engine.import_context(&bytes, args.max_new_tokens.saturating_add(512))?)
+            let headroom = args.max_new_tokens.min(capacity).saturating_add(512);
+            Some(engine.import_context(&bytes, headroom)?)
         }
         None => None,
+    };
+    let prior = context.as_ref().map_or(0, |c| c.seq_len());
+    let prompt_tokens = engine.prompt_format().prompt_ids(&prompt)?.len();
+    let room = capacity.saturating_sub(prior.saturating_add(prompt_tokens));
+    let max_new_tokens = if args.max_new_tokens > room {
+        report(format_args!(
+            "warning: the model's context is {capacity} positions and {} are taken ({prior} context, {prompt_tokens} prompt): generating at most {room} tokens, not {}",
+            prior.saturating_add(prompt_tokens),
+            args.max_new_tokens
+        ));
+        room
+    } else {
+        args.max_new_tokens
     };
     let sampling = match args.temperature {
         None => Sampling::Greedy,
@@ -85,11 +104,34 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     };
     progress.say("generating");
     let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens,
         sampling,
         stop_tokens: None,
     };
-    let out = engine.generate(&args.prompt, context.as_ref(), &opts)?;
-    println!("{}", out.text);
+    let out = engine.generate(&prompt, context.as_ref(), &opts)?;
+    let why = if out.stopped {
+        "stopped at an end-of-sequence token".to_owned()
+    } else if max_new_tokens < args.max_new_tokens {
+        format!("reached the model's context length ({capacity} positions)")
+    } else {
+        format!("reached --max-new-tokens {max_new_tokens}")
+    };
+    report(format_args!(
+        "generate: {} prompt tokens{}, {} tokens generated ({why}) in {:.2} s",
+        prompt_tokens,
+        if prior > 0 {
+            format!(" after a context of {prior} positions")
+        } else {
+            String::new()
+        },
+        out.token_ids.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    // Through `fail`, a closed stdout is status 141 like every other command's.
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", out.text)
+        .and_then(|()| stdout.flush())
+        .context("writing the text to stdout")?;
     Ok(())
 }

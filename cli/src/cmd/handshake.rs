@@ -121,10 +121,7 @@ pub(crate) fn run(args: HandshakeArgs) -> ExitCode {
         } => {
             let tokenizers = local_tokenizer.as_deref().zip(remote_tokenizer.as_deref());
             match resolve_files(&local, &remote, maps.as_deref(), tokenizers) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
+                Ok(line) => crate::out::finish_line(line),
                 Err(e) => fail(&e),
             }
         }

@@ -34,6 +34,9 @@ pub(crate) struct HandshakeRemoteArgs {
     /// Use HTTP/2 with prior knowledge.
     #[arg(long)]
     pub(crate) http2: bool,
+    /// Seconds to wait for the whole exchange (connecting included).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub(crate) timeout: f64,
     /// PEM file of the CA(s) to trust for an https:// URL.
     #[arg(long, value_name = "F")]
     pub(crate) ca: Option<PathBuf>,
@@ -70,7 +73,15 @@ async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, T
     let config = ClientConfig {
         agent_id: args.agent_id.clone(),
         token: read_token_file(args.token_file.as_deref())?,
-        timeout: Duration::from_secs(30),
+        timeout: Duration::try_from_secs_f64(args.timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .with_context(|| {
+                format!(
+                    "--timeout {}: give a positive number of seconds",
+                    args.timeout
+                )
+            })?,
         http2: args.http2,
         tls: args.tls().config()?,
         ..ClientConfig::default()
@@ -133,6 +144,7 @@ mod tests {
                 token_file: None,
                 agent_id: "me".into(),
                 http2: true,
+                timeout: 30.0,
                 ca: None,
                 client_cert: None,
                 client_key: None,

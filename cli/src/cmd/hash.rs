@@ -107,10 +107,7 @@ fn hash(args: HashArgs) -> Result<String> {
 
 pub(crate) fn run(args: HashArgs) -> ExitCode {
     match hash(args) {
-        Ok(hex) => {
-            println!("{hex}");
-            ExitCode::SUCCESS
-        }
+        Ok(hex) => crate::out::finish_line(hex),
         Err(e) => fail(&e),
     }
 }

@@ -46,6 +46,5 @@ pub(crate) fn run(args: IdentityArgs) -> ExitCode {
     if let Err(e) = write_value(&mut out, &identity.to_value(), WriteOptions::PYTHON_DEFAULT) {
         return fail(&anyhow!("{}: {e}", args.path.display()));
     }
-    println!("{out}");
-    ExitCode::SUCCESS
+    crate::out::finish_line(out)
 }

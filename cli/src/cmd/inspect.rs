@@ -3,19 +3,17 @@
 //! Header, metadata, sizes, warnings, and tensor statistics: for a KV cache
 //! one row per layer (L2 norm, min, max, NaN and Inf counts of K and of V);
 //! for a hidden state the same statistics over the whole tensor. Statistics
-//! stream over borrowed bytes (`avp_codec::tensor::TensorView`), so a
-//! 256 MiB cache is inspected without a second copy.
+//! accumulate as the tensor streams through one window (`stream_in`), so a
+//! 256 MiB cache is inspected in a few MiB (AVP-CLI-4).
 
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use avp_codec::kv::KvCache;
-use avp_codec::tensor::{ElementType, Stats, TensorView};
-use avp_codec::{DecodeOptions, Message, PayloadType, decode_with};
+use avp_codec::tensor::Stats;
 use clap::Args;
 
-use super::decode::{codec_error, io_error, read_input};
+use super::stream_in::{Decoded, TensorStats, Want};
 
 /// Arguments of `avp inspect`.
 #[derive(Args, Debug)]
@@ -46,10 +44,11 @@ fn stats_cells(s: &Stats) -> String {
 }
 
 /// The report text (a pure function, so tests and snapshots see exactly what is printed).
-pub(crate) fn report(msg: &Message<'_>, file_len: usize) -> String {
+pub(crate) fn report(d: &Decoded) -> String {
     let mut o = String::new();
-    let h = &msg.header;
-    let m = &msg.metadata;
+    let h = &d.header;
+    let m = &d.metadata;
+    let file_len = d.input_len;
     let _ = writeln!(o, "AVP message, {file_len} bytes");
     let mut flags = Vec::new();
     if h.flags.compressed() {
@@ -78,8 +77,7 @@ pub(crate) fn report(msg: &Message<'_>, file_len: usize) -> String {
     let _ = writeln!(
         o,
         "  tensor bytes     {} stored, {} decoded",
-        stored,
-        msg.payload.len()
+        stored, d.tensor.len
     );
     let _ = writeln!(o, "metadata");
     for (k, v) in [
@@ -100,7 +98,7 @@ pub(crate) fn report(msg: &Message<'_>, file_len: usize) -> String {
     let _ = writeln!(
         o,
         "  compression      {}",
-        if msg.was_compressed() { "zstd" } else { "none" }
+        if h.flags.compressed() { "zstd" } else { "none" }
     );
     match m.payload_checksum {
         Some(c) => {
@@ -113,75 +111,64 @@ pub(crate) fn report(msg: &Message<'_>, file_len: usize) -> String {
     for (k, v) in &m.extra {
         let _ = writeln!(o, "  extra[{k:?}] = {v:?}");
     }
-    for w in &msg.warnings {
+    for w in &d.warnings {
         let _ = writeln!(o, "warning: {} ({})", w, w.code());
     }
     let header_row = format!(
         "{:>12} {:>10} {:>10} {:>5} {:>5}",
         "l2_norm", "min", "max", "nan", "inf"
     );
-    if m.payload_type == PayloadType::KvCache {
-        match KvCache::parse(&msg.payload) {
-            Ok(kv) => {
-                let kh = kv.header;
-                let _ = writeln!(
-                    o,
-                    "kv cache: {} layers, {} kv heads, head_dim {}, seq_len {}, {}",
-                    kh.num_layers,
-                    kh.num_kv_heads,
-                    kh.head_dim,
-                    kh.seq_len,
-                    kh.dtype.name()
-                );
-                for w in &kv.warnings {
-                    let _ = writeln!(o, "warning: {w}");
-                }
-                let _ = writeln!(o, "{:>5} {:>1} {header_row}", "layer", "");
-                for layer in kv.layers() {
-                    let _ = writeln!(
-                        o,
-                        "{:>5} K {}",
-                        layer.index,
-                        stats_cells(&layer.key.stats())
-                    );
-                    let _ = writeln!(
-                        o,
-                        "{:>5} V {}",
-                        layer.index,
-                        stats_cells(&layer.value.stats())
-                    );
-                }
+    match &d.tensor.stats {
+        Some(TensorStats::Kv(Ok((kh, warnings, stats)))) => {
+            let _ = writeln!(
+                o,
+                "kv cache: {} layers, {} kv heads, head_dim {}, seq_len {}, {}",
+                kh.num_layers,
+                kh.num_kv_heads,
+                kh.head_dim,
+                kh.seq_len,
+                kh.dtype.name()
+            );
+            for w in warnings {
+                let _ = writeln!(o, "warning: {w}");
             }
-            Err(e) => {
-                let _ = writeln!(o, "kv cache: not readable: {e}");
+            let _ = writeln!(o, "{:>5} {:>1} {header_row}", "layer", "");
+            for (index, pair) in stats.chunks(2).enumerate() {
+                if let [k, v] = pair {
+                    let _ = writeln!(o, "{index:>5} K {}", stats_cells(k));
+                    let _ = writeln!(o, "{index:>5} V {}", stats_cells(v));
+                }
             }
         }
-    } else {
-        let view = TensorView::new(&msg.payload, ElementType::from(m.dtype));
-        let s = view.stats();
-        let _ = writeln!(
-            o,
-            "hidden state: {} elements of {}",
-            s.count,
-            m.dtype.name()
-        );
-        let _ = writeln!(o, "{:>7} {header_row}", "");
-        let _ = writeln!(o, "{:>7} {}", "tensor", stats_cells(&s));
+        Some(TensorStats::Kv(Err(e))) => {
+            let _ = writeln!(o, "kv cache: not readable: {e}");
+        }
+        Some(TensorStats::Hidden(s)) => {
+            let _ = writeln!(
+                o,
+                "hidden state: {} elements of {}",
+                s.count,
+                m.dtype.name()
+            );
+            let _ = writeln!(o, "{:>7} {header_row}", "");
+            let _ = writeln!(o, "{:>7} {}", "tensor", stats_cells(s));
+        }
+        None => {}
     }
     o
 }
 
 pub(crate) fn run(args: InspectArgs) -> ExitCode {
-    let data = match read_input(&args.file) {
-        Ok(d) => d,
-        Err(e) => return io_error(&args.file, &e),
+    let want = Want {
+        blake3: false,
+        stats: true,
     };
-    let opts = DecodeOptions::default().with_strict(args.strict);
-    match decode_with(&data, &opts) {
-        Ok(msg) => {
-            print!("{}", report(&msg, data.len()));
-            ExitCode::SUCCESS
-        }
-        Err(e) => codec_error(&e),
+    let decoded = match super::decode::read_decoded(&args.file, args.strict, None, want) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match crate::out::text(&report(&decoded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
 }

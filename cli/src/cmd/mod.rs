@@ -1,22 +1,19 @@
-//! One module per subcommand.
+//! One module per subcommand. The engine commands' modules (think, generate,
+//! project, engine_common) belong to the `avp-engine` binary (engine_main.rs).
+pub(crate) mod address;
+pub(crate) mod address_cmd;
 pub(crate) mod conformance;
 pub(crate) mod decode;
 pub(crate) mod encode;
-#[cfg(feature = "engine")]
-pub(crate) mod engine_common;
-#[cfg(feature = "engine")]
-pub(crate) mod generate;
+pub(crate) mod engine_exec;
 pub(crate) mod handshake;
 pub(crate) mod handshake_remote;
 pub(crate) mod hash;
 pub(crate) mod identity;
 pub(crate) mod inspect;
-#[cfg(feature = "engine")]
-pub(crate) mod project;
 pub(crate) mod route;
 pub(crate) mod send;
 pub(crate) mod serve;
 pub(crate) mod store;
-#[cfg(feature = "engine")]
-pub(crate) mod think;
+pub(crate) mod stream_in;
 pub(crate) mod version;

@@ -1,6 +1,8 @@
 //! `avp project`: think on a source model and project its last hidden state
 //! into a target model's embedding space through the vocabulary; writes a
-//! HIDDEN_STATE message with the float32 vector `[D_target]` (AVP-ENG-17).
+//! HIDDEN_STATE message with the float32 vector `[D_target]` (AVP-ENG-17),
+//! addressed with `--session/--source-agent/--target-agent` when given, and reports on
+//! stderr what it did (AVP-CLI-9).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +13,10 @@ use avp_engine::wire::{KvDtype, PayloadKind, WireMeta, encode_message};
 use avp_engine::{Device, Kind, ProjectionMap, calibrate, project};
 use clap::Args;
 
-use super::engine_common::{DeviceArgs, Progress, fail, load, write_out};
+use super::address::AddressArgs;
+use super::engine_common::{
+    DeviceArgs, Progress, PromptArgs, destination, fail, load, report, write_out,
+};
 
 /// Arguments of `avp project`.
 #[derive(Args, Debug)]
@@ -22,18 +27,20 @@ pub(crate) struct ProjectArgs {
     /// Target model directory (whose embedding space receives the vector).
     #[arg(long)]
     target: PathBuf,
-    /// The user message.
-    #[arg(long)]
-    prompt: String,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// Latent steps on the source.
     #[arg(long)]
     steps: usize,
     /// Output file for the HIDDEN_STATE message (`-` for stdout).
     #[arg(long)]
     out: PathBuf,
-    /// Directory of map files (`{src16}_{tgt16}.safetensors`): read if present, written otherwise.
+    /// Directory of map files (`{src16}_{tgt16}.avpmap.safetensors`, the first 16 hex digits
+    /// of each model hash): read if present and fitting, calibrated and written otherwise.
     #[arg(long)]
     maps: Option<PathBuf>,
+    #[command(flatten)]
+    address: AddressArgs,
     #[command(flatten)]
     load: DeviceArgs,
 }
@@ -46,28 +53,34 @@ pub(crate) fn run(args: ProjectArgs) -> ExitCode {
 }
 
 fn run_project(args: &ProjectArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let source = load(&args.source, &args.load, None, &progress)?;
     let target = load(&args.target, &args.load, None, &progress)?;
-    let map = match &args.maps {
+    let (map, map_note) = match &args.maps {
         Some(dir) => {
             let path = avp_engine::project::map_path(dir, source.model_hash(), target.model_hash());
             // A map file is used only if it fits these two models (AVP-ENG-15).
             match ProjectionMap::load(&path) {
-                Ok(map) if map.fits(&source, &target) => map,
+                Ok(map) if map.fits(&source, &target) => {
+                    (map, format!("map read from {}", path.display()))
+                }
                 _ => {
                     let map = calibrate(&source, &target)?;
                     map.save(&path, &source, &target)?;
-                    map
+                    (
+                        map,
+                        format!("map calibrated, written to {}", path.display()),
+                    )
                 }
             }
         }
-        None => calibrate(&source, &target)?,
+        None => (calibrate(&source, &target)?, "map calibrated".to_owned()),
     };
     progress.say(&format!("projection: {}", map.method.name()));
-    let ctx = source.think_with_progress(&args.prompt, args.steps, None, &mut |d, t| {
-        progress.step(d, t)
-    })?;
+    let ctx =
+        source.think_with_progress(&prompt, args.steps, None, &mut |d, t| progress.step(d, t))?;
     let hidden = ctx
         .last_hidden
         .as_ref()
@@ -97,6 +110,18 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
         avp_map_id: map_id.split('.').next().unwrap_or_default().to_owned(),
         extra,
     };
-    write_out(&args.out, &encode_message(&meta, &bytes)?)?;
+    let message = args.address.readdress(encode_message(&meta, &bytes)?)?;
+    write_out(&args.out, &message)?;
+    report(format_args!(
+        "project: {} of {} latent steps on {}, projected ({}; {map_note}) to [{d}] float32 of {}; {} bytes written to {} in {:.2} s",
+        ctx.steps_taken,
+        args.steps,
+        args.source.display(),
+        map.method.name(),
+        args.target.display(),
+        message.len(),
+        destination(&args.out),
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }

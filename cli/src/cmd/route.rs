@@ -47,8 +47,12 @@ pub(crate) struct RouteArgs {
 pub(crate) fn run(args: &RouteArgs) -> ExitCode {
     match runtime().and_then(|rt| rt.block_on(route(args))) {
         Ok(()) => ExitCode::SUCCESS,
+        // `avp route | head -1`: the address line was the only output wanted.
+        Err(err) if crate::out::is_broken_pipe(&err) => {
+            ExitCode::from(crate::out::EXIT_BROKEN_PIPE)
+        }
         Err(err) => {
-            eprintln!("avp route: {err:#}");
+            crate::out::note(format_args!("avp route: {err:#}"));
             ExitCode::from(2)
         }
     }

@@ -2,7 +2,6 @@
 //! JSON fallback message) to an agent and prints its JSON answer
 //! (AVP-HTTP-40..42). Also holds the helpers the other transport commands share.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -107,22 +106,19 @@ async fn send(args: &SendArgs) -> anyhow::Result<Result<Value, TransportError>> 
 /// Prints the answer (exit 0) or `{"error":{kind,message[,status]}}` (exit 1)
 /// on stdout; local failures (bad arguments, unreadable files) exit 2.
 pub(crate) fn finish(outcome: anyhow::Result<Result<Value, TransportError>>) -> ExitCode {
-    let mut stdout = std::io::stdout().lock();
     match outcome {
-        Ok(Ok(answer)) => {
-            let _ = writeln!(stdout, "{answer}");
-            ExitCode::SUCCESS
-        }
+        Ok(Ok(answer)) => crate::out::finish_line(answer),
         Ok(Err(err)) => {
             let mut error = json!({"kind": err.kind_name(), "message": err.to_string()});
             if let TransportError::Status { status, .. } = &err {
                 error["status"] = json!(status);
             }
-            let _ = writeln!(stdout, "{}", json!({ "error": error }));
+            // The status already says the peer refused; a closed stdout only loses the detail.
+            let _ = crate::out::line(json!({ "error": error }));
             ExitCode::from(1)
         }
         Err(err) => {
-            eprintln!("avp: {err:#}");
+            crate::out::note(format_args!("avp: {err:#}"));
             ExitCode::from(2)
         }
     }

@@ -146,8 +146,12 @@ impl ServerLimitArgs {
 pub(crate) fn run(args: &ServeArgs) -> ExitCode {
     match runtime().and_then(|rt| rt.block_on(serve(args))) {
         Ok(()) => ExitCode::SUCCESS,
+        // `avp serve | head -1`: the address line was the only output wanted.
+        Err(err) if crate::out::is_broken_pipe(&err) => {
+            ExitCode::from(crate::out::EXIT_BROKEN_PIPE)
+        }
         Err(err) => {
-            eprintln!("avp serve: {err:#}");
+            crate::out::note(format_args!("avp serve: {err:#}"));
             ExitCode::from(2)
         }
     }

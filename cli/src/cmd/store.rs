@@ -51,10 +51,10 @@ pub(crate) fn run(args: &StoreArgs) -> ExitCode {
     } else {
         print_table(&mut out, &contexts)
     };
-    match written {
+    match written.and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
-        // A closed pipe (`| head`) is not our failure.
-        Err(_) => ExitCode::SUCCESS,
+        // `| head`: quietly 141 (AVP-CLI-7); any other write failure is 2.
+        Err(e) => crate::out::status_for(&e),
     }
 }
 

@@ -1,5 +1,7 @@
 //! `avp think`: latent thinking on a model; writes the KV_CACHE message the
-//! SDK's `AVPContext.to_bytes()` writes (spec/engine.md).
+//! SDK's `AVPContext.to_bytes()` writes (spec/engine.md), addressed with
+//! `--session/--source-agent/--target-agent` when given, and reports on stderr what it
+//! did (AVP-CLI-9).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +9,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::engine_common::{DeviceArgs, Progress, fail, load, write_out};
+use super::address::AddressArgs;
+use super::engine_common::{
+    DeviceArgs, Progress, PromptArgs, destination, fail, load, report, write_out,
+};
 
 /// Arguments of `avp think`.
 #[derive(Args, Debug)]
@@ -15,9 +20,8 @@ pub(crate) struct ThinkArgs {
     /// Hugging Face model directory.
     #[arg(long)]
     model: PathBuf,
-    /// The user message.
-    #[arg(long)]
-    prompt: String,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// Latent steps.
     #[arg(long)]
     steps: usize,
@@ -31,6 +35,8 @@ pub(crate) struct ThinkArgs {
     #[arg(long)]
     model_hash: Option<String>,
     #[command(flatten)]
+    address: AddressArgs,
+    #[command(flatten)]
     load: DeviceArgs,
 }
 
@@ -42,6 +48,8 @@ pub(crate) fn run(args: ThinkArgs) -> ExitCode {
 }
 
 fn think(args: &ThinkArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
     let context = match &args.context {
@@ -51,25 +59,38 @@ fn think(args: &ThinkArgs) -> Result<()> {
         }
         None => None,
     };
-    let ctx = engine.think_with_progress(&args.prompt, args.steps, context, &mut |d, t| {
+    let prior = context.as_ref().map_or(0, |c| c.seq_len());
+    let prompt_tokens = engine.prompt_format().prompt_ids(&prompt)?.len();
+    let ctx = engine.think_with_progress(&prompt, args.steps, context, &mut |d, t| {
         progress.step(d, t)
     })?;
     if ctx.nan_seen {
-        eprintln!(
+        report(format_args!(
             "warning: NaN in the hidden state; stopped after {} of {} steps",
             ctx.steps_taken, args.steps
-        );
+        ));
     }
     if ctx.inf_seen {
-        eprintln!(
+        report(format_args!(
             "warning: Inf in the hidden state; generation from this context will likely be garbage"
-        );
+        ));
     }
-    write_out(&args.out, &ctx.to_bytes()?)?;
-    progress.say(&format!(
-        "wrote {} positions, {} steps",
+    let bytes = args.address.readdress(ctx.to_bytes()?)?;
+    write_out(&args.out, &bytes)?;
+    report(format_args!(
+        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes written to {} in {:.2} s",
+        prompt_tokens,
+        if prior > 0 {
+            format!(" after a context of {prior} positions")
+        } else {
+            String::new()
+        },
+        ctx.steps_taken,
+        args.steps,
         ctx.seq_len(),
-        ctx.num_steps
+        bytes.len(),
+        destination(&args.out),
+        started.elapsed().as_secs_f64()
     ));
     Ok(())
 }

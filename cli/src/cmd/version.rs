@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 pub(crate) fn run() -> ExitCode {
-    let engine = if cfg!(feature = "engine") {
-        "engine"
-    } else {
-        "no-engine"
+    // What `avp think` would find, not how this binary was built: `avp`
+    // itself is the same either way (the engine is a separate executable).
+    let engine = match super::engine_exec::engine_path() {
+        Ok(p) if p.is_file() => "engine",
+        _ => "no-engine",
     };
-    println!("avp {} ({engine})", env!("CARGO_PKG_VERSION"));
-    ExitCode::SUCCESS
+    crate::out::finish_line(format_args!("avp {} ({engine})", env!("CARGO_PKG_VERSION")))
 }
