@@ -57,7 +57,9 @@ pub struct ServerConfig {
     pub max_body: u64,
     /// Largest accepted JSON body (handshake, text) in bytes.
     pub max_json: u64,
-    /// A request body that sends nothing for this long is answered 408.
+    /// A request body that sends nothing for this long is answered 408; an
+    /// HTTP/2 connection is PINGed after this long without traffic and closed
+    /// if the PING is not answered within it again (AVP-HTTP-18).
     pub idle_timeout: Duration,
     /// TLS handshake plus the first request head must arrive within this;
     /// later heads on a kept-alive connection too (AVP-HTTP-18).
@@ -164,7 +166,12 @@ impl Server {
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(u32::try_from(self.shared.config.max_head).unwrap_or(u32::MAX))
-            .adaptive_window(true);
+            .adaptive_window(true)
+            // An HTTP/2 connection outlives its requests; a peer that stops
+            // answering PINGs (silent after the preface, or gone) is closed
+            // after two idle timeouts, so no phase of a connection is unbounded.
+            .keep_alive_interval(Some(self.shared.config.idle_timeout))
+            .keep_alive_timeout(self.shared.config.idle_timeout);
         let tls = self
             .shared
             .config

@@ -500,6 +500,34 @@ async fn http_2_http1_and_h2c_prior_knowledge_share_one_port() {
     server.shutdown().await;
 }
 
+/// AVP-HTTP-18: an HTTP/2 peer that sends the preface and its SETTINGS and
+/// then neither opens a stream nor answers PINGs is closed by the server (after
+/// at most twice the idle timeout), instead of holding its connection forever.
+#[tokio::test]
+async fn http_18_a_silent_http2_connection_is_closed() {
+    let server = start(ServerConfig {
+        idle_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface + empty SETTINGS");
+    // Read (and never answer) until the server closes: the bound is the
+    // test's patience, not the server's timing.
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut seen)).await;
+    assert!(
+        closed.is_ok(),
+        "the silent HTTP/2 connection was never closed"
+    );
+    // The server spoke HTTP/2 to it (SETTINGS frame type 4 first) before giving up.
+    assert_eq!(seen.get(3), Some(&4), "{seen:?}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn http_30_33_handshake_and_text_over_the_client() {
     let server = start(ServerConfig {
