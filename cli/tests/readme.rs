@@ -6,6 +6,7 @@
 #![cfg(feature = "engine")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -38,15 +39,35 @@ fn readme_quick_start_runs_verbatim() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new("bash")
+    // Output goes to files and the script runs in its own process group: when
+    // bash exits (also early, on a failing line), the servers it started in
+    // the background are ended with the group, so they can neither hold the
+    // ports nor keep this test waiting on their open pipes.
+    let (out_file, err_file) = (scratch.0.join("stdout.txt"), scratch.0.join("stderr.txt"));
+    let mut child = Command::new("bash")
         // -e: every line must succeed, as a person pasting would see.
         .args(["-e", "-u", "-c", &script])
+        .process_group(0)
         .current_dir(workspace())
         .env("PATH", path)
         .env("TMPDIR", &scratch.0)
         .env_remove("AVP_ENGINE")
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
         .unwrap();
+    let group = child.id();
+    let status = child.wait().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{group}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let out = std::process::Output {
+        status,
+        stdout: std::fs::read(&out_file).unwrap(),
+        stderr: std::fs::read(&err_file).unwrap(),
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -67,6 +88,11 @@ fn readme_quick_start_runs_verbatim() {
         .find(|p| p.join("inbox").is_dir())
         .expect("the quick start's scratch directory");
     assert!(!work.starts_with(workspace()), "ran outside the repository");
-    let stored: Vec<_> = std::fs::read_dir(work.join("inbox")).unwrap().collect();
+    // One message, with its metadata sidecar (AVP-HTTP-63).
+    let stored: Vec<_> = std::fs::read_dir(work.join("inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "avp"))
+        .collect();
     assert_eq!(stored.len(), 1, "{stored:?}\n{stdout}");
 }

@@ -655,7 +655,7 @@ fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// AVP-HTTP-70/71: the SDK's httpx client, trusting the test CA through
+/// AVP-HTTP-70, AVP-HTTP-71: the SDK's httpx client, trusting the test CA through
 /// SSL_CERT_FILE, handshakes, transmits and sends text to `avp serve` over
 /// HTTPS, negotiating HTTP/2 by ALPN, and every message is stored as sent.
 #[test]
@@ -706,7 +706,7 @@ fn http_70_71_sdk_httpx_client_over_https_reaches_avp_serve() {
     assert_eq!(text["status"], 200, "{text}");
 }
 
-/// AVP-HTTP-73/74 and AVP-HTTP-63: `avp send` with a client certificate
+/// AVP-HTTP-73, AVP-HTTP-74 and AVP-HTTP-63: `avp send` with a client certificate
 /// reaches an mTLS `avp serve`; without one it is refused; `avp store ls`
 /// shows the sender, the session and the certificate identity, also after
 /// the server was restarted.
@@ -869,7 +869,7 @@ fn http_34_serve_with_model_dir_sends_its_weights_digest() {
     assert_eq!(answer["client_resolution"]["agrees"], true, "{answer}");
 }
 
-/// AVP-HTTP-56/75 through the binaries: `avp route` serves HTTPS, reaches an
+/// AVP-HTTP-56, AVP-HTTP-75 through the binaries: `avp route` serves HTTPS, reaches an
 /// HTTPS `avp serve` with `--ca`, and answers 504 `upstream_timeout` for a
 /// route whose agent reads everything and never answers; `avp handshake`
 /// speaks HTTPS too.

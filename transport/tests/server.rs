@@ -1127,7 +1127,7 @@ fn session_message(session: &str, mode: avp_codec::Mode) -> Bytes {
 
 /// Issue 13, defect 3: the hello is resolved with the full options over
 /// HTTP (bad digests refused, our digest sent), the session is recorded,
-/// and a transmit claiming it must carry its mode (AVP-HTTP-34/35).
+/// and a transmit claiming it must carry its mode (AVP-HTTP-34, AVP-HTTP-35).
 #[tokio::test]
 async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
     let identity = identity_from_json(
@@ -1213,8 +1213,88 @@ async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
     server.shutdown().await;
 }
 
-/// HTTPS with mutual TLS (AVP-HTTP-70..74): HTTP/1.1 and HTTP/2 (ALPN)
-/// both work, the client certificate's identity is stored with each
+/// AVP-HTTP-72: a client trusts only the CAs it is given and checks the
+/// URL's host against the server certificate: no `--ca`, another CA, or a
+/// certificate for another name all fail before any request is sent; the
+/// right CA and name succeed.
+#[tokio::test]
+async fn http_72_clients_verify_the_server_certificate() {
+    use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
+    let root = std::env::temp_dir().join(format!("avp-tls-verify-{}", std::process::id()));
+    let dirs = ["right", "other-ca", "other-name"].map(|d| root.join(d));
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let [ca, cert, key, _, _] = pki::test_pki(&dirs[0]);
+    let [other_ca, _, _, _, _] = pki::test_pki(&dirs[1]);
+    let [named_ca, named_cert, named_key, _, _] = pki::test_pki_named(&dirs[2], &["avp.invalid"]);
+    let serve = |cert, key| async move {
+        let tls = server_config(&ServerTlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        })
+        .expect("server TLS");
+        start_agent(
+            ServerConfig {
+                tls: Some(tls),
+                ..ServerConfig::default()
+            },
+            plain_agent(),
+        )
+        .await
+    };
+    let send = |url: String, ca: Option<std::path::PathBuf>| async move {
+        let config = ClientConfig {
+            tls: Some(
+                client_config(&ClientTlsFiles {
+                    ca,
+                    client_cert: None,
+                })
+                .expect("client TLS"),
+            ),
+            retries: 0,
+            ..ClientConfig::default()
+        };
+        AvpClient::new(&url, config)
+            .expect("client")
+            .transmit(Bytes::from(message("bob", &[7u8; 64])))
+            .await
+    };
+    let server = serve(cert, key).await;
+    let url = format!("https://{}", server.addr);
+    for (what, ca) in [("no CA", None), ("another CA", Some(other_ca))] {
+        let refused = send(url.clone(), ca).await;
+        assert!(
+            matches!(
+                refused,
+                Err(TransportError::Connect(_) | TransportError::Connection(_))
+            ),
+            "{what}: {refused:?}"
+        );
+    }
+    assert!(server.store.list().is_empty(), "nothing reached the agent");
+    send(url, Some(ca)).await.expect("the right CA and name");
+    assert_eq!(server.store.list().len(), 1);
+    server.shutdown().await;
+
+    // The certificate chains to the trusted CA but names another host.
+    let server = serve(named_cert, named_key).await;
+    let refused = send(format!("https://{}", server.addr), Some(named_ca)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(TransportError::Connect(_) | TransportError::Connection(_))
+        ),
+        "a certificate for avp.invalid at 127.0.0.1: {refused:?}"
+    );
+    assert!(server.store.list().is_empty());
+    server.shutdown().await;
+    std::fs::remove_dir_all(&root).expect("cleanup");
+}
+
+/// HTTPS with mutual TLS (AVP-HTTP-70, AVP-HTTP-71, AVP-HTTP-73, AVP-HTTP-74):
+/// HTTP/1.1 and HTTP/2 (ALPN) both work, the client certificate's identity is stored with each
 /// message, and a client without a certificate is refused at the TLS layer.
 #[tokio::test]
 async fn http_70_74_https_and_mtls_record_the_client_identity() {

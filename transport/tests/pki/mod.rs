@@ -5,6 +5,14 @@
 /// written as PEM files into `dir` (made at run time, never committed).
 /// Returns [ca, server cert, server key, client cert, client key].
 pub(crate) fn test_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    test_pki_named(dir, &["127.0.0.1", "localhost"])
+}
+
+/// [`test_pki`] with a server certificate for `server_names` only.
+pub(crate) fn test_pki_named(
+    dir: &std::path::Path,
+    server_names: &[&str],
+) -> [std::path::PathBuf; 5] {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     };
@@ -24,7 +32,7 @@ pub(crate) fn test_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
         (cert, key)
     };
     let (server, server_key) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
+        server_names.iter().map(|n| (*n).to_owned()).collect(),
         "avp server",
         ExtendedKeyUsagePurpose::ServerAuth,
     );
