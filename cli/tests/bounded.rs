@@ -101,6 +101,34 @@ fn cli_4_decode_and_inspect_of_256_mib_stay_under_64_mib() {
         assert_eq!(v["kv"]["seq_len"], 2048);
     }
 
+    // AVP-MAC-8 in bounded memory: the tag is checked in the same streamed
+    // pass, and a flipped tensor byte or another key is still `bad_mac`.
+    let key_file = s.path("key.bin");
+    std::fs::write(&key_file, [7u8; 32]).unwrap();
+    let key = avp_codec::mac::MacKey::from_key_file_bytes(&[7u8; 32]).unwrap();
+    let mut signed =
+        avp_codec::mac::encode_signed(&msg.metadata, &msg.payload, Compression::None, &key)
+            .unwrap();
+    let signed_path = s.path("signed.avp");
+    std::fs::write(&signed_path, &signed).unwrap();
+    let (k, sp) = (key_file.to_str().unwrap(), signed_path.to_str().unwrap());
+    let (rc, out, kib) = peak_rss(&["decode", "--json", "--mac-key", k, sp], None);
+    assert_eq!(rc, 0, "{out}");
+    assert!(kib < 64 * 1024, "decode --mac-key: peak RSS {kib} KiB");
+    let middle = signed.len() / 2;
+    signed[middle] ^= 1;
+    std::fs::write(&signed_path, &signed).unwrap();
+    let (rc, out, kib) = peak_rss(
+        &["decode", "--json", "--mac-key", k, "-"],
+        Some(&signed_path),
+    );
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("\"bad_mac\""), "{out}");
+    assert!(
+        kib < 64 * 1024,
+        "decode --mac-key, tampered: peak RSS {kib} KiB"
+    );
+
     let (rc, out, kib) = peak_rss(&["inspect", p], None);
     assert_eq!(rc, 0, "{out}");
     assert!(kib < 64 * 1024, "inspect: peak RSS {kib} KiB");

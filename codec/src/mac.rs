@@ -80,17 +80,35 @@ fn bad_mac(msg: impl Into<String>) -> Error {
 fn locate(message: &[u8], limits: &Limits) -> Result<TagSpan, Error> {
     let header = check_header(message, limits)?;
     let meta_end = header.metadata_end();
-    let meta = message
-        .get(HEADER_LEN..meta_end)
-        .ok_or_else(|| Error::truncated("metadata", meta_end as u64, message.len() as u64))?;
-    let covered = usize::try_from(header.message_len()).unwrap_or(usize::MAX);
-    if message.len() < covered {
+    if message.len() < meta_end {
+        return Err(Error::truncated(
+            "metadata",
+            meta_end as u64,
+            message.len() as u64,
+        ));
+    }
+    if message.len() < usize::try_from(header.message_len()).unwrap_or(usize::MAX) {
         return Err(Error::truncated(
             "message",
             header.message_len(),
             message.len() as u64,
         ));
     }
+    locate_in_metadata(message, meta_end, header.message_len(), limits)
+}
+
+/// The tag's place, from the header and metadata alone (`prefix` holds at
+/// least the first `meta_end` bytes); `covered` is `12 + payload_length`.
+fn locate_in_metadata(
+    prefix: &[u8],
+    meta_end: usize,
+    covered: u64,
+    limits: &Limits,
+) -> Result<TagSpan, Error> {
+    let meta = prefix
+        .get(HEADER_LEN..meta_end)
+        .ok_or_else(|| Error::truncated("metadata", meta_end as u64, prefix.len() as u64))?;
+    let covered = usize::try_from(covered).unwrap_or(usize::MAX);
     let mut found: Option<(usize, usize)> = None;
     let mut count = 0usize;
     let mut r = Reader::new(meta);
@@ -172,6 +190,24 @@ fn compute(message: &[u8], span: &TagSpan, key: &MacKey) -> Result<blake3::Hash,
     Ok(h.finalize())
 }
 
+/// The 32 tag bytes from their 64 lowercase hex digits.
+fn parse_tag(hex: &[u8]) -> Result<[u8; 32], Error> {
+    let mut given = [0u8; 32];
+    if hex.len() != TAG_HEX_LEN {
+        return Err(bad_mac("tag is not 64 hex digits"));
+    }
+    for (out, pair) in given.iter_mut().zip(hex.chunks_exact(2)) {
+        let (Some(&hi), Some(&lo)) = (pair.first(), pair.get(1)) else {
+            return Err(bad_mac("tag is not 64 hex digits"));
+        };
+        match (hex_digit(hi), hex_digit(lo)) {
+            (Some(h), Some(l)) => *out = (h << 4) | l,
+            _ => return Err(bad_mac("tag is not 64 lowercase hex digits")),
+        }
+    }
+    Ok(given)
+}
+
 fn hex_digit(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b.wrapping_sub(b'0')),
@@ -189,24 +225,110 @@ pub fn verify(message: &[u8], key: &MacKey, limits: &Limits) -> Result<(), Error
     let given_hex = message
         .get(span.start..span.end)
         .ok_or_else(|| Error::new(ErrorKind::Internal, "MAC tag out of bounds"))?;
-    let mut given = [0u8; 32];
-    for (out, pair) in given.iter_mut().zip(given_hex.chunks_exact(2)) {
-        let (Some(&hi), Some(&lo)) = (pair.first(), pair.get(1)) else {
-            return Err(bad_mac("tag is not 64 hex digits"));
-        };
-        match (hex_digit(hi), hex_digit(lo)) {
-            (Some(h), Some(l)) => *out = (h << 4) | l,
-            _ => return Err(bad_mac("tag is not 64 lowercase hex digits")),
-        }
-    }
+    let given = parse_tag(given_hex)?;
     let actual = compute(message, &span, key)?;
+    compare(&actual, given)
+}
+
+fn compare(actual: &blake3::Hash, given: [u8; 32]) -> Result<(), Error> {
     // blake3::Hash compares in constant time.
-    if actual == blake3::Hash::from_bytes(given) {
+    if *actual == blake3::Hash::from_bytes(given) {
         Ok(())
     } else {
         Err(bad_mac(
             "tag does not match the message (wrong key or modified bytes)",
         ))
+    }
+}
+
+/// [`verify`] for a message that arrives in pieces, in constant memory: give
+/// it the header and metadata first ([`StreamVerifier::new`]), then every
+/// later byte ([`StreamVerifier::update`]; bytes past the covered end are
+/// ignored), then ask [`StreamVerifier::finish`]. The verdict, error kinds
+/// and their order equal [`verify`] on the concatenation: only a header
+/// error is reported at once; truncation, metadata framing and tag errors
+/// wait for `finish`, as `verify` checks completeness before the metadata.
+pub struct StreamVerifier {
+    hasher: blake3::Hasher,
+    /// Message bytes received so far, the prefix included.
+    received: u64,
+    /// `12 + payload_length`: the bytes the MAC covers.
+    covered: u64,
+    /// The tag the message carries, or why it has none (reported by `finish`).
+    given: Result<[u8; 32], Error>,
+}
+
+impl std::fmt::Debug for StreamVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamVerifier")
+            .field("received", &self.received)
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamVerifier {
+    /// Starts with `prefix`: the message's first bytes, normally exactly its
+    /// header and metadata (fewer when the input ends early). A header that
+    /// fails AVP-WIRE-2/3/7 or the limits is refused here, with its own kind.
+    pub fn new(prefix: &[u8], key: &MacKey, limits: &Limits) -> Result<Self, Error> {
+        let header = check_header(prefix, limits)?;
+        let meta_end = header.metadata_end();
+        let covered = header.message_len();
+        let span = if prefix.len() < meta_end {
+            Err(Error::truncated(
+                "metadata",
+                meta_end as u64,
+                prefix.len() as u64,
+            ))
+        } else {
+            locate_in_metadata(prefix, meta_end, covered, limits)
+        };
+        let mut hasher = blake3::Hasher::new_keyed(&key.0);
+        let given = span.and_then(|span| {
+            let internal = || Error::new(ErrorKind::Internal, "MAC span out of bounds");
+            let given = parse_tag(prefix.get(span.start..span.end).ok_or_else(internal)?)?;
+            // The prefix as covered (AVP-MAC-3): the tag read as the
+            // placeholder, nothing past the covered end.
+            let end = prefix
+                .len()
+                .min(usize::try_from(covered).unwrap_or(usize::MAX));
+            hasher.update(prefix.get(..span.start).ok_or_else(internal)?);
+            hasher.update(&PLACEHOLDER);
+            hasher.update(prefix.get(span.end..end).unwrap_or_default());
+            Ok(given)
+        });
+        Ok(StreamVerifier {
+            hasher,
+            received: prefix.len() as u64,
+            covered,
+            given,
+        })
+    }
+
+    /// Takes the next bytes of the message.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let room = self.covered.saturating_sub(self.received);
+        let take = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
+        if self.given.is_ok() {
+            self.hasher.update(bytes.get(..take).unwrap_or_default());
+        }
+        self.received = self.received.saturating_add(bytes.len() as u64);
+    }
+
+    /// The verdict of [`verify`] for everything given.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.received < self.covered {
+            // `verify` reports a short metadata before a short message.
+            if let Err(e) = &self.given {
+                if e.kind() == ErrorKind::Truncated {
+                    return Err(e.clone());
+                }
+            }
+            return Err(Error::truncated("message", self.covered, self.received));
+        }
+        let given = self.given?;
+        compare(&self.hasher.finalize(), given)
     }
 }
 

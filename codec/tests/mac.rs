@@ -154,3 +154,52 @@ fn mac_3_every_single_bit_flip_of_a_signed_message_is_caught() {
         }
     }
 }
+
+/// The verdict of `verify` (kind and message), for comparing two paths.
+fn verdict(r: Result<(), avp_codec::Error>) -> Result<(), (ErrorKind, String)> {
+    r.map_err(|e| (e.kind(), e.to_string()))
+}
+
+/// AVP-MAC-5 in constant memory: `StreamVerifier`, fed the header and
+/// metadata and then the rest in pieces of any size, reaches the verdict of
+/// `verify` on the whole input, with the same error kind and message, for
+/// every vector, every cut-short prefix of it, and with bytes after its end.
+#[test]
+fn mac_5_streamed_verification_equals_the_one_shot_verify() {
+    use avp_codec::mac::StreamVerifier;
+    let mut compared = 0;
+    for c in &cases() {
+        let id = c["id"].as_str().unwrap();
+        let bytes = std::fs::read(dir().join(c["input"]["file"].as_str().unwrap())).unwrap();
+        let k = key(c["input"]["key_file"].as_str().unwrap());
+        let mut inputs: Vec<Vec<u8>> = (0..bytes.len())
+            .step_by((bytes.len() / 40).max(1))
+            .map(|cut| bytes[..cut].to_vec())
+            .collect();
+        inputs.push(bytes.clone());
+        inputs.push([bytes.as_slice(), b"trailing bytes"].concat());
+        for input in inputs {
+            let want = verdict(verify(&input, &k, &Limits::DEFAULT));
+            // Where a reader has header and metadata: the prefix it gives `new`.
+            let meta_end = avp_codec::check_header(&input, &Limits::DEFAULT)
+                .map_or(input.len(), |h| h.metadata_end().min(input.len()));
+            for piece in [1usize, 7, 4096, usize::MAX] {
+                let (prefix, rest) = input.split_at(meta_end.max(12).min(input.len()));
+                let got = StreamVerifier::new(prefix, &k, &Limits::DEFAULT).and_then(|mut v| {
+                    for chunk in rest.chunks(piece.min(rest.len()).max(1)) {
+                        v.update(chunk);
+                    }
+                    v.finish()
+                });
+                assert_eq!(
+                    verdict(got),
+                    want,
+                    "{id}: {} bytes, pieces of {piece}",
+                    input.len()
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared}");
+}

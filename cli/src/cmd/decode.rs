@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use avp_codec::kv::KvHeader;
-use avp_codec::{DecodeOptions, Error, Limits, PayloadType, decode_with};
+use avp_codec::{DecodeOptions, Error, Limits, PayloadType};
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::stream_in::{Decoded, Failure, Want, read_message, summarise};
+use super::stream_in::{Decoded, Failure, Want, read_message};
 
 /// Arguments of `avp decode`.
 #[derive(Args, Debug)]
@@ -37,7 +37,7 @@ pub(crate) const EXIT_INVALID: u8 = 1;
 /// Exit code for a file that cannot be read or written (AVP-CLI-2).
 pub(crate) const EXIT_IO: u8 = 2;
 
-/// Reads `path` (`-` = stdin) whole: only for `--mac-key`, whose tag covers every byte.
+/// Reads `path` (`-` = stdin) whole: for commands that rewrite a message (`address`).
 pub(crate) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -153,8 +153,8 @@ pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Error> {
     }))
 }
 
-/// Reads and decodes per the arguments: streamed (AVP-CLI-4), or whole when
-/// a MAC must be checked, since the tag covers every byte before it.
+/// Reads and decodes per the arguments, streamed (AVP-CLI-4); a MAC key
+/// (AVP-MAC-8) is checked in the same pass, before any decoding verdict.
 pub(crate) fn read_decoded(
     file: &Path,
     strict: bool,
@@ -162,17 +162,11 @@ pub(crate) fn read_decoded(
     want: Want,
 ) -> Result<Decoded, ExitCode> {
     let opts = DecodeOptions::default().with_strict(strict);
-    let Some(key_path) = mac_key else {
-        return read_message(file, &opts, want).map_err(|f| match f {
-            Failure::Io(e) => io_error(file, &e),
-            Failure::Codec(e) => codec_error(&e),
-        });
-    };
-    let key = read_mac_key(key_path)?;
-    let data = read_input(file).map_err(|e| io_error(file, &e))?;
-    avp_codec::mac::verify(&data, &key, &opts.limits).map_err(|e| codec_error(&e))?;
-    let msg = decode_with(&data, &opts).map_err(|e| codec_error(&e))?;
-    Ok(summarise(&msg, data.len() as u64, want))
+    let key = mac_key.map(read_mac_key).transpose()?;
+    read_message(file, &opts, want, key.as_ref()).map_err(|f| match f {
+        Failure::Io(e) => io_error(file, &e),
+        Failure::Codec(e) => codec_error(&e),
+    })
 }
 
 pub(crate) fn run(args: DecodeArgs) -> ExitCode {

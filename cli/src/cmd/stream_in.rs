@@ -20,6 +20,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use avp_codec::kv::{KV_HEADER_LEN, KvHeader};
+use avp_codec::mac::{MacKey, StreamVerifier};
 use avp_codec::tensor::{ElementType, Stats, StatsAccumulator, TensorView};
 use avp_codec::{
     DecodeOptions, Error, Header, Limits, Metadata, PayloadType, StreamDecoder, Warning,
@@ -349,11 +350,14 @@ fn count_rest(f: &mut File) -> std::io::Result<u64> {
     }
 }
 
-/// Reads and decodes the message in `path` (`-` = stdin).
+/// Reads and decodes the message in `path` (`-` = stdin). With a MAC key,
+/// the tag is checked in the same pass (AVP-MAC-5) and its verdict comes
+/// before any decoding error, as when the whole input is verified first.
 pub(crate) fn read_message(
     path: &Path,
     opts: &DecodeOptions,
     want: Want,
+    mac: Option<&MacKey>,
 ) -> Result<Decoded, Failure> {
     let mut f = open(path)?;
     let mut head = vec![0u8; avp_codec::HEADER_LEN];
@@ -367,13 +371,25 @@ pub(crate) fn read_message(
         head.get_mut(avp_codec::HEADER_LEN..).unwrap_or_default(),
     )?;
     head.truncate(avp_codec::HEADER_LEN.saturating_add(got));
-    let peeked = peek_with(&head, opts)?;
-    let metadata = peeked.metadata.clone().into_owned();
+    let mut verifier = mac
+        .map(|key| StreamVerifier::new(&head, key, &opts.limits))
+        .transpose()?;
     if header.flags.compressed() {
-        return buffered(f, head, opts, want);
+        return buffered(f, head, opts, want, verifier);
     }
     let declared = header.message_len().saturating_sub(head.len() as u64);
-    let mut sink = TensorSink::new(want, &metadata, declared);
+    // Without a key a bad metadata ends the read here; with one, the MAC's
+    // verdict over the whole message comes first.
+    let mut reading = peek_with(&head, opts).map(|peeked| {
+        let metadata = peeked.metadata.clone().into_owned();
+        let sink = TensorSink::new(want, &metadata, declared);
+        (peeked, metadata, sink)
+    });
+    if verifier.is_none() {
+        if let Err(e) = reading {
+            return Err(e.into());
+        }
+    }
     let mut window = vec![
         0u8;
         WINDOW
@@ -386,12 +402,22 @@ pub(crate) fn read_message(
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
         let got = fill(&mut f, window.get_mut(..want_now).unwrap_or_default())?;
-        sink.feed(window.get(..got).unwrap_or_default());
+        let piece = window.get(..got).unwrap_or_default();
+        if let Ok((_, _, sink)) = reading.as_mut() {
+            sink.feed(piece);
+        }
+        if let Some(v) = verifier.as_mut() {
+            v.update(piece);
+        }
         left = left.saturating_sub(got as u64);
         if got < want_now {
             break;
         }
     }
+    if let Some(v) = verifier {
+        v.finish()?;
+    }
+    let (peeked, metadata, sink) = reading?;
     let trailing = if left == 0 { count_rest(&mut f)? } else { 0 };
     let tensor = sink.finish();
     let input_len = (head.len() as u64)
@@ -409,30 +435,46 @@ pub(crate) fn read_message(
 
 /// A compressed message: buffer the declared bytes (`StreamDecoder` keeps
 /// only those and counts the rest), decode in one shot, summarise the
-/// decompressed tensor.
+/// decompressed tensor. With a MAC, every byte also goes to the verifier,
+/// whose verdict comes before any decoding error and before decompression.
 fn buffered(
     mut f: File,
     head: Vec<u8>,
     opts: &DecodeOptions,
     want: Want,
+    mut verifier: Option<StreamVerifier>,
 ) -> Result<Decoded, Failure> {
     let mut dec = StreamDecoder::new(*opts);
-    dec.feed(&head)?;
+    let mut early: Option<Error> = dec.feed(&head).err();
     let mut window = vec![0u8; WINDOW];
     loop {
+        if let (Some(e), None) = (&early, &verifier) {
+            return Err(e.clone().into());
+        }
         let got = fill(&mut f, &mut window)?;
         if got == 0 {
             break;
         }
-        dec.feed(window.get(..got).unwrap_or_default())?;
+        let piece = window.get(..got).unwrap_or_default();
+        if let Some(v) = verifier.as_mut() {
+            v.update(piece);
+        }
+        if early.is_none() {
+            early = dec.feed(piece).err();
+        }
+    }
+    if let Some(v) = verifier {
+        v.finish()?;
+    }
+    if let Some(e) = early {
+        return Err(e.into());
     }
     let input_len = (dec.buffered() as u64).saturating_add(dec.trailing_bytes());
     let msg = dec.finish()?;
     Ok(summarise(&msg, input_len, want))
 }
 
-/// The summary of a message decoded in one piece (a compressed one, or one
-/// read whole to check its MAC).
+/// The summary of a message decoded in one piece (a compressed one).
 pub(crate) fn summarise(msg: &avp_codec::Message<'_>, input_len: u64, want: Want) -> Decoded {
     let mut sink = TensorSink::new(want, &msg.metadata, msg.payload.len() as u64);
     sink.feed(&msg.payload);
