@@ -32,8 +32,16 @@ failed=()
 for target in $(cargo fuzz list); do
     dict=dict/avp.dict
     case $target in json_fallback | json_parse | canonical_json) dict=dict/json.dict ;; esac
-    seeds="$root/codec/tests/fuzz_seeds/$target"
-    [ -d "$seeds" ] || seeds="$root/handshake/tests/fuzz_seeds/$target"
+    # The seeds live in the crate that owns the parser: codec, handshake or transport.
+    seeds=""
+    for crate in codec handshake transport; do
+        [ -d "$root/$crate/tests/fuzz_seeds/$target" ] && seeds="$root/$crate/tests/fuzz_seeds/$target"
+    done
+    if [ -z "$seeds" ]; then
+        echo "fuzz smoke: $target has no seed directory <crate>/tests/fuzz_seeds/$target" >&2
+        failed+=("$target")
+        continue
+    fi
     mkdir -p "$work/$target" "$work/artifacts/$target"
     # A fresh corpus dir so CI never writes into the repo; seeds are read only.
     if cargo fuzz run -s none "$target" "$work/$target" "$seeds" -- \
@@ -50,6 +58,6 @@ for target in $(cargo fuzz list); do
     fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
-    echo "fuzz smoke: crashes in ${failed[*]}: add the input under <crate>/tests/fuzz_seeds/<target>/regressions/ and fix" >&2
+    echo "fuzz smoke: failed: ${failed[*]} (a crash: add the input under <crate>/tests/fuzz_seeds/<target>/regressions/ and fix)" >&2
     exit 1
 fi

@@ -307,18 +307,51 @@ pub fn check_json(data: &[u8]) {
     }
 }
 
+/// The streamed verifier reaches `verify`'s verdict (kind and message) on the
+/// same bytes, with the prefix cut where a reader has header and metadata and
+/// the rest fed in pieces whose size the input picks.
+#[cfg(feature = "mac")]
+fn check_streamed_mac(
+    data: &[u8],
+    key: &crate::mac::MacKey,
+    limits: &crate::Limits,
+    whole: &Result<(), crate::Error>,
+) {
+    use crate::mac::StreamVerifier;
+    let meta_end =
+        crate::check_header(data, limits).map_or(data.len(), |h| h.metadata_end().min(data.len()));
+    let (prefix, rest) = data.split_at(meta_end.max(crate::HEADER_LEN).min(data.len()));
+    let piece = usize::from(data.last().copied().unwrap_or(1)).max(1);
+    let streamed = StreamVerifier::new(prefix, key, limits).and_then(|mut v| {
+        for chunk in rest.chunks(piece) {
+            v.update(chunk);
+        }
+        v.finish()
+    });
+    let view =
+        |r: &Result<(), crate::Error>| r.as_ref().copied().map_err(|e| (e.kind(), e.to_string()));
+    assert_eq!(
+        view(&streamed),
+        view(whole),
+        "streamed vs one-shot MAC verdict"
+    );
+}
+
 /// The MAC oracle (spec/mac.md): verifying arbitrary bytes never panics and
 /// reports framing errors with their own kinds; any message that decodes
 /// can be signed, the signed form verifies, and flipping any one of the
-/// first bytes that the MAC covers makes it fail.
+/// first bytes that the MAC covers makes it fail; the streamed verifier
+/// always agrees with the one-shot one.
 #[cfg(feature = "mac")]
 pub fn check_mac(data: &[u8]) {
     use crate::mac::{MacKey, encode_signed, verify};
     let key = MacKey::from_raw([7; 32]);
     let limits = crate::Limits::DEFAULT;
-    if let Err(e) = verify(data, &key, &limits) {
+    let whole = verify(data, &key, &limits);
+    if let Err(e) = &whole {
         assert!(e.kind().is_peer_fault(), "verify: non-peer error {e}");
     }
+    check_streamed_mac(data, &key, &limits, &whole);
     let Ok(msg) = decode_with(data, &DecodeOptions::DEFAULT) else {
         return;
     };
