@@ -10,6 +10,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
+// The transport crate's test PKI (rcgen, made at run time); its client helper is not used here.
+#[allow(dead_code)]
+#[path = "../../transport/tests/pki/mod.rs"]
+mod pki;
 use common::{Running, Scratch, avp, start, workspace};
 
 fn python() -> PathBuf {
@@ -609,48 +613,6 @@ fn http_30_avp_handshake_url_against_avp_serve_resolves_hash_match() {
     assert_eq!(answer["mode"], "LATENT", "{answer}");
 }
 
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate,
-/// as PEM files in `scratch` (made at run time, never committed):
-/// [ca, server cert, server key, client cert, client key].
-fn test_pki(scratch: &Scratch) -> [PathBuf; 5] {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "AVP test CA");
-    let ca_key = KeyPair::generate().expect("key");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server, server_key) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        "avp serve",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client, client_key) = leaf(vec![], "avp send", ExtendedKeyUsagePurpose::ClientAuth);
-    [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server),
-        ("server.key", server_key),
-        ("client.pem", client),
-        ("client.key", client_key),
-    ]
-    .map(|(name, pem)| {
-        let path = scratch.path(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path
-    })
-}
-
 fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
@@ -661,7 +623,7 @@ fn s(path: &Path) -> &str {
 #[test]
 fn http_70_71_sdk_httpx_client_over_https_reaches_avp_serve() {
     let scratch = Scratch::new("transport", "https-sdk");
-    let [ca, cert, key, _, _] = test_pki(&scratch);
+    let [ca, cert, key, _, _] = pki::test_pki(&scratch.0);
     let store = scratch.path("store");
     let server = serve(&[
         "--store",
@@ -713,7 +675,7 @@ fn http_70_71_sdk_httpx_client_over_https_reaches_avp_serve() {
 #[test]
 fn http_63_73_mtls_send_and_store_ls_show_who_sent_what() {
     let scratch = Scratch::new("transport", "mtls");
-    let [ca, cert, key, client_cert, client_key] = test_pki(&scratch);
+    let [ca, cert, key, client_cert, client_key] = pki::test_pki(&scratch.0);
     let store = scratch.path("store");
     let tls = [
         "--tls-cert",
@@ -876,7 +838,7 @@ fn http_34_serve_with_model_dir_sends_its_weights_digest() {
 #[test]
 fn http_56_75_avp_route_over_tls_and_a_silent_upstream() {
     let scratch = Scratch::new("transport", "route-tls");
-    let [ca, cert, key, _, _] = test_pki(&scratch);
+    let [ca, cert, key, _, _] = pki::test_pki(&scratch.0);
     let store = scratch.path("store");
     let agent = serve(&[
         "--store",

@@ -327,17 +327,7 @@ async fn http_75_a_router_speaks_tls_on_both_sides() {
     let router = run(router_config, Role::Router(Arc::new(router))).await;
     let client = AvpClient::new(
         &router.url.replace("http://", "https://"),
-        ClientConfig {
-            tls: Some(
-                client_config(&ClientTlsFiles {
-                    ca: Some(ca),
-                    client_cert: None,
-                })
-                .expect("client TLS"),
-            ),
-            retries: 0,
-            ..ClientConfig::default()
-        },
+        pki::client_trusting(Some(ca)),
     )
     .expect("client");
     let answer = client

@@ -46,31 +46,12 @@ async fn start(config: ServerConfig) -> Running {
 }
 
 async fn start_with_budget(config: ServerConfig, budget: u64) -> Running {
-    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
     let identity =
         identity_from_json(br#"{"model_family": "qwen2", "hidden_dim": 8, "num_layers": 2}"#)
             .expect("identity");
-    let agent =
-        Arc::new(Agent::new("test-agent", identity, Arc::clone(&store)).with_memory_budget(budget));
-    let server = Server::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        config,
-        Role::Agent(Arc::clone(&agent)),
-    )
-    .await
-    .expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        addr,
-        store,
-        agent,
-        stop: Some(stop),
-        task,
-    }
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("test-agent", identity, store).with_memory_budget(budget);
+    start_agent(config, agent).await
 }
 
 fn varint(mut value: u64, out: &mut Vec<u8>) {
@@ -1219,7 +1200,7 @@ async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
 /// right CA and name succeed.
 #[tokio::test]
 async fn http_72_clients_verify_the_server_certificate() {
-    use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
+    use avp_transport::tls::{ServerTlsFiles, server_config};
     let root = std::env::temp_dir().join(format!("avp-tls-verify-{}", std::process::id()));
     let dirs = ["right", "other-ca", "other-name"].map(|d| root.join(d));
     for d in &dirs {
@@ -1245,18 +1226,7 @@ async fn http_72_clients_verify_the_server_certificate() {
         .await
     };
     let send = |url: String, ca: Option<std::path::PathBuf>| async move {
-        let config = ClientConfig {
-            tls: Some(
-                client_config(&ClientTlsFiles {
-                    ca,
-                    client_cert: None,
-                })
-                .expect("client TLS"),
-            ),
-            retries: 0,
-            ..ClientConfig::default()
-        };
-        AvpClient::new(&url, config)
+        AvpClient::new(&url, pki::client_trusting(ca))
             .expect("client")
             .transmit(Bytes::from(message("bob", &[7u8; 64])))
             .await
@@ -1338,18 +1308,7 @@ async fn http_70_74_https_and_mtls_record_the_client_identity() {
         let (stored, _) = server.store.get(id).expect("read").expect("stored");
         assert_eq!(stored.client_identity.as_deref(), Some(expected.as_str()));
     }
-    let no_cert = ClientConfig {
-        tls: Some(
-            client_config(&ClientTlsFiles {
-                ca: Some(ca),
-                client_cert: None,
-            })
-            .expect("client TLS"),
-        ),
-        retries: 0,
-        ..ClientConfig::default()
-    };
-    let refused = AvpClient::new(&url, no_cert)
+    let refused = AvpClient::new(&url, pki::client_trusting(Some(ca)))
         .expect("client")
         .transmit(Bytes::from(message("bob", &[5u8; 16])))
         .await;

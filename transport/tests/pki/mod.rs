@@ -50,3 +50,20 @@ pub(crate) fn test_pki_named(
         path
     })
 }
+
+/// A client that trusts only `ca` (none: no root at all), presents no
+/// certificate and does not retry: the TLS tests' view of a plain HTTPS peer.
+pub(crate) fn client_trusting(ca: Option<std::path::PathBuf>) -> avp_transport::ClientConfig {
+    use avp_transport::tls::{ClientTlsFiles, client_config};
+    avp_transport::ClientConfig {
+        tls: Some(
+            client_config(&ClientTlsFiles {
+                ca,
+                client_cert: None,
+            })
+            .expect("client TLS"),
+        ),
+        retries: 0,
+        ..avp_transport::ClientConfig::default()
+    }
+}
