@@ -467,3 +467,46 @@ fn builtin_subject_conforms_in_both_modes() {
         (2 * total).to_string()
     );
 }
+
+/// AVP-CLI-10: from a directory outside the repository, with no path given,
+/// `avp conformance vectors verify` finds the corpus of the source tree the
+/// binary was built from; `--suite` (alias of `--vectors`) names one; a
+/// directory without a MANIFEST.json exits 2 and names what it tried.
+#[test]
+fn cli_10_the_corpus_is_found_from_any_directory() {
+    let elsewhere = std::env::temp_dir().join(format!("avp-cli-10-{}", std::process::id()));
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_avp"))
+            .args(args)
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap()
+    };
+    let found = run(&["conformance", "vectors", "verify"]);
+    assert_eq!(found.status.code(), Some(0), "{found:?}");
+    assert!(String::from_utf8_lossy(&found.stdout).contains("files match MANIFEST.json"));
+    let corpus = root().join("conformance/vectors");
+    let named = run(&[
+        "conformance",
+        "vectors",
+        "verify",
+        "--suite",
+        corpus.to_str().unwrap(),
+    ]);
+    assert_eq!(named.status.code(), Some(0), "{named:?}");
+    let missing = elsewhere.join("no-corpus-here");
+    let refused = run(&[
+        "conformance",
+        "vectors",
+        "verify",
+        "--vectors",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no-corpus-here"),
+        "{refused:?}"
+    );
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+}

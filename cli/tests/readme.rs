@@ -1,4 +1,4 @@
-//! The README's quick start, run verbatim: the shell block that follows the
+//! AVP-CLI-11: the README's quick start, run verbatim: the shell block that follows the
 //! line naming this file is extracted from README.md (so the two cannot
 //! drift) and run by bash with the built `avp` and `avp-engine` first on
 //! PATH, as `cargo install` would put them; the block itself moves to a
