@@ -617,7 +617,7 @@ fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// AVP-HTTP-70, AVP-HTTP-71: the SDK's httpx client, trusting the test CA through
+/// AVP-HTTP-70, AVP-HTTP-71, AVP-HTTP-76: the SDK's httpx client, trusting the test CA through
 /// SSL_CERT_FILE, handshakes, transmits and sends text to `avp serve` over
 /// HTTPS, negotiating HTTP/2 by ALPN, and every message is stored as sent.
 #[test]
