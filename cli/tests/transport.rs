@@ -793,7 +793,8 @@ fn http_12_avp_send_over_max_body_reports_body_too_large_every_time() {
 
 /// Issue 14: `avp serve --model DIR` answers with the directory's identity
 /// and the weights digest `avp hash weights DIR` prints (AVP-HTTP-34), with
-/// no engine involved.
+/// no engine involved; `avp handshake URL` resolves on its side too and
+/// reports `client_resolution` (AVP-HTTP-43).
 #[test]
 fn http_34_serve_with_model_dir_sends_its_weights_digest() {
     let scratch = Scratch::new("transport", "weights");

@@ -45,6 +45,9 @@ pub struct Coverage {
     /// Map entries that failed verification (each a sentence); such an entry
     /// covers nothing.
     pub elsewhere_errors: Vec<String>,
+    /// Rules that more than one file defines, with those files (sorted): a
+    /// rule is stated once, every other file cites it.
+    pub rules_defined_twice: Vec<(String, Vec<String>)>,
     /// Per spec tree (`protocol`, `impl`; `""` for files directly in the spec
     /// directory): how many case-testable rules it defines, how many have a
     /// case, and how many are covered only by in-tree tests.
@@ -216,6 +219,7 @@ pub fn compute_with(
     elsewhere: Option<&ElsewhereMap>,
 ) -> Result<Coverage, ConformanceError> {
     let mut defined: BTreeMap<String, String> = BTreeMap::new();
+    let mut defining_files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut mentioned: BTreeMap<String, String> = BTreeMap::new();
     let mut files = Vec::new();
     markdown_files(spec_dir, spec_dir, &mut files)?;
@@ -223,12 +227,21 @@ pub fn compute_with(
     for (name, file) in files {
         let text = std::fs::read_to_string(&file).map_err(|e| ConformanceError::io(&file, e))?;
         for id in defined_rule_ids(&text) {
+            defining_files
+                .entry(id.clone())
+                .or_default()
+                .insert(name.clone());
             defined.entry(id).or_insert_with(|| name.clone());
         }
         for id in rule_ids(&text) {
             mentioned.entry(id).or_insert_with(|| name.clone());
         }
     }
+    let rules_defined_twice = defining_files
+        .into_iter()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(id, files)| (id, files.into_iter().collect()))
+        .collect();
     // A rule only ever cited still counts (a typo'd definition must not
     // silently drop a rule from coverage); it belongs to its first mention.
     for (id, name) in mentioned {
@@ -303,6 +316,7 @@ pub fn compute_with(
         rules_covered_elsewhere,
         rules_uncovered,
         elsewhere_errors,
+        rules_defined_twice,
         by_tree,
     })
 }
@@ -383,6 +397,7 @@ mod tests {
         .unwrap();
         std::fs::write(root.join("spec/protocol/deeper/x.md"), "**AVP-HS-1**").unwrap();
         std::fs::write(root.join("spec/protocol/notes.txt"), "AVP-WIRE-9").unwrap();
+        std::fs::write(root.join("spec/protocol/again.md"), "| AVP-HS-1 | twice |").unwrap();
         std::fs::write(
             root.join("spec/impl/codec.md"),
             "**AVP-WIRE-25** and AVP-WIRE-2; AVP-CLI-1",
@@ -410,7 +425,7 @@ mod tests {
             .collect();
         assert_eq!(ids, ["AVP-HS-1", "AVP-WIRE-1", "AVP-WIRE-25", "AVP-WIRE-7"]);
         let file = |i: usize| cov.rules_without_cases[i].1.as_str();
-        assert_eq!(file(0), "protocol/deeper/x.md");
+        assert_eq!(file(0), "protocol/again.md", "the first of its two homes");
         // README.md sorts first but only cites AVP-WIRE-1; wire.md defines it.
         assert_eq!(file(1), "protocol/wire.md");
         assert_eq!(file(2), "impl/codec.md");
@@ -428,6 +443,16 @@ mod tests {
             "AVP-CLI-1 is a tool rule, not counted"
         );
         assert_eq!(tree("").rules_total, 1);
+        assert_eq!(
+            cov.rules_defined_twice,
+            [(
+                "AVP-HS-1".to_string(),
+                vec![
+                    "protocol/again.md".to_string(),
+                    "protocol/deeper/x.md".to_string()
+                ]
+            )]
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

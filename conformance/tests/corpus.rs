@@ -73,6 +73,11 @@ fn conf_7_every_spec_rule_has_a_case_or_a_verified_in_tree_test() {
     );
     assert!(cov.rules_uncovered.is_empty(), "{:#?}", cov.rules_uncovered);
     assert!(cov.unknown_rules.is_empty(), "{:#?}", cov.unknown_rules);
+    assert!(
+        cov.rules_defined_twice.is_empty(),
+        "each rule is stated once: {:#?}",
+        cov.rules_defined_twice
+    );
     assert!(cov.rules_total >= 128, "{}", cov.rules_total);
     // Every rule is defined in one of the two trees, none only in the
     // README (its alias table cites IDs, it defines none).
