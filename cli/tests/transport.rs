@@ -617,7 +617,7 @@ fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// AVP-HTTP-70, AVP-HTTP-71: the SDK's httpx client, trusting the test CA through
+/// AVP-HTTP-70, AVP-HTTP-71, AVP-HTTP-76: the SDK's httpx client, trusting the test CA through
 /// SSL_CERT_FILE, handshakes, transmits and sends text to `avp serve` over
 /// HTTPS, negotiating HTTP/2 by ALPN, and every message is stored as sent.
 #[test]
@@ -793,7 +793,8 @@ fn http_12_avp_send_over_max_body_reports_body_too_large_every_time() {
 
 /// Issue 14: `avp serve --model DIR` answers with the directory's identity
 /// and the weights digest `avp hash weights DIR` prints (AVP-HTTP-34), with
-/// no engine involved.
+/// no engine involved; `avp handshake URL` resolves on its side too and
+/// reports `client_resolution` (AVP-HTTP-43).
 #[test]
 fn http_34_serve_with_model_dir_sends_its_weights_digest() {
     let scratch = Scratch::new("transport", "weights");

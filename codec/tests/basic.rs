@@ -299,8 +299,9 @@ fn lim_8_stream_header_declaring_4_gib_reserves_little() {
     );
 }
 
-/// AVP-WIRE-22: the multi-threaded path for large tensors (checksum and copy
-/// split across threads, output buffer sized without a memset) gives the
+/// AVP-WIRE-22, AVP-WIRE-25, AVP-WIRE-27: the multi-threaded path for large
+/// tensors (checksum and copy split across threads from 8 MiB on, output
+/// buffer sized without a memset) gives the
 /// same bytes as the single-threaded one, into fresh, shorter and longer
 /// reused buffers.
 #[test]

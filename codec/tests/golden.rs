@@ -109,6 +109,11 @@ fn check_kv(id: &str, msg: &Message<'_>, expect: &Value, sdk_kv: &Value) {
     }
 }
 
+/// Every wire vector decodes as the SDK decodes it, and every valid one
+/// re-encodes to the SDK's bytes, compressed ones included (AVP-WIRE-26: the
+/// same libzstd). Unknown `extra` keys pass through uninterpreted
+/// (AVP-EXT-2), and values v1 does not know are rejected, never read as
+/// known ones (AVP-EXT-3).
 #[test]
 fn conf_wire_decode_agrees_with_the_sdk_on_every_case() {
     let compat = DecodeOptions::default();

@@ -261,6 +261,7 @@ fn kv_header_products_never_overflow_or_allocate() {
     }
 }
 
+/// AVP-LIM-13: `Limits::DEFAULT` holds the default column of the limits table.
 #[test]
 fn builder_sets_every_limit_and_defaults_are_the_spec_values() {
     let d = Limits::default();

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden vectors for the handshake area (spec/handshake.md), from the SDK.
+"""Golden vectors for the handshake area (spec/protocol/handshake.md), from the SDK.
 
 Usage: .venv/bin/python conformance/gen/gen_handshake.py OUT_DIR
 

@@ -7,7 +7,7 @@ Deterministic (fixed keys and tensors, no randomness, no timestamps).
 
 The SDK (avp==0.6.2) has no MAC, so each message is built with the SDK's `codec.encode` carrying
 the placeholder tag (64 ASCII zeros) in `extra["avp.mac"]`, and the tag is computed with the
-Python `blake3` package's keyed mode over the message bytes exactly as spec/mac.md says:
+Python `blake3` package's keyed mode over the message bytes exactly as spec/protocol/mac.md says:
   key = blake3(key_file, derive_key_context=KEY_CONTEXT)                       (AVP-MAC-1)
   tag = blake3(message[:12 + payload_length], key=key) with the tag read as zeros (AVP-MAC-3/4)
 then written over the placeholder in place (AVP-MAC-6). Every case also records whether the SDK

@@ -8,8 +8,8 @@ twice gives byte-identical files (no randomness, no timestamps).
 Every expectation is what the SDK (avp==0.6.2) does with the bytes:
   - valid:      the SDK decodes; `decoded` is its view of the message.
   - invalid:    the SDK raises; `error_kind` is our name for that exception
-                (spec/errors.md, AVP-ERR-3). Where we reject what the SDK
-                accepts (decoder limits, spec/limits.md), `sdk` says so.
+                (spec/protocol/errors.md, AVP-ERR-3). Where we reject what the SDK
+                accepts (decoder limits, spec/protocol/limits.md), `sdk` says so.
   - non_strict: the SDK decodes (`decoded`); a compatible decoder accepts
                 with `warnings`, a strict one rejects with `inconsistent`.
 
@@ -188,7 +188,7 @@ def sdk_view(data):
 
 
 def error_kind(exc):
-    """Our error kind for an SDK exception (spec/errors.md, AVP-ERR-3)."""
+    """Our error kind for an SDK exception (spec/protocol/errors.md, AVP-ERR-3)."""
     text = str(exc)
     if isinstance(exc, errors.InvalidMagicError):
         return "bad_magic"
@@ -235,7 +235,7 @@ def case(section, slug, rules, description, data, expect, level="MUST", encode=N
 
 
 def valid(section, slug, rules, description, data, encode=None, level="MUST", kv=None):
-    """`kv` is our expectation for the KV inner payload (spec/kv-cache.md) when
+    """`kv` is our expectation for the KV inner payload (spec/protocol/kv-cache.md) when
     it differs from "valid": `decoded.kv` is always the SDK's own view."""
     outcome, view, exc = sdk_outcome(data)
     assert outcome == "accepted", f"{slug}: SDK rejected: {exc!r}"

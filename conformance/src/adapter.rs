@@ -1,5 +1,5 @@
 //! Drives an external implementation through the JSON-lines adapter protocol
-//! (spec/conformance.md, AVP-CONF-20..26).
+//! (spec/protocol/conformance.md, AVP-CONF-20..26).
 //!
 //! One request in flight; a reader thread turns stdout into lines so a hung
 //! adapter times out instead of hanging the run; stderr is collected by a

@@ -118,7 +118,7 @@ impl BuiltinSubject {
     }
 }
 
-/// The `decoded` answer form of a message (spec/conformance.md, AVP-CONF-23),
+/// The `decoded` answer form of a message (spec/protocol/conformance.md, AVP-CONF-23),
 /// payload as a byte reference; also the runner's reference view of encode output.
 pub(crate) fn decoded_view(msg: &Message<'_>, strict: bool) -> Value {
     let m = &msg.metadata;
@@ -233,7 +233,7 @@ fn encode_op(input: &Value, payload: &[u8]) -> Value {
     }
 }
 
-/// `mac_verify` (spec/mac.md, AVP-MAC-5): the key file's bytes come as
+/// `mac_verify` (spec/protocol/mac.md, AVP-MAC-5): the key file's bytes come as
 /// `input.key_file_hex`; an accepted answer carries the verified tag.
 fn mac_verify(input: &Value, data: &[u8]) -> Value {
     let Some(hex) = input.get("key_file_hex").and_then(Value::as_str) else {

@@ -1,6 +1,11 @@
-//! Rule coverage: spec rule IDs (`AVP-<AREA>-<n>` in spec/*.md) against the
+//! Rule coverage: spec rule IDs (`AVP-<AREA>-<n>` in the `*.md` files of
+//! spec/ and its sub-directories, spec/protocol/ and spec/impl/) against the
 //! `rules` the cases cite (AVP-CONF-6). Rules with no case are listed in every
 //! report; a case citing a rule the spec does not define is listed too.
+//! Each rule belongs to the tree (sub-directory) of the file that defines it
+//! (a bold `**AVP-..`, a heading or a table row that starts with the ID;
+//! failing that, the first file in sorted path order that names it), so
+//! coverage can be told apart for the protocol and for this implementation.
 //!
 //! Rules that no language-neutral case can check (engine numerics, crash
 //! atomicity, client retries) are mapped to in-tree tests by a committed
@@ -40,6 +45,24 @@ pub struct Coverage {
     /// Map entries that failed verification (each a sentence); such an entry
     /// covers nothing.
     pub elsewhere_errors: Vec<String>,
+    /// Rules that more than one file defines, with those files (sorted): a
+    /// rule is stated once, every other file cites it.
+    pub rules_defined_twice: Vec<(String, Vec<String>)>,
+    /// Per spec tree (`protocol`, `impl`; `""` for files directly in the spec
+    /// directory): how many case-testable rules it defines, how many have a
+    /// case, and how many are covered only by in-tree tests.
+    pub by_tree: BTreeMap<String, TreeCoverage>,
+}
+
+/// Coverage of the rules one spec tree defines (AVP-CONF-6).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TreeCoverage {
+    /// Case-testable rules the tree defines.
+    pub rules_total: usize,
+    /// Of those, rules with at least one case.
+    pub with_cases: usize,
+    /// Of those, rules without a case that verified in-tree tests cover.
+    pub covered_elsewhere: usize,
 }
 
 /// One in-tree test named by the rules-elsewhere map (AVP-CONF-7).
@@ -132,6 +155,29 @@ impl ElsewhereMap {
 
 /// Every `AVP-<LETTERS>-<digits>` in `text`, in order of appearance.
 pub fn rule_ids(text: &str) -> Vec<String> {
+    rule_ids_at(text).into_iter().map(|(_, id)| id).collect()
+}
+
+/// The rule IDs that `text` defines rather than cites: an ID right after
+/// `**` (`**AVP-WIRE-1**`, `**AVP-HS-11 (exchange).**`), or one that starts a
+/// heading (`## AVP-ENG-1 ...`) or a table row (`| AVP-HS-5 | ...`). A cited
+/// ID is written in running text, in backticks or after other words.
+pub fn defined_rule_ids(text: &str) -> Vec<String> {
+    rule_ids_at(text)
+        .into_iter()
+        .filter(|(start, _)| {
+            let before = &text[..*start];
+            let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+            before.ends_with("**")
+                || (line.starts_with('#') && line.trim_start_matches('#').trim().is_empty())
+                || (line.starts_with('|') && line.trim_start_matches('|').trim().is_empty())
+        })
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// Every `AVP-<LETTERS>-<digits>` in `text` with its byte offset.
+fn rule_ids_at(text: &str) -> Vec<(usize, String)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -152,7 +198,7 @@ pub fn rule_ids(text: &str) -> Vec<String> {
                 j >= bytes.len() || !(bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_');
             let before_ok = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
             if j > digits_start && boundary && before_ok {
-                out.push(text[start..j].to_string());
+                out.push((start, text[start..j].to_string()));
             }
         }
         i = letters_end.max(start + 4);
@@ -173,22 +219,33 @@ pub fn compute_with(
     elsewhere: Option<&ElsewhereMap>,
 ) -> Result<Coverage, ConformanceError> {
     let mut defined: BTreeMap<String, String> = BTreeMap::new();
-    let entries = std::fs::read_dir(spec_dir).map_err(|e| ConformanceError::io(spec_dir, e))?;
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "md"))
-        .collect();
+    let mut defining_files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut mentioned: BTreeMap<String, String> = BTreeMap::new();
+    let mut files = Vec::new();
+    markdown_files(spec_dir, spec_dir, &mut files)?;
     files.sort();
-    for file in files {
+    for (name, file) in files {
         let text = std::fs::read_to_string(&file).map_err(|e| ConformanceError::io(&file, e))?;
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for id in rule_ids(&text) {
+        for id in defined_rule_ids(&text) {
+            defining_files
+                .entry(id.clone())
+                .or_default()
+                .insert(name.clone());
             defined.entry(id).or_insert_with(|| name.clone());
         }
+        for id in rule_ids(&text) {
+            mentioned.entry(id).or_insert_with(|| name.clone());
+        }
+    }
+    let rules_defined_twice = defining_files
+        .into_iter()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(id, files)| (id, files.into_iter().collect()))
+        .collect();
+    // A rule only ever cited still counts (a typo'd definition must not
+    // silently drop a rule from coverage); it belongs to its first mention.
+    for (id, name) in mentioned {
+        defined.entry(id).or_insert(name);
     }
     let mut cited: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for case in cases {
@@ -241,6 +298,16 @@ pub fn compute_with(
         .filter(|(id, _)| !verified.contains_key(id))
         .cloned()
         .collect();
+    let mut by_tree: BTreeMap<String, TreeCoverage> = BTreeMap::new();
+    for id in &testable {
+        let tree = by_tree.entry(tree_of(&defined[*id])).or_default();
+        tree.rules_total += 1;
+        if cited.contains_key(id.as_str()) {
+            tree.with_cases += 1;
+        } else if verified.contains_key(id.as_str()) {
+            tree.covered_elsewhere += 1;
+        }
+    }
     Ok(Coverage {
         rules_total: testable.len(),
         rules_covered: testable.len() - rules_without_cases.len(),
@@ -249,7 +316,45 @@ pub fn compute_with(
         rules_covered_elsewhere,
         rules_uncovered,
         elsewhere_errors,
+        rules_defined_twice,
+        by_tree,
     })
+}
+
+/// The spec tree of a file path relative to the spec directory: its first
+/// component when it is in a sub-directory (`protocol/wire.md` → `protocol`),
+/// else `""`.
+fn tree_of(relative: &str) -> String {
+    match relative.split_once('/') {
+        Some((tree, _)) => tree.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Collects every `*.md` file below `dir`, with its `/`-separated path
+/// relative to `root`. Symbolic links are followed like any path; the spec
+/// tree is ours, so a loop would be a checkout bug, not an input.
+fn markdown_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, std::path::PathBuf)>,
+) -> Result<(), ConformanceError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ConformanceError::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| ConformanceError::io(dir, e))?.path();
+        if path.is_dir() {
+            markdown_files(root, &path, out)?;
+        } else if path.extension().is_some_and(|x| x == "md") {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            let name = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((name, path));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -257,9 +362,98 @@ mod tests {
     use super::*;
 
     #[test]
+    fn definitions_are_bold_heading_or_row_starts() {
+        let text = "## AVP-ENG-1 Model\n| AVP-HS-5 | x |\n- **AVP-WIRE-3** and AVP-WIRE-4;\n\
+                    **AVP-HS-11 (exchange; see AVP-HS-30).**\nrules\nAVP-HS-6 and `AVP-LIM-8` |";
+        assert_eq!(
+            defined_rule_ids(text),
+            ["AVP-ENG-1", "AVP-HS-5", "AVP-WIRE-3", "AVP-HS-11"]
+        );
+    }
+
+    #[test]
     fn finds_rule_ids_with_word_boundaries() {
         let text = "**AVP-WIRE-3** and (AVP-HS-12), not XAVP-WIRE-4 or AVP-WIRE-5a or AVP-wire-6 or AVP--7; AVP-LIM-1.";
         assert_eq!(rule_ids(text), ["AVP-WIRE-3", "AVP-HS-12", "AVP-LIM-1"]);
+    }
+
+    /// AVP-CONF-6: rules are read from every sub-directory of the spec and
+    /// counted for the tree of the file that defines them; a rule that is
+    /// only ever cited still counts, for its first mention.
+    #[test]
+    fn conf_6_rules_are_read_recursively_and_counted_per_tree() {
+        let root = std::env::temp_dir().join(format!("avp-cov-tree-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("spec/protocol/deeper")).unwrap();
+        std::fs::create_dir_all(root.join("spec/impl")).unwrap();
+        std::fs::write(
+            root.join("spec/README.md"),
+            "Aliases: AVP-WIRE-1, `AVP-WIRE-7`.",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("spec/protocol/wire.md"),
+            "**AVP-WIRE-1** **AVP-WIRE-2**",
+        )
+        .unwrap();
+        std::fs::write(root.join("spec/protocol/deeper/x.md"), "**AVP-HS-1**").unwrap();
+        std::fs::write(root.join("spec/protocol/notes.txt"), "AVP-WIRE-9").unwrap();
+        std::fs::write(root.join("spec/protocol/again.md"), "| AVP-HS-1 | twice |").unwrap();
+        std::fs::write(
+            root.join("spec/impl/codec.md"),
+            "**AVP-WIRE-25** and AVP-WIRE-2; AVP-CLI-1",
+        )
+        .unwrap();
+        let case = Case {
+            id: "wire/x/y".into(),
+            rules: vec!["AVP-WIRE-2".into()],
+            level: crate::corpus::Level::Must,
+            op: "decode".into(),
+            input: serde_json::json!({}),
+            input_raw: "{}".into(),
+            expect: serde_json::json!({"result": "valid"}),
+            result: crate::corpus::ExpectedResult::Valid,
+            description: None,
+            input_file: None,
+            source: "cases.json".into(),
+            encode: None,
+        };
+        let cov = compute(&root.join("spec"), &[case]).unwrap();
+        let ids: Vec<&str> = cov
+            .rules_without_cases
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .collect();
+        assert_eq!(ids, ["AVP-HS-1", "AVP-WIRE-1", "AVP-WIRE-25", "AVP-WIRE-7"]);
+        let file = |i: usize| cov.rules_without_cases[i].1.as_str();
+        assert_eq!(file(0), "protocol/again.md", "the first of its two homes");
+        // README.md sorts first but only cites AVP-WIRE-1; wire.md defines it.
+        assert_eq!(file(1), "protocol/wire.md");
+        assert_eq!(file(2), "impl/codec.md");
+        assert_eq!(file(3), "README.md");
+        let tree = |name: &str| cov.by_tree.get(name).copied().unwrap_or_default();
+        assert_eq!(tree("protocol").rules_total, 3);
+        assert_eq!(
+            tree("protocol").with_cases,
+            1,
+            "AVP-WIRE-2, cited from impl/"
+        );
+        assert_eq!(
+            tree("impl").rules_total,
+            1,
+            "AVP-CLI-1 is a tool rule, not counted"
+        );
+        assert_eq!(tree("").rules_total, 1);
+        assert_eq!(
+            cov.rules_defined_twice,
+            [(
+                "AVP-HS-1".to_string(),
+                vec![
+                    "protocol/again.md".to_string(),
+                    "protocol/deeper/x.md".to_string()
+                ]
+            )]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum ConformanceError {
 }
 
 impl ConformanceError {
-    /// The exit code spec/conformance.md assigns to this error (AVP-CONF-16).
+    /// The exit code spec/protocol/conformance.md assigns to this error (AVP-CONF-16).
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Integrity(_) => crate::EXIT_INTEGRITY,

@@ -1,4 +1,4 @@
-//! AVP conformance suite (spec/conformance.md): golden corpus, runner and the
+//! AVP conformance suite (spec/protocol/conformance.md): golden corpus, runner and the
 //! adapter protocol that lets any implementation be checked.
 //!
 //! The pieces, in the order a run uses them:

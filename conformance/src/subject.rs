@@ -1,7 +1,7 @@
 //! The implementation under test, as seen by the runner.
 //!
 //! Built-in and external implementations answer the same requests with the
-//! same JSON answers (the adapter protocol of spec/conformance.md,
+//! same JSON answers (the adapter protocol of spec/protocol/conformance.md,
 //! AVP-CONF-20..), so one runner and one judge serve both.
 
 use std::fmt;

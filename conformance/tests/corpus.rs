@@ -45,8 +45,9 @@ fn conf_24_inputs_with_lone_surrogates_are_forwarded_verbatim() {
 }
 
 /// AVP-CONF-6, AVP-CONF-7: the committed corpus, the live HTTP mode's cases
-/// and the verified rules-elsewhere map leave no spec rule uncovered. A new
-/// rule in spec/ without a case or a mapped in-tree test fails here.
+/// and the verified rules-elsewhere map leave no spec rule uncovered, in
+/// spec/protocol/ and spec/impl/ alike. A new rule anywhere below spec/
+/// without a case or a mapped in-tree test fails here.
 #[test]
 fn conf_7_every_spec_rule_has_a_case_or_a_verified_in_tree_test() {
     use avp_conformance::coverage::{ElsewhereMap, compute_with};
@@ -72,7 +73,27 @@ fn conf_7_every_spec_rule_has_a_case_or_a_verified_in_tree_test() {
     );
     assert!(cov.rules_uncovered.is_empty(), "{:#?}", cov.rules_uncovered);
     assert!(cov.unknown_rules.is_empty(), "{:#?}", cov.unknown_rules);
+    assert!(
+        cov.rules_defined_twice.is_empty(),
+        "each rule is stated once: {:#?}",
+        cov.rules_defined_twice
+    );
     assert!(cov.rules_total >= 128, "{}", cov.rules_total);
+    // Every rule is defined in one of the two trees, none only in the
+    // README (its alias table cites IDs, it defines none).
+    let trees: Vec<&str> = cov.by_tree.keys().map(String::as_str).collect();
+    assert_eq!(trees, ["impl", "protocol"], "{:#?}", cov.by_tree);
+    for (tree, c) in &cov.by_tree {
+        assert_eq!(
+            c.with_cases + c.covered_elsewhere,
+            c.rules_total,
+            "{tree}: {c:?}"
+        );
+        eprintln!(
+            "spec/{tree}: {} rules, {} with cases, {} covered by in-tree tests",
+            c.rules_total, c.with_cases, c.covered_elsewhere
+        );
+    }
     // The map only fills gaps the corpus cannot: a rule that gains a case
     // should leave the map.
     let redundant: Vec<&String> = map

@@ -195,6 +195,7 @@ fn prompts_render_and_tokenize_like_the_sdk() {
 #[test]
 fn reference_forward_matches_transformers() {
     // AVP-ENG-3: logits, final-norm hidden states and post-RoPE KV of a plain forward.
+    // AVP-ENG-21: llama_untied uses the legacy RoPE keys, the others rope_parameters.
     for name in MODELS {
         let f = Fixture::load(name);
         let e = f.engine();
@@ -314,6 +315,8 @@ fn check_think_entry(f: &Fixture, e: &Engine, t: &Value, tol: Bounds) {
     );
 }
 
+/// AVP-ENG-5, AVP-ENG-7, AVP-ENG-9; AVP-ENG-25: the exported message's
+/// metadata, `extra` included, equals the fixture's (sorted) message.
 #[test]
 fn think_matches_the_sdk_kv_and_hidden_state() {
     // AVP-ENG-5, -7, -9: latent loop, KV export as AVPContext.to_bytes(), NaN stop.
@@ -458,6 +461,8 @@ fn sampling_reproduces_the_sdk_with_the_same_seed() {
     }
 }
 
+/// AVP-ENG-20; AVP-ENG-26: generating twice from one context gives the same
+/// ids, so generate left the context unchanged.
 #[test]
 fn roundtrip_through_bytes_equals_the_in_memory_context() {
     // AVP-ENG-20: think → to_bytes → import → generate == generate with the context itself.
@@ -512,6 +517,8 @@ fn a_context_from_another_model_is_refused() {
     ));
 }
 
+/// AVP-ENG-27: prefixes and a KV header declaring more positions than the
+/// payload holds are refused with typed errors before anything is built.
 #[test]
 fn malformed_kv_messages_are_refused_without_panicking() {
     let f = Fixture::load("llama_untied");
@@ -768,7 +775,8 @@ fn load_err(dir: &Path) -> EngineError {
 #[test]
 fn broken_model_directories_give_typed_errors() {
     // AVP-ENG-1, AVP-ENG-2, AVP-ENG-12: unsupported architecture, bad config, missing or
-    // misshapen weights, shards escaping the directory; never a panic.
+    // misshapen weights, shards escaping the directory; never a panic. AVP-ENG-22 (head
+    // counts), AVP-ENG-23 (weight errors), AVP-ENG-24 (an unsupported RoPE type).
     let edit_config = |dir: &Path, f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let p = dir.join("config.json");
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();

@@ -255,6 +255,8 @@ fn avp_hs_2_identity_from_config_golden() {
     });
 }
 
+/// AVP-HS-4 over the hello vectors; AVP-EXT-1: capabilities this side does
+/// not know (`kv`, `n`) are accepted and kept as received.
 #[test]
 fn avp_hs_4_hello_from_dict_to_dict_golden() {
     run("hello.json", "hello_parse", |case| {
@@ -278,6 +280,8 @@ fn avp_hs_4_hello_from_dict_to_dict_golden() {
     });
 }
 
+/// The resolution table over the resolve vectors; AVP-EXT-1: a capability
+/// only one hello carries (`weights_digest`) leaves resolution unchanged.
 #[test]
 fn avp_hs_5_to_10_and_22_resolution_table() {
     const SUFFIXES: [&str; 2] = [".pt", ".avpmap.safetensors"];

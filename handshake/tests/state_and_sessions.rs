@@ -36,6 +36,8 @@ fn hello(agent: &str, hash: &str) -> HelloMessage {
     }
 }
 
+/// AVP-HS-11, AVP-HS-30: the exchange runs through the consuming states to
+/// `Established`.
 #[test]
 fn avp_hs_11_full_exchange_reaches_established() {
     let (sent, bytes) = Start::new(hello("a", "h1")).send_hello().unwrap();

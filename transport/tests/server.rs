@@ -1263,7 +1263,7 @@ async fn http_72_clients_verify_the_server_certificate() {
     std::fs::remove_dir_all(&root).expect("cleanup");
 }
 
-/// HTTPS with mutual TLS (AVP-HTTP-70, AVP-HTTP-71, AVP-HTTP-73, AVP-HTTP-74):
+/// HTTPS with mutual TLS (AVP-HTTP-70, AVP-HTTP-71, AVP-HTTP-73, AVP-HTTP-74, AVP-HTTP-76):
 /// HTTP/1.1 and HTTP/2 (ALPN) both work, the client certificate's identity is stored with each
 /// message, and a client without a certificate is refused at the TLS layer.
 #[tokio::test]

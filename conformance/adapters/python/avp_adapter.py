@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """AVP conformance adapter for the Python SDK (avp==0.6.2).
 
-Speaks the adapter protocol of spec/conformance.md (AVP-CONF-20..): one JSON
+Speaks the adapter protocol of spec/protocol/conformance.md (AVP-CONF-20..): one JSON
 object per line on stdin, exactly one JSON answer per line on stdout, logs on
 stderr. Run by `avp conformance run --adapter '.venv/bin/python <this file>'`.
 
@@ -65,7 +65,7 @@ def strip_checksum(data):
 
 
 def error_kind(exc):
-    """Our error vocabulary (spec/errors.md, AVP-ERR-3) for an SDK exception."""
+    """Our error vocabulary (spec/protocol/errors.md, AVP-ERR-3) for an SDK exception."""
     msg = str(exc)
     if isinstance(exc, errors.InvalidMagicError):
         return "bad_magic"
