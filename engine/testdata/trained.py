@@ -110,7 +110,8 @@ def write_tokenizer(model_dir: Path, tok) -> None:
     cfg = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 256,
            "chat_template": CHATML_TEMPLATE}
-    (model_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+    (model_dir / "tokenizer_config.json").write_text(text)
 
 
 def training_sequences(pairs, hf_tok) -> list[tuple[list[int], int]]:
@@ -212,7 +213,7 @@ def train_model(spec: dict, seqs, tok_len: int, special_ids: dict, out_dir: Path
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     mdir = out_dir / spec["name"]
     mdir.mkdir(parents=True)
