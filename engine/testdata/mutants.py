@@ -86,8 +86,23 @@ def prompt_without_chat_template() -> None:
     gen_models.spec_render = lambda model_dir, prompt: prompt  # its minijinja cross-check
 
 
+def projection_not_rescaled() -> None:
+    """The vocabulary-mediated projection skips its rescaling to the target's mean embedding
+    norm (the existing llama_tied <-> qwen2 pairs and the trained_a -> trained_b pipeline)."""
+    from avp.rosetta import project
+
+    original = project.vocabulary_mediated_projection
+
+    def unscaled(*args, **kwargs):
+        kwargs["target_norm"] = None
+        return original(*args, **kwargs)
+
+    project.vocabulary_mediated_projection = unscaled
+
+
 MUTANTS = {f.__name__: f for f in (rope_theta_1pct, realign_without_normalisation,
-                                   kv_swapped_in_last_layer, prompt_without_chat_template)}
+                                   kv_swapped_in_last_layer, prompt_without_chat_template,
+                                   projection_not_rescaled)}
 
 
 def run_one(name: str, out: Path) -> None:
