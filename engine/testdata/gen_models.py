@@ -2,12 +2,16 @@
 """Tiny random HF models and the Python SDK's outputs on them: the engine's test fixtures.
 
 Usage:  .venv/bin/python engine/testdata/gen_models.py [OUT_DIR]     (default: engine/testdata)
+        .venv/bin/python engine/testdata/gen_models.py --retrain     (rewrites models/trained_*)
 
 Writes OUT_DIR/models/<name>/ (Hugging Face model directories) and OUT_DIR/expected/ (what the
 SDK avp==0.6.2 with transformers 5.23.0 and torch 2.11.0 computes on them, on CPU). README.md
 next to this file describes every file. Everything is seeded, single-threaded and CPU-only so a
 re-run gives byte-identical files (check.sh verifies that; compare_fixtures.py falls back to a
 tolerance comparison and says so if a float differs).
+
+models/trained_* (trained.py, README "Trained models") are committed inputs: a run copies them
+into OUT_DIR unchanged and records the SDK's pipelines on them; only --retrain trains them.
 
 Rule IDs (AVP-ENG-n) refer to spec/engine.md.
 """

@@ -115,11 +115,12 @@ def write_tokenizer(model_dir: Path, tok) -> None:
 
 
 def training_sequences(pairs, hf_tok) -> list[tuple[list[int], int]]:
-    """(ids, first supervised position) for every pair in four formats, each what an AVP
+    """(ids, first supervised position): five sequences per pair in four formats, each what an AVP
     pipeline shows a model (each turn rendered on its own, as the SDK renders each call):
 
     - plain:   [Q] answer                             generate(Q)
-    - handoff: [Q] a[:k] [Now answer.] answer          think(Q, k) then generate(followup, ctx):
+    - handoff: [Q] [Now answer.] answer                think(Q, 0) then generate(followup, ctx)
+               [Q] a[:k] [Now answer.] answer          think(Q, k) then generate(followup, ctx):
                the k latent steps approximated by the first k answer tokens (a tied model's
                latent input is a soft embedding of its predicted next token)
     - chain:   [Q] [Check the plan.] [Improve the plan.] [Now answer.] answer
@@ -140,12 +141,11 @@ def training_sequences(pairs, hf_tok) -> list[tuple[list[int], int]]:
     for n, (q, a) in enumerate(pairs):
         qi = render(q)
         ai = hf_tok(a, add_special_tokens=False)["input_ids"] + [end]
-        k = n % 4
+        k = 1 + n % 3  # 1..3 imitated latent steps
         j = n % 3
-        for prefix in (qi, qi + ai[:k], qi + chain + follow, ai[j:j + 1] + follow):
+        for prefix in (qi, qi + follow, qi + ai[:k] + follow, qi + chain + follow,
+                       ai[j:j + 1] + follow):
             seqs.append((prefix + ai, len(prefix)))
-        # the handoff also with the follow-up right after the question (0 latent steps)
-        seqs.append((qi + follow + ai, len(qi) + len(follow)))
     return seqs
 
 
