@@ -2,12 +2,16 @@
 """Tiny random HF models and the Python SDK's outputs on them: the engine's test fixtures.
 
 Usage:  .venv/bin/python engine/testdata/gen_models.py [OUT_DIR]     (default: engine/testdata)
+        .venv/bin/python engine/testdata/gen_models.py --retrain     (rewrites models/trained_*)
 
 Writes OUT_DIR/models/<name>/ (Hugging Face model directories) and OUT_DIR/expected/ (what the
 SDK avp==0.6.2 with transformers 5.23.0 and torch 2.11.0 computes on them, on CPU). README.md
 next to this file describes every file. Everything is seeded, single-threaded and CPU-only so a
 re-run gives byte-identical files (check.sh verifies that; compare_fixtures.py falls back to a
 tolerance comparison and says so if a float differs).
+
+models/trained_* (trained.py, README "Trained models") are committed inputs: a run copies them
+into OUT_DIR unchanged and records the SDK's pipelines on them; only --retrain trains them.
 
 Rule IDs (AVP-ENG-n) refer to spec/engine.md.
 """
@@ -1215,14 +1219,257 @@ def record_projections(out: Path, conns: dict) -> dict:
     return doc
 
 
+# ---------------------------------------------------------------------------------------------
+# Trained models (issue 16): handoff, cross-model projection, three-agent chain
+# ---------------------------------------------------------------------------------------------
+
+import trained  # noqa: E402  (engine/testdata/trained.py: corpus, training, model specs)
+
+TRAINED_NAMES = [m["name"] for m in trained.TRAINED_MODELS]
+TRAINED_MAX_NEW = 16
+T_STEPS = 2                                  # latent steps per think in the trained cases
+T_PROMPT = "What comes after three?"         # the question the pipelines carry
+T_WRONG = "What does the cow say?"           # another question: the "wrong context"
+T_CHAIN = [T_PROMPT, *trained.CHAIN_TURNS]   # planner, critic, refiner
+T_PLAIN = [T_PROMPT, T_WRONG, "What color is the sky?", "Where is Paris?",
+           "What is the opposite of hot?"]
+T_WRONG_SOURCE = "llama_tied"                # a random model on another tokenizer
+# The trained models' properties (distinct answers, right != wrong, argmax margins) are asserted
+# while recording; mutants.py switches this off so that its planted mistakes reach the
+# comparator instead of stopping the generator.
+ASSERT_TRAINED_PROPERTIES = True
+
+
+def copy_trained_models(here: Path, out: Path) -> None:
+    """The trained weights are committed inputs (README, "Trained models"): bring them along."""
+    for name in TRAINED_NAMES:
+        src = here / "models" / name
+        if not (src / "model.safetensors").is_file():
+            raise SystemExit(f"{src} missing: run `.venv/bin/python engine/testdata/gen_models.py "
+                             "--retrain` (see README.md, \"Trained models\")")
+        if src.resolve() != (out / "models" / name).resolve():
+            shutil.copytree(src, out / "models" / name)
+
+
+def retrain(models_dir: Path) -> None:
+    """Run trained.py in a process whose CPU kernels are pinned (trained.PINNED_ENV)."""
+    import subprocess
+
+    env = dict(os.environ, **trained.PINNED_ENV)
+    tmp = Path(tempfile.mkdtemp(prefix="avp-trained-"))
+    try:
+        subprocess.run([sys.executable, str(Path(trained.__file__)), str(tmp)], env=env,
+                       check=True)
+        for name in TRAINED_NAMES:
+            shutil.rmtree(models_dir / name, ignore_errors=True)
+            shutil.copytree(tmp / name, models_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def t_generate(conn, prompt: str, **kw) -> dict:
+    """The SDK's greedy generate on a trained model, with ids and the smallest argmax margin."""
+    rec = GenerateRecorder(conn.model)
+    try:
+        text = conn.generate(prompt, max_new_tokens=TRAINED_MAX_NEW, do_sample=False,
+                             output_logits=True, **kw)
+    finally:
+        conn.model.generate = rec.orig
+    seq = rec.last["sequences"][0]
+    return {"text": text, "token_ids": seq[rec.last["input_len"]:],
+            "min_top2_margin": round(min(rec.last["margins"]), 6)}
+
+
+def t_message(tdir: Path, fname: str, ctx, config_hash: str) -> dict:
+    """Write an SDK KV_CACHE message (canonical map order) and its engine form; describe both."""
+    wire = canonical_wire(ctx.to_bytes())
+    (tdir / fname).write_bytes(wire)
+    eng = fname.replace(".avp", ".engine.avp")
+    (tdir / eng).write_bytes(engine_form(wire, config_hash))
+    raw, _ = serialize_kv_cache(ctx.past_key_values)
+    return {"wire": fname, "wire_layout": wire_layout(wire), "engine_form": eng,
+            "kv_header": kv_header_dict(raw), "steps_taken_total": ctx.num_steps,
+            "seq_len": ctx.seq_len}
+
+
+def differs(right: dict, **wrong: dict) -> dict:
+    """Record what the wrong inputs give, asserting that each differs from the right one."""
+    for what, r in wrong.items():
+        assert r["token_ids"] != right["token_ids"] or not ASSERT_TRAINED_PROPERTIES, \
+            (what, right, r)
+    return wrong
+
+
+def record_trained(out: Path, conns: dict) -> dict:
+    tdir = out / "expected" / "trained"
+    tdir.mkdir(parents=True)
+    arrays = Arrays()
+    a, b = (load_connector(n) for n in TRAINED_NAMES)
+    hashes = {n: canonical_hash(json.loads(Path(n, "config.json").read_text()))
+              for n in TRAINED_NAMES}
+    doc: dict = {"models": {}, "arrays": "arrays.safetensors", "max_new_tokens": TRAINED_MAX_NEW,
+                 "think_steps": T_STEPS, "prompt": T_PROMPT, "wrong_prompt": T_WRONG,
+                 "followup_prompt": FOLLOWUP, "chain_prompts": T_CHAIN}
+    for name, conn in zip(TRAINED_NAMES, (a, b)):
+        tok = conn.tokenizer
+        spec = next(m for m in trained.TRAINED_MODELS if m["name"] == name)
+        prompts = {}
+        for text in [*T_PLAIN, FOLLOWUP, *trained.CHAIN_TURNS]:
+            rendered = _render_prompt(tok, [{"role": "user", "content": text}])
+            ids = _tokenize_prompt(tok, rendered, "cpu")[0][0].tolist()
+            assert spec_render(Path(name), text) == rendered
+            assert Tokenizer.from_file(f"{name}/tokenizer.json").encode(
+                rendered, add_special_tokens=False).ids == ids
+            prompts[text] = {"rendered": rendered, "input_ids": ids}
+        doc["models"][name] = {
+            "model_dir": f"models/{name}", "architecture": spec["arch"],
+            "tied_embeddings": spec["tied"], "needs_realignment": conn.needs_realignment(),
+            "hidden_dim": conn.hidden_dim, "num_layers": conn.num_layers,
+            "num_kv_heads": spec["kv_heads"], "head_dim": spec["hidden"] // spec["heads"],
+            "vocab_size": int(conn.model.config.vocab_size), "tokenizer_len": len(tok),
+            "model_family": conn.get_model_identity().model_family,
+            "sdk_model_hash": conn._model_hash, "config_json_hash": hashes[name],
+            "tokenizer_hash": compute_tokenizer_hash(tok),
+            "eos_token_id": conn.model.generation_config.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "target_norm": float(compute_target_norm(conn.model, device="cpu")),
+            "prompts": prompts,
+            # Plain greedy answers: the models learned the corpus, so they depend on the prompt.
+            "generate": [{"prompt": p, **t_generate(conn, p)} for p in T_PLAIN],
+        }
+        texts = [g["text"] for g in doc["models"][name]["generate"]]
+        assert len(set(texts)) == len(texts) or not ASSERT_TRAINED_PROPERTIES, (name, texts)
+    # One vocabulary: the pair projects vocab-mediated (AVP-ENG-13).
+    assert len({m["tokenizer_hash"] for m in doc["models"].values()}) == 1
+
+    # -- a. same-model handoff: think on trained_a, wire, generate on trained_a ---------------
+    handoff = []
+    for steps in (0, T_STEPS):
+        ctx = a.think(T_PROMPT, steps=steps)
+        m = t_message(tdir, f"handoff_a_s{steps}.avp", ctx, hashes["trained_a"])
+        wire_ctx = AVPContext.from_bytes((tdir / m["wire"]).read_bytes())
+        right = t_generate(a, FOLLOWUP, context=wire_ctx)
+        assert right == t_generate(a, FOLLOWUP, context=ctx)  # in memory = through the wire
+        wrong = a.think(T_WRONG, steps=steps)
+        handoff.append({"think_prompt": T_PROMPT, "steps": steps, "context": m,
+                        "generate_prompt": FOLLOWUP, "generate": right,
+                        "distinguishes": differs(
+                            right, no_context=t_generate(a, FOLLOWUP),
+                            wrong_context=t_generate(a, FOLLOWUP, context=wrong))})
+    doc["handoff"] = handoff
+
+    # -- b. cross-model: trained_a thinks, trained_b continues from the projected vector -----
+    amap = calibrate(a.model, b.model, a.tokenizer, b.tokenizer, device="cpu", auto_save=False)
+    assert amap.method.value == "vocab_mediated", amap.method
+    wrong_src = conns[T_WRONG_SOURCE]
+    cross = {"source": "trained_a", "target": "trained_b", "method": amap.method.value,
+             "target_norm": float(amap.target_norm),
+             "avp_map_id": f"{hashes['trained_a'][:16]}_{hashes['trained_b'][:16]}",
+             "sdk_avp_map_id": f"{a._model_hash[:16]}_{b._model_hash[:16]}",
+             "w_map_rows": int(amap.w_map.shape[0]), "cases": []}
+    e_a_in, e_a_out = embeddings64(a.model)
+    e_b_in, _ = embeddings64(b.model)
+    for steps in (0, T_STEPS):
+        ctx = a.think(T_PROMPT, steps=steps)
+        projected = a.project_hidden_for_cross_model(ctx.last_hidden_state, amap).reshape(-1)
+        ours, method, _, _ = spec_project(ctx.last_hidden_state[0].double().numpy(), e_a_out,
+                                          e_b_in, spec_vocab(Path("trained_a")),
+                                          spec_vocab(Path("trained_b")))
+        assert method == "vocab_mediated" and rel_err(ours, projected.numpy()) <= SPEC_TOL
+        right = t_generate(b, FOLLOWUP, context=ctx, source=a, cross_model=True)
+        msg_name = f"project_a_to_b_s{steps}.avp"
+        msg = project_message("trained_a", "trained_b", b, ctx.num_steps,
+                              projected.float().numpy())
+        (tdir / msg_name).write_bytes(msg)
+        # What a receiver does with the message: the decoded vector alone, at position 0, primes
+        # the target's cache; then the follow-up continues. Same ids as the SDK's own path.
+        from avp.codec import decode
+        vec = torch.from_numpy(np.frombuffer(decode(msg).payload, dtype="<f4").copy())
+        with torch.no_grad():
+            primed = b.model(inputs_embeds=vec.reshape(1, 1, -1), use_cache=True,
+                             attention_mask=torch.ones((1, 1), dtype=torch.long))
+        primed_ctx = AVPContext(past_key_values=primed.past_key_values, model_hash=b._model_hash,
+                                num_steps=ctx.num_steps, seq_len=1,
+                                model_family=ctx.model_family, hidden_dim=b.hidden_dim,
+                                num_layers=b.num_layers)
+        assert t_generate(b, FOLLOWUP, context=primed_ctx) == right
+        wrong_ctx = a.think(T_WRONG, steps=steps)
+        other = wrong_src.think(T_PROMPT, steps=steps)
+        cross["cases"].append({
+            "think_prompt": T_PROMPT, "steps": steps, "source_seq_len": ctx.seq_len,
+            "hidden_state_message": msg_name,
+            "source_last_hidden": arrays.add(f"cross.s{steps}.source_hidden",
+                                             ctx.last_hidden_state[0]),
+            "projected": arrays.add(f"cross.s{steps}.projected", projected.float()),
+            "generate_prompt": FOLLOWUP, "generate": right,
+            "distinguishes": differs(
+                right, no_context=t_generate(b, FOLLOWUP),
+                wrong_context=t_generate(b, FOLLOWUP, context=wrong_ctx, source=a,
+                                         cross_model=True),
+                wrong_source=t_generate(b, FOLLOWUP, context=other, source=wrong_src,
+                                        cross_model=True)),
+        })
+    doc["cross_model"] = cross
+
+    # -- c. three-agent chain on trained_a: planner -> critic -> refiner -> generate ----------
+    def run_chain(first: str, via_wire: bool):
+        ctx, steps_out = None, []
+        for i, p in enumerate([first, *T_CHAIN[1:]]):
+            ctx = a.think(p, steps=T_STEPS, context=ctx)
+            if via_wire:
+                fname = f"chain_a_{i + 1}_{['planner', 'critic', 'refiner'][i]}.avp"
+                steps_out.append({"role": ["planner", "critic", "refiner"][i], "prompt": p,
+                                  **t_message(tdir, fname, ctx, hashes["trained_a"]),
+                                  "last_hidden_state": arrays.add(f"chain.{i + 1}.last_hidden",
+                                                                  ctx.last_hidden_state[0])})
+                # `avp think --context prev.avp`: the next agent continues the decoded message.
+                ctx = AVPContext.from_bytes((tdir / fname).read_bytes())
+        return ctx, steps_out
+
+    ctx_mem, _ = run_chain(T_PROMPT, via_wire=False)
+    ctx_wire, chain_steps = run_chain(T_PROMPT, via_wire=True)
+    right = t_generate(a, FOLLOWUP, context=ctx_wire)
+    assert right == t_generate(a, FOLLOWUP, context=ctx_mem)
+    prompt_lens = [len(doc["models"]["trained_a"]["prompts"][p]["input_ids"]) for p in T_CHAIN]
+    assert [s["seq_len"] for s in chain_steps] == [
+        sum(prompt_lens[:i + 1]) + T_STEPS * (i + 1) for i in range(3)]
+    wrong_chain, _ = run_chain(T_WRONG, via_wire=False)
+    refiner_only = a.think(T_CHAIN[2], steps=T_STEPS)
+    doc["chain"] = {"model": "trained_a", "steps_per_agent": T_STEPS, "agents": chain_steps,
+                    "generate_prompt": FOLLOWUP, "generate": right,
+                    "distinguishes": differs(
+                        right, no_context=t_generate(a, FOLLOWUP),
+                        wrong_planner=t_generate(a, FOLLOWUP, context=wrong_chain),
+                        refiner_only=t_generate(a, FOLLOWUP, context=refiner_only))}
+    # Margins: no argmax may be close enough to flip between CPUs (README, "Tolerances").
+    gens = [g for m in doc["models"].values() for g in m["generate"]]
+    gens += [c["generate"] for c in handoff + cross["cases"]] + [right]
+    smallest = min(g["min_top2_margin"] for g in gens)
+    assert smallest >= 1e-3 or not ASSERT_TRAINED_PROPERTIES, gens
+    arrays.save(tdir / "arrays.safetensors")
+    write_json(tdir / "trained.json", doc)
+    return doc
+
+
 def main() -> None:
     here = Path(__file__).resolve().parent
-    out = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else here
-    for sub in ("models", "expected"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    out = Path(args[0]).resolve() if args else here
+    if "--retrain" in sys.argv[1:]:
+        # Only the committed inputs change; run without --retrain afterwards to record.
+        (here / "models").mkdir(exist_ok=True)
+        retrain(here / "models")
+        return
+    # models/trained_* are committed inputs, not regenerated (README, "Trained models").
+    if (out / "expected").exists():
+        shutil.rmtree(out / "expected")
+    if (out / "models").exists():
+        for d in (out / "models").iterdir():
+            if d.name not in TRAINED_NAMES or out != here:
+                shutil.rmtree(d)
     out.mkdir(parents=True, exist_ok=True)
     build_info = build_models(out)
+    copy_trained_models(here, out)
     os.chdir(out / "models")  # load by relative name (see load_connector)
     (out / "expected").mkdir()
     conns = {}
@@ -1230,6 +1477,8 @@ def main() -> None:
         conns[spec["name"]] = record_model(out, spec["name"], build_info)
         print(f"recorded {spec['name']}", file=sys.stderr)
     record_projections(out, conns)
+    record_trained(out, conns)
+    print("recorded trained models", file=sys.stderr)
     index = {
         "generator": "engine/testdata/gen_models.py",
         "versions": VERSIONS,
@@ -1237,6 +1486,8 @@ def main() -> None:
                     "expected": f"expected/{m['name']}/expected.json", "covers": m["covers"]}
                    for m in MODELS],
         "projections": "expected/projections/projections.json",
+        "trained_models": [{"name": n, "dir": f"models/{n}"} for n in TRAINED_NAMES],
+        "trained": "expected/trained/trained.json",
         "prompts": PROMPTS,
         "followup_prompt": FOLLOWUP,
         "think_steps": THINK_STEPS,

@@ -8,8 +8,9 @@ Each mutant runs gen_models.py's main() in a fresh process with one monkeypatch 
 into a temp dir, and compares it with the committed fixtures. The generator's own cross-checks
 against its numpy re-implementation of the spec (`rel_err`-based asserts) are switched off, so the
 mistake reaches the comparator instead of being stopped earlier: what is tested is the
-comparator's tolerance. Exit 0 only if every mutant is rejected. engine/testdata/README.md
-("Tolerances") lists what each mutant changes and by how much.
+comparator's tolerance. So are the trained models' property checks (right context != wrong
+context, ...), which a planted mistake may legitimately break. Exit 0 only if every mutant is
+rejected. engine/testdata/README.md ("Tolerances") lists what each mutant changes and by how much.
 """
 
 from __future__ import annotations
@@ -85,8 +86,23 @@ def prompt_without_chat_template() -> None:
     gen_models.spec_render = lambda model_dir, prompt: prompt  # its minijinja cross-check
 
 
+def projection_not_rescaled() -> None:
+    """The vocabulary-mediated projection skips its rescaling to the target's mean embedding
+    norm (the existing llama_tied <-> qwen2 pairs and the trained_a -> trained_b pipeline)."""
+    from avp.rosetta import project
+
+    original = project.vocabulary_mediated_projection
+
+    def unscaled(*args, **kwargs):
+        kwargs["target_norm"] = None
+        return original(*args, **kwargs)
+
+    project.vocabulary_mediated_projection = unscaled
+
+
 MUTANTS = {f.__name__: f for f in (rope_theta_1pct, realign_without_normalisation,
-                                   kv_swapped_in_last_layer, prompt_without_chat_template)}
+                                   kv_swapped_in_last_layer, prompt_without_chat_template,
+                                   projection_not_rescaled)}
 
 
 def run_one(name: str, out: Path) -> None:
@@ -96,6 +112,7 @@ def run_one(name: str, out: Path) -> None:
     import gen_models
 
     gen_models.rel_err = lambda ours, ref: 0.0  # let the mistake through to the comparator
+    gen_models.ASSERT_TRAINED_PROPERTIES = False  # a mistake may well make wrong == right
     MUTANTS[name]()
     gen_models.main()
 
