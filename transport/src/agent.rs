@@ -10,14 +10,15 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_response};
-use crate::budget::{Budget, Held, PeerKey, Starved};
-use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
-use crate::server::{Endpoint, Peer, ServerConfig, too_large};
-use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{
-    HEADER_LEN, WireError, check_complete_signed, peek_header, peek_routing, status_for,
+use crate::body::{LimitedReader, ResponseBody, error_response, json_response};
+use crate::budget::{Budget, Held, PeerKey};
+use crate::endpoint::{
+    Endpoint, Handler, HandlerFuture, Peer, ServerConfig, read_bytes, read_error_draining,
+    too_large, wire_error,
 };
+use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
+use crate::store::{ContextStore, StoredContext, new_id};
+use crate::wire::{HEADER_LEN, check_complete, peek_header, peek_routing};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -155,7 +156,7 @@ impl Agent {
         &self.store
     }
 
-    pub(crate) async fn handle(
+    async fn answer(
         &self,
         endpoint: Endpoint,
         request: Request<Incoming>,
@@ -197,7 +198,6 @@ impl Agent {
                 Ok(bytes) => self.text(bytes, started, peer).await,
                 Err(response) => *response,
             },
-            Endpoint::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
         }
     }
 
@@ -281,7 +281,7 @@ impl Agent {
         let checked = {
             let bytes = bytes.clone();
             let key = self.mac_key.clone();
-            tokio::task::spawn_blocking(move || check_complete_signed(&bytes, key.as_deref())).await
+            tokio::task::spawn_blocking(move || check_complete(&bytes, key.as_deref())).await
         };
         let warnings = match checked {
             Ok(Ok(warnings)) => warnings,
@@ -412,21 +412,15 @@ impl Agent {
     }
 }
 
-/// Reads a whole body bounded by `limit`, taking budget for it when given.
-pub(crate) async fn read_bytes(
-    body: Incoming,
-    limit: u64,
-    config: &ServerConfig,
-    held: Option<Held>,
-) -> Result<bytes::Bytes, Box<Response<ResponseBody>>> {
-    let mut reader = LimitedReader::new(body, limit, config.pace(Instant::now().into()));
-    if let Some(held) = held {
-        reader = reader.with_budget(held);
-    }
-    let mut buf = BytesMut::new();
-    match reader.read_to_end(&mut buf).await {
-        Ok(()) => Ok(buf.freeze()),
-        Err(err) => Err(Box::new(read_error_draining(reader, err, limit))),
+impl Handler for Agent {
+    fn handle<'a>(
+        &'a self,
+        endpoint: Endpoint,
+        request: Request<Incoming>,
+        config: &'a ServerConfig,
+        peer: &'a Peer,
+    ) -> HandlerFuture<'a> {
+        Box::pin(self.answer(endpoint, request, config, peer))
     }
 }
 
@@ -439,66 +433,10 @@ fn json_bytes_response(body: Vec<u8>) -> Response<ResponseBody> {
     response
 }
 
-/// [`read_error`], and a 413 keeps reading the rest (bounded) so the client
-/// sees the answer instead of a reset.
-pub(crate) fn read_error_draining(
-    reader: LimitedReader,
-    err: ReadError,
-    limit: u64,
-) -> Response<ResponseBody> {
-    if matches!(err, ReadError::TooLarge) {
-        reader.drain_later();
-    }
-    read_error(err, limit)
-}
-
-pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
-    match err {
-        ReadError::TooLarge => too_large(limit),
-        ReadError::Idle => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the request body stalled",
-        ),
-        ReadError::TooSlow => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the request body arrived slower than the server's minimum rate",
-        ),
-        ReadError::Starved(Starved::PeerShare) => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "this peer's other requests held its whole share of the memory budget until the deadline",
-        ),
-        ReadError::Starved(Starved::Budget) => {
-            let mut response = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                "the server's memory budget stayed full until the request's deadline",
-            );
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            response
-        }
-        ReadError::Broken(why) => error_response(
-            StatusCode::BAD_REQUEST,
-            "truncated",
-            &format!("the request body broke off: {why}"),
-        ),
-    }
-}
-
 /// A quarter of the budget, but at least 1 GiB (the default body limit) when
 /// the budget has it, so one peer's default-sized message always fits.
 fn default_share(total: u64) -> u64 {
     (total / 4).max(GIB.min(total))
-}
-
-/// A codec error as an answer: its kind and message, 400 or 413 (AVP-HTTP-14).
-pub(crate) fn wire_error(err: &WireError) -> Response<ResponseBody> {
-    error_response(status_for(err), err.kind().as_str(), err.message())
 }
 
 fn internal(why: &str) -> Response<ResponseBody> {

@@ -167,7 +167,7 @@ impl LimitedReader {
     /// Answered early (413): keep reading and dropping the rest, bounded, so
     /// the client reads the answer rather than a reset.
     pub(crate) fn drain_later(self) {
-        crate::server::drain_later(self.body);
+        drain_later(self.body);
     }
 
     /// Gives back the unread part of the body, the bytes already counted and
@@ -175,6 +175,30 @@ impl LimitedReader {
     pub(crate) fn into_parts(self) -> (Incoming, u64, Pace) {
         (self.body, self.received, self.pace)
     }
+}
+
+/// How long and how much an answered-early peer is read from before closing.
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
+pub(crate) const LINGER_BYTES: u64 = 64 << 20;
+
+/// Keeps reading (and dropping) a request body the server already answered,
+/// bounded in bytes and time, so a client still uploading reads the early
+/// answer instead of a reset (AVP-HTTP-12; the `Broken pipe` of issue 13).
+pub(crate) fn drain_later(mut body: Incoming) {
+    tokio::spawn(async move {
+        let drained = async {
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    seen = seen.saturating_add(data.len() as u64);
+                    if seen > LINGER_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drained).await;
+    });
 }
 
 /// What happened to a [`PrefixedBody`] while the router forwarded it.

@@ -16,13 +16,15 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::agent::{read_bytes, read_error_draining, wire_error};
 use crate::body::{
     BodySignals, LimitedReader, OutgoingBody, PrefixedBody, ResponseBody, error_response,
 };
 use crate::client::{HttpClient, exchange, http_client};
+use crate::endpoint::{
+    Endpoint, Handler, HandlerFuture, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig,
+    read_bytes, read_error_draining, too_large, wire_error,
+};
 use crate::error::TransportError;
-use crate::server::{Endpoint, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, ServerConfig, too_large};
 use crate::wire::{HEADER_LEN, MAX_METADATA, peek_header, peek_routing};
 
 /// Largest metadata block the router reads before choosing a route.
@@ -74,22 +76,6 @@ impl Router {
     pub fn with_upstream_timeout(mut self, timeout: Duration) -> Self {
         self.upstream_timeout = timeout;
         self
-    }
-
-    pub(crate) async fn handle(
-        &self,
-        endpoint: Endpoint,
-        request: Request<Incoming>,
-        config: &ServerConfig,
-    ) -> Response<ResponseBody> {
-        match endpoint {
-            Endpoint::Transmit => self.transmit(request, config).await,
-            Endpoint::Text => self.text(request, config).await,
-            Endpoint::Handshake => self.handshake(request, config).await,
-            Endpoint::Health => {
-                error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-            }
-        }
     }
 
     async fn transmit(
@@ -260,6 +246,24 @@ impl Router {
             .body(body)
             .map_err(|_| TransportError::InvalidUrl(base.to_owned()))?;
         exchange(&self.client, request).await
+    }
+}
+
+impl Handler for Router {
+    fn handle<'a>(
+        &'a self,
+        endpoint: Endpoint,
+        request: Request<Incoming>,
+        config: &'a ServerConfig,
+        _peer: &'a Peer,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Transmit => self.transmit(request, config).await,
+                Endpoint::Text => self.text(request, config).await,
+                Endpoint::Handshake => self.handshake(request, config).await,
+            }
+        })
     }
 }
 

@@ -52,19 +52,11 @@ pub fn peek_routing(bytes: &[u8]) -> Result<RoutingInfo, WireError> {
 }
 
 /// The codec's full compatible-mode decode of a complete message (checksum,
-/// enums, decompression within limits, AVP-HTTP-31); the warning codes it
-/// reported. The bytes are not kept: the caller stores them as received.
-pub fn check_complete(bytes: &[u8]) -> Result<Vec<&'static str>, WireError> {
-    check_complete_signed(bytes, None)
-}
-
-/// [`check_complete`], after verifying the keyed MAC when `key` is set
-/// (AVP-MAC-5/7): a missing or wrong tag is `bad_mac`, found before any
-/// decompression or checksum work.
-pub fn check_complete_signed(
-    bytes: &[u8],
-    key: Option<&MacKey>,
-) -> Result<Vec<&'static str>, WireError> {
+/// enums, decompression within limits, AVP-HTTP-31), after verifying the
+/// keyed MAC when `key` is set (AVP-MAC-5/7: a missing or wrong tag is
+/// `bad_mac`, found before any decompression or checksum work); the warning
+/// codes it reported. The bytes are not kept: the caller stores them as received.
+pub fn check_complete(bytes: &[u8], key: Option<&MacKey>) -> Result<Vec<&'static str>, WireError> {
     if let Some(key) = key {
         avp_codec::mac::verify(bytes, key, &options().limits)?;
     }
