@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use avp_handshake::ModelIdentity;
+use avp_json::{self as py_json, Object};
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
 
 use crate::body::{LimitedReader, ResponseBody, error_response, json_response};
 use crate::budget::{Budget, Held, PeerKey};
@@ -305,17 +305,23 @@ impl Agent {
         };
         json_response(
             StatusCode::OK,
-            &json!({
-                "success": true,
-                "request_id": stored.id,
-                "agent_id": self.agent_id,
-                "session_id": stored.session_id,
-                "source_agent_id": stored.source_agent_id,
-                "target_agent_id": stored.target_agent_id,
-                "bytes": stored.len,
-                "warnings": warnings,
-                "session": session,
-            }),
+            &Object::new()
+                .with("success", true)
+                .with("request_id", stored.id)
+                .with("agent_id", self.agent_id.as_str())
+                .with("session_id", stored.session_id)
+                .with("source_agent_id", stored.source_agent_id)
+                .with("target_agent_id", stored.target_agent_id)
+                .with("bytes", stored.len)
+                .with(
+                    "warnings",
+                    warnings
+                        .into_iter()
+                        .map(py_json::Value::from)
+                        .collect::<Vec<_>>(),
+                )
+                .with("session", session)
+                .into(),
         )
     }
 
@@ -328,10 +334,12 @@ impl Agent {
         started: Instant,
         peer: &Peer,
     ) -> Response<ResponseBody> {
-        // Plain JSON first, so "not JSON at all" keeps its own kind.
-        if let Err(err) = serde_json::from_slice::<Value>(&bytes) {
-            // serde_json stops at 128 levels; deeper is AVP-LIM-7 below.
-            if !err.to_string().contains("recursion limit") {
+        // Plain JSON first, so "not JSON at all" keeps its own kind. Python's
+        // grammar, not strict JSON: the SDK's json.dumps writes NaN and
+        // Infinity, and json.loads reads 1e400 (issue 15).
+        if let Err(err) = py_json::parse(&bytes) {
+            // Too deep is AVP-LIM-7's limit_exceeded, found below.
+            if err.kind != py_json::JsonErrorKind::TooDeep {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "invalid_json",
@@ -369,7 +377,11 @@ impl Agent {
         match self.put(context, bytes, "text", started).await {
             Ok(stored) => json_response(
                 StatusCode::OK,
-                &json!({"success": true, "request_id": stored.id, "agent_id": self.agent_id}),
+                &Object::new()
+                    .with("success", true)
+                    .with("request_id", stored.id)
+                    .with("agent_id", self.agent_id.as_str())
+                    .into(),
             ),
             Err(response) => *response,
         }

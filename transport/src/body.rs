@@ -20,6 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use avp_json::{Object, Value, WriteOptions};
+
 use crate::budget::{Held, Starved};
 
 /// The body type of every response the server writes.
@@ -380,12 +382,18 @@ impl Body for FileBody {
     }
 }
 
+/// `value` as an answer body: Python's JSON (the SDK reads it with
+/// `json.loads`), keys sorted and compact as the server always wrote them.
+pub(crate) fn json_bytes(value: &Value) -> Vec<u8> {
+    // Only a value nested past avp-json's depth limit fails; ours are flat.
+    avp_json::to_string(value, WriteOptions::CANONICAL)
+        .unwrap_or_else(|_| "{}".to_owned())
+        .into_bytes()
+}
+
 /// A JSON response with the given status.
-pub(crate) fn json_response(
-    status: StatusCode,
-    value: &serde_json::Value,
-) -> Response<ResponseBody> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    let body = json_bytes(value);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -397,12 +405,15 @@ pub(crate) fn json_response(
 
 /// The error envelope (AVP-HTTP-20): the SDK's `{"success": false, "message"}`
 /// plus a machine-readable `error.kind`.
-pub(crate) fn error_json(kind: &str, message: &str) -> serde_json::Value {
-    serde_json::json!({
-        "success": false,
-        "message": message,
-        "error": {"kind": kind, "message": message},
-    })
+pub(crate) fn error_json(kind: &str, message: &str) -> Value {
+    Object::new()
+        .with("success", false)
+        .with("message", message)
+        .with(
+            "error",
+            Object::new().with("kind", kind).with("message", message),
+        )
+        .into()
 }
 
 /// An error answer with the envelope of [`error_json`].

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use avp_json as py_json;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::body::{
@@ -167,12 +167,26 @@ impl Router {
             Ok(bytes) => bytes,
             Err(response) => return *response,
         };
-        let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
-            return error_response(StatusCode::BAD_REQUEST, "invalid_json", "body is not JSON");
+        // Python's JSON grammar, as the agent reads it: NaN, Infinity and
+        // 1e400 from the SDK pass through (issue 15).
+        let value = match py_json::parse(&bytes) {
+            Ok(value) => value,
+            // The agent would refuse it too (AVP-LIM-7), with this kind.
+            Err(err) if err.kind == py_json::JsonErrorKind::TooDeep => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "limit_exceeded",
+                    &format!("body is nested deeper than {} levels", py_json::MAX_DEPTH),
+                );
+            }
+            Err(_) => {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_json", "body is not JSON");
+            }
         };
         let target = value
-            .get("target_agent_id")
-            .and_then(Value::as_str)
+            .as_object()
+            .and_then(|members| members.get("target_agent_id"))
+            .and_then(py_json::Value::as_str)
             .unwrap_or("")
             .to_owned();
         let Some(base) = self.routes.get(&target) else {

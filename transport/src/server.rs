@@ -30,7 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::body::{
-    LINGER_BYTES, LINGER_TIME, ResponseBody, drain_later, error_json, error_response, json_response,
+    LINGER_BYTES, LINGER_TIME, ResponseBody, drain_later, error_json, error_response, json_bytes,
+    json_response,
 };
 use crate::endpoint::{
     AVP_VERSION_HEADER, CONTENT_TYPE_AVP, Endpoint, Handler, PATH_HANDSHAKE, PATH_HEALTH,
@@ -214,11 +215,10 @@ async fn read_first_head(
 /// still sending, so closing does not reset the connection before the
 /// client has read the answer.
 async fn refuse_head(mut io: Box<dyn Io>, limit: usize) {
-    let body = serde_json::to_vec(&error_json(
+    let body = json_bytes(&error_json(
         "header_too_large",
         &format!("the request head exceeds {limit} bytes"),
-    ))
-    .unwrap_or_default();
+    ));
     let head = format!(
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -356,7 +356,8 @@ async fn handle(
     }
     // Health stays open for liveness probes, whatever the role (AVP-HTTP-13).
     let Route::Avp(endpoint) = route else {
-        return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+        let ok = avp_json::Object::new().with("status", "ok");
+        return json_response(StatusCode::OK, &ok.into());
     };
     if let Err(response) = check_request(request.headers(), endpoint, &shared.config) {
         drain_later(request.into_body());

@@ -353,3 +353,44 @@ async fn http_75_a_router_speaks_tls_on_both_sides() {
     bob.shutdown().await;
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// What Python's `json.dumps` writes (`NaN`, `Infinity`, `-Infinity`) and
+/// `json.loads` reads (`1e400`) is JSON to the agent and to the router: the
+/// SDK's text messages are accepted and stored as sent (issue 15; the SDK's
+/// own client drives the same through `avp route` in
+/// cli/tests/transport_nonfinite.rs).
+#[tokio::test]
+async fn http_33_text_with_python_nonfinite_numbers_is_accepted_and_routed() {
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
+    let bob = run(ServerConfig::default(), Arc::new(agent)).await;
+    let routes = HashMap::from([("bob".to_owned(), bob.url.clone())]);
+    let router = run(ServerConfig::default(), Arc::new(Router::new(routes))).await;
+    for url in [&bob.url, &router.url] {
+        for number in ["NaN", "Infinity", "-Infinity", "1e400"] {
+            let body = format!(
+                r#"{{"avp_version": "0.6.2", "session_id": "s", "source_agent_id": "a", "target_agent_id": "bob", "content": "hi", "extra": {{"score": {number}}}}}"#
+            );
+            let answer = client(url)
+                .send_text_bytes(Bytes::from(body.clone()))
+                .await
+                .unwrap_or_else(|err| panic!("{number} via {url}: {err}"));
+            let (_, stored) = store
+                .get(answer["request_id"].as_str().expect("id"))
+                .expect("read")
+                .expect("stored");
+            assert_eq!(stored, body.as_bytes(), "{number} stored as sent");
+        }
+        // Still not JSON in any dialect: 400 invalid_json from either.
+        assert_eq!(
+            status_of(
+                client(url)
+                    .send_text_bytes(Bytes::from_static(br#"{"target_agent_id": nan}"#))
+                    .await
+            ),
+            (400, "invalid_json".into())
+        );
+    }
+    router.shutdown().await;
+    bob.shutdown().await;
+}
