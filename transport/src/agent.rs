@@ -18,7 +18,7 @@ use crate::endpoint::{
 };
 use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{HEADER_LEN, check_complete, peek_header, peek_routing};
+use crate::wire::{HEADER_LEN, Status, check_complete, header_status, routing_status};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -215,13 +215,11 @@ impl Agent {
         let mut reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
             .with_budget(held);
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        if let Err(err) = reader.fill_to(&mut buf, HEADER_LEN).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        let header = match peek_header(&buf) {
-            Ok(Some(header)) => header,
-            Ok(None) => return truncated(buf.len() as u64, HEADER_LEN as u64),
-            Err(err) => return wire_error(&err),
+        let header = match reader.read_until(&mut buf, header_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => return truncated(buf.len() as u64, HEADER_LEN as u64),
+            Ok(Ok(Status::Complete(header))) => header,
         };
         let total = header.message_len();
         // A message larger than one peer may ever hold could never complete.
@@ -232,16 +230,11 @@ impl Agent {
         }
         // Nothing is reserved from the declared size: the reader takes budget
         // for bytes as they arrive and the buffer grows with them.
-        let meta_end = header.metadata_end();
-        if let Err(err) = reader.fill_to(&mut buf, meta_end).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        if buf.len() < meta_end {
-            return truncated(buf.len() as u64, total);
-        }
-        let routing = match peek_routing(&buf) {
-            Ok(routing) => routing,
-            Err(err) => return wire_error(&err),
+        let routing = match reader.read_until(&mut buf, routing_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => return truncated(buf.len() as u64, total),
+            Ok(Ok(Status::Complete(routing))) => routing,
         };
         let session = match self
             .handshake

@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use avp_codec::Status;
 use avp_json::{Object, Value, WriteOptions};
 
 use crate::budget::{Held, Starved};
@@ -143,12 +144,30 @@ impl LimitedReader {
         }
     }
 
-    /// Appends chunks to `buf` until it holds at least `want` bytes or the body ends.
-    pub(crate) async fn fill_to(
+    /// Reads until `parse` over `buf` is complete or fails: each
+    /// `NeedMore(n)` the codec answers reads at least `n` more bytes, so the
+    /// codec, not the caller, knows how much a header or metadata takes. A
+    /// body that ends first gives back the last `NeedMore` (truncated).
+    pub(crate) async fn read_until<T, E>(
         &mut self,
         buf: &mut BytesMut,
-        want: usize,
-    ) -> Result<(), ReadError> {
+        mut parse: impl FnMut(&[u8]) -> Result<Status<T>, E>,
+    ) -> Result<Result<Status<T>, E>, ReadError> {
+        loop {
+            let need = match parse(buf) {
+                Ok(Status::NeedMore(n)) => n,
+                done => return Ok(done),
+            };
+            let want = buf.len().saturating_add(need.max(1));
+            self.fill_to(buf, want).await?;
+            if buf.len() < want {
+                return Ok(Ok(Status::NeedMore(want - buf.len())));
+            }
+        }
+    }
+
+    /// Appends chunks to `buf` until it holds at least `want` bytes or the body ends.
+    async fn fill_to(&mut self, buf: &mut BytesMut, want: usize) -> Result<(), ReadError> {
         while buf.len() < want {
             match self.next_chunk().await? {
                 Some(chunk) => buf.extend_from_slice(&chunk),

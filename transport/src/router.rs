@@ -25,7 +25,7 @@ use crate::endpoint::{
     read_bytes, read_error_draining, too_large, wire_error,
 };
 use crate::error::TransportError;
-use crate::wire::{HEADER_LEN, MAX_METADATA, peek_header, peek_routing};
+use crate::wire::{MAX_METADATA, Status, header_status, routing_status};
 
 /// Largest metadata block the router reads before choosing a route.
 pub const MAX_ROUTED_METADATA: u32 = MAX_METADATA;
@@ -86,39 +86,36 @@ impl Router {
         let (parts, body) = request.into_parts();
         let mut reader = LimitedReader::new(body, config.max_body, config.pace(Instant::now()));
         let mut prefix = BytesMut::new();
-        if let Err(err) = reader.fill_to(&mut prefix, HEADER_LEN).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        let header = match peek_header(&prefix) {
-            Ok(Some(header)) => header,
-            Ok(None) => {
+        let header = match reader.read_until(&mut prefix, header_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            // Includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "truncated",
                     "body shorter than the 12-byte header",
                 );
             }
-            // Includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
-            Err(err) => return wire_error(&err),
+            Ok(Ok(Status::Complete(header))) => header,
         };
         if header.message_len() > config.max_body {
             reader.drain_later();
             return too_large(config.max_body);
         }
-        let meta_end = header.metadata_end();
-        if let Err(err) = reader.fill_to(&mut prefix, meta_end).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        if prefix.len() < meta_end {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "truncated",
-                "body ends inside the metadata",
-            );
-        }
-        let routing = match peek_routing(&prefix) {
-            Ok(routing) => routing,
-            Err(err) => return wire_error(&err),
+        // The prefix the codec needs is the header and metadata; the tensor
+        // bytes stream on without being held (AVP-HTTP-51).
+        let routing = match reader.read_until(&mut prefix, routing_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "truncated",
+                    "body ends inside the metadata",
+                );
+            }
+            Ok(Ok(Status::Complete(routing))) => routing,
         };
         let Some(base) = self.routes.get(&routing.target_agent_id) else {
             return unknown_target(&routing.target_agent_id);

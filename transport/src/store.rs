@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use avp_json::{Object, Value, WriteOptions};
 use bytes::Bytes;
 
+use crate::wire::{Status, routing_status};
+
 /// File extension of stored AVP messages.
 const EXTENSION: &str = "avp";
 /// File extension of stored JSON fallback messages.
@@ -392,19 +394,24 @@ fn describe_from_message(path: &Path, context: &mut StoredContext) -> io::Result
         context.target_agent_id = field("target_agent_id");
         return Ok(());
     }
-    let mut head = vec![0u8; crate::wire::HEADER_LEN];
-    io::Read::read_exact(&mut file, &mut head)?;
-    let header = crate::wire::peek_header(&head)
-        .map_err(|err| io::Error::other(err.message().to_owned()))?
-        .ok_or_else(|| io::Error::other("short header"))?;
-    // metadata_end is bounded by the codec's metadata limit (1 MiB), checked above.
-    head.resize(header.metadata_end(), 0);
-    io::Read::read_exact(
-        &mut file,
-        head.get_mut(crate::wire::HEADER_LEN..).unwrap_or_default(),
-    )?;
-    let routing = crate::wire::peek_routing(&head)
-        .map_err(|err| io::Error::other(err.message().to_owned()))?;
+    // The codec says how many more bytes the header, then the metadata, need;
+    // the metadata is bounded by its limit (1 MiB), checked with the header.
+    let mut head = Vec::new();
+    let routing = loop {
+        match routing_status(&head).map_err(|err| io::Error::other(err.message().to_owned()))? {
+            Status::Complete(routing) => break routing,
+            Status::NeedMore(n) => {
+                let got =
+                    io::Read::read_to_end(&mut io::Read::take(&mut file, n as u64), &mut head)?;
+                if got < n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "message ends inside its metadata",
+                    ));
+                }
+            }
+        }
+    };
     context.session_id = routing.session_id;
     context.source_agent_id = routing.source_agent_id;
     context.target_agent_id = routing.target_agent_id;
