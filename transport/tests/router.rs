@@ -390,6 +390,17 @@ async fn http_33_text_with_python_nonfinite_numbers_is_accepted_and_routed() {
             ),
             (400, "invalid_json".into())
         );
+        // Nested past any parser's depth: both say AVP-LIM-7's kind.
+        let deep = format!(
+            r#"{{"target_agent_id": "bob", "extra": {}{}}}"#,
+            "[".repeat(600),
+            "]".repeat(600)
+        );
+        assert_eq!(
+            status_of(client(url).send_text_bytes(Bytes::from(deep)).await),
+            (413, "limit_exceeded".into()),
+            "via {url}"
+        );
     }
     router.shutdown().await;
     bob.shutdown().await;
