@@ -8,9 +8,9 @@
 //! decompression bomb costs at most the limit (a 6 KB bomb declaring 200 MB
 //! is refused having produced nothing).
 
-use crate::decode::Warnings;
 use crate::error::{Error, ErrorKind};
 use crate::limits::Limits;
+use crate::warning::Warnings;
 
 /// Compression choices, with the SDK's zstd levels (AVP-WIRE-18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,7 +65,7 @@ pub(crate) fn decompress(
     limits: &Limits,
     warnings: &mut Warnings,
 ) -> Result<Vec<u8>, Error> {
-    use crate::decode::Warning;
+    use crate::warning::Warning;
     use zstd::zstd_safe;
 
     let content_size = match zstd_safe::get_frame_content_size(stored) {

@@ -7,7 +7,7 @@
 use crate::compress::Compression;
 use crate::decode::{DecodeOptions, decode_with};
 use crate::encode::{encode, encoded_len};
-use crate::stream::{Status, StreamDecoder};
+use crate::stream::{Status, StreamDecoder, parse_message};
 
 /// The round-trip oracle: for any input that decodes, encoding the decoded
 /// message (uncompressed) gives `encoded_len` bytes, that output decodes to
@@ -63,12 +63,59 @@ pub fn check_incremental(data: &[u8], split: usize) {
     let mut dec = StreamDecoder::new(opts);
     let fed = dec.feed(a).and_then(|_| dec.feed(b));
     assert_stream_agrees(fed, &dec, &one_shot);
+    check_parse_message(a, data, &one_shot);
+}
+
+/// [`parse_message`] over a prefix of `data` and over all of it agrees with
+/// the one-shot decode: a prefix gives `NeedMore` (never past the declared
+/// end) or the one-shot error; the whole input gives the one-shot result
+/// for the declared bytes.
+fn check_parse_message(
+    prefix: &[u8],
+    data: &[u8],
+    one_shot: &Result<crate::Message<'_>, crate::Error>,
+) {
+    let opts = DecodeOptions::DEFAULT;
+    match (parse_message(prefix, &opts), one_shot) {
+        (Ok(Status::NeedMore(n)), _) => {
+            let end = prefix.len().saturating_add(n);
+            assert!(
+                end <= data.len() || one_shot.is_err(),
+                "NeedMore({n}) runs past a complete message"
+            );
+        }
+        (Ok(Status::Complete((m, used))), _) => {
+            assert_eq!(
+                decode_with(prefix.get(..used).unwrap_or_default(), &opts).as_ref(),
+                Ok(&m)
+            );
+        }
+        (Err(e), Err(want)) => assert_eq!(e.kind(), want.kind(), "parse_message error differs"),
+        (Err(e), Ok(_)) => panic!("parse_message rejected a prefix of a good message: {e}"),
+    }
+    // Compatible mode only warns about bytes after the message, which
+    // parse_message leaves alone: both see the same message.
+    match (parse_message(data, &opts), one_shot) {
+        (Ok(Status::Complete((m, used))), Ok(want)) => {
+            assert_eq!(used as u64, want.header.message_len(), "consumed");
+            if used == data.len() {
+                assert_eq!(&m, want, "parse_message differs from decode");
+            }
+        }
+        (Ok(Status::NeedMore(_)), Err(want)) => assert_eq!(
+            want.kind(),
+            crate::ErrorKind::Truncated,
+            "NeedMore, one-shot says {want}"
+        ),
+        (Err(e), Err(want)) => assert_eq!(e.kind(), want.kind(), "parse_message error differs"),
+        (got, want) => panic!("parse_message and decode disagree: {got:?} vs {want:?}"),
+    }
 }
 
 /// `status` (the stream decoder's last answer) agrees with the one-shot
 /// decode of the same bytes; returns whether the stream completed.
 fn assert_stream_agrees(
-    status: Result<Status, crate::Error>,
+    status: Result<Status<usize>, crate::Error>,
     dec: &StreamDecoder,
     one_shot: &Result<crate::Message<'_>, crate::Error>,
 ) -> bool {
@@ -83,7 +130,7 @@ fn assert_stream_agrees(
         (Ok(Status::NeedMore(n)), Ok(_)) => {
             panic!("stream wants {n} more bytes of a complete message")
         }
-        (Ok(Status::Complete), _) => {
+        (Ok(Status::Complete(_)), _) => {
             let got = dec.finish();
             match (&got, one_shot) {
                 (Ok(g), Ok(w)) => assert_eq!(g, w),

@@ -4,11 +4,11 @@
 //! dtype byte), then for each layer its K tensor and its V tensor, each
 //! `[num_kv_heads, seq_len, head_dim]` little-endian, contiguous.
 
-use crate::decode::{Warning, Warnings};
 use crate::error::{Error, ErrorKind};
 use crate::limits::Limits;
 use crate::metadata::DataType;
 use crate::tensor::{ElementType, TensorView};
+use crate::warning::{Warning, Warnings};
 
 /// Size of the inner header (AVP-KV-1).
 pub const KV_HEADER_LEN: usize = 17;

@@ -8,7 +8,10 @@
 //! - [`decode`] / [`decode_with`]: zero-copy (the payload borrows the input
 //!   unless it was compressed), checksum verified, limits enforced,
 //!   compatible or strict mode ([`DecodeOptions`]), warnings returned.
-//! - [`StreamDecoder`]: feed bytes, get [`Status::NeedMore`] / [`Status::Complete`].
+//! - [`parse_header`] / [`parse_prefix`] / [`parse_message`]: incremental,
+//!   over the caller's buffer, no copy: [`Status::Complete`] or
+//!   [`Status::NeedMore`]`(n)` (the `stream` module docs show a router);
+//!   [`StreamDecoder`] buffers chunks the caller cannot keep.
 //! - [`encode`]: byte-identical to the SDK's `encode()`; [`encode_into`]
 //!   reuses an output buffer, [`encode_prefix`] returns header + metadata only
 //!   so a transport can send the tensor without copying it; [`EncodeOptions`]
@@ -39,6 +42,7 @@ mod metadata;
 mod proto;
 mod shape;
 mod stream;
+mod warning;
 
 pub mod json;
 pub mod kv;
@@ -49,8 +53,8 @@ pub mod fuzzing;
 
 pub use compress::Compression;
 pub use decode::{
-    DecodeOptions, Message, Peeked, Warning, check_header, check_streamed, decode, decode_with,
-    peek, peek_with,
+    DecodeOptions, Message, Peeked, check_header, check_streamed, decode, decode_with, peek,
+    peek_with,
 };
 pub use encode::{
     EncodeOptions, encode, encode_into, encode_into_with, encode_prefix, encode_with, encoded_len,
@@ -62,7 +66,8 @@ pub use header::{Flags, HEADER_LEN, Header, MAGIC, VERSION};
 pub use limits::Limits;
 pub use metadata::{DataType, Metadata, Mode, PayloadType};
 pub use shape::Shape;
-pub use stream::{Status, StreamDecoder};
+pub use stream::{Status, StreamDecoder, parse_header, parse_message, parse_prefix};
+pub use warning::Warning;
 
 #[cfg(feature = "mac")]
 pub mod mac;

@@ -111,7 +111,8 @@ impl DataType {
 }
 
 /// Decoded Metadata. Strings borrow from the message (`Cow::Borrowed`) after
-/// decoding; build one with owned or borrowed strings to encode.
+/// decoding; to encode, build one with [`Metadata::new`] and the `with_*`
+/// setters (owned or borrowed strings).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Metadata<'a> {
     /// Field 1.
@@ -145,6 +146,80 @@ pub struct Metadata<'a> {
     /// Field 15 (proto3 `optional`): CRC-32 of the uncompressed tensor bytes.
     /// The encoder computes it itself (AVP-WIRE-15).
     pub payload_checksum: Option<u32>,
+}
+
+/// Defines `with_<field>` setters that take anything convertible to the field.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $field:ident: $ty:ty),+ $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+                self.$field = value.into();
+                self
+            }
+        )+
+    };
+}
+
+impl<'a> Metadata<'a> {
+    /// Every field at its proto3 default (empty strings, zeros,
+    /// `HIDDEN_STATE`, `FLOAT32`, `LATENT`, no extras, no compression or checksum).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    setters! {
+        /// Sets field 1, `session_id`.
+        with_session_id: session_id: Cow<'a, str>,
+        /// Sets field 2, `source_agent_id`.
+        with_source_agent_id: source_agent_id: Cow<'a, str>,
+        /// Sets field 3, `target_agent_id`.
+        with_target_agent_id: target_agent_id: Cow<'a, str>,
+        /// Sets field 4, `model_id`.
+        with_model_id: model_id: Cow<'a, str>,
+        /// Sets field 5, `hidden_dim`.
+        with_hidden_dim: hidden_dim: u32,
+        /// Sets field 6, `num_layers`.
+        with_num_layers: num_layers: u32,
+        /// Sets field 7, `payload_type`.
+        with_payload_type: payload_type: PayloadType,
+        /// Sets field 8, `dtype`.
+        with_dtype: dtype: DataType,
+        /// Sets field 9, `tensor_shape`.
+        with_tensor_shape: tensor_shape: Shape,
+        /// Sets field 10, `mode`.
+        with_mode: mode: Mode,
+        /// Sets field 13, `avp_map_id`.
+        with_avp_map_id: avp_map_id: Cow<'a, str>,
+        /// Sets field 14, `extra`.
+        with_extra: extra: Extra<'a>,
+    }
+
+    /// Sets field 11, `compression` (`"zstd"` or none).
+    #[must_use]
+    pub fn with_compression(mut self, compression: Option<impl Into<Cow<'a, str>>>) -> Self {
+        self.compression = compression.map(Into::into);
+        self
+    }
+
+    /// Sets field 15, `payload_checksum`.
+    #[must_use]
+    pub fn with_payload_checksum(mut self, checksum: Option<u32>) -> Self {
+        self.payload_checksum = checksum;
+        self
+    }
+
+    /// Adds one `extra` entry.
+    #[must_use]
+    pub fn with_extra_entry(
+        mut self,
+        key: impl Into<Cow<'a, str>>,
+        value: impl Into<Cow<'a, str>>,
+    ) -> Self {
+        self.extra.insert(key, value);
+        self
+    }
 }
 
 const F_SESSION: u32 = 1;

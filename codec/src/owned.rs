@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 
-use crate::decode::{DecodeOptions, Warning, decode_with};
+use crate::decode::{DecodeOptions, decode_with};
 use crate::error::Error;
 use crate::header::Header;
 use crate::metadata::Metadata;
+use crate::warning::Warning;
 
 /// A decoded message whose payload is a `Bytes` (a slice of the input
 /// unless it was decompressed).

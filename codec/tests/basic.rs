@@ -105,7 +105,7 @@ fn wire_23_stream_decoder_reports_need_more() {
         d.feed(&bytes[5..12]).unwrap(),
         Status::NeedMore(bytes.len() - 12)
     );
-    assert_eq!(d.feed(&bytes[12..]).unwrap(), Status::Complete);
+    assert_eq!(d.feed(&bytes[12..]).unwrap(), Status::Complete(bytes.len()));
     assert_eq!(d.finish().unwrap().payload, decode(&bytes).unwrap().payload);
     for split in 0..=bytes.len() {
         avp_codec::fuzzing::check_incremental(&bytes, split);
@@ -271,7 +271,7 @@ fn wire_23_stream_decoder_keeps_only_the_message() {
     let mut with_junk = bytes.clone();
     with_junk.extend_from_slice(&[0u8; 10_000]);
     let mut d = StreamDecoder::new(DecodeOptions::default());
-    assert_eq!(d.feed(&with_junk).unwrap(), Status::Complete);
+    assert_eq!(d.feed(&with_junk).unwrap(), Status::Complete(bytes.len()));
     assert_eq!(d.buffer(), &bytes[..]);
     assert_eq!(d.trailing_bytes(), 10_000);
     assert_eq!(d.finish().unwrap(), decode(&with_junk).unwrap());
@@ -361,5 +361,93 @@ fn wire_22_threaded_encode_for_every_checksum_width() {
             msg.metadata.payload_checksum,
             Some(crc32fast::hash(&tensor))
         );
+    }
+}
+
+/// AVP-WIRE-23: the incremental API over the caller's buffer says how many
+/// more bytes it needs (header, then metadata, then payload), decodes only
+/// the declared message, and fails as early as the bytes allow.
+#[test]
+fn wire_23_parse_prefix_and_message_need_more_then_complete() {
+    use avp_codec::{parse_header, parse_message, parse_prefix};
+    let (m, t) = sample();
+    let bytes = encode(&m, &t, Compression::None).unwrap();
+    let opts = DecodeOptions::default();
+    let header = avp_codec::Header::parse(&bytes).unwrap();
+    let meta_end = header.metadata_end();
+    assert_eq!(
+        parse_header(&bytes[..3], &opts.limits).unwrap(),
+        Status::NeedMore(HEADER_LEN - 3)
+    );
+    assert_eq!(
+        parse_header(&bytes, &opts.limits).unwrap(),
+        Status::Complete(header)
+    );
+    assert_eq!(
+        parse_prefix(&bytes[..3], &opts).unwrap(),
+        Status::NeedMore(HEADER_LEN - 3)
+    );
+    assert_eq!(
+        parse_prefix(&bytes[..14], &opts).unwrap(),
+        Status::NeedMore(meta_end - 14)
+    );
+    let Status::Complete((peeked, prefix_len)) = parse_prefix(&bytes[..meta_end], &opts).unwrap()
+    else {
+        panic!("prefix incomplete");
+    };
+    assert_eq!(
+        (prefix_len, &peeked.metadata),
+        (
+            meta_end,
+            &m.clone().with_payload_checksum(Some(crc32fast::hash(&t)))
+        )
+    );
+    assert_eq!(
+        parse_message(&bytes[..meta_end], &opts).unwrap(),
+        Status::NeedMore(t.len())
+    );
+    assert_eq!(
+        parse_message(&bytes[..bytes.len() - 1], &opts).unwrap(),
+        Status::NeedMore(1)
+    );
+    // Two messages back to back: the first is decoded in place, the rest untouched.
+    let mut two = bytes.clone();
+    two.extend_from_slice(&bytes);
+    let Status::Complete((msg, used)) = parse_message(&two, &opts).unwrap() else {
+        panic!("message incomplete");
+    };
+    assert_eq!(used, bytes.len());
+    assert!(msg.warnings.is_empty());
+    assert!(matches!(msg.payload, Cow::Borrowed(p) if p.as_ptr() == two[meta_end..].as_ptr()));
+    assert_eq!(msg, decode(&bytes).unwrap());
+    // Errors come as soon as the bytes prove them.
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert_eq!(
+        parse_prefix(&bad[..2], &opts).unwrap(),
+        Status::NeedMore(HEADER_LEN - 2)
+    );
+    assert_eq!(
+        parse_prefix(&bad[..12], &opts).unwrap_err().kind(),
+        ErrorKind::BadMagic
+    );
+    let mut bad_meta = bytes.clone();
+    bad_meta[HEADER_LEN] = 0x07; // field 0, wire type 7: not proto3
+    assert_eq!(
+        parse_message(&bad_meta[..meta_end - 1], &opts).unwrap(),
+        Status::NeedMore(1)
+    );
+    assert_eq!(
+        parse_message(&bad_meta[..meta_end], &opts)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::MalformedMetadata
+    );
+    // Every strict prefix asks for more, never past the declared end.
+    for cut in 0..bytes.len() {
+        match parse_message(&bytes[..cut], &opts).unwrap() {
+            Status::NeedMore(n) => assert!(n >= 1 && cut + n <= bytes.len(), "cut {cut}: {n}"),
+            Status::Complete(_) => panic!("complete at {cut}"),
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::{KvCache, to_i64};
-use crate::engine::Engine;
+use crate::decoder::{Decoder, Input};
 use crate::error::{EngineError, Result};
 use crate::wire::{
     KV_HEADER_LEN, KvDtype, KvHeader, PayloadKind, WireMeta, decode_message, element_size,
@@ -145,11 +145,17 @@ impl LatentContext {
     }
 }
 
-impl Engine {
-    /// Decodes a KV_CACHE message onto this model's device (the SDK's
-    /// `AVPContext.from_bytes` plus its model check). `headroom` extra
-    /// positions are preallocated for the prompt and steps that follow.
-    pub fn import_context(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
+impl LatentContext {
+    /// Decodes a KV_CACHE message onto `model`'s device (the SDK's
+    /// `AVPContext.from_bytes` plus its model check against `model_hash`).
+    /// `headroom` extra positions are preallocated for the prompt and steps
+    /// that follow. [`crate::Engine::import_context`] calls this.
+    pub fn import(
+        model: &Decoder,
+        model_hash: &str,
+        bytes: &[u8],
+        headroom: usize,
+    ) -> Result<LatentContext> {
         let _guard = tch::no_grad_guard();
         let msg = decode_message(bytes)?;
         if msg.meta.payload != PayloadKind::KvCache {
@@ -159,10 +165,10 @@ impl Engine {
         }
         let extra = &msg.meta.extra;
         let context_hash = extra.get("model_hash").cloned().unwrap_or_default();
-        if context_hash != self.model_hash() {
+        if context_hash != model_hash {
             return Err(EngineError::IncompatibleContext {
                 context_hash,
-                model_hash: self.model_hash().to_owned(),
+                model_hash: model_hash.to_owned(),
             });
         }
         let num_steps = match extra.get("num_steps") {
@@ -173,7 +179,7 @@ impl Engine {
         };
         let tensor: &[u8] = &msg.tensor;
         let header = KvHeader::parse(tensor).map_err(EngineError::Wire)?;
-        let cfg = &self.config().decoder;
+        let cfg = model.config();
         if header.num_layers as usize != cfg.num_layers
             || header.num_kv_heads as usize != cfg.num_kv_heads
             || header.head_dim as usize != cfg.head_dim
@@ -210,7 +216,7 @@ impl Engine {
                 needed: seq,
             });
         }
-        let mut cache = self.model().new_cache(seq.saturating_add(headroom))?;
+        let mut cache = model.new_cache(seq.saturating_add(headroom))?;
         let shape = [
             1,
             to_i64(cfg.num_kv_heads)?,
@@ -234,6 +240,42 @@ impl Engine {
             hidden_dim: msg.meta.hidden_dim as usize,
             num_layers: msg.meta.num_layers as usize,
             last_hidden: None,
+            steps_taken: 0,
+            nan_seen: false,
+            inf_seen: false,
+        })
+    }
+
+    /// Feeds projected embeddings `[D]`, `[n, D]` or `[1, n, D]` into a
+    /// fresh cache of `model` and returns a context of that model (the SDK's
+    /// KV priming, AVP-ENG-13). [`crate::Engine::prime_with_embeddings`]
+    /// calls this.
+    pub fn prime(
+        model: &Decoder,
+        model_hash: &str,
+        model_family: &str,
+        embeds: &Tensor,
+        num_steps: usize,
+    ) -> Result<LatentContext> {
+        let _guard = tch::no_grad_guard();
+        let c = model.config();
+        let d = to_i64(c.hidden_size)?;
+        let e = embeds
+            .f_reshape([1, -1, d])?
+            .f_to_device(model.device())?
+            .f_to_kind(model.kind())?;
+        let n = usize::try_from(e.size().get(1).copied().unwrap_or(0)).unwrap_or(0);
+        let mut cache = model.new_cache(n)?;
+        let h = model.forward(Input::Embeds(&e), &mut cache)?;
+        let last = h.f_select(1, h.size().get(1).copied().unwrap_or(1) - 1)?;
+        Ok(LatentContext {
+            cache,
+            model_hash: model_hash.to_owned(),
+            model_family: model_family.to_owned(),
+            num_steps,
+            hidden_dim: c.hidden_size,
+            num_layers: c.num_layers,
+            last_hidden: Some(last),
             steps_taken: 0,
             nan_seen: false,
             inf_seen: false,

@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::{KvCache, to_i64};
 use crate::config::{DecoderConfig, RopeScaling};
 use crate::error::{EngineError, Result};
+use crate::rng::SeededRng;
 use crate::weights::Weights;
 
 /// A linear layer `y = x Wᵀ + b`.
@@ -477,9 +478,9 @@ pub(crate) fn random_weights(
     cfg: &DecoderConfig,
     kind: Kind,
     device: Device,
-    seed: i64,
+    // Unread: the randn draws below come from the generator this holds.
+    _rng: &mut SeededRng,
 ) -> Result<Weights> {
-    tch::manual_seed(seed);
     let mut names: Vec<(String, Vec<usize>, f64)> = Vec::new();
     let (d, hd) = (cfg.hidden_size, cfg.head_dim);
     let (qd, kvd, ff) = (

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::{KvCache, to_i64};
-use crate::config::ModelConfig;
 use crate::context::LatentContext;
 use crate::decoder::{Decoder, Input, random_weights};
 use crate::error::{EngineError, Result, io_err};
 use crate::latent::{LatentProjector, load_or_compute};
+use crate::model_config::ModelConfig;
 use crate::prompt::PromptFormat;
+use crate::rng::SeededRng;
+use crate::sample::sample;
 use crate::weights::Weights;
 
 /// Where the weights come from.
@@ -111,7 +113,8 @@ pub enum Sampling {
         top_p: f64,
         /// Keep the k most likely tokens (0 = off); transformers' default is 50.
         top_k: usize,
-        /// Seed given to libtorch's generator before decoding (as `torch.manual_seed`).
+        /// Seed given to libtorch's generator before decoding (as
+        /// `torch.manual_seed`), through a [`SeededRng`] held for the whole run.
         seed: u64,
     },
 }
@@ -194,7 +197,9 @@ impl Engine {
         let cfg = config.decoder.clone();
         let weights = match opts.weights {
             WeightSource::Checkpoint => Weights::load(dir, kind, opts.device)?,
-            WeightSource::Random { seed } => random_weights(&cfg, kind, opts.device, seed)?,
+            WeightSource::Random { seed } => {
+                random_weights(&cfg, kind, opts.device, &mut SeededRng::seeded(seed)?)?
+            }
         };
         let model = Decoder::from_weights(cfg, weights, kind, opts.device)?;
         let prompt = PromptFormat::from_dir(dir, config.decoder.architecture.model_type())?;
@@ -435,6 +440,29 @@ impl Engine {
         })
     }
 
+    /// Decodes a KV_CACHE message onto this model's device (the SDK's
+    /// `AVPContext.from_bytes` plus its model check): [`LatentContext::import`]
+    /// with this engine's model and hash.
+    pub fn import_context(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
+        LatentContext::import(&self.model, self.model_hash(), bytes, headroom)
+    }
+
+    /// Feeds projected embeddings into a fresh cache and returns a context of
+    /// this model: [`LatentContext::prime`] with this engine's model and identity.
+    pub fn prime_with_embeddings(
+        &self,
+        embeds: &Tensor,
+        num_steps: usize,
+    ) -> Result<LatentContext> {
+        LatentContext::prime(
+            &self.model,
+            self.model_hash(),
+            self.model_family(),
+            embeds,
+            num_steps,
+        )
+    }
+
     /// The SDK's `generate()`: render and prefill the prompt after the
     /// context's KV-cache (if any), then decode (AVP-ENG-8). The context is
     /// not consumed (its cache is copied).
@@ -484,10 +512,12 @@ impl Engine {
         }
         let mut stop: Vec<u32> = self.eos.clone();
         stop.extend(opts.stop_tokens.iter().flatten().copied());
-        if let Sampling::Sample { seed, .. } = opts.sampling {
-            // The SDK's reproducibility recipe: torch.manual_seed, then generate.
-            tch::manual_seed(seed as i64);
-        }
+        // The SDK's reproducibility recipe: torch.manual_seed, then generate;
+        // the generator is ours until the loop ends (crate::rng).
+        let mut rng = match opts.sampling {
+            Sampling::Sample { seed, .. } => Some(SeededRng::seeded_u64(seed)?),
+            Sampling::Greedy => None,
+        };
         let mut out: Vec<u32> = Vec::new();
         let mut stopped = false;
         let mut hidden = self.model.forward(first, cache)?;
@@ -497,14 +527,17 @@ impl Engine {
                 .model
                 .logits(&hidden.f_select(1, n - 1)?)?
                 .f_to_kind(Kind::Float)?; // [1, V]
-            let next = match opts.sampling {
-                Sampling::Greedy => logits.f_argmax(-1, false)?,
-                Sampling::Sample {
-                    temperature,
-                    top_p,
-                    top_k,
-                    ..
-                } => crate::sample::sample(&logits, temperature, top_k, top_p)?,
+            let next = match (opts.sampling, rng.as_mut()) {
+                (
+                    Sampling::Sample {
+                        temperature,
+                        top_p,
+                        top_k,
+                        ..
+                    },
+                    Some(rng),
+                ) => sample(&logits, temperature, top_k, top_p, rng)?,
+                _ => logits.f_argmax(-1, false)?,
             };
             let id = next.f_int64_value(&[0])?;
             let id = u32::try_from(id)

@@ -8,26 +8,29 @@
 //! length checks.
 #![deny(unsafe_code)]
 
-pub mod cache;
-pub mod config;
-pub mod context;
-pub mod decoder;
-pub mod engine;
-pub mod error;
-pub mod hash;
-pub mod latent;
-pub mod llama;
-pub mod mistral;
-pub mod project;
-pub mod prompt;
-pub mod qwen2;
-pub mod qwen3;
-pub mod sample;
-mod weights;
-pub mod wire;
+// One job per module; no two import each other (tests/module_graph.rs).
+pub mod cache; // the external KV-cache: per-layer K/V, preallocated, written in place
+pub mod config; // the typed decoder description and the shared config.json field rules
+pub mod context; // LatentContext: the KV-cache a think produced, its wire form, import and priming
+pub mod decoder; // the shared pre-norm decoder forward pass over a KvCache
+pub mod engine; // Engine: one loaded model and tokenizer; think, generate, import, prime
+pub mod error; // the crate's error type
+pub mod hash; // the SDK's model hash of a config
+pub mod latent; // latent realignment: the projector from hidden state to input embedding
+pub mod llama; // Llama's config defaults
+pub mod mistral; // Mistral's config defaults and sliding window
+pub mod model_config; // config.json read by the module of its model_type
+pub mod project; // cross-model projection maps: calibrate, project, save, load
+pub mod prompt; // chat templates and tokenizer: prompt ids and decoding
+pub mod qwen2; // Qwen2's config defaults
+pub mod qwen3; // Qwen3's config defaults (q/k norms)
+pub mod rng; // the one use of libtorch's global generator, held and seeded explicitly
+pub mod sample; // temperature, top-k, top-p and the multinomial draw
+mod weights; // safetensors checkpoints read into named tensors
+pub mod wire; // the AVP message and KV-cache inner format, via the codec
 
 pub use cache::KvCache;
-pub use config::{Architecture, DecoderConfig, ModelConfig, RopeScaling};
+pub use config::{Architecture, DecoderConfig, RopeScaling};
 pub use context::LatentContext;
 pub use decoder::{Decoder, Input};
 pub use engine::{
@@ -35,5 +38,7 @@ pub use engine::{
     parse_kind,
 };
 pub use error::{EngineError, Result};
+pub use model_config::ModelConfig;
 pub use project::{ProjectionMap, ProjectionMethod, calibrate, project};
+pub use rng::SeededRng;
 pub use tch::{Device, Kind, Tensor};

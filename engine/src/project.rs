@@ -28,9 +28,6 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use crate::cache::to_i64;
-use crate::context::LatentContext;
-use crate::decoder::Input;
 use crate::engine::Engine;
 use crate::error::{EngineError, Result, io_err};
 use crate::latent::{normalise_to, target_norm};
@@ -172,40 +169,6 @@ pub fn project(
     match hidden.f_kind()? {
         Kind::Float => Ok(y),
         k => Ok(y.f_to_kind(k)?.f_to_kind(Kind::Float)?),
-    }
-}
-
-impl Engine {
-    /// Feeds projected embeddings `[D]`, `[n, D]` or `[1, n, D]` into a fresh
-    /// cache and returns a context of this model (the SDK's KV priming).
-    pub fn prime_with_embeddings(
-        &self,
-        embeds: &Tensor,
-        num_steps: usize,
-    ) -> Result<LatentContext> {
-        let _guard = tch::no_grad_guard();
-        let d = to_i64(self.config().decoder.hidden_size)?;
-        let e = embeds
-            .f_reshape([1, -1, d])?
-            .f_to_device(self.model().device())?
-            .f_to_kind(self.model().kind())?;
-        let n = usize::try_from(e.size().get(1).copied().unwrap_or(0)).unwrap_or(0);
-        let mut cache = self.model().new_cache(n)?;
-        let h = self.model().forward(Input::Embeds(&e), &mut cache)?;
-        let last = h.f_select(1, h.size().get(1).copied().unwrap_or(1) - 1)?;
-        let c = &self.config().decoder;
-        Ok(LatentContext {
-            cache,
-            model_hash: self.model_hash().to_owned(),
-            model_family: self.model_family().to_owned(),
-            num_steps,
-            hidden_dim: c.hidden_size,
-            num_layers: c.num_layers,
-            last_hidden: Some(last),
-            steps_taken: 0,
-            nan_seen: false,
-            inf_seen: false,
-        })
     }
 }
 

@@ -4,17 +4,26 @@
 //! (`logits < k-th largest` removed), top-p (ascending sort, remove tokens
 //! whose cumulative probability is `<= 1 - top_p`, always keep the most
 //! likely). The draw is `torch.multinomial` on libtorch's default generator,
-//! which [`crate::Engine::generate`] seeds with `manual_seed(seed)` first:
-//! on CPU that is exactly the random stream the SDK consumes after
-//! `torch.manual_seed(seed)`, so the same seed gives the same tokens
-//! (AVP-ENG-8, SHOULD).
+//! held and seeded through the caller's [`SeededRng`] (see [`crate::rng`]
+//! for why it is libtorch's generator): on CPU that is exactly the random
+//! stream the SDK consumes after `torch.manual_seed(seed)`, so the same seed
+//! gives the same tokens (AVP-ENG-8, SHOULD).
 
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::rng::SeededRng;
 
-/// Draws one token id (int64 tensor `[1]`) from float32 `logits` `[1, V]`.
-pub fn sample(logits: &Tensor, temperature: f64, top_k: usize, top_p: f64) -> Result<Tensor> {
+/// Draws one token id (int64 tensor `[1]`) from float32 `logits` `[1, V]`,
+/// advancing `rng`'s stream.
+pub fn sample(
+    logits: &Tensor,
+    temperature: f64,
+    top_k: usize,
+    top_p: f64,
+    // Unread: the multinomial below draws from the generator this holds.
+    _rng: &mut SeededRng,
+) -> Result<Tensor> {
     let mut scores = logits.f_div_scalar(temperature)?;
     let vocab = scores.size().last().copied().unwrap_or(0);
     if top_k > 0 && (top_k as i64) < vocab {

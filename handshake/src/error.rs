@@ -7,80 +7,7 @@
 
 use core::fmt;
 
-/// What is wrong with a JSON text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JsonErrorKind {
-    /// The bytes are not UTF-8.
-    InvalidUtf8,
-    /// The text starts with a UTF-8 byte-order mark (Python's `json.loads` refuses it too).
-    ByteOrderMark,
-    /// The text ends inside a value.
-    UnexpectedEnd,
-    /// A character that cannot start or continue a value here.
-    UnexpectedChar,
-    /// An object member does not start with a string key.
-    ExpectedKey,
-    /// An object key is not followed by `:`.
-    ExpectedColon,
-    /// An unescaped control character (below U+0020) inside a string.
-    ControlCharacter,
-    /// An unknown escape or a malformed `\uXXXX`.
-    BadEscape,
-    /// A malformed number.
-    BadNumber,
-    /// An integer literal longer than Python's 4300-digit limit.
-    IntegerTooLong,
-    /// Arrays/objects nested deeper than the limit.
-    TooDeep,
-    /// Something other than whitespace after the document.
-    TrailingData,
-}
-
-impl JsonErrorKind {
-    fn describe(self) -> &'static str {
-        match self {
-            JsonErrorKind::InvalidUtf8 => "invalid UTF-8",
-            JsonErrorKind::ByteOrderMark => "unexpected UTF-8 byte-order mark",
-            JsonErrorKind::UnexpectedEnd => "unexpected end of input",
-            JsonErrorKind::UnexpectedChar => "unexpected character",
-            JsonErrorKind::ExpectedKey => "expected a string key",
-            JsonErrorKind::ExpectedColon => "expected ':' after an object key",
-            JsonErrorKind::ControlCharacter => "unescaped control character in a string",
-            JsonErrorKind::BadEscape => "invalid escape in a string",
-            JsonErrorKind::BadNumber => "malformed number",
-            JsonErrorKind::IntegerTooLong => "integer literal longer than 4300 digits",
-            JsonErrorKind::TooDeep => "nesting deeper than 512 levels",
-            JsonErrorKind::TrailingData => "extra data after the JSON document",
-        }
-    }
-}
-
-/// A JSON syntax error and the byte offset where it was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JsonError {
-    /// What is wrong.
-    pub kind: JsonErrorKind,
-    /// Byte offset into the input.
-    pub offset: usize,
-}
-
-impl JsonError {
-    pub(crate) fn new(kind: JsonErrorKind, offset: usize) -> Self {
-        Self { kind, offset }
-    }
-}
-
-impl fmt::Display for JsonError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid JSON: {} at byte {}",
-            self.kind.describe(),
-            self.offset
-        )
-    }
-}
+pub use avp_json::{JsonError, JsonErrorKind};
 
 /// Every error of this crate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +83,13 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl From<JsonError> for Error {
+    /// A value too deep to write is the caller's fault, not the input's:
+    /// it keeps its own kind.
     fn from(e: JsonError) -> Self {
-        Error::Json(e)
+        if e.is_input_fault() {
+            Error::Json(e)
+        } else {
+            Error::TooDeepToWrite
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! mode negotiation and sessions. Sans-I/O (the optional `fs` feature adds
 //! the one module that reads files).
 //!
-//! - [`json`]: a JSON reader/writer that reproduces Python's `json` module
-//!   byte for byte (AVP-HASH-1..AVP-HASH-9);
+//! - [`json`]: the `avp-json` crate (re-exported), a JSON reader/writer that
+//!   reproduces Python's `json` module byte for byte (AVP-HASH-1..AVP-HASH-9);
 //! - [`model_hash`], [`tokenizer_hash`], [`vocab_from_tokenizer_json`]
 //!   (AVP-HASH-10, AVP-HASH-11);
 //! - [`ModelIdentity`], [`identity_from_config`], [`HelloMessage`] (AVP-HS-1..4);
@@ -26,7 +26,9 @@ pub mod fs;
 pub mod hash;
 pub mod hello;
 pub mod identity;
-pub mod json;
+/// Python-exact JSON (the `avp-json` crate), re-exported so that hashes and
+/// their inputs use one JSON model.
+pub use avp_json as json;
 
 #[doc(hidden)]
 pub mod fuzzing;

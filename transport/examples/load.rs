@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use avp_codec::{Compression, Metadata, encode};
 use avp_transport::{
-    Agent, AvpClient, ClientConfig, ContextStore, ModelIdentity, Role, Server, ServerConfig,
+    Agent, AvpClient, ClientConfig, ContextStore, ModelIdentity, Server, ServerConfig,
 };
 use bytes::Bytes;
 
@@ -59,7 +59,7 @@ async fn main() {
     let server = Server::bind(
         "127.0.0.1:0".parse().expect("addr"),
         ServerConfig::default(),
-        Role::Agent(Arc::new(agent)),
+        Arc::new(agent),
     )
     .await
     .expect("bind");

@@ -5,19 +5,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use avp_handshake::ModelIdentity;
+use avp_json::{self as py_json, Object};
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
 
-use crate::body::{LimitedReader, ReadError, ResponseBody, error_response, json_response};
-use crate::budget::{Budget, Held, PeerKey, Starved};
-use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
-use crate::server::{Endpoint, Peer, ServerConfig, too_large};
-use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{
-    HEADER_LEN, WireError, check_complete_signed, peek_header, peek_routing, status_for,
+use crate::body::{LimitedReader, ResponseBody, error_response, json_response};
+use crate::budget::{Budget, Held, PeerKey};
+use crate::endpoint::{
+    Endpoint, Handler, HandlerFuture, Peer, ServerConfig, read_bytes, read_error_draining,
+    too_large, wire_error,
 };
+use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
+use crate::store::{ContextStore, StoredContext, new_id};
+use crate::wire::{HEADER_LEN, Status, check_complete, header_status, routing_status};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -155,7 +156,7 @@ impl Agent {
         &self.store
     }
 
-    pub(crate) async fn handle(
+    async fn answer(
         &self,
         endpoint: Endpoint,
         request: Request<Incoming>,
@@ -197,7 +198,6 @@ impl Agent {
                 Ok(bytes) => self.text(bytes, started, peer).await,
                 Err(response) => *response,
             },
-            Endpoint::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
         }
     }
 
@@ -215,13 +215,11 @@ impl Agent {
         let mut reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
             .with_budget(held);
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        if let Err(err) = reader.fill_to(&mut buf, HEADER_LEN).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        let header = match peek_header(&buf) {
-            Ok(Some(header)) => header,
-            Ok(None) => return truncated(buf.len() as u64, HEADER_LEN as u64),
-            Err(err) => return wire_error(&err),
+        let header = match reader.read_until(&mut buf, header_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => return truncated(buf.len() as u64, HEADER_LEN as u64),
+            Ok(Ok(Status::Complete(header))) => header,
         };
         let total = header.message_len();
         // A message larger than one peer may ever hold could never complete.
@@ -232,16 +230,11 @@ impl Agent {
         }
         // Nothing is reserved from the declared size: the reader takes budget
         // for bytes as they arrive and the buffer grows with them.
-        let meta_end = header.metadata_end();
-        if let Err(err) = reader.fill_to(&mut buf, meta_end).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        if buf.len() < meta_end {
-            return truncated(buf.len() as u64, total);
-        }
-        let routing = match peek_routing(&buf) {
-            Ok(routing) => routing,
-            Err(err) => return wire_error(&err),
+        let routing = match reader.read_until(&mut buf, routing_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => return truncated(buf.len() as u64, total),
+            Ok(Ok(Status::Complete(routing))) => routing,
         };
         let session = match self
             .handshake
@@ -281,7 +274,7 @@ impl Agent {
         let checked = {
             let bytes = bytes.clone();
             let key = self.mac_key.clone();
-            tokio::task::spawn_blocking(move || check_complete_signed(&bytes, key.as_deref())).await
+            tokio::task::spawn_blocking(move || check_complete(&bytes, key.as_deref())).await
         };
         let warnings = match checked {
             Ok(Ok(warnings)) => warnings,
@@ -305,17 +298,23 @@ impl Agent {
         };
         json_response(
             StatusCode::OK,
-            &json!({
-                "success": true,
-                "request_id": stored.id,
-                "agent_id": self.agent_id,
-                "session_id": stored.session_id,
-                "source_agent_id": stored.source_agent_id,
-                "target_agent_id": stored.target_agent_id,
-                "bytes": stored.len,
-                "warnings": warnings,
-                "session": session,
-            }),
+            &Object::new()
+                .with("success", true)
+                .with("request_id", stored.id)
+                .with("agent_id", self.agent_id.as_str())
+                .with("session_id", stored.session_id)
+                .with("source_agent_id", stored.source_agent_id)
+                .with("target_agent_id", stored.target_agent_id)
+                .with("bytes", stored.len)
+                .with(
+                    "warnings",
+                    warnings
+                        .into_iter()
+                        .map(py_json::Value::from)
+                        .collect::<Vec<_>>(),
+                )
+                .with("session", session)
+                .into(),
         )
     }
 
@@ -328,10 +327,12 @@ impl Agent {
         started: Instant,
         peer: &Peer,
     ) -> Response<ResponseBody> {
-        // Plain JSON first, so "not JSON at all" keeps its own kind.
-        if let Err(err) = serde_json::from_slice::<Value>(&bytes) {
-            // serde_json stops at 128 levels; deeper is AVP-LIM-7 below.
-            if !err.to_string().contains("recursion limit") {
+        // Plain JSON first, so "not JSON at all" keeps its own kind. Python's
+        // grammar, not strict JSON: the SDK's json.dumps writes NaN and
+        // Infinity, and json.loads reads 1e400 (issue 15).
+        if let Err(err) = py_json::parse(&bytes) {
+            // Too deep is AVP-LIM-7's limit_exceeded, found below.
+            if err.kind != py_json::JsonErrorKind::TooDeep {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "invalid_json",
@@ -369,7 +370,11 @@ impl Agent {
         match self.put(context, bytes, "text", started).await {
             Ok(stored) => json_response(
                 StatusCode::OK,
-                &json!({"success": true, "request_id": stored.id, "agent_id": self.agent_id}),
+                &Object::new()
+                    .with("success", true)
+                    .with("request_id", stored.id)
+                    .with("agent_id", self.agent_id.as_str())
+                    .into(),
             ),
             Err(response) => *response,
         }
@@ -412,21 +417,15 @@ impl Agent {
     }
 }
 
-/// Reads a whole body bounded by `limit`, taking budget for it when given.
-pub(crate) async fn read_bytes(
-    body: Incoming,
-    limit: u64,
-    config: &ServerConfig,
-    held: Option<Held>,
-) -> Result<bytes::Bytes, Box<Response<ResponseBody>>> {
-    let mut reader = LimitedReader::new(body, limit, config.pace(Instant::now().into()));
-    if let Some(held) = held {
-        reader = reader.with_budget(held);
-    }
-    let mut buf = BytesMut::new();
-    match reader.read_to_end(&mut buf).await {
-        Ok(()) => Ok(buf.freeze()),
-        Err(err) => Err(Box::new(read_error_draining(reader, err, limit))),
+impl Handler for Agent {
+    fn handle<'a>(
+        &'a self,
+        endpoint: Endpoint,
+        request: Request<Incoming>,
+        config: &'a ServerConfig,
+        peer: &'a Peer,
+    ) -> HandlerFuture<'a> {
+        Box::pin(self.answer(endpoint, request, config, peer))
     }
 }
 
@@ -439,66 +438,10 @@ fn json_bytes_response(body: Vec<u8>) -> Response<ResponseBody> {
     response
 }
 
-/// [`read_error`], and a 413 keeps reading the rest (bounded) so the client
-/// sees the answer instead of a reset.
-pub(crate) fn read_error_draining(
-    reader: LimitedReader,
-    err: ReadError,
-    limit: u64,
-) -> Response<ResponseBody> {
-    if matches!(err, ReadError::TooLarge) {
-        reader.drain_later();
-    }
-    read_error(err, limit)
-}
-
-pub(crate) fn read_error(err: ReadError, limit: u64) -> Response<ResponseBody> {
-    match err {
-        ReadError::TooLarge => too_large(limit),
-        ReadError::Idle => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the request body stalled",
-        ),
-        ReadError::TooSlow => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the request body arrived slower than the server's minimum rate",
-        ),
-        ReadError::Starved(Starved::PeerShare) => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "this peer's other requests held its whole share of the memory budget until the deadline",
-        ),
-        ReadError::Starved(Starved::Budget) => {
-            let mut response = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                "the server's memory budget stayed full until the request's deadline",
-            );
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            response
-        }
-        ReadError::Broken(why) => error_response(
-            StatusCode::BAD_REQUEST,
-            "truncated",
-            &format!("the request body broke off: {why}"),
-        ),
-    }
-}
-
 /// A quarter of the budget, but at least 1 GiB (the default body limit) when
 /// the budget has it, so one peer's default-sized message always fits.
 fn default_share(total: u64) -> u64 {
     (total / 4).max(GIB.min(total))
-}
-
-/// A codec error as an answer: its kind and message, 400 or 413 (AVP-HTTP-14).
-pub(crate) fn wire_error(err: &WireError) -> Response<ResponseBody> {
-    error_response(status_for(err), err.kind().as_str(), err.message())
 }
 
 fn internal(why: &str) -> Response<ResponseBody> {

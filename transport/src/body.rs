@@ -20,6 +20,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use avp_codec::Status;
+use avp_json::{Object, Value, WriteOptions};
+
 use crate::budget::{Held, Starved};
 
 /// The body type of every response the server writes.
@@ -141,12 +144,30 @@ impl LimitedReader {
         }
     }
 
-    /// Appends chunks to `buf` until it holds at least `want` bytes or the body ends.
-    pub(crate) async fn fill_to(
+    /// Reads until `parse` over `buf` is complete or fails: each
+    /// `NeedMore(n)` the codec answers reads at least `n` more bytes, so the
+    /// codec, not the caller, knows how much a header or metadata takes. A
+    /// body that ends first gives back the last `NeedMore` (truncated).
+    pub(crate) async fn read_until<T, E>(
         &mut self,
         buf: &mut BytesMut,
-        want: usize,
-    ) -> Result<(), ReadError> {
+        mut parse: impl FnMut(&[u8]) -> Result<Status<T>, E>,
+    ) -> Result<Result<Status<T>, E>, ReadError> {
+        loop {
+            let need = match parse(buf) {
+                Ok(Status::NeedMore(n)) => n,
+                done => return Ok(done),
+            };
+            let want = buf.len().saturating_add(need.max(1));
+            self.fill_to(buf, want).await?;
+            if buf.len() < want {
+                return Ok(Ok(Status::NeedMore(want - buf.len())));
+            }
+        }
+    }
+
+    /// Appends chunks to `buf` until it holds at least `want` bytes or the body ends.
+    async fn fill_to(&mut self, buf: &mut BytesMut, want: usize) -> Result<(), ReadError> {
         while buf.len() < want {
             match self.next_chunk().await? {
                 Some(chunk) => buf.extend_from_slice(&chunk),
@@ -167,7 +188,7 @@ impl LimitedReader {
     /// Answered early (413): keep reading and dropping the rest, bounded, so
     /// the client reads the answer rather than a reset.
     pub(crate) fn drain_later(self) {
-        crate::server::drain_later(self.body);
+        drain_later(self.body);
     }
 
     /// Gives back the unread part of the body, the bytes already counted and
@@ -175,6 +196,30 @@ impl LimitedReader {
     pub(crate) fn into_parts(self) -> (Incoming, u64, Pace) {
         (self.body, self.received, self.pace)
     }
+}
+
+/// How long and how much an answered-early peer is read from before closing.
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
+pub(crate) const LINGER_BYTES: u64 = 64 << 20;
+
+/// Keeps reading (and dropping) a request body the server already answered,
+/// bounded in bytes and time, so a client still uploading reads the early
+/// answer instead of a reset (AVP-HTTP-12; the `Broken pipe` of issue 13).
+pub(crate) fn drain_later(mut body: Incoming) {
+    tokio::spawn(async move {
+        let drained = async {
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    seen = seen.saturating_add(data.len() as u64);
+                    if seen > LINGER_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drained).await;
+    });
 }
 
 /// What happened to a [`PrefixedBody`] while the router forwarded it.
@@ -356,12 +401,18 @@ impl Body for FileBody {
     }
 }
 
+/// `value` as an answer body: Python's JSON (the SDK reads it with
+/// `json.loads`), keys sorted and compact as the server always wrote them.
+pub(crate) fn json_bytes(value: &Value) -> Vec<u8> {
+    // Only a value nested past avp-json's depth limit fails; ours are flat.
+    avp_json::to_string(value, WriteOptions::CANONICAL)
+        .unwrap_or_else(|_| "{}".to_owned())
+        .into_bytes()
+}
+
 /// A JSON response with the given status.
-pub(crate) fn json_response(
-    status: StatusCode,
-    value: &serde_json::Value,
-) -> Response<ResponseBody> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    let body = json_bytes(value);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -373,12 +424,15 @@ pub(crate) fn json_response(
 
 /// The error envelope (AVP-HTTP-20): the SDK's `{"success": false, "message"}`
 /// plus a machine-readable `error.kind`.
-pub(crate) fn error_json(kind: &str, message: &str) -> serde_json::Value {
-    serde_json::json!({
-        "success": false,
-        "message": message,
-        "error": {"kind": kind, "message": message},
-    })
+pub(crate) fn error_json(kind: &str, message: &str) -> Value {
+    Object::new()
+        .with("success", false)
+        .with("message", message)
+        .with(
+            "error",
+            Object::new().with("kind", kind).with("message", message),
+        )
+        .into()
 }
 
 /// An error answer with the envelope of [`error_json`].

@@ -19,11 +19,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::body::{FileBody, OutgoingBody};
-use crate::error::TransportError;
-use crate::hello::HandshakeResult;
-use crate::server::{
+use crate::endpoint::{
     AVP_VERSION_HEADER, CONTENT_TYPE_AVP, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT,
 };
+use crate::error::TransportError;
+use crate::hello::HandshakeResult;
 
 /// Largest response body the client reads (answers are small JSON objects).
 const MAX_RESPONSE: usize = 4 << 20;

@@ -10,28 +10,33 @@
 //! checked on transmit (AVP-HTTP-34/35).
 #![forbid(unsafe_code)]
 
-mod agent;
-mod body;
-mod budget;
-mod client;
-mod error;
-pub mod framing;
-pub mod hello;
-mod router;
-mod server;
-pub mod store;
-pub mod tls;
-pub mod wire;
+// One job per module; no two import each other (the server core sees only
+// `endpoint::Handler`, never the roles).
+mod agent; // the agent role: checks and stores what it receives
+mod body; // request/response bodies: bounded reads, streamed bodies, JSON envelopes
+mod budget; // the memory budget shared by in-flight requests, with a share per peer
+mod client; // the HTTP client: handshake, transmit, text, health, with retries
+mod endpoint; // shared HTTP plumbing: paths, server settings, the Handler trait, error answers
+mod error; // the crate's error type
+pub mod framing; // the bits of HTTP parsed by hand (first head scan, header values)
+pub mod hello; // hellos: the handshake crate's state machine behind the handshake endpoint
+mod router; // the router role: forwards by target agent id without decoding tensors
+mod server; // the server core: listener, TLS, first-head guard, common checks, dispatch
+pub mod store; // the context store: received messages on disk or in memory
+pub mod tls; // rustls configurations from PEM files
+pub mod wire; // thin calls into the codec: peek header/routing, full check, error status
 
 pub use agent::{Agent, DEFAULT_MEMORY_BUDGET, Received, ReceivedHook};
 pub use avp_handshake::{ModelIdentity, WeightsDigest};
 pub use body::{OutgoingBody, ResponseBody};
 pub use client::{AvpClient, ClientConfig};
+pub use endpoint::{
+    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, DEFAULT_MAX_HEAD, DEFAULT_MIN_RATE, Endpoint, Handler,
+    HandlerFuture, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig,
+};
 pub use error::TransportError;
+pub use framing::constant_time_eq;
 pub use hello::{HandshakeResult, HandshakeServer};
 pub use router::{DEFAULT_UPSTREAM_TIMEOUT, MAX_ROUTED_METADATA, Router};
-pub use server::{
-    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, DEFAULT_MAX_HEAD, DEFAULT_MIN_RATE, PATH_HANDSHAKE,
-    PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT, Role, Server, ServerConfig, constant_time_eq,
-};
+pub use server::Server;
 pub use store::{ContextStore, StoredContext};

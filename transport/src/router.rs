@@ -9,21 +9,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use avp_json as py_json;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::agent::{read_bytes, read_error_draining, wire_error};
 use crate::body::{
     BodySignals, LimitedReader, OutgoingBody, PrefixedBody, ResponseBody, error_response,
 };
 use crate::client::{HttpClient, exchange, http_client};
+use crate::endpoint::{
+    Endpoint, Handler, HandlerFuture, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig,
+    read_bytes, read_error_draining, too_large, wire_error,
+};
 use crate::error::TransportError;
-use crate::server::{Endpoint, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, ServerConfig, too_large};
-use crate::wire::{HEADER_LEN, MAX_METADATA, peek_header, peek_routing};
+use crate::wire::{MAX_METADATA, Status, header_status, routing_status};
 
 /// Largest metadata block the router reads before choosing a route.
 pub const MAX_ROUTED_METADATA: u32 = MAX_METADATA;
@@ -76,22 +78,6 @@ impl Router {
         self
     }
 
-    pub(crate) async fn handle(
-        &self,
-        endpoint: Endpoint,
-        request: Request<Incoming>,
-        config: &ServerConfig,
-    ) -> Response<ResponseBody> {
-        match endpoint {
-            Endpoint::Transmit => self.transmit(request, config).await,
-            Endpoint::Text => self.text(request, config).await,
-            Endpoint::Handshake => self.handshake(request, config).await,
-            Endpoint::Health => {
-                error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-            }
-        }
-    }
-
     async fn transmit(
         &self,
         request: Request<Incoming>,
@@ -100,39 +86,36 @@ impl Router {
         let (parts, body) = request.into_parts();
         let mut reader = LimitedReader::new(body, config.max_body, config.pace(Instant::now()));
         let mut prefix = BytesMut::new();
-        if let Err(err) = reader.fill_to(&mut prefix, HEADER_LEN).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        let header = match peek_header(&prefix) {
-            Ok(Some(header)) => header,
-            Ok(None) => {
+        let header = match reader.read_until(&mut prefix, header_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            // Includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "truncated",
                     "body shorter than the 12-byte header",
                 );
             }
-            // Includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
-            Err(err) => return wire_error(&err),
+            Ok(Ok(Status::Complete(header))) => header,
         };
         if header.message_len() > config.max_body {
             reader.drain_later();
             return too_large(config.max_body);
         }
-        let meta_end = header.metadata_end();
-        if let Err(err) = reader.fill_to(&mut prefix, meta_end).await {
-            return read_error_draining(reader, err, config.max_body);
-        }
-        if prefix.len() < meta_end {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "truncated",
-                "body ends inside the metadata",
-            );
-        }
-        let routing = match peek_routing(&prefix) {
-            Ok(routing) => routing,
-            Err(err) => return wire_error(&err),
+        // The prefix the codec needs is the header and metadata; the tensor
+        // bytes stream on without being held (AVP-HTTP-51).
+        let routing = match reader.read_until(&mut prefix, routing_status).await {
+            Err(err) => return read_error_draining(reader, err, config.max_body),
+            Ok(Err(err)) => return wire_error(&err),
+            Ok(Ok(Status::NeedMore(_))) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "truncated",
+                    "body ends inside the metadata",
+                );
+            }
+            Ok(Ok(Status::Complete(routing))) => routing,
         };
         let Some(base) = self.routes.get(&routing.target_agent_id) else {
             return unknown_target(&routing.target_agent_id);
@@ -181,12 +164,26 @@ impl Router {
             Ok(bytes) => bytes,
             Err(response) => return *response,
         };
-        let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
-            return error_response(StatusCode::BAD_REQUEST, "invalid_json", "body is not JSON");
+        // Python's JSON grammar, as the agent reads it: NaN, Infinity and
+        // 1e400 from the SDK pass through (issue 15).
+        let value = match py_json::parse(&bytes) {
+            Ok(value) => value,
+            // The agent would refuse it too (AVP-LIM-7), with this kind.
+            Err(err) if err.kind == py_json::JsonErrorKind::TooDeep => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "limit_exceeded",
+                    &format!("body is nested deeper than {} levels", py_json::MAX_DEPTH),
+                );
+            }
+            Err(_) => {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_json", "body is not JSON");
+            }
         };
         let target = value
-            .get("target_agent_id")
-            .and_then(Value::as_str)
+            .as_object()
+            .and_then(|members| members.get("target_agent_id"))
+            .and_then(py_json::Value::as_str)
             .unwrap_or("")
             .to_owned();
         let Some(base) = self.routes.get(&target) else {
@@ -260,6 +257,24 @@ impl Router {
             .body(body)
             .map_err(|_| TransportError::InvalidUrl(base.to_owned()))?;
         exchange(&self.client, request).await
+    }
+}
+
+impl Handler for Router {
+    fn handle<'a>(
+        &'a self,
+        endpoint: Endpoint,
+        request: Request<Incoming>,
+        config: &'a ServerConfig,
+        _peer: &'a Peer,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Transmit => self.transmit(request, config).await,
+                Endpoint::Text => self.text(request, config).await,
+                Endpoint::Handshake => self.handshake(request, config).await,
+            }
+        })
     }
 }
 

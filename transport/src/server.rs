@@ -1,4 +1,5 @@
-//! The HTTP server shared by agents and routers: one port for HTTP/1.1 and
+//! The HTTP server core shared by agents and routers (it knows only the
+//! [`Handler`] trait, not the roles): one port for HTTP/1.1 and
 //! HTTP/2 prior knowledge (AVP-HTTP-2), endpoint routing and the checks every
 //! request goes through before its body is read (AVP-HTTP-10..15), and a
 //! graceful shutdown that lets in-flight requests finish (AVP-HTTP-16).
@@ -11,7 +12,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,100 +29,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::agent::Agent;
-use crate::body::{Pace, ResponseBody, error_json, error_response, json_response};
-pub use crate::framing::constant_time_eq;
+use crate::body::{
+    LINGER_BYTES, LINGER_TIME, ResponseBody, drain_later, error_json, error_response, json_bytes,
+    json_response,
+};
+use crate::endpoint::{
+    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, Endpoint, Handler, PATH_HANDSHAKE, PATH_HEALTH,
+    PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig, too_large,
+};
 use crate::framing::{HeadScan, scan_head};
-use crate::router::Router;
-
-/// `Content-Type` of AVP binary messages (AVP-HTTP-11).
-pub const CONTENT_TYPE_AVP: &str = "application/avp+binary";
-/// Value of the `AVP-Version` header we send and accept (AVP-HTTP-3).
-pub const AVP_VERSION_HEADER: &str = "0.4";
-/// Path of the handshake endpoint.
-pub const PATH_HANDSHAKE: &str = "/avp/v2/handshake";
-/// Path of the binary transmit endpoint.
-pub const PATH_TRANSMIT: &str = "/avp/v2/transmit";
-/// Path of the JSON fallback endpoint.
-pub const PATH_TEXT: &str = "/avp/v2/text";
-/// Path of the health endpoint.
-pub const PATH_HEALTH: &str = "/health";
-
-/// Settings shared by agents and routers.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// When set, every `/avp/v2/*` request must carry `Authorization: Bearer <token>` (AVP-HTTP-13).
-    pub token: Option<String>,
-    /// Largest accepted transmit body in bytes (AVP-HTTP-12).
-    pub max_body: u64,
-    /// Largest accepted JSON body (handshake, text) in bytes.
-    pub max_json: u64,
-    /// A request body that sends nothing for this long is answered 408; an
-    /// HTTP/2 connection is PINGed after this long without traffic and closed
-    /// if the PING is not answered within it again (AVP-HTTP-18).
-    pub idle_timeout: Duration,
-    /// TLS handshake plus the first request head must arrive within this;
-    /// later heads on a kept-alive connection too (AVP-HTTP-18).
-    pub header_timeout: Duration,
-    /// Minimum average body rate in bytes per second after `rate_grace`;
-    /// 0 turns the floor off (AVP-HTTP-18).
-    pub min_rate: u64,
-    /// Time a request has before the rate floor applies.
-    pub rate_grace: Duration,
-    /// Largest first request head of a connection (AVP-HTTP-19).
-    pub max_head: usize,
-    /// Serve HTTPS with this rustls configuration (AVP-HTTP-70).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// How long shutdown waits for in-flight requests.
-    pub shutdown_grace: Duration,
-}
-
-/// Default of [`ServerConfig::min_rate`]: 256 KiB/s (about 2 Mbit/s).
-pub const DEFAULT_MIN_RATE: u64 = 256 << 10;
-/// Default of [`ServerConfig::max_head`]: 64 KiB.
-pub const DEFAULT_MAX_HEAD: usize = 64 << 10;
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            token: None,
-            max_body: 1 << 30,
-            max_json: 4 << 20,
-            idle_timeout: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
-            min_rate: DEFAULT_MIN_RATE,
-            rate_grace: Duration::from_secs(10),
-            max_head: DEFAULT_MAX_HEAD,
-            tls: None,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
-impl ServerConfig {
-    /// The deadlines of a request that started at `started`.
-    pub(crate) fn pace(&self, started: Instant) -> Pace {
-        Pace::new(started, self.idle_timeout, self.rate_grace, self.min_rate)
-    }
-}
-
-/// Who sent a request: the peer address and, under mutual TLS, its
-/// certificate identity (AVP-HTTP-74); the latter, else the former, is the
-/// unit of the budget share (AVP-HTTP-17).
-#[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    pub(crate) ip: IpAddr,
-    pub(crate) client_identity: Option<String>,
-}
-
-/// What the server does with authorised requests.
-#[derive(Clone)]
-pub enum Role {
-    /// An agent endpoint that stores what it receives.
-    Agent(Arc<Agent>),
-    /// A router that forwards transmits to other agents.
-    Router(Arc<Router>),
-}
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -130,18 +45,24 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    role: Role,
+struct Shared {
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
-    pub async fn bind(addr: SocketAddr, config: ServerConfig, role: Role) -> io::Result<Self> {
+    /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]);
+    /// `handler` (an [`Agent`](crate::Agent) or a [`Router`](crate::Router))
+    /// answers the requests that pass the common checks.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: ServerConfig,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         Ok(Self {
             listener,
-            shared: Arc::new(Shared { config, role }),
+            shared: Arc::new(Shared { config, handler }),
         })
     }
 
@@ -294,11 +215,10 @@ async fn read_first_head(
 /// still sending, so closing does not reset the connection before the
 /// client has read the answer.
 async fn refuse_head(mut io: Box<dyn Io>, limit: usize) {
-    let body = serde_json::to_vec(&error_json(
+    let body = json_bytes(&error_json(
         "header_too_large",
         &format!("the request head exceeds {limit} bytes"),
-    ))
-    .unwrap_or_default();
+    ));
     let head = format!(
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -315,34 +235,10 @@ async fn refuse_head(mut io: Box<dyn Io>, limit: usize) {
     linger(&mut io).await;
 }
 
-/// How long and how much an answered-early peer is read from before closing.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: u64 = 64 << 20;
-
 async fn linger(io: &mut Box<dyn Io>) {
     let mut sink = tokio::io::sink();
     let mut limited = (&mut *io).take(LINGER_BYTES);
     let _ = tokio::time::timeout(LINGER_TIME, tokio::io::copy(&mut limited, &mut sink)).await;
-}
-
-/// Keeps reading (and dropping) a request body the server already answered,
-/// bounded in bytes and time, so a client still uploading reads the early
-/// answer instead of a reset (AVP-HTTP-12; the `Broken pipe` of issue 13).
-pub(crate) fn drain_later(mut body: Incoming) {
-    tokio::spawn(async move {
-        let drained = async {
-            let mut seen = 0u64;
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Some(data) = frame.data_ref() {
-                    seen = seen.saturating_add(data.len() as u64);
-                    if seen > LINGER_BYTES {
-                        break;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER_TIME, drained).await;
-    });
 }
 
 /// The first head's bytes, then the connection.
@@ -397,12 +293,12 @@ impl AsyncWrite for Rewind {
     }
 }
 
+/// Where a request goes: the health probe the core answers itself, or an
+/// AVP endpoint the role's handler answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Endpoint {
+enum Route {
     Health,
-    Handshake,
-    Transmit,
-    Text,
+    Avp(Endpoint),
 }
 
 async fn handle(
@@ -426,11 +322,11 @@ async fn handle(
             &format!("the request head exceeds {} bytes", shared.config.max_head),
         );
     }
-    let endpoint = match request.uri().path() {
-        PATH_HEALTH => Endpoint::Health,
-        PATH_HANDSHAKE => Endpoint::Handshake,
-        PATH_TRANSMIT => Endpoint::Transmit,
-        PATH_TEXT => Endpoint::Text,
+    let route = match request.uri().path() {
+        PATH_HEALTH => Route::Health,
+        PATH_HANDSHAKE => Route::Avp(Endpoint::Handshake),
+        PATH_TRANSMIT => Route::Avp(Endpoint::Transmit),
+        PATH_TEXT => Route::Avp(Endpoint::Text),
         other => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -439,10 +335,9 @@ async fn handle(
             );
         }
     };
-    let allowed = if endpoint == Endpoint::Health {
-        Method::GET
-    } else {
-        Method::POST
+    let (allowed, allow_header) = match route {
+        Route::Health => (Method::GET, "GET"),
+        Route::Avp(_) => (Method::POST, "POST"),
     };
     if request.method() != allowed {
         let mut response = error_response(
@@ -454,27 +349,24 @@ async fn handle(
                 request.uri().path()
             ),
         );
-        response.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static(if endpoint == Endpoint::Health {
-                "GET"
-            } else {
-                "POST"
-            }),
-        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow_header));
         return response;
     }
-    if endpoint == Endpoint::Health {
-        return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}));
-    }
+    // Health stays open for liveness probes, whatever the role (AVP-HTTP-13).
+    let Route::Avp(endpoint) = route else {
+        let ok = avp_json::Object::new().with("status", "ok");
+        return json_response(StatusCode::OK, &ok.into());
+    };
     if let Err(response) = check_request(request.headers(), endpoint, &shared.config) {
         drain_later(request.into_body());
         return *response;
     }
-    match &shared.role {
-        Role::Agent(agent) => agent.handle(endpoint, request, &shared.config, peer).await,
-        Role::Router(router) => router.handle(endpoint, request, &shared.config).await,
-    }
+    shared
+        .handler
+        .handle(endpoint, request, &shared.config, peer)
+        .await
 }
 
 /// Auth, version, content type and declared length, in that order: an
@@ -536,14 +428,6 @@ fn check_request(
         }
     }
     Ok(())
-}
-
-pub(crate) fn too_large(limit: u64) -> Response<ResponseBody> {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        &format!("request body exceeds the limit of {limit} bytes"),
-    )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use avp_json::{Object, Value, WriteOptions};
 use bytes::Bytes;
+
+use crate::wire::{Status, routing_status};
 
 /// File extension of stored AVP messages.
 const EXTENSION: &str = "avp";
@@ -318,16 +321,22 @@ fn unix_millis(at: SystemTime) -> u64 {
 /// The sidecar: one JSON object with the fields of [`StoredContext`] that
 /// the message file does not give back by itself.
 fn sidecar_bytes(context: &StoredContext) -> Vec<u8> {
-    let value = serde_json::json!({
-        "id": context.id,
-        "session_id": context.session_id,
-        "source_agent_id": context.source_agent_id,
-        "target_agent_id": context.target_agent_id,
-        "client_identity": context.client_identity,
-        "received_at_ms": unix_millis(context.received_at),
-        "text": context.text,
-    });
-    serde_json::to_vec(&value).unwrap_or_default()
+    let identity = match &context.client_identity {
+        Some(identity) => Value::from(identity.as_str()),
+        None => Value::Null,
+    };
+    let value = Object::new()
+        .with("id", context.id.as_str())
+        .with("session_id", context.session_id.as_str())
+        .with("source_agent_id", context.source_agent_id.as_str())
+        .with("target_agent_id", context.target_agent_id.as_str())
+        .with("client_identity", identity)
+        .with("received_at_ms", unix_millis(context.received_at))
+        .with("text", context.text);
+    // Sorted and compact, as serde_json wrote sidecars before.
+    avp_json::to_string(&value.into(), WriteOptions::CANONICAL)
+        .unwrap_or_default()
+        .into_bytes()
 }
 
 /// Fills `context` from its sidecar; false when there is none or it is unusable.
@@ -339,15 +348,15 @@ fn read_sidecar(path: &Path, context: &mut StoredContext) -> bool {
     if io::Read::read_to_end(&mut io::Read::take(file, MAX_SIDECAR), &mut raw).is_err() {
         return false;
     }
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&raw) else {
+    let Ok(Value::Object(map)) = avp_json::parse(&raw) else {
         return false;
     };
-    if map.get("id").and_then(serde_json::Value::as_str) != Some(context.id.as_str()) {
+    if map.get("id").and_then(Value::as_str) != Some(context.id.as_str()) {
         return false;
     }
     let text = |key: &str| {
         map.get(key)
-            .and_then(serde_json::Value::as_str)
+            .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned()
     };
@@ -356,12 +365,9 @@ fn read_sidecar(path: &Path, context: &mut StoredContext) -> bool {
     context.target_agent_id = text("target_agent_id");
     context.client_identity = map
         .get("client_identity")
-        .and_then(serde_json::Value::as_str)
+        .and_then(Value::as_str)
         .map(str::to_owned);
-    if let Some(ms) = map
-        .get("received_at_ms")
-        .and_then(serde_json::Value::as_u64)
-    {
+    if let Some(ms) = map.get("received_at_ms").and_then(Value::as_u64) {
         context.received_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
     }
     true
@@ -374,11 +380,12 @@ fn describe_from_message(path: &Path, context: &mut StoredContext) -> io::Result
     if context.text {
         let mut raw = Vec::new();
         io::Read::read_to_end(&mut io::Read::take(file, 4 << 20), &mut raw)?;
-        let value: serde_json::Value = serde_json::from_slice(&raw).map_err(io::Error::other)?;
+        // Python's grammar: what the SDK sent (NaN and all) was stored as sent.
+        let value = avp_json::parse(&raw).map_err(io::Error::other)?;
         let field = |key: &str| {
             value
                 .get(key)
-                .and_then(serde_json::Value::as_str)
+                .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned()
         };
@@ -387,19 +394,24 @@ fn describe_from_message(path: &Path, context: &mut StoredContext) -> io::Result
         context.target_agent_id = field("target_agent_id");
         return Ok(());
     }
-    let mut head = vec![0u8; crate::wire::HEADER_LEN];
-    io::Read::read_exact(&mut file, &mut head)?;
-    let header = crate::wire::peek_header(&head)
-        .map_err(|err| io::Error::other(err.message().to_owned()))?
-        .ok_or_else(|| io::Error::other("short header"))?;
-    // metadata_end is bounded by the codec's metadata limit (1 MiB), checked above.
-    head.resize(header.metadata_end(), 0);
-    io::Read::read_exact(
-        &mut file,
-        head.get_mut(crate::wire::HEADER_LEN..).unwrap_or_default(),
-    )?;
-    let routing = crate::wire::peek_routing(&head)
-        .map_err(|err| io::Error::other(err.message().to_owned()))?;
+    // The codec says how many more bytes the header, then the metadata, need;
+    // the metadata is bounded by its limit (1 MiB), checked with the header.
+    let mut head = Vec::new();
+    let routing = loop {
+        match routing_status(&head).map_err(|err| io::Error::other(err.message().to_owned()))? {
+            Status::Complete(routing) => break routing,
+            Status::NeedMore(n) => {
+                let got =
+                    io::Read::read_to_end(&mut io::Read::take(&mut file, n as u64), &mut head)?;
+                if got < n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "message ends inside its metadata",
+                    ));
+                }
+            }
+        }
+    };
     context.session_id = routing.session_id;
     context.source_agent_id = routing.source_agent_id;
     context.target_agent_id = routing.target_agent_id;

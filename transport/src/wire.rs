@@ -1,15 +1,18 @@
 //! What the transport reads of a message before its body is complete, and the
-//! full check once it is: thin calls into `avp-codec` (its `Header::parse`,
-//! `peek_with` and `decode_with`), so the server, the router and the codec
+//! full check once it is: thin calls into `avp-codec` (its incremental
+//! `parse_header` and `parse_prefix`, which say how many more bytes they
+//! need, and `decode_with`), so the server, the router and the codec
 //! agree on every rule and every error kind (AVP-ERR vocabulary).
 //!
 //! Only [`check_complete`] touches tensor bytes; the router never calls it.
 
 use avp_codec::mac::MacKey;
-use avp_codec::{DecodeOptions, ErrorKind, Header, Limits, check_header, decode_with, peek_with};
+use avp_codec::{
+    DecodeOptions, ErrorKind, Header, Limits, decode_with, parse_header, parse_prefix,
+};
 use http::StatusCode;
 
-pub use avp_codec::{Error as WireError, HEADER_LEN};
+pub use avp_codec::{Error as WireError, HEADER_LEN, Status};
 
 /// Largest metadata block accepted before the tensor bytes (AVP-LIM-1, 1 MiB).
 pub const MAX_METADATA: u32 = Limits::DEFAULT.max_metadata_len;
@@ -28,43 +31,35 @@ pub struct RoutingInfo {
     pub mode: &'static str,
 }
 
-/// The header, once 12 bytes are there (`Ok(None)` before that). Rejects bad
-/// magic and version at once, and a metadata block over [`MAX_METADATA`]
-/// before it is buffered.
-pub fn peek_header(bytes: &[u8]) -> Result<Option<Header>, WireError> {
-    if bytes.len() < HEADER_LEN {
-        return Ok(None);
-    }
-    // The codec's own header checks: magic, version, limits, metadata within the payload.
-    check_header(bytes, &options().limits).map(Some)
+/// The header, once its 12 bytes are in `bytes` (the codec's
+/// `parse_header`): `NeedMore(n)` before that; bad magic and version are
+/// refused at once, and a metadata block over [`MAX_METADATA`] before it is
+/// buffered.
+pub fn header_status(bytes: &[u8]) -> Result<Status<Header>, WireError> {
+    parse_header(bytes, &options().limits)
 }
 
-/// Header and metadata checked by the codec (`bytes` holds at least
-/// `12 + metadata_length` bytes); the routing strings.
-pub fn peek_routing(bytes: &[u8]) -> Result<RoutingInfo, WireError> {
-    let peeked = peek_with(bytes, &options())?;
-    Ok(RoutingInfo {
-        session_id: peeked.metadata.session_id.into_owned(),
-        source_agent_id: peeked.metadata.source_agent_id.into_owned(),
-        target_agent_id: peeked.metadata.target_agent_id.into_owned(),
-        mode: peeked.metadata.mode.name(),
+/// Header and metadata checked by the codec (its `parse_prefix`), once
+/// `12 + metadata_length` bytes are in `bytes`; `NeedMore(n)` before that,
+/// with `n` counted by the codec from what the header declares.
+pub fn routing_status(bytes: &[u8]) -> Result<Status<RoutingInfo>, WireError> {
+    Ok(match parse_prefix(bytes, &options())? {
+        Status::NeedMore(n) => Status::NeedMore(n),
+        Status::Complete((peeked, _)) => Status::Complete(RoutingInfo {
+            session_id: peeked.metadata.session_id.into_owned(),
+            source_agent_id: peeked.metadata.source_agent_id.into_owned(),
+            target_agent_id: peeked.metadata.target_agent_id.into_owned(),
+            mode: peeked.metadata.mode.name(),
+        }),
     })
 }
 
 /// The codec's full compatible-mode decode of a complete message (checksum,
-/// enums, decompression within limits, AVP-HTTP-31); the warning codes it
-/// reported. The bytes are not kept: the caller stores them as received.
-pub fn check_complete(bytes: &[u8]) -> Result<Vec<&'static str>, WireError> {
-    check_complete_signed(bytes, None)
-}
-
-/// [`check_complete`], after verifying the keyed MAC when `key` is set
-/// (AVP-MAC-5/7): a missing or wrong tag is `bad_mac`, found before any
-/// decompression or checksum work.
-pub fn check_complete_signed(
-    bytes: &[u8],
-    key: Option<&MacKey>,
-) -> Result<Vec<&'static str>, WireError> {
+/// enums, decompression within limits, AVP-HTTP-31), after verifying the
+/// keyed MAC when `key` is set (AVP-MAC-5/7: a missing or wrong tag is
+/// `bad_mac`, found before any decompression or checksum work); the warning
+/// codes it reported. The bytes are not kept: the caller stores them as received.
+pub fn check_complete(bytes: &[u8], key: Option<&MacKey>) -> Result<Vec<&'static str>, WireError> {
     if let Some(key) = key {
         avp_codec::mac::verify(bytes, key, &options().limits)?;
     }
@@ -99,29 +94,29 @@ mod tests {
 
     #[test]
     fn header_needs_twelve_bytes_and_is_checked_at_once() {
-        assert!(matches!(peek_header(&[0x41, 0x56]), Ok(None)));
-        let good = peek_header(&header(10, 4))
-            .expect("valid")
-            .expect("complete");
+        assert_eq!(header_status(&[0x41, 0x56]), Ok(Status::NeedMore(10)));
+        let Ok(Status::Complete(good)) = header_status(&header(10, 4)) else {
+            panic!("a valid header");
+        };
         assert_eq!((good.payload_length, good.metadata_length), (10, 4));
         let mut bad = header(10, 4);
         bad[0] = b'X';
         assert_eq!(
-            peek_header(&bad).map_err(|e| e.kind()).err(),
+            header_status(&bad).map_err(|e| e.kind()).err(),
             Some(ErrorKind::BadMagic)
         );
         let mut v2 = header(10, 4);
         v2[2] = 2;
         assert_eq!(
-            peek_header(&v2).map_err(|e| e.kind()).err(),
+            header_status(&v2).map_err(|e| e.kind()).err(),
             Some(ErrorKind::UnsupportedVersion)
         );
         assert!(
-            peek_header(&header(3, 4)).is_err(),
+            header_status(&header(3, 4)).is_err(),
             "metadata longer than the payload"
         );
-        let huge =
-            peek_header(&header(u32::MAX, MAX_METADATA + 1)).expect_err("metadata over the limit");
+        let huge = header_status(&header(u32::MAX, MAX_METADATA + 1))
+            .expect_err("metadata over the limit");
         assert_eq!(status_for(&huge), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
@@ -130,7 +125,14 @@ mod tests {
         let meta = [0x1a, 3, b'b', b'o', b'b', 0x0a, 1, b's'];
         let mut message = header(meta.len() as u32, meta.len() as u32);
         message.extend_from_slice(&meta);
-        let info = peek_routing(&message).expect("valid metadata");
+        // The codec counts what the metadata still needs from the header.
+        assert_eq!(
+            routing_status(&message[..14]).expect("a good start"),
+            Status::NeedMore(message.len() - 14)
+        );
+        let Ok(Status::Complete(info)) = routing_status(&message) else {
+            panic!("valid metadata");
+        };
         assert_eq!(
             (info.target_agent_id.as_str(), info.session_id.as_str()),
             ("bob", "s")
@@ -138,7 +140,7 @@ mod tests {
         let mut broken = header(3, 3);
         broken.extend_from_slice(&[0x1a, 9, b'x']);
         assert_eq!(
-            status_for(&peek_routing(&broken).expect_err("broken")),
+            status_for(&routing_status(&broken).expect_err("broken")),
             StatusCode::BAD_REQUEST
         );
     }

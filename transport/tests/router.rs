@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use avp_codec::{Compression, Metadata, encode};
 use avp_transport::{
-    Agent, AvpClient, ClientConfig, ContextStore, ModelIdentity, Role, Router, Server,
+    Agent, AvpClient, ClientConfig, ContextStore, Handler, ModelIdentity, Router, Server,
     ServerConfig, TransportError,
 };
 use bytes::Bytes;
@@ -30,8 +30,8 @@ impl Running {
     }
 }
 
-async fn run(config: ServerConfig, role: Role) -> Running {
-    let server = Server::bind("127.0.0.1:0".parse().expect("addr"), config, role)
+async fn run(config: ServerConfig, handler: Arc<dyn Handler>) -> Running {
+    let server = Server::bind("127.0.0.1:0".parse().expect("addr"), config, handler)
         .await
         .expect("bind");
     let url = format!("http://{}", server.local_addr().expect("addr"));
@@ -76,7 +76,7 @@ fn status_of(outcome: Result<serde_json::Value, TransportError>) -> (u16, String
 async fn http_50_to_55_routing_limits_and_failures() {
     let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
     let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
-    let bob = run(ServerConfig::default(), Role::Agent(Arc::new(agent))).await;
+    let bob = run(ServerConfig::default(), Arc::new(agent)).await;
     // A port nothing listens on, for the unreachable destination.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -89,8 +89,19 @@ async fn http_50_to_55_routing_limits_and_failures() {
         max_body: 1 << 20,
         ..ServerConfig::default()
     };
-    let router = run(router_config, Role::Router(Arc::new(Router::new(routes)))).await;
+    let router = run(router_config, Arc::new(Router::new(routes))).await;
     let via_router = client(&router.url);
+
+    // The server core answers /health for a router as for an agent: no
+    // role sees it, and the router does not forward it.
+    assert_eq!(
+        via_router.health().await.expect("router health")["status"],
+        "ok"
+    );
+    assert_eq!(
+        client(&bob.url).health().await.expect("agent health")["status"],
+        "ok"
+    );
 
     // Routed by metadata, arrives byte for byte; h2c to the router works too.
     let sent = message("bob", 300_000);
@@ -203,13 +214,9 @@ async fn http_52_the_bearer_token_passes_through_the_router() {
         token: Some("s3cret".into()),
         ..ServerConfig::default()
     };
-    let bob = run(bob_config, Role::Agent(Arc::new(agent))).await;
+    let bob = run(bob_config, Arc::new(agent)).await;
     let routes = HashMap::from([("bob".to_owned(), bob.url.clone())]);
-    let router = run(
-        ServerConfig::default(),
-        Role::Router(Arc::new(Router::new(routes))),
-    )
-    .await;
+    let router = run(ServerConfig::default(), Arc::new(Router::new(routes))).await;
     let with_token = AvpClient::new(
         &router.url,
         ClientConfig {
@@ -260,7 +267,7 @@ async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
     });
     let routes = HashMap::from([("agent-b".to_owned(), silent_url)]);
     let router = Router::new(routes).with_upstream_timeout(Duration::from_millis(300));
-    let router = run(ServerConfig::default(), Role::Router(Arc::new(router))).await;
+    let router = run(ServerConfig::default(), Arc::new(router)).await;
     let via_router = AvpClient::new(
         &router.url,
         ClientConfig {
@@ -311,7 +318,7 @@ async fn http_75_a_router_speaks_tls_on_both_sides() {
         tls: Some(server_tls(Some(ca.clone()))),
         ..ServerConfig::default()
     };
-    let bob = run(bob_config, Role::Agent(Arc::new(agent))).await;
+    let bob = run(bob_config, Arc::new(agent)).await;
     let bob_url = bob.url.replace("http://", "https://");
     let upstream_tls = client_config(&ClientTlsFiles {
         ca: Some(ca.clone()),
@@ -324,7 +331,7 @@ async fn http_75_a_router_speaks_tls_on_both_sides() {
         tls: Some(server_tls(None)),
         ..ServerConfig::default()
     };
-    let router = run(router_config, Role::Router(Arc::new(router))).await;
+    let router = run(router_config, Arc::new(router)).await;
     let client = AvpClient::new(
         &router.url.replace("http://", "https://"),
         pki::client_trusting(Some(ca)),
@@ -345,4 +352,56 @@ async fn http_75_a_router_speaks_tls_on_both_sides() {
     router.shutdown().await;
     bob.shutdown().await;
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// What Python's `json.dumps` writes (`NaN`, `Infinity`, `-Infinity`) and
+/// `json.loads` reads (`1e400`) is JSON to the agent and to the router: the
+/// SDK's text messages are accepted and stored as sent (issue 15; the SDK's
+/// own client drives the same through `avp route` in
+/// cli/tests/transport_nonfinite.rs).
+#[tokio::test]
+async fn http_33_text_with_python_nonfinite_numbers_is_accepted_and_routed() {
+    let store = Arc::new(ContextStore::in_memory(Duration::from_secs(60)));
+    let agent = Agent::new("bob", ModelIdentity::default(), Arc::clone(&store));
+    let bob = run(ServerConfig::default(), Arc::new(agent)).await;
+    let routes = HashMap::from([("bob".to_owned(), bob.url.clone())]);
+    let router = run(ServerConfig::default(), Arc::new(Router::new(routes))).await;
+    for url in [&bob.url, &router.url] {
+        for number in ["NaN", "Infinity", "-Infinity", "1e400"] {
+            let body = format!(
+                r#"{{"avp_version": "0.6.2", "session_id": "s", "source_agent_id": "a", "target_agent_id": "bob", "content": "hi", "extra": {{"score": {number}}}}}"#
+            );
+            let answer = client(url)
+                .send_text_bytes(Bytes::from(body.clone()))
+                .await
+                .unwrap_or_else(|err| panic!("{number} via {url}: {err}"));
+            let (_, stored) = store
+                .get(answer["request_id"].as_str().expect("id"))
+                .expect("read")
+                .expect("stored");
+            assert_eq!(stored, body.as_bytes(), "{number} stored as sent");
+        }
+        // Still not JSON in any dialect: 400 invalid_json from either.
+        assert_eq!(
+            status_of(
+                client(url)
+                    .send_text_bytes(Bytes::from_static(br#"{"target_agent_id": nan}"#))
+                    .await
+            ),
+            (400, "invalid_json".into())
+        );
+        // Nested past any parser's depth: both say AVP-LIM-7's kind.
+        let deep = format!(
+            r#"{{"target_agent_id": "bob", "extra": {}{}}}"#,
+            "[".repeat(600),
+            "]".repeat(600)
+        );
+        assert_eq!(
+            status_of(client(url).send_text_bytes(Bytes::from(deep)).await),
+            (413, "limit_exceeded".into()),
+            "via {url}"
+        );
+    }
+    router.shutdown().await;
+    bob.shutdown().await;
 }

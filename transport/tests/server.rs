@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use avp_transport::hello::identity_from_json;
 use avp_transport::{
-    Agent, AvpClient, ClientConfig, ContextStore, Role, Server, ServerConfig, TransportError,
+    Agent, AvpClient, ClientConfig, ContextStore, Server, ServerConfig, TransportError,
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -738,7 +738,7 @@ async fn start_agent(config: ServerConfig, agent: Agent) -> Running {
     let server = Server::bind(
         "127.0.0.1:0".parse().expect("addr"),
         config,
-        Role::Agent(Arc::clone(&agent)),
+        Arc::<Agent>::clone(&agent),
     )
     .await
     .expect("bind");

@@ -107,7 +107,7 @@ async fn handshake(args: &HandshakeRemoteArgs) -> anyhow::Result<Result<Value, T
 mod tests {
     use std::sync::Arc;
 
-    use avp_transport::{Agent, ContextStore, Role, Server, ServerConfig};
+    use avp_transport::{Agent, ContextStore, Server, ServerConfig};
 
     use serde_json::json;
 
@@ -129,7 +129,7 @@ mod tests {
             let server = Server::bind(
                 "127.0.0.1:0".parse().expect("addr"),
                 ServerConfig::default(),
-                Role::Agent(Arc::new(agent)),
+                Arc::new(agent),
             )
             .await
             .expect("bind");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use avp_transport::{AvpClient, ClientConfig, Role, Router, Server, ServerConfig};
+use avp_transport::{AvpClient, ClientConfig, Router, Server, ServerConfig};
 use clap::Args;
 
 use super::send::{ClientTlsArgs, read_token_file, runtime};
@@ -68,7 +68,7 @@ async fn route(args: &RouteArgs) -> anyhow::Result<()> {
         router = router.with_upstream_tls(tls);
     }
     let https = config.tls.is_some();
-    let server = Server::bind(args.listen, config, Role::Router(Arc::new(router)))
+    let server = Server::bind(args.listen, config, Arc::new(router))
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce(server.local_addr()?, https)?;

@@ -22,7 +22,7 @@ use avp_handshake::{
 };
 use avp_transport::hello::identity_from_json;
 use avp_transport::{
-    Agent, ContextStore, HandshakeServer, Received, Role, Server, ServerConfig, WeightsDigest,
+    Agent, ContextStore, HandshakeServer, Received, Server, ServerConfig, WeightsDigest,
 };
 use clap::Args;
 
@@ -212,7 +212,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         agent = agent.with_mac_key(key);
     }
     let https = config.tls.is_some();
-    let server = Server::bind(args.listen, config, Role::Agent(Arc::new(agent)))
+    let server = Server::bind(args.listen, config, Arc::new(agent))
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     announce(server.local_addr()?, https)?;

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use super::{Int, JsonString, Object, Value};
 use crate::error::{JsonError, JsonErrorKind};
+use crate::{Int, JsonString, Object, Value};
 
 /// Deepest nesting of arrays/objects accepted (AVP-HASH-6).
 pub const MAX_DEPTH: usize = 512;
@@ -24,8 +24,66 @@ pub const MAX_INT_DIGITS: usize = 4300;
 /// Objects larger than this get a hash index for duplicate detection.
 const INDEX_THRESHOLD: usize = 64;
 
-/// Parses one JSON document (surrounding whitespace allowed) from UTF-8 bytes.
+/// Parses one JSON document (surrounding whitespace allowed) from UTF-8 bytes,
+/// nested at most [`MAX_DEPTH`] deep.
 pub fn parse(input: &[u8]) -> Result<Value, JsonError> {
+    parse_with(input, &ParseOptions::PYTHON)
+}
+
+/// How to parse: [`ParseOptions::PYTHON`] is `json.loads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParseOptions {
+    /// Deepest nesting accepted (at most [`MAX_DEPTH`]; a larger value is
+    /// treated as [`MAX_DEPTH`], which bounds the parser's stack use).
+    pub max_depth: usize,
+    /// Count a scalar as one more level than the container holding it (the
+    /// JSON fallback's AVP-LIM-7 counts "each array and the innermost value").
+    pub scalars_add_a_level: bool,
+    /// Keep every number as its source text ([`Value::NumberText`]) instead
+    /// of converting it to an int or float, so that writing it back gives the
+    /// same characters (AVP-JSON-4). Python's 4300-digit limit is then not applied.
+    pub keep_number_text: bool,
+}
+
+impl ParseOptions {
+    /// `json.loads`: nesting up to [`MAX_DEPTH`] containers, numbers converted.
+    pub const PYTHON: ParseOptions = ParseOptions {
+        max_depth: MAX_DEPTH,
+        scalars_add_a_level: false,
+        keep_number_text: false,
+    };
+
+    /// Sets [`ParseOptions::max_depth`].
+    #[must_use]
+    pub const fn with_max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Sets [`ParseOptions::scalars_add_a_level`].
+    #[must_use]
+    pub const fn with_scalars_adding_a_level(mut self, on: bool) -> Self {
+        self.scalars_add_a_level = on;
+        self
+    }
+
+    /// Sets [`ParseOptions::keep_number_text`].
+    #[must_use]
+    pub const fn with_number_text_kept(mut self, on: bool) -> Self {
+        self.keep_number_text = on;
+        self
+    }
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self::PYTHON
+    }
+}
+
+/// [`parse`] with options.
+pub fn parse_with(input: &[u8], options: &ParseOptions) -> Result<Value, JsonError> {
     if input.starts_with(&[0xef, 0xbb, 0xbf]) {
         return Err(JsonError::new(JsonErrorKind::ByteOrderMark, 0));
     }
@@ -36,6 +94,9 @@ pub fn parse(input: &[u8]) -> Result<Value, JsonError> {
         bytes: input,
         pos: 0,
         depth: 0,
+        max_depth: options.max_depth.min(MAX_DEPTH),
+        scalars_add_a_level: options.scalars_add_a_level,
+        keep_number_text: options.keep_number_text,
     };
     parser.skip_ws();
     let value = parser.value()?;
@@ -50,6 +111,9 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     depth: usize,
+    max_depth: usize,
+    scalars_add_a_level: bool,
+    keep_number_text: bool,
 }
 
 impl Parser<'_> {
@@ -84,7 +148,24 @@ impl Parser<'_> {
         }
     }
 
+    /// `NaN`, `Infinity` or `-Infinity`: a float, or its text when numbers keep theirs.
+    fn special_float(&mut self, word: &'static [u8], value: f64) -> Result<Value, JsonError> {
+        let value = if self.keep_number_text {
+            let text = core::str::from_utf8(word).unwrap_or_default();
+            Value::NumberText(text.into())
+        } else {
+            Value::Float(value)
+        };
+        self.literal(word, value)
+    }
+
     fn value(&mut self) -> Result<Value, JsonError> {
+        if self.scalars_add_a_level
+            && self.depth >= self.max_depth
+            && !matches!(self.peek(), Some(b'{' | b'[') | None)
+        {
+            return Err(self.err(JsonErrorKind::TooDeep));
+        }
         match self.peek() {
             None => Err(self.err(JsonErrorKind::UnexpectedEnd)),
             Some(b'{') => self.object(),
@@ -93,10 +174,10 @@ impl Parser<'_> {
             Some(b'n') => self.literal(b"null", Value::Null),
             Some(b't') => self.literal(b"true", Value::Bool(true)),
             Some(b'f') => self.literal(b"false", Value::Bool(false)),
-            Some(b'N') => self.literal(b"NaN", Value::Float(f64::NAN)),
-            Some(b'I') => self.literal(b"Infinity", Value::Float(f64::INFINITY)),
+            Some(b'N') => self.special_float(b"NaN", f64::NAN),
+            Some(b'I') => self.special_float(b"Infinity", f64::INFINITY),
             Some(b'-') if self.rest().starts_with(b"-Infinity") => {
-                self.literal(b"-Infinity", Value::Float(f64::NEG_INFINITY))
+                self.special_float(b"-Infinity", f64::NEG_INFINITY)
             }
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.err(JsonErrorKind::UnexpectedChar)),
@@ -104,7 +185,7 @@ impl Parser<'_> {
     }
 
     fn enter(&mut self) -> Result<(), JsonError> {
-        if self.depth >= MAX_DEPTH {
+        if self.depth >= self.max_depth {
             return Err(self.err(JsonErrorKind::TooDeep));
         }
         self.depth = self.depth.saturating_add(1);
@@ -316,6 +397,9 @@ impl Parser<'_> {
         // Only ASCII digits, signs, '.', 'e' were consumed.
         let text = core::str::from_utf8(text)
             .map_err(|_| JsonError::new(JsonErrorKind::BadNumber, start))?;
+        if self.keep_number_text {
+            return Ok(Value::NumberText(text.into()));
+        }
         if is_float {
             let v: f64 = text
                 .parse()

@@ -6,9 +6,9 @@
 
 use core::fmt::Write as _;
 
-use super::float::{StackBuf, format_u64, write_py_float_to};
-use super::{JsonString, MAX_DEPTH, Value};
-use crate::error::Error;
+use crate::error::{JsonError, JsonErrorKind};
+use crate::float::{StackBuf, format_u64, write_py_float_to};
+use crate::{JsonString, MAX_DEPTH, Value};
 
 /// Where written JSON text goes. The writer only ever hands over ASCII.
 pub trait Sink {
@@ -78,8 +78,16 @@ impl WriteOptions {
     };
 }
 
+/// `value` written with `options` into a new string, e.g.
+/// `to_string(&v, WriteOptions::PYTHON_DEFAULT)` is Python's `json.dumps(v)`.
+pub fn to_string(value: &Value, options: WriteOptions) -> Result<String, JsonError> {
+    let mut out = String::new();
+    write_value(&mut out, value, options)?;
+    Ok(out)
+}
+
 /// `json.dumps(value, sort_keys=True, separators=(",", ":"))` (AVP-HASH-1).
-pub fn to_canonical(value: &Value) -> Result<String, Error> {
+pub fn to_canonical(value: &Value) -> Result<String, JsonError> {
     let mut out = String::new();
     write_value(&mut out, value, WriteOptions::CANONICAL)?;
     Ok(out)
@@ -91,7 +99,7 @@ pub fn write_value<S: Sink + ?Sized>(
     out: &mut S,
     value: &Value,
     options: WriteOptions,
-) -> Result<(), Error> {
+) -> Result<(), JsonError> {
     write_inner(out, value, options, 0)
 }
 
@@ -100,7 +108,7 @@ fn write_inner<S: Sink + ?Sized>(
     value: &Value,
     options: WriteOptions,
     depth: usize,
-) -> Result<(), Error> {
+) -> Result<(), JsonError> {
     // Constant slices per case, so that buffered sinks store them inline
     // instead of calling memcpy for a length known only at run time.
     let put_item_sep = |out: &mut S| match options.separators {
@@ -130,6 +138,8 @@ fn write_inner<S: Sink + ?Sized>(
             write_py_float_to(&mut buf, *f);
             out.put_ascii(buf.as_bytes());
         }
+        // Number text is ASCII by construction (digits, sign, '.', 'e', NaN, Infinity).
+        Value::NumberText(t) => out.put(t),
         Value::Str(s) => {
             if !put_plain_string(out, s.as_wtf8(), b"") {
                 write_string(out, s);
@@ -137,7 +147,7 @@ fn write_inner<S: Sink + ?Sized>(
         }
         Value::Array(items) => {
             if depth >= MAX_DEPTH {
-                return Err(Error::TooDeepToWrite);
+                return Err(too_deep_to_write());
             }
             out.put_ascii(b"[");
             for (i, item) in items.iter().enumerate() {
@@ -150,11 +160,11 @@ fn write_inner<S: Sink + ?Sized>(
         }
         Value::Object(obj) => {
             if depth >= MAX_DEPTH {
-                return Err(Error::TooDeepToWrite);
+                return Err(too_deep_to_write());
             }
             out.put_ascii(b"{");
             let write_member =
-                |out: &mut S, i: usize, k: &JsonString, v: &Value| -> Result<(), Error> {
+                |out: &mut S, i: usize, k: &JsonString, v: &Value| -> Result<(), JsonError> {
                     if i > 0 {
                         put_item_sep(out);
                     }
@@ -362,7 +372,9 @@ fn write_scalar<S: Sink + ?Sized>(out: &mut S, value: &Value) -> bool {
             None => return false,
         },
         Value::Str(s) => return put_plain_string(out, s.as_wtf8(), b""),
-        Value::Float(_) | Value::Array(_) | Value::Object(_) => return false,
+        Value::Float(_) | Value::NumberText(_) | Value::Array(_) | Value::Object(_) => {
+            return false;
+        }
     }
     true
 }
@@ -458,7 +470,7 @@ pub(crate) fn write_wtf8_string<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
 }
 
 /// The escaped characters of [`write_wtf8_string`], without the quotes.
-pub(crate) fn write_wtf8_body<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
+pub fn write_wtf8_body<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
     let mut rest = wtf8;
     while !rest.is_empty() {
         // Copy the run of plain ASCII in one piece.
@@ -471,10 +483,10 @@ pub(crate) fn write_wtf8_body<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
         let Some((&lead, _)) = tail.split_first() else {
             break;
         };
-        let width = super::utf8_width(lead).min(tail.len());
+        let width = crate::utf8_width(lead).min(tail.len());
         let (seq, after) = tail.split_at(width);
         rest = after;
-        let cp = super::CodePoints { bytes: seq }.next().unwrap_or(0xfffd);
+        let cp = crate::CodePoints { bytes: seq }.next().unwrap_or(0xfffd);
         match cp {
             0x22 => out.put_ascii(b"\\\""),
             0x5c => out.put_ascii(b"\\\\"),
@@ -491,4 +503,9 @@ pub(crate) fn write_wtf8_body<S: Sink + ?Sized>(out: &mut S, wtf8: &[u8]) {
             }
         }
     }
+}
+
+#[cold]
+fn too_deep_to_write() -> JsonError {
+    JsonError::new(JsonErrorKind::TooDeepToWrite, 0)
 }

@@ -1,20 +1,40 @@
-//! A JSON data model that keeps everything Python's `json` module keeps
-//! (spec/handshake.md, AVP-HASH-1..AVP-HASH-9).
+//! Python-exact JSON for AVP: a reader and a writer that keep everything
+//! Python's `json` module keeps (spec/handshake.md, AVP-HASH-1..AVP-HASH-9).
 //!
 //! Generic JSON libraries lose exactly the details that decide a SHA-256
 //! over `json.dumps(config, sort_keys=True, separators=(",", ":"))`: the
 //! int/float distinction (`100` vs `100.0`), integers beyond 64 bits, `-0.0`,
-//! `NaN`/`Infinity`, lone UTF-16 surrogates from `\ud800` escapes, and
-//! Python's dict semantics for duplicate keys. This module keeps all of them.
+//! `NaN`/`Infinity` (which `json.dumps` writes and `json.loads` reads, and
+//! serde_json refuses), lone UTF-16 surrogates from `\ud800` escapes, and
+//! Python's dict semantics for duplicate keys. This crate keeps all of them,
+//! with no dependencies, so the sans-I/O codec and handshake crates can use it.
+//!
+//! - [`parse`] / [`parse_with`]: text to [`Value`];
+//! - [`write_value`] to any [`Sink`], or [`to_string`] with [`WriteOptions`]
+//!   ([`WriteOptions::PYTHON_DEFAULT`] is `json.dumps(x)`,
+//!   [`WriteOptions::COMPACT`] is `separators=(",", ":")`, [`to_canonical`]
+//!   adds `sort_keys=True`);
+//! - build documents with [`Object::with`] and the `From` conversions into [`Value`].
+#![forbid(unsafe_code)]
+#![warn(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
+mod error;
 mod float;
 mod parse;
 mod write;
 
+pub use error::{JsonError, JsonErrorKind};
 pub use float::write_py_float;
-pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, parse};
-pub(crate) use write::write_wtf8_body;
-pub use write::{Separators, Sink, WriteOptions, to_canonical, write_value};
+pub use parse::{MAX_DEPTH, MAX_INT_DIGITS, ParseOptions, parse, parse_with};
+pub use write::{
+    Separators, Sink, WriteOptions, to_canonical, to_string, write_value, write_wtf8_body,
+};
 
 use core::cmp::Ordering;
 use core::fmt;
@@ -237,8 +257,10 @@ impl Object {
         Self::default()
     }
 
-    /// Builds from entries whose keys are known to be distinct.
-    pub(crate) fn from_distinct(entries: Vec<(JsonString, Value)>) -> Self {
+    /// Builds from entries whose keys the caller knows to be distinct
+    /// (skips the duplicate check; with a repeated key, [`Object::get`]
+    /// would see only the first).
+    pub fn from_distinct(entries: Vec<(JsonString, Value)>) -> Self {
         Self { entries }
     }
 
@@ -251,6 +273,13 @@ impl Object {
         }
     }
 
+    /// `self` with `key` set to `value`: builds an object in one expression.
+    #[must_use]
+    pub fn with(mut self, key: impl Into<JsonString>, value: impl Into<Value>) -> Self {
+        self.insert(key, value.into());
+        self
+    }
+
     /// The value under `key` (a plain UTF-8 key).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.entries
@@ -260,12 +289,12 @@ impl Object {
     }
 
     /// All entries, in insertion order.
-    pub(crate) fn entries_slice(&self) -> &[(JsonString, Value)] {
+    pub fn entries_slice(&self) -> &[(JsonString, Value)] {
         &self.entries
     }
 
     /// Entry `index` (insertion order).
-    pub(crate) fn entry(&self, index: usize) -> Option<(&JsonString, &Value)> {
+    pub fn entry(&self, index: usize) -> Option<(&JsonString, &Value)> {
         self.entries.get(index).map(|(k, v)| (k, v))
     }
 
@@ -304,6 +333,10 @@ pub enum Value {
     Float(f64),
     /// A string (Python `str`, lone surrogates included).
     Str(JsonString),
+    /// A number exactly as written (also `NaN`, `Infinity`, `-Infinity`):
+    /// only from [`parse_with`] with [`ParseOptions::keep_number_text`], and
+    /// written back verbatim. Build one only from text the parser accepted.
+    NumberText(Box<str>),
     /// An array (Python `list`).
     Array(Vec<Value>),
     /// An object (Python `dict`).
@@ -319,6 +352,7 @@ impl Value {
             Value::Int(i) => !i.is_zero(),
             // NaN is truthy in Python; only ±0.0 is falsy.
             Value::Float(f) => *f != 0.0,
+            Value::NumberText(t) => float_of_text(t).is_none_or(|f| f != 0.0),
             Value::Str(s) => !s.is_empty(),
             Value::Array(a) => !a.is_empty(),
             Value::Object(o) => !o.is_empty(),
@@ -331,6 +365,68 @@ impl Value {
             Value::Object(o) => Some(o),
             _ => None,
         }
+    }
+
+    /// The string, if this is one and holds no lone surrogate.
+    pub fn as_str(&self) -> Option<&str> {
+        self.as_json_str().and_then(JsonString::as_str)
+    }
+
+    /// The array, if this is one.
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The boolean, if this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The integer as `i64`, if this is an integer that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => i.as_i64(),
+            _ => None,
+        }
+    }
+
+    /// The integer as `u64`, if this is an integer that fits.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::Int(i) => i.as_u64(),
+            _ => None,
+        }
+    }
+
+    /// The number as `f64`, as Python's `float(x)` gives it: floats as they
+    /// are, integers rounded (`None` for non-numbers and integers beyond `f64`).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Float(f) => Some(*f),
+            Value::NumberText(t) => float_of_text(t),
+            #[allow(clippy::cast_precision_loss)] // float(int) rounds too
+            Value::Int(i) => match i.as_i64() {
+                Some(v) => Some(v as f64),
+                None => i.to_string().parse::<f64>().ok().filter(|f| f.is_finite()),
+            },
+            _ => None,
+        }
+    }
+
+    /// True for `null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// `self[key]` when this is an object holding `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_object().and_then(|o| o.get(key))
     }
 
     /// The string, if this is one.
@@ -348,6 +444,7 @@ impl Value {
             Value::Bool(_) => "a boolean",
             Value::Int(_) => "an integer",
             Value::Float(_) => "a float",
+            Value::NumberText(_) => "a number",
             Value::Str(_) => "a string",
             Value::Array(_) => "an array",
             Value::Object(_) => "an object",
@@ -364,5 +461,63 @@ impl From<&str> for Value {
 impl From<u64> for Value {
     fn from(v: u64) -> Self {
         Value::Int(v.into())
+    }
+}
+
+/// Python's `float(text)` for a JSON number's text (`NaN`/`Infinity` included).
+fn float_of_text(text: &str) -> Option<f64> {
+    match text {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => text.parse().ok(),
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s.into())
+    }
+}
+
+impl From<JsonString> for Value {
+    fn from(s: JsonString) -> Self {
+        Value::Str(s)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v.into())
+    }
+}
+
+impl From<u32> for Value {
+    fn from(v: u32) -> Self {
+        Value::Int(i64::from(v).into())
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+
+impl From<Object> for Value {
+    fn from(o: Object) -> Self {
+        Value::Object(o)
+    }
+}
+
+impl From<Vec<Value>> for Value {
+    fn from(items: Vec<Value>) -> Self {
+        Value::Array(items)
     }
 }
