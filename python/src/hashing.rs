@@ -1,0 +1,105 @@
+//! Identity hashes (spec/handshake.md): `model_hash` (AVP-HASH-1),
+//! `tokenizer_hash` (AVP-HASH-10), the `weights_digest` extension
+//! (AVP-HS-20) and the model identity. Python objects arrive as the JSON
+//! text Python's own `json.dumps` wrote, which our parser reads without
+//! losing Python's int/float distinctions; the hashing runs with the GIL
+//! released.
+
+use std::path::PathBuf;
+
+use avp_handshake::json::{self, Value};
+use pyo3::prelude::*;
+
+use crate::errors;
+
+fn parse(py: Python<'_>, text: &[u8]) -> PyResult<Value> {
+    json::parse(text).map_err(|e| errors::handshake(py, &avp_handshake::Error::Json(e)))
+}
+
+/// model_hash_json(text) -> str: `model_hash` of the config serialised by
+/// `json.dumps` (any separators, any key order).
+#[pyfunction]
+pub(crate) fn model_hash_json(py: Python<'_>, text: &[u8]) -> PyResult<String> {
+    py.allow_threads(|| {
+        json::parse(text)
+            .map_err(avp_handshake::Error::Json)
+            .and_then(|v| avp_handshake::model_hash(&v))
+    })
+    .map_err(|e| errors::handshake(py, &e))
+}
+
+fn vocab_hash(
+    doc: &Value,
+    from_tokenizer_json: bool,
+    threads: usize,
+) -> Result<String, avp_handshake::Error> {
+    if from_tokenizer_json {
+        let vocab = avp_handshake::vocab_from_tokenizer_json(doc)?;
+        avp_handshake::tokenizer_hash_with_threads(&vocab, threads)
+    } else {
+        let vocab = avp_handshake::vocab_from_document(doc)?;
+        avp_handshake::tokenizer_hash_with_threads(&vocab, threads)
+    }
+}
+
+/// tokenizer_hash_json(text, threads=1) -> str: `tokenizer_hash` of a
+/// `{token: id}` vocabulary serialised by `json.dumps`.
+#[pyfunction]
+#[pyo3(signature = (text, threads=1))]
+pub(crate) fn tokenizer_hash_json(py: Python<'_>, text: &[u8], threads: usize) -> PyResult<String> {
+    py.allow_threads(|| {
+        let doc = json::parse(text).map_err(avp_handshake::Error::Json)?;
+        vocab_hash(&doc, false, threads)
+    })
+    .map_err(|e| errors::handshake(py, &e))
+}
+
+/// tokenizer_hash_file(path, threads=1) -> str: `tokenizer_hash` of the
+/// vocabulary of a `tokenizer.json` file (or a directory holding one).
+#[pyfunction]
+#[pyo3(signature = (path, threads=1))]
+pub(crate) fn tokenizer_hash_file(
+    py: Python<'_>,
+    path: PathBuf,
+    threads: usize,
+) -> PyResult<String> {
+    py.allow_threads(|| {
+        let file = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path
+        };
+        let text = std::fs::read(&file).map_err(|e| avp_handshake::Error::Io {
+            path: file.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let doc = json::parse(&text).map_err(avp_handshake::Error::Json)?;
+        vocab_hash(&doc, true, threads)
+    })
+    .map_err(|e| errors::handshake(py, &e))
+}
+
+/// weights_digest(dir, threads=0) -> str: the BLAKE3 weights digest (hex)
+/// of the `*.safetensors` files in `dir` (AVP-HS-20), streamed from disk.
+#[pyfunction]
+#[pyo3(signature = (dir, threads=0))]
+pub(crate) fn weights_digest(py: Python<'_>, dir: PathBuf, threads: usize) -> PyResult<String> {
+    py.allow_threads(|| avp_handshake::fs::weights_digest_dir(&dir, threads))
+        .map(|d| d.to_hex())
+        .map_err(|e| errors::handshake(py, &e))
+}
+
+/// identity_json(config_text, tokenizer_hash="") -> str: the model identity
+/// (AVP-HS-1) of a config serialised by `json.dumps`, as canonical JSON.
+#[pyfunction]
+#[pyo3(signature = (config_text, tokenizer_hash=String::new()))]
+pub(crate) fn identity_json(
+    py: Python<'_>,
+    config_text: &[u8],
+    tokenizer_hash: String,
+) -> PyResult<String> {
+    let config = parse(py, config_text)?;
+    avp_handshake::identity_from_config(&config, tokenizer_hash.into())
+        .and_then(|id| json::to_canonical(&id.to_value()))
+        .map_err(|e| errors::handshake(py, &e))
+}
