@@ -44,6 +44,14 @@ def _sdk():
     return avp
 
 
+# The SDK's own wording for the failures it also detects.
+_SDK_PHRASES = {
+    "checksum_mismatch": "Payload checksum mismatch. Message may be corrupted",
+    "truncated": "Message truncated",
+    "unknown_enum": "Unknown enum value in AVP message",
+}
+
+
 def _raise_sdk(err: "_native.AvpError", data: Any = None) -> None:
     """Re-raises an avp_rs error as the SDK exception its callers expect."""
     from avp.errors import ConfigurationError, DecodeError, InvalidMagicError, UnsupportedVersionError
@@ -56,7 +64,10 @@ def _raise_sdk(err: "_native.AvpError", data: Any = None) -> None:
     elif isinstance(err, _native.UsageError):
         new = ConfigurationError(str(err))
     else:
-        new = DecodeError(str(err))
+        # Callers match the SDK's wording ("checksum mismatch", "truncated");
+        # keep its phrase first, then ours with the kind.
+        phrase = _SDK_PHRASES.get(kind)
+        new = DecodeError(f"{phrase} ({err})" if phrase else str(err))
     new.kind = kind
     raise new from err
 
