@@ -148,7 +148,11 @@ def _to_sdk_message(m: "_native.Message", raw_size: int) -> Any:
     payload = m.payload
     if isinstance(payload, memoryview) and payload.nbytes < ZERO_COPY_PAYLOAD_FROM:
         payload = payload.tobytes()
-    return AVPMessage(header=header, metadata=metadata, payload=payload, raw_size=raw_size)
+    msg = AVPMessage(header=header, metadata=metadata, payload=payload, raw_size=raw_size)
+    # What compatible mode tolerated (AVP-WIRE-20), for callers that look;
+    # the SDK type has no field for it.
+    msg.avp_rs_warnings = m.warnings
+    return msg
 
 
 def decode(data: bytes) -> Any:
