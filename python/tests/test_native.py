@@ -42,7 +42,7 @@ def test_every_buffer_type_decodes_without_copy(tmp_path):
 
 
 def test_payload_outlives_the_input():
-    """The payload keeps the input alive after every other reference is gone."""
+    """AVP-PY-3: the payload keeps the input alive after every other reference is gone."""
     payload, msg = _message(1024)
     buf = bytearray(msg)
     m = avp_rs.decode(buf)
@@ -200,6 +200,7 @@ def test_mac_round_trip():
 
 
 def test_install_patches_every_copy_and_uninstall_restores():
+    """AVP-PY-4: every copy of a replaced function is patched, and restored."""
     import avp
     import avp.codec
     import avp.transport
@@ -213,6 +214,7 @@ def test_install_patches_every_copy_and_uninstall_restores():
 
 
 def test_installed_decode_returns_sdk_types_and_raises_sdk_errors():
+    """AVP-PY-4: SDK types out, SDK exception classes (with .kind) raised."""
     import avp
     from avp.errors import DecodeError, InvalidMagicError
     from avp.types import AVPMessage, DataType
@@ -233,7 +235,7 @@ def test_installed_decode_returns_sdk_types_and_raises_sdk_errors():
 
 
 def test_installed_refuses_zstd_bombs():
-    """The SDK's decompress allocates what a frame declares; ours stops at the limit."""
+    """AVP-PY-5: the SDK's decompress allocates what a frame declares; ours stops at the limit."""
     import zstandard
 
     import avp
@@ -249,6 +251,7 @@ def test_installed_refuses_zstd_bombs():
 
 
 def test_installed_refuses_unknown_kv_dtype_instead_of_float16():
+    """AVP-PY-5: an unknown KV dtype byte is an error, not float16."""
     import avp.kv_cache
     from avp.errors import DecodeError
 
