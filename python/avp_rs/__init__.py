@@ -71,7 +71,12 @@ def tokenizer_hash(path_or_vocab: Union[str, "_os.PathLike[str]", Mapping[str, i
     if hasattr(path_or_vocab, "get_vocab"):
         vocab = path_or_vocab.get_vocab()
     else:
-        vocab = dict(path_or_vocab)
+        vocab = path_or_vocab if type(path_or_vocab) is dict else dict(path_or_vocab)
+    # {str: int} (every real vocabulary) is read directly; anything else
+    # takes the exact json.dumps route.
+    direct = _native.tokenizer_hash_dict(vocab, threads)
+    if direct is not None:
+        return direct
     return _native.tokenizer_hash_json(_json.dumps(vocab).encode("utf-8"), threads)
 
 

@@ -7,8 +7,9 @@
 
 use std::path::PathBuf;
 
-use avp_handshake::json::{self, Value};
+use avp_handshake::json::{self, Int, JsonString, Object, Value};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyInt, PyString};
 
 use crate::errors;
 
@@ -101,5 +102,42 @@ pub(crate) fn identity_json(
     let config = parse(py, config_text)?;
     avp_handshake::identity_from_config(&config, tokenizer_hash.into())
         .and_then(|id| json::to_canonical(&id.to_value()))
+        .map_err(|e| errors::handshake(py, &e))
+}
+
+/// tokenizer_hash_dict(vocab, threads=1) -> str | None: `tokenizer_hash` of a
+/// `{str: int}` dict read directly (no JSON round trip), or None when the
+/// dict holds anything else (other value types, lone surrogates, huge ints),
+/// for which the caller takes the JSON path.
+#[pyfunction]
+#[pyo3(signature = (vocab, threads=1))]
+pub(crate) fn tokenizer_hash_dict(
+    vocab: &Bound<'_, PyDict>,
+    threads: usize,
+) -> PyResult<Option<String>> {
+    let py = vocab.py();
+    let mut entries = Vec::with_capacity(vocab.len());
+    for (k, v) in vocab.iter() {
+        let (Ok(key), Ok(id)) = (k.downcast::<PyString>(), v.downcast::<PyInt>()) else {
+            return Ok(None);
+        };
+        if v.is_instance_of::<PyBool>() {
+            return Ok(None); // json.dumps writes `true`, not 1
+        }
+        let Some(utf8) = crate::buffer::str_utf8(key) else {
+            return Ok(None);
+        };
+        let Ok(id) = id.extract::<i64>() else {
+            return Ok(None);
+        };
+        // Python str keys are distinct, and so are their UTF-8 encodings.
+        let Ok(text) = std::str::from_utf8(utf8) else {
+            return Ok(None);
+        };
+        entries.push((JsonString::from(text), Value::Int(Int::from(id))));
+    }
+    let object = Object::from_distinct(entries);
+    py.allow_threads(|| avp_handshake::tokenizer_hash_with_threads(&object, threads))
+        .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }

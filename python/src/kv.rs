@@ -185,17 +185,16 @@ pub(crate) fn kv_payload<'py>(
         ));
     }
     // Written straight into the bytes object: one copy of the tensors.
-    PyBytes::new_with(py, total, |out| {
-        py.allow_threads(|| {
-            let (head, mut rest) = out.split_at_mut(avp_codec::kv::KV_HEADER_LEN.min(out.len()));
-            head.copy_from_slice(&header.to_bytes());
-            for s in &slices {
-                let (dst, tail) = rest.split_at_mut(s.len());
-                avp_codec::checksum::copy_with_threads(dst, s, 0);
-                rest = tail;
-            }
-        });
-        Ok(())
+    let head_bytes = header.to_bytes();
+    crate::buffer::new_bytes_with(py, total, |out| {
+        let (head, mut rest) = out.split_at_mut(head_bytes.len().min(out.len()));
+        head.copy_from_slice(head_bytes.get(..head.len()).unwrap_or_default());
+        for s in &slices {
+            let n = s.len().min(rest.len());
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            avp_codec::checksum::copy_with_threads(dst, s.get(..dst.len()).unwrap_or_default(), 0);
+            rest = tail;
+        }
     })
 }
 

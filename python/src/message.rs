@@ -472,13 +472,10 @@ pub(crate) fn encode_slice<'py>(
         .allow_threads(|| avp_codec::encode_prefix(metadata, data))
         .map_err(|e| errors::codec(py, &e))?;
     let threads = opts.threads;
-    PyBytes::new_with(py, prefix.len().saturating_add(data.len()), |out| {
-        py.allow_threads(|| {
-            let (head, tail) = out.split_at_mut(prefix.len());
-            head.copy_from_slice(&prefix);
-            avp_codec::checksum::copy_with_threads(tail, data, threads);
-        });
-        Ok(())
+    crate::buffer::new_bytes_with(py, prefix.len().saturating_add(data.len()), |out| {
+        let (head, tail) = out.split_at_mut(prefix.len());
+        head.copy_from_slice(&prefix);
+        avp_codec::checksum::copy_with_threads(tail, data, threads);
     })
 }
 

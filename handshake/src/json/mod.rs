@@ -237,8 +237,9 @@ impl Object {
         Self::default()
     }
 
-    /// Builds from entries whose keys are known to be distinct.
-    pub(crate) fn from_distinct(entries: Vec<(JsonString, Value)>) -> Self {
+    /// Builds from entries whose keys are known to be distinct (a Python
+    /// dict's, for example): no duplicate check, so building is O(n).
+    pub fn from_distinct(entries: Vec<(JsonString, Value)>) -> Self {
         Self { entries }
     }
 
