@@ -176,3 +176,33 @@ def test_conformance_run_matches_corpus():
     assert verdicts["wire/valid/hidden-f32"] == "PASS"
     assert len(verdicts) >= len(DECODE_CASES)
     assert "PASS" in report.text
+
+
+def test_weights_digest_vectors():
+    """weights_digest of every corpus model directory: the corpus's digest, or a PeerError."""
+    cases = json.loads((VECTORS / "handshake" / "weights.json").read_text())["cases"]
+    for c in cases:
+        d = VECTORS / "handshake" / c["input"]["dir"]
+        if c["expect"]["result"] == "valid":
+            assert avp_rs.weights_digest(str(d)) == c["expect"]["weights_digest"], c["id"]
+        else:
+            with pytest.raises(avp_rs.PeerError):
+                avp_rs.weights_digest(str(d))
+
+
+def test_identity_of_model_dirs():
+    """identity(config, tokenizer_hash) equals the corpus's identity of each model directory."""
+    cases = json.loads((VECTORS / "handshake" / "identity.json").read_text())["cases"]
+    checked = 0
+    for c in cases:
+        if "model_dir" not in c["input"] or c["expect"]["result"] != "valid":
+            continue
+        d = VECTORS / "handshake" / c["input"]["model_dir"]
+        config = json.loads((d / "config.json").read_text())
+        want = c["expect"]["identity"]
+        tok = avp_rs.tokenizer_hash(d / "tokenizer.json") if (d / "tokenizer.json").exists() else ""
+        got = avp_rs.identity(config, tok)
+        for k, v in want.items():
+            assert got.get(k, "") == v, (c["id"], k)
+        checked += 1
+    assert checked >= 2
