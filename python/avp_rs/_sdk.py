@@ -288,24 +288,19 @@ def deserialize_kv_cache(data: bytes, device: str = "cpu") -> Tuple[Tuple[Tuple[
         seq_len=info["seq_len"],
         dtype=info["dtype"],
     )
-    # One parallel copy of all the tensors into memory torch owns; every
-    # K and V is then a view of it (writable, as the SDK's tensors are).
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[header.dtype]
-    shape = (1, header.num_kv_heads, header.seq_len, header.head_dim)
-    per = arrays[0][0].nbytes if arrays else 0
-    storage = torch.empty(2 * per * len(arrays), dtype=torch.uint8)
-    if arrays:
-        view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
-        _native.copy_into(storage.numpy(), view[17:17 + storage.numel()])
+    # One copy per tensor, into memory torch owns (writable, as the SDK's
+    # tensors are). Measured: one 256 MiB buffer for all of them is 2-3x
+    # slower (a fresh mapping page-faults on every page; per-tensor blocks
+    # reuse the allocator's freed memory).
+    bf16 = header.dtype == "bfloat16"
     layers = []
-    for i in range(len(arrays)):
+    for k_np, v_np in arrays:
         pair = []
-        for j in (0, 1):
-            start = (2 * i + j) * per
-            t = storage[start:start + per].view(torch_dtype).view(shape)
-            pair.append(t.to(device=device))
+        for a in (k_np, v_np):
+            t = torch.from_numpy((a.view("int16") if bf16 else a).copy())
+            if bf16:
+                t = t.view(torch.bfloat16)
+            pair.append(t.unsqueeze(0).to(device=device))
         layers.append(tuple(pair))
     return tuple(layers), header
 

@@ -1,7 +1,7 @@
 //! The C API pieces the glue needs beyond pyo3's safe API, in the one module
 //! of this crate with `unsafe`:
 //! - borrowing any Python buffer (bytes, bytearray, memoryview, mmap, numpy)
-//!   as `&[u8]` (or a writable one as `&mut [u8]`) without copying it;
+//!   as `&[u8]` without copying it;
 //! - filling a new `bytes` object without zeroing it first;
 //! - reading a `str` as UTF-8 without a temporary `bytes` object.
 //!
@@ -47,8 +47,6 @@ unsafe extern "C" {
 /// `PyBUF_SIMPLE`: one C-contiguous run of bytes; non-contiguous exporters
 /// refuse it with `BufferError`, which is what we want.
 const PYBUF_SIMPLE: c_int = 0;
-/// `PyBUF_WRITABLE`: as simple, and the memory may be written.
-const PYBUF_WRITABLE: c_int = 1;
 
 /// An exported buffer, released on drop. While it lives the exporter keeps
 /// the memory where it is (a bytearray cannot be resized, an mmap cannot be
@@ -61,15 +59,6 @@ pub(crate) struct InputBuffer {
 impl InputBuffer {
     /// Exports `obj`'s buffer, or raises `TypeError`/`BufferError` as Python does.
     pub(crate) fn get(obj: &Bound<'_, PyAny>) -> PyResult<InputBuffer> {
-        Self::export(obj, PYBUF_SIMPLE)
-    }
-
-    /// Exports a writable buffer (`BufferError` for read-only exporters).
-    pub(crate) fn get_writable(obj: &Bound<'_, PyAny>) -> PyResult<InputBuffer> {
-        Self::export(obj, PYBUF_WRITABLE)
-    }
-
-    fn export(obj: &Bound<'_, PyAny>, flags: c_int) -> PyResult<InputBuffer> {
         let mut raw = Box::new(RawBuffer {
             buf: std::ptr::null_mut(),
             obj: std::ptr::null_mut(),
@@ -85,7 +74,7 @@ impl InputBuffer {
         });
         // SAFETY: the GIL is held (we have a `Bound`), `obj` is a live object
         // and `raw` is a writable Py_buffer for CPython to fill.
-        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *raw, flags) };
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *raw, PYBUF_SIMPLE) };
         if rc != 0 {
             return Err(PyErr::take(obj.py())
                 .unwrap_or_else(|| PyBufferError::new_err("object does not export a buffer")));
@@ -108,23 +97,6 @@ impl InputBuffer {
         // (bytearray) meanwhile; the codec reads every byte as untrusted
         // input, so that gives at worst a wrong verdict, as in C.
         unsafe { std::slice::from_raw_parts(self.raw.buf.cast::<u8>(), len) }
-    }
-}
-
-impl InputBuffer {
-    /// The exported bytes, writable: `None` unless exported with
-    /// [`InputBuffer::get_writable`].
-    pub(crate) fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if self.raw.readonly != 0 {
-            return None;
-        }
-        let len = usize::try_from(self.raw.len).ok()?;
-        if len == 0 || self.raw.buf.is_null() {
-            return Some(&mut []);
-        }
-        // SAFETY: a writable export of `len` contiguous bytes at `buf`, valid
-        // until our drop; `&mut self` makes this the only Rust reference.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.raw.buf.cast::<u8>(), len) })
     }
 }
 

@@ -49,7 +49,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mac::mac_verify, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::run_json, m)?)?;
     m.add("crc32", wrap_pyfunction!(crc32, m)?)?;
-    m.add_function(wrap_pyfunction!(copy_into, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::tokenizer_hash_dict, m)?)?;
     Ok(())
 }
@@ -64,41 +63,4 @@ fn crc32(buf: &Bound<'_, PyAny>, threads: usize) -> PyResult<u32> {
     Ok(buf
         .py()
         .allow_threads(|| avp_codec::checksum::crc32_with_threads(data, threads)))
-}
-
-/// copy_into(dst, src, offset=0, threads=0) -> None: copies all of `src` into
-/// the writable buffer `dst` from `offset` (a torch tensor's numpy view, a
-/// bytearray), on `threads` threads with the GIL released. Lets the SDK
-/// drop-in hand torch one buffer it owns with a single parallel copy.
-#[pyfunction]
-#[pyo3(signature = (dst, src, offset=0, threads=0))]
-fn copy_into(
-    dst: &Bound<'_, PyAny>,
-    src: &Bound<'_, PyAny>,
-    offset: usize,
-    threads: usize,
-) -> PyResult<()> {
-    let py = dst.py();
-    let mut out = buffer::InputBuffer::get_writable(dst)?;
-    let input = message::Borrowed::get(src)?;
-    let data = input.as_slice();
-    let target = out
-        .as_mut_slice()
-        .ok_or_else(|| errors::usage(py, "copy_into: destination is read-only"))?;
-    let end = offset
-        .checked_add(data.len())
-        .filter(|&e| e <= target.len())
-        .ok_or_else(|| {
-            errors::usage(
-                py,
-                format!(
-                    "copy_into: {} bytes at {offset} exceed the destination ({} bytes)",
-                    data.len(),
-                    target.len()
-                ),
-            )
-        })?;
-    let dst_slice = target.get_mut(offset..end).unwrap_or_default();
-    py.allow_threads(|| avp_codec::checksum::copy_with_threads(dst_slice, data, threads));
-    Ok(())
 }
