@@ -29,8 +29,9 @@ HERE = Path(__file__).resolve().parent
 SDIST = "avp-0.6.2.tar.gz"
 SDIST_SHA256 = "179a4b2a4598940561a243f06a909ab8da771ac4faa8aff50f52bd672fa257a3"
 # The SDK test files that exercise the codec, compression, KV cache, hashing,
-# handshake, errors, JSON fallback, and the SDK code built on them
-# (transport, session, context store, types).
+# handshake, errors, JSON fallback, and the SDK code built on them (transport,
+# session, context store, types, contexts, connectors, rosetta). All of them
+# pass with the SDK alone (`--baseline`); none needs a network or a GPU.
 TEST_FILES = [
     "test_codec.py",
     "test_codec_v2.py",
@@ -44,6 +45,16 @@ TEST_FILES = [
     "test_types.py",
     "test_session.py",
     "test_context_store.py",
+    # Code built on the replaced functions: AVPContext.to_bytes/from_bytes,
+    # inspect(), connectors and rosetta computing model hashes.
+    "test_high_level_api.py",
+    "test_integration.py",
+    "test_latent_primitives.py",
+    "test_debug.py",
+    "test_easy.py",
+    "test_connectors.py",
+    "test_ollama_connector.py",
+    "test_rosetta.py",
 ]
 
 
