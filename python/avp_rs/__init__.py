@@ -5,7 +5,7 @@ Native API (zero-copy, GIL released for large work):
 - ``decode(buf, strict=False)`` / ``peek(buf)`` / ``encode(payload, **metadata)``
   / ``StreamDecoder``;
 - ``kv_arrays(payload)``: KV-cache layers as numpy views of the payload;
-- ``model_hash``, ``tokenizer_hash``, ``weights_digest``, ``identity``;
+- ``model_hash``, ``tokenizer_hash``, ``weights_digest``, ``identity``, ``resolve``;
 - ``mac_sign`` / ``mac_verify``; ``crc32``;
 - ``avp_rs.conformance.run``: the conformance runner;
 - ``install()`` / ``installed()``: make the ``avp`` SDK 0.6.2 use all this.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json as _json
 import os as _os
-from typing import Any, List, Mapping, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._native import (  # noqa: F401
     AvpError,
@@ -43,7 +43,7 @@ from . import _native
 __all__ = [
     "AvpError", "PeerError", "UsageError", "InternalError", "Message", "StreamDecoder",
     "decode", "peek", "encode", "encode_kv", "kv_layout", "kv_arrays", "crc32",
-    "model_hash", "tokenizer_hash", "weights_digest", "identity",
+    "model_hash", "tokenizer_hash", "weights_digest", "identity", "resolve",
     "mac_sign", "mac_verify", "install", "uninstall", "installed", "is_installed",
 ]
 
@@ -85,6 +85,30 @@ def identity(config: Mapping[str, Any], tokenizer_hash: str = "") -> dict:
     derives from a config dict, as a dict of the wire fields."""
     text = _native.identity_json(_json.dumps(config).encode("utf-8"), tokenizer_hash)
     return _json.loads(text)
+
+
+def resolve(
+    local: Mapping[str, Any],
+    remote: Mapping[str, Any],
+    local_vocab: Any = None,
+    remote_vocab: Any = None,
+    maps: Sequence[str] = (),
+    local_weights_digest: Optional[str] = None,
+    remote_weights_digest: Optional[str] = None,
+) -> dict:
+    """Which mode two models can talk in: the SDK's six resolution rules
+    (AVP-HS-5..10) and the weights-digest extension (AVP-HS-22).
+
+    ``local``/``remote`` are identity dicts (as ``identity()`` returns),
+    the vocabularies ``{token: id}`` dicts (rule 5), ``maps`` the available
+    map files or map ids (rule 4). Returns ``mode``, ``resolution_path``,
+    ``avp_map_id`` and ``weights_mismatch``.
+    """
+    dumps = lambda v: None if v is None else _json.dumps(v).encode("utf-8")  # noqa: E731
+    mode, path, map_id, mismatch = _native.resolve_json(
+        dumps(local), dumps(remote), dumps(local_vocab), dumps(remote_vocab), list(maps),
+        local_weights_digest, remote_weights_digest)
+    return {"mode": mode, "resolution_path": path, "avp_map_id": map_id, "weights_mismatch": mismatch}
 
 
 def kv_arrays(payload: Any, strict: bool = False, bfloat16: str = "uint16") -> Tuple[dict, List[Tuple[Any, Any]]]:

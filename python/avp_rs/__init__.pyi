@@ -2,7 +2,7 @@
 
 from contextlib import AbstractContextManager
 from os import PathLike
-from typing import Any, List, Mapping, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from typing_extensions import Buffer
 
@@ -28,6 +28,15 @@ from ._native import (
 def model_hash(config: Mapping[str, Any]) -> str: ...
 def tokenizer_hash(path_or_vocab: Union[str, PathLike[str], Mapping[str, int], Any], threads: int = 1) -> str: ...
 def identity(config: Mapping[str, Any], tokenizer_hash: str = "") -> dict: ...
+def resolve(
+    local: Mapping[str, Any],
+    remote: Mapping[str, Any],
+    local_vocab: Any = None,
+    remote_vocab: Any = None,
+    maps: Sequence[str] = (),
+    local_weights_digest: Optional[str] = None,
+    remote_weights_digest: Optional[str] = None,
+) -> dict: ...
 def kv_arrays(payload: Buffer, strict: bool = False, bfloat16: str = "uint16") -> Tuple[dict, List[Tuple[Any, Any]]]: ...
 def install() -> None: ...
 def uninstall() -> None: ...

@@ -144,3 +144,13 @@ def run_json(
     timeout: float = 30.0,
     verbose: bool = False,
 ) -> Tuple[int, str, str]: ...
+def tokenizer_hash_dict(vocab: Dict[str, int], threads: int = 1) -> Optional[str]: ...
+def resolve_json(
+    local: bytes,
+    remote: bytes,
+    local_vocab: Optional[bytes] = None,
+    remote_vocab: Optional[bytes] = None,
+    maps: Sequence[str] = (),
+    local_weights_digest: Optional[str] = None,
+    remote_weights_digest: Optional[str] = None,
+) -> Tuple[str, str, str, bool]: ...

@@ -141,3 +141,65 @@ pub(crate) fn tokenizer_hash_dict(
         .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }
+
+/// Map-file suffixes rule 4 recognises (as the built-in conformance subject).
+const MAP_SUFFIXES: [&str; 2] = [".pt", ".avpmap.safetensors"];
+
+/// resolve_json(local, remote, local_vocab=None, remote_vocab=None, maps=[], local_weights_digest=None, remote_weights_digest=None) -> (mode, resolution_path, avp_map_id, weights_mismatch)
+///
+/// The SDK's six resolution rules (AVP-HS-5..10) plus the weights-digest
+/// extension (AVP-HS-22). Identities and vocabularies arrive as
+/// `json.dumps` text; `maps` names the available map files (or map ids).
+#[pyfunction]
+#[pyo3(signature = (local, remote, local_vocab=None, remote_vocab=None, maps=Vec::new(),
+    local_weights_digest=None, remote_weights_digest=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn resolve_json(
+    py: Python<'_>,
+    local: &[u8],
+    remote: &[u8],
+    local_vocab: Option<&[u8]>,
+    remote_vocab: Option<&[u8]>,
+    maps: Vec<String>,
+    local_weights_digest: Option<String>,
+    remote_weights_digest: Option<String>,
+) -> PyResult<(&'static str, &'static str, String, bool)> {
+    let err = |e: avp_handshake::Error| errors::handshake(py, &e);
+    let local =
+        avp_handshake::ModelIdentity::from_value(&parse(py, local)?, "local").map_err(err)?;
+    let remote =
+        avp_handshake::ModelIdentity::from_value(&parse(py, remote)?, "remote").map_err(err)?;
+    let vocab = |text: Option<&[u8]>| -> PyResult<Option<Object>> {
+        text.map(|t| avp_handshake::vocab_from_document(&parse(py, t)?).map_err(err))
+            .transpose()
+    };
+    let (local_vocab, remote_vocab) = (vocab(local_vocab)?, vocab(remote_vocab)?);
+    let digest = |hex: Option<String>| -> PyResult<Option<avp_handshake::WeightsDigest>> {
+        hex.map(|h| {
+            avp_handshake::WeightsDigest::from_hex(&h).ok_or_else(|| {
+                errors::usage(
+                    py,
+                    format!("weights digest {h:?}: expected 64 lowercase hex digits"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let lookup = |id: &str| {
+        maps.iter()
+            .any(|m| m == id || MAP_SUFFIXES.iter().any(|s| *m == format!("{id}{s}")))
+    };
+    let options = avp_handshake::ResolveOptions {
+        maps: Some(&lookup),
+        vocabularies: local_vocab.as_ref().zip(remote_vocab.as_ref()),
+        local_weights: digest(local_weights_digest)?,
+        remote_weights: digest(remote_weights_digest)?,
+    };
+    let r = avp_handshake::resolve(&local, &remote, &options);
+    Ok((
+        r.mode.name(),
+        r.resolution_path.as_str(),
+        r.avp_map_id,
+        r.weights_mismatch,
+    ))
+}

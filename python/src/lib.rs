@@ -5,7 +5,7 @@
 //! package and the CLI give the same answers (spec/python.md, AVP-PY-*).
 //! - [`message`]: decode / peek / encode / streaming, zero-copy over any buffer;
 //! - [`kv`]: KV-cache layout and one-pass KV encoding;
-//! - [`hashing`]: model, tokenizer and weights hashes, identities;
+//! - [`hashing`]: model, tokenizer and weights hashes, identities, resolution;
 //! - [`mac`]: keyed MAC sign / verify;
 //! - [`zstd_compat`]: bounded zstd for the SDK drop-in;
 //! - [`conformance`]: the conformance runner;
@@ -50,6 +50,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(conformance::run_json, m)?)?;
     m.add("crc32", wrap_pyfunction!(crc32, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::tokenizer_hash_dict, m)?)?;
+    m.add_function(wrap_pyfunction!(hashing::resolve_json, m)?)?;
     Ok(())
 }
 

@@ -206,3 +206,17 @@ def test_identity_of_model_dirs():
             assert got.get(k, "") == v, (c["id"], k)
         checked += 1
     assert checked >= 2
+
+
+def test_resolve_vectors():
+    """resolve() gives the corpus's mode, path and map id for every resolution case."""
+    cases = json.loads((VECTORS / "handshake" / "resolve.json").read_text())["cases"]
+    for c in cases:
+        inp, want = c["input"], c["expect"]
+        got = avp_rs.resolve(
+            inp["local"], inp["remote"], inp.get("local_vocab"), inp.get("remote_vocab"),
+            inp.get("maps", []), inp.get("local_weights_digest"), inp.get("remote_weights_digest"))
+        assert (got["mode"], got["resolution_path"], got["avp_map_id"]) == \
+            (want["mode"], want["resolution_path"], want["avp_map_id"]), c["id"]
+        if "weights_mismatch" in want:
+            assert got["weights_mismatch"] == want["weights_mismatch"], c["id"]
