@@ -25,6 +25,11 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -q -- -D warnings
 echo "== cargo test (all crates, engine included)"
 cargo test --workspace --all-features
+echo "== Python package avp_rs (python/): pip install ./python, its tests, the SDK's own tests under avp_rs.install()"
+python -m pip install -q --disable-pip-version-check -r python/requirements-test.txt
+python -m pip install -q --disable-pip-version-check ./python
+python -m pytest -q -p no:cacheprovider python/tests
+python python/sdk_tests/run.py
 # Results must not depend on the CPU: run the engine's tests again on libtorch's portable
 # kernels, with MKL and oneDNN held to AVX2 (what an AVX2-only or an older CPU computes).
 # `--workspace --all-features` with test names (not `-p avp-engine`) keeps the feature set of

@@ -126,7 +126,8 @@ impl ElsewhereMap {
     }
 
     /// Checks one reference: `None` when the file exists, defines
-    /// `fn <test>` and mentions `rule`; otherwise why not.
+    /// `fn <test>` (Rust) or `def <test>` (Python) and mentions `rule`;
+    /// otherwise why not.
     pub fn verify(&self, rule: &str, r: &TestRef) -> Option<String> {
         let path = self.root.join(&r.file);
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -137,7 +138,12 @@ impl ElsewhereMap {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_');
         let defined = valid_name
-            && [format!("fn {}(", r.test), format!("fn {}<", r.test)]
+            // `def`: the Python package's tests (python/tests, spec/python.md).
+            && [
+                format!("fn {}(", r.test),
+                format!("fn {}<", r.test),
+                format!("def {}(", r.test),
+            ]
                 .iter()
                 .any(|needle| text.contains(needle.as_str()));
         if !defined {

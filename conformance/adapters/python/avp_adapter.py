@@ -7,6 +7,11 @@ stderr. Run by `avp conformance run --adapter '.venv/bin/python <this file>'`.
 
 `--ignore-checksum` turns it into the deliberately broken implementation the
 suite's must-fail test uses: it drops payload_checksum before decoding.
+
+`--avp-rs` (or AVP_ADAPTER_AVP_RS=1) runs the same SDK code with
+`avp_rs.install()` in effect (python/, spec/python.md AVP-PY-4): the SDK's
+codec, compression, KV and hashing functions are then avp_rs's, and the
+implementation is named `avp-python-avp-rs`.
 """
 
 import base64
@@ -26,6 +31,11 @@ from avp.types import (AVPMetadata, CommunicationMode, CompressionLevel, DataTyp
                        PayloadType)
 
 IGNORE_CHECKSUM = "--ignore-checksum" in sys.argv[1:]
+WITH_AVP_RS = "--avp-rs" in sys.argv[1:] or os.environ.get("AVP_ADAPTER_AVP_RS") == "1"
+if WITH_AVP_RS:
+    import avp_rs
+
+    avp_rs.install()
 INLINE_LIMIT = 1 << 20  # bigger results travel as files (AVP-CONF-24)
 UNSAFE_ALLOCATION = 256 << 20
 state = {"tmp_dir": None, "n": 0}
@@ -66,6 +76,8 @@ def strip_checksum(data):
 
 def error_kind(exc):
     """Our error vocabulary (spec/protocol/errors.md, AVP-ERR-3) for an SDK exception."""
+    if WITH_AVP_RS and getattr(exc, "kind", None):
+        return exc.kind  # avp_rs attaches the kind to the SDK exceptions it raises
     msg = str(exc)
     if isinstance(exc, errors.InvalidMagicError):
         return "bad_magic"
@@ -117,7 +129,7 @@ def declared_zstd_size(data):
 def op_decode(req):
     data = read_bytes(req["input"]["data"])
     size = declared_zstd_size(data)
-    if size is not None and size > UNSAFE_ALLOCATION:
+    if size is not None and size > UNSAFE_ALLOCATION and not WITH_AVP_RS:
         # The SDK would try (it has no decompression limit); the adapter will
         # not take the host down to prove it.
         return {"outcome": "skipped",
@@ -154,7 +166,8 @@ def op_decode(req):
             "payload": bytes_ref(msg.payload),
             "kv": kv,
         },
-        "warnings": [],
+        # With avp_rs the message carries what compatible mode tolerated.
+        "warnings": [code for code, _ in getattr(msg, "avp_rs_warnings", [])],
     }
 
 
@@ -314,7 +327,7 @@ def main():
         cmd, seq = req.get("cmd"), req.get("seq")
         if cmd == "hello":
             state["tmp_dir"] = req.get("tmp_dir")
-            name = "avp-python" + ("-broken" if IGNORE_CHECKSUM else "")
+            name = "avp-python" + ("-broken" if IGNORE_CHECKSUM else "") + ("-avp-rs" if WITH_AVP_RS else "")
             out = {"protocol": 1, "implementation": {
                 "name": name, "version": avp.__version__, "language": "python",
                 "homepage": "https://pypi.org/project/avp/"}, "capabilities": sorted(OPS)}

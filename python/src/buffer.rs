@@ -1,0 +1,159 @@
+//! The C API pieces the glue needs beyond pyo3's safe API, in the one module
+//! of this crate with `unsafe`:
+//! - borrowing any Python buffer (bytes, bytearray, memoryview, mmap, numpy)
+//!   as `&[u8]` without copying it;
+//! - filling a new `bytes` object without zeroing it first;
+//! - reading a `str` as UTF-8 without a temporary `bytes` object.
+//!
+//! pyo3 wraps `PyObject_GetBuffer` and `PyUnicode_AsUTF8AndSize` only for
+//! the stable ABI of Python 3.11 / 3.10 and later, but the wheel is abi3 for
+//! 3.9+. Both functions and the `Py_buffer` layout have been exported
+//! unchanged by every CPython since 3.3 (later versions only added them to
+//! the *documented* limited API), so we declare them here ourselves.
+#![allow(unsafe_code)]
+
+use std::os::raw::{c_char, c_int, c_void};
+
+use pyo3::exceptions::PyBufferError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+/// `Py_buffer` from CPython's `object.h` (identical on 3.3..3.14).
+#[repr(C)]
+struct RawBuffer {
+    buf: *mut c_void,
+    obj: *mut ffi::PyObject,
+    len: ffi::Py_ssize_t,
+    itemsize: ffi::Py_ssize_t,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut ffi::Py_ssize_t,
+    strides: *mut ffi::Py_ssize_t,
+    suboffsets: *mut ffi::Py_ssize_t,
+    internal: *mut c_void,
+}
+
+unsafe extern "C" {
+    fn PyObject_GetBuffer(obj: *mut ffi::PyObject, view: *mut RawBuffer, flags: c_int) -> c_int;
+    fn PyBuffer_Release(view: *mut RawBuffer);
+    fn PyUnicode_AsUTF8AndSize(
+        obj: *mut ffi::PyObject,
+        size: *mut ffi::Py_ssize_t,
+    ) -> *const c_char;
+}
+
+/// `PyBUF_SIMPLE`: one C-contiguous run of bytes; non-contiguous exporters
+/// refuse it with `BufferError`, which is what we want.
+const PYBUF_SIMPLE: c_int = 0;
+
+/// An exported buffer, released on drop. While it lives the exporter keeps
+/// the memory where it is (a bytearray cannot be resized, an mmap cannot be
+/// closed), so the slice stays valid even with the GIL released.
+pub(crate) struct InputBuffer {
+    // Boxed so the address CPython filled in never moves.
+    raw: Box<RawBuffer>,
+}
+
+impl InputBuffer {
+    /// Exports `obj`'s buffer, or raises `TypeError`/`BufferError` as Python does.
+    pub(crate) fn get(obj: &Bound<'_, PyAny>) -> PyResult<InputBuffer> {
+        let mut raw = Box::new(RawBuffer {
+            buf: std::ptr::null_mut(),
+            obj: std::ptr::null_mut(),
+            len: 0,
+            itemsize: 0,
+            readonly: 0,
+            ndim: 0,
+            format: std::ptr::null_mut(),
+            shape: std::ptr::null_mut(),
+            strides: std::ptr::null_mut(),
+            suboffsets: std::ptr::null_mut(),
+            internal: std::ptr::null_mut(),
+        });
+        // SAFETY: the GIL is held (we have a `Bound`), `obj` is a live object
+        // and `raw` is a writable Py_buffer for CPython to fill.
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *raw, PYBUF_SIMPLE) };
+        if rc != 0 {
+            return Err(PyErr::take(obj.py())
+                .unwrap_or_else(|| PyBufferError::new_err("object does not export a buffer")));
+        }
+        Ok(InputBuffer { raw })
+    }
+
+    /// The exported bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        let Ok(len) = usize::try_from(self.raw.len) else {
+            return &[];
+        };
+        if len == 0 || self.raw.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a successful PyBUF_SIMPLE export is `len` contiguous
+        // readable bytes at `buf`, valid until PyBuffer_Release (our drop),
+        // and `&self` keeps it from being released while the slice lives.
+        // Another Python thread may still write into a *mutable* exporter
+        // (bytearray) meanwhile; the codec reads every byte as untrusted
+        // input, so that gives at worst a wrong verdict, as in C.
+        unsafe { std::slice::from_raw_parts(self.raw.buf.cast::<u8>(), len) }
+    }
+}
+
+/// A new `bytes` of `len` bytes filled by `fill` with the GIL released,
+/// without the zeroing pass `PyBytes::new_with` makes (for 256 MiB that
+/// pass costs as much as the copy that follows).
+pub(crate) fn new_bytes_with<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) + Send,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("bytes object too large"))?;
+    // SAFETY: a NULL source asks CPython for an uninitialised object of
+    // `size` bytes, which its owner may write before sharing it.
+    let ptr = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+    if ptr.is_null() {
+        return Err(PyErr::take(py)
+            .unwrap_or_else(|| pyo3::exceptions::PyMemoryError::new_err("cannot allocate bytes")));
+    }
+    // SAFETY: `ptr` is a new, owned reference to a bytes object.
+    let bytes = unsafe { Bound::from_owned_ptr(py, ptr) }.downcast_into::<PyBytes>()?;
+    // SAFETY: the object is new and not yet shared with any other code, and
+    // its data is exactly `len` bytes (PyBytes_AsString of a bytes object).
+    let data = unsafe { ffi::PyBytes_AsString(ptr) }.cast::<u8>();
+    if len > 0 && !data.is_null() {
+        // SAFETY: see above; the slice does not outlive this function.
+        let slice = unsafe { std::slice::from_raw_parts_mut(data, len) };
+        py.allow_threads(|| fill(slice));
+    }
+    Ok(bytes)
+}
+
+/// The UTF-8 of a `str` without copying it (CPython caches it on the
+/// object), or `None` for a `str` holding lone surrogates.
+pub(crate) fn str_utf8<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: the GIL is held and `s` is a live str.
+    let data = unsafe { PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut size) };
+    if data.is_null() {
+        // Lone surrogates: clear the UnicodeEncodeError, the caller falls back.
+        let _ = PyErr::take(s.py());
+        return None;
+    }
+    let len = usize::try_from(size).ok()?;
+    // SAFETY: CPython keeps the UTF-8 buffer alive as long as the str, which
+    // `'a` borrows.
+    Some(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) })
+}
+
+impl Drop for InputBuffer {
+    fn drop(&mut self) {
+        // The release must run with the GIL; with_gil is a no-op when held.
+        Python::with_gil(|_| {
+            // SAFETY: `raw` was filled by a successful PyObject_GetBuffer and
+            // is released exactly once, here.
+            unsafe { PyBuffer_Release(&mut *self.raw) }
+        });
+    }
+}

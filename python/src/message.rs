@@ -1,0 +1,559 @@
+//! `decode`, `peek`, `encode`, the streaming decoder and the `Message`
+//! object they return. Decoding borrows the caller's buffer: the payload of
+//! an uncompressed message is a `memoryview` slice of the input, which keeps
+//! the input alive (AVP-PY-3); metadata fields become Python objects only
+//! when read, so a small decode costs little more than the call itself.
+
+use std::borrow::Cow;
+
+use avp_codec::{
+    Compression, DataType, DecodeOptions, EncodeOptions, Header, Metadata, Mode, PayloadType,
+};
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBytes, PyDict, PyMemoryView, PySlice, PyTuple};
+
+use crate::buffer::InputBuffer;
+use crate::errors;
+
+/// Where a decoded payload lives.
+enum Payload {
+    /// `peek`: not read.
+    Absent,
+    /// `source[start..end]`, not copied.
+    Borrowed { start: usize, end: usize },
+    /// Decompressed bytes, owned by Python.
+    Owned(Py<PyBytes>),
+}
+
+/// A decoded (or peeked) AVP message. Read-only.
+#[pyclass(frozen, module = "avp_rs", name = "Message")]
+pub(crate) struct PyMessage {
+    /// The input object (bytes) or a memoryview over it (other buffers).
+    source: Option<Py<PyAny>>,
+    header: Header,
+    metadata: Metadata<'static>,
+    payload: Payload,
+    payload_view: GILOnceCell<PyObject>,
+    warnings: Vec<(&'static str, String)>,
+}
+
+fn decode_options(strict: bool, verify_checksum: bool, threads: usize) -> DecodeOptions {
+    DecodeOptions::DEFAULT
+        .with_strict(strict)
+        .with_verify_checksum(verify_checksum)
+        .with_checksum_threads(threads)
+}
+
+/// Runs `f` over the bytes of `obj` without copying them; for large inputs
+/// with the GIL released. Returns the object to keep alive and `f`'s result.
+fn with_input<R: Send>(
+    obj: &Bound<'_, PyAny>,
+    f: impl FnOnce(&[u8]) -> R + Send,
+) -> PyResult<(Py<PyAny>, R)> {
+    let py = obj.py();
+    if let Ok(bytes) = obj.downcast::<PyBytes>() {
+        // bytes are immutable: borrow them directly (no export, no view).
+        let data = bytes.as_bytes();
+        let r = release_if_large(py, data.len(), || f(data));
+        return Ok((obj.clone().unbind(), r));
+    }
+    // Anything else: hold a memoryview (it pins the memory: a bytearray
+    // cannot be resized, an mmap not closed, while a view exists).
+    let view = PyMemoryView::from(obj)?;
+    let buffer = InputBuffer::get(view.as_any())?;
+    let data = buffer.as_slice();
+    let r = release_if_large(py, data.len(), || f(data));
+    drop(buffer);
+    Ok((view.into_any().unbind(), r))
+}
+
+/// Inputs from this size up are decoded with the GIL released; below it
+/// releasing and re-taking the GIL would cost more than the work.
+const RELEASE_GIL_FROM: usize = 64 << 10;
+
+fn release_if_large<R: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> R + Send) -> R {
+    if len >= RELEASE_GIL_FROM {
+        py.allow_threads(f)
+    } else {
+        f()
+    }
+}
+
+/// What a decode produced, free of borrows so it can leave `with_input`.
+struct Decoded {
+    header: Header,
+    metadata: Metadata<'static>,
+    payload: DecodedPayload,
+    warnings: Vec<(&'static str, String)>,
+}
+
+enum DecodedPayload {
+    Absent,
+    Range(usize, usize),
+    Owned(Vec<u8>),
+}
+
+fn owned_warnings(ws: &[avp_codec::Warning]) -> Vec<(&'static str, String)> {
+    ws.iter().map(|w| (w.code(), w.to_string())).collect()
+}
+
+fn decode_slice(data: &[u8], opts: &DecodeOptions) -> Result<Decoded, avp_codec::Error> {
+    let avp_codec::Message {
+        header,
+        metadata,
+        payload,
+        warnings,
+        ..
+    } = avp_codec::decode_with(data, opts)?;
+    let payload = match payload {
+        Cow::Borrowed(slice) => {
+            // Offset of the borrowed payload inside the input: both are the
+            // same allocation, so plain address arithmetic is exact.
+            let start = (slice.as_ptr() as usize).saturating_sub(data.as_ptr() as usize);
+            DecodedPayload::Range(start, start.saturating_add(slice.len()))
+        }
+        Cow::Owned(v) => DecodedPayload::Owned(v),
+    };
+    Ok(Decoded {
+        header,
+        warnings: owned_warnings(&warnings),
+        metadata: metadata.into_owned(),
+        payload,
+    })
+}
+
+fn into_message(py: Python<'_>, source: Py<PyAny>, d: Decoded) -> PyMessage {
+    let payload = match d.payload {
+        DecodedPayload::Absent => Payload::Absent,
+        DecodedPayload::Range(start, end) => Payload::Borrowed { start, end },
+        DecodedPayload::Owned(v) => Payload::Owned(PyBytes::new(py, &v).unbind()),
+    };
+    PyMessage {
+        source: Some(source),
+        header: d.header,
+        metadata: d.metadata,
+        payload,
+        payload_view: GILOnceCell::new(),
+        warnings: d.warnings,
+    }
+}
+
+/// decode(buf, strict=False, verify_checksum=True, threads=0) -> Message
+///
+/// Decodes one AVP message from any buffer (bytes, bytearray, memoryview,
+/// mmap, numpy array) without copying the tensor bytes: `Message.payload`
+/// is a memoryview into `buf` (kept alive by it) unless the message was
+/// compressed. The checksum of large payloads is verified on `threads`
+/// threads (0 = automatic, 1 = this thread only) with the GIL released.
+/// Compatible mode returns what it tolerated in `Message.warnings`; strict
+/// mode raises instead. Raises `PeerError` (a subclass of `AvpError`) with
+/// `.kind` such as "truncated" or "checksum_mismatch".
+#[pyfunction]
+#[pyo3(signature = (buf, strict=false, verify_checksum=true, threads=0))]
+pub(crate) fn decode(
+    buf: &Bound<'_, PyAny>,
+    strict: bool,
+    verify_checksum: bool,
+    threads: usize,
+) -> PyResult<PyMessage> {
+    let py = buf.py();
+    let opts = decode_options(strict, verify_checksum, threads);
+    let (source, result) = with_input(buf, |data| decode_slice(data, &opts))?;
+    let decoded = result.map_err(|e| errors::codec(py, &e))?;
+    Ok(into_message(py, source, decoded))
+}
+
+/// peek(buf, strict=False) -> Message
+///
+/// Header and metadata only (the tensor bytes are neither read nor
+/// checksummed); `Message.payload` is None.
+#[pyfunction]
+#[pyo3(signature = (buf, strict=false))]
+pub(crate) fn peek(buf: &Bound<'_, PyAny>, strict: bool) -> PyResult<PyMessage> {
+    let py = buf.py();
+    let opts = decode_options(strict, true, 1);
+    let (source, result) = with_input(buf, |data| {
+        avp_codec::peek_with(data, &opts).map(|p| Decoded {
+            header: p.header,
+            metadata: p.metadata.into_owned(),
+            payload: DecodedPayload::Absent,
+            warnings: Vec::new(),
+        })
+    })?;
+    let decoded = result.map_err(|e| errors::codec(py, &e))?;
+    Ok(into_message(py, source, decoded))
+}
+
+#[pymethods]
+impl PyMessage {
+    /// Protocol version byte (1).
+    #[getter]
+    fn version(&self) -> u8 {
+        self.header.version
+    }
+    /// The header flags byte.
+    #[getter]
+    fn flags(&self) -> u8 {
+        self.header.flags.0
+    }
+    /// Header `payload_length`: metadata plus stored tensor bytes.
+    #[getter]
+    fn payload_length(&self) -> u32 {
+        self.header.payload_length
+    }
+    /// Header `metadata_length`.
+    #[getter]
+    fn metadata_length(&self) -> u32 {
+        self.header.metadata_length
+    }
+    /// Bytes the message occupies on the wire (12 + payload_length).
+    #[getter]
+    fn message_len(&self) -> u64 {
+        self.header.message_len()
+    }
+    /// Whether the tensor bytes were zstd-compressed on the wire.
+    #[getter]
+    fn compressed(&self) -> bool {
+        self.header.flags.compressed()
+    }
+    #[getter]
+    fn session_id(&self) -> &str {
+        &self.metadata.session_id
+    }
+    #[getter]
+    fn source_agent_id(&self) -> &str {
+        &self.metadata.source_agent_id
+    }
+    #[getter]
+    fn target_agent_id(&self) -> &str {
+        &self.metadata.target_agent_id
+    }
+    #[getter]
+    fn model_id(&self) -> &str {
+        &self.metadata.model_id
+    }
+    #[getter]
+    fn hidden_dim(&self) -> u32 {
+        self.metadata.hidden_dim
+    }
+    #[getter]
+    fn num_layers(&self) -> u32 {
+        self.metadata.num_layers
+    }
+    /// "HIDDEN_STATE" or "KV_CACHE".
+    #[getter]
+    fn payload_type(&self) -> &'static str {
+        self.metadata.payload_type.name()
+    }
+    /// "FLOAT32", "FLOAT16", "BFLOAT16" or "INT8".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.metadata.dtype.name()
+    }
+    #[getter]
+    fn tensor_shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.metadata.tensor_shape.as_slice())
+    }
+    /// "LATENT" or "JSON".
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.metadata.mode.name()
+    }
+    /// The metadata `compression` field as sent (None when absent).
+    #[getter]
+    fn compression(&self) -> Option<&str> {
+        self.metadata.compression.as_deref()
+    }
+    #[getter]
+    fn avp_map_id(&self) -> &str {
+        &self.metadata.avp_map_id
+    }
+    /// The `extra` map as a new dict.
+    #[getter]
+    fn extra<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.metadata.extra.iter() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+    /// `payload_checksum` (CRC-32 of the uncompressed tensor), None when absent.
+    #[getter]
+    fn payload_checksum(&self) -> Option<u32> {
+        self.metadata.payload_checksum
+    }
+    /// What compatible mode tolerated: a list of (code, description).
+    #[getter]
+    fn warnings(&self) -> Vec<(&'static str, String)> {
+        self.warnings.clone()
+    }
+    /// The tensor bytes: a read-only memoryview into the input (bytes when
+    /// the message was compressed; None after `peek`). It keeps the input
+    /// object alive on its own.
+    #[getter]
+    fn payload(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.payload_view
+            .get_or_try_init(py, || match &self.payload {
+                Payload::Absent => Ok(py.None()),
+                Payload::Owned(b) => Ok(b.clone_ref(py).into_any()),
+                Payload::Borrowed { start, end } => {
+                    let Some(source) = &self.source else {
+                        return Ok(py.None());
+                    };
+                    let view = PyMemoryView::from(source.bind(py))?;
+                    let start = isize::try_from(*start).unwrap_or(isize::MAX);
+                    let end = isize::try_from(*end).unwrap_or(isize::MAX);
+                    Ok(view.get_item(PySlice::new(py, start, end, 1))?.unbind())
+                }
+            })
+            .map(|v| v.clone_ref(py))
+    }
+    fn __len__(&self) -> usize {
+        usize::try_from(self.header.message_len()).unwrap_or(usize::MAX)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "avp_rs.Message(payload_type={}, dtype={}, tensor_shape={:?}, model_id={:?}, message_len={})",
+            self.metadata.payload_type.name(),
+            self.metadata.dtype.name(),
+            self.metadata.tensor_shape.as_slice(),
+            self.metadata.model_id,
+            self.header.message_len()
+        )
+    }
+}
+
+fn parse_enum<T>(
+    py: Python<'_>,
+    what: &str,
+    name: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> PyResult<T> {
+    parse(&name.to_ascii_uppercase())
+        .ok_or_else(|| errors::usage(py, format!("unknown {what} {name:?}")))
+}
+
+/// Builds Metadata from the keyword arguments of `encode`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_metadata(
+    py: Python<'_>,
+    session_id: String,
+    source_agent_id: String,
+    target_agent_id: String,
+    model_id: String,
+    hidden_dim: u32,
+    num_layers: u32,
+    payload_type: &str,
+    dtype: &str,
+    tensor_shape: Vec<u32>,
+    mode: &str,
+    avp_map_id: String,
+    extra: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Metadata<'static>> {
+    let mut m = Metadata {
+        session_id: Cow::Owned(session_id),
+        source_agent_id: Cow::Owned(source_agent_id),
+        target_agent_id: Cow::Owned(target_agent_id),
+        model_id: Cow::Owned(model_id),
+        hidden_dim,
+        num_layers,
+        payload_type: parse_enum(py, "payload_type", payload_type, PayloadType::from_name)?,
+        dtype: parse_enum(py, "dtype", dtype, DataType::from_name)?,
+        mode: parse_enum(py, "mode", mode, |s| {
+            Mode::from_name(s).or_else(|| (s == "JSON_MODE").then_some(Mode::Json))
+        })?,
+        avp_map_id: Cow::Owned(avp_map_id),
+        ..Metadata::default()
+    };
+    for d in tensor_shape {
+        m.tensor_shape.push(d);
+    }
+    if let Some(extra) = extra {
+        for (k, v) in extra.iter() {
+            m.extra
+                .insert(k.extract::<String>()?, v.extract::<String>()?);
+        }
+    }
+    Ok(m)
+}
+
+pub(crate) fn parse_compression(py: Python<'_>, name: Option<&str>) -> PyResult<Compression> {
+    match name {
+        None => Ok(Compression::None),
+        Some(n) => Compression::from_name(&n.to_ascii_lowercase()).ok_or_else(|| {
+            errors::usage(
+                py,
+                format!("unknown compression {n:?} (none, fast, balanced, max)"),
+            )
+        }),
+    }
+}
+
+/// encode(payload, *, session_id="", ..., compression=None, threads=0) -> bytes
+///
+/// Encodes one message byte-identical to the SDK's `encode()`; `payload`
+/// is any buffer. `payload_type`, `dtype` and `mode` take the wire names
+/// ("KV_CACHE", "FLOAT16", "LATENT"); `compression` is None, "fast",
+/// "balanced" or "max". The checksum and copy of large tensors run on
+/// `threads` threads with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (payload, *, session_id=String::new(), source_agent_id=String::new(),
+    target_agent_id=String::new(), model_id=String::new(), hidden_dim=0, num_layers=0,
+    payload_type="HIDDEN_STATE", dtype="FLOAT32", tensor_shape=Vec::new(), mode="LATENT",
+    avp_map_id=String::new(), extra=None, compression=None, threads=0))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode<'py>(
+    payload: &Bound<'py, PyAny>,
+    session_id: String,
+    source_agent_id: String,
+    target_agent_id: String,
+    model_id: String,
+    hidden_dim: u32,
+    num_layers: u32,
+    payload_type: &str,
+    dtype: &str,
+    tensor_shape: Vec<u32>,
+    mode: &str,
+    avp_map_id: String,
+    extra: Option<&Bound<'py, PyDict>>,
+    compression: Option<&str>,
+    threads: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let py = payload.py();
+    let metadata = build_metadata(
+        py,
+        session_id,
+        source_agent_id,
+        target_agent_id,
+        model_id,
+        hidden_dim,
+        num_layers,
+        payload_type,
+        dtype,
+        tensor_shape,
+        mode,
+        avp_map_id,
+        extra,
+    )?;
+    let opts = EncodeOptions::DEFAULT
+        .with_compression(parse_compression(py, compression)?)
+        .with_threads(threads);
+    encode_buffer(payload, &metadata, &opts)
+}
+
+/// Encodes `metadata` with the bytes of `payload` into a new `bytes`.
+pub(crate) fn encode_buffer<'py>(
+    payload: &Bound<'py, PyAny>,
+    metadata: &Metadata<'_>,
+    opts: &EncodeOptions,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let input = Borrowed::get(payload)?;
+    encode_slice(payload.py(), input.as_slice(), metadata, opts)
+}
+
+/// Encodes into a new `bytes`. Uncompressed tensors are copied once, straight
+/// into the `bytes` object (header and metadata first), on `opts.threads`
+/// threads with the GIL released.
+pub(crate) fn encode_slice<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    metadata: &Metadata<'_>,
+    opts: &EncodeOptions,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if opts.compression != Compression::None || data.len() < RELEASE_GIL_FROM {
+        let out = release_if_large(py, data.len(), || {
+            avp_codec::encode_with(metadata, data, opts)
+        })
+        .map_err(|e| errors::codec(py, &e))?;
+        return Ok(PyBytes::new(py, &out));
+    }
+    let prefix = py
+        .allow_threads(|| avp_codec::encode_prefix(metadata, data))
+        .map_err(|e| errors::codec(py, &e))?;
+    let threads = opts.threads;
+    crate::buffer::new_bytes_with(py, prefix.len().saturating_add(data.len()), |out| {
+        let (head, tail) = out.split_at_mut(prefix.len());
+        head.copy_from_slice(&prefix);
+        avp_codec::checksum::copy_with_threads(tail, data, threads);
+    })
+}
+
+/// The bytes of a Python buffer object, borrowed without a copy.
+pub(crate) enum Borrowed<'a> {
+    /// A `bytes` object (immutable, no export needed).
+    Bytes(&'a [u8]),
+    /// Any other exporter.
+    Buffer(InputBuffer),
+}
+
+impl<'a> Borrowed<'a> {
+    pub(crate) fn get(obj: &'a Bound<'_, PyAny>) -> PyResult<Borrowed<'a>> {
+        match obj.downcast::<PyBytes>() {
+            Ok(b) => Ok(Borrowed::Bytes(b.as_bytes())),
+            Err(_) => Ok(Borrowed::Buffer(InputBuffer::get(obj)?)),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Borrowed::Bytes(b) => b,
+            Borrowed::Buffer(b) => b.as_slice(),
+        }
+    }
+}
+
+/// StreamDecoder(strict=False): feed bytes as they arrive; `feed` returns
+/// how many more bytes are needed (0 once the message is complete), then
+/// `finish()` returns the Message. Never allocates more than a bounded
+/// amount ahead of the bytes actually received.
+#[pyclass(module = "avp_rs", name = "StreamDecoder")]
+pub(crate) struct PyStreamDecoder {
+    inner: avp_codec::StreamDecoder,
+}
+
+#[pymethods]
+impl PyStreamDecoder {
+    #[new]
+    #[pyo3(signature = (strict=false))]
+    fn new(strict: bool) -> Self {
+        let opts = decode_options(strict, true, 0);
+        PyStreamDecoder {
+            inner: avp_codec::StreamDecoder::new(opts),
+        }
+    }
+
+    /// Feeds a chunk (any buffer); returns the number of bytes still needed
+    /// (0 when complete). Raises AvpError as soon as the header or metadata
+    /// is known to be bad.
+    fn feed(&mut self, chunk: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let py = chunk.py();
+        let input = Borrowed::get(chunk)?;
+        match self.inner.feed(input.as_slice()) {
+            Ok(avp_codec::Status::NeedMore(n)) => Ok(n.max(1)),
+            Ok(avp_codec::Status::Complete) => Ok(0),
+            Err(e) => Err(errors::codec(py, &e)),
+        }
+    }
+
+    /// Bytes buffered so far.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+
+    /// Decodes the buffered message (as `decode` would the concatenation).
+    fn finish(&self, py: Python<'_>) -> PyResult<PyMessage> {
+        let m = self.inner.finish().map_err(|e| errors::codec(py, &e))?;
+        let payload = PyBytes::new(py, &m.payload);
+        let decoded = Decoded {
+            header: m.header,
+            warnings: owned_warnings(&m.warnings),
+            metadata: m.metadata.into_owned(),
+            payload: DecodedPayload::Absent,
+        };
+        let mut message = into_message(py, payload.clone().into_any().unbind(), decoded);
+        message.payload = Payload::Owned(payload.unbind());
+        Ok(message)
+    }
+}
