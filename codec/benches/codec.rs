@@ -15,17 +15,15 @@ use avp_codec::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn small_message() -> Vec<u8> {
-    let mut m = Metadata {
-        session_id: Cow::Borrowed("sess-0123456789"),
-        source_agent_id: Cow::Borrowed("agent-a"),
-        target_agent_id: Cow::Borrowed("agent-b"),
-        model_id: Cow::Borrowed("Qwen/Qwen2.5-0.5B-Instruct"),
-        hidden_dim: 896,
-        num_layers: 24,
-        dtype: DataType::Float32,
-        tensor_shape: vec![1, 896].into(),
-        ..Metadata::default()
-    };
+    let mut m = Metadata::new()
+        .with_session_id(Cow::Borrowed("sess-0123456789"))
+        .with_source_agent_id(Cow::Borrowed("agent-a"))
+        .with_target_agent_id(Cow::Borrowed("agent-b"))
+        .with_model_id(Cow::Borrowed("Qwen/Qwen2.5-0.5B-Instruct"))
+        .with_hidden_dim(896)
+        .with_num_layers(24)
+        .with_dtype(DataType::Float32)
+        .with_tensor_shape(vec![1, 896]);
     m.extra.insert(Cow::Borrowed("k"), Cow::Borrowed("v"));
     let tensor: Vec<u8> = (0..896u32)
         .flat_map(|i| (i as f32 * 0.001).to_le_bytes())
@@ -47,13 +45,11 @@ pub fn kv_message(mib: usize) -> (Metadata<'static>, Vec<u8>) {
     let per = h.tensor_bytes().unwrap() as usize;
     let tensor: Vec<u8> = (0..per).map(|i| (i * 31 % 251) as u8).collect();
     let kv = write_kv_cache(&h, (0..24).map(|_| (tensor.as_slice(), tensor.as_slice()))).unwrap();
-    let m = Metadata {
-        model_id: Cow::Borrowed("bench"),
-        num_layers: 24,
-        payload_type: PayloadType::KvCache,
-        dtype: DataType::Float16,
-        ..Metadata::default()
-    };
+    let m = Metadata::new()
+        .with_model_id(Cow::Borrowed("bench"))
+        .with_num_layers(24)
+        .with_payload_type(PayloadType::KvCache)
+        .with_dtype(DataType::Float16);
     (m, kv)
 }
 
