@@ -215,7 +215,8 @@ pub fn check_peek(data: &[u8]) {
 /// The incremental oracle over several chunks: the first input byte picks
 /// the chunk sizes (a cycle of small and large steps), the rest is the
 /// message. Feeding it chunk by chunk agrees with one-shot decoding, and
-/// `into_buffer` hands back exactly the declared message bytes.
+/// `into_buffer` hands back exactly the declared message bytes; so does
+/// [`parse_message`] over a prefix and over the whole buffer.
 pub fn check_incremental_chunks(data: &[u8]) {
     let Some((&seed, msg)) = data.split_first() else {
         return;
@@ -238,6 +239,13 @@ pub fn check_incremental_chunks(data: &[u8]) {
             break;
         }
     }
+    // parse_message over the caller's buffer agrees too, on a prefix the
+    // seed picks and on the whole input.
+    let cut = steps
+        .iter()
+        .fold(0usize, |a, &b| a.saturating_add(b))
+        .min(msg.len());
+    check_parse_message(msg.get(..cut).unwrap_or_default(), msg, &one_shot);
     if assert_stream_agrees(status, &dec, &one_shot) {
         let declared = dec.header().map(|h| h.message_len()).unwrap_or(0);
         let buffered = dec.into_buffer();
