@@ -50,6 +50,14 @@ def strip_comments_and_tests(text):
     return "".join(out)
 
 
+def shown(path):
+    """`path` relative to the repository when it is inside it."""
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
+
+
 def top_module(src, path):
     rel = path.relative_to(src).parts
     if len(rel) == 1:
@@ -74,7 +82,7 @@ def module_edges(crate):
             names = GROUP_HEAD.findall(target[1:-1]) if target.startswith("{") else [target]
             for name in names:
                 if name in modules and name != here:
-                    edges.setdefault(here, {}).setdefault(name, set()).add(path.relative_to(ROOT))
+                    edges.setdefault(here, {}).setdefault(name, set()).add(shown(path))
     return modules, edges
 
 
@@ -118,7 +126,7 @@ def main(argv):
         modules, edges = module_edges(crate)
         for comp in strongly_connected(modules, edges):
             found += 1
-            print(f"cycle in {crate.relative_to(ROOT)}: {' <-> '.join(comp)}")
+            print(f"cycle in {shown(crate)}: {' <-> '.join(comp)}")
             for a in comp:
                 for b in sorted(edges.get(a, {})):
                     if b in comp:

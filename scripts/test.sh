@@ -23,6 +23,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -q -- -D warnings
+echo "== no default features: the library crates and the plain \`avp\` binary build and lint without any feature"
+# Everything else here runs with --all-features, which would hide an item only a feature uses.
+cargo clippy -p avp-json -p avp-codec -p avp-handshake -p avp-cli --all-targets --no-default-features -q -- -D warnings
+echo "== MSRV: cargo +<rust-version> check of the default members (installs the toolchain if missing)"
+msrv=$(sed -n 's/^rust-version = "\([0-9.]*\)"$/\1/p' Cargo.toml | head -n 1)
+case "$msrv" in *.*.*) ;; *) msrv="$msrv.0" ;; esac
+if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
+    rustup toolchain install "$msrv" --profile minimal
+fi
+cargo +"$msrv" check -q
 echo "== cargo test (all crates, engine included)"
 cargo test --workspace --all-features
 echo "== Python package avp_rs (python/): pip install ./python, its tests, the SDK's own tests under avp_rs.install()"

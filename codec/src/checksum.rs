@@ -1,7 +1,7 @@
 //! The payload checksum (AVP-WIRE-15): CRC-32, SIMD via crc32fast, and for
 //! large tensors split across threads and combined (CRC-32 is linear, so
 //! per-chunk values combine exactly into the whole-buffer value). The
-//! encoder's tensor copy is split the same way ([`copy_with_threads`]).
+//! encoder's tensor copy is split the same way (`copy_with_threads`, internal).
 
 /// Below this many bytes the checksum always runs on the caller's thread.
 pub const PARALLEL_MIN_LEN: usize = 8 << 20;
@@ -58,7 +58,7 @@ pub fn crc32_with_threads(bytes: &[u8], threads: usize) -> u32 {
 /// picks them. Into freshly allocated output the cost is the kernel's
 /// first-touch page faults, which run in parallel when the threads touch
 /// disjoint pages.
-pub fn copy_with_threads(dst: &mut [u8], src: &[u8], threads: usize) {
+pub(crate) fn copy_with_threads(dst: &mut [u8], src: &[u8], threads: usize) {
     let len = dst.len().min(src.len());
     let (dst, src) = (
         dst.get_mut(..len).unwrap_or_default(),

@@ -13,6 +13,7 @@ use crate::limits::Limits;
 use crate::warning::Warnings;
 
 /// Compression choices, with the SDK's zstd levels (AVP-WIRE-18).
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Compression {
     /// Tensor bytes stored as they are.

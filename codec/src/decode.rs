@@ -25,8 +25,9 @@ pub struct DecodeOptions {
     /// Decoder limits (spec/limits.md).
     pub limits: Limits,
     /// Threads for verifying the checksum of tensors of 8 MiB or more:
-    /// 0 (default) picks the available parallelism (at most 8), 1 keeps all
-    /// work on the caller's thread (for embedders that must not spawn).
+    /// 1 (the default) keeps all work on the caller's thread, so an embedder
+    /// gets no threads it did not ask for; 0 picks the available parallelism
+    /// (at most 8); more is an explicit count (AVP-API-4).
     pub checksum_threads: usize,
 }
 
@@ -36,7 +37,7 @@ impl DecodeOptions {
         strict: false,
         verify_checksum: true,
         limits: Limits::DEFAULT,
-        checksum_threads: 0,
+        checksum_threads: 1,
     };
 
     /// Strict mode with default limits.

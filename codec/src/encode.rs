@@ -2,8 +2,11 @@
 //!
 //! The exact output length is computed first and the output allocated once.
 //! As in the SDK, the encoder derives `compression`, `payload_checksum` and
-//! the flags itself: whatever the caller put in those metadata fields is
-//! ignored (AVP-WIRE-15, AVP-WIRE-16, AVP-WIRE-4).
+//! the flags itself (AVP-WIRE-15, AVP-WIRE-16, AVP-WIRE-4). Unlike the SDK it
+//! drops nothing silently: a `compression` or `payload_checksum` the caller
+//! set must agree with the options and the tensor, or encoding is refused
+//! with `metadata_mismatch` (AVP-API-1, AVP-API-2). Everything runs on the
+//! caller's thread unless [`EncodeOptions::threads`] says otherwise (AVP-API-4).
 
 use crate::compress::Compression;
 use crate::error::{Error, ErrorKind};
@@ -34,9 +37,44 @@ fn compression_field(c: Compression) -> Option<&'static str> {
 /// or `invalid_argument` when it does not fit the u32 `payload_length`
 /// (AVP-WIRE-5). Equals `encode(metadata, tensor, Compression::None)?.len()`.
 pub fn encoded_len(metadata: &Metadata<'_>, tensor: &[u8]) -> Result<usize, Error> {
-    let meta = metadata_len(metadata, None, Some(crate::crc32(tensor)));
+    let checksum = crate::crc32(tensor);
+    check_given_fields(metadata, Compression::None, checksum)?;
+    let meta = metadata_len(metadata, None, Some(checksum));
     payload_length(meta, tensor.len())?;
     Ok(HEADER_LEN.saturating_add(meta).saturating_add(tensor.len()))
+}
+
+/// AVP-API-1, AVP-API-2: the fields the encoder derives itself may be given,
+/// but only with the values it would derive.
+fn check_given_fields(
+    metadata: &Metadata<'_>,
+    compression: Compression,
+    checksum: u32,
+) -> Result<(), Error> {
+    if let Some(given) = metadata.payload_checksum {
+        if given != checksum {
+            return Err(Error::new(
+                ErrorKind::MetadataMismatch,
+                format!(
+                    "metadata payload_checksum is 0x{given:08x}, the tensor's CRC-32 is 0x{checksum:08x} (AVP-API-2)"
+                ),
+            ));
+        }
+    }
+    match (
+        metadata.compression.as_deref(),
+        compression_field(compression),
+    ) {
+        (None, _) => Ok(()),
+        (Some(given), Some(derived)) if given == derived => Ok(()),
+        (Some(given), derived) => Err(Error::new(
+            ErrorKind::MetadataMismatch,
+            format!(
+                "metadata compression is {given:?} but the encode options give {} (AVP-API-1)",
+                derived.map_or_else(|| "none".to_owned(), |d| format!("{d:?}"))
+            ),
+        )),
+    }
 }
 
 fn payload_length(meta_len: usize, tensor_len: usize) -> Result<u32, Error> {
@@ -53,21 +91,28 @@ fn payload_length(meta_len: usize, tensor_len: usize) -> Result<u32, Error> {
 
 /// How to encode.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodeOptions {
     /// Tensor compression (AVP-WIRE-18).
     pub compression: Compression,
     /// Threads for the checksum and the tensor copy of tensors of 8 MiB or
-    /// more: 0 (default) picks the available parallelism (at most 8), 1 keeps
-    /// all work on the caller's thread.
+    /// more: 1 (the default) keeps all work on the caller's thread; 0 picks
+    /// the available parallelism (at most 8); more is an explicit count
+    /// (AVP-API-4).
     pub threads: usize,
 }
 
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 impl EncodeOptions {
-    /// No compression, automatic threads.
+    /// No compression, the caller's thread only.
     pub const DEFAULT: EncodeOptions = EncodeOptions {
         compression: Compression::None,
-        threads: 0,
+        threads: 1,
     };
 
     /// Sets the compression.
@@ -146,6 +191,7 @@ fn encode_into_unchecked(
 ) -> Result<(), Error> {
     let compression = opts.compression;
     let checksum = crate::checksum::crc32_with_threads(tensor, opts.threads);
+    check_given_fields(metadata, compression, checksum)?;
     let comp = compression_field(compression);
     let (header, meta_len) = header_for(metadata, tensor.len(), compression, checksum)?;
     let Some(level) = compression.level() else {
@@ -206,6 +252,7 @@ fn length_bug() -> Error {
 /// a transport can write both (vectored I/O) without copying the tensor.
 pub fn encode_prefix(metadata: &Metadata<'_>, tensor: &[u8]) -> Result<Vec<u8>, Error> {
     let checksum = crate::crc32(tensor);
+    check_given_fields(metadata, Compression::None, checksum)?;
     let (header, meta_len) = header_for(metadata, tensor.len(), Compression::None, checksum)?;
     let mut out = Vec::with_capacity(HEADER_LEN.saturating_add(meta_len));
     out.extend_from_slice(&header.to_bytes());

@@ -37,6 +37,11 @@ pub enum ErrorKind {
     /// API misuse (AVP-ERR-2): the caller asked for something the format cannot express
     /// (for example a message over 4 GiB). Never caused by received bytes.
     InvalidArgument,
+    /// API misuse (AVP-API-3): metadata handed to the encoder contradicts the
+    /// tensor or the encode options (a wrong `payload_checksum`, AVP-API-2; a
+    /// `compression` the options do not produce, AVP-API-1). Never caused by
+    /// received bytes.
+    MetadataMismatch,
     /// A bug in this crate (an invariant did not hold). Please report it.
     Internal,
 }
@@ -56,13 +61,17 @@ impl ErrorKind {
             ErrorKind::Inconsistent => "inconsistent",
             ErrorKind::BadMac => "bad_mac",
             ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::MetadataMismatch => "metadata_mismatch",
             ErrorKind::Internal => "internal",
         }
     }
 
     /// True when the received bytes are at fault (as opposed to the caller or us).
     pub fn is_peer_fault(self) -> bool {
-        !matches!(self, ErrorKind::InvalidArgument | ErrorKind::Internal)
+        !matches!(
+            self,
+            ErrorKind::InvalidArgument | ErrorKind::MetadataMismatch | ErrorKind::Internal
+        )
     }
 }
 

@@ -10,6 +10,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 12;
 
 /// The flags byte (AVP-WIRE-4). Bits are routing hints; the metadata is authoritative.
+///
+/// Not `#[non_exhaustive]`: it is the raw byte, so a bit a later spec
+/// defines is already representable (and reported by [`Flags::unknown_bits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Flags(pub u8);
 

@@ -14,11 +14,13 @@
 //!   [`StreamDecoder`] buffers chunks the caller cannot keep.
 //! - [`encode`]: byte-identical to the SDK's `encode()`; [`encode_into`]
 //!   reuses an output buffer, [`encode_prefix`] returns header + metadata only
-//!   so a transport can send the tensor without copying it; [`EncodeOptions`]
-//!   bounds the threads used for large tensors.
+//!   so a transport can send the tensor without copying it. Encoding and
+//!   decoding stay on the caller's thread unless [`EncodeOptions::threads`] /
+//!   [`DecodeOptions::checksum_threads`] opt in to more (AVP-API-4).
 //! - [`Metadata`] borrows its strings from the input; its [`Shape`] and
 //!   [`Extra`] fields keep a typical decode free of heap allocations.
-//! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
+//! - [`crc32`] / [`checksum`]: the payload checksum ([`checksum::crc32_with_threads`]
+//!   splits large tensors across threads on request).
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 //! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
 #![forbid(unsafe_code)]
@@ -78,7 +80,7 @@ mod owned;
 pub use owned::{OwnedMessage, decode_bytes};
 
 /// The AVP payload checksum (AVP-WIRE-15): CRC-32 (IEEE, as zlib's `crc32`),
-/// SIMD-accelerated where the CPU allows.
+/// SIMD-accelerated where the CPU allows, on the caller's thread (AVP-API-4).
 pub fn crc32(bytes: &[u8]) -> u32 {
-    checksum::crc32_with_threads(bytes, 0)
+    checksum::crc32_with_threads(bytes, 1)
 }

@@ -58,6 +58,13 @@ macro_rules! wire_enum {
                 })
             }
         }
+
+        impl std::fmt::Display for $name {
+            /// [`Self::name`].
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
     };
 }
 
@@ -112,7 +119,9 @@ impl DataType {
 
 /// Decoded Metadata. Strings borrow from the message (`Cow::Borrowed`) after
 /// decoding; to encode, build one with [`Metadata::new`] and the `with_*`
-/// setters (owned or borrowed strings).
+/// setters (owned or borrowed strings). The spec may add fields, so it is
+/// `#[non_exhaustive]`: no struct literals outside this crate.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Metadata<'a> {
     /// Field 1.
@@ -148,17 +157,28 @@ pub struct Metadata<'a> {
     pub payload_checksum: Option<u32>,
 }
 
-/// Defines `with_<field>` setters that take anything convertible to the field.
+/// Defines `with_<field>` setters: `into` ones take anything convertible to
+/// the field (strings, shapes, extras), plain ones the field's own type (so
+/// that integer literals need no suffix).
 macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $field:ident: $ty:ty),+ $(,)?) => {
-        $(
-            $(#[$doc])*
-            #[must_use]
-            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
-                self.$field = value.into();
-                self
-            }
-        )+
+    ($($(#[$doc:meta])* $kind:ident $name:ident: $field:ident: $ty:ty),+ $(,)?) => {
+        $( setters!(@one $(#[$doc])* $kind $name $field $ty); )+
+    };
+    (@one $(#[$doc:meta])* into $name:ident $field:ident $ty:ty) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+            self.$field = value.into();
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* plain $name:ident $field:ident $ty:ty) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$field = value;
+            self
+        }
     };
 }
 
@@ -171,39 +191,41 @@ impl<'a> Metadata<'a> {
 
     setters! {
         /// Sets field 1, `session_id`.
-        with_session_id: session_id: Cow<'a, str>,
+        into with_session_id: session_id: Cow<'a, str>,
         /// Sets field 2, `source_agent_id`.
-        with_source_agent_id: source_agent_id: Cow<'a, str>,
+        into with_source_agent_id: source_agent_id: Cow<'a, str>,
         /// Sets field 3, `target_agent_id`.
-        with_target_agent_id: target_agent_id: Cow<'a, str>,
+        into with_target_agent_id: target_agent_id: Cow<'a, str>,
         /// Sets field 4, `model_id`.
-        with_model_id: model_id: Cow<'a, str>,
+        into with_model_id: model_id: Cow<'a, str>,
         /// Sets field 5, `hidden_dim`.
-        with_hidden_dim: hidden_dim: u32,
+        plain with_hidden_dim: hidden_dim: u32,
         /// Sets field 6, `num_layers`.
-        with_num_layers: num_layers: u32,
+        plain with_num_layers: num_layers: u32,
         /// Sets field 7, `payload_type`.
-        with_payload_type: payload_type: PayloadType,
+        plain with_payload_type: payload_type: PayloadType,
         /// Sets field 8, `dtype`.
-        with_dtype: dtype: DataType,
+        plain with_dtype: dtype: DataType,
         /// Sets field 9, `tensor_shape`.
-        with_tensor_shape: tensor_shape: Shape,
+        into with_tensor_shape: tensor_shape: Shape,
         /// Sets field 10, `mode`.
-        with_mode: mode: Mode,
+        plain with_mode: mode: Mode,
         /// Sets field 13, `avp_map_id`.
-        with_avp_map_id: avp_map_id: Cow<'a, str>,
+        into with_avp_map_id: avp_map_id: Cow<'a, str>,
         /// Sets field 14, `extra`.
-        with_extra: extra: Extra<'a>,
+        into with_extra: extra: Extra<'a>,
     }
 
-    /// Sets field 11, `compression` (`"zstd"` or none).
+    /// Sets field 11, `compression` (`"zstd"` or none). The encoder checks
+    /// it against its options (AVP-API-1).
     #[must_use]
     pub fn with_compression(mut self, compression: Option<impl Into<Cow<'a, str>>>) -> Self {
         self.compression = compression.map(Into::into);
         self
     }
 
-    /// Sets field 15, `payload_checksum`.
+    /// Sets field 15, `payload_checksum`. The encoder checks it against the
+    /// tensor (AVP-API-2).
     #[must_use]
     pub fn with_payload_checksum(mut self, checksum: Option<u32>) -> Self {
         self.payload_checksum = checksum;

@@ -14,16 +14,14 @@ use avp_codec::{
 };
 
 fn sample() -> (Metadata<'static>, Vec<u8>) {
-    let mut m = Metadata {
-        session_id: Cow::Borrowed("s"),
-        model_id: Cow::Borrowed("m"),
-        hidden_dim: 4,
-        dtype: DataType::Float32,
-        tensor_shape: vec![1, 4].into(),
-        mode: Mode::Latent,
-        avp_map_id: Cow::Borrowed("map"),
-        ..Metadata::default()
-    };
+    let mut m = Metadata::new()
+        .with_session_id(Cow::Borrowed("s"))
+        .with_model_id(Cow::Borrowed("m"))
+        .with_hidden_dim(4)
+        .with_dtype(DataType::Float32)
+        .with_tensor_shape(vec![1, 4])
+        .with_mode(Mode::Latent)
+        .with_avp_map_id(Cow::Borrowed("map"));
     m.extra.insert(Cow::Borrowed("b"), Cow::Borrowed("2"));
     m.extra.insert(Cow::Borrowed("a"), Cow::Borrowed("1"));
     (m, (0u8..16).collect())

@@ -24,10 +24,7 @@ fn kind(bytes: &[u8], l: Limits) -> Option<ErrorKind> {
 
 #[test]
 fn lim_1_metadata_length() {
-    let m = Metadata {
-        model_id: Cow::Borrowed("model"),
-        ..Metadata::default()
-    };
+    let m = Metadata::new().with_model_id(Cow::Borrowed("model"));
     let bytes = encode(&m, b"t", Compression::None).unwrap();
     let ml = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     assert_eq!(
@@ -77,10 +74,7 @@ fn lim_3_decompressed_size_checked_before_allocating() {
 
 #[test]
 fn lim_4_shape_rank() {
-    let m = Metadata {
-        tensor_shape: vec![1; 5].into(),
-        ..Metadata::default()
-    };
+    let m = Metadata::new().with_tensor_shape(vec![1; 5]);
     let bytes = encode(&m, &[0u8; 4], Compression::None).unwrap();
     assert_eq!(kind(&bytes, Limits::default().with_max_shape_rank(5)), None);
     assert_eq!(

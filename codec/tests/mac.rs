@@ -137,11 +137,9 @@ fn mac_6_signing_twice_is_refused_and_resigning_replaces_the_tag() {
 #[test]
 fn mac_3_every_single_bit_flip_of_a_signed_message_is_caught() {
     let k = key("key.bin");
-    let m = avp_codec::Metadata {
-        session_id: "s".into(),
-        tensor_shape: vec![2].into(),
-        ..Default::default()
-    };
+    let m = avp_codec::Metadata::new()
+        .with_session_id("s")
+        .with_tensor_shape(vec![2]);
     let signed = encode_signed(&m, &[1, 2, 3, 4, 5, 6, 7, 8], Compression::None, &k).unwrap();
     for i in 0..signed.len() {
         for bit in 0..8 {

@@ -35,14 +35,19 @@ prop_compose! {
         shape in proptest::collection::vec(any::<u32>(), 0..6),
         extra in proptest::collection::btree_map(text(), text(), 0..5),
     ) -> Metadata<'static> {
-        Metadata {
-            session_id: Cow::Owned(session_id), source_agent_id: Cow::Owned(source),
-            target_agent_id: Cow::Owned(target), model_id: Cow::Owned(model),
-            hidden_dim, num_layers, payload_type, dtype, tensor_shape: shape.into(), mode,
-            avp_map_id: Cow::Owned(map_id),
-            extra: extra.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect::<BTreeMap<_, _>>().into(),
-            ..Metadata::default()
-        }
+        Metadata::new()
+            .with_session_id(Cow::Owned(session_id))
+            .with_source_agent_id(Cow::Owned(source))
+            .with_target_agent_id(Cow::Owned(target))
+            .with_model_id(Cow::Owned(model))
+            .with_hidden_dim(hidden_dim)
+            .with_num_layers(num_layers)
+            .with_payload_type(payload_type)
+            .with_dtype(dtype)
+            .with_tensor_shape(shape)
+            .with_mode(mode)
+            .with_avp_map_id(Cow::Owned(map_id))
+            .with_extra(extra.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect::<BTreeMap<_, _>>())
     }
 }
 

@@ -189,42 +189,42 @@ fn encode_op(input: &Value, payload: &[u8]) -> Value {
     let Some(compression) = Compression::from_name(compression_name) else {
         return rejected("invalid", format!("unknown compression {compression_name}"));
     };
-    let metadata = Metadata {
-        session_id: text("session_id"),
-        source_agent_id: text("source_agent_id"),
-        target_agent_id: text("target_agent_id"),
-        model_id: text("model_id"),
-        hidden_dim: number("hidden_dim"),
-        num_layers: number("num_layers"),
-        payload_type,
-        dtype,
-        tensor_shape: m
-            .get("tensor_shape")
-            .and_then(Value::as_array)
-            .map(|dims| {
-                dims.iter()
-                    .filter_map(|d| d.as_u64().and_then(|n| u32::try_from(n).ok()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        mode,
-        avp_map_id: text("avp_map_id"),
-        extra: m
-            .get("extra")
-            .and_then(Value::as_object)
-            .map(|e| {
-                e.iter()
-                    .map(|(k, v)| {
-                        (
-                            Cow::Owned(k.clone()),
-                            Cow::Owned(v.as_str().unwrap_or("").to_string()),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        ..Metadata::default()
-    };
+    let metadata = Metadata::new()
+        .with_session_id(text("session_id"))
+        .with_source_agent_id(text("source_agent_id"))
+        .with_target_agent_id(text("target_agent_id"))
+        .with_model_id(text("model_id"))
+        .with_hidden_dim(number("hidden_dim"))
+        .with_num_layers(number("num_layers"))
+        .with_payload_type(payload_type)
+        .with_dtype(dtype)
+        .with_tensor_shape(
+            m.get("tensor_shape")
+                .and_then(Value::as_array)
+                .map(|dims| {
+                    dims.iter()
+                        .filter_map(|d| d.as_u64().and_then(|n| u32::try_from(n).ok()))
+                        .collect::<avp_codec::Shape>()
+                })
+                .unwrap_or_default(),
+        )
+        .with_mode(mode)
+        .with_avp_map_id(text("avp_map_id"))
+        .with_extra(
+            m.get("extra")
+                .and_then(Value::as_object)
+                .map(|e| {
+                    e.iter()
+                        .map(|(k, v)| {
+                            (
+                                Cow::Owned(k.clone()),
+                                Cow::Owned(v.as_str().unwrap_or("").to_string()),
+                            )
+                        })
+                        .collect::<avp_codec::Extra<'_>>()
+                })
+                .unwrap_or_default(),
+        );
     match avp_codec::encode(&metadata, payload, compression) {
         Ok(bytes) => {
             json!({ "outcome": "accepted", "output": { "b64": crate::b64::encode(&bytes) } })

@@ -53,24 +53,23 @@ pub struct WireMessage<'a> {
 
 /// Encodes one uncompressed message (metadata mode LATENT).
 pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
-    let metadata = Metadata {
-        hidden_dim: meta.hidden_dim,
-        num_layers: meta.num_layers,
-        payload_type: match meta.payload {
+    let metadata = Metadata::new()
+        .with_hidden_dim(meta.hidden_dim)
+        .with_num_layers(meta.num_layers)
+        .with_payload_type(match meta.payload {
             PayloadKind::HiddenState => PayloadType::HiddenState,
             PayloadKind::KvCache => PayloadType::KvCache,
-        },
-        dtype: meta.dtype.data_type(),
-        tensor_shape: meta.tensor_shape.as_slice().into(),
-        mode: Mode::Latent,
-        avp_map_id: Cow::Borrowed(meta.avp_map_id.as_str()),
-        extra: meta
-            .extra
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
-            .collect(),
-        ..Metadata::default()
-    };
+        })
+        .with_dtype(meta.dtype.data_type())
+        .with_tensor_shape(meta.tensor_shape.as_slice())
+        .with_mode(Mode::Latent)
+        .with_avp_map_id(Cow::Borrowed(meta.avp_map_id.as_str()))
+        .with_extra(
+            meta.extra
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .collect::<avp_codec::Extra<'_>>(),
+        );
     avp_codec::encode(&metadata, tensor, Compression::None).map_err(EngineError::Wire)
 }
 

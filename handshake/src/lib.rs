@@ -8,8 +8,10 @@
 //!   (AVP-HASH-10, AVP-HASH-11);
 //! - [`ModelIdentity`], [`identity_from_config`], [`HelloMessage`] (AVP-HS-1..4);
 //! - [`resolve`]: the SDK's six rules (AVP-HS-5..10);
-//! - [`state`]: the handshake as a consuming state machine (AVP-HS-11, 12);
-//! - [`SessionManager`]: sessions with TTL (AVP-HS-13);
+//! - [`state`]: the handshake as a consuming state machine (AVP-HS-11, 12),
+//!   which the transport's client drives;
+//! - [`SessionManager`]: sessions with TTL (AVP-HS-13), the one session store
+//!   (the transport's server keeps its sessions in it);
 //! - [`weights`]: the `weights_digest` extension (AVP-HS-20..23).
 #![forbid(unsafe_code)]
 #![warn(

@@ -11,39 +11,10 @@ use crate::weights::WeightsDigest;
 /// Fewest shared token strings for the vocab_overlap rule (AVP-HS-9).
 pub const MIN_VOCAB_OVERLAP: usize = 100;
 
-/// The negotiated communication mode (the SDK's `CommunicationMode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Mode {
-    /// Latent transfer (KV-cache or projected hidden state); wire value 0.
-    Latent,
-    /// JSON text; wire value 1.
-    Json,
-}
-
-impl Mode {
-    /// The SDK's `mode.name`: `LATENT` or `JSON`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Latent => "LATENT",
-            Mode::Json => "JSON",
-        }
-    }
-
-    /// The wire value (Metadata `mode`).
-    pub fn wire_value(self) -> u32 {
-        match self {
-            Mode::Latent => 0,
-            Mode::Json => 1,
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The negotiated communication mode (the SDK's `CommunicationMode`): the
+/// codec's Metadata `mode`, one type for both (`name()` is the SDK's
+/// `mode.name`, `wire_value()` the Metadata value).
+pub use avp_codec::Mode;
 
 /// Which rule decided (the SDK's `resolution_path` strings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

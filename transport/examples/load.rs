@@ -33,13 +33,11 @@ fn message(index: usize, base: &[u8]) -> Vec<u8> {
     let mut tensor = base.to_vec();
     tensor[..8].copy_from_slice(&(index as u64).to_le_bytes());
     let session = format!("load-{index}");
-    let metadata = Metadata {
-        session_id: session.as_str().into(),
-        source_agent_id: "load".into(),
-        target_agent_id: "agent".into(),
-        tensor_shape: vec![1, (tensor.len() / 4) as u32].into(),
-        ..Metadata::default()
-    };
+    let metadata = Metadata::new()
+        .with_session_id(session.as_str())
+        .with_source_agent_id("load")
+        .with_target_agent_id("agent")
+        .with_tensor_shape(vec![1, (tensor.len() / 4) as u32]);
     encode(&metadata, &tensor, Compression::None).expect("encodable")
 }
 

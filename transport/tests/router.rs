@@ -44,12 +44,10 @@ async fn run(config: ServerConfig, handler: Arc<dyn Handler>) -> Running {
 
 fn message(target: &str, tensor_len: usize) -> Bytes {
     let tensor: Vec<u8> = (0..tensor_len).map(|i| (i % 251) as u8).collect();
-    let metadata = Metadata {
-        session_id: "s".into(),
-        source_agent_id: "sender".into(),
-        target_agent_id: target.into(),
-        ..Metadata::default()
-    };
+    let metadata = Metadata::new()
+        .with_session_id("s")
+        .with_source_agent_id("sender")
+        .with_target_agent_id(target);
     Bytes::from(encode(&metadata, &tensor, Compression::None).expect("encode"))
 }
 

@@ -1093,14 +1093,12 @@ async fn http_33_text_follows_avp_json_3_and_avp_lim_7() {
 
 fn session_message(session: &str, mode: avp_codec::Mode) -> Bytes {
     let tensor = [0u8; 64];
-    let metadata = avp_codec::Metadata {
-        session_id: session.into(),
-        source_agent_id: "peer".into(),
-        target_agent_id: "test-agent".into(),
-        mode,
-        tensor_shape: vec![1, 16].into(),
-        ..avp_codec::Metadata::default()
-    };
+    let metadata = avp_codec::Metadata::new()
+        .with_session_id(session)
+        .with_source_agent_id("peer")
+        .with_target_agent_id("test-agent")
+        .with_mode(mode)
+        .with_tensor_shape(vec![1, 16]);
     Bytes::from(
         avp_codec::encode(&metadata, &tensor, avp_codec::Compression::None).expect("encode"),
     )

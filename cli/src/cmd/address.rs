@@ -49,6 +49,8 @@ impl AddressArgs {
         let msg = decode(&message)?;
         let mut meta = msg.metadata.clone();
         self.apply(&mut meta);
+        // The encoder derives it from `compression` below (a stale one is refused).
+        meta.compression = None;
         let compression = if msg.was_compressed() {
             Compression::Balanced
         } else {

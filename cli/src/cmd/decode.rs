@@ -161,7 +161,10 @@ pub(crate) fn read_decoded(
     mac_key: Option<&Path>,
     want: Want,
 ) -> Result<Decoded, ExitCode> {
-    let opts = DecodeOptions::default().with_strict(strict);
+    // The CLI opts in to threads for large checksums (the codec's default is one).
+    let opts = DecodeOptions::default()
+        .with_strict(strict)
+        .with_checksum_threads(0);
     let key = mac_key.map(read_mac_key).transpose()?;
     read_message(file, &opts, want, key.as_ref()).map_err(|f| match f {
         Failure::Io(e) => io_error(file, &e),

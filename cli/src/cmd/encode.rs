@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use avp_codec::{Compression, DataType, Metadata, Mode, PayloadType, encode};
+use avp_codec::{Compression, DataType, EncodeOptions, Metadata, Mode, PayloadType, encode_with};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
@@ -134,21 +134,19 @@ fn metadata_from_json(v: &Value) -> anyhow::Result<Metadata<'static>> {
         }
         Some(_) => bail!("extra must be an object of strings"),
     }
-    Ok(Metadata {
-        session_id: string("session_id")?,
-        source_agent_id: string("source_agent_id")?,
-        target_agent_id: string("target_agent_id")?,
-        model_id: string("model_id")?,
-        hidden_dim: u32_of("hidden_dim", obj.get("hidden_dim"))?,
-        num_layers: u32_of("num_layers", obj.get("num_layers"))?,
-        payload_type,
-        dtype,
-        tensor_shape,
-        mode,
-        avp_map_id: string("avp_map_id")?,
-        extra: extra.into(),
-        ..Metadata::default()
-    })
+    Ok(Metadata::new()
+        .with_session_id(string("session_id")?)
+        .with_source_agent_id(string("source_agent_id")?)
+        .with_target_agent_id(string("target_agent_id")?)
+        .with_model_id(string("model_id")?)
+        .with_hidden_dim(u32_of("hidden_dim", obj.get("hidden_dim"))?)
+        .with_num_layers(u32_of("num_layers", obj.get("num_layers"))?)
+        .with_payload_type(payload_type)
+        .with_dtype(dtype)
+        .with_tensor_shape(tensor_shape)
+        .with_mode(mode)
+        .with_avp_map_id(string("avp_map_id")?)
+        .with_extra(extra))
 }
 
 pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -198,7 +196,14 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
     };
     let encoded = match &key {
         Some(k) => avp_codec::mac::encode_signed(&meta, &payload, compression, k),
-        None => encode(&meta, &payload, compression),
+        // The CLI opts in to threads for large tensors (the codec's default is one).
+        None => encode_with(
+            &meta,
+            &payload,
+            &EncodeOptions::DEFAULT
+                .with_compression(compression)
+                .with_threads(0),
+        ),
     };
     let bytes = match encoded {
         Ok(b) => b,
