@@ -17,6 +17,8 @@
 //!   [`Extra`] fields keep a typical decode free of heap allocations.
 //! - [`crc32`] / [`checksum`]: the payload checksum, in parallel for large tensors.
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
+//! - [`kv_quant`]: quantized/delta KV (extended inner format); [`kv_delta`]:
+//!   prefix addresses (feature `kv-delta`), split and assembly.
 //! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
@@ -43,6 +45,10 @@ mod stream;
 pub mod json;
 pub mod kv;
 pub mod tensor;
+
+// KV extensions (spec/protocol/kv-quant.md, kv-delta.md): quantized and delta KV.
+pub mod kv_delta;
+pub mod kv_quant;
 
 #[doc(hidden)]
 pub mod fuzzing;
