@@ -76,7 +76,8 @@ fn f16_narrowing_rounds_half_to_even_and_round_trips_every_half() {
 
 #[test]
 fn int8_round_trip_is_accurate_and_bit_exact_to_the_formula() {
-    // AVP-KVQ-2, AVP-KVQ-5: layout, scale = amax/127, q = rne(x/s), x^ = q*s.
+    // AVP-KVQ-2, AVP-KVQ-5: layout, scale = amax/127, q = rne(x/s), x^ = q*s;
+    // AVP-KVQ-8: it dequantizes to the KV v1 layout; AVP-KVQ-20: the codec API.
     let raw = kv_payload(2, 2, 64, 5, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
     let q = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
@@ -177,7 +178,8 @@ fn f16_scales_and_float32_contexts_round_trip() {
 
 #[test]
 fn plain_delta_splits_and_assembles_byte_identically() {
-    // AVP-KVD-1..4: address, split, assembly.
+    // AVP-KVD-2 (delta payload), AVP-KVD-3 (a base longer than p that starts
+    // with P), AVP-KVD-20 (split, assemble, assemble_into).
     for dtype in [KvDtype::Float32, KvDtype::Float16, KvDtype::Bfloat16] {
         let raw = kv_payload(3, 2, 16, 20, dtype);
         let kv = KvCache::parse(&raw).unwrap();
@@ -269,7 +271,7 @@ fn quantized_delta_assembles_prefix_exactly_and_tail_dequantized() {
 
 #[test]
 fn delta_errors_are_typed() {
-    // AVP-KVD-4, AVP-KVD-5.
+    // AVP-KVD-4 (check order and kinds), AVP-KVD-5 (missing_prefix).
     let raw = kv_payload(2, 2, 8, 10, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
     let (address, delta) = split_delta(&kv, 6, "m", &QuantParams::NONE).unwrap();
@@ -336,7 +338,7 @@ fn delta_errors_are_typed() {
 
 #[test]
 fn malformed_payloads_give_typed_errors() {
-    // AVP-KVQ-3: check order and error kinds.
+    // AVP-KVQ-3: check order and error kinds; AVP-KVQ-4: scheme parameters.
     let raw = kv_payload(1, 2, 64, 4, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
     let good = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
