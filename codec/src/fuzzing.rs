@@ -450,7 +450,10 @@ pub fn check_kv_delta(data: &[u8]) {
     if n == 0 || kv.header.total_bytes().unwrap_or(u64::MAX) > 1 << 24 {
         return;
     }
-    let p = u32::from(data.last().copied().unwrap_or(1)) % n + 1;
+    let p = u32::from(data.last().copied().unwrap_or(1))
+        .checked_rem(n)
+        .unwrap_or(0)
+        .saturating_add(1);
     let address = PrefixAddress([0xa5; 32]);
     let Ok(delta) = encode_ext(&kv, &QuantParams::NONE, p, Some(&address)) else {
         return; // NaN values: the encoder refuses them
