@@ -9,6 +9,10 @@ package for prefix addresses) following spec/protocol/kv-quant.md (AVP-KVQ-2..7)
 spec/protocol/kv-delta.md (AVP-KVD-1..5). The SDK (avp==0.6.2) has no quantized or delta KV,
 so it is not used here; its refusal of such messages is shown by codec/tests/kv_ext.rs.
 
+Case op `kv_ext_encode`: input {file: a KV v1 payload (the context), scheme (none|int8|int4),
+group_size, scale_dtype (f32|f16), residual, seq_start, model_hash (deltas)}; expect {result:
+valid, output: digest of the extended payload the sender must produce}.
+
 Case op `kv_ext_decode`: input {file: the extended inner payload (the tensor bytes of a
 KV_CACHE_EXT message), base_hex (optional: a KV v1 payload the receiver holds), model_hash
 (optional, for deltas)}. The receiver parses and checks the payload (AVP-KVQ-3), dequantizes it
@@ -222,6 +226,19 @@ def bad(section, slug, rules, description, payload, kind, base=None, model_hash=
          base, model_hash)
 
 
+def encode_case(slug, rules, description, ctx, dtype, payload, scheme, g=0, sd=0, r=0, p=0, model_hash=None):
+    """Op kv_ext_encode: the sender side (AVP-KVQ-5/6, AVP-KVD-1/2) must give these exact bytes."""
+    path = f"bin/encode-{slug}.kv"
+    BINS[path] = kv_v1(ctx, dtype)
+    inp = {"file": path, "scheme": ["none", "int8", "int4"][scheme], "group_size": g,
+           "scale_dtype": ["f32", "f16"][sd], "residual": r, "seq_start": p}
+    if model_hash is not None:
+        inp["model_hash"] = model_hash
+    CASES.append({"id": f"kv_ext/encode/{slug}", "rules": rules, "level": "MUST", "op": "kv_ext_encode",
+                  "description": description, "input": inp,
+                  "expect": {"result": "valid", "output": digest(payload)}})
+
+
 def patch(b, at, fmt, value):
     b = bytearray(b)
     struct.pack_into(fmt, b, at, value)
@@ -303,6 +320,20 @@ def main():
     other_dtype = kv_v1([tuple(t[:, :5, :] for t in kv) for kv in c7], F32)
     bad("delta", "base-dtype", ["AVP-KVD-4"], "the base is float32, the delta float16", pd,
         "delta_mismatch", other_dtype, mh)
+
+    # the sender side: quantizing gives exactly these bytes
+    encode_case("int8-f16-g64", ["AVP-KVQ-5"], "int8 of a float16 context, groups of 64, binary32 scales",
+                c, F16, p8, 1, g=64, sd=0)
+    encode_case("int8-f32-zero-group", ["AVP-KVQ-5"], "int8 with an all-zero group", c3, F32,
+                ext_payload(c3, F32, 1, g=16, sd=0)[0], 1, g=16, sd=0)
+    encode_case("int4-f16-residual-3", ["AVP-KVQ-6"], "int4 KIVI with binary16 scales and 3 residual tokens",
+                c5, F16, p4, 2, g=32, sd=1, r=3)
+    encode_case("int4-bf16-g64", ["AVP-KVQ-6", "AVP-KVQ-7"], "int4 KIVI of a bfloat16 context, groups of 64",
+                c6, BF16, ext_payload(c6, BF16, 2, g=64, sd=0, r=0)[0], 2, g=64, sd=0)
+    encode_case("delta-none", ["AVP-KVD-1", "AVP-KVD-2"], "plain delta from position 5: address and tail",
+                c7, F16, pd, 0, p=5, model_hash=mh)
+    encode_case("delta-int8", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-5"], "int8 delta from position 4",
+                c8, BF16, pq, 1, g=64, sd=1, p=4, model_hash=mh)
 
     # refusals (AVP-KVQ-3, AVP-KVQ-4)
     r = ["AVP-KVQ-3"]

@@ -97,6 +97,14 @@ impl Subject for BuiltinSubject {
                     ));
                 }
             },
+            "kv_ext_encode" => match request.data {
+                Some(data) => kv_ext_encode(request.input, data),
+                None => {
+                    return Err(HarnessFailure::Protocol(
+                        "kv_ext_encode without input bytes".into(),
+                    ));
+                }
+            },
             op => handshake_op(op, request),
         })
     }
@@ -315,6 +323,55 @@ fn kv_ext_decode(input: &Value, data: &[u8]) -> Value {
             "output": { "b64": crate::b64::encode(&bytes) },
             "prefix": prefix,
         }),
+        Err(e) => rejected(e.kind().as_str(), &e),
+    }
+}
+
+/// `kv_ext_encode` (AVP-KVQ-5/6, AVP-KVD-1/2): quantize the KV v1 payload
+/// `data` with the input's parameters; for `seq_start > 0` a delta with the
+/// prefix address under `input.model_hash`.
+fn kv_ext_encode(input: &Value, data: &[u8]) -> Value {
+    use avp_codec::kv_delta::prefix_address;
+    use avp_codec::kv_quant::{KvScheme, QuantParams, ScaleDtype, encode_ext};
+    let kv = match KvCache::parse_with(data, true) {
+        Ok(kv) => kv,
+        Err(e) => return rejected(e.kind().as_str(), &e),
+    };
+    let number = |k: &str| {
+        input
+            .get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    let text = |k: &str| input.get(k).and_then(Value::as_str).unwrap_or("");
+    let Some(scheme) = KvScheme::from_name(text("scheme")) else {
+        return rejected("invalid_argument", "unknown scheme");
+    };
+    let scale_dtype = if text("scale_dtype") == "f16" {
+        ScaleDtype::F16
+    } else {
+        ScaleDtype::F32
+    };
+    let params = QuantParams {
+        scheme,
+        group_size: number("group_size"),
+        scale_dtype,
+        residual: number("residual"),
+    };
+    let start = number("seq_start");
+    let address = if start > 0 {
+        match prefix_address(&kv, start, text("model_hash")) {
+            Ok(a) => Some(a),
+            Err(e) => return rejected(e.kind().as_str(), &e),
+        }
+    } else {
+        None
+    };
+    match encode_ext(&kv, &params, start, address.as_ref()) {
+        Ok(bytes) => {
+            json!({ "outcome": "accepted", "output": { "b64": crate::b64::encode(&bytes) } })
+        }
         Err(e) => rejected(e.kind().as_str(), &e),
     }
 }

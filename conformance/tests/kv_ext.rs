@@ -23,7 +23,7 @@ fn kv_ext_corpus_passes_on_the_builtin_subject() {
         .iter()
         .filter(|c| c.id.starts_with("kv_ext/"))
         .collect();
-    assert!(cases.len() >= 30, "only {} kv_ext cases", cases.len());
+    assert!(cases.len() >= 40, "only {} kv_ext cases", cases.len());
     let mut subject = BuiltinSubject::new(true);
     let mut failures = Vec::new();
     let mut kinds = std::collections::BTreeSet::new();
@@ -45,6 +45,14 @@ fn kv_ext_corpus_passes_on_the_builtin_subject() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    // The judge compares the output bytes: other bytes are not a PASS.
+    let valid = corpus
+        .cases
+        .iter()
+        .find(|c| c.id == "kv_ext/int8/f16-g64-f32-scales")
+        .unwrap();
+    let wrong = serde_json::json!({"outcome": "accepted", "output": {"b64": "AAAA"}, "prefix": null});
+    assert_ne!(judge(valid, Ok(wrong)).verdict, Verdict::Pass);
     for kind in [
         "bad_group_size",
         "scale_count_mismatch",

@@ -310,7 +310,7 @@ def op_kv_ext_decode(req):
 OPS = {"decode": op_decode, "encode": op_encode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
        "model_hash": op_model_hash, "tokenizer_hash": op_tokenizer_hash, "vocab_hash": op_vocab_hash,
        "identity": op_identity, "hello_parse": op_hello_parse, "resolve": op_resolve,
-       "kv_ext_decode": op_kv_ext_decode}
+       "kv_ext_decode": op_kv_ext_decode, "kv_ext_encode": op_kv_ext_decode}
 
 
 def main():
