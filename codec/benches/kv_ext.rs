@@ -82,6 +82,14 @@ fn bench(c: &mut Criterion) {
             black_box(&out);
         })
     });
+    // What this machine's memory does at all: the ceiling for assembly.
+    let mut copy = vec![0u8; raw.len()];
+    g.bench_function("memcpy_baseline", |b| {
+        b.iter(|| {
+            copy.copy_from_slice(&raw);
+            black_box(&copy);
+        })
+    });
     g.finish();
 }
 

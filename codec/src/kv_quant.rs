@@ -634,15 +634,15 @@ impl<'a> KvExt<'a> {
                 let (scale_bytes, q) = section.split_at(groups.saturating_mul(ss));
                 let scales = h.scale_dtype.read_all(scale_bytes);
                 check_scales(&scales, None)?;
-                let es = store.size;
-                for ((s, qg), out) in scales
-                    .iter()
-                    .zip(q.chunks_exact(g))
-                    .zip(dst.chunks_exact_mut(g.saturating_mul(es)))
-                {
-                    for (&qv, o) in qg.iter().zip(out.chunks_exact_mut(es)) {
-                        store.put(f32::from(qv as i8) * s, o);
+                // One loop per dtype, so the element conversion is inlined.
+                match store.dtype {
+                    KvDtype::Float16 => {
+                        dequant_int8(&scales, q, g, dst, |x| f32_to_f16(x).to_le_bytes())
                     }
+                    KvDtype::Bfloat16 => {
+                        dequant_int8(&scales, q, g, dst, |x| f32_to_bf16(x).to_le_bytes())
+                    }
+                    _ => dequant_int8(&scales, q, g, dst, f32::to_le_bytes),
                 }
                 Ok(())
             }
@@ -770,6 +770,26 @@ impl<'a> KvExt<'a> {
     }
 }
 
+/// `x^ = q * s` per group of `g` signed bytes, written by `enc` (AVP-KVQ-5).
+#[inline(always)]
+fn dequant_int8<const N: usize>(
+    scales: &[f32],
+    q: &[u8],
+    g: usize,
+    dst: &mut [u8],
+    enc: impl Fn(f32) -> [u8; N],
+) {
+    for ((s, qg), out) in scales
+        .iter()
+        .zip(q.chunks_exact(g.max(1)))
+        .zip(dst.chunks_exact_mut(g.saturating_mul(N).max(1)))
+    {
+        for (&qv, o) in qg.iter().zip(out.chunks_exact_mut(N)) {
+            o.copy_from_slice(&enc(f32::from(qv as i8) * s));
+        }
+    }
+}
+
 fn check_scales(scales: &[f32], mins: Option<&[f32]>) -> Result<(), Error> {
     if let Some(bad) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
         return Err(err(
@@ -821,49 +841,33 @@ impl Store {
 }
 
 /// Narrows to IEEE binary16, round half to even; overflow gives infinity,
-/// NaN stays NaN (quiet).
+/// NaN gives the quiet NaN 0x7e00 (sign kept). Branch-light (F. Giesen's
+/// `float_to_half_fast3_rtne`): subnormal results are rounded by one binary32
+/// addition, normal ones by integer arithmetic on the bits.
 #[allow(clippy::arithmetic_side_effects)] // bit fields of a u32: bounded by construction
+#[inline]
 pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x007f_ffff;
-    if exp == 0xff {
-        let nan = if man != 0 {
-            0x0200 | (man >> 13) as u16
-        } else {
-            0
-        };
-        return sign | 0x7c00 | nan;
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x0080_0000;
-        let shift = (14 - e) as u32;
-        let half = m >> shift;
-        let rem = m & ((1u32 << shift) - 1);
-        let halfway = 1u32 << (shift - 1);
-        let r = if rem > halfway || (rem == halfway && half & 1 == 1) {
-            half + 1
-        } else {
-            half
-        };
-        return sign | r as u16;
-    }
-    let half = ((e as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    let r = if rem > 0x1000 || (rem == 0x1000 && half & 1 == 1) {
-        half + 1
+    const F32_INFINITY: u32 = 255 << 23;
+    const F16_OVERFLOW: u32 = (127 + 16) << 23;
+    const DENORM_MAGIC: u32 = ((127 - 15) + (23 - 10) + 1) << 23;
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let abs = bits & 0x7fff_ffff;
+    let out = if abs >= F16_OVERFLOW {
+        if abs > F32_INFINITY { 0x7e00 } else { 0x7c00 }
+    } else if abs < (113 << 23) {
+        // Below the smallest normal half: the addition rounds to a multiple of 2^-24.
+        let r = f32::from_bits(abs) + f32::from_bits(DENORM_MAGIC);
+        r.to_bits().wrapping_sub(DENORM_MAGIC)
     } else {
-        half
+        let mant_odd = (abs >> 13) & 1;
+        let rebased = abs
+            .wrapping_sub((127 - 15) << 23)
+            .wrapping_add(0xfff)
+            .wrapping_add(mant_odd);
+        rebased >> 13
     };
-    sign | r as u16
+    sign | out as u16
 }
 
 /// Narrows to bfloat16, round half to even; NaN stays NaN (quiet).
@@ -974,7 +978,26 @@ impl Quantizer {
         let skip = row.saturating_mul(h.seq_start as usize);
         for hb in tensor.chunks_exact(head.max(1)) {
             let stored = hb.get(skip..).unwrap_or_default();
-            out.extend(stored.chunks_exact(es).map(|b| self.store.get(b)));
+            match self.store.dtype {
+                KvDtype::Float16 => out.extend(
+                    stored
+                        .chunks_exact(2)
+                        .filter_map(|b| b.first_chunk::<2>())
+                        .map(|b| f16_to_f32(u16::from_le_bytes(*b))),
+                ),
+                KvDtype::Bfloat16 => out.extend(
+                    stored
+                        .chunks_exact(2)
+                        .filter_map(|b| b.first_chunk::<2>())
+                        .map(|b| bf16_to_f32(u16::from_le_bytes(*b))),
+                ),
+                _ => out.extend(
+                    stored
+                        .chunks_exact(4)
+                        .filter_map(|b| b.first_chunk::<4>())
+                        .map(|b| f32::from_le_bytes(*b)),
+                ),
+            }
         }
     }
 
@@ -1146,7 +1169,13 @@ fn quant(x: f32, m: f32, s: f32, lo: f32, hi: f32) -> f32 {
     if s == 0.0 {
         return if lo < 0.0 { 0.0 } else { lo };
     }
-    ((x - m) / s).round_ties_even().clamp(lo, hi)
+    // Clamping to integer bounds before rounding gives the same result, and
+    // for |v| <= 2^22 adding and subtracting 1.5 * 2^23 rounds half to even
+    // exactly (no SSE4.1 `roundps` in the baseline x86-64 target: this keeps
+    // the loop free of libm calls).
+    const MAGIC: f32 = 12_582_912.0;
+    let v = ((x - m) / s).clamp(lo, hi);
+    (v + MAGIC) - MAGIC
 }
 
 /// Per-layer relative reconstruction error of K and V (`||x^ - x|| / ||x||`).
