@@ -714,18 +714,22 @@ impl<'a> KvExt<'a> {
                         .saturating_add(s)
                         .saturating_mul(d.checked_div(g).unwrap_or(0)),
                 };
-                for (c, o) in orow.chunks_exact_mut(es).enumerate() {
-                    let gi = match part {
-                        KvPart::Key => row_groups.saturating_add(c),
-                        KvPart::Value => row_groups.saturating_add(c.checked_div(g).unwrap_or(0)),
-                    };
-                    let byte = qrow.get(c / 2).copied().unwrap_or(0);
-                    let q = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-                    let (sc, mn) = (
-                        scales.get(gi).copied().unwrap_or(0.0),
-                        mins.get(gi).copied().unwrap_or(0.0),
-                    );
-                    store.put(f32::from(q) * sc + mn, o);
+                let row_len = match part {
+                    KvPart::Key => d,
+                    KvPart::Value => d.checked_div(g).unwrap_or(0),
+                };
+                let end = row_groups.saturating_add(row_len);
+                let srow = scales.get(row_groups..end).unwrap_or_default();
+                let mrow = mins.get(row_groups..end).unwrap_or_default();
+                // One loop per dtype, so the element conversion is inlined.
+                match store.dtype {
+                    KvDtype::Float16 => int4_row(part, g, orow, qrow, srow, mrow, |x| {
+                        f32_to_f16(x).to_le_bytes()
+                    }),
+                    KvDtype::Bfloat16 => int4_row(part, g, orow, qrow, srow, mrow, |x| {
+                        f32_to_bf16(x).to_le_bytes()
+                    }),
+                    _ => int4_row(part, g, orow, qrow, srow, mrow, f32::to_le_bytes),
                 }
             }
         }
@@ -786,6 +790,50 @@ fn dequant_int8<const N: usize>(
     {
         for (&qv, o) in qg.iter().zip(out.chunks_exact_mut(N)) {
             o.copy_from_slice(&enc(f32::from(qv as i8) * s));
+        }
+    }
+}
+
+/// One row of `D` int4 values, `x^ = (q * s) + m` (AVP-KVQ-6): keys take a
+/// scale and minimum per channel (`srow`, `mrow` of length `D`), values one
+/// per run of `g` channels (length `D / g`). Lengths are the parser's.
+#[inline(always)]
+fn int4_row<const N: usize>(
+    part: KvPart,
+    g: usize,
+    orow: &mut [u8],
+    qrow: &[u8],
+    srow: &[f32],
+    mrow: &[f32],
+    enc: impl Fn(f32) -> [u8; N],
+) {
+    let put = |o: &mut [u8], q: u8, s: f32, m: f32| o.copy_from_slice(&enc(f32::from(q) * s + m));
+    match part {
+        KvPart::Key => {
+            for ((o, &byte), (s2, m2)) in orow
+                .chunks_exact_mut(N.saturating_mul(2))
+                .zip(qrow)
+                .zip(srow.chunks_exact(2).zip(mrow.chunks_exact(2)))
+            {
+                if let (&[s0, s1], &[m0, m1]) = (s2, m2) {
+                    let (lo, hi) = o.split_at_mut(N);
+                    put(lo, byte & 0x0f, s0, m0);
+                    put(hi, byte >> 4, s1, m1);
+                }
+            }
+        }
+        KvPart::Value => {
+            for ((og, qg), (&s, &m)) in orow
+                .chunks_exact_mut(g.saturating_mul(N).max(1))
+                .zip(qrow.chunks_exact((g / 2).max(1)))
+                .zip(srow.iter().zip(mrow))
+            {
+                for (o, &byte) in og.chunks_exact_mut(N.saturating_mul(2)).zip(qg) {
+                    let (lo, hi) = o.split_at_mut(N);
+                    put(lo, byte & 0x0f, s, m);
+                    put(hi, byte >> 4, s, m);
+                }
+            }
         }
     }
 }
