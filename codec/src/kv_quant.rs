@@ -941,6 +941,21 @@ pub fn encode_ext(
     start: u32,
     prefix: Option<&PrefixAddress>,
 ) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    encode_ext_into(kv, params, start, prefix, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_ext`] into `out` (cleared first), so a sender that quantizes
+/// one context after another reuses one buffer instead of paying fresh
+/// pages for each.
+pub fn encode_ext_into(
+    kv: &KvCache<'_>,
+    params: &QuantParams,
+    start: u32,
+    prefix: Option<&PrefixAddress>,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let misuse = |m: String| err(ErrorKind::InvalidArgument, m);
     let src = kv.header;
     if start > src.seq_len {
@@ -978,7 +993,8 @@ pub fn encode_ext(
         .total_bytes()
         .and_then(|t| usize::try_from(t).ok())
         .ok_or_else(|| misuse("KV cache larger than memory".into()))?;
-    let mut out = Vec::with_capacity(total);
+    out.clear();
+    out.reserve(total);
     out.extend_from_slice(&header.to_bytes());
     if let Some(p) = prefix {
         out.extend_from_slice(&p.0);
@@ -989,7 +1005,7 @@ pub fn encode_ext(
         for (part, tensor) in [(KvPart::Key, layer.key), (KvPart::Value, layer.value)] {
             scratch.clear();
             q.rows(tensor.bytes(), &mut scratch);
-            q.tensor(&scratch, part, &mut out)?;
+            q.tensor(&scratch, part, out)?;
         }
     }
     if out.len() != total {
@@ -998,7 +1014,7 @@ pub fn encode_ext(
             format!("wrote {} bytes, header says {total}", out.len()),
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Quantizes the stored rows of one tensor.

@@ -10,7 +10,7 @@ use avp_codec::kv_delta::{
 };
 use avp_codec::kv_quant::{
     KVX_HEADER_LEN, KvExt, KvPart, KvScheme, PrefixAddress, QuantParams, ScaleDtype, encode_ext,
-    f32_to_bf16, f32_to_f16, relative_errors,
+    encode_ext_into, f32_to_bf16, f32_to_f16, relative_errors,
 };
 use avp_codec::tensor::{bf16_to_f32, f16_to_f32};
 use avp_codec::{ErrorKind, Limits};
@@ -574,4 +574,23 @@ fn f16_narrowing_matches_the_textbook_rounding_on_a_sweep_of_floats() {
         checked += 1;
     }
     assert!(checked > 16_000_000);
+}
+
+#[test]
+fn encode_into_reuses_the_buffer_and_writes_the_same_bytes() {
+    // AVP-KVQ-20: encode_ext_into clears and refills the caller's buffer.
+    let raw = kv_payload(2, 2, 64, 32, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let mut buf = vec![0xEE; 7];
+    for params in [QuantParams::INT4, QuantParams::INT8, QuantParams::NONE] {
+        encode_ext_into(&kv, &params, 0, None, &mut buf).unwrap();
+        assert_eq!(buf, encode_ext(&kv, &params, 0, None).unwrap());
+    }
+    let cap = buf.capacity();
+    encode_ext_into(&kv, &QuantParams::INT8, 0, None, &mut buf).unwrap();
+    assert_eq!(
+        buf.capacity(),
+        cap,
+        "no new allocation for a smaller payload"
+    );
 }
