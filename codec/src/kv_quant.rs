@@ -1088,18 +1088,25 @@ impl Quantizer {
             }
             KvScheme::Int8 => {
                 let mut scales = Vec::with_capacity(x.len().checked_div(g).unwrap_or(0));
-                for grp in x.chunks_exact(g) {
+                for grp in x.chunks_exact(g.max(1)) {
                     let amax = grp.iter().fold(0.0f32, |a, v| a.max(v.abs()));
                     scales.push(stored_scale(sd, amax / 127.0)?);
                 }
                 for s in &scales {
                     sd.write(*s, out);
                 }
-                for (grp, s) in x.chunks_exact(g).zip(&scales) {
-                    out.extend(
-                        grp.iter()
-                            .map(|v| quant(*v, 0.0, *s, -127.0, 127.0) as i8 as u8),
-                    );
+                // Sized first, then one branch-free loop per group, which
+                // the compiler can vectorise.
+                let start = out.len();
+                out.resize(start.saturating_add(x.len()), 0);
+                let dst = out.get_mut(start..).unwrap_or_default();
+                for ((grp, &s), o) in x.chunks_exact(g.max(1)).zip(&scales).zip(dst.chunks_exact_mut(g.max(1))) {
+                    if s == 0.0 {
+                        continue; // q = 0, already written
+                    }
+                    for (q, &v) in o.iter_mut().zip(grp) {
+                        *q = quant(v, 0.0, s, -127.0, 127.0) as i8 as u8;
+                    }
                 }
                 Ok(())
             }
@@ -1132,7 +1139,7 @@ impl Quantizer {
                     }
                 }
                 KvPart::Value => {
-                    for grp in quantized.chunks_exact(g) {
+                    for grp in quantized.chunks_exact(g.max(1)) {
                         let (lo, hi) = min_max(grp.iter());
                         push_group(sd, lo, hi, &mut scales, &mut mins)?;
                     }
