@@ -1100,7 +1100,11 @@ impl Quantizer {
                 let start = out.len();
                 out.resize(start.saturating_add(x.len()), 0);
                 let dst = out.get_mut(start..).unwrap_or_default();
-                for ((grp, &s), o) in x.chunks_exact(g.max(1)).zip(&scales).zip(dst.chunks_exact_mut(g.max(1))) {
+                for ((grp, &s), o) in x
+                    .chunks_exact(g.max(1))
+                    .zip(&scales)
+                    .zip(dst.chunks_exact_mut(g.max(1)))
+                {
                     if s == 0.0 {
                         continue; // q = 0, already written
                     }

@@ -51,7 +51,8 @@ fn kv_ext_corpus_passes_on_the_builtin_subject() {
         .iter()
         .find(|c| c.id == "kv_ext/int8/f16-g64-f32-scales")
         .unwrap();
-    let wrong = serde_json::json!({"outcome": "accepted", "output": {"b64": "AAAA"}, "prefix": null});
+    let wrong =
+        serde_json::json!({"outcome": "accepted", "output": {"b64": "AAAA"}, "prefix": null});
     assert_ne!(judge(valid, Ok(wrong)).verdict, Verdict::Pass);
     for kind in [
         "bad_group_size",
