@@ -1328,3 +1328,27 @@ pub fn relative_errors(
     }
     Ok(errors)
 }
+
+/// Re-encodes a KV v1 payload in another float dtype (the CLI's
+/// `--kv-dtype`): every element widened to binary32 and narrowed by
+/// AVP-KVQ-7 (round half to even; binary16 overflow becomes infinity).
+/// Same shape; the result is a KV v1 payload (AVP-KV-1..3).
+pub fn convert_dtype(kv: &KvCache<'_>, dtype: KvDtype) -> Result<Vec<u8>, Error> {
+    let header = KvHeader { dtype, ..kv.header };
+    let total = header
+        .total_bytes()
+        .and_then(|t| usize::try_from(t).ok())
+        .ok_or_else(|| err(ErrorKind::InvalidArgument, "KV cache larger than memory"))?;
+    let mut out = vec![0u8; total];
+    let (head, tensors) = out.split_at_mut(KV_HEADER_LEN.min(total));
+    head.copy_from_slice(&header.to_bytes());
+    let store = Store::new(dtype);
+    let sources = kv.layers().flat_map(|l| [l.key, l.value]);
+    let per = usize::try_from(header.tensor_bytes().unwrap_or(0)).unwrap_or(0);
+    for (dst, src) in tensors.chunks_exact_mut(per.max(1)).zip(sources) {
+        for (o, x) in dst.chunks_exact_mut(store.size).zip(src.iter_f32()) {
+            store.put(x, o);
+        }
+    }
+    Ok(out)
+}

@@ -594,3 +594,37 @@ fn encode_into_reuses_the_buffer_and_writes_the_same_bytes() {
         "no new allocation for a smaller payload"
     );
 }
+
+#[test]
+fn dtype_conversion_narrows_by_round_half_to_even() {
+    // AVP-KVQ-20 (`--kv-dtype`), AVP-KVQ-7 rounding.
+    use avp_codec::kv_quant::convert_dtype;
+    let raw = kv_payload(2, 2, 8, 5, KvDtype::Float32);
+    let kv = KvCache::parse(&raw).unwrap();
+    let half = convert_dtype(&kv, KvDtype::Float16).unwrap();
+    let h = KvCache::parse_with(&half, true).unwrap();
+    assert_eq!(
+        h.header,
+        KvHeader {
+            dtype: KvDtype::Float16,
+            ..kv.header
+        }
+    );
+    for (a, b) in kv.layers().zip(h.layers()) {
+        for (x, y) in a.value.iter_f32().zip(b.value.iter_f32()) {
+            assert_eq!(y, f16_to_f32(f32_to_f16(x)));
+        }
+    }
+    // float16 -> float32 -> float16 is the identity; so is bfloat16 via float32.
+    let wide = convert_dtype(&h, KvDtype::Float32).unwrap();
+    let back = convert_dtype(&KvCache::parse(&wide).unwrap(), KvDtype::Float16).unwrap();
+    assert_eq!(back, half);
+    let bf = convert_dtype(&kv, KvDtype::Bfloat16).unwrap();
+    let bf_kv = KvCache::parse(&bf).unwrap();
+    let bf_again = convert_dtype(
+        &KvCache::parse(&convert_dtype(&bf_kv, KvDtype::Float32).unwrap()).unwrap(),
+        KvDtype::Bfloat16,
+    )
+    .unwrap();
+    assert_eq!(bf_again, bf);
+}
