@@ -22,6 +22,8 @@
 //! - [`crc32`] / [`checksum`]: the payload checksum ([`checksum::crc32_with_threads`]
 //!   splits large tensors across threads on request).
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
+//! - [`kv_quant`]: quantized/delta KV (extended inner format); [`kv_delta`]:
+//!   prefix addresses (feature `kv-delta`), split and assembly.
 //! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
@@ -49,6 +51,10 @@ mod warning;
 pub mod json;
 pub mod kv;
 pub mod tensor;
+
+// KV extensions (spec/protocol/kv-quant.md, kv-delta.md): quantized and delta KV.
+pub mod kv_delta;
+pub mod kv_quant;
 
 #[doc(hidden)]
 pub mod fuzzing;
