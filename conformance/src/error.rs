@@ -5,7 +5,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-
 /// Everything that stops a conformance run before or while it produces verdicts.
 #[derive(Debug)]
 #[non_exhaustive]

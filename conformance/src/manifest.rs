@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-pub use crate::error::IntegrityProblem;
 use crate::error::ConformanceError;
+pub use crate::error::IntegrityProblem;
 
 /// The manifest's file name at the corpus root.
 pub const MANIFEST_FILE: &str = "MANIFEST.json";

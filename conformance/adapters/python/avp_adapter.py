@@ -9,7 +9,7 @@ stderr. Run by `avp conformance run --adapter '.venv/bin/python <this file>'`.
 suite's must-fail test uses: it drops payload_checksum before decoding.
 
 `--avp-rs` (or AVP_ADAPTER_AVP_RS=1) runs the same SDK code with
-`avp_rs.install()` in effect (python/, spec/python.md AVP-PY-4): the SDK's
+`avp_rs.install()` in effect (python/, spec/impl/python.md AVP-PY-4): the SDK's
 codec, compression, KV and hashing functions are then avp_rs's, and the
 implementation is named `avp-python-avp-rs`.
 """
