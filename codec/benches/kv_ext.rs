@@ -34,11 +34,9 @@ fn context() -> Vec<u8> {
 }
 
 fn metadata() -> Metadata<'static> {
-    Metadata {
-        payload_type: PayloadType::KvCacheExt,
-        dtype: DataType::Float16,
-        ..Metadata::default()
-    }
+    Metadata::new()
+        .with_payload_type(PayloadType::KvCacheExt)
+        .with_dtype(DataType::Float16)
 }
 
 fn bench(c: &mut Criterion) {

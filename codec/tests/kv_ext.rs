@@ -484,12 +484,10 @@ fn sdk_0_6_2_refuses_an_extended_kv_message() {
     let raw = kv_payload(1, 1, 64, 4, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
     let q = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
-    let metadata = Metadata {
-        payload_type: PayloadType::KvCacheExt,
-        dtype: avp_codec::DataType::Float16,
-        model_id: "m".into(),
-        ..Metadata::default()
-    };
+    let metadata = Metadata::new()
+        .with_payload_type(PayloadType::KvCacheExt)
+        .with_dtype(avp_codec::DataType::Float16)
+        .with_model_id("m");
     let message = encode(&metadata, &q, Compression::None).unwrap();
     // Our decoder reads it back (the flag bit 2 matches KV_CACHE_EXT).
     let ours = avp_codec::decode_with(&message, &avp_codec::DecodeOptions::strict()).unwrap();

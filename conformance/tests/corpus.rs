@@ -94,6 +94,29 @@ fn conf_7_every_spec_rule_has_a_case_or_a_verified_in_tree_test() {
             c.rules_total, c.with_cases, c.covered_elsewhere
         );
     }
+    // AVP-CONF-6: the terminal report says the same per tree.
+    let report = avp_conformance::runner::RunReport {
+        suite: None,
+        suite_version: None,
+        manifest_blake3: String::new(),
+        runner_version: String::new(),
+        strict: false,
+        started_unix: 0,
+        subjects: vec![],
+        coverage: Some(cov.clone()),
+    };
+    let text = avp_conformance::report::terminal::render(&report, false);
+    let (impl_tree, protocol_tree) = (&cov.by_tree["impl"], &cov.by_tree["protocol"]);
+    let line = format!(
+        "  by spec tree: impl {} ({} with cases, {} by in-tree tests); protocol {} ({} with cases, {} by in-tree tests)",
+        impl_tree.rules_total,
+        impl_tree.with_cases,
+        impl_tree.covered_elsewhere,
+        protocol_tree.rules_total,
+        protocol_tree.with_cases,
+        protocol_tree.covered_elsewhere
+    );
+    assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
     // The map only fills gaps the corpus cannot: a rule that gains a case
     // should leave the map.
     let redundant: Vec<&String> = map

@@ -100,6 +100,21 @@ pub fn render(report: &RunReport, verbose: bool) -> String {
             "Rule coverage: {}/{} rules have cases",
             cov.rules_covered, cov.rules_total
         );
+        // Protocol rules bind every implementation, impl rules only ours (spec/README.md).
+        let trees: Vec<String> = cov
+            .by_tree
+            .iter()
+            .map(|(tree, t)| {
+                let name = if tree.is_empty() { "top level" } else { tree };
+                format!(
+                    "{name} {} ({} with cases, {} by in-tree tests)",
+                    t.rules_total, t.with_cases, t.covered_elsewhere
+                )
+            })
+            .collect();
+        if !trees.is_empty() {
+            let _ = writeln!(out, "  by spec tree: {}", trees.join("; "));
+        }
         if !cov.rules_covered_elsewhere.is_empty() {
             let rules: Vec<&str> = cov
                 .rules_covered_elsewhere
