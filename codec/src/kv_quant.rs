@@ -502,6 +502,23 @@ pub enum KvPart {
     Value,
 }
 
+/// Index of the first int4 group that row `s` of head `hi` uses: keys are
+/// grouped per channel over `g` tokens, values per token over `g` channels
+/// (AVP-KVQ-6). Shared by the quantizer and the dequantizer so they cannot
+/// disagree on the layout.
+fn int4_row_group_base(part: KvPart, hi: usize, s: usize, tq: usize, d: usize, g: usize) -> usize {
+    match part {
+        KvPart::Key => hi
+            .saturating_mul(tq.checked_div(g).unwrap_or(0))
+            .saturating_add(s.checked_div(g).unwrap_or(0))
+            .saturating_mul(d),
+        KvPart::Value => hi
+            .saturating_mul(tq)
+            .saturating_add(s)
+            .saturating_mul(d.checked_div(g).unwrap_or(0)),
+    }
+}
+
 impl<'a> KvExt<'a> {
     /// Parses under the default limits (AVP-KVQ-3).
     pub fn parse(payload: &'a [u8]) -> Result<KvExt<'a>, Error> {
@@ -704,16 +721,7 @@ impl<'a> KvExt<'a> {
             {
                 // Group of element (s, c): keys per channel over g tokens,
                 // values per token over g channels (AVP-KVQ-6).
-                let row_groups = match part {
-                    KvPart::Key => hi
-                        .saturating_mul(tq.checked_div(g).unwrap_or(0))
-                        .saturating_add(s.checked_div(g).unwrap_or(0))
-                        .saturating_mul(d),
-                    KvPart::Value => hi
-                        .saturating_mul(tq)
-                        .saturating_add(s)
-                        .saturating_mul(d.checked_div(g).unwrap_or(0)),
-                };
+                let row_groups = int4_row_group_base(part, hi, s, tq, d, g);
                 let row_len = match part {
                     KvPart::Key => d,
                     KvPart::Value => d.checked_div(g).unwrap_or(0),
@@ -1170,16 +1178,7 @@ impl Quantizer {
         for (hi, hx) in heads().enumerate() {
             let quantized = hx.get(..tq.saturating_mul(d)).unwrap_or_default();
             for (s, row) in quantized.chunks_exact(d.max(1)).enumerate() {
-                let base = match part {
-                    KvPart::Key => hi
-                        .saturating_mul(tq.checked_div(g).unwrap_or(0))
-                        .saturating_add(s.checked_div(g).unwrap_or(0))
-                        .saturating_mul(d),
-                    KvPart::Value => hi
-                        .saturating_mul(tq)
-                        .saturating_add(s)
-                        .saturating_mul(d.checked_div(g).unwrap_or(0)),
-                };
+                let base = int4_row_group_base(part, hi, s, tq, d, g);
                 for (pair_index, pair) in row.chunks_exact(2).enumerate() {
                     let mut byte = 0u8;
                     for (k, v) in pair.iter().enumerate() {
