@@ -101,7 +101,7 @@ pub(crate) fn identity_json(
 ) -> PyResult<String> {
     let config = parse(py, config_text)?;
     avp_handshake::identity_from_config(&config, tokenizer_hash.into())
-        .and_then(|id| json::to_canonical(&id.to_value()))
+        .and_then(|id| json::to_canonical(&id.to_value()).map_err(avp_handshake::Error::Json))
         .map_err(|e| errors::handshake(py, &e))
 }
 

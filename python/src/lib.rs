@@ -22,6 +22,7 @@ mod hashing;
 mod kv;
 mod mac;
 mod message;
+mod parts;
 mod zstd_compat;
 
 use pyo3::prelude::*;
