@@ -353,3 +353,18 @@ def test_installed_context_replaces_to_bytes_and_from_bytes_and_restores():
     k, v = cache.update(torch.zeros(1, 2, 1, 8, dtype=torch.float16),
                         torch.zeros(1, 2, 1, 8, dtype=torch.float16), 1)
     assert k.shape == (1, 2, 8, 8) and cache.get_seq_length(1) == 8
+
+
+@pytest.mark.parametrize("vocab", [
+    {"a": 0, "Ġb": 7, "中": 4294967294, "\"\\\x01": 3},  # the borrowed-token path
+    {"a": -1, "b": 2**40, "c": 2**32 - 1, "d": 3},  # ids beyond u32: through an object
+    {"a": 1, "b": True},  # json.dumps writes true
+    {"a": 1, "\ud800": 2},  # lone surrogate: the JSON route
+    {},
+])
+def test_tokenizer_hash_dict_paths_equal_the_sdk(vocab):
+    """AVP-PY-4: every route of tokenizer_hash gives the SDK's hash."""
+    from avp.handshake import compute_tokenizer_hash
+
+    assert avp_rs.tokenizer_hash(vocab) == compute_tokenizer_hash(vocab)
+    assert avp_rs.tokenizer_hash(vocab, threads=2) == compute_tokenizer_hash(vocab)
