@@ -9,6 +9,10 @@ so are code paths inside `#[cfg(test)]` modules (tests may reach anywhere).
 Every strongly connected group of two or more modules is a cycle: printed
 with the edges that close it, and the script exits 1.
 
+It also checks that a reader of the crate root can name every module's one
+job: each `mod x;` in lib.rs/main.rs carries a trailing `// job` comment (or a
+`///` doc line right above it), and each module file starts with a `//!` doc.
+
 Usage: scripts/module_cycles.py [CRATE_DIR ...]   (default: every crate in the workspace)
 """
 
@@ -119,10 +123,46 @@ def strongly_connected(nodes, edges):
     return out
 
 
+MOD_DECL = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;(.*)$")
+
+
+def undocumented_modules(crate):
+    """`mod` declarations of the crate root without a job line, and module files without a `//!` doc."""
+    src = crate / "src"
+    problems = []
+    for root_name in ROOT_FILES:
+        root = src / root_name
+        if not root.exists():
+            continue
+        lines = root.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            m = MOD_DECL.match(line)
+            if not m:
+                continue
+            name, tail = m.group(1), m.group(2)
+            above = lines[i - 1].strip() if i else ""
+            # Attributes (#[cfg(...)]) may sit between the doc line and the declaration.
+            k = i - 1
+            while k >= 0 and lines[k].strip().startswith("#["):
+                k -= 1
+            above = lines[k].strip() if k >= 0 else ""
+            if "//" not in tail and not above.startswith("///"):
+                problems.append(f"{shown(root)}: `mod {name};` has no job line")
+            for file in (src / f"{name}.rs", src / name / "mod.rs"):
+                if file.exists():
+                    if not file.read_text(encoding="utf-8").lstrip().startswith("//!"):
+                        problems.append(f"{shown(file)}: no `//!` module doc")
+                    break
+    return problems
+
+
 def main(argv):
     crates = [Path(a).resolve() for a in argv] or workspace_crates()
     found = 0
     for crate in crates:
+        for problem in undocumented_modules(crate):
+            found += 1
+            print(problem)
         modules, edges = module_edges(crate)
         for comp in strongly_connected(modules, edges):
             found += 1
@@ -133,9 +173,9 @@ def main(argv):
                         files = ", ".join(str(f) for f in sorted(edges[a][b]))
                         print(f"  {a} -> {b}  ({files})")
     if found:
-        print(f"{found} module cycle(s)")
+        print(f"{found} problem(s): module cycles or modules without a job")
         return 1
-    print(f"no module cycles in {len(crates)} crates")
+    print(f"no module cycles in {len(crates)} crates; every module says its job")
     return 0
 
 

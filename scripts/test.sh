@@ -19,6 +19,8 @@ echo "== engine fixtures (regenerated with the SDK on the native and on a portab
 bash engine/testdata/check.sh
 echo "== the fixture check rejects planted mistakes (engine/testdata/mutants.py)"
 python engine/testdata/mutants.py
+echo "== module seams: no two modules of a crate import each other, every module says its job"
+python3 scripts/module_cycles.py
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -5,8 +5,8 @@
 //! `avp-engine` binary, so this one never links libtorch (cmd/engine_exec.rs). Output formats are contracts other tools rely on (spec/cli.md).
 #![forbid(unsafe_code)]
 
-mod cmd;
-mod out;
+mod cmd; // one module per subcommand
+mod out; // stdout/stderr writes that never panic
 
 use std::process::ExitCode;
 

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use crate::error::{Error, ErrorKind};
 use crate::header::{Flags, HEADER_LEN, Header};
 use crate::limits::Limits;
-use crate::metadata::{Metadata, ParsedFields, PayloadType};
+use crate::metadata::{Metadata, ParsedFields};
 use crate::warning::{Warning, Warnings};
 
 /// How to decode.
@@ -383,7 +383,7 @@ fn check_flags(flags: Flags, m: &ParsedFields<'_, '_>, w: &mut Warnings) -> Resu
             detail: detail.to_owned(),
         })?;
     }
-    if flags.kv_cache() != (m.payload_type == PayloadType::KvCache) {
+    if flags.kv_cache() != m.payload_type.is_kv_cache() {
         w.push(Warning::FlagConflict {
             flag: "kv_cache",
             flag_set: flags.kv_cache(),

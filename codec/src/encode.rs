@@ -11,7 +11,7 @@
 use crate::compress::Compression;
 use crate::error::{Error, ErrorKind};
 use crate::header::{Flags, HEADER_LEN, Header, VERSION};
-use crate::metadata::{Metadata, PayloadType, metadata_len, write_metadata};
+use crate::metadata::{Metadata, metadata_len, write_metadata};
 
 /// The flags an encoder writes for `metadata` (AVP-WIRE-4).
 pub fn flags_for(metadata: &Metadata<'_>, compression: Compression) -> Flags {
@@ -22,7 +22,7 @@ pub fn flags_for(metadata: &Metadata<'_>, compression: Compression) -> Flags {
     if !metadata.avp_map_id.is_empty() {
         f |= Flags::HAS_MAP;
     }
-    if metadata.payload_type == PayloadType::KvCache {
+    if metadata.payload_type.is_kv_cache() {
         f |= Flags::KV_CACHE;
     }
     Flags(f)

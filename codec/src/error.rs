@@ -34,6 +34,22 @@ pub enum ErrorKind {
     /// The message's keyed MAC is missing, malformed or wrong (AVP-MAC-5);
     /// only reported when the caller asked for verification.
     BadMac,
+    // --- KV extensions (spec/protocol/kv-quant.md, kv-delta.md) ---
+    /// A quantized KV payload's group size is 0, out of range for its scheme,
+    /// or does not divide the axis it groups (AVP-KVQ-4).
+    BadGroupSize,
+    /// A quantized KV payload declares another number of scales per tensor
+    /// than its shape and group size give (AVP-KVQ-4).
+    ScaleCountMismatch,
+    /// A delta's prefix address differs from the base's (AVP-KVD-4).
+    PrefixMismatch,
+    /// A delta does not fit its base: layers, heads, head size or dtype
+    /// differ, or the base is shorter than the delta's start (AVP-KVD-4).
+    DeltaMismatch,
+    /// The receiver holds no context with the delta's prefix (AVP-KVD-5);
+    /// the sender falls back to a full transfer.
+    MissingPrefix,
+    // --- end KV extensions ---
     /// API misuse (AVP-ERR-2): the caller asked for something the format cannot express
     /// (for example a message over 4 GiB). Never caused by received bytes.
     InvalidArgument,
@@ -60,6 +76,11 @@ impl ErrorKind {
             ErrorKind::LimitExceeded => "limit_exceeded",
             ErrorKind::Inconsistent => "inconsistent",
             ErrorKind::BadMac => "bad_mac",
+            ErrorKind::BadGroupSize => "bad_group_size",
+            ErrorKind::ScaleCountMismatch => "scale_count_mismatch",
+            ErrorKind::PrefixMismatch => "prefix_mismatch",
+            ErrorKind::DeltaMismatch => "delta_mismatch",
+            ErrorKind::MissingPrefix => "missing_prefix",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::MetadataMismatch => "metadata_mismatch",
             ErrorKind::Internal => "internal",

@@ -441,3 +441,98 @@ pub fn check_mac(data: &[u8]) {
         );
     }
 }
+
+// --- KV extensions (kv_quant, kv_delta) ---
+
+/// The extended-KV oracle (AVP-KVQ-3): received bytes never cause a caller
+/// or internal error; a payload that parses has sections of the declared
+/// size, dequantizes (or refuses a bad scale with `inconsistent`) into a
+/// KV v1 payload that parses strictly with the declared shape, and an
+/// unquantized full payload re-encodes byte-identically.
+pub fn check_kv_ext(data: &[u8]) {
+    use crate::kv::KvCache;
+    use crate::kv_quant::{KvExt, KvPart, KvScheme, QuantParams, encode_ext};
+    let ext = match KvExt::parse(data) {
+        Ok(ext) => ext,
+        Err(e) => {
+            assert!(e.kind().is_peer_fault(), "parse gave {e}");
+            return;
+        }
+    };
+    let section = ext.header.section_bytes().unwrap_or(u64::MAX);
+    for layer in 0..ext.header.num_layers as usize {
+        for part in [KvPart::Key, KvPart::Value] {
+            let len = ext.section(layer, part).map(|s| s.len() as u64);
+            assert_eq!(len, Some(section), "section size");
+        }
+    }
+    // Bound the work: dequantizing may expand 8 times.
+    if ext.dequantized_len() > 1 << 24 {
+        return;
+    }
+    let out = match ext.dequantize() {
+        Ok(out) => out,
+        Err(e) => {
+            assert_eq!(
+                e.kind(),
+                crate::ErrorKind::Inconsistent,
+                "dequantize gave {e}"
+            );
+            return;
+        }
+    };
+    let kv = KvCache::parse_with(&out, true);
+    let Ok(kv) = kv else {
+        panic!("dequantized payload does not parse");
+    };
+    assert_eq!(kv.header, ext.dequantized_header(), "dequantized header");
+    if ext.header.scheme == KvScheme::None && ext.header.seq_start == 0 {
+        let again = encode_ext(&kv, &QuantParams::NONE, 0, None);
+        // NaN payloads are refused by the encoder (a sender never sends them).
+        if let Ok(again) = again {
+            assert_eq!(again.as_slice(), data, "scheme none re-encodes identically");
+        }
+    }
+}
+
+/// The delta oracle (AVP-KVD-2/4): any KV v1 payload split at a position
+/// chosen by its last byte and assembled again on itself gives back its
+/// declared bytes; a base one position too short is `delta_mismatch`.
+pub fn check_kv_delta(data: &[u8]) {
+    use crate::kv::KvCache;
+    use crate::kv_delta::{assemble_into, assembled_len};
+    use crate::kv_quant::{KvExt, PrefixAddress, QuantParams, encode_ext};
+    let Ok(kv) = KvCache::parse_with(data, true) else {
+        return;
+    };
+    let n = kv.header.seq_len;
+    if n == 0 || kv.header.total_bytes().unwrap_or(u64::MAX) > 1 << 24 {
+        return;
+    }
+    let p = u32::from(data.last().copied().unwrap_or(1))
+        .checked_rem(n)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let address = PrefixAddress([0xa5; 32]);
+    let Ok(delta) = encode_ext(&kv, &QuantParams::NONE, p, Some(&address)) else {
+        return; // NaN values: the encoder refuses them
+    };
+    let ext = match KvExt::parse(&delta) {
+        Ok(ext) => ext,
+        Err(e) => panic!("delta we wrote does not parse: {e}"),
+    };
+    let mut out = vec![0u8; assembled_len(&ext) as usize];
+    if let Err(e) = assemble_into(&kv, &address, &ext, &mut out) {
+        panic!("assembly failed: {e}");
+    }
+    assert_eq!(out.as_slice(), data, "split + assemble is the identity");
+    let wrong = PrefixAddress([0x5a; 32]);
+    let e = assemble_into(&kv, &wrong, &ext, &mut out)
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(
+        e,
+        Some(crate::ErrorKind::PrefixMismatch),
+        "address mismatch"
+    );
+}

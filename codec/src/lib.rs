@@ -22,6 +22,8 @@
 //! - [`crc32`] / [`checksum`]: the payload checksum ([`checksum::crc32_with_threads`]
 //!   splits large tensors across threads on request).
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
+//! - [`kv_quant`]: quantized/delta KV (extended inner format); [`kv_delta`]:
+//!   prefix addresses (feature `kv-delta`), split and assembly.
 //! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
@@ -32,26 +34,30 @@
     clippy::arithmetic_side_effects
 )]
 
-pub mod checksum;
-mod compress;
-mod decode;
-mod encode;
-mod error;
-mod extra;
-mod header;
-mod limits;
-mod metadata;
-mod proto;
-mod shape;
-mod stream;
-mod warning;
+pub mod checksum; // payload CRC-32, threads on request
+mod compress; // zstd payload compression with bomb limits
+mod decode; // peek and decode of whole messages
+mod encode; // encode, byte-identical to the SDK
+mod error; // the crate's one error type
+mod extra; // the Metadata `extra` map
+mod header; // the fixed 12-byte header
+mod limits; // decoder limits and their defaults
+mod metadata; // the Metadata protobuf: types, parser, writer
+mod proto; // minimal proto3 wire reading/writing
+mod shape; // the `tensor_shape` list
+mod stream; // incremental parsing: Complete / NeedMore(n)
+mod warning; // what compatible mode tolerates and strict refuses
 
-pub mod json;
-pub mod kv;
-pub mod tensor;
+pub mod json; // the JSON fallback message
+pub mod kv; // the KV-cache inner format v1
+pub mod tensor; // typed zero-copy views of tensor bytes
+
+// KV extensions (spec/protocol/kv-quant.md, kv-delta.md): quantized and delta KV.
+pub mod kv_delta; // shared-prefix addresses, split and assembly
+pub mod kv_quant; // the extended (quantized/delta) KV inner format
 
 #[doc(hidden)]
-pub mod fuzzing;
+pub mod fuzzing; // shared oracles for tests, proptest and fuzz
 
 pub use compress::Compression;
 pub use decode::{
@@ -72,10 +78,10 @@ pub use stream::{Status, StreamDecoder, parse_header, parse_message, parse_prefi
 pub use warning::Warning;
 
 #[cfg(feature = "mac")]
-pub mod mac;
+pub mod mac; // the optional keyed BLAKE3 MAC
 
 #[cfg(feature = "bytes")]
-mod owned;
+mod owned; // decoded messages that own `bytes::Bytes` payloads
 #[cfg(feature = "bytes")]
 pub use owned::{OwnedMessage, decode_bytes};
 

@@ -77,6 +77,9 @@ wire_enum!(
         HiddenState = 0 => "HIDDEN_STATE",
         /// A KV cache in the inner format of spec/kv-cache.md.
         KvCache = 1 => "KV_CACHE",
+        /// A KV cache in the extended inner format (spec/protocol/kv-quant.md,
+        /// AVP-KVQ-1): quantized and/or delta. 2 stays the proto's EMBEDDING.
+        KvCacheExt = 3 => "KV_CACHE_EXT",
     }
 );
 
@@ -105,6 +108,14 @@ wire_enum!(
         Json = 1 => "JSON",
     }
 );
+
+impl PayloadType {
+    /// True for both KV-cache payload types: flag bit 2 is set for either
+    /// (AVP-WIRE-4, AVP-KVQ-1).
+    pub fn is_kv_cache(self) -> bool {
+        matches!(self, PayloadType::KvCache | PayloadType::KvCacheExt)
+    }
+}
 
 impl DataType {
     /// Bytes per element.

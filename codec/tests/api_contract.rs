@@ -1,4 +1,4 @@
-//! The encoder's contract with its caller (spec/impl-codec-api.md): every
+//! The encoder's contract with its caller (spec/impl/codec.md, AVP-API-1..4): every
 //! metadata field given is honoured or refused, and no threads unless asked.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 

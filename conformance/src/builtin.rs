@@ -89,6 +89,22 @@ impl Subject for BuiltinSubject {
                     ));
                 }
             },
+            "kv_ext_decode" => match request.data {
+                Some(data) => kv_ext_decode(request.input, data),
+                None => {
+                    return Err(HarnessFailure::Protocol(
+                        "kv_ext_decode without input bytes".into(),
+                    ));
+                }
+            },
+            "kv_ext_encode" => match request.data {
+                Some(data) => kv_ext_encode(request.input, data),
+                None => {
+                    return Err(HarnessFailure::Protocol(
+                        "kv_ext_encode without input bytes".into(),
+                    ));
+                }
+            },
             op => handshake_op(op, request),
         })
     }
@@ -265,6 +281,112 @@ fn mac_verify(input: &Value, data: &[u8]) -> Value {
         }
         Err(e) => rejected(e.kind().as_str(), &e),
     }
+}
+
+/// `kv_ext_decode` (spec/protocol/kv-quant.md, kv-delta.md): parse and
+/// dequantize an extended KV payload; a delta is assembled on
+/// `input.base_hex` (a KV v1 payload the receiver holds) under
+/// `input.model_hash`, and without a base it is `missing_prefix`
+/// (AVP-KVD-5). The answer's `output` is the resulting KV v1 payload.
+fn kv_ext_decode(input: &Value, data: &[u8]) -> Value {
+    use avp_codec::kv_delta::{assemble, missing_prefix};
+    use avp_codec::kv_quant::KvExt;
+    let ext = match KvExt::parse(data) {
+        Ok(ext) => ext,
+        Err(e) => return rejected(e.kind().as_str(), &e),
+    };
+    let prefix = ext.prefix.map(|a| a.to_hex());
+    let output = match ext.prefix {
+        None => ext.dequantize(),
+        Some(address) => {
+            let Some(hex) = input.get("base_hex").and_then(Value::as_str) else {
+                let e = missing_prefix(&address);
+                return rejected(e.kind().as_str(), &e);
+            };
+            let Some(base_bytes) = hex_bytes(hex) else {
+                return rejected("invalid_argument", "base_hex is not hex");
+            };
+            let base = match KvCache::parse_with(&base_bytes, true) {
+                Ok(base) => base,
+                Err(e) => return rejected("invalid_argument", format!("corpus base: {e}")),
+            };
+            let model_hash = input
+                .get("model_hash")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            assemble(&base, model_hash, &ext)
+        }
+    };
+    match output {
+        Ok(bytes) => json!({
+            "outcome": "accepted",
+            "output": { "b64": crate::b64::encode(&bytes) },
+            "prefix": prefix,
+        }),
+        Err(e) => rejected(e.kind().as_str(), &e),
+    }
+}
+
+/// `kv_ext_encode` (AVP-KVQ-5/6, AVP-KVD-1/2): quantize the KV v1 payload
+/// `data` with the input's parameters; for `seq_start > 0` a delta with the
+/// prefix address under `input.model_hash`.
+fn kv_ext_encode(input: &Value, data: &[u8]) -> Value {
+    use avp_codec::kv_delta::prefix_address;
+    use avp_codec::kv_quant::{KvScheme, QuantParams, ScaleDtype, encode_ext};
+    let kv = match KvCache::parse_with(data, true) {
+        Ok(kv) => kv,
+        Err(e) => return rejected(e.kind().as_str(), &e),
+    };
+    let number = |k: &str| {
+        input
+            .get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    let text = |k: &str| input.get(k).and_then(Value::as_str).unwrap_or("");
+    let Some(scheme) = KvScheme::from_name(text("scheme")) else {
+        return rejected("invalid_argument", "unknown scheme");
+    };
+    let scale_dtype = if text("scale_dtype") == "f16" {
+        ScaleDtype::F16
+    } else {
+        ScaleDtype::F32
+    };
+    let params = QuantParams {
+        scheme,
+        group_size: number("group_size"),
+        scale_dtype,
+        residual: number("residual"),
+    };
+    let start = number("seq_start");
+    let address = if start > 0 {
+        match prefix_address(&kv, start, text("model_hash")) {
+            Ok(a) => Some(a),
+            Err(e) => return rejected(e.kind().as_str(), &e),
+        }
+    } else {
+        None
+    };
+    match encode_ext(&kv, &params, start, address.as_ref()) {
+        Ok(bytes) => {
+            json!({ "outcome": "accepted", "output": { "b64": crate::b64::encode(&bytes) } })
+        }
+        Err(e) => rejected(e.kind().as_str(), &e),
+    }
+}
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i.saturating_add(2))
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
 }
 
 fn json_decode(request: &Request<'_>) -> Value {

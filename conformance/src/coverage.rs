@@ -138,7 +138,7 @@ impl ElsewhereMap {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_');
         let defined = valid_name
-            // `def`: the Python package's tests (python/tests, spec/python.md).
+            // `def`: the Python package's tests (python/tests, spec/impl/python.md).
             && [
                 format!("fn {}(", r.test),
                 format!("fn {}<", r.test),

@@ -5,8 +5,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::manifest::IntegrityProblem;
-
 /// Everything that stops a conformance run before or while it produces verdicts.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -85,6 +83,57 @@ impl std::error::Error for ConformanceError {
         match self {
             Self::Io { source, .. } => Some(source),
             _ => None,
+        }
+    }
+}
+
+/// One way the corpus on disk differs from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IntegrityProblem {
+    /// Listed but absent.
+    Missing(String),
+    /// Present but not listed.
+    Unlisted(String),
+    /// Size differs.
+    Size {
+        /// File.
+        path: String,
+        /// Listed size.
+        listed: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+    /// Digest differs.
+    Digest {
+        /// File.
+        path: String,
+        /// Listed digest.
+        listed: String,
+        /// Digest of the file on disk.
+        actual: String,
+    },
+}
+
+impl fmt::Display for IntegrityProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing(p) => write!(f, "{p}: listed in the manifest but missing"),
+            Self::Unlisted(p) => write!(f, "{p}: present but not listed in the manifest"),
+            Self::Size {
+                path,
+                listed,
+                actual,
+            } => {
+                write!(f, "{path}: size {actual}, manifest says {listed}")
+            }
+            Self::Digest {
+                path,
+                listed,
+                actual,
+            } => {
+                write!(f, "{path}: blake3 {actual}, manifest says {listed}")
+            }
         }
     }
 }

@@ -15,20 +15,20 @@
 //! - [`http`]: the live HTTP mode (AVP-CONF-40..).
 #![forbid(unsafe_code)]
 
-pub mod adapter;
-pub mod b64;
-pub mod builtin;
-pub mod corpus;
-pub mod coverage;
-pub mod error;
-pub mod expectations;
-pub mod http;
-pub mod judge;
-pub mod manifest;
-pub mod report;
-pub mod runner;
-pub mod subject;
-pub mod verdict;
+pub mod adapter; // external implementations over the JSON-lines adapter protocol
+pub mod b64; // base64 for binaries in adapter messages
+pub mod builtin; // our own codec and handshake as a subject
+pub mod corpus; // the case model and the corpus loader
+pub mod coverage; // spec rule IDs against cases and in-tree tests
+pub mod error; // the crate's one error type
+pub mod expectations; // per-implementation expected failures
+pub mod http; // live HTTP mode against a running endpoint
+pub mod judge; // one answer to one verdict
+pub mod manifest; // BLAKE3 integrity of the corpus
+pub mod report; // terminal, JSON, JUnit and HTML reports
+pub mod runner; // runs a corpus against subjects
+pub mod subject; // the implementation under test, as the runner sees it
+pub mod verdict; // verdicts and their exit codes
 
 pub use error::ConformanceError;
 pub use verdict::Verdict;

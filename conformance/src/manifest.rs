@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::ConformanceError;
+pub use crate::error::IntegrityProblem;
 
 /// The manifest's file name at the corpus root.
 pub const MANIFEST_FILE: &str = "MANIFEST.json";
@@ -36,57 +37,6 @@ pub struct Manifest {
     pub digest: String,
     /// Listed files by `/`-separated path relative to the corpus root.
     pub files: BTreeMap<String, ManifestEntry>,
-}
-
-/// One way the corpus on disk differs from its manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IntegrityProblem {
-    /// Listed but absent.
-    Missing(String),
-    /// Present but not listed.
-    Unlisted(String),
-    /// Size differs.
-    Size {
-        /// File.
-        path: String,
-        /// Listed size.
-        listed: u64,
-        /// Size on disk.
-        actual: u64,
-    },
-    /// Digest differs.
-    Digest {
-        /// File.
-        path: String,
-        /// Listed digest.
-        listed: String,
-        /// Digest of the file on disk.
-        actual: String,
-    },
-}
-
-impl fmt::Display for IntegrityProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing(p) => write!(f, "{p}: listed in the manifest but missing"),
-            Self::Unlisted(p) => write!(f, "{p}: present but not listed in the manifest"),
-            Self::Size {
-                path,
-                listed,
-                actual,
-            } => {
-                write!(f, "{path}: size {actual}, manifest says {listed}")
-            }
-            Self::Digest {
-                path,
-                listed,
-                actual,
-            } => {
-                write!(f, "{path}: blake3 {actual}, manifest says {listed}")
-            }
-        }
-    }
 }
 
 impl Manifest {

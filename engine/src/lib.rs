@@ -8,7 +8,7 @@
 //! length checks.
 #![deny(unsafe_code)]
 
-// One job per module; no two import each other (tests/module_graph.rs).
+// One job per module; no two import each other (scripts/module_cycles.py).
 pub mod cache; // the external KV-cache: per-layer K/V, preallocated, written in place
 pub mod config; // the typed decoder description and the shared config.json field rules
 pub mod context; // LatentContext: the KV-cache a think produced, its wire form, import and priming

@@ -22,24 +22,24 @@
     clippy::arithmetic_side_effects
 )]
 
-pub mod error;
+pub mod error; // the crate's one error type
 #[cfg(feature = "fs")]
-pub mod fs;
-pub mod hash;
-pub mod hello;
-pub mod identity;
+pub mod fs; // reads model directories (feature `fs`)
+pub mod hash; // model_hash and tokenizer_hash (SHA-256)
+pub mod hello; // the hello message and its capabilities
+pub mod identity; // ModelIdentity from a HF config.json
 /// Python-exact JSON (the `avp-json` crate), re-exported so that hashes and
 /// their inputs use one JSON model.
 pub use avp_json as json;
 
 #[doc(hidden)]
-pub mod fuzzing;
+pub mod fuzzing; // oracles for fuzz targets and corpus replays
 
-pub mod resolve;
-pub mod session;
-pub mod state;
-pub mod vocab;
-pub mod weights;
+pub mod resolve; // the SDK's six resolution rules
+pub mod session; // sessions with a time-to-live
+pub mod state; // the handshake as a consuming state machine
+pub mod vocab; // vocabularies from tokenizer.json, overlap
+pub mod weights; // the weights_digest extension (BLAKE3)
 
 pub use error::{Error, JsonError, JsonErrorKind};
 pub use hash::{model_hash, tokenizer_hash, tokenizer_hash_of_tokens, tokenizer_hash_with_threads};

@@ -24,10 +24,10 @@
     clippy::arithmetic_side_effects
 )]
 
-mod error;
-mod float;
-mod parse;
-mod write;
+mod error; // the crate's one error type
+mod float; // Python's repr(float)
+mod parse; // the reader: json.loads grammar and results
+mod write; // the writer: json.dumps output
 
 pub use error::{JsonError, JsonErrorKind};
 pub use float::write_py_float;

@@ -1,6 +1,6 @@
 """Drop-in for the ``avp`` SDK 0.6.2: ``install()`` swaps the SDK's codec,
 compression, KV-cache (de)serialization and hashing functions for avp_rs
-ones (spec/python.md, AVP-PY-4), and ``AVPContext.to_bytes``/``from_bytes``
+ones (spec/impl/python.md, AVP-PY-4), and ``AVPContext.to_bytes``/``from_bytes``
 for versions that copy the layers once (AVP-PY-6).
 
 The replacements take the SDK's arguments, return the SDK's own types

@@ -1,4 +1,4 @@
-//! One exception hierarchy for everything the package raises (spec/python.md,
+//! One exception hierarchy for everything the package raises (spec/impl/python.md,
 //! AVP-PY-1): `AvpError` with a stable `.kind` string (the CLI's and the
 //! conformance suite's vocabulary, AVP-ERR-1), and one subclass per party at
 //! fault, so callers can tell "reject these bytes" from "fix the call".

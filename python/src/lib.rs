@@ -2,11 +2,12 @@
 //! (python/avp_rs/ is the Python half: numpy views, the SDK drop-in, stubs).
 //!
 //! Thin glue over the workspace crates; no protocol logic lives here, so the
-//! package and the CLI give the same answers (spec/python.md, AVP-PY-*).
+//! package and the CLI give the same answers (spec/impl/python.md, AVP-PY-*).
 //! - [`message`]: decode / peek / encode / streaming, zero-copy over any buffer;
 //! - [`kv`]: KV-cache layout and one-pass KV encoding;
 //! - [`hashing`]: model, tokenizer and weights hashes, identities, resolution;
 //! - [`mac`]: keyed MAC sign / verify;
+//! - [`parts`]: checksum and copy of a payload given in pieces (KV layers);
 //! - [`zstd_compat`]: bounded zstd for the SDK drop-in;
 //! - [`conformance`]: the conformance runner;
 //! - [`errors`]: the exception hierarchy;
@@ -15,15 +16,15 @@
 // pyo3's macros expand to code that carries its own `allow(unsafe_code)`.
 #![deny(unsafe_code)]
 
-mod buffer;
-mod conformance;
-mod errors;
-mod hashing;
-mod kv;
-mod mac;
-mod message;
-mod parts;
-mod zstd_compat;
+mod buffer; // the one unsafe module: buffer protocol and UTF-8 C API
+mod conformance; // the conformance runner in process
+mod errors; // one exception hierarchy with the CLI's kinds
+mod hashing; // model, tokenizer and weights hashes
+mod kv; // KV-cache payloads as numpy views
+mod mac; // MAC sign and verify
+mod message; // decode, peek, encode, streaming decoder
+mod parts; // checksum and copy of a payload in pieces (KV layers)
+mod zstd_compat; // zstd for the SDK drop-in
 
 use pyo3::prelude::*;
 

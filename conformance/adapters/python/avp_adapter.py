@@ -9,7 +9,7 @@ stderr. Run by `avp conformance run --adapter '.venv/bin/python <this file>'`.
 suite's must-fail test uses: it drops payload_checksum before decoding.
 
 `--avp-rs` (or AVP_ADAPTER_AVP_RS=1) runs the same SDK code with
-`avp_rs.install()` in effect (python/, spec/python.md AVP-PY-4): the SDK's
+`avp_rs.install()` in effect (python/, spec/impl/python.md AVP-PY-4): the SDK's
 codec, compression, KV and hashing functions are then avp_rs's, and the
 implementation is named `avp-python-avp-rs`.
 """
@@ -314,9 +314,16 @@ def op_resolve(req):
             "avp_map_id": s.avp_map_id}
 
 
+def op_kv_ext_decode(req):
+    # The SDK has no quantized or delta KV (spec/protocol/kv-quant.md): its decode() rejects
+    # payload_type KV_CACHE_EXT (3) and it has nothing that reads the extended inner format.
+    return {"outcome": "skipped", "reason": "quantized and delta KV are an extension the SDK does not have"}
+
+
 OPS = {"decode": op_decode, "encode": op_encode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
        "model_hash": op_model_hash, "tokenizer_hash": op_tokenizer_hash, "vocab_hash": op_vocab_hash,
-       "identity": op_identity, "hello_parse": op_hello_parse, "resolve": op_resolve}
+       "identity": op_identity, "hello_parse": op_hello_parse, "resolve": op_resolve,
+       "kv_ext_decode": op_kv_ext_decode, "kv_ext_encode": op_kv_ext_decode}
 
 
 def main():

@@ -1,0 +1,630 @@
+//! Quantized and delta KV payloads (spec/protocol/kv-quant.md AVP-KVQ-*,
+//! spec/protocol/kv-delta.md AVP-KVD-*): round trips, bit-exact
+//! dequantization, every typed error, truncation sweep, and what the
+//! Python SDK 0.6.2 does with such a message.
+#![cfg(feature = "kv-delta")]
+
+use avp_codec::kv::{KvCache, KvDtype, KvHeader, write_kv_cache};
+use avp_codec::kv_delta::{
+    assemble, assemble_into, assembled_len, missing_prefix, prefix_address, split_delta,
+};
+use avp_codec::kv_quant::{
+    KVX_HEADER_LEN, KvExt, KvPart, KvScheme, PrefixAddress, QuantParams, ScaleDtype, encode_ext,
+    encode_ext_into, f32_to_bf16, f32_to_f16, relative_errors,
+};
+use avp_codec::tensor::{bf16_to_f32, f16_to_f32};
+use avp_codec::{ErrorKind, Limits};
+
+/// A deterministic KV v1 payload: values in about [-4, 4] with some structure.
+fn kv_payload(layers: u32, heads: u32, dim: u32, seq: u32, dtype: KvDtype) -> Vec<u8> {
+    let header = KvHeader {
+        num_layers: layers,
+        num_kv_heads: heads,
+        head_dim: dim,
+        seq_len: seq,
+        dtype,
+    };
+    let n = (heads * dim * seq) as usize;
+    let mut state = 0x1234_5678u32;
+    let mut tensor = |salt: f32| {
+        let mut out = Vec::new();
+        for i in 0..n {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let noise = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            let x = 3.0 * noise + salt * ((i % dim as usize) as f32 / dim as f32);
+            match dtype {
+                KvDtype::Float16 => out.extend_from_slice(&f32_to_f16(x).to_le_bytes()),
+                KvDtype::Bfloat16 => out.extend_from_slice(&f32_to_bf16(x).to_le_bytes()),
+                _ => out.extend_from_slice(&x.to_le_bytes()),
+            }
+        }
+        out
+    };
+    let tensors: Vec<(Vec<u8>, Vec<u8>)> = (0..layers)
+        .map(|l| (tensor(l as f32), tensor(-(l as f32))))
+        .collect();
+    write_kv_cache(&header, tensors.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap()
+}
+
+fn kind_of(payload: &[u8]) -> ErrorKind {
+    KvExt::parse(payload).unwrap_err().kind()
+}
+
+fn set_u32(payload: &mut [u8], at: usize, v: u32) {
+    payload[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn f16_narrowing_rounds_half_to_even_and_round_trips_every_half() {
+    // AVP-KVQ-7: narrowing is IEEE round-half-to-even.
+    for bits in 0u16..=u16::MAX {
+        let x = f16_to_f32(bits);
+        if x.is_nan() {
+            assert!(f16_to_f32(f32_to_f16(x)).is_nan());
+        } else {
+            assert_eq!(f32_to_f16(x), bits, "{bits:#06x}");
+        }
+    }
+    // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to the even 1.
+    assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
+    assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
+    assert_eq!(f32_to_f16(65520.0), 0x7c00, "overflow is infinity");
+    assert_eq!(f32_to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+    assert_eq!(f32_to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+    assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
+}
+
+#[test]
+fn int8_round_trip_is_accurate_and_bit_exact_to_the_formula() {
+    // AVP-KVQ-2, AVP-KVQ-5: layout, scale = amax/127, q = rne(x/s), x^ = q*s;
+    // AVP-KVQ-8: it dequantizes to the KV v1 layout; AVP-KVQ-20: the codec API.
+    let raw = kv_payload(2, 2, 64, 5, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let q = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    assert_eq!(&q[..4], b"AVKX");
+    let ext = KvExt::parse(&q).unwrap();
+    assert_eq!(ext.header.scheme, KvScheme::Int8);
+    assert_eq!(ext.header.scales_per_tensor, 2 * 5);
+    // 8.5 bits a value: 64 int8 + one f32 scale per group.
+    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * 2 * (2 * 5 * (4 + 64)));
+    let out = ext.dequantize().unwrap();
+    let back = KvCache::parse(&out).unwrap();
+    assert_eq!(back.header, kv.header);
+    for e in relative_errors(&ext, &kv).unwrap() {
+        assert!(e.key < 0.01 && e.value < 0.01, "{e:?}");
+    }
+    // First group of layer 0's K, by hand.
+    let section = ext.section(0, KvPart::Key).unwrap();
+    let scale = f32::from_le_bytes(section[..4].try_into().unwrap());
+    let xs: Vec<f32> = kv.layer(0).unwrap().key.iter_f32().take(64).collect();
+    let amax = xs.iter().fold(0f32, |a, x| a.max(x.abs()));
+    assert_eq!(scale, amax / 127.0);
+    let qs = &section[10 * 4..10 * 4 + 64];
+    for ((x, &qb), deq) in xs.iter().zip(qs).zip(back.layer(0).unwrap().key.iter_f32()) {
+        let qv = (x / scale).round_ties_even().clamp(-127.0, 127.0);
+        assert_eq!(qb as i8 as f32, qv);
+        assert_eq!(deq, f16_to_f32(f32_to_f16(qv * scale)));
+    }
+}
+
+#[test]
+fn int4_keys_per_channel_values_per_token_with_residual() {
+    // AVP-KVQ-6: KIVI layout; the residual tokens come back unchanged.
+    let raw = kv_payload(2, 2, 64, 70, KvDtype::Bfloat16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams {
+        residual: 6,
+        ..QuantParams::INT4
+    };
+    let q = encode_ext(&kv, &params, 0, None).unwrap();
+    let ext = KvExt::parse(&q).unwrap();
+    assert_eq!(ext.header.quantized_tokens(), 64);
+    assert_eq!(ext.header.scales_per_tensor, 2 * 64 * 64 / 32);
+    let out = ext.dequantize().unwrap();
+    let back = KvCache::parse(&out).unwrap();
+    for e in relative_errors(&ext, &kv).unwrap() {
+        assert!(e.key < 0.15 && e.value < 0.15, "{e:?}");
+    }
+    let row = 64 * 2;
+    for l in 0..2 {
+        let (a, b) = (kv.layer(l).unwrap(), back.layer(l).unwrap());
+        for h in 0..2 {
+            let head = |t: &[u8]| t[h * 70 * row + 64 * row..(h + 1) * 70 * row].to_vec();
+            assert_eq!(head(a.key.bytes()), head(b.key.bytes()));
+            assert_eq!(head(a.value.bytes()), head(b.value.bytes()));
+        }
+    }
+    // Nibble order: element 0 in the low nibble (AVP-KVQ-6).
+    let section = ext.section(0, KvPart::Value).unwrap();
+    let groups = ext.header.scales_per_tensor as usize;
+    let scale = f16_to_f32(u16::from_le_bytes(section[..2].try_into().unwrap()));
+    let min = f16_to_f32(u16::from_le_bytes(
+        section[groups * 2..groups * 2 + 2].try_into().unwrap(),
+    ));
+    let byte = section[groups * 4];
+    let first: Vec<f32> = back.layer(0).unwrap().value.iter_f32().take(2).collect();
+    let deq = |q: u8| bf16_to_f32(f32_to_bf16(f32::from(q) * scale + min));
+    assert_eq!(first, vec![deq(byte & 15), deq(byte >> 4)]);
+}
+
+#[test]
+fn f16_scales_and_float32_contexts_round_trip() {
+    let raw = kv_payload(1, 1, 32, 64, KvDtype::Float32);
+    let kv = KvCache::parse(&raw).unwrap();
+    for params in [
+        QuantParams {
+            scale_dtype: ScaleDtype::F16,
+            group_size: 32,
+            ..QuantParams::INT8
+        },
+        QuantParams {
+            group_size: 64,
+            scale_dtype: ScaleDtype::F32,
+            ..QuantParams::INT4
+        },
+    ] {
+        let result = encode_ext(&kv, &params, 0, None);
+        if params.scheme == KvScheme::Int4 {
+            // 64 does not divide head_dim 32: a caller error, not a payload.
+            assert_eq!(result.unwrap_err().kind(), ErrorKind::InvalidArgument);
+            continue;
+        }
+        let ext_bytes = result.unwrap();
+        let ext = KvExt::parse(&ext_bytes).unwrap();
+        let errs = relative_errors(&ext, &kv).unwrap();
+        assert!(errs[0].key < 0.01, "{errs:?}");
+    }
+}
+
+#[test]
+fn plain_delta_splits_and_assembles_byte_identically() {
+    // AVP-KVD-2 (delta payload), AVP-KVD-3 (a base longer than p that starts
+    // with P), AVP-KVD-20 (split, assemble, assemble_into).
+    for dtype in [KvDtype::Float32, KvDtype::Float16, KvDtype::Bfloat16] {
+        let raw = kv_payload(3, 2, 16, 20, dtype);
+        let kv = KvCache::parse(&raw).unwrap();
+        let (address, delta) = split_delta(&kv, 12, "mh", &QuantParams::NONE).unwrap();
+        let ext = KvExt::parse(&delta).unwrap();
+        assert_eq!(ext.prefix, Some(address));
+        assert_eq!(ext.header.seq_start, 12);
+        // The base may be longer than p: any context that starts with P.
+        assert_eq!(assemble(&kv, "mh", &ext).unwrap(), raw);
+        let prefix_only = truncate_kv(&kv, 12);
+        let base = KvCache::parse(&prefix_only).unwrap();
+        assert_eq!(prefix_address(&base, 12, "mh").unwrap(), address);
+        assert_eq!(assemble(&base, "mh", &ext).unwrap(), raw);
+        let mut out = vec![0u8; assembled_len(&ext) as usize];
+        assemble_into(&base, &address, &ext, &mut out).unwrap();
+        assert_eq!(out, raw);
+    }
+}
+
+/// The KV v1 payload of positions [0, p).
+fn truncate_kv(kv: &KvCache<'_>, p: u32) -> Vec<u8> {
+    let h = KvHeader {
+        seq_len: p,
+        ..kv.header
+    };
+    let row = kv.header.head_dim as usize * kv.header.dtype.element_type().size();
+    let cut = |t: &[u8]| -> Vec<u8> {
+        t.chunks(row * kv.header.seq_len as usize)
+            .flat_map(|head| head[..row * p as usize].to_vec())
+            .collect()
+    };
+    let layers: Vec<_> = kv
+        .layers()
+        .map(|l| (cut(l.key.bytes()), cut(l.value.bytes())))
+        .collect();
+    write_kv_cache(&h, layers.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap()
+}
+
+#[test]
+fn prefix_address_follows_its_definition() {
+    // AVP-KVD-1: BLAKE3(domain || u32 len || model hash || KV v1 payload of [0, p)).
+    let raw = kv_payload(2, 2, 8, 9, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let prefix = truncate_kv(&kv, 4);
+    let mut h = blake3::Hasher::new();
+    h.update(b"avp-kv-prefix-v1\n");
+    h.update(&3u32.to_le_bytes());
+    h.update(b"abc");
+    h.update(&prefix);
+    assert_eq!(
+        prefix_address(&kv, 4, "abc").unwrap().0,
+        *h.finalize().as_bytes()
+    );
+    assert_ne!(
+        prefix_address(&kv, 4, "abd").unwrap(),
+        prefix_address(&kv, 4, "abc").unwrap()
+    );
+    assert_eq!(
+        prefix_address(&kv, 10, "abc").unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn quantized_delta_assembles_prefix_exactly_and_tail_dequantized() {
+    let raw = kv_payload(2, 2, 64, 40, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let (_, delta) = split_delta(&kv, 8, "m", &QuantParams::INT8).unwrap();
+    let ext = KvExt::parse(&delta).unwrap();
+    let full = assemble(&kv, "m", &ext).unwrap();
+    let tail = ext.dequantize().unwrap();
+    let (a, t) = (
+        KvCache::parse(&full).unwrap(),
+        KvCache::parse(&tail).unwrap(),
+    );
+    let row = 64 * 2;
+    for l in 0..2 {
+        for h in 0..2 {
+            let full_head = &a.layer(l).unwrap().key.bytes()[h * 40 * row..(h + 1) * 40 * row];
+            let orig_head = &kv.layer(l).unwrap().key.bytes()[h * 40 * row..(h + 1) * 40 * row];
+            assert_eq!(full_head[..8 * row], orig_head[..8 * row]);
+            assert_eq!(
+                full_head[8 * row..],
+                t.layer(l).unwrap().key.bytes()[h * 32 * row..(h + 1) * 32 * row]
+            );
+        }
+    }
+}
+
+#[test]
+fn delta_errors_are_typed() {
+    // AVP-KVD-4 (check order and kinds), AVP-KVD-5 (missing_prefix).
+    let raw = kv_payload(2, 2, 8, 10, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let (address, delta) = split_delta(&kv, 6, "m", &QuantParams::NONE).unwrap();
+    let ext = KvExt::parse(&delta).unwrap();
+    // Another model hash: another address.
+    assert_eq!(
+        assemble(&kv, "other", &ext).unwrap_err().kind(),
+        ErrorKind::PrefixMismatch
+    );
+    let mut out = vec![0u8; assembled_len(&ext) as usize];
+    let wrong = PrefixAddress([7; 32]);
+    assert_eq!(
+        assemble_into(&kv, &wrong, &ext, &mut out)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::PrefixMismatch
+    );
+    // Base shorter than p.
+    let short = truncate_kv(&kv, 5);
+    let short = KvCache::parse(&short).unwrap();
+    assert_eq!(
+        assemble_into(&short, &address, &ext, &mut out)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::DeltaMismatch
+    );
+    // Another dtype, another head count.
+    let other = kv_payload(2, 2, 8, 10, KvDtype::Bfloat16);
+    let other = KvCache::parse(&other).unwrap();
+    assert_eq!(
+        assemble_into(&other, &address, &ext, &mut out)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::DeltaMismatch
+    );
+    let other = kv_payload(2, 1, 8, 10, KvDtype::Float16);
+    let other = KvCache::parse(&other).unwrap();
+    assert_eq!(
+        assemble_into(&other, &address, &ext, &mut out)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::DeltaMismatch
+    );
+    // Wrong output size, a full payload passed as a delta: caller errors.
+    let mut small = vec![0u8; 3];
+    assert_eq!(
+        assemble_into(&kv, &address, &ext, &mut small)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    let full = encode_ext(&kv, &QuantParams::NONE, 0, None).unwrap();
+    let full = KvExt::parse(&full).unwrap();
+    assert_eq!(
+        assemble_into(&kv, &address, &full, &mut out)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    let missing = missing_prefix(&address);
+    assert_eq!(missing.kind().as_str(), "missing_prefix");
+    assert!(missing.message().contains(&address.to_hex()));
+}
+
+#[test]
+fn malformed_payloads_give_typed_errors() {
+    // AVP-KVQ-3: check order and error kinds; AVP-KVQ-4: scheme parameters.
+    let raw = kv_payload(1, 2, 64, 4, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let good = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = good.clone();
+        f(&mut p);
+        kind_of(&p)
+    };
+    assert_eq!(kind_of(&good[..39]), ErrorKind::Truncated);
+    assert_eq!(edit(&|p| p[0] = b'X'), ErrorKind::Inconsistent);
+    assert_eq!(edit(&|p| p[4] = 2), ErrorKind::UnsupportedVersion);
+    assert_eq!(edit(&|p| p[5] = 3), ErrorKind::UnknownEnum);
+    assert_eq!(edit(&|p| p[6] = 3), ErrorKind::UnknownEnum);
+    assert_eq!(edit(&|p| p[7] = 2), ErrorKind::UnknownEnum);
+    assert_eq!(
+        edit(&|p| set_u32(p, 20, 5)),
+        ErrorKind::Inconsistent,
+        "seq_start > seq_len"
+    );
+    assert_eq!(edit(&|p| set_u32(p, 28, 0)), ErrorKind::BadGroupSize);
+    assert_eq!(edit(&|p| set_u32(p, 28, 65)), ErrorKind::BadGroupSize);
+    assert_eq!(
+        edit(&|p| set_u32(p, 28, 48)),
+        ErrorKind::BadGroupSize,
+        "48 does not divide 64"
+    );
+    assert_eq!(
+        edit(&|p| set_u32(p, 32, 1)),
+        ErrorKind::Inconsistent,
+        "int8 residual"
+    );
+    assert_eq!(edit(&|p| set_u32(p, 36, 9)), ErrorKind::ScaleCountMismatch);
+    assert_eq!(
+        edit(&|p| p.push(0)),
+        ErrorKind::Inconsistent,
+        "trailing byte"
+    );
+    assert_eq!(
+        edit(&|p| {
+            p.pop();
+        }),
+        ErrorKind::Truncated
+    );
+    assert_eq!(
+        edit(&|p| set_u32(p, 8, u32::MAX)),
+        ErrorKind::Truncated,
+        "huge layer count"
+    );
+    // Scheme int4: group size must be 32 or 64 and divide the quantized tokens.
+    assert_eq!(edit(&|p| p[5] = 2), ErrorKind::BadGroupSize);
+    let zero_raw = kv_payload(0, 2, 64, 4, KvDtype::Float16);
+    let zero_layers = KvCache::parse(&zero_raw).unwrap();
+    let mut many = encode_ext(&zero_layers, &QuantParams::INT8, 0, None).unwrap();
+    set_u32(&mut many, 8, 5000);
+    set_u32(&mut many, 12, 0);
+    set_u32(&mut many, 36, 0);
+    assert_eq!(kind_of(&many), ErrorKind::LimitExceeded);
+    assert!(KvExt::parse_with_limits(&many, &Limits::DEFAULT.with_max_kv_layers(5000)).is_ok());
+    // A negative or non-finite scale is refused when dequantizing.
+    let mut p = good.clone();
+    p[40..44].copy_from_slice(&(-1.0f32).to_le_bytes());
+    let ext = KvExt::parse(&p).unwrap();
+    assert_eq!(
+        ext.dequantize().unwrap_err().kind(),
+        ErrorKind::Inconsistent
+    );
+    p[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let ext = KvExt::parse(&p).unwrap();
+    assert_eq!(
+        ext.dequantize().unwrap_err().kind(),
+        ErrorKind::Inconsistent
+    );
+}
+
+#[test]
+fn every_truncation_of_every_scheme_fails_without_panicking() {
+    let raw = kv_payload(2, 1, 64, 33, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let int4 = QuantParams {
+        residual: 1,
+        ..QuantParams::INT4
+    };
+    for (params, start) in [(QuantParams::NONE, 3), (QuantParams::INT8, 0), (int4, 0)] {
+        let address = (start > 0).then(|| prefix_address(&kv, start, "m").unwrap());
+        let p = encode_ext(&kv, &params, start, address.as_ref()).unwrap();
+        assert!(KvExt::parse(&p).unwrap().dequantize().is_ok());
+        for cut in 0..p.len() {
+            assert!(
+                KvExt::parse(&p[..cut]).is_err(),
+                "{} cut at {cut}",
+                params.scheme.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn quantizing_refuses_what_the_format_cannot_carry() {
+    let raw = kv_payload(1, 1, 64, 4, KvDtype::Float32);
+    let kv = KvCache::parse(&raw).unwrap();
+    // int4 over 4 tokens: 32 does not divide them (needs a residual of 4).
+    assert_eq!(
+        encode_ext(&kv, &QuantParams::INT4, 0, None)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    let all_residual = QuantParams {
+        residual: 4,
+        ..QuantParams::INT4
+    };
+    assert!(encode_ext(&kv, &all_residual, 0, None).is_ok());
+    let mut nan = raw.clone();
+    nan[17..21].copy_from_slice(&f32::NAN.to_le_bytes());
+    let kv = KvCache::parse(&nan).unwrap();
+    assert_eq!(
+        encode_ext(&kv, &QuantParams::INT8, 0, None)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        encode_ext(&kv, &QuantParams::NONE, 2, None)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument,
+        "a delta needs an address"
+    );
+}
+
+/// AVP-KVQ-1: an SDK 0.6.2 receiver that gets a KV_CACHE_EXT message
+/// anyway fails loudly (its decode() rejects payload_type 3) instead of
+/// reading the quantized bytes as float16. Skipped without the .venv.
+#[test]
+fn sdk_0_6_2_refuses_an_extended_kv_message() {
+    use avp_codec::{Compression, Metadata, PayloadType, encode};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        eprintln!("skipped: no .venv/bin/python");
+        return;
+    }
+    let raw = kv_payload(1, 1, 64, 4, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let q = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    let metadata = Metadata {
+        payload_type: PayloadType::KvCacheExt,
+        dtype: avp_codec::DataType::Float16,
+        model_id: "m".into(),
+        ..Metadata::default()
+    };
+    let message = encode(&metadata, &q, Compression::None).unwrap();
+    // Our decoder reads it back (the flag bit 2 matches KV_CACHE_EXT).
+    let ours = avp_codec::decode_with(&message, &avp_codec::DecodeOptions::strict()).unwrap();
+    assert_eq!(ours.metadata.payload_type, PayloadType::KvCacheExt);
+    let dir = std::env::temp_dir().join(format!("avp-kvx-sdk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("msg.avp");
+    std::fs::write(&file, &message).unwrap();
+    let script = r#"
+import sys
+from avp.codec import decode
+from avp.errors import DecodeError
+try:
+    decode(open(sys.argv[1], 'rb').read())
+    print('DECODED')
+except DecodeError as e:
+    print('DecodeError:', e)
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("DecodeError: Unknown payload_type value 3"),
+        "SDK said: {stdout}"
+    );
+}
+
+/// The textbook narrowing (sign, exponent, mantissa; round half to even on
+/// the dropped bits), kept here to check the codec's branch-light one.
+fn f32_to_f16_reference(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x007f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x0200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    let round = |half: u32, rem: u32, halfway: u32| {
+        if rem > halfway || (rem == halfway && half & 1 == 1) {
+            half + 1
+        } else {
+            half
+        }
+    };
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x0080_0000;
+        let shift = (14 - e) as u32;
+        return sign | round(m >> shift, m & ((1 << shift) - 1), 1 << (shift - 1)) as u16;
+    }
+    sign | round(((e as u32) << 10) | (man >> 13), man & 0x1fff, 0x1000) as u16
+}
+
+#[test]
+fn f16_narrowing_matches_the_textbook_rounding_on_a_sweep_of_floats() {
+    // AVP-KVQ-7: every 257th binary32 bit pattern, both signs, all exponents.
+    let mut checked = 0u32;
+    for bits in (0..=u32::MAX).step_by(257) {
+        let x = f32::from_bits(bits);
+        let (fast, slow) = (f32_to_f16(x), f32_to_f16_reference(x));
+        if x.is_nan() {
+            assert_eq!(fast & 0x7c00, 0x7c00);
+            assert_ne!(fast & 0x03ff, 0);
+        } else {
+            assert_eq!(fast, slow, "{x:e} ({bits:#010x})");
+        }
+        checked += 1;
+    }
+    assert!(checked > 16_000_000);
+}
+
+#[test]
+fn encode_into_reuses_the_buffer_and_writes_the_same_bytes() {
+    // AVP-KVQ-20: encode_ext_into clears and refills the caller's buffer.
+    let raw = kv_payload(2, 2, 64, 32, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let mut buf = vec![0xEE; 7];
+    for params in [QuantParams::INT4, QuantParams::INT8, QuantParams::NONE] {
+        encode_ext_into(&kv, &params, 0, None, &mut buf).unwrap();
+        assert_eq!(buf, encode_ext(&kv, &params, 0, None).unwrap());
+    }
+    let cap = buf.capacity();
+    encode_ext_into(&kv, &QuantParams::INT8, 0, None, &mut buf).unwrap();
+    assert_eq!(
+        buf.capacity(),
+        cap,
+        "no new allocation for a smaller payload"
+    );
+}
+
+#[test]
+fn dtype_conversion_narrows_by_round_half_to_even() {
+    // AVP-KVQ-20 (`--kv-dtype`), AVP-KVQ-7 rounding.
+    use avp_codec::kv_quant::convert_dtype;
+    let raw = kv_payload(2, 2, 8, 5, KvDtype::Float32);
+    let kv = KvCache::parse(&raw).unwrap();
+    let half = convert_dtype(&kv, KvDtype::Float16).unwrap();
+    let h = KvCache::parse_with(&half, true).unwrap();
+    assert_eq!(
+        h.header,
+        KvHeader {
+            dtype: KvDtype::Float16,
+            ..kv.header
+        }
+    );
+    for (a, b) in kv.layers().zip(h.layers()) {
+        for (x, y) in a.value.iter_f32().zip(b.value.iter_f32()) {
+            assert_eq!(y, f16_to_f32(f32_to_f16(x)));
+        }
+    }
+    // float16 -> float32 -> float16 is the identity; so is bfloat16 via float32.
+    let wide = convert_dtype(&h, KvDtype::Float32).unwrap();
+    let back = convert_dtype(&KvCache::parse(&wide).unwrap(), KvDtype::Float16).unwrap();
+    assert_eq!(back, half);
+    let bf = convert_dtype(&kv, KvDtype::Bfloat16).unwrap();
+    let bf_kv = KvCache::parse(&bf).unwrap();
+    let bf_again = convert_dtype(
+        &KvCache::parse(&convert_dtype(&bf_kv, KvDtype::Float32).unwrap()).unwrap(),
+        KvDtype::Bfloat16,
+    )
+    .unwrap();
+    assert_eq!(bf_again, bf);
+}
