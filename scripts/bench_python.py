@@ -145,13 +145,14 @@ def main():
     args = ap.parse_args()
     mib, runs = (16, 3) if args.quick else (256, 5)
     print(f"avp {avp.__version__} vs avp_rs ({avp_rs.__file__}); Python {sys.version.split()[0]}; "
-          f"{os.cpu_count()} CPUs visible")
+          f"{os.cpu_count()} CPUs visible; load average {os.getloadavg()[0]:.2f}")
     print("| case | SDK 0.6.2 | avp_rs | speed-up | target |")
     print("|---|---|---|---|---|")
     bench_small()
     bench_kv_decode(mib, runs)
     bench_tokenizer(runs)
     bench_context(mib, max(2, runs - 2))
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     below = [r for r in ROWS if r[3] < r[4]]
     return 1 if below else 0
 

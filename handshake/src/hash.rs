@@ -177,7 +177,61 @@ pub fn tokenizer_hash(vocab: &Object) -> Result<String, Error> {
 /// is busy it is slower than one thread, hence opt-in. A thread that cannot
 /// be started falls back to the calling thread.
 pub fn tokenizer_hash_with_threads(vocab: &Object, threads: usize) -> Result<String, Error> {
-    let entries = vocab.entries_slice();
+    hash_entries(vocab, vocab.entries_slice(), threads)
+}
+
+/// [`tokenizer_hash_with_threads`] of a vocabulary given as `(token, id)`
+/// pairs with distinct tokens, without building an [`Object`] (one
+/// allocation per token fewer): what a binding that reads a `{str: int}`
+/// dict hands over. Ids must be below `u32::MAX` (every real vocabulary);
+/// for others use [`tokenizer_hash_with_threads`].
+pub fn tokenizer_hash_of_tokens(tokens: &[(&str, u32)], threads: usize) -> Result<String, Error> {
+    if let Some((token, _)) = tokens.iter().find(|(_, id)| *id == u32::MAX) {
+        return Err(Error::Tokenizer(format!(
+            "token {token:?}: id {} is reserved here; hash the vocabulary as an Object",
+            u32::MAX
+        )));
+    }
+    hash_entries(&Object::default(), tokens, threads)
+}
+
+/// One vocabulary entry as the hash reads it: the token's bytes and its
+/// id, `u32::MAX` for an id that is not a `u32` below it (written from the
+/// vocabulary object when its item is written).
+trait VocabEntry: Sync {
+    fn token(&self) -> &[u8];
+    fn id(&self) -> u32;
+}
+
+impl VocabEntry for (JsonString, Value) {
+    fn token(&self) -> &[u8] {
+        self.0.as_wtf8()
+    }
+    fn id(&self) -> u32 {
+        match &self.1 {
+            Value::Int(i) => i
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(u32::MAX),
+            _ => u32::MAX,
+        }
+    }
+}
+
+impl VocabEntry for (&str, u32) {
+    fn token(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+    fn id(&self) -> u32 {
+        self.1
+    }
+}
+
+fn hash_entries<E: VocabEntry>(
+    vocab: &Object,
+    entries: &[E],
+    threads: usize,
+) -> Result<String, Error> {
     if threads < 2 || entries.len() < PARALLEL_FROM {
         let all = TokenRuns::build(entries, 0)?;
         let none = TokenRuns::default();
@@ -265,27 +319,21 @@ struct TokenRuns {
 
 impl TokenRuns {
     /// Records and sorted keys of `entries`, whose first is entry `base`.
-    fn build(entries: &[(JsonString, Value)], base: usize) -> Result<Self, Error> {
+    fn build<E: VocabEntry>(entries: &[E], base: usize) -> Result<Self, Error> {
         let total: usize = entries
             .iter()
-            .map(|(k, _)| k.as_wtf8().len().saturating_add(RECORD_HEADER))
+            .map(|e| e.token().len().saturating_add(RECORD_HEADER))
             .fold(0, usize::saturating_add);
         let mut records: Vec<u8> = Vec::with_capacity(total);
         let mut keys: Vec<u128> = Vec::with_capacity(entries.len());
         let too_large = || Error::Tokenizer("vocabulary larger than 4 GiB or 2^32 tokens".into());
-        for (i, (token, id)) in entries.iter().enumerate() {
-            let bytes = token.as_wtf8();
+        for (i, entry) in entries.iter().enumerate() {
+            let bytes = entry.token();
             let offset = u32::try_from(records.len()).map_err(|_| too_large())?;
             // Ids that are not a u32 below u32::MAX (never in a real
             // vocabulary, but any JSON value is allowed) are written from
             // the object when the item is written.
-            let id = match id {
-                Value::Int(i) => i
-                    .as_u64()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or(u32::MAX),
-                _ => u32::MAX,
-            };
+            let id = entry.id();
             let number = u32::try_from(base.saturating_add(i)).map_err(|_| too_large())?;
             let len = u32::try_from(bytes.len()).map_err(|_| too_large())?;
             records.extend_from_slice(&id.to_le_bytes());

@@ -42,7 +42,7 @@ pub mod vocab; // vocabularies from tokenizer.json, overlap
 pub mod weights; // the weights_digest extension (BLAKE3)
 
 pub use error::{Error, JsonError, JsonErrorKind};
-pub use hash::{model_hash, tokenizer_hash, tokenizer_hash_with_threads};
+pub use hash::{model_hash, tokenizer_hash, tokenizer_hash_of_tokens, tokenizer_hash_with_threads};
 pub use hello::{AVP_VERSION_STRING, HelloMessage, WEIGHTS_DIGEST_CAPABILITY};
 pub use identity::{ModelIdentity, identity_from_config};
 pub use resolve::{

@@ -1,6 +1,7 @@
 """Drop-in for the ``avp`` SDK 0.6.2: ``install()`` swaps the SDK's codec,
 compression, KV-cache (de)serialization and hashing functions for avp_rs
-ones (spec/impl/python.md, AVP-PY-4).
+ones (spec/impl/python.md, AVP-PY-4), and ``AVPContext.to_bytes``/``from_bytes``
+for versions that copy the layers once (AVP-PY-6).
 
 The replacements take the SDK's arguments, return the SDK's own types
 (``AVPMessage``, ``AVPMetadata``, ``AVPHeader``, ``KVCacheHeader``) and raise
@@ -203,36 +204,7 @@ def decompress(data: bytes) -> bytes:
 
 def serialize_kv_cache(past_key_values: Any) -> Tuple[bytes, Any]:
     """``avp.kv_cache.serialize_kv_cache``: same bytes, written in one pass."""
-    import torch
-    from avp.kv_cache import KVCacheHeader, dynamic_cache_to_legacy
-
-    layers = dynamic_cache_to_legacy(past_key_values)
-    if not layers:
-        raise ValueError("Empty KV-cache")
-    k0 = layers[0][0]
-    header = KVCacheHeader(
-        num_layers=len(layers),
-        num_kv_heads=k0.shape[1],
-        head_dim=k0.shape[3],
-        seq_len=k0.shape[2],
-        dtype=str(k0.dtype).replace("torch.", ""),
-    )
-    if header.dtype not in ("float32", "float16", "bfloat16"):
-        from avp.errors import ConfigurationError
-
-        raise ConfigurationError(
-            f"KV-cache dtype {header.dtype} has no KV dtype byte (float32, float16, bfloat16); "
-            "the SDK would label it float16"
-        )
-    arrays = []
-    for k, v in layers:
-        pair = []
-        for t in (k, v):
-            t = t.squeeze(0).contiguous().cpu()
-            if t.dtype == torch.bfloat16:
-                t = t.view(torch.int16)
-            pair.append(t.numpy())
-        arrays.append(tuple(pair))
+    arrays, header = _kv_layers(past_key_values)
     try:
         data = _native.kv_payload(
             arrays,
@@ -303,6 +275,138 @@ def deserialize_kv_cache(data: bytes, device: str = "cpu") -> Tuple[Tuple[Tuple[
             pair.append(t.unsqueeze(0).to(device=device))
         layers.append(tuple(pair))
     return tuple(layers), header
+
+
+# --- AVPContext ------------------------------------------------------------------
+
+
+def _kv_layers(past_key_values: Any) -> Tuple[List[Tuple[Any, Any]], Any]:
+    """The (K, V) buffers of a KV-cache, as ``serialize_kv_cache`` lays them
+    out (batch dimension dropped, bfloat16 as int16), and its header."""
+    import torch
+    from avp.kv_cache import KVCacheHeader, dynamic_cache_to_legacy
+
+    layers = dynamic_cache_to_legacy(past_key_values)
+    if not layers:
+        raise ValueError("Empty KV-cache")
+    k0 = layers[0][0]
+    header = KVCacheHeader(
+        num_layers=len(layers),
+        num_kv_heads=k0.shape[1],
+        head_dim=k0.shape[3],
+        seq_len=k0.shape[2],
+        dtype=str(k0.dtype).replace("torch.", ""),
+    )
+    if header.dtype not in ("float32", "float16", "bfloat16"):
+        from avp.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"KV-cache dtype {header.dtype} has no KV dtype byte (float32, float16, bfloat16); "
+            "the SDK would label it float16"
+        )
+    arrays = []
+    for k, v in layers:
+        pair = []
+        for t in (k, v):
+            # Views for contiguous CPU tensors: no copy before the message.
+            t = t.squeeze(0).contiguous().cpu()
+            if t.dtype == torch.bfloat16:
+                t = t.view(torch.int16)
+            pair.append(t.numpy())
+        arrays.append(tuple(pair))
+    return arrays, header
+
+
+def context_to_bytes(
+    self: Any,
+    session_id: str = "",
+    source_agent_id: str = "",
+    target_agent_id: str = "",
+    model_id: str = "",
+) -> bytes:
+    """``AVPContext.to_bytes``: the same message, with the layers copied once,
+    straight into it, and the checksum computed over them in place
+    (AVP-PY-6)."""
+    if self.past_key_values is None:
+        raise ValueError(
+            "Cannot serialize a HIDDEN_STATE-only context via to_bytes(). "
+            "Only KV_CACHE contexts (with past_key_values) support "
+            "serialization. Use output=OutputType.KV_CACHE in think()."
+        )
+    arrays, header = _kv_layers(self.past_key_values)
+    # The SDK's metadata dtype for each KV dtype (float32 is its fallback).
+    metadata_dtype = {"float16": "FLOAT16", "bfloat16": "BFLOAT16"}.get(header.dtype, "FLOAT32")
+    extra = {
+        "model_hash": self.model_hash,
+        "model_family": self.model_family,
+        "num_steps": str(self.num_steps),
+    }
+    try:
+        return _native.encode_kv(
+            arrays,
+            num_kv_heads=header.num_kv_heads,
+            head_dim=header.head_dim,
+            seq_len=header.seq_len,
+            dtype=header.dtype,
+            session_id=session_id,
+            source_agent_id=source_agent_id,
+            target_agent_id=target_agent_id,
+            model_id=model_id,
+            hidden_dim=int(self.hidden_dim),
+            num_layers=int(self.num_layers),
+            mode="LATENT",
+            extra=extra,
+            metadata_dtype=metadata_dtype,
+        )
+    except _native.AvpError as e:
+        _raise_sdk(e)
+        raise
+
+
+def _dynamic_cache(layers: Tuple[Tuple[Any, Any], ...]) -> Any:
+    """``legacy_to_dynamic_cache`` without its copy: transformers 5.x builds
+    each layer by ``torch.cat``-ing onto an empty tensor (a second full copy
+    of the cache); here it builds them from zero-length slices and the layers
+    then take the tensors themselves. Anything else (transformers 4.x, other
+    layer classes) goes through the SDK's function."""
+    from avp.kv_cache import legacy_to_dynamic_cache
+
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:
+        return legacy_to_dynamic_cache(layers)
+    if hasattr(DynamicCache, "from_legacy_cache"):
+        return legacy_to_dynamic_cache(layers)
+    cache = DynamicCache(tuple((k[..., :0, :], v[..., :0, :]) for k, v in layers))
+    built = getattr(cache, "layers", None)
+    if not isinstance(built, list) or len(built) != len(layers) or any(
+        type(layer) is not DynamicLayer for layer in built
+    ):
+        return legacy_to_dynamic_cache(layers)
+    for layer, (k, v) in zip(built, layers):
+        layer.keys, layer.values = k, v
+    return cache
+
+
+def context_from_bytes(cls: Any, data: bytes, device: str = "cpu") -> Any:
+    """``AVPContext.from_bytes``: the SDK's steps with avp_rs's decode and
+    KV parse, and a ``DynamicCache`` that holds the decoded tensors instead
+    of copies of them (AVP-PY-6)."""
+    import avp.codec
+    import avp.kv_cache
+
+    msg = avp.codec.decode(data)
+    extra = msg.metadata.extra
+    legacy_kv, kv_header = avp.kv_cache.deserialize_kv_cache(msg.payload, device=device)
+    return cls(
+        past_key_values=_dynamic_cache(legacy_kv),
+        model_hash=extra.get("model_hash", ""),
+        num_steps=int(extra.get("num_steps", "0")),
+        seq_len=kv_header.seq_len,
+        model_family=extra.get("model_family", ""),
+        hidden_dim=msg.metadata.hidden_dim,
+        num_layers=msg.metadata.num_layers,
+    )
 
 
 # --- hashing ---------------------------------------------------------------------
@@ -376,6 +480,11 @@ def install() -> None:
         original_from_bytes = KVCacheHeader.__dict__["from_bytes"]
         _patched.append((KVCacheHeader, "from_bytes", original_from_bytes))
         KVCacheHeader.from_bytes = classmethod(kv_header_from_bytes)
+        from avp.context import AVPContext
+
+        for name, new in (("to_bytes", context_to_bytes), ("from_bytes", classmethod(context_from_bytes))):
+            _patched.append((AVPContext, name, AVPContext.__dict__[name]))
+            setattr(AVPContext, name, new)
 
 
 def uninstall() -> None:

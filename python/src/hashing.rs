@@ -101,7 +101,7 @@ pub(crate) fn identity_json(
 ) -> PyResult<String> {
     let config = parse(py, config_text)?;
     avp_handshake::identity_from_config(&config, tokenizer_hash.into())
-        .and_then(|id| json::to_canonical(&id.to_value()))
+        .and_then(|id| json::to_canonical(&id.to_value()).map_err(avp_handshake::Error::Json))
         .map_err(|e| errors::handshake(py, &e))
 }
 
@@ -116,24 +116,55 @@ pub(crate) fn tokenizer_hash_dict(
     threads: usize,
 ) -> PyResult<Option<String>> {
     let py = vocab.py();
+    // Every real vocabulary: str keys, ids that are u32s below u32::MAX.
+    // The keys' UTF-8 is borrowed from the str objects (CPython caches it),
+    // so the only per-token work is reading the two objects.
+    let mut keys: Vec<Bound<'_, PyString>> = Vec::with_capacity(vocab.len());
+    let mut ids: Vec<u32> = Vec::with_capacity(vocab.len());
+    for (k, v) in vocab.iter() {
+        let (Ok(key), Ok(id)) = (k.downcast_into::<PyString>(), v.downcast::<PyInt>()) else {
+            return Ok(None);
+        };
+        if v.is_instance_of::<PyBool>() {
+            return Ok(None); // json.dumps writes `true`, not 1
+        }
+        match id.extract::<u32>() {
+            Ok(id) if id != u32::MAX => ids.push(id),
+            _ => return tokenizer_hash_dict_any_int(vocab, threads),
+        }
+        keys.push(key);
+    }
+    let mut tokens: Vec<(&str, u32)> = Vec::with_capacity(keys.len());
+    for (key, id) in keys.iter().zip(&ids) {
+        let Some(text) = crate::buffer::str_as_str(key) else {
+            return Ok(None); // lone surrogates: json.dumps escapes them
+        };
+        tokens.push((text, *id));
+    }
+    py.allow_threads(|| avp_handshake::tokenizer_hash_of_tokens(&tokens, threads))
+        .map(Some)
+        .map_err(|e| errors::handshake(py, &e))
+}
+
+/// [`tokenizer_hash_dict`] for a `{str: int}` dict with ids beyond `u32`
+/// (negative, huge): through a vocabulary object, which writes any int.
+fn tokenizer_hash_dict_any_int(
+    vocab: &Bound<'_, PyDict>,
+    threads: usize,
+) -> PyResult<Option<String>> {
+    let py = vocab.py();
     let mut entries = Vec::with_capacity(vocab.len());
     for (k, v) in vocab.iter() {
         let (Ok(key), Ok(id)) = (k.downcast::<PyString>(), v.downcast::<PyInt>()) else {
             return Ok(None);
         };
         if v.is_instance_of::<PyBool>() {
-            return Ok(None); // json.dumps writes `true`, not 1
-        }
-        let Some(utf8) = crate::buffer::str_utf8(key) else {
             return Ok(None);
-        };
-        let Ok(id) = id.extract::<i64>() else {
+        }
+        let (Some(text), Ok(id)) = (crate::buffer::str_as_str(key), id.extract::<i64>()) else {
             return Ok(None);
         };
         // Python str keys are distinct, and so are their UTF-8 encodings.
-        let Ok(text) = std::str::from_utf8(utf8) else {
-            return Ok(None);
-        };
         entries.push((JsonString::from(text), Value::Int(Int::from(id))));
     }
     let object = Object::from_distinct(entries);

@@ -2,8 +2,8 @@
 //! payload (so `avp_rs.kv_arrays` can make zero-copy numpy views) and
 //! `encode_kv`, which writes header, layers and message in one pass.
 
-use avp_codec::EncodeOptions;
 use avp_codec::kv::{KvCache, KvDtype, KvHeader};
+use avp_codec::{Compression, EncodeOptions, HEADER_LEN, Header, Metadata, VERSION};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PySequence};
 
@@ -121,6 +121,7 @@ pub(crate) fn encode_kv<'py>(
         seq_len,
         dtype: kv_dt,
     };
+    let compression = parse_compression(py, compression)?;
     // Objects first (they own the exports), then the borrows.
     let objects = layer_objects(layers)?;
     let borrowed = objects
@@ -128,21 +129,88 @@ pub(crate) fn encode_kv<'py>(
         .map(Borrowed::get)
         .collect::<PyResult<Vec<_>>>()?;
     let slices: Vec<&[u8]> = borrowed.iter().map(Borrowed::as_slice).collect();
-    let payload = py
-        .allow_threads(|| {
-            avp_codec::kv::write_kv_cache(
-                &header,
-                slices.chunks_exact(2).filter_map(|p| match p {
-                    [k, v] => Some((*k, *v)),
-                    _ => None,
-                }),
-            )
-        })
-        .map_err(|e| errors::codec(py, &e))?;
-    let opts = EncodeOptions::DEFAULT
-        .with_compression(parse_compression(py, compression)?)
-        .with_threads(threads);
-    encode_slice(py, &payload, &metadata, &opts)
+    if compression != Compression::None {
+        // zstd needs the whole payload in one piece anyway.
+        let payload = py
+            .allow_threads(|| {
+                avp_codec::kv::write_kv_cache(
+                    &header,
+                    slices.chunks_exact(2).filter_map(|p| match p {
+                        [k, v] => Some((*k, *v)),
+                        _ => None,
+                    }),
+                )
+            })
+            .map_err(|e| errors::codec(py, &e))?;
+        let opts = EncodeOptions::DEFAULT
+            .with_compression(compression)
+            .with_threads(threads);
+        return encode_slice(py, &payload, &metadata, &opts);
+    }
+    let payload_len = checked_payload_len(py, &header, &slices)?;
+    // One pass over the tensors for the checksum, one copy into the message:
+    // the payload never exists on its own (AVP-PY-6).
+    let head_bytes = header.to_bytes();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(slices.len().saturating_add(1));
+    parts.push(&head_bytes);
+    parts.extend(slices.iter().copied());
+    let threads = crate::parts::threads_for(payload_len, threads);
+    let checksum = py.allow_threads(|| crate::parts::crc32(&parts, threads));
+    let prefix =
+        message_prefix(&metadata, payload_len, checksum).map_err(|e| errors::usage(py, e))?;
+    crate::buffer::new_bytes_with(py, prefix.len().saturating_add(payload_len), |out| {
+        let (head, body) = out.split_at_mut(prefix.len().min(out.len()));
+        head.copy_from_slice(prefix.get(..head.len()).unwrap_or_default());
+        crate::parts::copy(body, &parts, threads);
+    })
+}
+
+/// The payload length (KV header plus every tensor), after checking that
+/// each K/V buffer has exactly the size the header declares.
+fn checked_payload_len(py: Python<'_>, header: &KvHeader, slices: &[&[u8]]) -> PyResult<usize> {
+    let total = header
+        .total_bytes()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| errors::usage(py, "KV-cache dimensions overflow"))?;
+    let per = usize::try_from(header.tensor_bytes().unwrap_or(0)).unwrap_or(usize::MAX);
+    if let Some((i, s)) = slices.iter().enumerate().find(|(_, s)| s.len() != per) {
+        return Err(errors::usage(
+            py,
+            format!("layer {}: K/V must be {per} bytes, got {}", i / 2, s.len()),
+        ));
+    }
+    Ok(total)
+}
+
+/// Header and metadata of an uncompressed message whose payload is
+/// `payload_len` bytes with CRC-32 `checksum`: the bytes `encode_prefix`
+/// writes, without needing the payload in one piece.
+fn message_prefix(
+    metadata: &Metadata<'_>,
+    payload_len: usize,
+    checksum: u32,
+) -> Result<Vec<u8>, String> {
+    let mut metadata = metadata.clone().with_payload_checksum(Some(checksum));
+    metadata.compression = None;
+    let meta_len = metadata.encoded_len();
+    let too_long = || {
+        format!(
+            "metadata ({meta_len} bytes) plus KV payload ({payload_len} bytes) exceed the u32 payload_length"
+        )
+    };
+    let header = Header {
+        version: VERSION,
+        flags: avp_codec::flags_for(&metadata, Compression::None),
+        payload_length: meta_len
+            .checked_add(payload_len)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(too_long)?,
+        metadata_length: u32::try_from(meta_len).map_err(|_| too_long())?,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN.saturating_add(meta_len));
+    out.extend_from_slice(&header.to_bytes());
+    metadata.write(&mut out);
+    Ok(out)
 }
 
 /// kv_payload(layers, *, num_kv_heads, head_dim, seq_len, dtype) -> bytes
@@ -192,7 +260,8 @@ pub(crate) fn kv_payload<'py>(
         for s in &slices {
             let n = s.len().min(rest.len());
             let (dst, tail) = std::mem::take(&mut rest).split_at_mut(n);
-            avp_codec::checksum::copy_with_threads(dst, s.get(..dst.len()).unwrap_or_default(), 0);
+            let src = s.get(..dst.len()).unwrap_or_default();
+            crate::parts::copy(dst, &[src], crate::parts::threads_for(src.len(), 0));
             rest = tail;
         }
     })

@@ -7,6 +7,7 @@
 //! - [`kv`]: KV-cache layout and one-pass KV encoding;
 //! - [`hashing`]: model, tokenizer and weights hashes, identities, resolution;
 //! - [`mac`]: keyed MAC sign / verify;
+//! - [`parts`]: checksum and copy of a payload given in pieces (KV layers);
 //! - [`zstd_compat`]: bounded zstd for the SDK drop-in;
 //! - [`conformance`]: the conformance runner;
 //! - [`errors`]: the exception hierarchy;
@@ -22,6 +23,7 @@ mod hashing; // model, tokenizer and weights hashes
 mod kv; // KV-cache payloads as numpy views
 mod mac; // MAC sign and verify
 mod message; // decode, peek, encode, streaming decoder
+mod parts; // checksum and copy of a payload in pieces (KV layers)
 mod zstd_compat; // zstd for the SDK drop-in
 
 use pyo3::prelude::*;

@@ -351,21 +351,24 @@ pub(crate) fn build_metadata(
     avp_map_id: String,
     extra: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Metadata<'static>> {
-    let mut m = Metadata {
-        session_id: Cow::Owned(session_id),
-        source_agent_id: Cow::Owned(source_agent_id),
-        target_agent_id: Cow::Owned(target_agent_id),
-        model_id: Cow::Owned(model_id),
-        hidden_dim,
-        num_layers,
-        payload_type: parse_enum(py, "payload_type", payload_type, PayloadType::from_name)?,
-        dtype: parse_enum(py, "dtype", dtype, DataType::from_name)?,
-        mode: parse_enum(py, "mode", mode, |s| {
+    let mut m = Metadata::new()
+        .with_session_id(session_id)
+        .with_source_agent_id(source_agent_id)
+        .with_target_agent_id(target_agent_id)
+        .with_model_id(model_id)
+        .with_hidden_dim(hidden_dim)
+        .with_num_layers(num_layers)
+        .with_payload_type(parse_enum(
+            py,
+            "payload_type",
+            payload_type,
+            PayloadType::from_name,
+        )?)
+        .with_dtype(parse_enum(py, "dtype", dtype, DataType::from_name)?)
+        .with_mode(parse_enum(py, "mode", mode, |s| {
             Mode::from_name(s).or_else(|| (s == "JSON_MODE").then_some(Mode::Json))
-        })?,
-        avp_map_id: Cow::Owned(avp_map_id),
-        ..Metadata::default()
-    };
+        })?)
+        .with_avp_map_id(avp_map_id);
     for d in tensor_shape {
         m.tensor_shape.push(d);
     }
@@ -475,7 +478,11 @@ pub(crate) fn encode_slice<'py>(
     crate::buffer::new_bytes_with(py, prefix.len().saturating_add(data.len()), |out| {
         let (head, tail) = out.split_at_mut(prefix.len());
         head.copy_from_slice(&prefix);
-        avp_codec::checksum::copy_with_threads(tail, data, threads);
+        crate::parts::copy(
+            tail,
+            &[data],
+            crate::parts::threads_for(data.len(), threads),
+        );
     })
 }
 
@@ -531,7 +538,7 @@ impl PyStreamDecoder {
         let input = Borrowed::get(chunk)?;
         match self.inner.feed(input.as_slice()) {
             Ok(avp_codec::Status::NeedMore(n)) => Ok(n.max(1)),
-            Ok(avp_codec::Status::Complete) => Ok(0),
+            Ok(avp_codec::Status::Complete(_)) => Ok(0),
             Err(e) => Err(errors::codec(py, &e)),
         }
     }

@@ -285,3 +285,86 @@ def test_installed_context_round_trip_equals_sdk():
     assert back.model_hash == "h" and back.num_steps == 3 and back.seq_len == 5
     for (k, v), (k2, v2) in zip(layers, [(layer[0], layer[1]) for layer in back.past_key_values]):
         assert k2.dtype == torch.bfloat16 and torch.equal(k, k2) and torch.equal(v, v2)
+
+
+# --- AVPContext in one pass (AVP-PY-6) --------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("seq", [3, 4096])  # 4096: 16-32 MiB, the threaded checksum and copy
+def test_encode_kv_one_pass_equals_payload_then_encode(dtype, seq):
+    """AVP-PY-6: the one-pass KV encoder writes exactly what encoding the
+    joined payload writes (header, metadata with the checksum, layers)."""
+    heads, dim, layers = 4, 64, 8 if seq > 3 else 2
+    rng = np.random.default_rng(seq)
+    np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
+    ks = [rng.integers(0, 1 << 15, size=(heads, seq, dim)).astype(np_dtype) for _ in range(2 * layers)]
+    pairs = list(zip(ks[0::2], ks[1::2]))
+    shape = dict(num_kv_heads=heads, head_dim=dim, seq_len=seq, dtype=dtype)
+    meta = dict(session_id="s", model_id="m", hidden_dim=256, num_layers=layers,
+                extra={"b": "2", "a": "1"})
+    payload = avp_rs._native.kv_payload(pairs, **shape)
+    want = avp_rs.encode(payload, payload_type="KV_CACHE", dtype=dtype.upper(), threads=1, **meta)
+    for threads in (0, 1, 3):
+        assert avp_rs.encode_kv(pairs, threads=threads, **shape, **meta) == want
+    assert avp_rs.crc32(payload) == avp_rs.decode(want).payload_checksum
+    with pytest.raises(avp_rs.UsageError):
+        avp_rs.encode_kv(pairs[:-1] + [(np.ascontiguousarray(ks[0][:, :1]), ks[1])], **shape, **meta)
+
+
+def test_installed_context_replaces_to_bytes_and_from_bytes_and_restores():
+    """AVP-PY-6: install() replaces AVPContext.to_bytes/from_bytes; the cache
+    from_bytes builds holds writable tensors equal to the SDK's, in
+    DynamicLayers like the SDK's, and uninstall() puts both methods back."""
+    torch = pytest.importorskip("torch")
+    from avp.context import AVPContext
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    originals = (AVPContext.__dict__["to_bytes"], AVPContext.__dict__["from_bytes"])
+    layers = tuple((torch.randn(1, 2, 7, 8, dtype=torch.float16), torch.randn(1, 2, 7, 8, dtype=torch.float16))
+                   for _ in range(3))
+    ctx = AVPContext(past_key_values=DynamicCache(layers), model_hash="h", num_steps=2, seq_len=7,
+                     model_family="llama", hidden_dim=16, num_layers=3)
+    sdk_bytes = ctx.to_bytes(model_id="x")
+    sdk_back = AVPContext.from_bytes(sdk_bytes)
+    with avp_rs.installed():
+        assert AVPContext.to_bytes.__module__ == "avp_rs._sdk"
+        ours = ctx.to_bytes(model_id="x")
+        back = AVPContext.from_bytes(ours)
+        assert AVPContext.from_bytes(sdk_bytes).past_key_values.get_seq_length() == 7
+        with pytest.raises(ValueError, match="HIDDEN_STATE-only"):
+            AVPContext(past_key_values=None, model_hash="h", num_steps=0, seq_len=0).to_bytes()
+    assert (AVPContext.__dict__["to_bytes"], AVPContext.__dict__["from_bytes"]) == originals
+    a, b = avp_rs.decode(ours), avp_rs.decode(sdk_bytes)
+    assert bytes(a.payload) == bytes(b.payload) and a.extra == b.extra
+    assert (a.dtype, a.model_id, a.hidden_dim, a.flags, len(ours)) == \
+        (b.dtype, b.model_id, b.hidden_dim, b.flags, len(sdk_bytes))
+    cache, sdk_cache = back.past_key_values, sdk_back.past_key_values
+    assert type(cache) is DynamicCache and len(cache.layers) == len(sdk_cache.layers) == 3
+    assert cache.layer_class_to_replicate is sdk_cache.layer_class_to_replicate
+    for got, want in zip(cache.layers, sdk_cache.layers):
+        assert type(got) is DynamicLayer and got.is_initialized
+        assert (got.dtype, got.device) == (want.dtype, want.device)
+        assert torch.equal(got.keys, want.keys) and torch.equal(got.values, want.values)
+        assert got.keys.is_contiguous() and got.keys.shape == want.keys.shape
+    cache.layers[0].keys.add_(1)  # owned, writable memory
+    assert cache.get_seq_length() == 7 and back.seq_len == 7 and back.num_steps == 2
+    # The cache keeps working as transformers' own: update appends.
+    k, v = cache.update(torch.zeros(1, 2, 1, 8, dtype=torch.float16),
+                        torch.zeros(1, 2, 1, 8, dtype=torch.float16), 1)
+    assert k.shape == (1, 2, 8, 8) and cache.get_seq_length(1) == 8
+
+
+@pytest.mark.parametrize("vocab", [
+    {"a": 0, "Ġb": 7, "中": 4294967294, "\"\\\x01": 3},  # the borrowed-token path
+    {"a": -1, "b": 2**40, "c": 2**32 - 1, "d": 3},  # ids beyond u32: through an object
+    {"a": 1, "b": True},  # json.dumps writes true
+    {"a": 1, "\ud800": 2},  # lone surrogate: the JSON route
+    {},
+])
+def test_tokenizer_hash_dict_paths_equal_the_sdk(vocab):
+    """AVP-PY-4: every route of tokenizer_hash gives the SDK's hash."""
+    from avp.handshake import compute_tokenizer_hash
+
+    assert avp_rs.tokenizer_hash(vocab) == compute_tokenizer_hash(vocab)
+    assert avp_rs.tokenizer_hash(vocab, threads=2) == compute_tokenizer_hash(vocab)
