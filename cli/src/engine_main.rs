@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Think in latent space on a model and write the KV_CACHE message.
     Think(cmd::think::ThinkArgs),
-    /// Generate text, optionally continuing a KV_CACHE context.
+    /// Generate text, optionally continuing a received context.
     Generate(cmd::generate::GenerateArgs),
     /// Project a source model's thought into a target model's embedding space.
     Project(cmd::project::ProjectArgs),

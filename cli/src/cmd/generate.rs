@@ -1,4 +1,6 @@
-//! `avp generate`: text generation, optionally continuing a KV_CACHE context;
+//! `avp generate`: text generation, optionally continuing a received context
+//! (a KV_CACHE message of this model, or a HIDDEN_STATE message projected for
+//! it, AVP-PIPE-1);
 //! prints the text on stdout (spec/engine.md) and on stderr what it did
 //! (AVP-CLI-9). A `--max-new-tokens` beyond the model's context length is
 //! cut to what fits, with a warning, so the text produced is never lost to
@@ -21,7 +23,8 @@ pub(crate) struct GenerateArgs {
     model: PathBuf,
     #[command(flatten)]
     prompt: PromptArgs,
-    /// KV_CACHE message to continue from (made by this model).
+    /// Context to continue from: a KV_CACHE message made by this model, or a
+    /// HIDDEN_STATE message projected for it (`avp project`).
     #[arg(long)]
     context: Option<PathBuf>,
     /// Upper bound on generated tokens (cut, with a warning, to what the model's context length leaves).
@@ -66,7 +69,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             let headroom = args.max_new_tokens.min(capacity).saturating_add(512);
-            Some(engine.import_context(&bytes, headroom)?)
+            Some(engine.import_message(&bytes, headroom)?)
         }
         None => None,
     };

@@ -25,7 +25,8 @@ pub(crate) struct ThinkArgs {
     /// Latent steps.
     #[arg(long)]
     steps: usize,
-    /// Continue from this KV_CACHE message (made by the same model).
+    /// Continue from this context: a KV_CACHE message of the same model (a
+    /// LatentMAS chain), or a HIDDEN_STATE message projected for it.
     #[arg(long)]
     context: Option<PathBuf>,
     /// Output file for the KV_CACHE message (`-` for stdout).
@@ -55,7 +56,7 @@ fn think(args: &ThinkArgs) -> Result<()> {
     let context = match &args.context {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Some(engine.import_context(&bytes, args.steps.saturating_add(512))?)
+            Some(engine.import_message(&bytes, args.steps.saturating_add(512))?)
         }
         None => None,
     };

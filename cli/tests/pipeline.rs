@@ -1,0 +1,203 @@
+//! The two-agent pipeline through the `avp` commands, on the trained fixture
+//! models (engine/testdata/README.md, "Trained models"): each test compares
+//! the greedy text with the SDK's recorded output and runs one
+//! `distinguishes` case that must differ (spec/impl/pipeline.md).
+#![cfg(feature = "engine")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::{Scratch, avp, workspace};
+
+fn model(name: &str) -> String {
+    workspace()
+        .join("engine/testdata/models")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    workspace()
+        .join("engine/testdata/expected/trained")
+        .join(name)
+}
+
+fn trained() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("trained.json")).unwrap()).unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    avp().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "avp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `avp generate --model M --context C --prompt "Now answer."`, greedy, 16 tokens: the text.
+fn generate(model_name: &str, context: Option<&str>) -> String {
+    let m = model(model_name);
+    let mut args = vec![
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "Now answer.",
+        "--max-new-tokens",
+        "16",
+        "--greedy",
+    ];
+    if let Some(c) = context {
+        args.extend(["--context", c]);
+    }
+    let out = ok(&args);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_owned()
+}
+
+fn text(v: &serde_json::Value) -> &str {
+    v["text"].as_str().unwrap()
+}
+
+/// AVP-PIPE-1: `avp generate` continues a projected HIDDEN_STATE message
+/// (the SDK's cross-model generate), and `avp project` writes one that
+/// continues the same way; another model refuses it with a typed error.
+#[test]
+fn generate_continues_a_projected_thought() {
+    let t = trained();
+    let dir = Scratch::new("pipeline", "project");
+    for case in t["cross_model"]["cases"].as_array().unwrap() {
+        let sdk = fixture(case["hidden_state_message"].as_str().unwrap());
+        let got = generate("trained_b", Some(sdk.to_str().unwrap()));
+        assert_eq!(got, text(&case["generate"]), "steps {}", case["steps"]);
+        let ours = dir.path(&format!("h{}.avp", case["steps"]));
+        ok(&[
+            "project",
+            "--source",
+            &model("trained_a"),
+            "--target",
+            &model("trained_b"),
+            "--prompt",
+            t["prompt"].as_str().unwrap(),
+            "--steps",
+            &case["steps"].to_string(),
+            "--out",
+            ours.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            generate("trained_b", Some(ours.to_str().unwrap())),
+            text(&case["generate"])
+        );
+    }
+    // The wrong prompt's thought continues differently.
+    let wrong = dir.path("wrong.avp");
+    ok(&[
+        "project",
+        "--source",
+        &model("trained_a"),
+        "--target",
+        &model("trained_b"),
+        "--prompt",
+        t["wrong_prompt"].as_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        wrong.to_str().unwrap(),
+    ]);
+    let case = &t["cross_model"]["cases"][1];
+    assert_eq!(
+        generate("trained_b", Some(wrong.to_str().unwrap())),
+        text(&case["distinguishes"]["wrong_context"])
+    );
+    // trained_a was not the projection's target.
+    let sdk = fixture("project_a_to_b_s2.avp");
+    let out = run(&[
+        "generate",
+        "--model",
+        &model("trained_a"),
+        "--prompt",
+        "Now answer.",
+        "--context",
+        sdk.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("another model"), "{err}");
+}
+
+/// The model hash, seq_len and step count a KV_CACHE message declares.
+fn kv_shape(path: &std::path::Path) -> (u32, String) {
+    let bytes = std::fs::read(path).unwrap();
+    let msg = avp_codec::decode(&bytes).unwrap();
+    let h = avp_codec::kv::KvHeader::parse(&msg.payload).unwrap();
+    (h.seq_len, msg.metadata.extra["num_steps"].to_string())
+}
+
+/// AVP-PIPE-2: planner -> critic -> refiner, three `avp think --context`
+/// processes on trained_a, then `avp generate` from the refiner's context:
+/// the SDK's KV sizes and final text; the refiner alone answers otherwise.
+#[test]
+fn a_three_agent_chain_of_think_commands() {
+    let t = trained();
+    let chain = &t["chain"];
+    let dir = Scratch::new("pipeline", "chain");
+    let mut previous: Option<PathBuf> = None;
+    for (i, agent) in chain["agents"].as_array().unwrap().iter().enumerate() {
+        let out = dir.path(&format!("{i}.avp"));
+        let m = model("trained_a");
+        let mut args = vec![
+            "think",
+            "--model",
+            &m,
+            "--prompt",
+            agent["prompt"].as_str().unwrap(),
+            "--steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let prev = previous.as_ref().map(|p| p.to_str().unwrap().to_owned());
+        if let Some(p) = &prev {
+            args.extend(["--context", p]);
+        }
+        ok(&args);
+        let (seq, steps) = kv_shape(&out);
+        assert_eq!(u64::from(seq), agent["seq_len"].as_u64().unwrap());
+        assert_eq!(steps, agent["steps_taken_total"].to_string());
+        previous = Some(out);
+    }
+    let last = previous.unwrap();
+    assert_eq!(
+        generate("trained_a", Some(last.to_str().unwrap())),
+        text(&chain["generate"])
+    );
+    let alone = dir.path("alone.avp");
+    ok(&[
+        "think",
+        "--model",
+        &model("trained_a"),
+        "--prompt",
+        "Improve the plan.",
+        "--steps",
+        "2",
+        "--out",
+        alone.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        generate("trained_a", Some(alone.to_str().unwrap())),
+        text(&chain["distinguishes"]["refiner_only"])
+    );
+}
