@@ -12,7 +12,11 @@ mod cmd {
     pub(crate) mod address;
     pub(crate) mod engine_common;
     pub(crate) mod generate;
+    pub(crate) mod handoff;
+    pub(crate) mod model_dir;
     pub(crate) mod project;
+    #[allow(dead_code)] // `think --to` uses its client helpers, not `avp send` itself
+    pub(crate) mod send;
     pub(crate) mod think;
 }
 

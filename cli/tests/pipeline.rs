@@ -201,3 +201,164 @@ fn a_three_agent_chain_of_think_commands() {
         text(&chain["distinguishes"]["refiner_only"])
     );
 }
+
+/// `avp serve --model DIR --store STORE --listen 127.0.0.1:0`, announced.
+fn serve(model_name: &str, store: &std::path::Path, agent_id: &str) -> common::Running {
+    let mut cmd = avp();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        &model(model_name),
+        "--store",
+        store.to_str().unwrap(),
+        "--agent-id",
+        agent_id,
+        "--quiet",
+    ]);
+    common::start(cmd)
+}
+
+/// `avp store ls --json` of a store: its rows.
+fn stored(store: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = ok(&["store", "ls", store.to_str().unwrap(), "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// `avp think --model M --prompt P --steps 2 --to URL [extra..]`: stderr.
+fn think_to(model_name: &str, url: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let t = trained();
+    let m = model(model_name);
+    let mut args = vec![
+        "think",
+        "--model",
+        &m,
+        "--prompt",
+        t["prompt"].as_str().unwrap(),
+        "--steps",
+        "2",
+        "--to",
+        url,
+        "--agent-id",
+        "sender",
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&args);
+    let answer = serde_json::from_slice(&out.stdout).unwrap();
+    (String::from_utf8(out.stderr).unwrap(), answer)
+}
+
+/// AVP-PIPE-3, AVP-PIPE-4: same model. The receiver answers trained_a's
+/// identity, the handshake resolves hash_match, the KV-cache is sent,
+/// addressed, stored, listed, and `avp generate` continues it with the SDK's
+/// same-model tokens.
+#[test]
+fn think_to_a_same_model_agent_sends_the_kv_cache() {
+    let t = trained();
+    let dir = Scratch::new("pipeline", "same");
+    let store = dir.path("store");
+    let receiver = serve("trained_a", &store, "receiver");
+    let (stderr, answer) = think_to("trained_a", &receiver.url, &[]);
+    assert!(
+        stderr.contains("mode LATENT, rule hash_match") && stderr.contains("sending the KV-cache"),
+        "{stderr}"
+    );
+    assert_eq!(answer["success"], true, "{answer}");
+    let rows = stored(&store);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["kind"], "avp");
+    assert_eq!(row["source_agent_id"], "sender");
+    assert_eq!(row["target_agent_id"], "receiver");
+    assert_eq!(row["session_id"].as_str().unwrap().len(), 32);
+    let file = row["path"].as_str().unwrap();
+    let msg = std::fs::read(file).unwrap();
+    let decoded = avp_codec::decode(&msg).unwrap();
+    assert_eq!(
+        decoded.metadata.payload_type,
+        avp_codec::PayloadType::KvCache
+    );
+    let handoff = &t["handoff"][1];
+    assert_eq!(
+        generate("trained_a", Some(file)),
+        text(&handoff["generate"])
+    );
+}
+
+/// AVP-PIPE-3, AVP-PIPE-4: another model with the same tokenizer. The
+/// handshake resolves shared_tokenizer, the projected hidden state is sent,
+/// and trained_b continues it with the SDK's cross-model tokens.
+#[test]
+fn think_to_a_cross_model_agent_sends_the_projected_thought() {
+    let t = trained();
+    let dir = Scratch::new("pipeline", "cross");
+    let store = dir.path("store");
+    let receiver = serve("trained_b", &store, "receiver");
+    // Without the target's weights there is nothing to project into.
+    let m = model("trained_a");
+    let out = run(&[
+        "think",
+        "--model",
+        &m,
+        "--prompt",
+        "x",
+        "--steps",
+        "0",
+        "--to",
+        &receiver.url,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--target-model"), "{err}");
+    let b = model("trained_b");
+    let (stderr, _) = think_to("trained_a", &receiver.url, &["--target-model", &b]);
+    assert!(
+        stderr.contains("mode LATENT, rule shared_tokenizer")
+            && stderr.contains("sending the projected hidden state"),
+        "{stderr}"
+    );
+    let rows = stored(&store);
+    // The refused attempt sent nothing.
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let file = rows[0]["path"].as_str().unwrap();
+    let decoded = avp_codec::decode(&std::fs::read(file).unwrap())
+        .unwrap()
+        .into_owned();
+    assert_eq!(
+        decoded.metadata.payload_type,
+        avp_codec::PayloadType::HiddenState
+    );
+    assert_eq!(decoded.payload.len(), 48 * 4);
+    assert_eq!(
+        generate("trained_b", Some(file)),
+        text(&t["cross_model"]["cases"][1]["generate"])
+    );
+}
+
+/// AVP-PIPE-3: models that share nothing fall back to JSON: the text the
+/// sender generates, addressed, arrives at the receiver as a text message.
+#[test]
+fn think_to_an_unrelated_agent_sends_text() {
+    let dir = Scratch::new("pipeline", "json");
+    let store = dir.path("store");
+    let receiver = serve("trained_b", &store, "receiver");
+    let (stderr, _) = think_to("llama_tied", &receiver.url, &["--text-tokens", "4"]);
+    assert!(
+        stderr.contains("mode JSON, rule json_fallback")
+            && stderr.contains("generated text as a JSON message"),
+        "{stderr}"
+    );
+    let rows = stored(&store);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["kind"], "text");
+    assert_eq!(rows[0]["source_agent_id"], "sender");
+    assert_eq!(rows[0]["target_agent_id"], "receiver");
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rows[0]["path"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(!body["content"].as_str().unwrap().is_empty(), "{body}");
+}

@@ -1,0 +1,187 @@
+//! `avp think --to URL`: negotiate, then send what the peer can use
+//! (spec/impl/pipeline.md, AVP-PIPE-3). Runs inside `avp-engine`; the
+//! network half is avp-transport's client, the payload half the engine's
+//! [`avp_engine::handoff`] (which names the recipe for library users).
+//!
+//! Steps: hello with this model's identity and weights digest; the mode and
+//! rule resolved on our side pick the payload (KV-cache, projected hidden
+//! state, or the text this model generates); the message is addressed with
+//! the session id of the answer, our agent id and the peer's; then sent.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use avp_engine::handoff::{Transfer, kv_cache_message, projected_message};
+use avp_engine::{Engine, GenerateOptions, LatentContext, Sampling};
+use avp_transport::{AvpClient, ClientConfig};
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::address::AddressArgs;
+use super::engine_common::{DeviceArgs, Progress, load, report};
+use super::model_dir::{identity_from_model_dir, weights_of_model_dir};
+use super::project::projection_map;
+use super::send::{read_token_file, runtime};
+
+/// The sending options of `avp think`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HandoffArgs {
+    /// Hand the thought to the agent at this URL: handshake, then send what it can use.
+    #[arg(long, value_name = "URL")]
+    pub(crate) to: Option<String>,
+    /// File holding the bearer token for --to.
+    #[arg(long, value_name = "F", requires = "to")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// The peer's model directory, for a cross-model handoff (its embeddings receive the thought).
+    #[arg(long, value_name = "DIR", requires = "to")]
+    pub(crate) target_model: Option<PathBuf>,
+    /// Map-file directory for a cross-model handoff (read if fitting, else written).
+    #[arg(long, value_name = "DIR", requires = "to")]
+    pub(crate) maps: Option<PathBuf>,
+    /// This agent's id: sent in the hello and written as source_agent_id.
+    #[arg(long, default_value = "avp-cli", requires = "to")]
+    pub(crate) agent_id: String,
+    /// Seconds for each exchange with the peer.
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "to")]
+    pub(crate) timeout: u64,
+    /// Tokens to generate when the handshake falls back to JSON text.
+    #[arg(long, default_value_t = 256, requires = "to")]
+    pub(crate) text_tokens: usize,
+}
+
+/// Where the time went, for the report (and BENCHMARKS.md).
+#[derive(Debug, Default)]
+struct Timings {
+    handshake: Duration,
+    prepare: Duration,
+    transfer: Duration,
+}
+
+/// Hands `ctx` (thought by `engine` on `prompt`) to `args.to`; prints the
+/// peer's answer on stdout and what was sent on stderr.
+pub(crate) fn hand_off(
+    args: &HandoffArgs,
+    model_dir: &Path,
+    engine: &Engine,
+    load_args: &DeviceArgs,
+    prompt: &str,
+    ctx: &LatentContext,
+) -> Result<()> {
+    let Some(url) = &args.to else {
+        bail!("no --to URL");
+    };
+    let mut identity = identity_from_model_dir(model_dir)?;
+    // The hash the engine writes into its messages is the one we announce.
+    identity.model_hash = engine.model_hash().into();
+    let config = ClientConfig {
+        agent_id: args.agent_id.clone(),
+        token: read_token_file(args.token_file.as_deref())?,
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        weights_digest: weights_of_model_dir(model_dir)?,
+        ..ClientConfig::default()
+    };
+    let client = AvpClient::new(url, config).with_context(|| format!("--to {url}"))?;
+    let rt = runtime()?;
+    let mut t = Timings::default();
+    let started = Instant::now();
+    let result = rt
+        .block_on(client.handshake(&identity))
+        .with_context(|| format!("handshake with {url}"))?;
+    t.handshake = started.elapsed();
+    let transfer = Transfer::for_resolution(result.mode, result.resolution_path);
+    report(format_args!(
+        "handshake: mode {}, rule {} (peer {:?}, session {}): sending the {}",
+        result.mode.name(),
+        result.resolution_path.as_str(),
+        result.agent_id,
+        result.session_id,
+        match transfer {
+            Transfer::KvCache => "KV-cache",
+            Transfer::ProjectedHiddenState => "projected hidden state",
+            _ => "generated text as a JSON message",
+        }
+    ));
+    let address = AddressArgs {
+        session: Some(result.session_id.clone()),
+        source_agent: Some(args.agent_id.clone()),
+        target_agent: Some(result.agent_id.clone()),
+    };
+    let started = Instant::now();
+    let outgoing = match transfer {
+        Transfer::KvCache => Outgoing::Message(kv_cache_message(ctx)?),
+        Transfer::ProjectedHiddenState => {
+            let Some(dir) = &args.target_model else {
+                bail!(
+                    "the peer runs another model ({}, rule {}): give --target-model DIR with its model directory to project into",
+                    result.identity.model_hash.to_string_lossy(),
+                    result.resolution_path.as_str()
+                );
+            };
+            let target = load(dir, load_args, None, &Progress::new())?;
+            let peer_hash = result.identity.model_hash.to_string_lossy();
+            if target.model_hash() != peer_hash {
+                bail!(
+                    "--target-model {} has model hash {}, the peer announced {peer_hash}",
+                    dir.display(),
+                    target.model_hash()
+                );
+            }
+            let (map, note) = projection_map(engine, &target, args.maps.as_deref())?;
+            report(format_args!("projection: {} ({note})", map.method.name()));
+            Outgoing::Message(projected_message(engine, &target, &map, ctx)?)
+        }
+        _ => {
+            let opts = GenerateOptions {
+                max_new_tokens: args.text_tokens,
+                sampling: Sampling::Greedy,
+                stop_tokens: None,
+            };
+            let text = engine.generate(prompt, None, &opts)?.text;
+            Outgoing::Text(json!({
+                "avp_version": avp_transport::hello::AVP_VERSION_STRING,
+                "session_id": result.session_id,
+                "source_agent_id": args.agent_id,
+                "target_agent_id": result.agent_id,
+                "content": text,
+            }))
+        }
+    };
+    let (answer, sent) = match outgoing {
+        Outgoing::Message(bytes) => {
+            let bytes = address.readdress(bytes)?;
+            t.prepare = started.elapsed();
+            let n = bytes.len();
+            let started = Instant::now();
+            let answer = rt.block_on(client.transmit(bytes.into()));
+            t.transfer = started.elapsed();
+            (answer, n)
+        }
+        Outgoing::Text(message) => {
+            let body = serde_json::to_vec(&message)?;
+            t.prepare = started.elapsed();
+            let n = body.len();
+            let started = Instant::now();
+            let answer = rt.block_on(client.send_text_bytes(body.into()));
+            t.transfer = started.elapsed();
+            (answer, n)
+        }
+    };
+    let answer: Value = answer.with_context(|| format!("sending to {url}"))?;
+    report(format_args!(
+        "sent: {} of {sent} bytes to {url} (handshake {:.3} s, prepare {:.3} s, transfer {:.3} s)",
+        transfer.name(),
+        t.handshake.as_secs_f64(),
+        t.prepare.as_secs_f64(),
+        t.transfer.as_secs_f64()
+    ));
+    // A closed stdout loses only the answer; the message was delivered.
+    let _ = crate::out::line(answer);
+    Ok(())
+}
+
+/// A binary AVP message or a JSON fallback message.
+enum Outgoing {
+    Message(Vec<u8>),
+    Text(Value),
+}
