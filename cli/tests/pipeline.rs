@@ -362,3 +362,112 @@ fn think_to_an_unrelated_agent_sends_text() {
         serde_json::from_slice(&std::fs::read(rows[0]["path"].as_str().unwrap()).unwrap()).unwrap();
     assert!(!body["content"].as_str().unwrap().is_empty(), "{body}");
 }
+
+fn python() -> std::process::Command {
+    let mut cmd = std::process::Command::new(workspace().join(".venv/bin/python"));
+    cmd.arg(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/transport_py/pipeline_peer.py"),
+    );
+    cmd
+}
+
+/// `avp generate` greedy, 16 tokens, accepting the SDK's model hash.
+fn generate_with_hash(model_name: &str, context: &str, hash: &str) -> String {
+    let m = model(model_name);
+    let out = ok(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "Now answer.",
+        "--max-new-tokens",
+        "16",
+        "--greedy",
+        "--model-hash",
+        hash,
+        "--context",
+        context,
+    ]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_owned()
+}
+
+/// AVP-PIPE-5: an SDK agent (`AVPClient.transmit` of `context.to_bytes()`)
+/// sends to `avp serve`; `avp generate` continues what was stored with the
+/// tokens the SDK's own `generate` gives from that context.
+#[test]
+fn an_sdk_agent_hands_off_to_avp_serve() {
+    let t = trained();
+    let dir = Scratch::new("pipeline", "sdk-send");
+    let store = dir.path("store");
+    let receiver = serve("trained_a", &store, "receiver");
+    let out = python()
+        .args([
+            "send",
+            &receiver.url,
+            &model("trained_a"),
+            t["prompt"].as_str().unwrap(),
+            "Now answer.",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sdk: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sdk["text"], t["handoff"][1]["generate"]["text"]);
+    let rows = stored(&store);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["source_agent_id"], "sdk");
+    // The SDK's hash (it covers the path the model was loaded from), not the engine's.
+    let hash = sdk["model_hash"].as_str().unwrap();
+    assert_ne!(hash, t["models"]["trained_a"]["config_json_hash"]);
+    let file = rows[0]["path"].as_str().unwrap();
+    assert_eq!(
+        generate_with_hash("trained_a", file, hash),
+        sdk["text"].as_str().unwrap()
+    );
+}
+
+/// AVP-PIPE-5: `avp think --to` an SDK `create_app` server (with a
+/// handshake handler answering its identity and a session): the SDK
+/// continues our KV-cache with the same text `avp generate` gives from it.
+#[test]
+fn avp_think_hands_off_to_an_sdk_server() {
+    let t = trained();
+    let dir = Scratch::new("pipeline", "sdk-serve");
+    let record = dir.path("record.jsonl");
+    let mut cmd = python();
+    cmd.args([
+        "server",
+        &model("trained_a"),
+        "Now answer.",
+        record.to_str().unwrap(),
+    ]);
+    let sdk_server = common::start(cmd);
+    let hash = std::fs::read_to_string(dir.path("record.jsonl.hash")).unwrap();
+    let hash = hash.as_str();
+    let ours = dir.path("ours.avp");
+    let (stderr, answer) = think_to(
+        "trained_a",
+        &sdk_server.url,
+        &["--model-hash", hash, "--out", ours.to_str().unwrap()],
+    );
+    assert!(stderr.contains("rule hash_match"), "{stderr}");
+    let lines = std::fs::read_to_string(&record).unwrap();
+    let got: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(got["source_agent_id"], "sender");
+    assert_eq!(got["target_agent_id"], "sdk-server");
+    assert_eq!(got["session_id"].as_str().unwrap().len(), 32);
+    assert_eq!(answer["generated"], got["text"]);
+    assert_eq!(got["text"], t["handoff"][1]["generate"]["text"]);
+    assert_eq!(
+        generate_with_hash("trained_a", ours.to_str().unwrap(), hash),
+        got["text"].as_str().unwrap()
+    );
+}
