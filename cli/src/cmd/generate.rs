@@ -64,6 +64,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
+    let loaded = started.elapsed();
     let capacity = engine.config().decoder.max_position_embeddings;
     let context = match &args.context {
         Some(p) => {
@@ -73,6 +74,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         }
         None => None,
     };
+    let imported = started.elapsed().saturating_sub(loaded);
     let prior = context.as_ref().map_or(0, |c| c.seq_len());
     let prompt_tokens = engine.prompt_format().prompt_ids(&prompt)?.len();
     let room = capacity.saturating_sub(prior.saturating_add(prompt_tokens));
@@ -120,7 +122,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         format!("reached --max-new-tokens {max_new_tokens}")
     };
     report(format_args!(
-        "generate: {} prompt tokens{}, {} tokens generated ({why}) in {:.2} s",
+        "generate: {} prompt tokens{}, {} tokens generated ({why}) in {:.2} s (model load {:.2} s, context import {:.3} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -128,7 +130,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             String::new()
         },
         out.token_ids.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        loaded.as_secs_f64(),
+        imported.as_secs_f64()
     ));
     // Through `fail`, a closed stdout is status 141 like every other command's.
     use std::io::Write;

@@ -54,6 +54,8 @@ pub(crate) struct HandoffArgs {
 #[derive(Debug, Default)]
 struct Timings {
     handshake: Duration,
+    /// Loading the peer's model for a projection (not part of `prepare`).
+    target_load: Duration,
     prepare: Duration,
     transfer: Duration,
 }
@@ -118,7 +120,9 @@ pub(crate) fn hand_off(
                     result.resolution_path.as_str()
                 );
             };
+            let loading = Instant::now();
             let target = load(dir, load_args, None, &Progress::new())?;
+            t.target_load = loading.elapsed();
             let peer_hash = result.identity.model_hash.to_string_lossy();
             if target.model_hash() != peer_hash {
                 bail!(
@@ -150,7 +154,7 @@ pub(crate) fn hand_off(
     let (answer, sent) = match outgoing {
         Outgoing::Message(bytes) => {
             let bytes = address.readdress(bytes)?;
-            t.prepare = started.elapsed();
+            t.prepare = started.elapsed().saturating_sub(t.target_load);
             let n = bytes.len();
             let started = Instant::now();
             let answer = rt.block_on(client.transmit(bytes.into()));
@@ -169,9 +173,10 @@ pub(crate) fn hand_off(
     };
     let answer: Value = answer.with_context(|| format!("sending to {url}"))?;
     report(format_args!(
-        "sent: {} of {sent} bytes to {url} (handshake {:.3} s, prepare {:.3} s, transfer {:.3} s)",
+        "sent: {} of {sent} bytes to {url} (handshake {:.3} s, target model load {:.3} s, prepare {:.3} s, transfer {:.3} s)",
         transfer.name(),
         t.handshake.as_secs_f64(),
+        t.target_load.as_secs_f64(),
         t.prepare.as_secs_f64(),
         t.transfer.as_secs_f64()
     ));

@@ -58,6 +58,7 @@ fn think(args: &ThinkArgs) -> Result<()> {
     let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
+    let loaded = started.elapsed();
     let context = match &args.context {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -86,7 +87,7 @@ fn think(args: &ThinkArgs) -> Result<()> {
         write_out(out, &bytes)?;
     }
     report(format_args!(
-        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{} in {:.2} s",
+        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{} in {:.2} s (model load {:.2} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -101,7 +102,8 @@ fn think(args: &ThinkArgs) -> Result<()> {
             " written to {}",
             destination(out)
         )),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        loaded.as_secs_f64()
     ));
     if args.handoff.to.is_some() {
         hand_off(
