@@ -338,6 +338,30 @@ fn think_to_a_cross_model_agent_sends_the_projected_thought() {
         generate("trained_b", Some(file)),
         text(&t["cross_model"]["cases"][1]["generate"])
     );
+    // With --maps the first run writes the pair's map file; a sender without
+    // the target's weights then projects from it alone, to the same vector.
+    let maps = dir.path("maps");
+    let maps = maps.to_str().unwrap();
+    think_to(
+        "trained_a",
+        &receiver.url,
+        &["--target-model", &b, "--maps", maps],
+    );
+    let (stderr, _) = think_to("trained_a", &receiver.url, &["--maps", maps]);
+    assert!(stderr.contains("no target weights loaded"), "{stderr}");
+    let rows = stored(&store);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let last = rows
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    let from_map = avp_codec::decode(&std::fs::read(last[2]).unwrap())
+        .unwrap()
+        .into_owned();
+    assert_eq!(from_map.metadata.avp_map_id, decoded.metadata.avp_map_id);
+    assert_eq!(from_map.metadata.extra, decoded.metadata.extra);
+    assert_eq!(from_map.metadata.num_layers, decoded.metadata.num_layers);
+    assert_eq!(from_map.payload, decoded.payload);
 }
 
 /// AVP-PIPE-3: models that share nothing fall back to JSON: the text the

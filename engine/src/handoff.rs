@@ -20,13 +20,14 @@
 //! addressing and reporting.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use avp_handshake::{Mode, ResolutionPath};
 
 use crate::context::LatentContext;
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
-use crate::project::{ProjectionMap, map_file_name, project};
+use crate::project::{ProjectionMap, map_file_name, project, project_with_map_file};
 use crate::wire::{KvDtype, PayloadKind, WireMeta, encode_message};
 
 /// What the sender transmits for a resolved handshake.
@@ -75,6 +76,17 @@ pub fn kv_cache_message(ctx: &LatentContext) -> Result<Vec<u8>> {
     ctx.to_bytes()
 }
 
+/// The receiving model, as far as a HIDDEN_STATE message names it.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetModel<'a> {
+    /// Its model hash (`extra.model_hash`, and the second half of `avp_map_id`).
+    pub model_hash: &'a str,
+    /// Its `model_type` (`extra.model_family`).
+    pub model_family: &'a str,
+    /// Its layer count (metadata `num_layers`).
+    pub num_layers: usize,
+}
+
 /// The HIDDEN_STATE message `avp project` writes (AVP-ENG-17): `ctx`'s last
 /// hidden state on `source`, projected into `target` through `map`, float32
 /// `[D_target]`, `avp_map_id` `<src16>_<tgt16>`, `extra` naming the target.
@@ -84,10 +96,42 @@ pub fn projected_message(
     map: &ProjectionMap,
     ctx: &LatentContext,
 ) -> Result<Vec<u8>> {
-    let hidden = ctx.last_hidden.as_ref().ok_or_else(|| {
+    let v = project(source, target, map, last_hidden(ctx)?)?;
+    let names = TargetModel {
+        model_hash: target.model_hash(),
+        model_family: target.model_family(),
+        num_layers: target.config().decoder.num_layers,
+    };
+    hidden_state_message(&v, source.model_hash(), names, ctx.num_steps)
+}
+
+/// [`projected_message`] for a sender without the target's weights: the
+/// target rows come from the pair's map file (AVP-ENG-15), the target's
+/// names from its handshake identity.
+pub fn projected_message_from_map_file(
+    source: &Engine,
+    map_file: &Path,
+    target: TargetModel<'_>,
+    ctx: &LatentContext,
+) -> Result<Vec<u8>> {
+    let (v, _) = project_with_map_file(source, map_file, target.model_hash, last_hidden(ctx)?)?;
+    hidden_state_message(&v, source.model_hash(), target, ctx.num_steps)
+}
+
+fn last_hidden(ctx: &LatentContext) -> Result<&tch::Tensor> {
+    ctx.last_hidden.as_ref().ok_or_else(|| {
         EngineError::InvalidArgument("the context has no hidden state to project".into())
-    })?;
-    let v = project(source, target, map, hidden)?
+    })
+}
+
+/// A float32 HIDDEN_STATE message of a projected vector `[D]`.
+fn hidden_state_message(
+    projected: &tch::Tensor,
+    source_hash: &str,
+    target: TargetModel<'_>,
+    num_steps: usize,
+) -> Result<Vec<u8>> {
+    let v = projected
         .f_reshape([-1])?
         .f_to_device(tch::Device::Cpu)?
         .f_to_kind(tch::Kind::Float)?;
@@ -95,20 +139,19 @@ pub fn projected_message(
     let mut bytes = vec![0u8; d.saturating_mul(4)];
     v.f_copy_data_u8(&mut bytes, d)?;
     let extra: BTreeMap<String, String> = [
-        ("model_hash", target.model_hash().to_owned()),
-        ("model_family", target.model_family().to_owned()),
-        ("num_steps", ctx.num_steps.to_string()),
+        ("model_hash", target.model_hash.to_owned()),
+        ("model_family", target.model_family.to_owned()),
+        ("num_steps", num_steps.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let too_big = |_| EngineError::InvalidArgument(format!("hidden size {d} exceeds u32"));
-    let width = u32::try_from(d).map_err(too_big)?;
-    let map_id = map_file_name(source.model_hash(), target.model_hash());
+    let too_big = |what: &str| EngineError::InvalidArgument(format!("{what} exceeds u32"));
+    let width = u32::try_from(d).map_err(|_| too_big("hidden size"))?;
+    let map_id = map_file_name(source_hash, target.model_hash);
     let meta = WireMeta {
         hidden_dim: width,
-        num_layers: u32::try_from(target.config().decoder.num_layers)
-            .map_err(|_| EngineError::InvalidArgument("layer count exceeds u32".into()))?,
+        num_layers: u32::try_from(target.num_layers).map_err(|_| too_big("layer count"))?,
         payload: PayloadKind::HiddenState,
         dtype: KvDtype::Float32,
         tensor_shape: vec![width],

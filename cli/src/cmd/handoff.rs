@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use avp_engine::handoff::{Transfer, kv_cache_message, projected_message};
+use avp_engine::handoff::{
+    TargetModel, Transfer, kv_cache_message, projected_message, projected_message_from_map_file,
+};
+use avp_engine::project::map_path;
 use avp_engine::{Engine, GenerateOptions, LatentContext, Sampling};
 use avp_transport::{AvpClient, ClientConfig};
 use clap::Args;
@@ -36,7 +39,8 @@ pub(crate) struct HandoffArgs {
     /// The peer's model directory, for a cross-model handoff (its embeddings receive the thought).
     #[arg(long, value_name = "DIR", requires = "to")]
     pub(crate) target_model: Option<PathBuf>,
-    /// Map-file directory for a cross-model handoff (read if fitting, else written).
+    /// Map-file directory for a cross-model handoff: with --target-model, read if
+    /// fitting, else written; without it, the pair's map file alone supplies the target rows.
     #[arg(long, value_name = "DIR", requires = "to")]
     pub(crate) maps: Option<PathBuf>,
     /// This agent's id: sent in the hello and written as source_agent_id.
@@ -113,27 +117,51 @@ pub(crate) fn hand_off(
     let outgoing = match transfer {
         Transfer::KvCache => Outgoing::Message(kv_cache_message(ctx)?),
         Transfer::ProjectedHiddenState => {
-            let Some(dir) = &args.target_model else {
-                bail!(
-                    "the peer runs another model ({}, rule {}): give --target-model DIR with its model directory to project into",
-                    result.identity.model_hash.to_string_lossy(),
-                    result.resolution_path.as_str()
-                );
-            };
-            let loading = Instant::now();
-            let target = load(dir, load_args, None, &Progress::new())?;
-            t.target_load = loading.elapsed();
             let peer_hash = result.identity.model_hash.to_string_lossy();
-            if target.model_hash() != peer_hash {
-                bail!(
-                    "--target-model {} has model hash {}, the peer announced {peer_hash}",
-                    dir.display(),
-                    target.model_hash()
-                );
-            }
-            let (map, note) = projection_map(engine, &target, args.maps.as_deref())?;
-            report(format_args!("projection: {} ({note})", map.method.name()));
-            Outgoing::Message(projected_message(engine, &target, &map, ctx)?)
+            let message = match (&args.target_model, &args.maps) {
+                (Some(dir), _) => {
+                    let loading = Instant::now();
+                    let target = load(dir, load_args, None, &Progress::new())?;
+                    t.target_load = loading.elapsed();
+                    if target.model_hash() != peer_hash {
+                        bail!(
+                            "--target-model {} has model hash {}, the peer announced {peer_hash}",
+                            dir.display(),
+                            target.model_hash()
+                        );
+                    }
+                    let (map, note) = projection_map(engine, &target, args.maps.as_deref())?;
+                    report(format_args!("projection: {} ({note})", map.method.name()));
+                    projected_message(engine, &target, &map, ctx)?
+                }
+                (None, Some(maps)) => {
+                    let path = map_path(maps, engine.model_hash(), &peer_hash);
+                    if !path.is_file() {
+                        bail!(
+                            "the peer runs another model ({peer_hash}, rule {}) and {} does not exist: give --target-model DIR (its model directory) to project into",
+                            result.resolution_path.as_str(),
+                            path.display()
+                        );
+                    }
+                    report(format_args!(
+                        "projection: map file {} (no target weights loaded)",
+                        path.display()
+                    ));
+                    let family = result.identity.model_family.to_string_lossy();
+                    let target = TargetModel {
+                        model_hash: &peer_hash,
+                        model_family: &family,
+                        num_layers: usize::try_from(result.identity.num_layers)
+                            .context("the peer's num_layers")?,
+                    };
+                    projected_message_from_map_file(engine, &path, target, ctx)?
+                }
+                (None, None) => bail!(
+                    "the peer runs another model ({peer_hash}, rule {}): give --target-model DIR with its model directory (or --maps DIR holding the pair's map file) to project into",
+                    result.resolution_path.as_str()
+                ),
+            };
+            Outgoing::Message(message)
         }
         _ => {
             let opts = GenerateOptions {
