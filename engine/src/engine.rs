@@ -452,9 +452,11 @@ impl Engine {
     /// this model primes a fresh cache ([`LatentContext::import_hidden_state`]).
     /// The receiver continues from whatever arrived (AVP-PIPE-1).
     pub fn import_message(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
-        let kind = crate::wire::decode_message(bytes)?.meta.payload;
-        match kind {
-            crate::wire::PayloadKind::HiddenState => LatentContext::import_hidden_state(
+        // Header and metadata only (AVP-WIRE-21): the import decodes and
+        // checksums the payload once, whatever its size.
+        let peeked = avp_codec::peek(bytes).map_err(EngineError::Wire)?;
+        match peeked.metadata.payload_type {
+            avp_codec::PayloadType::HiddenState => LatentContext::import_hidden_state(
                 &self.model,
                 self.model_hash(),
                 self.model_family(),
