@@ -175,3 +175,57 @@ fn a_three_agent_chain_accumulates_the_sdks_context() {
     );
     assert_ne!(other.token_ids, out.token_ids);
 }
+
+fn floats(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+        .collect()
+}
+
+/// AVP-PIPE-3: the sender's projected message (`handoff::projected_message`,
+/// what `avp project` and `avp think --to` send) is the committed HIDDEN_STATE
+/// message: metadata exact, the vector within the float32 tolerance (1e-4
+/// norm ratio, engine/testdata/README.md); from the map file alone likewise.
+#[test]
+fn the_projected_message_is_the_sdk_projection() {
+    use avp_engine::handoff::{
+        TargetModel, Transfer, projected_message, projected_message_from_map_file,
+    };
+    let t = trained();
+    let (a, b) = (load("trained_a"), load("trained_b"));
+    let map = avp_engine::calibrate(&a, &b).unwrap();
+    let maps = std::env::temp_dir().join(format!("avp-engine-pipeline-{}", std::process::id()));
+    let path = avp_engine::project::map_path(&maps, a.model_hash(), b.model_hash());
+    map.save(&path, &a, &b).unwrap();
+    assert_eq!(
+        Transfer::for_resolution(
+            avp_handshake::Mode::Latent,
+            avp_handshake::ResolutionPath::SharedTokenizer
+        ),
+        Transfer::ProjectedHiddenState
+    );
+    for case in t["cross_model"]["cases"].as_array().unwrap() {
+        let steps = usize::try_from(case["steps"].as_u64().unwrap()).unwrap();
+        let ctx = a.think(t["prompt"].as_str().unwrap(), steps, None).unwrap();
+        let want_bytes = wire(case["hidden_state_message"].as_str().unwrap());
+        let want = decode_message(&want_bytes).unwrap();
+        let target = TargetModel {
+            model_hash: b.model_hash(),
+            model_family: b.model_family(),
+            num_layers: 3,
+        };
+        for ours in [
+            projected_message(&a, &b, &map, &ctx).unwrap(),
+            projected_message_from_map_file(&a, &path, target, &ctx).unwrap(),
+        ] {
+            let got = decode_message(&ours).unwrap();
+            assert_eq!(got.meta, want.meta, "steps {steps}");
+            let (g, w) = (floats(&got.tensor), floats(&want.tensor));
+            let diff: f64 = g.iter().zip(&w).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+            let norm: f64 = w.iter().map(|y| y * y).sum::<f64>();
+            assert!((diff / norm).sqrt() <= 1e-4, "steps {steps}");
+        }
+    }
+    std::fs::remove_dir_all(&maps).unwrap();
+}
