@@ -495,3 +495,45 @@ fn avp_think_hands_off_to_an_sdk_server() {
         got["text"].as_str().unwrap()
     );
 }
+
+/// AVP-PIPE-3: a bad URL or token file fails before the model thinks, and
+/// nothing is written.
+#[test]
+fn think_to_checks_its_options_before_thinking() {
+    let dir = Scratch::new("pipeline", "early");
+    let out_file = dir.path("ctx.avp");
+    let empty = dir.path("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let m = model("trained_a");
+    for (extra, why) in [
+        (vec!["--to", "not a url"], "--to not a url"),
+        (
+            vec![
+                "--to",
+                "http://127.0.0.1:9",
+                "--token-file",
+                empty.to_str().unwrap(),
+            ],
+            "is empty",
+        ),
+    ] {
+        let mut args = vec![
+            "think",
+            "--model",
+            &m,
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--out",
+            out_file.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(why), "{err}");
+        assert!(!err.contains("think: "), "thought anyway: {err}");
+        assert!(!out_file.exists());
+    }
+}

@@ -64,35 +64,56 @@ struct Timings {
     transfer: Duration,
 }
 
-/// Hands `ctx` (thought by `engine` on `prompt`) to `args.to`; prints the
-/// peer's answer on stdout and what was sent on stderr.
+/// A sender ready to hand off: the client and the hello's identity, made
+/// before thinking so that a bad URL, token file or model directory fails
+/// before the expensive part.
+pub(crate) struct Sender {
+    url: String,
+    client: AvpClient,
+    identity: avp_handshake::ModelIdentity,
+}
+
+impl Sender {
+    /// The client for `args.to`, announcing `model_dir`'s identity with the
+    /// hash `engine` writes into its messages.
+    pub(crate) fn new(args: &HandoffArgs, model_dir: &Path, engine: &Engine) -> Result<Self> {
+        let Some(url) = &args.to else {
+            bail!("no --to URL");
+        };
+        let mut identity = identity_from_model_dir(model_dir)?;
+        identity.model_hash = engine.model_hash().into();
+        let config = ClientConfig {
+            agent_id: args.agent_id.clone(),
+            token: read_token_file(args.token_file.as_deref())?,
+            timeout: Duration::from_secs(args.timeout.max(1)),
+            weights_digest: weights_of_model_dir(model_dir)?,
+            ..ClientConfig::default()
+        };
+        let client = AvpClient::new(url, config).with_context(|| format!("--to {url}"))?;
+        Ok(Self {
+            url: url.clone(),
+            client,
+            identity,
+        })
+    }
+}
+
+/// Hands `ctx` (thought by `engine` on `prompt`) to the sender's peer; prints
+/// the peer's answer on stdout and what was sent on stderr.
 pub(crate) fn hand_off(
+    sender: &Sender,
     args: &HandoffArgs,
-    model_dir: &Path,
     engine: &Engine,
     load_args: &DeviceArgs,
     prompt: &str,
     ctx: &LatentContext,
 ) -> Result<()> {
-    let Some(url) = &args.to else {
-        bail!("no --to URL");
-    };
-    let mut identity = identity_from_model_dir(model_dir)?;
-    // The hash the engine writes into its messages is the one we announce.
-    identity.model_hash = engine.model_hash().into();
-    let config = ClientConfig {
-        agent_id: args.agent_id.clone(),
-        token: read_token_file(args.token_file.as_deref())?,
-        timeout: Duration::from_secs(args.timeout.max(1)),
-        weights_digest: weights_of_model_dir(model_dir)?,
-        ..ClientConfig::default()
-    };
-    let client = AvpClient::new(url, config).with_context(|| format!("--to {url}"))?;
+    let (url, client, identity) = (&sender.url, &sender.client, &sender.identity);
     let rt = runtime()?;
     let mut t = Timings::default();
     let started = Instant::now();
     let result = rt
-        .block_on(client.handshake(&identity))
+        .block_on(client.handshake(identity))
         .with_context(|| format!("handshake with {url}"))?;
     t.handshake = started.elapsed();
     let transfer = Transfer::for_resolution(result.mode, result.resolution_path);

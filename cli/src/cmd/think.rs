@@ -15,7 +15,7 @@ use super::address::AddressArgs;
 use super::engine_common::{
     DeviceArgs, Progress, PromptArgs, destination, fail, load, report, write_out,
 };
-use super::handoff::{HandoffArgs, hand_off};
+use super::handoff::{HandoffArgs, Sender, hand_off};
 
 /// Arguments of `avp think`.
 #[derive(Args, Debug)]
@@ -59,6 +59,10 @@ fn think(args: &ThinkArgs) -> Result<()> {
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
     let loaded = started.elapsed();
+    let sender = match &args.handoff.to {
+        Some(_) => Some(Sender::new(&args.handoff, &args.model, &engine)?),
+        None => None,
+    };
     let context = match &args.context {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -105,15 +109,8 @@ fn think(args: &ThinkArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         loaded.as_secs_f64()
     ));
-    if args.handoff.to.is_some() {
-        hand_off(
-            &args.handoff,
-            &args.model,
-            &engine,
-            &args.load,
-            &prompt,
-            &ctx,
-        )?;
+    if let Some(sender) = &sender {
+        hand_off(sender, &args.handoff, &engine, &args.load, &prompt, &ctx)?;
     }
     Ok(())
 }
