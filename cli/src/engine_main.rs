@@ -12,7 +12,11 @@ mod cmd {
     pub(crate) mod address;
     pub(crate) mod engine_common;
     pub(crate) mod generate;
+    pub(crate) mod handoff;
+    pub(crate) mod model_dir;
     pub(crate) mod project;
+    #[allow(dead_code)] // `think --to` uses its client helpers, not `avp send` itself
+    pub(crate) mod send;
     pub(crate) mod think;
 }
 
@@ -32,7 +36,7 @@ struct Cli {
 enum Command {
     /// Think in latent space on a model and write the KV_CACHE message.
     Think(cmd::think::ThinkArgs),
-    /// Generate text, optionally continuing a KV_CACHE context.
+    /// Generate text, optionally continuing a received context.
     Generate(cmd::generate::GenerateArgs),
     /// Project a source model's thought into a target model's embedding space.
     Project(cmd::project::ProjectArgs),

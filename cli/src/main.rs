@@ -51,7 +51,7 @@ enum Command {
     Handshake(cmd::handshake::HandshakeArgs),
     /// Think in latent space on a model and write the KV_CACHE message (runs avp-engine).
     Think(cmd::engine_exec::EngineArgs),
-    /// Generate text, optionally continuing a KV_CACHE context (runs avp-engine).
+    /// Generate text, optionally continuing a received context (runs avp-engine).
     Generate(cmd::engine_exec::EngineArgs),
     /// Project a source model's thought into a target model's embedding space (runs avp-engine).
     Project(cmd::engine_exec::EngineArgs),

@@ -81,6 +81,15 @@ fn readme_quick_start_runs_verbatim() {
     assert!(stdout.contains("kv cache: "), "inspect: {stdout}");
     assert!(stdout.contains("Result: conformant"), "{stdout}");
     assert!(stdout.contains("\"mode\""), "handshake answer: {stdout}");
+    // The two-process handoff (AVP-PIPE-3): the mode each handshake resolved,
+    // and each receiver's continuation (engine/testdata/expected/trained).
+    assert!(stderr.contains("mode LATENT, rule hash_match"), "{stderr}");
+    assert!(
+        stderr.contains("mode LATENT, rule shared_tokenizer"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("four five six seven.\n"), "{stdout}");
+    assert!(stdout.contains("seven six five.\n"), "{stdout}");
     // The router delivered the addressed message to agent-b's store.
     let work = std::fs::read_dir(&scratch.0)
         .unwrap()

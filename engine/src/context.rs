@@ -282,3 +282,98 @@ impl LatentContext {
         })
     }
 }
+
+/// What a received message's `extra.num_steps` says (absent = 0).
+fn num_steps_of(extra: &BTreeMap<String, String>) -> Result<usize> {
+    match extra.get("num_steps") {
+        None => Ok(0),
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| EngineError::InvalidContext(format!("num_steps {s:?} is not a count"))),
+    }
+}
+
+impl LatentContext {
+    /// Decodes a HIDDEN_STATE message projected for `model` (what `avp
+    /// project` writes, AVP-ENG-17) and primes a fresh cache with it, as the
+    /// SDK's `generate(..., cross_model=True)` does (AVP-PIPE-1).
+    ///
+    /// Checked before any tensor is built: the target identity (`extra.model_hash`
+    /// and the target half of `avp_map_id` name this model, else
+    /// [`EngineError::IncompatibleContext`]), `hidden_dim` and `tensor_shape`
+    /// (`[D]` or `[n, D]` with D this model's width) and the payload length.
+    pub fn import_hidden_state(
+        model: &Decoder,
+        model_hash: &str,
+        model_family: &str,
+        bytes: &[u8],
+    ) -> Result<LatentContext> {
+        let msg = decode_message(bytes)?;
+        if msg.meta.payload != PayloadKind::HiddenState {
+            return Err(EngineError::InvalidContext(
+                "message is not a HIDDEN_STATE payload".into(),
+            ));
+        }
+        let meta = &msg.meta;
+        let context_hash = meta.extra.get("model_hash").cloned().unwrap_or_default();
+        if context_hash != model_hash {
+            return Err(EngineError::IncompatibleContext {
+                context_hash,
+                model_hash: model_hash.to_owned(),
+            });
+        }
+        // `{src16}_{tgt16}`: a vector projected for another target must not
+        // be primed here even if its extra map was edited.
+        let ours = model_hash.get(..16).unwrap_or(model_hash);
+        match meta.avp_map_id.split_once('_') {
+            Some((_, target)) if target == ours => {}
+            _ => {
+                return Err(EngineError::InvalidContext(format!(
+                    "avp_map_id {:?} does not name this model ({ours}) as the projection target",
+                    meta.avp_map_id
+                )));
+            }
+        }
+        let width = model.config().hidden_size;
+        let rows = match meta.tensor_shape.as_slice() {
+            [d] if *d as usize == width => 1,
+            [n, d] if *d as usize == width && *n > 0 => *n as usize,
+            other => {
+                return Err(EngineError::InvalidContext(format!(
+                    "hidden state of shape {other:?} does not fit this model's width {width}"
+                )));
+            }
+        };
+        if meta.hidden_dim as usize != width {
+            return Err(EngineError::InvalidContext(format!(
+                "hidden_dim {} is not this model's width {width}",
+                meta.hidden_dim
+            )));
+        }
+        let capacity = model.config().max_position_embeddings;
+        if rows > capacity {
+            return Err(EngineError::CacheFull {
+                capacity,
+                needed: rows,
+            });
+        }
+        let expected = rows
+            .checked_mul(width)
+            .and_then(|n| n.checked_mul(element_size(meta.dtype)));
+        if expected != Some(msg.tensor.len()) {
+            return Err(EngineError::InvalidContext(format!(
+                "hidden-state payload is {} bytes, its shape declares {}",
+                msg.tensor.len(),
+                expected.map_or_else(|| "an overflowing size".to_owned(), |e| e.to_string())
+            )));
+        }
+        let num_steps = num_steps_of(&meta.extra)?;
+        let embeds = Tensor::f_from_data_size(
+            &msg.tensor,
+            &[to_i64(rows)?, to_i64(width)?],
+            kind_of(meta.dtype)?,
+        )?;
+        Self::prime(model, model_hash, model_family, &embeds, num_steps)
+    }
+}

@@ -447,6 +447,25 @@ impl Engine {
         LatentContext::import(&self.model, self.model_hash(), bytes, headroom)
     }
 
+    /// Any received context message: a KV_CACHE message is imported
+    /// ([`Engine::import_context`]), a HIDDEN_STATE message projected for
+    /// this model primes a fresh cache ([`LatentContext::import_hidden_state`]).
+    /// The receiver continues from whatever arrived (AVP-PIPE-1).
+    pub fn import_message(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
+        // Header and metadata only (AVP-WIRE-21): the import decodes and
+        // checksums the payload once, whatever its size.
+        let peeked = avp_codec::peek(bytes).map_err(EngineError::Wire)?;
+        match peeked.metadata.payload_type {
+            avp_codec::PayloadType::HiddenState => LatentContext::import_hidden_state(
+                &self.model,
+                self.model_hash(),
+                self.model_family(),
+                bytes,
+            ),
+            _ => self.import_context(bytes, headroom),
+        }
+    }
+
     /// Feeds projected embeddings into a fresh cache and returns a context of
     /// this model: [`LatentContext::prime`] with this engine's model and identity.
     pub fn prime_with_embeddings(

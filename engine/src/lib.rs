@@ -15,6 +15,7 @@ pub mod context; // LatentContext: the KV-cache a think produced, its wire form,
 pub mod decoder; // the shared pre-norm decoder forward pass over a KvCache
 pub mod engine; // Engine: one loaded model and tokenizer; think, generate, import, prime
 pub mod error; // the crate's error type
+pub mod handoff; // what a sender transmits for a resolved handshake, and those messages
 pub mod hash; // the SDK's model hash of a config
 pub mod latent; // latent realignment: the projector from hidden state to input embedding
 pub mod llama; // Llama's config defaults

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
+use crate::cache::to_i64;
 use crate::engine::Engine;
 use crate::error::{EngineError, Result, io_err};
 use crate::latent::{normalise_to, target_norm};
@@ -154,13 +155,24 @@ pub fn project(
         ));
     }
     let (w_src, e_tgt) = map.used_rows(source, target)?;
+    project_rows(&w_src, &e_tgt, map.target_norm, hidden)
+}
+
+/// `softmax(h · W_srcᵀ) · E_tgt`, scaled to `target_norm`, in the hidden
+/// state's dtype: the projection once its rows are chosen.
+fn project_rows(
+    w_src: &Tensor,
+    e_tgt: &Tensor,
+    target_norm: f32,
+    hidden: &Tensor,
+) -> Result<Tensor> {
     let h = hidden.f_to_device(w_src.device())?.f_to_kind(Kind::Float)?;
     let logits = h.f_matmul(&w_src.f_to_kind(Kind::Float)?.f_tr()?)?;
     let probs = logits
         .f_softmax(-1, Kind::Float)?
         .f_to_device(e_tgt.device())?;
     let e = probs.f_matmul(&e_tgt.f_to_kind(Kind::Float)?)?;
-    let tn = Tensor::f_from_slice(&[map.target_norm])?
+    let tn = Tensor::f_from_slice(&[target_norm])?
         .f_to_device(e.device())?
         .f_reshape([] as [i64; 0])?;
     let y = normalise_to(&e, &tn)?;
@@ -170,6 +182,53 @@ pub fn project(
         Kind::Float => Ok(y),
         k => Ok(y.f_to_kind(k)?.f_to_kind(Kind::Float)?),
     }
+}
+
+/// Projects with a map file alone, for a sender without the target's
+/// weights (AVP-PIPE-3): the file's `w_map` holds the target rows the
+/// projection uses (AVP-ENG-15). The map must name `source` and
+/// `target_hash`; returns the vector and the map.
+pub fn project_with_map_file(
+    source: &Engine,
+    path: &Path,
+    target_hash: &str,
+    hidden: &Tensor,
+) -> Result<(Tensor, ProjectionMap)> {
+    let _guard = tch::no_grad_guard();
+    let map = ProjectionMap::load(path)?;
+    let s = &source.config().decoder;
+    if map.source_hash != source.model_hash()
+        || map.target_hash != target_hash
+        || map.source_dim != s.hidden_size
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "map file {} was made for other models",
+            path.display()
+        )));
+    }
+    let bad = |message: String| EngineError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let w = st.tensor("w_map").map_err(|e| bad(e.to_string()))?;
+    // ProjectionMap::load checked: F32 [w_map_rows, target_dim].
+    let rows_n = to_i64(map.w_map_rows)?;
+    let e_tgt =
+        Tensor::f_from_data_size(w.data(), &[rows_n, to_i64(map.target_dim)?], Kind::Float)?;
+    let w_all = source.model().output_embeddings();
+    let w_src = match map.method {
+        ProjectionMethod::VocabMediated => {
+            if rows_n > w_all.size().first().copied().unwrap_or(0) {
+                return Err(bad("more rows than the source's vocabulary".into()));
+            }
+            w_all.f_narrow(0, 0, rows_n)?
+        }
+        ProjectionMethod::VocabOverlap => rows(w_all, &map.src_indices, "source")?,
+    };
+    let v = project_rows(&w_src, &e_tgt, map.target_norm, hidden)?;
+    Ok((v, map))
 }
 
 /// The map file name for a model pair.

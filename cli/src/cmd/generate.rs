@@ -1,4 +1,6 @@
-//! `avp generate`: text generation, optionally continuing a KV_CACHE context;
+//! `avp generate`: text generation, optionally continuing a received context
+//! (a KV_CACHE message of this model, or a HIDDEN_STATE message projected for
+//! it, AVP-PIPE-1);
 //! prints the text on stdout (spec/engine.md) and on stderr what it did
 //! (AVP-CLI-9). A `--max-new-tokens` beyond the model's context length is
 //! cut to what fits, with a warning, so the text produced is never lost to
@@ -21,7 +23,8 @@ pub(crate) struct GenerateArgs {
     model: PathBuf,
     #[command(flatten)]
     prompt: PromptArgs,
-    /// KV_CACHE message to continue from (made by this model).
+    /// Context to continue from: a KV_CACHE message made by this model, or a
+    /// HIDDEN_STATE message projected for it (`avp project`).
     #[arg(long)]
     context: Option<PathBuf>,
     /// Upper bound on generated tokens (cut, with a warning, to what the model's context length leaves).
@@ -61,15 +64,17 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
+    let loaded = started.elapsed();
     let capacity = engine.config().decoder.max_position_embeddings;
     let context = match &args.context {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             let headroom = args.max_new_tokens.min(capacity).saturating_add(512);
-            Some(engine.import_context(&bytes, headroom)?)
+            Some(engine.import_message(&bytes, headroom)?)
         }
         None => None,
     };
+    let imported = started.elapsed().saturating_sub(loaded);
     let prior = context.as_ref().map_or(0, |c| c.seq_len());
     let prompt_tokens = engine.prompt_format().prompt_ids(&prompt)?.len();
     let room = capacity.saturating_sub(prior.saturating_add(prompt_tokens));
@@ -117,7 +122,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         format!("reached --max-new-tokens {max_new_tokens}")
     };
     report(format_args!(
-        "generate: {} prompt tokens{}, {} tokens generated ({why}) in {:.2} s",
+        "generate: {} prompt tokens{}, {} tokens generated ({why}) in {:.2} s (model load {:.2} s, context import {:.3} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -125,7 +130,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             String::new()
         },
         out.token_ids.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        loaded.as_secs_f64(),
+        imported.as_secs_f64()
     ));
     // Through `fail`, a closed stdout is status 141 like every other command's.
     use std::io::Write;

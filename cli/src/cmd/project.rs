@@ -4,13 +4,11 @@
 //! addressed with `--session/--source-agent/--target-agent` when given, and reports on
 //! stderr what it did (AVP-CLI-9).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use avp_engine::wire::{KvDtype, PayloadKind, WireMeta, encode_message};
-use avp_engine::{Device, Kind, ProjectionMap, calibrate, project};
+use anyhow::Result;
+use avp_engine::{Engine, ProjectionMap, calibrate};
 use clap::Args;
 
 use super::address::AddressArgs;
@@ -58,59 +56,13 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
     let progress = Progress::new();
     let source = load(&args.source, &args.load, None, &progress)?;
     let target = load(&args.target, &args.load, None, &progress)?;
-    let (map, map_note) = match &args.maps {
-        Some(dir) => {
-            let path = avp_engine::project::map_path(dir, source.model_hash(), target.model_hash());
-            // A map file is used only if it fits these two models (AVP-ENG-15).
-            match ProjectionMap::load(&path) {
-                Ok(map) if map.fits(&source, &target) => {
-                    (map, format!("map read from {}", path.display()))
-                }
-                _ => {
-                    let map = calibrate(&source, &target)?;
-                    map.save(&path, &source, &target)?;
-                    (
-                        map,
-                        format!("map calibrated, written to {}", path.display()),
-                    )
-                }
-            }
-        }
-        None => (calibrate(&source, &target)?, "map calibrated".to_owned()),
-    };
+    let (map, map_note) = projection_map(&source, &target, args.maps.as_deref())?;
     progress.say(&format!("projection: {}", map.method.name()));
     let ctx =
         source.think_with_progress(&prompt, args.steps, None, &mut |d, t| progress.step(d, t))?;
-    let hidden = ctx
-        .last_hidden
-        .as_ref()
-        .context("think produced no hidden state")?;
-    let v = project(&source, &target, &map, hidden)?
-        .f_reshape([-1])?
-        .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Float)?;
-    let d = v.numel();
-    let mut bytes = vec![0u8; d * 4];
-    v.f_copy_data_u8(&mut bytes, d)?;
-    let extra: BTreeMap<String, String> = [
-        ("model_hash", target.model_hash().to_owned()),
-        ("model_family", target.model_family().to_owned()),
-        ("num_steps", ctx.num_steps.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let map_id = avp_engine::project::map_file_name(source.model_hash(), target.model_hash());
-    let meta = WireMeta {
-        hidden_dim: u32::try_from(d)?,
-        num_layers: u32::try_from(target.config().decoder.num_layers)?,
-        payload: PayloadKind::HiddenState,
-        dtype: KvDtype::Float32,
-        tensor_shape: [u32::try_from(d)?].into(),
-        avp_map_id: map_id.split('.').next().unwrap_or_default().to_owned(),
-        extra,
-    };
-    let message = args.address.readdress(encode_message(&meta, &bytes)?)?;
+    let message = avp_engine::handoff::projected_message(&source, &target, &map, &ctx)?;
+    let d = target.config().decoder.hidden_size;
+    let message = args.address.readdress(message)?;
     write_out(&args.out, &message)?;
     report(format_args!(
         "project: {} of {} latent steps on {}, projected ({}; {map_note}) to [{d}] float32 of {}; {} bytes written to {} in {:.2} s",
@@ -124,4 +76,34 @@ fn run_project(args: &ProjectArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The projection map for a model pair: read from `maps` when a fitting file
+/// is there, else calibrated (and written there when `maps` is given); with
+/// a note for the report.
+pub(crate) fn projection_map(
+    source: &Engine,
+    target: &Engine,
+    maps: Option<&Path>,
+) -> Result<(ProjectionMap, String)> {
+    Ok(match maps {
+        Some(dir) => {
+            let path = avp_engine::project::map_path(dir, source.model_hash(), target.model_hash());
+            // A map file is used only if it fits these two models (AVP-ENG-15).
+            match ProjectionMap::load(&path) {
+                Ok(map) if map.fits(source, target) => {
+                    (map, format!("map read from {}", path.display()))
+                }
+                _ => {
+                    let map = calibrate(source, target)?;
+                    map.save(&path, source, target)?;
+                    (
+                        map,
+                        format!("map calibrated, written to {}", path.display()),
+                    )
+                }
+            }
+        }
+        None => (calibrate(source, target)?, "map calibrated".to_owned()),
+    })
 }

@@ -16,16 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use avp_handshake::json::JsonString;
-use avp_handshake::{
-    ModelIdentity, identity_from_config, tokenizer_hash, vocab_from_tokenizer_json,
-};
+use avp_handshake::ModelIdentity;
 use avp_transport::hello::identity_from_json;
 use avp_transport::{
     Agent, ContextStore, HandshakeServer, Received, Server, ServerConfig, WeightsDigest,
 };
 use clap::Args;
 
+use super::model_dir::{identity_from_model_dir, weights_of_model_dir};
 use super::send::{read_token_file, runtime};
 
 /// Arguments of `avp serve`.
@@ -246,39 +244,6 @@ fn read_identity(path: &Path) -> anyhow::Result<(ModelIdentity, Option<WeightsDi
     let identity =
         identity_from_json(&raw).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
     Ok((identity, None))
-}
-
-/// The SDK's `extract_model_identity(config, tokenizer)` for a model directory.
-fn identity_from_model_dir(dir: &Path) -> anyhow::Result<ModelIdentity> {
-    let parse = |name: &str| -> anyhow::Result<avp_handshake::json::Value> {
-        let path = dir.join(name);
-        let raw = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        avp_handshake::json::parse(&raw).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
-    };
-    let tokenizer = if dir.join("tokenizer.json").is_file() {
-        let vocab = vocab_from_tokenizer_json(&parse("tokenizer.json")?)
-            .map_err(|err| anyhow::anyhow!("tokenizer.json: {err}"))?;
-        JsonString::from(
-            tokenizer_hash(&vocab).map_err(|err| anyhow::anyhow!("tokenizer.json: {err}"))?,
-        )
-    } else {
-        JsonString::default()
-    };
-    identity_from_config(&parse("config.json")?, tokenizer)
-        .map_err(|err| anyhow::anyhow!("config.json: {err}"))
-}
-
-/// The weights digest (AVP-HS-21) of the directory's safetensors files, or
-/// none when it has none (a config-only directory).
-fn weights_of_model_dir(dir: &Path) -> anyhow::Result<Option<WeightsDigest>> {
-    let files = avp_handshake::fs::safetensors_files(dir)
-        .map_err(|err| anyhow::anyhow!("{}: {err}", dir.display()))?;
-    if files.is_empty() {
-        return Ok(None);
-    }
-    avp_handshake::fs::weights_digest_dir(dir, 0)
-        .map(Some)
-        .map_err(|err| anyhow::anyhow!("weights digest of {}: {err}", dir.display()))
 }
 
 /// One line per received message, e.g.

@@ -1,7 +1,9 @@
 //! `avp think`: latent thinking on a model; writes the KV_CACHE message the
 //! SDK's `AVPContext.to_bytes()` writes (spec/engine.md), addressed with
 //! `--session/--source-agent/--target-agent` when given, and reports on stderr what it
-//! did (AVP-CLI-9).
+//! did (AVP-CLI-9). With `--to URL` it also hands the thought to that agent
+//! (handoff.rs, AVP-PIPE-3): the handshake's session and agent ids address
+//! what is sent, whatever `--session/--source-agent/--target-agent` say.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use super::address::AddressArgs;
 use super::engine_common::{
     DeviceArgs, Progress, PromptArgs, destination, fail, load, report, write_out,
 };
+use super::handoff::{HandoffArgs, Sender, hand_off};
 
 /// Arguments of `avp think`.
 #[derive(Args, Debug)]
@@ -25,17 +28,20 @@ pub(crate) struct ThinkArgs {
     /// Latent steps.
     #[arg(long)]
     steps: usize,
-    /// Continue from this KV_CACHE message (made by the same model).
+    /// Continue from this context: a KV_CACHE message of the same model (a
+    /// LatentMAS chain), or a HIDDEN_STATE message projected for it.
     #[arg(long)]
     context: Option<PathBuf>,
-    /// Output file for the KV_CACHE message (`-` for stdout).
-    #[arg(long)]
-    out: PathBuf,
+    /// Output file for the KV_CACHE message (`-` for stdout); optional with --to.
+    #[arg(long, required_unless_present = "to")]
+    out: Option<PathBuf>,
     /// Identity hash to write and accept instead of the config.json hash (e.g. the SDK peer's).
     #[arg(long)]
     model_hash: Option<String>,
     #[command(flatten)]
     address: AddressArgs,
+    #[command(flatten)]
+    handoff: HandoffArgs,
     #[command(flatten)]
     load: DeviceArgs,
 }
@@ -52,10 +58,15 @@ fn think(args: &ThinkArgs) -> Result<()> {
     let prompt = args.prompt.text()?;
     let progress = Progress::new();
     let engine = load(&args.model, &args.load, args.model_hash.clone(), &progress)?;
+    let loaded = started.elapsed();
+    let sender = match &args.handoff.to {
+        Some(_) => Some(Sender::new(&args.handoff, &args.model, &engine)?),
+        None => None,
+    };
     let context = match &args.context {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Some(engine.import_context(&bytes, args.steps.saturating_add(512))?)
+            Some(engine.import_message(&bytes, args.steps.saturating_add(512))?)
         }
         None => None,
     };
@@ -76,9 +87,11 @@ fn think(args: &ThinkArgs) -> Result<()> {
         ));
     }
     let bytes = args.address.readdress(ctx.to_bytes()?)?;
-    write_out(&args.out, &bytes)?;
+    if let Some(out) = &args.out {
+        write_out(out, &bytes)?;
+    }
     report(format_args!(
-        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes written to {} in {:.2} s",
+        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{} in {:.2} s (model load {:.2} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -89,8 +102,15 @@ fn think(args: &ThinkArgs) -> Result<()> {
         args.steps,
         ctx.seq_len(),
         bytes.len(),
-        destination(&args.out),
-        started.elapsed().as_secs_f64()
+        args.out.as_ref().map_or_else(String::new, |out| format!(
+            " written to {}",
+            destination(out)
+        )),
+        started.elapsed().as_secs_f64(),
+        loaded.as_secs_f64()
     ));
+    if let Some(sender) = &sender {
+        hand_off(sender, &args.handoff, &engine, &args.load, &prompt, &ctx)?;
+    }
     Ok(())
 }
