@@ -20,7 +20,7 @@ Each group is then labelled with the spec rule that explains it when there is on
 divergence, see FUZZING.md "Differential"), so what remains unexplained is a bug to fix on one
 side. Exit status 0 always (it reports); `--fail-unexplained` makes unexplained groups fail.
 Inputs whose zstd frame declares more than 256 MiB are not given to the SDK (it would expand
-them: spec/limits.md AVP-LIM-10) and are counted as skipped.
+them: spec/protocol/limits.md AVP-LIM-10) and are counted as skipped.
 """
 
 import argparse

@@ -2,7 +2,7 @@
 //!
 //! Each subcommand lives in its own module under `cmd/`; this file only
 //! dispatches. `think`, `generate` and `project` are run by the separate
-//! `avp-engine` binary, so this one never links libtorch (cmd/engine_exec.rs). Output formats are contracts other tools rely on (spec/cli.md).
+//! `avp-engine` binary, so this one never links libtorch (cmd/engine_exec.rs). Output formats are contracts other tools rely on (spec/impl/cli.md).
 #![forbid(unsafe_code)]
 
 mod cmd; // one module per subcommand
@@ -27,7 +27,7 @@ enum Command {
     /// Check an implementation or a live server against the conformance corpus.
     #[command(subcommand)]
     Conformance(cmd::conformance::ConformanceCommand),
-    /// Decode one AVP message and print it as JSON (spec/cli.md).
+    /// Decode one AVP message and print it as JSON (spec/impl/cli.md).
     Decode(cmd::decode::DecodeArgs),
     /// Encode metadata (JSON) and tensor bytes into an AVP message.
     Encode(cmd::encode::EncodeArgs),

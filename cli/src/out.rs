@@ -1,4 +1,4 @@
-//! Writing to stdout and stderr without panicking (spec/cli.md, AVP-CLI-7).
+//! Writing to stdout and stderr without panicking (spec/impl/cli.md, AVP-CLI-7).
 //!
 //! `println!` panics when stdout is a closed pipe (`avp decode F | head -c1`),
 //! so every command writes through [`line`] / [`text`], which turn a broken

@@ -1,5 +1,5 @@
 //! `avp decode`, `avp encode`, `avp inspect` against the golden wire vectors
-//! (spec/cli.md). Runs the built binary.
+//! (spec/impl/cli.md). Runs the built binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::io::Write;

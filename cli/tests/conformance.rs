@@ -1,4 +1,4 @@
-//! `avp conformance` end to end (spec/conformance.md): the real SDK through its
+//! `avp conformance` end to end (spec/protocol/conformance.md): the real SDK through its
 //! adapter, a deliberately broken adapter, a misbehaving one, a tampered
 //! corpus and stale expectations. Needs the pinned venv (scripts/setup-venv.sh).
 
@@ -124,7 +124,7 @@ fn sdk_passes_the_corpus_with_its_recorded_divergences() {
     assert!(
         skip.iter().all(|id| id.starts_with("handshake/weights/")
             || id.starts_with("handshake/resolve/extension/weights-")
-            || id.starts_with("mac/") // the SDK has no MAC (spec/mac.md)
+            || id.starts_with("mac/") // the SDK has no MAC (spec/protocol/mac.md)
             || id.starts_with("kv_ext/") // nor quantized/delta KV (spec/protocol/kv-quant.md)
             || id == "wire/limits/zstd-bomb-2gib"),
         "{skip:?}"

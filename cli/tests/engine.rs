@@ -1,5 +1,5 @@
 //! `avp think | generate | project` against the engine fixtures
-//! (engine/testdata): the CLI contract of spec/engine.md.
+//! (engine/testdata): the CLI contract of spec/impl/engine.md.
 #![cfg(feature = "engine")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 

@@ -1,5 +1,5 @@
-//! `avp encode/decode/serve --mac-key` (spec/mac.md, AVP-MAC-7/8) and the
-//! bounded-memory decode of zstd bombs (spec/limits.md, AVP-LIM-10).
+//! `avp encode/decode/serve --mac-key` (spec/protocol/mac.md, AVP-MAC-7/8) and the
+//! bounded-memory decode of zstd bombs (spec/protocol/limits.md, AVP-LIM-10).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Interoperability of `avp serve`, `avp send` and `avp route` with the Python
 //! SDK (avp==0.6.2): real servers on loopback, started here, on free ports.
-//! Rule IDs are in spec/http.md.
+//! Rule IDs are in spec/protocol/http.md.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -22,7 +22,7 @@ pub struct DecodeOptions {
     /// Verify `payload_checksum` when present (AVP-WIRE-15). On by default;
     /// turning it off is for benchmarks and forensic tools only.
     pub verify_checksum: bool,
-    /// Decoder limits (spec/limits.md).
+    /// Decoder limits (spec/protocol/limits.md).
     pub limits: Limits,
     /// Threads for verifying the checksum of tensors of 8 MiB or more:
     /// 1 (the default) keeps all work on the caller's thread, so an embedder

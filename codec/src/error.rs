@@ -1,4 +1,4 @@
-//! The codec's one error type (spec/errors.md).
+//! The codec's one error type (spec/protocol/errors.md).
 //!
 //! Every failure carries an [`ErrorKind`] whose [`ErrorKind::as_str`] is the
 //! exact string the CLI and the conformance suite use (AVP-ERR-1). Peer
@@ -26,7 +26,7 @@ pub enum ErrorKind {
     ChecksumMismatch,
     /// The zstd payload could not be decompressed (AVP-WIRE-17).
     Decompression,
-    /// A decoder limit (spec/limits.md) would be exceeded.
+    /// A decoder limit (spec/protocol/limits.md) would be exceeded.
     LimitExceeded,
     /// A strict-mode rejection: trailing bytes, unknown flag bits, flag/metadata
     /// conflict, shape/size mismatch (AVP-WIRE-20).

@@ -396,7 +396,7 @@ fn check_streamed_mac(
     );
 }
 
-/// The MAC oracle (spec/mac.md): verifying arbitrary bytes never panics and
+/// The MAC oracle (spec/protocol/mac.md): verifying arbitrary bytes never panics and
 /// reports framing errors with their own kinds; any message that decodes
 /// can be signed, the signed form verifies, and flipping any one of the
 /// first bytes that the MAC covers makes it fail; the streamed verifier

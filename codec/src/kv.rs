@@ -1,4 +1,4 @@
-//! The KV-cache inner format v1 (spec/kv-cache.md, AVP-KV-*).
+//! The KV-cache inner format v1 (spec/protocol/kv-cache.md, AVP-KV-*).
 //!
 //! A 17-byte header `<IIIIB` (num_layers, num_kv_heads, head_dim, seq_len,
 //! dtype byte), then for each layer its K tensor and its V tensor, each

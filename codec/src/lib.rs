@@ -1,4 +1,4 @@
-//! The AVP v1 wire codec (spec/wire.md).
+//! The AVP v1 wire codec (spec/protocol/wire.md).
 //!
 //! Sans-I/O and dependency-light so that it can be embedded in a router that
 //! never touches a GPU: no panics on any input, every declared length checked
@@ -24,7 +24,7 @@
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 //! - [`kv_quant`]: quantized/delta KV (extended inner format); [`kv_delta`]:
 //!   prefix addresses (feature `kv-delta`), split and assembly.
-//! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/mac.md.
+//! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/protocol/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
     clippy::indexing_slicing,

@@ -1,4 +1,4 @@
-//! Decoder limits (spec/limits.md, AVP-LIM-*).
+//! Decoder limits (spec/protocol/limits.md, AVP-LIM-*).
 //!
 //! Each limit is checked against declared sizes before anything is allocated,
 //! so a hostile header cannot make the decoder reserve memory it will not use
@@ -34,7 +34,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The defaults of spec/limits.md.
+    /// The defaults of spec/protocol/limits.md.
     pub const DEFAULT: Limits = Limits {
         max_metadata_len: 1 << 20,
         max_payload_len: u32::MAX,

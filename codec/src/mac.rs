@@ -1,4 +1,4 @@
-//! Optional keyed BLAKE3 message authentication (spec/mac.md, AVP-MAC-*).
+//! Optional keyed BLAKE3 message authentication (spec/protocol/mac.md, AVP-MAC-*).
 //!
 //! The tag travels in the metadata `extra` map under [`TAG_KEY`], so an SDK
 //! peer decodes a signed message unchanged. It covers the exact message bytes

@@ -75,7 +75,7 @@ wire_enum!(
         /// A hidden-state tensor.
         #[default]
         HiddenState = 0 => "HIDDEN_STATE",
-        /// A KV cache in the inner format of spec/kv-cache.md.
+        /// A KV cache in the inner format of spec/protocol/kv-cache.md.
         KvCache = 1 => "KV_CACHE",
         /// A KV cache in the extended inner format (spec/protocol/kv-quant.md,
         /// AVP-KVQ-1): quantized and/or delta. 2 stays the proto's EMBEDDING.

@@ -1,4 +1,4 @@
-//! One test per decoder limit (spec/limits.md), each checked at the edge:
+//! One test per decoder limit (spec/protocol/limits.md), each checked at the edge:
 //! exactly at the limit decodes, one past it is `limit_exceeded`.
 #![allow(
     clippy::unwrap_used,

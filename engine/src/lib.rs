@@ -1,5 +1,5 @@
 //! AVP inference engine on libtorch (tch): latent thinking, KV-cache export and
-//! import, generation and cross-model projection (spec/engine.md).
+//! import, generation and cross-model projection (spec/impl/engine.md).
 //!
 //! The behavioural reference is the Python SDK `avp==0.6.2`
 //! (`connectors/huggingface.py`, `realign.py`, `rosetta/`); unlike it, the

@@ -13,7 +13,7 @@ tolerance comparison and says so if a float differs).
 models/trained_* (trained.py, README "Trained models") are committed inputs: a run copies them
 into OUT_DIR unchanged and records the SDK's pipelines on them; only --retrain trains them.
 
-Rule IDs (AVP-ENG-n) refer to spec/engine.md.
+Rule IDs (AVP-ENG-n) refer to spec/impl/engine.md.
 """
 
 from __future__ import annotations
@@ -618,7 +618,7 @@ def record_full_cache(conn, edir: Path, arrays: "Arrays", entry: dict, ctx, ids_
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent re-implementations of spec/engine.md, asserted against the SDK
+# Independent re-implementations of spec/impl/engine.md, asserted against the SDK
 #
 # They run in float64 / plain libraries, so they also show that an implementation written from
 # the spec (not from the SDK's code) meets the tolerances the README promises.

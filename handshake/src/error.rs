@@ -1,4 +1,4 @@
-//! The crate's one error type (spec/handshake.md, AVP-HS-14).
+//! The crate's one error type (spec/impl/handshake.md, AVP-HS-14).
 //!
 //! Kinds are grouped by who is at fault: the input (a peer's hello, a config
 //! or tokenizer file: [`Error::Json`], [`Error::Field`], [`Error::Tokenizer`],

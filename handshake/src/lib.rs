@@ -1,4 +1,4 @@
-//! AVP handshake (spec/handshake.md): model identities, Python-exact hashes,
+//! AVP handshake (spec/protocol/handshake.md): model identities, Python-exact hashes,
 //! mode negotiation and sessions. Sans-I/O (the optional `fs` feature adds
 //! the one module that reads files).
 //!

@@ -1,5 +1,5 @@
 //! Python-exact JSON for AVP: a reader and a writer that keep everything
-//! Python's `json` module keeps (spec/handshake.md, AVP-HASH-1..AVP-HASH-9).
+//! Python's `json` module keeps (spec/protocol/handshake.md, AVP-HASH-1..AVP-HASH-9).
 //!
 //! Generic JSON libraries lose exactly the details that decide a SHA-256
 //! over `json.dumps(config, sort_keys=True, separators=(",", ":"))`: the

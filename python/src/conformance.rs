@@ -1,4 +1,4 @@
-//! The conformance runner (spec/conformance.md) in process: the same corpus
+//! The conformance runner (spec/protocol/conformance.md) in process: the same corpus
 //! loading, subjects, verdicts, expectations and reports as `avp conformance
 //! run`, so `avp_rs.conformance.run` and the CLI cannot disagree.
 

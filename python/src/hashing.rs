@@ -1,4 +1,4 @@
-//! Identity hashes (spec/handshake.md): `model_hash` (AVP-HASH-1),
+//! Identity hashes (spec/protocol/handshake.md): `model_hash` (AVP-HASH-1),
 //! `tokenizer_hash` (AVP-HASH-10), the `weights_digest` extension
 //! (AVP-HS-20) and the model identity. Python objects arrive as the JSON
 //! text Python's own `json.dumps` wrote, which our parser reads without

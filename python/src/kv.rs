@@ -1,4 +1,4 @@
-//! The KV-cache inner format (spec/kv-cache.md) from Python: the layout of a
+//! The KV-cache inner format (spec/protocol/kv-cache.md) from Python: the layout of a
 //! payload (so `avp_rs.kv_arrays` can make zero-copy numpy views) and
 //! `encode_kv`, which writes header, layers and message in one pass.
 

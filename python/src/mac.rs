@@ -1,4 +1,4 @@
-//! Keyed BLAKE3 message authentication (spec/mac.md, AVP-MAC-*).
+//! Keyed BLAKE3 message authentication (spec/protocol/mac.md, AVP-MAC-*).
 
 use avp_codec::Limits;
 use avp_codec::mac::MacKey;

@@ -1,7 +1,7 @@
 //! zstd for the SDK drop-in (`avp.compression.compress` / `decompress`),
 //! with the decoder's limits: the SDK's `decompress` allocates whatever a
 //! frame header declares (a "zstd bomb"); ours stops at the cap of
-//! spec/limits.md and raises `limit_exceeded` (AVP-PY-5).
+//! spec/protocol/limits.md and raises `limit_exceeded` (AVP-PY-5).
 
 use std::io::Read;
 

@@ -82,7 +82,7 @@ impl Agent {
     }
 
     /// Requires every binary transmit to carry a valid keyed MAC made with
-    /// `key` (spec/mac.md, AVP-MAC-7): unsigned or badly signed messages are
+    /// `key` (spec/protocol/mac.md, AVP-MAC-7): unsigned or badly signed messages are
     /// refused with 400 and the error kind `bad_mac`, and nothing is stored.
     pub fn with_mac_key(mut self, key: MacKey) -> Self {
         self.mac_key = Some(Arc::new(key));

@@ -1,11 +1,11 @@
-//! The AVP HTTP binding (spec/http.md): an agent server with a context store,
+//! The AVP HTTP binding (spec/protocol/http.md): an agent server with a context store,
 //! a client, and a router that forwards messages without decoding tensors.
 //!
 //! One port serves HTTP/1.1 and HTTP/2 prior knowledge, or HTTPS with ALPN
 //! (rustls, optional mutual TLS). Every request is checked (auth, version,
 //! content type, declared size) before its body is read, and bodies are read
 //! against the limit as they stream, within deadlines, taking memory budget
-//! only for bytes that arrived (spec/http.md, AVP-HTTP-17/18). Hellos are
+//! only for bytes that arrived (spec/impl/transport.md, AVP-HTTP-17/18). Hellos are
 //! answered by the `avp-handshake` crate, and the sessions it issues are
 //! checked on transmit (AVP-HTTP-34/35).
 #![forbid(unsafe_code)]

@@ -44,7 +44,7 @@ pub struct ClientTlsFiles {
 // rustls 0.23.48 deprecates ring's provider because it lacks post-quantum
 // key exchange (aws-lc-rs has it); we keep ring for its build (no cmake, a
 // fraction of the compile time on our 2-core builders) and say so in
-// spec/http.md (AVP-HTTP-70).
+// spec/impl/transport.md (AVP-HTTP-70).
 #[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -1,7 +1,7 @@
 //! The router in process, in front of an in-process agent: routing by
 //! `target_agent_id`, unknown targets, the body limit while streaming, an
 //! unreachable destination, and hellos (AVP-HTTP-50, AVP-HTTP-51, AVP-HTTP-52,
-//! AVP-HTTP-53, AVP-HTTP-54, AVP-HTTP-55). Rule IDs: spec/http.md.
+//! AVP-HTTP-53, AVP-HTTP-54, AVP-HTTP-55). Rule IDs: spec/protocol/http.md.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The server against hostile and broken clients, in process, on loopback:
 //! statuses and JSON error bodies (AVP-HTTP-10..15, AVP-HTTP-20), limits
 //! enforced while streaming (AVP-HTTP-12), both HTTP versions on one port
-//! (AVP-HTTP-2), graceful shutdown (AVP-HTTP-16). Rule IDs: spec/http.md.
+//! (AVP-HTTP-2), graceful shutdown (AVP-HTTP-16). Rule IDs: spec/protocol/http.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

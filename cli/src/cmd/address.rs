@@ -6,7 +6,7 @@
 use avp_codec::{Compression, Error, decode, encode};
 use clap::Args;
 
-/// The three routing fields of the metadata (spec/wire.md).
+/// The three routing fields of the metadata (spec/protocol/wire.md).
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct AddressArgs {
     /// session_id to write.

@@ -1,5 +1,5 @@
 //! `avp conformance`: check an implementation against the golden corpus
-//! (spec/conformance.md). Exit codes are AVP-CONF-16's: 0 conformant,
+//! (spec/protocol/conformance.md). Exit codes are AVP-CONF-16's: 0 conformant,
 //! 1 failures, 2 usage, 3 corpus integrity, 4 harness/adapter errors.
 
 use std::path::{Path, PathBuf};

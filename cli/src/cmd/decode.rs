@@ -1,4 +1,4 @@
-//! `avp decode --json FILE|-` (spec/cli.md, AVP-CLI-1 .. AVP-CLI-4).
+//! `avp decode --json FILE|-` (spec/impl/cli.md, AVP-CLI-1 .. AVP-CLI-4).
 //!
 //! Reads one message, decodes it (compatible mode, or strict with
 //! `--strict`) and prints one JSON object. The tensor streams through one
@@ -24,7 +24,7 @@ pub(crate) struct DecodeArgs {
     /// Reject what compatible mode only warns about (AVP-WIRE-20).
     #[arg(long)]
     strict: bool,
-    /// Require a valid keyed MAC made with this key file (spec/mac.md,
+    /// Require a valid keyed MAC made with this key file (spec/protocol/mac.md,
     /// AVP-MAC-8); a missing or wrong tag is `bad_mac`. Checked before decoding.
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,

@@ -1,5 +1,5 @@
 //! `avp encode --metadata META.json --payload FILE [--compress …] -o OUT`
-//! (spec/cli.md, AVP-CLI-5).
+//! (spec/impl/cli.md, AVP-CLI-5).
 //!
 //! META.json uses the member names and enum names of `avp decode`'s
 //! `metadata` object. The output is written to a temporary file next to OUT
@@ -42,7 +42,7 @@ pub(crate) struct EncodeArgs {
     /// Output file.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
-    /// Sign the message with a keyed MAC derived from this key file (spec/mac.md, AVP-MAC-8).
+    /// Sign the message with a keyed MAC derived from this key file (spec/protocol/mac.md, AVP-MAC-8).
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,
     /// Override the routing fields of META.json.

@@ -1,5 +1,5 @@
 //! `avp think | generate | project`: run by the `avp-engine` executable
-//! installed beside `avp` (design: spec/cli.md, AVP-CLI-8).
+//! installed beside `avp` (design: spec/impl/cli.md, AVP-CLI-8).
 //!
 //! libtorch is ~500 MB of shared objects that the dynamic loader maps and
 //! relocates at start-up, before `main`, whichever subcommand runs; linked

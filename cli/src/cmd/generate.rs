@@ -1,7 +1,7 @@
 //! `avp generate`: text generation, optionally continuing a received context
 //! (a KV_CACHE message of this model, or a HIDDEN_STATE message projected for
 //! it, AVP-PIPE-1);
-//! prints the text on stdout (spec/engine.md) and on stderr what it did
+//! prints the text on stdout (spec/impl/engine.md) and on stderr what it did
 //! (AVP-CLI-9). A `--max-new-tokens` beyond the model's context length is
 //! cut to what fits, with a warning, so the text produced is never lost to
 //! a "cache full" error at the last position.

@@ -1,4 +1,4 @@
-//! `avp hash config|vocab|tokenizer|weights` (spec/handshake.md, AVP-CLI-101..104):
+//! `avp hash config|vocab|tokenizer|weights` (spec/impl/cli.md, AVP-CLI-101..104):
 //! one line of lowercase hex on stdout. Also the file helpers the other
 //! handshake commands share.
 

@@ -1,4 +1,4 @@
-//! `avp inspect FILE`: a human-readable view of a message (spec/cli.md, AVP-CLI-6).
+//! `avp inspect FILE`: a human-readable view of a message (spec/impl/cli.md, AVP-CLI-6).
 //!
 //! Header, metadata, sizes, warnings, and tensor statistics: for a KV cache
 //! one row per layer (L2 norm, min, max, NaN and Inf counts of K and of V);

@@ -61,7 +61,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     quiet: bool,
     /// Refuse transmits without a valid keyed MAC made with this key file
-    /// (spec/mac.md, AVP-MAC-7): 400 with the error kind `bad_mac`.
+    /// (spec/protocol/mac.md, AVP-MAC-7): 400 with the error kind `bad_mac`.
     #[arg(long, value_name = "F")]
     mac_key: Option<PathBuf>,
     /// Bytes of the memory budget one peer (its mTLS certificate, else its

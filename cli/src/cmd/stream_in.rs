@@ -1,5 +1,5 @@
 //! Reading one message for `decode` and `inspect` in bounded memory
-//! (spec/cli.md, AVP-CLI-4).
+//! (spec/impl/cli.md, AVP-CLI-4).
 //!
 //! The 12 header bytes come first and decide alone whether to go on (so
 //! `/dev/zero` is `bad_magic` after 12 bytes); then the metadata (at most

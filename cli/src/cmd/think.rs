@@ -1,5 +1,5 @@
 //! `avp think`: latent thinking on a model; writes the KV_CACHE message the
-//! SDK's `AVPContext.to_bytes()` writes (spec/engine.md), addressed with
+//! SDK's `AVPContext.to_bytes()` writes (spec/impl/engine.md), addressed with
 //! `--session/--source-agent/--target-agent` when given, and reports on stderr what it
 //! did (AVP-CLI-9). With `--to URL` it also hands the thought to that agent
 //! (handoff.rs, AVP-PIPE-3): the handshake's session and agent ids address
