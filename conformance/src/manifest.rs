@@ -6,7 +6,6 @@
 //! in every report (AVP-CONF-5).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
