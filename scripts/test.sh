@@ -45,10 +45,11 @@ python python/sdk_tests/run.py
 # Results must not depend on the CPU: run the engine's tests again on libtorch's portable
 # kernels, with MKL and oneDNN held to AVX2 (what an AVX2-only or an older CPU computes).
 # `--workspace --all-features` with test names (not `-p avp-engine`) keeps the feature set of
-# the run above, so nothing is rebuilt: engine/tests/fixtures.rs and cli/tests/engine.rs.
+# the run above, so nothing is rebuilt: engine/tests/fixtures.rs, cli/tests/engine.rs and the
+# two-agent pipeline's token comparisons (engine/tests/pipeline.rs, cli/tests/pipeline.rs).
 echo "== engine tests on the portable CPU path (ATEN_CPU_CAPABILITY=default)"
 ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
-    cargo test --workspace --all-features --test fixtures --test engine
+    cargo test --workspace --all-features --test fixtures --test engine --test pipeline
 echo "== the engine tests reject the same planted mistakes (engine/testdata/engine_mutants.sh)"
 bash engine/testdata/engine_mutants.sh
 echo "== fuzz smoke (each cargo-fuzz target ~10 s; skipped when cargo-fuzz cannot be installed)"
