@@ -14,11 +14,11 @@ use crate::body::{LimitedReader, ResponseBody, error_response, json_response};
 use crate::budget::{Budget, Held, PeerKey};
 use crate::endpoint::{
     Endpoint, Handler, HandlerFuture, Peer, ServerConfig, read_bytes, read_error_draining,
-    too_large, wire_error,
+    read_prefix, too_large, wire_error,
 };
 use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{HEADER_LEN, Status, check_complete, header_status, routing_status};
+use crate::wire::{HEADER_LEN, check_complete, header_status, routing_status};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -212,15 +212,15 @@ impl Agent {
         held: Held,
         peer: &Peer,
     ) -> Response<ResponseBody> {
-        let mut reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
+        let reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
             .with_budget(held);
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let header = match reader.read_until(&mut buf, header_status).await {
-            Err(err) => return read_error_draining(reader, err, config.max_body),
-            Ok(Err(err)) => return wire_error(&err),
-            Ok(Ok(Status::NeedMore(_))) => return truncated(buf.len() as u64, HEADER_LEN as u64),
-            Ok(Ok(Status::Complete(header))) => header,
-        };
+        let short = |held: usize| truncated(held as u64, HEADER_LEN as u64);
+        let (reader, header) =
+            match read_prefix(reader, &mut buf, header_status, config.max_body, short).await {
+                Ok(read) => read,
+                Err(answer) => return *answer,
+            };
         let total = header.message_len();
         // A message larger than one peer may ever hold could never complete.
         let limit = config.max_body.min(self.budget.largest_request());
@@ -230,12 +230,12 @@ impl Agent {
         }
         // Nothing is reserved from the declared size: the reader takes budget
         // for bytes as they arrive and the buffer grows with them.
-        let routing = match reader.read_until(&mut buf, routing_status).await {
-            Err(err) => return read_error_draining(reader, err, config.max_body),
-            Ok(Err(err)) => return wire_error(&err),
-            Ok(Ok(Status::NeedMore(_))) => return truncated(buf.len() as u64, total),
-            Ok(Ok(Status::Complete(routing))) => routing,
-        };
+        let short = |held: usize| truncated(held as u64, total);
+        let (mut reader, routing) =
+            match read_prefix(reader, &mut buf, routing_status, config.max_body, short).await {
+                Ok(read) => read,
+                Err(answer) => return *answer,
+            };
         let session = match self
             .handshake
             .check_session(&routing.session_id, routing.mode)

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::body::{LimitedReader, Pace, ReadError, ResponseBody, error_response};
 use crate::budget::{Held, Starved};
-use crate::wire::{WireError, status_for};
+use crate::wire::{Status, WireError, status_for};
 
 /// `Content-Type` of AVP binary messages (AVP-HTTP-11).
 pub const CONTENT_TYPE_AVP: &str = "application/avp+binary";
@@ -167,6 +167,25 @@ pub(crate) async fn read_bytes(
     match reader.read_to_end(&mut buf).await {
         Ok(()) => Ok(buf.freeze()),
         Err(err) => Err(Box::new(read_error_draining(reader, err, limit))),
+    }
+}
+
+/// Reads the body into `buf` until `parse` completes (the codec's header or
+/// routing prefix) and hands the reader back with the result. Every other
+/// outcome is already the answer: a stopped body ([`read_error_draining`]), a
+/// codec error ([`wire_error`]), or `short(bytes held)` when the body ended first.
+pub(crate) async fn read_prefix<T>(
+    mut reader: LimitedReader,
+    buf: &mut BytesMut,
+    parse: impl FnMut(&[u8]) -> Result<Status<T>, WireError>,
+    limit: u64,
+    short: impl FnOnce(usize) -> Response<ResponseBody>,
+) -> Result<(LimitedReader, T), Box<Response<ResponseBody>>> {
+    match reader.read_until(buf, parse).await {
+        Err(err) => Err(Box::new(read_error_draining(reader, err, limit))),
+        Ok(Err(err)) => Err(Box::new(wire_error(&err))),
+        Ok(Ok(Status::NeedMore(_))) => Err(Box::new(short(buf.len()))),
+        Ok(Ok(Status::Complete(value))) => Ok((reader, value)),
     }
 }
 

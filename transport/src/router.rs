@@ -22,10 +22,10 @@ use crate::body::{
 use crate::client::{HttpClient, exchange, http_client};
 use crate::endpoint::{
     Endpoint, Handler, HandlerFuture, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig,
-    read_bytes, read_error_draining, too_large, wire_error,
+    read_bytes, read_prefix, too_large,
 };
 use crate::error::TransportError;
-use crate::wire::{MAX_METADATA, Status, header_status, routing_status};
+use crate::wire::{MAX_METADATA, header_status, routing_status};
 
 /// Largest metadata block the router reads before choosing a route.
 pub const MAX_ROUTED_METADATA: u32 = MAX_METADATA;
@@ -84,39 +84,39 @@ impl Router {
         config: &ServerConfig,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let mut reader = LimitedReader::new(body, config.max_body, config.pace(Instant::now()));
+        let reader = LimitedReader::new(body, config.max_body, config.pace(Instant::now()));
         let mut prefix = BytesMut::new();
-        let header = match reader.read_until(&mut prefix, header_status).await {
-            Err(err) => return read_error_draining(reader, err, config.max_body),
-            // Includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
-            Ok(Err(err)) => return wire_error(&err),
-            Ok(Ok(Status::NeedMore(_))) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "truncated",
-                    "body shorter than the 12-byte header",
-                );
-            }
-            Ok(Ok(Status::Complete(header))) => header,
+        let short = |_| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "truncated",
+                "body shorter than the 12-byte header",
+            )
         };
+        // A codec error includes metadata over MAX_ROUTED_METADATA (limit_exceeded, 413).
+        let (reader, header) =
+            match read_prefix(reader, &mut prefix, header_status, config.max_body, short).await {
+                Ok(read) => read,
+                Err(answer) => return *answer,
+            };
         if header.message_len() > config.max_body {
             reader.drain_later();
             return too_large(config.max_body);
         }
         // The prefix the codec needs is the header and metadata; the tensor
         // bytes stream on without being held (AVP-HTTP-51).
-        let routing = match reader.read_until(&mut prefix, routing_status).await {
-            Err(err) => return read_error_draining(reader, err, config.max_body),
-            Ok(Err(err)) => return wire_error(&err),
-            Ok(Ok(Status::NeedMore(_))) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "truncated",
-                    "body ends inside the metadata",
-                );
-            }
-            Ok(Ok(Status::Complete(routing))) => routing,
+        let short = |_| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "truncated",
+                "body ends inside the metadata",
+            )
         };
+        let (reader, routing) =
+            match read_prefix(reader, &mut prefix, routing_status, config.max_body, short).await {
+                Ok(read) => read,
+                Err(answer) => return *answer,
+            };
         let Some(base) = self.routes.get(&routing.target_agent_id) else {
             return unknown_target(&routing.target_agent_id);
         };
