@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{Scratch, avp, workspace};
@@ -72,6 +72,23 @@ fn text(v: &serde_json::Value) -> &str {
     v["text"].as_str().unwrap()
 }
 
+/// `avp project` of `prompt` after `steps` latent steps, from trained_a into trained_b.
+fn project_a_to_b(prompt: &str, steps: &str, out: &Path) {
+    ok(&[
+        "project",
+        "--source",
+        &model("trained_a"),
+        "--target",
+        &model("trained_b"),
+        "--prompt",
+        prompt,
+        "--steps",
+        steps,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}
+
 /// AVP-PIPE-1: `avp generate` continues a projected HIDDEN_STATE message
 /// (the SDK's cross-model generate), and `avp project` writes one that
 /// continues the same way; another model refuses it with a typed error.
@@ -84,19 +101,11 @@ fn generate_continues_a_projected_thought() {
         let got = generate("trained_b", Some(sdk.to_str().unwrap()));
         assert_eq!(got, text(&case["generate"]), "steps {}", case["steps"]);
         let ours = dir.path(&format!("h{}.avp", case["steps"]));
-        ok(&[
-            "project",
-            "--source",
-            &model("trained_a"),
-            "--target",
-            &model("trained_b"),
-            "--prompt",
+        project_a_to_b(
             t["prompt"].as_str().unwrap(),
-            "--steps",
             &case["steps"].to_string(),
-            "--out",
-            ours.to_str().unwrap(),
-        ]);
+            &ours,
+        );
         assert_eq!(
             generate("trained_b", Some(ours.to_str().unwrap())),
             text(&case["generate"])
@@ -104,19 +113,7 @@ fn generate_continues_a_projected_thought() {
     }
     // The wrong prompt's thought continues differently.
     let wrong = dir.path("wrong.avp");
-    ok(&[
-        "project",
-        "--source",
-        &model("trained_a"),
-        "--target",
-        &model("trained_b"),
-        "--prompt",
-        t["wrong_prompt"].as_str().unwrap(),
-        "--steps",
-        "2",
-        "--out",
-        wrong.to_str().unwrap(),
-    ]);
+    project_a_to_b(t["wrong_prompt"].as_str().unwrap(), "2", &wrong);
     let case = &t["cross_model"]["cases"][1];
     assert_eq!(
         generate("trained_b", Some(wrong.to_str().unwrap())),

@@ -33,6 +33,18 @@ fn serve(extra: &[&str]) -> Running {
     start(command)
 }
 
+/// `avp serve` over HTTPS with the test PKI's server certificate, storing into `store`.
+fn serve_tls(store: &Path, cert: &Path, key: &Path) -> Running {
+    serve(&[
+        "--store",
+        s(store),
+        "--tls-cert",
+        s(cert),
+        "--tls-key",
+        s(key),
+    ])
+}
+
 /// `avp serve` with its progress lines going to `log`.
 fn serve_logged(extra: &[&str], log: &Path) -> Running {
     let mut command = avp();
@@ -625,14 +637,7 @@ fn http_70_71_sdk_httpx_client_over_https_reaches_avp_serve() {
     let scratch = Scratch::new("transport", "https-sdk");
     let [ca, cert, key, _, _] = pki::test_pki(&scratch.0);
     let store = scratch.path("store");
-    let server = serve(&[
-        "--store",
-        s(&store),
-        "--tls-cert",
-        s(&cert),
-        "--tls-key",
-        s(&key),
-    ]);
+    let server = serve_tls(&store, &cert, &key);
     assert!(server.url.starts_with("https://"), "{}", server.url);
     let out = scratch.path("sent");
     std::fs::create_dir_all(&out).expect("out dir");
@@ -841,14 +846,7 @@ fn http_56_75_avp_route_over_tls_and_a_silent_upstream() {
     let scratch = Scratch::new("transport", "route-tls");
     let [ca, cert, key, _, _] = pki::test_pki(&scratch.0);
     let store = scratch.path("store");
-    let agent = serve(&[
-        "--store",
-        s(&store),
-        "--tls-cert",
-        s(&cert),
-        "--tls-key",
-        s(&key),
-    ]);
+    let agent = serve_tls(&store, &cert, &key);
     // Accepts, reads, never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
