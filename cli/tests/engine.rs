@@ -194,6 +194,51 @@ fn a_context_from_another_model_fails_cleanly() {
     );
 }
 
+/// `--context` files that are no whole AVP message: `/dev/zero` is refused
+/// after its header (not read without end), a truncated message and a stray
+/// text file get the codec's typed error; `think` and `generate` alike.
+#[test]
+fn context_files_that_are_not_messages_fail_cleanly() {
+    let q = models().join("qwen2");
+    let good = tmp("whole.avp");
+    assert!(
+        avp(&[
+            "think",
+            "--model",
+            q.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--steps",
+            "1",
+            "--out",
+            good.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = tmp("truncated.avp");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let text = tmp("stray.txt");
+    std::fs::write(&text, "not a message at all\n").unwrap();
+    for (context, expect) in [
+        ("/dev/zero", "magic"),
+        (truncated.to_str().unwrap(), "truncated"),
+        (text.to_str().unwrap(), "magic"),
+    ] {
+        let never = tmp("never.avp");
+        let model = ["--model", q.to_str().unwrap(), "--prompt", "x"];
+        let think = ["think", "--steps", "1", "--out", never.to_str().unwrap()];
+        for command in [&["generate"][..], &think[..]] {
+            let out = avp(&[command, &model[..], &["--context", context][..]].concat());
+            assert_eq!(out.status.code(), Some(1), "{command:?} {context}");
+            let err = String::from_utf8(out.stderr).unwrap();
+            assert!(err.contains(expect), "{command:?} {context}: {err}");
+        }
+    }
+    assert!(!tmp("never.avp").exists(), "nothing is written on failure");
+}
+
 /// AVP-ENG-17: `avp project` writes one float32 HIDDEN_STATE message.
 #[test]
 fn project_writes_a_float32_hidden_state_of_the_target_width() {

@@ -151,6 +151,34 @@ pub(crate) fn write_out(path: &PathBuf, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Reads the AVP message in `path` for `--context`: its 12-byte header first,
+/// then the length that header declares (and one byte more, so the codec still
+/// sees and reports trailing bytes). A file that is no AVP message, `/dev/zero`
+/// say, is refused after 12 bytes instead of being read without end.
+pub(crate) fn read_context_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let shown = || format!("reading {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(shown)?;
+    let mut bytes = Vec::with_capacity(avp_codec::HEADER_LEN);
+    (&mut file)
+        .take(avp_codec::HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .with_context(shown)?;
+    let declared = match avp_codec::parse_header(&bytes, &avp_codec::Limits::default()) {
+        Err(e) => return Err(anyhow::Error::new(e).context(shown())),
+        // A file shorter than a header: the codec reports it as truncated.
+        Ok(avp_codec::Status::NeedMore(_)) => return Ok(bytes),
+        Ok(avp_codec::Status::Complete(header)) => header.message_len(),
+    };
+    let rest = declared
+        .saturating_sub(avp_codec::HEADER_LEN as u64)
+        .saturating_add(1);
+    file.take(rest)
+        .read_to_end(&mut bytes)
+        .with_context(shown)?;
+    Ok(bytes)
+}
+
 /// Reports an error the anyhow way and returns exit status 1.
 pub(crate) fn fail(e: &anyhow::Error) -> ExitCode {
     // A closed stdout (`avp think --out - | head -c1`) is the reader's choice, not an error.

@@ -68,7 +68,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let capacity = engine.config().decoder.max_position_embeddings;
     let context = match &args.context {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes = read_context_file(p)?;
             let headroom = args.max_new_tokens.min(capacity).saturating_add(512);
             Some(engine.import_message(&bytes, headroom)?)
         }

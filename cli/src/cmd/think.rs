@@ -65,7 +65,7 @@ fn think(args: &ThinkArgs) -> Result<()> {
     };
     let context = match &args.context {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes = read_context_file(p)?;
             Some(engine.import_message(&bytes, args.steps.saturating_add(512))?)
         }
         None => None,
