@@ -3,7 +3,7 @@
 //! which `json.loads` reads as inf), sent by the SDK's own `AVPClient`
 //! (avp==0.6.2) to `avp serve` directly and through `avp route`: accepted
 //! end to end, stored byte for byte, and read back by Python as the value
-//! that was sent (AVP-HTTP-33; issue 15).
+//! that was sent (AVP-HTTP-33, AVP-JSON-6; issue 15).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

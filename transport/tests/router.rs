@@ -354,7 +354,7 @@ async fn http_75_a_router_speaks_tls_on_both_sides() {
 
 /// What Python's `json.dumps` writes (`NaN`, `Infinity`, `-Infinity`) and
 /// `json.loads` reads (`1e400`) is JSON to the agent and to the router: the
-/// SDK's text messages are accepted and stored as sent (issue 15; the SDK's
+/// SDK's text messages are accepted and stored as sent (AVP-JSON-6; the SDK's
 /// own client drives the same through `avp route` in
 /// cli/tests/transport_nonfinite.rs).
 #[tokio::test]
