@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use avp_engine::{GenerateOptions, Sampling};
 use clap::Args;
 
-use super::engine_common::{DeviceArgs, Progress, PromptArgs, fail, load, report};
+use super::engine_common::{
+    DeviceArgs, Progress, PromptArgs, fail, load, read_context_file, report,
+};
 
 /// Arguments of `avp generate`.
 #[derive(Args, Debug)]

@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use super::address::AddressArgs;
 use super::engine_common::{
-    DeviceArgs, Progress, PromptArgs, destination, fail, load, report, write_out,
+    DeviceArgs, Progress, PromptArgs, destination, fail, load, read_context_file, report, write_out,
 };
 use super::handoff::{HandoffArgs, Sender, hand_off};
 
