@@ -61,7 +61,7 @@ pub(crate) fn wire_dtype(kind: Kind) -> Result<KvDtype> {
     }
 }
 
-fn kind_of(d: KvDtype) -> Result<Kind> {
+pub(crate) fn kind_of(d: KvDtype) -> Result<Kind> {
     match d {
         KvDtype::Float32 => Ok(Kind::Float),
         KvDtype::Float16 => Ok(Kind::Half),
@@ -284,7 +284,7 @@ impl LatentContext {
 }
 
 /// What a received message's `extra.num_steps` says (absent = 0).
-fn num_steps_of(extra: &BTreeMap<String, String>) -> Result<usize> {
+pub(crate) fn num_steps_of(extra: &BTreeMap<String, String>) -> Result<usize> {
     match extra.get("num_steps") {
         None => Ok(0),
         Some(s) => s

@@ -448,7 +448,8 @@ impl Engine {
     }
 
     /// Any received context message: a KV_CACHE message is imported
-    /// ([`Engine::import_context`]), a HIDDEN_STATE message projected for
+    /// ([`Engine::import_context`]), a quantized KV_CACHE_EXT one is
+    /// dequantized on the device ([`crate::kv_quant::import`]), a HIDDEN_STATE message projected for
     /// this model primes a fresh cache ([`LatentContext::import_hidden_state`]).
     /// The receiver continues from whatever arrived (AVP-PIPE-1).
     pub fn import_message(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
@@ -462,6 +463,9 @@ impl Engine {
                 self.model_family(),
                 bytes,
             ),
+            avp_codec::PayloadType::KvCacheExt => {
+                crate::kv_quant::import(&self.model, self.model_hash(), bytes, headroom)
+            }
             _ => self.import_context(bytes, headroom),
         }
     }

@@ -17,6 +17,7 @@ pub mod engine; // Engine: one loaded model and tokenizer; think, generate, impo
 pub mod error; // the crate's error type
 pub mod handoff; // what a sender transmits for a resolved handshake, and those messages
 pub mod hash; // the SDK's model hash of a config
+pub mod kv_quant; // quantized contexts: quantize before export, dequantize after import, on the device
 pub mod latent; // latent realignment: the projector from hidden state to input embedding
 pub mod llama; // Llama's config defaults
 pub mod mistral; // Mistral's config defaults and sliding window

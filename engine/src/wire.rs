@@ -1,5 +1,6 @@
 //! The engine's only contact with the AVP wire format, through `avp-codec`:
-//! building and reading KV_CACHE and HIDDEN_STATE messages (AVP-ENG-7, AVP-ENG-17).
+//! building and reading KV_CACHE, KV_CACHE_EXT and HIDDEN_STATE messages
+//! (AVP-ENG-7, AVP-ENG-17, AVP-ENG-28).
 //!
 //! [`WireMeta`] is the slice of the Metadata the engine reads and writes;
 //! everything else (header, checksum, compression, limits, proto3 rules) is
@@ -21,6 +22,8 @@ pub enum PayloadKind {
     HiddenState,
     /// A serialized KV-cache.
     KvCache,
+    /// A quantized or delta KV-cache (AVP-KVQ-1; see kv_quant.rs).
+    KvCacheExt,
 }
 
 /// The metadata fields the engine uses.
@@ -59,6 +62,7 @@ pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
         .with_payload_type(match meta.payload {
             PayloadKind::HiddenState => PayloadType::HiddenState,
             PayloadKind::KvCache => PayloadType::KvCache,
+            PayloadKind::KvCacheExt => PayloadType::KvCacheExt,
         })
         .with_dtype(meta.dtype.data_type())
         .with_tensor_shape(meta.tensor_shape.as_slice())
@@ -80,6 +84,7 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
     let payload = match m.payload_type {
         PayloadType::HiddenState => PayloadKind::HiddenState,
         PayloadType::KvCache => PayloadKind::KvCache,
+        PayloadType::KvCacheExt => PayloadKind::KvCacheExt,
         other => {
             return Err(EngineError::InvalidContext(format!(
                 "payload type {} is not supported",
