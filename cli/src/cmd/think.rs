@@ -4,12 +4,18 @@
 //! did (AVP-CLI-9). With `--to URL` it also hands the thought to that agent
 //! (handoff.rs, AVP-PIPE-3): the handshake's session and agent ids address
 //! what is sent, whatever `--session/--source-agent/--target-agent` say.
+//! `--kv-quant int8|int4` writes the context quantized, as a KV_CACHE_EXT
+//! message (spec/protocol/kv-quant.md), quantized on the model's device
+//! (AVP-ENG-28); only a peer that announced the scheme can read it, so it
+//! is for files, not for `--to`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Args;
+use avp_codec::kv_quant::KvScheme;
+use avp_engine::kv_quant::params_for;
+use clap::{Args, ValueEnum};
 
 use super::address::AddressArgs;
 use super::engine_common::{
@@ -35,6 +41,9 @@ pub(crate) struct ThinkArgs {
     /// Output file for the KV_CACHE message (`-` for stdout); optional with --to.
     #[arg(long, required_unless_present = "to")]
     out: Option<PathBuf>,
+    /// Write the context quantized, as a KV_CACHE_EXT message that only AVP-KVQ receivers read: int8, or int4 (head_dim a multiple of 32).
+    #[arg(long, value_name = "SCHEME", conflicts_with = "to")]
+    kv_quant: Option<KvQuant>,
     /// Identity hash to write and accept instead of the config.json hash (e.g. the SDK peer's).
     #[arg(long)]
     model_hash: Option<String>,
@@ -44,6 +53,25 @@ pub(crate) struct ThinkArgs {
     handoff: HandoffArgs,
     #[command(flatten)]
     load: DeviceArgs,
+}
+
+/// The schemes of `--kv-quant` (AVP-KVQ-5, AVP-KVQ-6).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KvQuant {
+    // Symmetric 8-bit, per token and head (no doc comment: it would make
+    // clap print every flag's help in long form).
+    Int8,
+    // Asymmetric 4-bit, KIVI-style.
+    Int4,
+}
+
+impl KvQuant {
+    fn scheme(self) -> KvScheme {
+        match self {
+            KvQuant::Int8 => KvScheme::Int8,
+            KvQuant::Int4 => KvScheme::Int4,
+        }
+    }
 }
 
 pub(crate) fn run(args: ThinkArgs) -> ExitCode {
@@ -86,12 +114,19 @@ fn think(args: &ThinkArgs) -> Result<()> {
             "warning: Inf in the hidden state; generation from this context will likely be garbage"
         ));
     }
-    let bytes = args.address.readdress(ctx.to_bytes()?)?;
+    let message = match args.kv_quant {
+        None => ctx.to_bytes()?,
+        Some(q) => {
+            let params = params_for(q.scheme(), ctx.cache.head_dim(), ctx.seq_len())?;
+            ctx.to_bytes_quantized(&params)?
+        }
+    };
+    let bytes = args.address.readdress(message)?;
     if let Some(out) = &args.out {
         write_out(out, &bytes)?;
     }
     report(format_args!(
-        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{} in {:.2} s (model load {:.2} s)",
+        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{}{} in {:.2} s (model load {:.2} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -102,6 +137,8 @@ fn think(args: &ThinkArgs) -> Result<()> {
         args.steps,
         ctx.seq_len(),
         bytes.len(),
+        args.kv_quant
+            .map_or_else(String::new, |q| format!(" ({})", q.scheme().name())),
         args.out.as_ref().map_or_else(String::new, |out| format!(
             " written to {}",
             destination(out)
