@@ -239,7 +239,7 @@ pub fn quantized_payload(cache: &KvCache, params: &QuantParams) -> Result<Vec<u8
     parts.push(flag);
     let host = Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?;
     let body = total.saturating_sub(KVX_HEADER_LEN);
-    let numel = usize::try_from(host.numel()).unwrap_or(0);
+    let numel = host.numel();
     if numel != body.saturating_add(1) {
         return Err(EngineError::Torch(tch::TchError::Shape(format!(
             "quantized {numel} bytes, the header declares {}",
