@@ -19,7 +19,17 @@ fn models() -> PathBuf {
 }
 
 fn load(dir: &Path, kind: Option<Kind>, weights: WeightSource) -> Engine {
+    load_on(avp_engine::Device::Cpu, dir, kind, weights)
+}
+
+fn load_on(
+    device: avp_engine::Device,
+    dir: &Path,
+    kind: Option<Kind>,
+    weights: WeightSource,
+) -> Engine {
     let opts = LoadOptions {
+        device,
         kind,
         weights,
         ..LoadOptions::default()
@@ -253,4 +263,44 @@ fn bad_quantized_contexts_are_refused_typed() {
         matches!(err, EngineError::InvalidContext(ref m) if m.contains("does not fit")),
         "{err}"
     );
+}
+
+/// AVP-ENG-28, AVP-ENG-29 on CUDA (feature `cuda-tests`; skips without a
+/// device unless `AVP_REQUIRE_CUDA=1`): quantizing and dequantizing on the
+/// GPU still gives the codec's bytes and floats, the claim that makes the
+/// divisors device tensors (a host-scalar division may become a
+/// multiplication by the reciprocal there).
+#[cfg(feature = "cuda-tests")]
+#[test]
+fn on_cuda_the_bytes_and_floats_are_the_codecs_too() {
+    if !tch::Cuda::is_available() {
+        assert!(
+            std::env::var_os("AVP_REQUIRE_CUDA").is_none(),
+            "AVP_REQUIRE_CUDA set but no GPU"
+        );
+        eprintln!("cuda-tests: no CUDA device visible, skipping");
+        return;
+    }
+    let gpu = avp_engine::Device::Cuda(0);
+    let model = Int4Model::new("cuda");
+    for kind in [Some(Kind::Float), Some(Kind::BFloat16), Some(Kind::Half)] {
+        let engine = load_on(
+            gpu,
+            &models().join("trained_b"),
+            kind,
+            WeightSource::Checkpoint,
+        );
+        let ctx = think(&engine, 5);
+        let params = params_for(KvScheme::Int8, 12, ctx.seq_len()).unwrap();
+        check_both_ways(
+            &engine,
+            &ctx,
+            &params,
+            &format!("cuda trained_b {kind:?} int8"),
+        );
+        let engine = load_on(gpu, &model.0, kind, WeightSource::Random { seed: 3 });
+        let ctx = think(&engine, 40);
+        let params = params_for(KvScheme::Int4, 32, ctx.seq_len()).unwrap();
+        check_both_ways(&engine, &ctx, &params, &format!("cuda {kind:?} int4"));
+    }
 }
