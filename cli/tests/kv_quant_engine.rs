@@ -124,6 +124,29 @@ fn think_kv_quant_int8_decodes_and_generate_continues_from_it() {
     let from_quantized = generate(&quant);
     assert!(!from_quantized.trim().is_empty());
     assert_eq!(from_quantized, generate(&dequant));
+
+    // A LatentMAS chain continues from it too (think --context).
+    let next = dir.path("next.avp");
+    ok(&[
+        "think",
+        "--model",
+        &model("trained_b"),
+        "--prompt",
+        "Check it.",
+        "--steps",
+        "2",
+        "--context",
+        quant.to_str().unwrap(),
+        "--out",
+        next.to_str().unwrap(),
+    ]);
+    let chained = std::fs::read(&next).unwrap();
+    let chained = avp_codec::decode(&chained).unwrap();
+    let kv = avp_codec::kv::KvHeader::parse(&chained.payload).unwrap();
+    assert!(
+        kv.seq_len > ext.header.seq_len,
+        "the chain extends the quantized context"
+    );
 }
 
 /// AVP-ENG-30: int4 on a head_dim of 12 is refused with the reason and

@@ -136,6 +136,13 @@ fn int8_on_the_device_matches_the_codec_both_ways() {
                 &f16_scales,
                 &format!("{name} {kind:?} int8 g4 f16"),
             );
+            // Scheme none: the same container holding the floats unchanged.
+            check_both_ways(
+                &engine,
+                &ctx,
+                &QuantParams::NONE,
+                &format!("{name} {kind:?} none"),
+            );
         }
     }
 }
