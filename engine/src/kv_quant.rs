@@ -75,7 +75,7 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
 }
 
 fn usize_of(n: u32) -> usize {
-    n as usize // u32 always fits: the engine requires a 64-bit (or 32-bit) target
+    n as usize // lossless: usize has at least 32 bits on every target libtorch supports
 }
 
 /// The header of a full (`seq_start = 0`) payload of `cache` under `params`,
