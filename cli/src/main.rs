@@ -33,6 +33,8 @@ enum Command {
     Encode(cmd::encode::EncodeArgs),
     /// Show a message for humans: header, metadata, per-layer tensor statistics.
     Inspect(cmd::inspect::InspectArgs),
+    /// Convert a KV context: quantize, change its dtype, write or assemble a delta.
+    Convert(cmd::convert::ConvertArgs),
     /// Run an agent endpoint that receives and stores AVP messages.
     Serve(cmd::serve::ServeArgs),
     /// Send an encoded AVP message (or a JSON fallback message) to an agent.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => cmd::decode::run(args),
         Command::Encode(args) => cmd::encode::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Send(args) => cmd::send::run(&args),
         Command::Route(args) => cmd::route::run(&args),

@@ -3,6 +3,7 @@
 pub(crate) mod address;
 pub(crate) mod address_cmd;
 pub(crate) mod conformance;
+pub(crate) mod convert;
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod engine_exec;
