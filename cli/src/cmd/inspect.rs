@@ -1,4 +1,5 @@
-//! `avp inspect FILE`: a human-readable view of a message (spec/impl/cli.md, AVP-CLI-6).
+//! `avp inspect FILE`: a human-readable view of a message (spec/impl/cli.md,
+//! AVP-CLI-6; AVP-CLI-22 for extended KV payloads and `--original`).
 //!
 //! Header, metadata, sizes, warnings, and tensor statistics: for a KV cache
 //! one row per layer (L2 norm, min, max, NaN and Inf counts of K and of V);
@@ -10,9 +11,13 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use avp_codec::tensor::Stats;
+use avp_codec::ErrorKind;
+use avp_codec::kv::KvCache;
+use avp_codec::kv_quant::{KvExt, KvPart, KvScheme, relative_errors};
+use avp_codec::tensor::{Stats, TensorView};
 use clap::Args;
 
+use super::decode::Invalid;
 use super::stream_in::{Decoded, TensorStats, Want};
 
 /// Arguments of `avp inspect`.
@@ -21,6 +26,10 @@ pub(crate) struct InspectArgs {
     /// Decode strictly (AVP-WIRE-20).
     #[arg(long)]
     strict: bool,
+    /// The context the KV message was made from (any KV message `avp convert` reads):
+    /// adds per-layer reconstruction errors of K and V against it (AVP-CLI-22).
+    #[arg(long, value_name = "FILE")]
+    original: Option<PathBuf>,
     /// The message file, or `-` for stdin.
     file: PathBuf,
 }
@@ -143,6 +152,7 @@ pub(crate) fn report(d: &Decoded) -> String {
         Some(TensorStats::Kv(Err(e))) => {
             let _ = writeln!(o, "kv cache: not readable: {e}");
         }
+        Some(TensorStats::Ext(_)) => {} // ext_report, which can fail
         Some(TensorStats::Hidden(s)) => {
             let _ = writeln!(
                 o,
@@ -158,6 +168,157 @@ pub(crate) fn report(d: &Decoded) -> String {
     o
 }
 
+/// The extended KV part of the report (AVP-CLI-22): the scheme, the delta,
+/// sizes, statistics of the dequantized tensors, and with `original` the
+/// reconstruction errors per layer. Fails on what the payload's layout or
+/// scale values make invalid (AVP-KVQ-3) and on an original of another shape.
+pub(crate) fn ext_report(
+    payload: &[u8],
+    original: Option<&KvCache<'_>>,
+) -> Result<String, Invalid> {
+    let mut o = String::new();
+    let ext = KvExt::parse(payload)?;
+    let h = &ext.header;
+    let _ = writeln!(
+        o,
+        "kv cache (extended): {} layers, {} kv heads, head_dim {}, seq_len {}, {}",
+        h.num_layers,
+        h.num_kv_heads,
+        h.head_dim,
+        h.seq_len,
+        h.dtype.name()
+    );
+    match h.scheme {
+        KvScheme::None => {
+            let _ = writeln!(o, "  scheme           none (floats in {})", h.dtype.name());
+        }
+        scheme => {
+            let _ = writeln!(
+                o,
+                "  scheme           {}, group_size {}, scale_dtype {}, residual {}, {} scales per tensor",
+                scheme.name(),
+                h.group_size,
+                super::decode::scale_name(h.scale_dtype),
+                h.residual,
+                h.scales_per_tensor
+            );
+        }
+    }
+    match ext.prefix {
+        Some(prefix) => {
+            let _ = writeln!(
+                o,
+                "  delta            positions [{}, {}) on the prefix {}",
+                h.seq_start,
+                h.seq_len,
+                prefix.to_hex()
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  delta            no (the whole context)");
+        }
+    }
+    let dequantized = ext.dequantized_len();
+    let _ = writeln!(
+        o,
+        "  stored           {} bytes; {} dequantized ({:.3} of it)",
+        payload.len(),
+        dequantized,
+        payload.len() as f64 / dequantized.max(1) as f64
+    );
+    let header_row = format!(
+        "{:>12} {:>10} {:>10} {:>5} {:>5}",
+        "l2_norm", "min", "max", "nan", "inf"
+    );
+    let _ = writeln!(o, "dequantized");
+    let _ = writeln!(o, "{:>5} {:>1} {header_row}", "layer", "");
+    let len = usize::try_from(ext.tensor_bytes()).unwrap_or(usize::MAX);
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| Invalid {
+        kind: ErrorKind::LimitExceeded,
+        message: format!("a dequantized tensor of {len} bytes does not fit in memory"),
+    })?;
+    buf.resize(len, 0);
+    let el = h.dtype.element_type();
+    let mut max_abs = Vec::new();
+    for layer in 0..h.num_layers as usize {
+        for (part, name) in [(KvPart::Key, "K"), (KvPart::Value, "V")] {
+            ext.dequantize_tensor(layer, part, &mut buf)?;
+            let stats = TensorView::new(&buf, el).stats();
+            let _ = writeln!(o, "{layer:>5} {name} {}", stats_cells(&stats));
+            if let Some(orig) = original {
+                max_abs.push(max_abs_error(&ext, orig, layer, part, &buf));
+            }
+        }
+    }
+    if let Some(orig) = original {
+        let errors = relative_errors(&ext, orig)?;
+        let _ = writeln!(
+            o,
+            "reconstruction against the original (||x^-x||/||x|| and max |x^-x| over positions [{}, {}))",
+            h.seq_start, h.seq_len
+        );
+        let _ = writeln!(
+            o,
+            "{:>5} {:>12} {:>12} {:>12} {:>12}",
+            "layer", "K rel", "K max_abs", "V rel", "V max_abs"
+        );
+        for (layer, (e, m)) in errors.iter().zip(max_abs.chunks(2)).enumerate() {
+            let (mk, mv) = match m {
+                [k, v] => (*k, *v),
+                _ => (f32::NAN, f32::NAN),
+            };
+            let _ = writeln!(
+                o,
+                "{layer:>5} {:>12.6} {:>12.6} {:>12.6} {:>12.6}",
+                e.key, mk, e.value, mv
+            );
+        }
+    }
+    Ok(o)
+}
+
+/// The largest `|x^ - x|` of one dequantized tensor (`[H, t, D]`, positions
+/// `[p, n)`) against the original's same positions (checked to have the
+/// payload's shape by `relative_errors` before the table is printed).
+fn max_abs_error(
+    ext: &KvExt<'_>,
+    original: &KvCache<'_>,
+    layer: usize,
+    part: KvPart,
+    dequantized: &[u8],
+) -> f32 {
+    let h = &ext.header;
+    let Some(l) = original.layer(layer) else {
+        return f32::NAN;
+    };
+    let tensor = if part == KvPart::Key { l.key } else { l.value };
+    let el = h.dtype.element_type();
+    let row = (h.head_dim as usize).saturating_mul(el.size());
+    let (n, p) = (h.seq_len as usize, h.seq_start as usize);
+    let t = n.saturating_sub(p);
+    let mut worst = 0.0f32;
+    for head in 0..h.num_kv_heads as usize {
+        let orig = tensor
+            .bytes()
+            .get(row * (head * n + p)..row * (head * n + n))
+            .unwrap_or_default();
+        let got = dequantized
+            .get(row * head * t..row * (head + 1) * t)
+            .unwrap_or_default();
+        for (a, b) in TensorView::new(orig, el)
+            .iter_f32()
+            .zip(TensorView::new(got, el).iter_f32())
+        {
+            let d = (a - b).abs();
+            if d > worst || d.is_nan() {
+                worst = d;
+            }
+        }
+    }
+    worst
+}
+
 pub(crate) fn run(args: InspectArgs) -> ExitCode {
     let want = Want {
         blake3: false,
@@ -167,7 +328,33 @@ pub(crate) fn run(args: InspectArgs) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match crate::out::text(&report(&decoded)) {
+    let original = match &args.original {
+        Some(path) => match super::convert::load_context(path, None, None) {
+            Ok(c) => Some(c),
+            Err(stop) => return stop.report(),
+        },
+        None => None,
+    };
+    let original_kv = match original.as_ref().map(|c| c.kv()).transpose() {
+        Ok(kv) => kv,
+        Err(e) => return super::decode::codec_error(&e),
+    };
+    let mut text = report(&decoded);
+    match &decoded.tensor.stats {
+        Some(TensorStats::Ext(payload)) => match ext_report(payload, original_kv.as_ref()) {
+            Ok(more) => text.push_str(&more),
+            Err(e) => return e.report(),
+        },
+        _ if args.original.is_some() => {
+            return Invalid {
+                kind: ErrorKind::InvalidArgument,
+                message: "--original compares a KV_CACHE_EXT message with the context it was made from; this is not one".to_owned(),
+            }
+            .report();
+        }
+        _ => {}
+    }
+    match crate::out::text(&text) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
