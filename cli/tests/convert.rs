@@ -1,4 +1,4 @@
-//! `avp convert` (spec/impl/cli.md, AVP-CLI-20 .. AVP-CLI-23): quantize,
+//! `avp convert` (spec/impl/cli.md, AVP-CLI-20 .. AVP-CLI-22): quantize,
 //! change the dtype, write and assemble deltas; what the SDK reads back; and
 //! hostile or nonsensical inputs, which get a typed error and no output.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -300,7 +300,7 @@ fn cli_21_delta_from_then_base_gives_back_the_same_kv_bytes() {
 }
 
 #[test]
-fn cli_22_deltas_need_their_base_and_bases_must_fit() {
+fn cli_21_22_deltas_need_their_base_and_bases_must_fit() {
     let dir = Scratch::new("convert", "delta-bad");
     let full = context_file(&dir, "full.avp", 40, KvDtype::Float16);
     let base = context_file(&dir, "base.avp", 24, KvDtype::Float16);
@@ -408,7 +408,7 @@ fn cli_22_deltas_need_their_base_and_bases_must_fit() {
 }
 
 #[test]
-fn cli_23_hostile_inputs_and_nonsense_get_clear_errors_and_no_output() {
+fn cli_22_hostile_inputs_and_nonsense_get_clear_errors_and_no_output() {
     let dir = Scratch::new("convert", "hostile");
     let full = context_file(&dir, "full.avp", 40, KvDtype::Float16);
     let out = dir.path("out.avp");

@@ -1,5 +1,5 @@
 //! `avp decode` and `avp inspect` of extended KV messages (spec/impl/cli.md,
-//! AVP-CLI-21, AVP-CLI-22): the scheme and delta in the JSON and the report,
+//! AVP-CLI-23, AVP-CLI-24): the scheme and delta in the JSON and the report,
 //! every corpus case of spec/protocol/kv-quant.md refused with its kind,
 //! and reconstruction errors against the original with `--original`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -60,7 +60,7 @@ fn found_by_dequantizing(id: &str) -> bool {
 }
 
 #[test]
-fn cli_21_decode_json_shows_the_extended_header_and_refuses_every_bad_case() {
+fn cli_23_decode_json_shows_the_extended_header_and_refuses_every_bad_case() {
     let dir = Scratch::new("inspect-kv", "decode");
     let mut checked = 0;
     for case in kv_ext_cases() {
@@ -122,7 +122,7 @@ fn cli_21_decode_json_shows_the_extended_header_and_refuses_every_bad_case() {
 }
 
 #[test]
-fn cli_22_inspect_dequantizes_and_refuses_every_bad_case() {
+fn cli_24_inspect_dequantizes_and_refuses_every_bad_case() {
     let dir = Scratch::new("inspect-kv", "inspect");
     for case in kv_ext_cases() {
         if case["op"] != "kv_ext_decode" {
@@ -157,7 +157,7 @@ fn inspect_case(dir: &Scratch, id: &str) -> String {
 }
 
 #[test]
-fn cli_22_inspect_snapshots() {
+fn cli_24_inspect_snapshots() {
     let dir = Scratch::new("inspect-kv", "snap");
     insta::assert_snapshot!(
         "inspect_int8_f16",
@@ -198,7 +198,7 @@ fn reconstruction_rows(report: &str) -> Vec<[f64; 4]> {
 }
 
 #[test]
-fn cli_22_inspect_original_reports_reconstruction_errors_per_layer() {
+fn cli_24_inspect_original_reports_reconstruction_errors_per_layer() {
     let dir = Scratch::new("inspect-kv", "original");
     let full = context_file(&dir, "full.avp", 64, KvDtype::Float16);
     let (q8, q4, delta) = (dir.path("q8.avp"), dir.path("q4.avp"), dir.path("d.avp"));

@@ -1,5 +1,5 @@
 //! `avp convert IN -o OUT`: re-encodes a KV context (spec/impl/cli.md,
-//! AVP-CLI-20 .. AVP-CLI-23): quantized (`--kv-quant`), plain in a float
+//! AVP-CLI-20 .. AVP-CLI-22): quantized (`--kv-quant`), plain in a float
 //! dtype (`--kv-dtype`), as a delta on a base (`--delta-from`), or a delta
 //! assembled on its base (`--base`).
 //!

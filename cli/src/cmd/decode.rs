@@ -1,5 +1,5 @@
 //! `avp decode --json FILE|-` (spec/impl/cli.md, AVP-CLI-1 .. AVP-CLI-4,
-//! AVP-CLI-21 for extended KV payloads).
+//! AVP-CLI-23 for extended KV payloads).
 //!
 //! Reads one message, decodes it (compatible mode, or strict with
 //! `--strict`) and prints one JSON object. The tensor streams through one
@@ -99,7 +99,7 @@ impl Invalid {
     }
 }
 
-/// The `kv` member of an extended KV payload (AVP-CLI-21) from its first
+/// The `kv` member of an extended KV payload (AVP-CLI-23) from its first
 /// bytes and its length: AVP-KVQ-3 steps 1-9, everything but the scale
 /// values, which only dequantizing reads. No compatible-mode tolerance:
 /// the format is new (AVP-KVQ-3), so any failure is the message's.
@@ -161,7 +161,7 @@ pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
     ExitCode::from(EXIT_IO)
 }
 
-/// The JSON view of a decoded message (AVP-CLI-1, AVP-CLI-21).
+/// The JSON view of a decoded message (AVP-CLI-1, AVP-CLI-23).
 pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Invalid> {
     let m = &d.metadata;
     let extra: serde_json::Map<String, Value> = m

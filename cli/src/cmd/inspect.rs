@@ -1,5 +1,5 @@
 //! `avp inspect FILE`: a human-readable view of a message (spec/impl/cli.md,
-//! AVP-CLI-6; AVP-CLI-22 for extended KV payloads and `--original`).
+//! AVP-CLI-6; AVP-CLI-24 for extended KV payloads and `--original`).
 //!
 //! Header, metadata, sizes, warnings, and tensor statistics: for a KV cache
 //! one row per layer (L2 norm, min, max, NaN and Inf counts of K and of V);
@@ -27,7 +27,7 @@ pub(crate) struct InspectArgs {
     #[arg(long)]
     strict: bool,
     /// The context the KV message was made from (any KV message `avp convert` reads):
-    /// adds per-layer reconstruction errors of K and V against it (AVP-CLI-22).
+    /// adds per-layer reconstruction errors of K and V against it (AVP-CLI-24).
     #[arg(long, value_name = "FILE")]
     original: Option<PathBuf>,
     /// The message file, or `-` for stdin.
@@ -168,7 +168,7 @@ pub(crate) fn report(d: &Decoded) -> String {
     o
 }
 
-/// The extended KV part of the report (AVP-CLI-22): the scheme, the delta,
+/// The extended KV part of the report (AVP-CLI-24): the scheme, the delta,
 /// sizes, statistics of the dequantized tensors, and with `original` the
 /// reconstruction errors per layer. Fails on what the payload's layout or
 /// scale values make invalid (AVP-KVQ-3) and on an original of another shape.
