@@ -355,9 +355,9 @@ impl Assembler {
         }
     }
 
-    /// Adds one chunk (AVP-CHK-4..7): `limit_exceeded` for a context over
-    /// the limits, `bad_chunk` for a chunk that contradicts itself,
-    /// `chunk_conflict` for one that contradicts the chunks held (another
+    /// Adds one chunk (AVP-CHK-3..8, in the order of AVP-CHK-8):
+    /// `bad_chunk` for a chunk that contradicts itself, `limit_exceeded` for a context over
+    /// the limits, `chunk_conflict` for one that contradicts the chunks held (another
     /// context, other dimensions, overlapping layers, a gap between
     /// neighbours, a different chunk under an index already held).
     /// On error nothing changes.
@@ -370,12 +370,12 @@ impl Assembler {
             context_digest: d.context_digest,
             header: d.context_header(&chunk.header),
         };
+        // `new` validated already, but a caller may have built the struct.
+        let checked = ChunkInfo::new(*d, chunk.header, chunk.payload_len, chunk.payload_crc32)?;
         match &self.context {
             Some(held) => check_same_context(held, &context)?,
             None => self.check_limits(&context)?,
         }
-        // `new` validated already, but a caller may have built the struct.
-        let checked = ChunkInfo::new(*d, chunk.header, chunk.payload_len, chunk.payload_crc32)?;
         if let Some(held) = self.held.get(&d.index) {
             if *held == checked {
                 return Ok(Added::Duplicate);
