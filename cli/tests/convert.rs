@@ -522,3 +522,167 @@ fn cli_22_hostile_inputs_and_nonsense_get_clear_errors_and_no_output() {
         assert!(!out.exists());
     }
 }
+
+/// The messages of a file written back to back, split by their headers.
+fn messages_of(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let header = avp_codec::check_header(&bytes[at..], &avp_codec::Limits::DEFAULT).unwrap();
+        let end = at + header.message_len() as usize;
+        out.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    out
+}
+
+#[test]
+fn cli_25_chunk_mib_splits_and_join_gives_back_the_message() {
+    let dir = Scratch::new("convert", "chunks");
+    // 2 layers of 2 x 2 x 3000 x 64 x 2 bytes: 1.5 MiB each.
+    let payload = kv_payload(2, 2, 64, 3000, KvDtype::Float16);
+    let full = dir.path("full.avp");
+    std::fs::write(&full, kv_message(&payload, KvDtype::Float16)).unwrap();
+    let chunked = dir.path("chunked.avp");
+    let report = convert_ok(&[&full, &"-o", &chunked, &"--chunk-mib", &"2"]);
+    assert_eq!(report["chunks"], 2, "one layer per chunk of at most 2 MiB");
+    let messages = messages_of(&chunked);
+    assert_eq!(messages.len(), 2);
+    for m in &messages {
+        let msg = avp_codec::decode_with(m, &avp_codec::DecodeOptions::strict()).unwrap();
+        assert!(msg.metadata.extra.get("avp.chunk").is_some());
+        assert!(m.len() <= 2 << 20);
+    }
+    let joined = dir.path("joined.avp");
+    let report = convert_ok(&[&chunked, &"-o", &joined, &"--join"]);
+    assert_eq!(report["chunks"], Value::Null);
+    assert_eq!(
+        std::fs::read(&joined).unwrap(),
+        std::fs::read(&full).unwrap(),
+        "the joined message is the original, byte for byte"
+    );
+    // Chunks in another order, and an identical duplicate, join the same.
+    let shuffled = dir.path("shuffled.avp");
+    std::fs::write(
+        &shuffled,
+        [&messages[1][..], &messages[0], &messages[1]].concat(),
+    )
+    .unwrap();
+    let joined2 = dir.path("joined2.avp");
+    convert_ok(&[&shuffled, &"-o", &joined2, &"--join"]);
+    assert_eq!(
+        std::fs::read(&joined2).unwrap(),
+        std::fs::read(&full).unwrap()
+    );
+    // A chunked file is a context like any other: quantize it, or split it in another dtype.
+    let (q1, q2) = (dir.path("q1.avp"), dir.path("q2.avp"));
+    convert_ok(&[&chunked, &"-o", &q1, &"--kv-quant", &"int8"]);
+    convert_ok(&[&full, &"-o", &q2, &"--kv-quant", &"int8"]);
+    assert_eq!(decoded(&q1).payload, decoded(&q2).payload);
+    let f32_chunks = dir.path("f32.avp");
+    let report = convert_ok(&[
+        &chunked,
+        &"-o",
+        &f32_chunks,
+        &"--chunk-mib",
+        &"8",
+        &"--kv-dtype",
+        &"float32",
+    ]);
+    assert_eq!(
+        (report["chunks"].as_u64(), report["dtype"].as_str()),
+        (Some(1), Some("float32"))
+    );
+    // A delta assembled straight into chunks.
+    let base = context_file(&dir, "base.avp", 1000, KvDtype::Float16);
+    let (delta, rechunked, rejoined) = (dir.path("d.avp"), dir.path("rc.avp"), dir.path("rj.avp"));
+    convert_ok(&[&full, &"-o", &delta, &"--delta-from", &base]);
+    convert_ok(&[
+        &delta,
+        &"-o",
+        &rechunked,
+        &"--base",
+        &base,
+        &"--chunk-mib",
+        &"2",
+    ]);
+    convert_ok(&[&rechunked, &"-o", &rejoined, &"--join"]);
+    assert_eq!(decoded(&rejoined).payload, payload);
+    // What cannot work: a layer over the chunk size, --join of one message, a
+    // chunk missing, chunks of two contexts, a plain message among chunks.
+    let out = dir.path("out.avp");
+    let big = dir.path("big.avp");
+    std::fs::write(
+        &big,
+        kv_message(
+            &kv_payload(1, 2, 64, 9000, KvDtype::Float16),
+            KvDtype::Float16,
+        ),
+    )
+    .unwrap();
+    convert_refused(
+        &[&big, &"-o", &out, &"--chunk-mib", &"1"],
+        &out,
+        "invalid_argument",
+    );
+    let why = convert_refused(&[&full, &"-o", &out, &"--join"], &out, "invalid_argument");
+    assert!(why.contains("chunked"), "{why}");
+    let missing = dir.path("missing.avp");
+    std::fs::write(&missing, &messages[0]).unwrap();
+    convert_refused(
+        &[&missing, &"-o", &out, &"--join"],
+        &out,
+        "incomplete_context",
+    );
+    let other = dir.path("other.avp");
+    convert_ok(&[&full, &"-o", &other, &"--chunk-mib", &"2"]);
+    let mixed = dir.path("mixed.avp");
+    std::fs::write(&mixed, [&messages[0][..], &messages_of(&other)[1]].concat()).unwrap();
+    convert_refused(&[&mixed, &"-o", &out, &"--join"], &out, "chunk_conflict");
+    let stray = dir.path("stray.avp");
+    std::fs::write(
+        &stray,
+        [
+            &messages[0][..],
+            &std::fs::read(&full).unwrap(),
+            &messages[1],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    convert_refused(&[&stray, &"-o", &out, &"--join"], &out, "bad_chunk");
+    let cut = dir.path("cut.avp");
+    let all = std::fs::read(&chunked).unwrap();
+    std::fs::write(&cut, &all[..all.len() - 10]).unwrap();
+    convert_refused(&[&cut, &"-o", &out, &"--join"], &out, "truncated");
+    // A chunked context too large for one message is refused after its first chunk,
+    // without reading or assembling the rest (here: 2 of 4000 layers of 2 MiB).
+    let huge = dir.path("huge.avp");
+    let descriptor = format!("1:{}:0:2000:0:2:4000:{}", "ab".repeat(16), "cd".repeat(32));
+    let m = Metadata::new()
+        .with_payload_type(PayloadType::KvCache)
+        .with_dtype(DataType::Float16)
+        .with_extra_entry("avp.chunk", descriptor);
+    let two_layers = kv_payload(2, 2, 64, 4096, KvDtype::Float16);
+    std::fs::write(
+        &huge,
+        avp_codec::encode(&m, &two_layers, Compression::None).unwrap(),
+    )
+    .unwrap();
+    let why = convert_refused(&[&huge, &"-o", &out, &"--join"], &out, "invalid_argument");
+    assert!(why.contains("more than one message carries"), "{why}");
+    // Usage errors: chunks of a quantized or delta payload mean nothing (AVP-CHK-1).
+    for args in [
+        &["--chunk-mib", "0"][..],
+        &["--chunk-mib", "2", "--kv-quant", "int8"][..],
+        &["--chunk-mib", "2", "--join"][..],
+        &["--join", "--base", "x"][..],
+    ] {
+        let mut all: Vec<Arg<'_>> = vec![&full, &"-o", &out];
+        all.extend(args.iter().map(|a| a as Arg<'_>));
+        let (code, _, _) = run(&all);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(!out.exists());
+    }
+}

@@ -245,3 +245,114 @@ fn cli_24_inspect_original_reports_reconstruction_errors_per_layer() {
         (1, Some("bad_magic"))
     );
 }
+
+/// The messages of a file written back to back, split by their headers.
+fn messages_of(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let header = avp_codec::check_header(&bytes[at..], &avp_codec::Limits::DEFAULT).unwrap();
+        let end = at + header.message_len() as usize;
+        out.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    out
+}
+
+#[test]
+fn cli_25_decode_and_inspect_report_each_chunk_and_the_verified_context() {
+    let dir = Scratch::new("inspect-kv", "chunks");
+    let payload = kv_files::kv_payload(4, 2, 64, 3000, KvDtype::Float16);
+    let full = dir.path("full.avp");
+    std::fs::write(&full, kv_files::kv_message(&payload, KvDtype::Float16)).unwrap();
+    let chunked = dir.path("chunked.avp");
+    convert(&[&full, &"-o", &chunked, &"--chunk-mib", &"4"]);
+    let (code, stdout, stderr) = avp_run(&[&"decode", &"--json", &chunked]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "one line");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let chunks = v["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2);
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["chunk"]["index"], i);
+        assert_eq!(c["chunk"]["layer_start"], 2 * i);
+        assert_eq!(c["chunk"]["layer_end"], 2 * i + 2);
+        assert_eq!(c["kv"]["num_layers"], 2);
+        assert_eq!(c["metadata"]["payload_type"], "KV_CACHE");
+        assert_eq!(
+            c["warnings"],
+            serde_json::json!([]),
+            "no trailing-bytes warning"
+        );
+    }
+    let ctx = &v["context"];
+    assert_eq!(ctx["digest_verified"], true);
+    assert_eq!(ctx["num_layers"], 4);
+    assert_eq!(ctx["payload_length"], payload.len());
+    assert_eq!(
+        ctx["context_digest"],
+        blake3::hash(&payload).to_hex().as_str()
+    );
+    // Out of order: the report follows the file.
+    let m = messages_of(&chunked);
+    let shuffled = dir.path("shuffled.avp");
+    std::fs::write(&shuffled, [&m[1][..], &m[0]].concat()).unwrap();
+    let (code, stdout, _) = avp_run(&[&"decode", &"--json", &shuffled]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["chunks"][0]["chunk"]["index"], 1);
+    // inspect: each chunk placed in the context, its rows numbered as the context's layers.
+    let (code, text, _) = avp_run(&[&"inspect", &shuffled]);
+    assert_eq!(code, 0);
+    assert!(
+        text.starts_with("chunk 1 of 2: layers [2, 4) of 4, at byte 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("\n    3 V "), "{text}");
+    assert!(text.contains("(verified)"), "{text}");
+    // Broken assemblies, each with its kind, from decode and inspect alike.
+    let forged = {
+        // Chunk 1 with one changed layer byte and a CRC that matches it: only the digest can tell.
+        let msg = avp_codec::decode(&m[1]).unwrap();
+        let mut meta = msg.metadata.clone();
+        meta.payload_checksum = None;
+        let mut tensor = msg.payload.to_vec();
+        tensor[100] ^= 1;
+        avp_codec::encode(&meta, &tensor, avp_codec::Compression::None).unwrap()
+    };
+    let other = dir.path("other.avp");
+    convert(&[&full, &"-o", &other, &"--chunk-mib", &"4"]);
+    let o = messages_of(&other);
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("missing", m[0].clone(), "incomplete_context"),
+        (
+            "digest",
+            [&m[0][..], &forged].concat(),
+            "context_digest_mismatch",
+        ),
+        ("mixed", [&m[0][..], &o[1]].concat(), "chunk_conflict"),
+        (
+            "stray",
+            [&m[0][..], &std::fs::read(&full).unwrap(), &m[1]].concat(),
+            "bad_chunk",
+        ),
+        (
+            "cut",
+            [&m[0][..], &m[1][..m[1].len() - 1]].concat(),
+            "truncated",
+        ),
+    ];
+    for (name, bytes, kind) in cases {
+        let path = dir.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        for cmd in ["decode", "inspect"] {
+            let (code, stdout, stderr) = avp_run(&[&cmd, &path]);
+            assert_eq!(
+                (code, error_kind(&stdout).as_deref()),
+                (1, Some(kind)),
+                "{cmd} {name}: {stdout}{stderr}"
+            );
+        }
+    }
+}

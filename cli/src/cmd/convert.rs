@@ -14,19 +14,21 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use avp_codec::kv::{KvCache, KvDtype};
-use avp_codec::kv_delta::{assemble, prefix_address, split_delta};
-use avp_codec::kv_quant::{KvExt, KvScheme, QuantParams, ScaleDtype, convert_dtype, encode_ext};
-use avp_codec::{Compression, Error, ErrorKind, Limits, Metadata, PayloadType, Shape};
+use avp_codec::chunk::{CHUNK_EXTRA_KEY, ChunkPlan, split_payload};
+use avp_codec::kv::{KvDtype, KvHeader};
+use avp_codec::kv_delta::{prefix_address, split_delta};
+use avp_codec::kv_quant::{KvScheme, QuantParams, ScaleDtype, convert_dtype, encode_ext};
+use avp_codec::{Compression, ErrorKind, Metadata, PayloadType, Shape};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::decode::{EXIT_INVALID, io_error, print_error};
+use super::decode::{io_error, report_stop};
+use super::kv_file::{Stop, invalid, load_context, model_hash_of};
 
 /// Arguments of `avp convert`.
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("operation").required(true).multiple(true)
-    .args(["kv_quant", "kv_dtype", "delta_from", "base"])))]
+    .args(["kv_quant", "kv_dtype", "delta_from", "base", "chunk_mib", "join"])))]
 pub(crate) struct ConvertArgs {
     /// The KV message to convert (KV_CACHE, or KV_CACHE_EXT: quantized or delta).
     input: PathBuf,
@@ -60,6 +62,14 @@ pub(crate) struct ConvertArgs {
     /// The model hash of prefix addresses (AVP-KVD-1); default: IN's extra `model_hash`.
     #[arg(long, value_name = "HASH")]
     model_hash: Option<String>,
+    /// Write a chunked file (spec/protocol/chunked.md): chunk messages of at most N MiB
+    /// of KV payload each, back to back.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with_all = ["kv_quant", "delta_from", "join"])]
+    chunk_mib: Option<u32>,
+    /// IN is a chunked file: write its context as one message (when it fits in one).
+    #[arg(long, conflicts_with = "base")]
+    join: bool,
 }
 
 /// `--kv-quant`.
@@ -92,164 +102,6 @@ impl DtypeArg {
             DtypeArg::Bfloat16 => KvDtype::Bfloat16,
         }
     }
-}
-
-/// Why a conversion stopped: the exit status and the error line differ.
-pub(crate) enum Stop {
-    /// A file could not be read or written (exit 2, kind `io`).
-    Io(PathBuf, std::io::Error),
-    /// The input or the request is invalid (exit 1, a codec error kind).
-    Invalid(ErrorKind, String),
-}
-
-impl From<Error> for Stop {
-    fn from(e: Error) -> Self {
-        Stop::Invalid(e.kind(), e.message().to_owned())
-    }
-}
-
-impl Stop {
-    pub(crate) fn report(self) -> ExitCode {
-        match self {
-            Stop::Io(path, e) => io_error(&path, &e),
-            Stop::Invalid(kind, message) => {
-                print_error(kind.as_str(), &message);
-                ExitCode::from(EXIT_INVALID)
-            }
-        }
-    }
-}
-
-fn invalid(kind: ErrorKind, message: String) -> Stop {
-    Stop::Invalid(kind, message)
-}
-
-/// A context read from a file: the metadata it came with and the KV v1
-/// payload of its positions, whatever form it was stored in.
-pub(crate) struct Context {
-    pub(crate) metadata: Metadata<'static>,
-    /// A KV v1 payload (AVP-KV-1..3) without trailing bytes.
-    pub(crate) payload: Vec<u8>,
-}
-
-impl Context {
-    /// The parsed payload (checked when the context was made).
-    pub(crate) fn kv(&self) -> Result<KvCache<'_>, Error> {
-        KvCache::parse(&self.payload)
-    }
-}
-
-/// Reads the one message in `path`: the header first, then only the length
-/// it declares, so `/dev/zero` or a stray file is refused after 12 bytes
-/// and a huge file is never read whole for nothing (as AVP-CLI-4).
-pub(crate) fn read_message_bytes(path: &Path) -> Result<Vec<u8>, Stop> {
-    use std::io::Read;
-    let io = |e| Stop::Io(path.to_owned(), e);
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::with_capacity(avp_codec::HEADER_LEN);
-    (&mut file)
-        .take(avp_codec::HEADER_LEN as u64)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    let declared = match avp_codec::parse_header(&bytes, &Limits::DEFAULT)? {
-        // Shorter than a header: decoding says `truncated`.
-        avp_codec::Status::NeedMore(_) => return Ok(bytes),
-        avp_codec::Status::Complete(header) => header.message_len(),
-    };
-    file.take(declared.saturating_sub(avp_codec::HEADER_LEN as u64))
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    Ok(bytes)
-}
-
-/// The message in `path`, decoded (compatible mode), owning its bytes.
-pub(crate) fn read_message(path: &Path) -> Result<avp_codec::Message<'static>, Stop> {
-    let bytes = read_message_bytes(path)?;
-    let msg = avp_codec::decode(&bytes).map_err(|e| with_path(path, &e))?;
-    Ok(msg.into_owned())
-}
-
-/// `e` with the file it came from in its message.
-fn with_path(path: &Path, e: &Error) -> Stop {
-    Stop::Invalid(e.kind(), format!("{}: {}", path.display(), e.message()))
-}
-
-/// The model hash that prefix addresses use: `--model-hash`, else the
-/// message's extra `model_hash` (what `avp think` writes).
-fn model_hash_of<'m>(given: Option<&'m str>, metadata: &'m Metadata<'_>) -> Result<&'m str, Stop> {
-    given
-        .or_else(|| metadata.extra.get("model_hash"))
-        .ok_or_else(|| {
-            invalid(
-                ErrorKind::InvalidArgument,
-                "a prefix address needs the model hash: the input has no extra \"model_hash\"; give --model-hash".into(),
-            )
-        })
-}
-
-/// Reads the context in `path` as a KV v1 payload: a KV_CACHE as it is, a
-/// quantized KV_CACHE_EXT dequantized (AVP-KVQ-8), a delta assembled on
-/// `base` (AVP-KVD-4; `model_hash` names the model for its address).
-pub(crate) fn load_context(
-    path: &Path,
-    base: Option<&Path>,
-    model_hash: Option<&str>,
-) -> Result<Context, Stop> {
-    let msg = read_message(path)?;
-    let metadata = msg.metadata;
-    let refuse = |m: String| {
-        invalid(
-            ErrorKind::InvalidArgument,
-            format!("{}: {m}", path.display()),
-        )
-    };
-    let payload = match metadata.payload_type {
-        PayloadType::KvCache => {
-            if base.is_some() {
-                return Err(refuse(
-                    "a full KV_CACHE message, not a delta: --base applies to deltas".into(),
-                ));
-            }
-            let mut kv = KvCache::parse(&msg.payload).map_err(|e| with_path(path, &e))?;
-            kv.check_metadata_dtype(metadata.dtype, false)
-                .map_err(|e| with_path(path, &e))?;
-            // Trailing bytes after the last layer (a compatible-mode warning) are dropped.
-            let total = kv.header.total_bytes().unwrap_or(0) as usize;
-            msg.payload.get(..total).unwrap_or_default().to_vec()
-        }
-        PayloadType::KvCacheExt => {
-            let ext = KvExt::parse(&msg.payload).map_err(|e| with_path(path, &e))?;
-            match (ext.prefix, base) {
-                (None, None) => ext.dequantize().map_err(|e| with_path(path, &e))?,
-                (None, Some(_)) => {
-                    return Err(refuse(
-                        "a full context (seq_start 0), not a delta: --base applies to deltas"
-                            .into(),
-                    ));
-                }
-                (Some(prefix), None) => {
-                    return Err(refuse(format!(
-                        "a delta (positions [{}, {}) on the prefix {}): give --base BASE, a context that starts with that prefix",
-                        ext.header.seq_start,
-                        ext.header.seq_len,
-                        prefix.to_hex()
-                    )));
-                }
-                (Some(_), Some(base)) => {
-                    let hash = model_hash_of(model_hash, &metadata)?;
-                    let base = load_context(base, None, None)?;
-                    assemble(&base.kv()?, hash, &ext).map_err(|e| with_path(path, &e))?
-                }
-            }
-        }
-        other => {
-            return Err(refuse(format!(
-                "a {} message, not a KV cache",
-                other.name()
-            )));
-        }
-    };
-    Ok(Context { metadata, payload })
 }
 
 /// The same file (not merely the same name).
@@ -328,6 +180,8 @@ struct Written {
     group_size: u32,
     residual: u32,
     prefix: Option<String>,
+    /// Chunk messages written (`--chunk-mib`).
+    chunks: Option<u32>,
 }
 
 fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
@@ -376,7 +230,17 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         group_size: 0,
         residual: 0,
         prefix: None,
+        chunks: None,
     };
+    if args.join && input.chunks == 0 {
+        return Err(invalid(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{}: --join reads a chunked file; this is one message",
+                args.input.display()
+            ),
+        ));
+    }
     let payload: Cow<'_, [u8]> = if let Some(base_path) = &args.delta_from {
         let hash = model_hash_of(args.model_hash.as_deref(), &input.metadata)?;
         let base = load_context(base_path, None, None)?;
@@ -470,18 +334,40 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
             _ => Cow::Borrowed(input.payload.as_slice()),
         }
     };
-    let metadata = output_metadata(&input.metadata, written.payload_type, written.dtype);
-    let bytes = avp_codec::encode(&metadata, &payload, Compression::None)?;
+    let mut metadata = output_metadata(&input.metadata, written.payload_type, written.dtype);
+    let bytes = match args.chunk_mib {
+        Some(mib) => {
+            // A chunk's own descriptor is written by the splitter, never copied.
+            metadata.extra.remove(CHUNK_EXTRA_KEY);
+            let plan = ChunkPlan::new(&KvHeader::parse(&payload)?, u64::from(mib) << 20)?;
+            let chunks = split_payload(&payload, plan.count(), &metadata, context_id()?)?;
+            written.chunks = Some(plan.count());
+            chunks.concat()
+        }
+        None => avp_codec::encode(&metadata, &payload, Compression::None)?,
+    };
     Ok((bytes, written))
 }
 
+/// A new context id: 16 random bytes, as AVP-CHK-6 recommends.
+fn context_id() -> Result<[u8; 16], Stop> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| {
+        invalid(
+            ErrorKind::Internal,
+            format!("no random bytes for a context id: {e}"),
+        )
+    })?;
+    Ok(id)
+}
+
 /// `avp convert`: prints `{"output","length","payload_type","scheme",
-/// "dtype","seq_start","seq_len","group_size","residual","prefix"}`
+/// "dtype","seq_start","seq_len","group_size","residual","prefix","chunks"}`
 /// (AVP-CLI-20); errors as AVP-CLI-3.
 pub(crate) fn run(args: ConvertArgs) -> ExitCode {
     let (bytes, w) = match convert(&args) {
         Ok(done) => done,
-        Err(stop) => return stop.report(),
+        Err(stop) => return report_stop(stop),
     };
     if let Err(e) = super::encode::write_atomically(&args.output, &bytes) {
         return io_error(&args.output, &e);
@@ -497,5 +383,6 @@ pub(crate) fn run(args: ConvertArgs) -> ExitCode {
         "group_size": w.group_size,
         "residual": w.residual,
         "prefix": w.prefix,
+        "chunks": w.chunks,
     }))
 }

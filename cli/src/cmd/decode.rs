@@ -17,6 +17,7 @@ use avp_codec::{DecodeOptions, Error, ErrorKind, Limits, PayloadType};
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::kv_file::{ChunkedFile, Stop, is_chunk, scan_chunked};
 use super::stream_in::{Decoded, Failure, Want, read_message};
 
 /// Arguments of `avp decode`.
@@ -73,6 +74,17 @@ pub(crate) fn read_mac_key(path: &Path) -> Result<avp_codec::mac::MacKey, ExitCo
 pub(crate) fn codec_error(e: &Error) -> ExitCode {
     print_error(e.kind().as_str(), e.message());
     ExitCode::from(EXIT_INVALID)
+}
+
+/// The error line and exit status of a [`Stop`] (AVP-CLI-2, AVP-CLI-3).
+pub(crate) fn report_stop(stop: Stop) -> ExitCode {
+    match stop {
+        Stop::Io(path, e) => io_error(&path, &e),
+        Stop::Invalid(kind, message) => {
+            print_error(kind.as_str(), &message);
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
 }
 
 /// Why a message is invalid: a codec error kind and its explanation (the
@@ -259,6 +271,42 @@ pub(crate) fn read_decoded(
     })
 }
 
+/// The JSON view of a chunked file (AVP-CLI-25): each message's AVP-CLI-1
+/// object with its descriptor as `"chunk"`, in file order, and the
+/// assembled context, which [`scan_chunked`] verified.
+fn chunked_json(file: &ChunkedFile, strict: bool) -> Result<Value, Invalid> {
+    let mut chunks = Vec::with_capacity(file.chunks.len());
+    for c in &file.chunks {
+        let mut v = message_json(&c.decoded, strict)?;
+        let d = &c.descriptor;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "chunk".to_owned(),
+                json!({"offset": c.offset, "index": d.index, "count": d.count,
+                       "layer_start": d.layer_start, "layer_end": d.layer_end}),
+            );
+        }
+        chunks.push(v);
+    }
+    let h = &file.context;
+    Ok(json!({
+        "chunks": chunks,
+        "context": {
+            "context_id": hex(&file.context_id),
+            "context_digest": hex(&file.context_digest),
+            "digest_verified": true,
+            "num_layers": h.num_layers, "num_kv_heads": h.num_kv_heads, "head_dim": h.head_dim,
+            "seq_len": h.seq_len, "dtype": h.dtype.name(),
+            "payload_length": h.total_bytes(),
+        },
+    }))
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub(crate) fn run(args: DecodeArgs) -> ExitCode {
     let want = Want {
         blake3: true,
@@ -268,7 +316,20 @@ pub(crate) fn run(args: DecodeArgs) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match message_json(&decoded, args.strict) {
+    let value = if is_chunk(&decoded.metadata) {
+        let key = match args.mac_key.as_deref().map(read_mac_key).transpose() {
+            Ok(k) => k,
+            Err(code) => return code,
+        };
+        let opts = DecodeOptions::default().with_strict(args.strict);
+        match scan_chunked(&args.file, &opts, want, key.as_ref()) {
+            Ok(file) => chunked_json(&file, args.strict),
+            Err(stop) => return report_stop(stop),
+        }
+    } else {
+        message_json(&decoded, args.strict)
+    };
+    match value {
         Ok(v) if args.json => crate::out::finish_line(v),
         Ok(v) => crate::out::finish_line(serde_json::to_string_pretty(&v).unwrap_or_default()),
         Err(e) => e.report(),

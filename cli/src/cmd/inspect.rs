@@ -17,7 +17,8 @@ use avp_codec::kv_quant::{KvExt, KvPart, KvScheme, relative_errors};
 use avp_codec::tensor::{Stats, TensorView};
 use clap::Args;
 
-use super::decode::Invalid;
+use super::decode::{Invalid, hex};
+use super::kv_file::{ChunkedFile, is_chunk, scan_chunked};
 use super::stream_in::{Decoded, TensorStats, Want};
 
 /// Arguments of `avp inspect`.
@@ -54,6 +55,12 @@ fn stats_cells(s: &Stats) -> String {
 
 /// The report text (a pure function, so tests and snapshots see exactly what is printed).
 pub(crate) fn report(d: &Decoded) -> String {
+    report_at(d, 0)
+}
+
+/// [`report`] of a message whose first KV layer is layer `first_layer` of
+/// its context (a chunk's), so rows carry the context's layer numbers.
+fn report_at(d: &Decoded, first_layer: usize) -> String {
     let mut o = String::new();
     let h = &d.header;
     let m = &d.metadata;
@@ -142,7 +149,7 @@ pub(crate) fn report(d: &Decoded) -> String {
                 let _ = writeln!(o, "warning: {w}");
             }
             let _ = writeln!(o, "{:>5} {:>1} {header_row}", "layer", "");
-            for (index, pair) in stats.chunks(2).enumerate() {
+            for (index, pair) in (first_layer..).zip(stats.chunks(2)) {
                 if let [k, v] = pair {
                     let _ = writeln!(o, "{index:>5} K {}", stats_cells(k));
                     let _ = writeln!(o, "{index:>5} V {}", stats_cells(v));
@@ -319,6 +326,44 @@ fn max_abs_error(
     worst
 }
 
+/// The report of a chunked file (AVP-CLI-25): each chunk's report under a
+/// line that places it, then the assembled context.
+fn chunked_report(file: &ChunkedFile) -> String {
+    let mut o = String::new();
+    for c in &file.chunks {
+        let d = &c.descriptor;
+        let _ = writeln!(
+            o,
+            "chunk {} of {}: layers [{}, {}) of {}, at byte {}",
+            d.index, d.count, d.layer_start, d.layer_end, d.num_layers, c.offset
+        );
+        o.push_str(&report_at(&c.decoded, d.layer_start as usize));
+    }
+    let h = &file.context;
+    let _ = writeln!(
+        o,
+        "chunked context: {} messages, {} layers, {} kv heads, head_dim {}, seq_len {}, {}",
+        file.chunks.len(),
+        h.num_layers,
+        h.num_kv_heads,
+        h.head_dim,
+        h.seq_len,
+        h.dtype.name()
+    );
+    let _ = writeln!(o, "  context_id       {}", hex(&file.context_id));
+    let _ = writeln!(
+        o,
+        "  context_digest   {} (verified)",
+        hex(&file.context_digest)
+    );
+    let _ = writeln!(
+        o,
+        "  payload          {} bytes as one KV_CACHE message's",
+        h.total_bytes().unwrap_or(0)
+    );
+    o
+}
+
 pub(crate) fn run(args: InspectArgs) -> ExitCode {
     let want = Want {
         blake3: false,
@@ -329,9 +374,9 @@ pub(crate) fn run(args: InspectArgs) -> ExitCode {
         Err(code) => return code,
     };
     let original = match &args.original {
-        Some(path) => match super::convert::load_context(path, None, None) {
+        Some(path) => match super::kv_file::load_context(path, None, None) {
             Ok(c) => Some(c),
-            Err(stop) => return stop.report(),
+            Err(stop) => return super::decode::report_stop(stop),
         },
         None => None,
     };
@@ -339,6 +384,16 @@ pub(crate) fn run(args: InspectArgs) -> ExitCode {
         Ok(kv) => kv,
         Err(e) => return super::decode::codec_error(&e),
     };
+    if is_chunk(&decoded.metadata) && args.original.is_none() {
+        let opts = avp_codec::DecodeOptions::default().with_strict(args.strict);
+        return match scan_chunked(&args.file, &opts, want, None) {
+            Ok(file) => match crate::out::text(&chunked_report(&file)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            },
+            Err(stop) => super::decode::report_stop(stop),
+        };
+    }
     let mut text = report(&decoded);
     match &decoded.tensor.stats {
         Some(TensorStats::Ext(payload)) => match ext_report(payload, original_kv.as_ref()) {
