@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use avp_codec::chunk::{CHUNK_EXTRA_KEY, ChunkPlan, split_payload};
-use avp_codec::kv::{KvDtype, KvHeader};
+use avp_codec::kv::{KvCache, KvDtype, KvHeader};
 use avp_codec::kv_delta::{prefix_address, split_delta};
 use avp_codec::kv_quant::{KvScheme, QuantParams, ScaleDtype, convert_dtype, encode_ext};
 use avp_codec::{Compression, ErrorKind, Metadata, PayloadType, Shape};
@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::decode::{io_error, report_stop};
-use super::kv_file::{Stop, invalid, load_context, model_hash_of};
+use super::kv_file::{Context, Stop, invalid, load_context, model_hash_of};
 
 /// Arguments of `avp convert`.
 #[derive(Args, Debug)]
@@ -184,25 +184,32 @@ struct Written {
     chunks: Option<u32>,
 }
 
-fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
-    for other in [
+/// OUT must not be IN or a base: the rename would replace an input (AVP-CLI-22).
+fn refuse_overwriting_inputs(args: &ConvertArgs) -> Result<(), Stop> {
+    let inputs = [
         Some(&args.input),
         args.base.as_ref(),
         args.delta_from.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
+    ];
+    match inputs
+        .into_iter()
+        .flatten()
+        .find(|i| same_file(&args.output, i))
     {
-        if same_file(&args.output, other) {
-            return Err(invalid(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "{} is also an input: write the result to another file",
-                    args.output.display()
-                ),
-            ));
-        }
+        Some(_) => Err(invalid(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} is also an input: write the result to another file",
+                args.output.display()
+            ),
+        )),
+        None => Ok(()),
     }
+}
+
+/// The bytes to write and what they are.
+fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
+    refuse_overwriting_inputs(args)?;
     let input = load_context(
         &args.input,
         args.base.as_deref(),
@@ -219,6 +226,15 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
             ),
         ));
     }
+    if args.join && input.chunks == 0 {
+        return Err(invalid(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{}: --join reads a chunked file; this is one message",
+                args.input.display()
+            ),
+        ));
+    }
     let kv = input.kv()?;
     let h = kv.header;
     let mut written = Written {
@@ -232,88 +248,9 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         prefix: None,
         chunks: None,
     };
-    if args.join && input.chunks == 0 {
-        return Err(invalid(
-            ErrorKind::InvalidArgument,
-            format!(
-                "{}: --join reads a chunked file; this is one message",
-                args.input.display()
-            ),
-        ));
-    }
     let payload: Cow<'_, [u8]> = if let Some(base_path) = &args.delta_from {
-        let hash = model_hash_of(args.model_hash.as_deref(), &input.metadata)?;
-        let base = load_context(base_path, None, None)?;
-        if let (Some(mine), Some(theirs)) = (
-            input.metadata.extra.get("model_hash"),
-            base.metadata.extra.get("model_hash"),
-        ) {
-            if mine != theirs {
-                return Err(invalid(
-                    ErrorKind::DeltaMismatch,
-                    format!(
-                        "{} is a context of another model ({theirs}, not {mine})",
-                        base_path.display()
-                    ),
-                ));
-            }
-        }
-        let base_kv = base.kv()?;
-        let b = base_kv.header;
-        if (b.num_layers, b.num_kv_heads, b.head_dim, b.dtype)
-            != (h.num_layers, h.num_kv_heads, h.head_dim, h.dtype)
-        {
-            return Err(invalid(
-                ErrorKind::DeltaMismatch,
-                format!(
-                    "{} has {} layers x {} heads x {} in {}, the input {} x {} x {} in {}",
-                    base_path.display(),
-                    b.num_layers,
-                    b.num_kv_heads,
-                    b.head_dim,
-                    b.dtype.name(),
-                    h.num_layers,
-                    h.num_kv_heads,
-                    h.head_dim,
-                    h.dtype.name()
-                ),
-            ));
-        }
-        let p = b.seq_len;
-        if p == 0 || p > h.seq_len {
-            return Err(invalid(
-                ErrorKind::DeltaMismatch,
-                format!(
-                    "{} holds {p} positions: a delta base holds 1 to {} (the input's length)",
-                    base_path.display(),
-                    h.seq_len
-                ),
-            ));
-        }
-        let params = match args.kv_quant {
-            Some(q) => quant_params(args, q, h.seq_len - p)?,
-            None => QuantParams::NONE,
-        };
-        let (address, delta) = split_delta(&kv, p, hash, &params)?;
-        if prefix_address(&base_kv, p, hash)? != address {
-            return Err(invalid(
-                ErrorKind::PrefixMismatch,
-                format!(
-                    "{} is not the first {p} positions of {}: a receiver holding it could not assemble the delta",
-                    base_path.display(),
-                    args.input.display()
-                ),
-            ));
-        }
-        written = Written {
-            payload_type: PayloadType::KvCacheExt,
-            scheme: Some(params.scheme),
-            seq_start: p,
-            group_size: params.group_size,
-            residual: params.residual,
-            prefix: Some(address.to_hex()),
-            ..written
-        };
+        let (delta, done) = write_delta(args, base_path, &input, &kv, written)?;
+        written = done;
         Cow::Owned(delta)
     } else if let Some(q) = args.kv_quant {
         let params = quant_params(args, q, h.seq_len)?;
@@ -347,6 +284,91 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         None => avp_codec::encode(&metadata, &payload, Compression::None)?,
     };
     Ok((bytes, written))
+}
+
+/// `--delta-from BASE` (AVP-CLI-21): positions `[p, n)` of `kv` as a delta
+/// on BASE's `p` positions, after checking that BASE is their prefix.
+fn write_delta(
+    args: &ConvertArgs,
+    base_path: &Path,
+    input: &Context,
+    kv: &KvCache<'_>,
+    written: Written,
+) -> Result<(Vec<u8>, Written), Stop> {
+    let h = kv.header;
+    let hash = model_hash_of(args.model_hash.as_deref(), &input.metadata)?;
+    let base = load_context(base_path, None, None)?;
+    if let (Some(mine), Some(theirs)) = (
+        input.metadata.extra.get("model_hash"),
+        base.metadata.extra.get("model_hash"),
+    ) {
+        if mine != theirs {
+            return Err(invalid(
+                ErrorKind::DeltaMismatch,
+                format!(
+                    "{} is a context of another model ({theirs}, not {mine})",
+                    base_path.display()
+                ),
+            ));
+        }
+    }
+    let base_kv = base.kv()?;
+    let b = base_kv.header;
+    if (b.num_layers, b.num_kv_heads, b.head_dim, b.dtype)
+        != (h.num_layers, h.num_kv_heads, h.head_dim, h.dtype)
+    {
+        return Err(invalid(
+            ErrorKind::DeltaMismatch,
+            format!(
+                "{} has {} layers x {} heads x {} in {}, the input {} x {} x {} in {}",
+                base_path.display(),
+                b.num_layers,
+                b.num_kv_heads,
+                b.head_dim,
+                b.dtype.name(),
+                h.num_layers,
+                h.num_kv_heads,
+                h.head_dim,
+                h.dtype.name()
+            ),
+        ));
+    }
+    let p = b.seq_len;
+    if p == 0 || p > h.seq_len {
+        return Err(invalid(
+            ErrorKind::DeltaMismatch,
+            format!(
+                "{} holds {p} positions: a delta base holds 1 to {} (the input's length)",
+                base_path.display(),
+                h.seq_len
+            ),
+        ));
+    }
+    let params = match args.kv_quant {
+        Some(q) => quant_params(args, q, h.seq_len - p)?,
+        None => QuantParams::NONE,
+    };
+    let (address, delta) = split_delta(kv, p, hash, &params)?;
+    if prefix_address(&base_kv, p, hash)? != address {
+        return Err(invalid(
+            ErrorKind::PrefixMismatch,
+            format!(
+                "{} is not the first {p} positions of {}: a receiver holding it could not assemble the delta",
+                base_path.display(),
+                args.input.display()
+            ),
+        ));
+    }
+    let written = Written {
+        payload_type: PayloadType::KvCacheExt,
+        scheme: Some(params.scheme),
+        seq_start: p,
+        group_size: params.group_size,
+        residual: params.residual,
+        prefix: Some(address.to_hex()),
+        ..written
+    };
+    Ok((delta, written))
 }
 
 /// A new context id: 16 random bytes, as AVP-CHK-6 recommends.
