@@ -356,3 +356,79 @@ fn cli_25_decode_and_inspect_report_each_chunk_and_the_verified_context() {
         }
     }
 }
+
+/// AVP-CLI-22..25: every cut of an extended message, of a delta and of a
+/// chunked file gets an exit status and, when invalid, one error line from
+/// decode, inspect and convert; none panics.
+#[test]
+fn cli_22_to_25_no_command_panics_on_cut_extended_or_chunked_files() {
+    let dir = Scratch::new("inspect-kv", "cuts");
+    let full = context_file(&dir, "full.avp", 64, KvDtype::Float16);
+    let base = context_file(&dir, "base.avp", 32, KvDtype::Float16);
+    let (q4, delta, chunked) = (dir.path("q4.avp"), dir.path("d.avp"), dir.path("c.avp"));
+    convert(&[
+        &full,
+        &"-o",
+        &q4,
+        &"--kv-quant",
+        &"int4",
+        &"--residual",
+        &"3",
+    ]);
+    convert(&[
+        &full,
+        &"-o",
+        &delta,
+        &"--delta-from",
+        &base,
+        &"--kv-quant",
+        &"int8",
+    ]);
+    // 4 layers of 500 KiB: two chunks of 1 MiB.
+    let big = dir.path("big.avp");
+    std::fs::write(
+        &big,
+        kv_files::kv_message(
+            &kv_files::kv_payload(4, 2, 64, 1000, KvDtype::Float16),
+            KvDtype::Float16,
+        ),
+    )
+    .unwrap();
+    convert(&[&big, &"-o", &chunked, &"--chunk-mib", &"1"]);
+    let cut = dir.path("cut.avp");
+    let out = dir.path("out.avp");
+    for file in [&q4, &delta, &chunked] {
+        let bytes = std::fs::read(file).unwrap();
+        let n = bytes.len();
+        let mut cuts: Vec<usize> = (0..60).map(|i| i * 7).collect();
+        cuts.extend((1..24).map(|i| n * i / 24));
+        cuts.extend([n - 1, n]);
+        for len in cuts.into_iter().filter(|l| *l <= n) {
+            std::fs::write(&cut, &bytes[..len]).unwrap();
+            let runs: [&[&dyn AsRef<std::ffi::OsStr>]; 3] = [
+                &[&"decode", &"--json", &cut],
+                &[&"inspect", &cut],
+                &[
+                    &"convert",
+                    &cut,
+                    &"-o",
+                    &out,
+                    &"--kv-dtype",
+                    &"float32",
+                    &"--base",
+                    &base,
+                ],
+            ];
+            for args in runs {
+                let (code, stdout, stderr) = avp_run(args);
+                assert!(
+                    code == 0 || (code == 1 && error_kind(&stdout).is_some()),
+                    "{} bytes of {}: {code} {stdout}{stderr}",
+                    len,
+                    file.display()
+                );
+                let _ = std::fs::remove_file(&out);
+            }
+        }
+    }
+}
