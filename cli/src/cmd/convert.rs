@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use avp_codec::chunk::{CHUNK_EXTRA_KEY, ChunkPlan, split_payload};
+use avp_codec::chunk::{CHUNK_EXTRA_KEY, ChunkPlan, descriptor_of, split_payload};
 use avp_codec::kv::{KvCache, KvDtype, KvHeader};
 use avp_codec::kv_delta::{prefix_address, split_delta};
 use avp_codec::kv_quant::{KvScheme, QuantParams, ScaleDtype, convert_dtype, encode_ext};
@@ -22,8 +22,9 @@ use avp_codec::{Compression, ErrorKind, Metadata, PayloadType, Shape};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use super::chunk_files::{self, fits_one_message};
 use super::decode::{io_error, report_stop};
-use super::kv_file::{Context, Stop, invalid, load_context, model_hash_of};
+use super::kv_file::{Context, Stop, invalid, load_context, model_hash_of, peek_first};
 
 /// Arguments of `avp convert`.
 #[derive(Args, Debug)]
@@ -209,7 +210,6 @@ fn refuse_overwriting_inputs(args: &ConvertArgs) -> Result<(), Stop> {
 
 /// The bytes to write and what they are.
 fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
-    refuse_overwriting_inputs(args)?;
     let input = load_context(
         &args.input,
         args.base.as_deref(),
@@ -371,6 +371,75 @@ fn write_delta(
     Ok((delta, written))
 }
 
+/// `--chunk-mib` alone on a plain uncompressed KV_CACHE message, or
+/// `--join` alone: chunk_files.rs splits and joins streaming, in constant
+/// memory whatever the context's size (AVP-CLI-25). `None` when the request
+/// needs the context in memory (another change, another input form).
+fn streamed(args: &ConvertArgs) -> Option<Result<Written, Stop>> {
+    let alone = args.kv_quant.is_none()
+        && args.kv_dtype.is_none()
+        && args.delta_from.is_none()
+        && args.base.is_none()
+        && args.input.as_os_str() != "-";
+    if !alone {
+        return None;
+    }
+    let first = match peek_first(&args.input) {
+        Ok(Some(first)) => first,
+        Ok(None) => return None,
+        Err(stop) => return Some(Err(stop)),
+    };
+    let metadata = &first.metadata;
+    let chunked = metadata.extra.contains_key(CHUNK_EXTRA_KEY);
+    let plain = metadata.payload_type == PayloadType::KvCache
+        && !first.header.flags.compressed()
+        && !metadata.extra.contains_key(avp_codec::mac::TAG_KEY);
+    // A context that cannot be one message is refused from its first chunk, not after reading all.
+    let joinable = match (descriptor_of(metadata), first.kv) {
+        (Ok(Some(d)), Some(kv)) => fits_one_message(&d.context_header(&kv), metadata),
+        _ => false,
+    };
+    let summary = match (args.chunk_mib, args.join) {
+        (Some(mib), false) if plain && !chunked => {
+            let id = match context_id() {
+                Ok(id) => id,
+                Err(stop) => return Some(Err(stop)),
+            };
+            chunk_files::split_file(&args.input, &args.output, u64::from(mib), id)
+        }
+        (None, true) if chunked && joinable => chunk_files::join_file(&args.input, &args.output),
+        _ => return None,
+    };
+    Some(
+        summary
+            .map(|s| Written {
+                payload_type: PayloadType::KvCache,
+                scheme: None,
+                dtype: s.header.dtype,
+                seq_start: 0,
+                seq_len: s.header.seq_len,
+                group_size: 0,
+                residual: 0,
+                prefix: None,
+                chunks: args.chunk_mib.map(|_| s.messages),
+            })
+            .map_err(|e| stop_of(&args.input, &e)),
+    )
+}
+
+/// chunk_files.rs's error as a [`Stop`]: the codec's kind when it has one,
+/// `io` for a file that failed, else `invalid_argument` (as `avp kv`).
+fn stop_of(path: &Path, e: &anyhow::Error) -> Stop {
+    let message = format!("{e:#}");
+    if let Some(codec) = e.chain().find_map(|c| c.downcast_ref::<avp_codec::Error>()) {
+        return invalid(codec.kind(), message);
+    }
+    match e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+        Some(io) => Stop::Io(path.to_owned(), std::io::Error::new(io.kind(), message)),
+        None => invalid(ErrorKind::InvalidArgument, message),
+    }
+}
+
 /// A new context id: 16 random bytes, as AVP-CHK-6 recommends.
 fn context_id() -> Result<[u8; 16], Stop> {
     let mut id = [0u8; 16];
@@ -387,16 +456,29 @@ fn context_id() -> Result<[u8; 16], Stop> {
 /// "dtype","seq_start","seq_len","group_size","residual","prefix","chunks"}`
 /// (AVP-CLI-20); errors as AVP-CLI-3.
 pub(crate) fn run(args: ConvertArgs) -> ExitCode {
-    let (bytes, w) = match convert(&args) {
-        Ok(done) => done,
-        Err(stop) => return report_stop(stop),
-    };
-    if let Err(e) = super::encode::write_atomically(&args.output, &bytes) {
-        return io_error(&args.output, &e);
+    if let Err(stop) = refuse_overwriting_inputs(&args) {
+        return report_stop(stop);
     }
+    let (length, w) = match streamed(&args) {
+        Some(Ok(w)) => match std::fs::metadata(&args.output) {
+            Ok(m) => (m.len(), w),
+            Err(e) => return io_error(&args.output, &e),
+        },
+        Some(Err(stop)) => return report_stop(stop),
+        None => {
+            let (bytes, w) = match convert(&args) {
+                Ok(done) => done,
+                Err(stop) => return report_stop(stop),
+            };
+            if let Err(e) = super::encode::write_atomically(&args.output, &bytes) {
+                return io_error(&args.output, &e);
+            }
+            (bytes.len() as u64, w)
+        }
+    };
     crate::out::finish_line(json!({
         "output": args.output.display().to_string(),
-        "length": bytes.len(),
+        "length": length,
         "payload_type": w.payload_type.name(),
         "scheme": w.scheme.map(KvScheme::name),
         "dtype": w.dtype.name(),

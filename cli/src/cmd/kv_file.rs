@@ -13,7 +13,7 @@ use avp_codec::chunk::{
     Assembler, AssemblyLimits, CHUNK_EXTRA_KEY, ChunkDescriptor, ChunkInfo, assemble_messages,
     descriptor_of,
 };
-use avp_codec::kv::{KvCache, KvHeader};
+use avp_codec::kv::{KV_HEADER_LEN, KvCache, KvHeader};
 use avp_codec::kv_delta::assemble;
 use avp_codec::kv_quant::KvExt;
 use avp_codec::mac::MacKey;
@@ -124,6 +124,41 @@ impl MessageReader {
         self.offset = offset;
         Ok(())
     }
+}
+
+/// The first message of a file, without its tensor.
+pub(crate) struct FirstMessage {
+    pub(crate) header: avp_codec::Header,
+    pub(crate) metadata: Metadata<'static>,
+    /// The KV v1 header its tensor starts with, if it reads as one.
+    pub(crate) kv: Option<KvHeader>,
+}
+
+/// The header, metadata and KV header of the first message in `path`, read
+/// alone (whatever the tensor's size), or `None` when they do not decode:
+/// the caller's full read then reports why.
+pub(crate) fn peek_first(path: &Path) -> Result<Option<FirstMessage>, Stop> {
+    let mut reader = MessageReader::open(path)?;
+    let mut bytes = Vec::with_capacity(avp_codec::HEADER_LEN);
+    (&mut reader.file)
+        .take(avp_codec::HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| reader.io(e))?;
+    let Ok(header) = avp_codec::check_header(&bytes, &Limits::DEFAULT) else {
+        return Ok(None);
+    };
+    (&mut reader.file)
+        .take(u64::from(header.metadata_length) + KV_HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| reader.io(e))?;
+    let kv = bytes
+        .get(header.metadata_end()..)
+        .and_then(|t| KvHeader::parse(t).ok());
+    Ok(avp_codec::peek(&bytes).ok().map(|p| FirstMessage {
+        header,
+        metadata: p.metadata.into_owned(),
+        kv,
+    }))
 }
 
 /// The first message in `path` (an empty file gives no bytes: `truncated`).
