@@ -686,3 +686,77 @@ fn cli_25_chunk_mib_splits_and_join_gives_back_the_message() {
         assert!(!out.exists());
     }
 }
+
+/// Runs `avp ARGS` and returns its status and peak RSS in MiB, as the
+/// kernel accounts the child (the probe of tests/bounded.rs).
+fn peak_rss_mib(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, u64) {
+    const PROBE: &str = "import json, resource, subprocess, sys\n\
+        p = subprocess.run(sys.argv[1:], capture_output=True)\n\
+        print(json.dumps({'rc': p.returncode,\n\
+              'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", PROBE])
+        .arg(env!("CARGO_BIN_EXE_avp"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["rc"].as_i64().unwrap() as i32,
+        v["maxrss_kib"].as_u64().unwrap() / 1024,
+    )
+}
+
+#[test]
+fn cli_25_split_join_decode_and_inspect_hold_one_chunk_not_the_context() {
+    let dir = Scratch::new("convert", "chunk-rss");
+    // 96 MiB of float16: 12 layers of 8 MiB, chunks of 8 MiB (one layer each).
+    let h = avp_codec::kv::KvHeader {
+        num_layers: 12,
+        num_kv_heads: 8,
+        head_dim: 128,
+        seq_len: 2048,
+        dtype: KvDtype::Float16,
+    };
+    let per = h.tensor_bytes().unwrap() as usize;
+    let tensor: Vec<u8> = (0..per / 2)
+        .flat_map(|i| (0x3c00u16 ^ (i as u16).wrapping_mul(31) & 0x3ff).to_le_bytes())
+        .collect();
+    let payload =
+        avp_codec::kv::write_kv_cache(&h, (0..h.num_layers).map(|_| (&tensor[..], &tensor[..])))
+            .unwrap();
+    let full = dir.path("full.avp");
+    std::fs::write(&full, kv_message(&payload, KvDtype::Float16)).unwrap();
+    drop(payload);
+    let (chunked, joined) = (dir.path("chunked.avp"), dir.path("joined.avp"));
+    let limit = 40; // MiB: one 8 MiB chunk and the process, far from the 96 MiB context
+    for (args, what) in [
+        (
+            vec![
+                &"convert" as Arg<'_>,
+                &full,
+                &"-o",
+                &chunked,
+                &"--chunk-mib",
+                &"9",
+            ],
+            "split",
+        ),
+        (
+            vec![&"convert" as Arg<'_>, &chunked, &"-o", &joined, &"--join"],
+            "join",
+        ),
+        (vec![&"decode" as Arg<'_>, &"--json", &chunked], "decode"),
+        (vec![&"inspect" as Arg<'_>, &chunked], "inspect"),
+    ] {
+        let (code, mib) = peak_rss_mib(&args);
+        assert_eq!(code, 0, "{what}");
+        eprintln!("{what}: peak RSS {mib} MiB");
+        assert!(mib < limit, "{what}: peak {mib} MiB");
+    }
+    assert_eq!(messages_of(&chunked).len(), 12);
+    assert_eq!(
+        std::fs::read(&joined).unwrap(),
+        std::fs::read(&full).unwrap()
+    );
+}
