@@ -173,6 +173,22 @@ fn cli_24_inspect_snapshots() {
     );
 }
 
+/// AVP-CLI-23: the JSON text itself, member order included.
+#[test]
+fn cli_23_decode_snapshots() {
+    let dir = Scratch::new("inspect-kv", "decode-snap");
+    for (name, id) in [
+        ("decode_int4_residual", "kv_ext/int4/f16-g32-residual-3"),
+        ("decode_int8_delta", "kv_ext/delta/int8-delta"),
+    ] {
+        let case = kv_ext_cases().into_iter().find(|c| c["id"] == id).unwrap();
+        let msg = case_message(&dir, &case);
+        let (code, stdout, _) = avp_run(&[&"decode", &"--json", &msg]);
+        assert_eq!(code, 0);
+        insta::assert_snapshot!(name, stdout);
+    }
+}
+
 fn convert(args: &[&dyn AsRef<std::ffi::OsStr>]) {
     let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"convert"];
     all.extend_from_slice(args);
