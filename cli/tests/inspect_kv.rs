@@ -250,10 +250,29 @@ fn cli_24_inspect_original_reports_reconstruction_errors_per_layer() {
         (code, error_kind(&stdout).as_deref()),
         (1, Some("invalid_argument"))
     );
-    let (code, stdout, _) = avp_run(&[&"inspect", &full, &"--original", &full]);
+    let (code, stdout, _) = avp_run(&[&"inspect", &full, &"--original", &base]);
     assert_eq!(
         (code, error_kind(&stdout).as_deref()),
         (1, Some("invalid_argument"))
+    );
+    // A plain context compares whole: itself exactly, the float32 copy of the int4
+    // message as the int4 message itself, a chunked copy like the message.
+    for row in reconstruction_rows(&run(&full)) {
+        assert_eq!(row, [0.0; 4]);
+    }
+    let (plain4, chunked) = (dir.path("plain4.avp"), dir.path("chunked.avp"));
+    convert(&[&q4, &"-o", &plain4, &"--kv-dtype", &"float32"]);
+    for (a, b) in reconstruction_rows(&run(&plain4)).iter().zip(&rows4) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+    convert(&[&plain4, &"-o", &chunked, &"--chunk-mib", &"1"]);
+    let report = run(&chunked);
+    assert!(report.contains("(verified)"), "{report}");
+    assert_eq!(
+        reconstruction_rows(&report),
+        reconstruction_rows(&run(&plain4))
     );
     let (code, stdout, _) = avp_run(&[&"inspect", &q8, &"--original", &"/dev/zero"]);
     assert_eq!(

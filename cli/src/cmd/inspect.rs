@@ -27,8 +27,8 @@ pub(crate) struct InspectArgs {
     /// Decode strictly (AVP-WIRE-20).
     #[arg(long)]
     strict: bool,
-    /// The context the KV message was made from (any KV message `avp convert` reads):
-    /// adds per-layer reconstruction errors of K and V against it (AVP-CLI-24).
+    /// The context this one was made from (any KV file `avp convert` reads): adds
+    /// per-layer reconstruction errors of K and V against it (AVP-CLI-24).
     #[arg(long, value_name = "FILE")]
     original: Option<PathBuf>,
     /// The message file, or `-` for stdin.
@@ -285,6 +285,69 @@ pub(crate) fn ext_report(
     Ok(o)
 }
 
+/// The reconstruction table of a plain context against its original
+/// (AVP-CLI-24): same layers, heads, head size and positions; the dtypes
+/// may differ (a `--kv-dtype float32` copy of a float16 original, say).
+fn plain_errors(kv: &KvCache<'_>, original: &KvCache<'_>) -> Result<String, Invalid> {
+    let (a, b) = (kv.header, original.header);
+    if (a.num_layers, a.num_kv_heads, a.head_dim, a.seq_len)
+        != (b.num_layers, b.num_kv_heads, b.head_dim, b.seq_len)
+    {
+        return Err(Invalid {
+            kind: ErrorKind::InvalidArgument,
+            message: format!(
+                "the original has {} layers x {} heads x {} x {} positions, this context {} x {} x {} x {}",
+                b.num_layers,
+                b.num_kv_heads,
+                b.head_dim,
+                b.seq_len,
+                a.num_layers,
+                a.num_kv_heads,
+                a.head_dim,
+                a.seq_len
+            ),
+        });
+    }
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "reconstruction against the original (||x^-x||/||x|| and max |x^-x| over positions [0, {}))",
+        a.seq_len
+    );
+    let _ = writeln!(
+        o,
+        "{:>5} {:>12} {:>12} {:>12} {:>12}",
+        "layer", "K rel", "K max_abs", "V rel", "V max_abs"
+    );
+    for (layer, (x, y)) in kv.layers().zip(original.layers()).enumerate() {
+        let [k, v] = [(x.key, y.key), (x.value, y.value)].map(|(got, want)| {
+            let (mut diff, mut norm, mut worst) = (0.0f64, 0.0f64, 0.0f32);
+            for (g, w) in got.iter_f32().zip(want.iter_f32()) {
+                let d = g - w;
+                diff += f64::from(d) * f64::from(d);
+                norm += f64::from(w) * f64::from(w);
+                if d.abs() > worst || d.is_nan() {
+                    worst = d.abs();
+                }
+            }
+            let rel = if norm > 0.0 {
+                (diff / norm).sqrt()
+            } else if diff > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
+            (rel, worst)
+        });
+        let _ = writeln!(
+            o,
+            "{layer:>5} {:>12.6} {:>12.6} {:>12.6} {:>12.6}",
+            k.0, k.1, v.0, v.1
+        );
+    }
+    Ok(o)
+}
+
 /// The largest `|x^ - x|` of one dequantized tensor (`[H, t, D]`, positions
 /// `[p, n)`) against the original's same positions (checked to have the
 /// payload's shape by `relative_errors` before the table is printed).
@@ -384,28 +447,32 @@ pub(crate) fn run(args: InspectArgs) -> ExitCode {
         Ok(kv) => kv,
         Err(e) => return super::decode::codec_error(&e),
     };
-    if is_chunk(&decoded.metadata) && args.original.is_none() {
+    let mut text = if is_chunk(&decoded.metadata) {
         let opts = avp_codec::DecodeOptions::default().with_strict(args.strict);
-        return match scan_chunked(&args.file, &opts, want, None) {
-            Ok(file) => match crate::out::text(&chunked_report(&file)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(code) => code,
-            },
-            Err(stop) => super::decode::report_stop(stop),
-        };
-    }
-    let mut text = report(&decoded);
-    match &decoded.tensor.stats {
-        Some(TensorStats::Ext(payload)) => match ext_report(payload, original_kv.as_ref()) {
+        match scan_chunked(&args.file, &opts, want, None) {
+            Ok(file) => chunked_report(&file),
+            Err(stop) => return super::decode::report_stop(stop),
+        }
+    } else {
+        report(&decoded)
+    };
+    match (&decoded.tensor.stats, &original_kv) {
+        (Some(TensorStats::Ext(payload)), _) => match ext_report(payload, original_kv.as_ref()) {
             Ok(more) => text.push_str(&more),
             Err(e) => return e.report(),
         },
-        _ if args.original.is_some() => {
-            return Invalid {
-                kind: ErrorKind::InvalidArgument,
-                message: "--original compares a KV_CACHE_EXT message with the context it was made from; this is not one".to_owned(),
+        (_, Some(orig)) => {
+            // A plain or chunked context: compared whole, in memory.
+            let table = super::kv_file::load_context(&args.file, None, None)
+                .map_err(super::decode::report_stop)
+                .and_then(|ctx| {
+                    let kv = ctx.kv().map_err(|e| Invalid::from(e).report())?;
+                    plain_errors(&kv, orig).map_err(|e| e.report())
+                });
+            match table {
+                Ok(more) => text.push_str(&more),
+                Err(code) => return code,
             }
-            .report();
         }
         _ => {}
     }
