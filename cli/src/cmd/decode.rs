@@ -17,7 +17,7 @@ use avp_codec::{DecodeOptions, Error, ErrorKind, Limits, PayloadType};
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::kv_file::{ChunkedFile, Stop, is_chunk, scan_chunked};
+use super::kv_file::{ChunkedFile, Invalid, Stop, is_chunk, scan_chunked};
 use super::stream_in::{Decoded, Failure, Want, read_message};
 
 /// Arguments of `avp decode`.
@@ -80,29 +80,11 @@ pub(crate) fn codec_error(e: &Error) -> ExitCode {
 pub(crate) fn report_stop(stop: Stop) -> ExitCode {
     match stop {
         Stop::Io(path, e) => io_error(&path, &e),
-        Stop::Invalid(kind, message) => {
-            print_error(kind.as_str(), &message);
-            ExitCode::from(EXIT_INVALID)
-        }
+        Stop::Invalid(invalid) => invalid.report(),
     }
 }
 
-/// Why a message is invalid: a codec error kind and its explanation (the
-/// CLI cannot make codec `Error`s, and some checks are its own).
-pub(crate) struct Invalid {
-    pub(crate) kind: ErrorKind,
-    pub(crate) message: String,
-}
-
-impl From<Error> for Invalid {
-    fn from(e: Error) -> Self {
-        Invalid {
-            kind: e.kind(),
-            message: e.message().to_owned(),
-        }
-    }
-}
-
+// The error line of an [`Invalid`] lives here with the others.
 impl Invalid {
     /// Prints the error line (AVP-CLI-3); exit 1.
     pub(crate) fn report(&self) -> ExitCode {

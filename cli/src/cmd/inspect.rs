@@ -17,8 +17,8 @@ use avp_codec::kv_quant::{KvExt, KvPart, KvScheme, relative_errors};
 use avp_codec::tensor::{Stats, TensorView};
 use clap::Args;
 
-use super::decode::{Invalid, hex};
-use super::kv_file::{ChunkedFile, is_chunk, scan_chunked};
+use super::decode::hex;
+use super::kv_file::{ChunkedFile, Invalid, is_chunk, scan_chunked};
 use super::stream_in::{Decoded, TensorStats, Want};
 
 /// Arguments of `avp inspect`.

@@ -21,22 +21,39 @@ use avp_codec::{DecodeOptions, Error, ErrorKind, Limits, Message, Metadata, Payl
 
 use super::stream_in::{Decoded, Want, summarise};
 
+/// Why bytes or a request are invalid: a codec error kind and its
+/// explanation (the CLI cannot make codec `Error`s, and some checks are its own).
+pub(crate) struct Invalid {
+    pub(crate) kind: ErrorKind,
+    pub(crate) message: String,
+}
+
+impl From<Error> for Invalid {
+    fn from(e: Error) -> Self {
+        Invalid {
+            kind: e.kind(),
+            message: e.message().to_owned(),
+        }
+    }
+}
+
 /// Why reading (or converting) stopped: the exit status and the error line differ.
 pub(crate) enum Stop {
     /// A file could not be read or written (exit 2, kind `io`).
     Io(PathBuf, std::io::Error),
     /// The input or the request is invalid (exit 1, a codec error kind).
-    Invalid(ErrorKind, String),
+    Invalid(Invalid),
 }
 
 impl From<Error> for Stop {
     fn from(e: Error) -> Self {
-        Stop::Invalid(e.kind(), e.message().to_owned())
+        Stop::Invalid(e.into())
     }
 }
 
+/// A [`Stop`] for invalid input or an invalid request.
 pub(crate) fn invalid(kind: ErrorKind, message: String) -> Stop {
-    Stop::Invalid(kind, message)
+    Stop::Invalid(Invalid { kind, message })
 }
 
 /// A context read from a file: the metadata it came with and the KV v1
@@ -178,7 +195,7 @@ pub(crate) fn read_message(path: &Path) -> Result<Message<'static>, Stop> {
 
 /// `e` with the file it came from in its message.
 fn with_path(path: &Path, e: &Error) -> Stop {
-    Stop::Invalid(e.kind(), format!("{}: {}", path.display(), e.message()))
+    invalid(e.kind(), format!("{}: {}", path.display(), e.message()))
 }
 
 /// The model hash that prefix addresses use: `--model-hash`, else the
