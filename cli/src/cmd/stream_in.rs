@@ -8,7 +8,9 @@
 //! compressed tensor has to be decompressed whole, so that path buffers the
 //! declared message (within the limits) and uses the one-shot decoder.
 //! Bytes after the message are counted, not kept: from the size of a
-//! regular file, by reading and discarding otherwise.
+//! regular file, by reading and discarding otherwise. For `inspect`, an
+//! extended KV payload (`KV_CACHE_EXT`) is kept whole: its statistics need
+//! it dequantized (AVP-CLI-24); `decode` needs only its first 72 bytes.
 //!
 //! Every outcome equals what `decode_with` gives for the whole input: the
 //! codec's `check_streamed` and `KvHeader::check_payload` make its checks
