@@ -33,7 +33,7 @@ enum Command {
     Encode(cmd::encode::EncodeArgs),
     /// Show a message for humans: header, metadata, per-layer tensor statistics.
     Inspect(cmd::inspect::InspectArgs),
-    /// Convert a KV context: quantize, change its dtype, write or assemble a delta.
+    /// Convert a KV context: quantize, change its dtype, write or assemble a delta, chunk or join.
     Convert(cmd::convert::ConvertArgs),
     /// Run an agent endpoint that receives and stores AVP messages.
     Serve(cmd::serve::ServeArgs),

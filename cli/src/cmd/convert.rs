@@ -31,7 +31,7 @@ use super::kv_file::{Context, Stop, invalid, load_context, model_hash_of, peek_f
 #[command(group(clap::ArgGroup::new("operation").required(true).multiple(true)
     .args(["kv_quant", "kv_dtype", "delta_from", "base", "chunk_mib", "join"])))]
 pub(crate) struct ConvertArgs {
-    /// The KV message to convert (KV_CACHE, or KV_CACHE_EXT: quantized or delta).
+    /// The KV context to convert: a KV_CACHE or KV_CACHE_EXT (quantized or delta) message, or a chunked file.
     input: PathBuf,
     /// Where to write the result (a temporary file, then renamed; never IN or a base).
     #[arg(short = 'o', long = "output")]
