@@ -329,6 +329,13 @@ fn cli_25_decode_and_inspect_report_each_chunk_and_the_verified_context() {
         ctx["context_digest"],
         blake3::hash(&payload).to_hex().as_str()
     );
+    // From stdin (a redirected file, which can be read twice), the same line.
+    let again = avp()
+        .args(["decode", "--json", "-"])
+        .stdin(std::fs::File::open(&chunked).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), stdout);
     // Out of order: the report follows the file.
     let m = messages_of(&chunked);
     let shuffled = dir.path("shuffled.avp");

@@ -135,9 +135,12 @@ impl MessageReader {
 
     /// Goes back (or on) to the message at `offset` (a seekable file only).
     fn seek(&mut self, offset: u64) -> Result<(), Stop> {
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .map_err(|e| self.io(e))?;
+        self.file.seek(SeekFrom::Start(offset)).map_err(|e| {
+            self.io(std::io::Error::new(
+                e.kind(),
+                format!("{e}: a chunked file is read twice, so it must be a file, not a pipe"),
+            ))
+        })?;
         self.offset = offset;
         Ok(())
     }
@@ -310,6 +313,8 @@ pub(crate) fn load_context(
 /// context's KV v1 payload (AVP-CHK-4..7, default limits), with the chunk count.
 fn assemble_file(path: &Path) -> Result<(u32, Vec<u8>), Stop> {
     let mut reader = MessageReader::open(path)?;
+    // Stdin (`-`) was read from already: back to its first message.
+    reader.seek(0)?;
     let mut messages = Vec::new();
     while let Some((_, bytes)) = reader.next_message()? {
         messages.push(bytes);
@@ -356,6 +361,8 @@ pub(crate) fn scan_chunked(
     mac: Option<&MacKey>,
 ) -> Result<ChunkedFile, Stop> {
     let mut reader = MessageReader::open(path)?;
+    // Stdin (`-`) was read from already: back to its first message (a pipe cannot be).
+    reader.seek(0)?;
     let mut assembler = Assembler::new(AssemblyLimits::DEFAULT);
     let mut chunks = Vec::new();
     let at = |offset: u64, e: &Error| {
