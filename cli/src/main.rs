@@ -33,6 +33,8 @@ enum Command {
     Encode(cmd::encode::EncodeArgs),
     /// Show a message for humans: header, metadata, per-layer tensor statistics.
     Inspect(cmd::inspect::InspectArgs),
+    /// Convert a KV context: quantize, change its dtype, write or assemble a delta, chunk or join.
+    Convert(cmd::convert::ConvertArgs),
     /// Run an agent endpoint that receives and stores AVP messages.
     Serve(cmd::serve::ServeArgs),
     /// Send an encoded AVP message (or a JSON fallback message) to an agent.
@@ -47,6 +49,8 @@ enum Command {
     Identity(cmd::identity::IdentityArgs),
     /// Set session_id, source_agent_id, target_agent_id of an existing message.
     Address(cmd::address_cmd::AddressCmdArgs),
+    /// KV contexts: synthesize, split into chunks, join (spec/protocol/chunked.md).
+    Kv(cmd::kv::KvArgs),
     /// Handshake tools: resolve the mode two identities would negotiate.
     Handshake(cmd::handshake::HandshakeArgs),
     /// Think in latent space on a model and write the KV_CACHE message (runs avp-engine).
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => cmd::decode::run(args),
         Command::Encode(args) => cmd::encode::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Send(args) => cmd::send::run(&args),
         Command::Route(args) => cmd::route::run(&args),
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Handshake(args) => cmd::handshake::run(args),
+        Command::Kv(args) => cmd::kv::run(args),
         Command::Address(args) => cmd::address_cmd::run(args),
         Command::Think(args) => cmd::engine_exec::run("think", args),
         Command::Generate(args) => cmd::engine_exec::run("generate", args),

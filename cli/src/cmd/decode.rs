@@ -1,4 +1,5 @@
-//! `avp decode --json FILE|-` (spec/impl/cli.md, AVP-CLI-1 .. AVP-CLI-4).
+//! `avp decode --json FILE|-` (spec/impl/cli.md, AVP-CLI-1 .. AVP-CLI-4,
+//! AVP-CLI-23 for extended KV payloads).
 //!
 //! Reads one message, decodes it (compatible mode, or strict with
 //! `--strict`) and prints one JSON object. The tensor streams through one
@@ -9,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use avp_codec::kv::KvHeader;
-use avp_codec::{DecodeOptions, Error, Limits, PayloadType};
+use avp_codec::kv_quant::{
+    KVX_HEADER_LEN, KvExtHeader, PREFIX_ADDRESS_LEN, PrefixAddress, ScaleDtype,
+};
+use avp_codec::{DecodeOptions, Error, ErrorKind, Limits, PayloadType};
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::kv_file::{ChunkedFile, Invalid, Stop, is_chunk, scan_chunked};
 use super::stream_in::{Decoded, Failure, Want, read_message};
 
 /// Arguments of `avp decode`.
@@ -71,13 +76,87 @@ pub(crate) fn codec_error(e: &Error) -> ExitCode {
     ExitCode::from(EXIT_INVALID)
 }
 
+/// The error line and exit status of a [`Stop`] (AVP-CLI-2, AVP-CLI-3).
+pub(crate) fn report_stop(stop: Stop) -> ExitCode {
+    match stop {
+        Stop::Io(path, e) => io_error(&path, &e),
+        Stop::Invalid(invalid) => invalid.report(),
+    }
+}
+
+// The error line of an [`Invalid`] lives here with the others.
+impl Invalid {
+    /// Prints the error line (AVP-CLI-3); exit 1.
+    pub(crate) fn report(&self) -> ExitCode {
+        print_error(self.kind.as_str(), &self.message);
+        ExitCode::from(EXIT_INVALID)
+    }
+}
+
+/// The `kv` member of an extended KV payload (AVP-CLI-23) from its first
+/// bytes and its length: AVP-KVQ-3 steps 1-9, everything but the scale
+/// values, which only dequantizing reads. No compatible-mode tolerance:
+/// the format is new (AVP-KVQ-3), so any failure is the message's.
+pub(crate) fn ext_json(head: &[u8], len: u64, limits: &Limits) -> Result<Value, Invalid> {
+    let h = KvExtHeader::parse(head)?;
+    let invalid = |kind, message| Invalid { kind, message };
+    let total = h.total_bytes().ok_or_else(|| {
+        invalid(
+            ErrorKind::Truncated,
+            "KV dimensions overflow 64 bits".to_owned(),
+        )
+    })?;
+    if len < total {
+        return Err(invalid(
+            ErrorKind::Truncated,
+            format!("KV extended payload: need {total} bytes, have {len}"),
+        ));
+    }
+    if len > total {
+        return Err(invalid(
+            ErrorKind::Inconsistent,
+            format!("{} bytes after the last layer", len - total),
+        ));
+    }
+    if h.num_layers > limits.max_kv_layers {
+        return Err(invalid(
+            ErrorKind::LimitExceeded,
+            format!(
+                "KV cache declares {} layers, over the limit of {} (AVP-LIM-12)",
+                h.num_layers, limits.max_kv_layers
+            ),
+        ));
+    }
+    let prefix = (h.seq_start > 0)
+        .then(|| head.get(KVX_HEADER_LEN..KVX_HEADER_LEN + PREFIX_ADDRESS_LEN))
+        .flatten()
+        .and_then(|a| a.first_chunk::<PREFIX_ADDRESS_LEN>())
+        .map(|a| PrefixAddress(*a).to_hex());
+    Ok(
+        json!({"num_layers": h.num_layers, "num_kv_heads": h.num_kv_heads, "head_dim": h.head_dim,
+              "seq_len": h.seq_len, "dtype": h.dtype.name(),
+              "scheme": h.scheme.name(), "scale_dtype": scale_name(h.scale_dtype),
+              "group_size": h.group_size, "residual": h.residual,
+              "scales_per_tensor": h.scales_per_tensor,
+              "seq_start": h.seq_start, "prefix": prefix}),
+    )
+}
+
+/// `f32` or `f16`, the names `avp convert --scale-dtype` takes.
+pub(crate) fn scale_name(s: ScaleDtype) -> &'static str {
+    match s {
+        ScaleDtype::F16 => "f16",
+        _ => "f32",
+    }
+}
+
 pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
     print_error("io", &format!("{}: {e}", path.display()));
     ExitCode::from(EXIT_IO)
 }
 
-/// The JSON view of a decoded message (AVP-CLI-1).
-pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Error> {
+/// The JSON view of a decoded message (AVP-CLI-1, AVP-CLI-23).
+pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Invalid> {
     let m = &d.metadata;
     let extra: serde_json::Map<String, Value> = m
         .extra
@@ -108,7 +187,7 @@ pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Error> {
                 json!({"num_layers": h.num_layers, "num_kv_heads": h.num_kv_heads, "head_dim": h.head_dim,
                        "seq_len": h.seq_len, "dtype": h.dtype.name()})
             }
-            Err(e) if strict => return Err(e),
+            Err(e) if strict => return Err(e.into()),
             Err(e) => {
                 warnings.push(
                     json!({"code": "kv_invalid", "message": format!("KV cache not readable: {e}")}),
@@ -116,6 +195,8 @@ pub(crate) fn message_json(d: &Decoded, strict: bool) -> Result<Value, Error> {
                 Value::Null
             }
         }
+    } else if m.payload_type == PayloadType::KvCacheExt {
+        ext_json(&t.head, t.len, &Limits::DEFAULT)?
     } else {
         Value::Null
     };
@@ -172,6 +253,42 @@ pub(crate) fn read_decoded(
     })
 }
 
+/// The JSON view of a chunked file (AVP-CLI-25): each message's AVP-CLI-1
+/// object with its descriptor as `"chunk"`, in file order, and the
+/// assembled context, which [`scan_chunked`] verified.
+fn chunked_json(file: &ChunkedFile, strict: bool) -> Result<Value, Invalid> {
+    let mut chunks = Vec::with_capacity(file.chunks.len());
+    for c in &file.chunks {
+        let mut v = message_json(&c.decoded, strict)?;
+        let d = &c.descriptor;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "chunk".to_owned(),
+                json!({"offset": c.offset, "index": d.index, "count": d.count,
+                       "layer_start": d.layer_start, "layer_end": d.layer_end}),
+            );
+        }
+        chunks.push(v);
+    }
+    let h = &file.context;
+    Ok(json!({
+        "chunks": chunks,
+        "context": {
+            "context_id": hex(&file.context_id),
+            "context_digest": hex(&file.context_digest),
+            "digest_verified": true,
+            "num_layers": h.num_layers, "num_kv_heads": h.num_kv_heads, "head_dim": h.head_dim,
+            "seq_len": h.seq_len, "dtype": h.dtype.name(),
+            "payload_length": h.total_bytes(),
+        },
+    }))
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub(crate) fn run(args: DecodeArgs) -> ExitCode {
     let want = Want {
         blake3: true,
@@ -181,9 +298,22 @@ pub(crate) fn run(args: DecodeArgs) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match message_json(&decoded, args.strict) {
+    let value = if is_chunk(&decoded.metadata) {
+        let key = match args.mac_key.as_deref().map(read_mac_key).transpose() {
+            Ok(k) => k,
+            Err(code) => return code,
+        };
+        let opts = DecodeOptions::default().with_strict(args.strict);
+        match scan_chunked(&args.file, &opts, want, key.as_ref()) {
+            Ok(file) => chunked_json(&file, args.strict),
+            Err(stop) => return report_stop(stop),
+        }
+    } else {
+        message_json(&decoded, args.strict)
+    };
+    match value {
         Ok(v) if args.json => crate::out::finish_line(v),
         Ok(v) => crate::out::finish_line(serde_json::to_string_pretty(&v).unwrap_or_default()),
-        Err(e) => codec_error(&e),
+        Err(e) => e.report(),
     }
 }

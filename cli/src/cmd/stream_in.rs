@@ -8,7 +8,9 @@
 //! compressed tensor has to be decompressed whole, so that path buffers the
 //! declared message (within the limits) and uses the one-shot decoder.
 //! Bytes after the message are counted, not kept: from the size of a
-//! regular file, by reading and discarding otherwise.
+//! regular file, by reading and discarding otherwise. For `inspect`, an
+//! extended KV payload (`KV_CACHE_EXT`) is kept whole: its statistics need
+//! it dequantized (AVP-CLI-24); `decode` needs only its first 72 bytes.
 //!
 //! Every outcome equals what `decode_with` gives for the whole input: the
 //! codec's `check_streamed` and `KvHeader::check_payload` make its checks
@@ -20,12 +22,17 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use avp_codec::kv::{KV_HEADER_LEN, KvHeader};
+use avp_codec::kv_quant::{KVX_HEADER_LEN, PREFIX_ADDRESS_LEN};
 use avp_codec::mac::{MacKey, StreamVerifier};
 use avp_codec::tensor::{ElementType, Stats, StatsAccumulator, TensorView};
 use avp_codec::{
     DecodeOptions, Error, Header, Limits, Metadata, PayloadType, StreamDecoder, Warning,
     check_header, check_streamed, peek_with,
 };
+
+/// Tensor bytes kept for `decode`: the extended KV header (40 bytes) and
+/// a delta's prefix address (32), which cover the 17-byte KV v1 header too.
+pub(crate) const HEAD_LEN: usize = KVX_HEADER_LEN + PREFIX_ADDRESS_LEN;
 
 /// The one buffer an uncompressed tensor passes through: large enough that
 /// the read syscalls cost little, small enough to stay in L2/L3 cache.
@@ -78,6 +85,9 @@ pub(crate) enum TensorStats {
     /// A KV cache: the inner header, its warnings, K and V stats per layer;
     /// or why the inner format does not read.
     Kv(Result<(KvHeader, Vec<Warning>, Vec<Stats>), Error>),
+    /// An extended KV payload (spec/protocol/kv-quant.md), kept whole:
+    /// statistics need it dequantized, which takes the whole layout.
+    Ext(Vec<u8>),
 }
 
 /// The tensor bytes, summarised.
@@ -85,7 +95,8 @@ pub(crate) struct TensorSummary {
     pub(crate) len: u64,
     pub(crate) crc32: u32,
     pub(crate) blake3: Option<blake3::Hash>,
-    /// The first `min(17, len)` bytes: the KV inner header, if any.
+    /// The first `min(HEAD_LEN, len)` bytes: the KV inner header, or the
+    /// extended one and a delta's prefix address (AVP-KVQ-2), if any.
     pub(crate) head: Vec<u8>,
     pub(crate) stats: Option<TensorStats>,
 }
@@ -153,6 +164,8 @@ enum Plan {
         current: Elements,
     },
     KvUnreadable(Error),
+    /// An extended KV payload, collected as it arrives.
+    Whole(Vec<u8>),
 }
 
 /// Consumes the tensor bytes in order, in pieces of any size.
@@ -172,12 +185,14 @@ impl TensorSink {
         let plan = match (want.stats, metadata.payload_type) {
             (false, _) => Plan::None,
             (true, PayloadType::KvCache) => Plan::KvPending,
+            // Grows with the bytes that arrive, not with what the header declares.
+            (true, PayloadType::KvCacheExt) => Plan::Whole(Vec::new()),
             (true, _) => Plan::Hidden(Elements::new(ElementType::from(metadata.dtype))),
         };
         TensorSink {
             crc: crc32fast::Hasher::new(),
             blake3: want.blake3.then(blake3::Hasher::new),
-            head: Vec::with_capacity(KV_HEADER_LEN),
+            head: Vec::with_capacity(HEAD_LEN),
             len: 0,
             declared,
             plan,
@@ -192,16 +207,17 @@ impl TensorSink {
         }
         let start = self.len;
         self.len = self.len.saturating_add(bytes.len() as u64);
-        if self.head.len() < KV_HEADER_LEN {
-            let take = (KV_HEADER_LEN - self.head.len()).min(bytes.len());
+        if self.head.len() < HEAD_LEN {
+            let take = (HEAD_LEN - self.head.len()).min(bytes.len());
             self.head
                 .extend_from_slice(bytes.get(..take).unwrap_or_default());
         }
         match &mut self.plan {
             Plan::None | Plan::KvUnreadable(_) => {}
             Plan::Hidden(e) => e.feed(bytes),
+            Plan::Whole(all) => all.extend_from_slice(bytes),
             Plan::KvPending => {
-                if self.head.len() == KV_HEADER_LEN {
+                if self.head.len() >= KV_HEADER_LEN {
                     self.plan = kv_plan(&self.head, self.declared);
                     self.feed_kv(start, bytes);
                 }
@@ -256,6 +272,7 @@ impl TensorSink {
                 kv_check(&self.head, self.len).map(|(h, w)| (h, w, Vec::new())),
             )),
             Plan::KvUnreadable(e) => Some(TensorStats::Kv(Err(e))),
+            Plan::Whole(all) => Some(TensorStats::Ext(all)),
             Plan::Kv {
                 header,
                 warnings,
