@@ -14,6 +14,7 @@ pub(crate) mod inspect;
 pub(crate) mod model_dir;
 pub(crate) mod route;
 pub(crate) mod send;
+pub(crate) mod send_chunked;
 pub(crate) mod serve;
 pub(crate) mod store;
 pub(crate) mod stream_in;
