@@ -49,6 +49,19 @@ pub enum ErrorKind {
     /// The receiver holds no context with the delta's prefix (AVP-KVD-5);
     /// the sender falls back to a full transfer.
     MissingPrefix,
+    // --- chunked contexts (spec/protocol/chunked.md) ---
+    /// A chunk's `avp.chunk` descriptor is malformed or contradicts itself
+    /// or its KV header (AVP-CHK-2, AVP-CHK-3).
+    BadChunk,
+    /// A chunk contradicts the chunks of its assembly: another context,
+    /// other dimensions, overlapping layers, a gap, or a different chunk
+    /// under an index already received (AVP-CHK-4).
+    ChunkConflict,
+    /// The assembly was finished with chunks missing (AVP-CHK-5).
+    IncompleteContext,
+    /// The assembled layer bytes do not hash to the declared context
+    /// digest (AVP-CHK-5).
+    ContextDigestMismatch,
     // --- end KV extensions ---
     /// API misuse (AVP-ERR-2): the caller asked for something the format cannot express
     /// (for example a message over 4 GiB). Never caused by received bytes.
@@ -81,6 +94,10 @@ impl ErrorKind {
             ErrorKind::PrefixMismatch => "prefix_mismatch",
             ErrorKind::DeltaMismatch => "delta_mismatch",
             ErrorKind::MissingPrefix => "missing_prefix",
+            ErrorKind::BadChunk => "bad_chunk",
+            ErrorKind::ChunkConflict => "chunk_conflict",
+            ErrorKind::IncompleteContext => "incomplete_context",
+            ErrorKind::ContextDigestMismatch => "context_digest_mismatch",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::MetadataMismatch => "metadata_mismatch",
             ErrorKind::Internal => "internal",

@@ -24,6 +24,8 @@
 //! - [`kv`]: the KV-cache inner format; [`json`]: the JSON fallback message.
 //! - [`kv_quant`]: quantized/delta KV (extended inner format); [`kv_delta`]:
 //!   prefix addresses (feature `kv-delta`), split and assembly.
+//! - [`chunk`]: a context as a sequence of layer-range messages: descriptor,
+//!   splitter, assembler (digest with feature `kv-chunked`).
 //! - `mac` (feature `mac`): the optional keyed BLAKE3 MAC of spec/protocol/mac.md.
 #![forbid(unsafe_code)]
 #![warn(
@@ -55,6 +57,9 @@ pub mod tensor; // typed zero-copy views of tensor bytes
 // KV extensions (spec/protocol/kv-quant.md, kv-delta.md): quantized and delta KV.
 pub mod kv_delta; // shared-prefix addresses, split and assembly
 pub mod kv_quant; // the extended (quantized/delta) KV inner format
+
+// Chunked contexts (spec/protocol/chunked.md): one context as several messages.
+pub mod chunk; // chunk descriptors, the splitter and the sans-I/O assembler
 
 #[doc(hidden)]
 pub mod fuzzing; // shared oracles for tests, proptest and fuzz
