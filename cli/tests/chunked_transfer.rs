@@ -182,7 +182,8 @@ fn held(status: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// AVP-HTTP-80/81/82/86/87/91: a 4 MiB context cut into 1 MiB chunks
+/// AVP-HTTP-80, AVP-HTTP-81, AVP-HTTP-82, AVP-HTTP-86, AVP-HTTP-87,
+/// AVP-HTTP-91, AVP-HTTP-93: a 4 MiB context cut into 1 MiB chunks
 /// reaches `avp serve` intact and is stored as one chunked file; that file,
 /// sent through `avp route` to a second agent, arrives byte for byte.
 #[test]
@@ -234,9 +235,10 @@ fn http_80_81_82_86_87_91_chunked_context_arrives_intact_directly_and_through_ro
     );
 }
 
-/// AVP-HTTP-83/86/92: the receiver is killed (SIGKILL) once half the chunks
-/// are held; no context is visible before it is whole; after a restart the
-/// same `avp send` sends only the chunks that were missing.
+/// AVP-HTTP-83, AVP-HTTP-86, AVP-HTTP-90, AVP-HTTP-92, AVP-HTTP-93: the
+/// receiver is killed (SIGKILL) once half the chunks are held; no context
+/// is visible before it is whole; after a restart the same `avp send`
+/// sends only the chunks that were missing.
 #[test]
 fn http_83_86_92_killed_receiver_restarts_and_the_sender_sends_only_what_is_missing() {
     let dir = Scratch::new("chunked", "resume");
@@ -322,7 +324,7 @@ fn chunks_of(dir: &Scratch, message: &Path, tag: &str) -> Vec<Vec<u8>> {
     messages(&bytes).iter().map(|(m, _)| m.to_vec()).collect()
 }
 
-/// AVP-HTTP-85/92: a context whose sender went away is deleted after the
+/// AVP-HTTP-82, AVP-HTTP-85, AVP-HTTP-92: a context whose sender went away is deleted after the
 /// chunk TTL; too many contexts at once get 503 `server_busy`; a plain
 /// message at the chunk endpoint is 400 `bad_chunk`; a chunk of a context
 /// already stored is an idempotent duplicate.
@@ -450,7 +452,7 @@ fn http_80_a_peer_without_kv_chunked_never_gets_chunks() {
     );
 }
 
-/// AVP-HTTP-84/18: an upload that stalls mid-chunk holds no one else up:
+/// AVP-HTTP-84, AVP-HTTP-18: an upload that stalls mid-chunk holds no one else up:
 /// another sender's context completes meanwhile (the server's deadlines
 /// and budget shares apply to chunks as to transmits).
 #[test]

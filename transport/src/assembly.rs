@@ -765,3 +765,149 @@ fn read_done(dir: &Path) -> Option<(String, SystemTime)> {
     let id = value.get("request_id").and_then(Value::as_str)?.to_owned();
     Some((id, at))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use avp_codec::Metadata;
+    use avp_codec::chunk::split_payload;
+    use avp_codec::kv::KvDtype;
+
+    const CONTEXT: [u8; 16] = [0x42; 16];
+
+    /// A KV v1 context of `layers` layers of 2x2x4 float32 values.
+    fn payload(layers: u32, salt: u8) -> Vec<u8> {
+        let header = KvHeader {
+            num_layers: layers,
+            num_kv_heads: 2,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut out = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        out.extend((0..n).map(|i| (i * 7 % 251) as u8 ^ salt));
+        out
+    }
+
+    fn chunk_messages(layers: u32, count: u32) -> Vec<Vec<u8>> {
+        let base = Metadata::new().with_target_agent_id("b");
+        split_payload(&payload(layers, 0), count, &base, CONTEXT).expect("split")
+    }
+
+    fn incoming(bytes: &[u8]) -> IncomingChunk {
+        let (info, layers_at) = crate::wire::check_chunk(bytes, None)
+            .expect("valid")
+            .expect("a chunk");
+        IncomingChunk {
+            bytes: Bytes::copy_from_slice(bytes),
+            info,
+            layers_at,
+            origin: Origin {
+                target_agent_id: "b".into(),
+                ..Origin::default()
+            },
+        }
+    }
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Dir, Arc<ContextStore>, Assemblies) {
+        let dir = Dir(std::env::temp_dir().join(format!("avp-assembly-{tag}-{}", new_id())));
+        let store = Arc::new(ContextStore::open(&dir.0, Duration::from_secs(60)).expect("store"));
+        let assemblies =
+            Assemblies::open(Arc::clone(&store), ChunkLimits::default()).expect("assemblies");
+        (dir, store, assemblies)
+    }
+
+    /// AVP-HTTP-90, AVP-HTTP-91: chunks arriving 2, 0, 1 are appended as they
+    /// come; on completion the digest is checked from disk and the stored
+    /// file holds the chunks in index order, and nothing is visible before.
+    #[test]
+    fn http_90_91_chunks_out_of_order_are_stored_in_index_order_and_verified_from_disk() {
+        let (_dir, store, assemblies) = setup("order");
+        let chunks = chunk_messages(6, 3);
+        for (n, index) in [2usize, 0].into_iter().enumerate() {
+            let added = assemblies.add(incoming(&chunks[index])).expect("added");
+            assert_eq!((added.held, added.request_id), (n as u32 + 1, None));
+            assert!(store.list().is_empty(), "nothing visible before the end");
+        }
+        assert_eq!(assemblies.status(&CONTEXT).held, vec![0, 2]);
+        let last = assemblies.add(incoming(&chunks[1])).expect("completes");
+        let stored = last.stored.expect("stored");
+        let (_, bytes) = store.get(&stored.id).expect("read").expect("present");
+        assert_eq!(bytes.to_vec(), chunks.concat(), "index order");
+        assert_eq!(
+            assemblies.status(&CONTEXT).request_id,
+            Some(stored.id.clone())
+        );
+        assert_eq!(assemblies.in_progress(), (0, 0));
+        // A late copy of a chunk of the stored context: a duplicate.
+        let again = assemblies.add(incoming(&chunks[0])).expect("duplicate");
+        assert!(again.duplicate);
+        assert_eq!(again.request_id, Some(stored.id));
+    }
+
+    /// AVP-HTTP-91: chunks whose bytes do not hash to the declared digest
+    /// are discarded with `context_digest_mismatch`; nothing is stored.
+    #[test]
+    fn http_91_a_digest_mismatch_discards_the_assembly() {
+        let (_dir, store, assemblies) = setup("digest");
+        let good = chunk_messages(4, 2);
+        // The same context id and digest, other layer bytes in chunk 1.
+        let base = Metadata::new().with_target_agent_id("b");
+        let other = split_payload(&payload(4, 0x5a), 2, &base, CONTEXT).expect("split");
+        let mut forged = incoming(&other[1]);
+        forged.info.descriptor.context_digest = incoming(&good[0]).info.descriptor.context_digest;
+        assemblies.add(incoming(&good[0])).expect("first");
+        match assemblies.add(forged) {
+            Err(AssemblyError::Digest(err)) => {
+                assert_eq!(err.kind(), avp_codec::ErrorKind::ContextDigestMismatch)
+            }
+            other => panic!("expected a digest mismatch, got {other:?}"),
+        }
+        assert!(store.list().is_empty());
+        assert_eq!(assemblies.status(&CONTEXT).held, Vec::<u32>::new());
+        assert_eq!(assemblies.in_progress(), (0, 0));
+    }
+
+    /// AVP-HTTP-92: after a crash the index lines whose chunks are wholly on
+    /// disk are kept; a torn last line and bytes past the last chunk are
+    /// dropped, and the sender's resumption completes the context.
+    #[test]
+    fn http_92_a_torn_index_line_and_a_half_written_chunk_are_dropped_on_restart() {
+        let (dir, store, assemblies) = setup("recover");
+        let chunks = chunk_messages(6, 3);
+        assemblies.add(incoming(&chunks[0])).expect("chunk 0");
+        assemblies.add(incoming(&chunks[1])).expect("chunk 1");
+        drop(assemblies);
+        let folder = dir.0.join(ASSEMBLY_DIR).join(hex(&CONTEXT));
+        // A crash in the middle of chunk 2: half its bytes, half its line.
+        let mut data = fs::OpenOptions::new()
+            .append(true)
+            .open(folder.join(DATA))
+            .expect("data");
+        data.write_all(&chunks[2][..chunks[2].len() / 2])
+            .expect("half");
+        let mut index = fs::OpenOptions::new()
+            .append(true)
+            .open(folder.join(INDEX))
+            .expect("index");
+        index.write_all(b"999 12").expect("torn line");
+        drop((data, index));
+        let assemblies =
+            Assemblies::open(Arc::clone(&store), ChunkLimits::default()).expect("reopen");
+        assert_eq!(assemblies.status(&CONTEXT).held, vec![0, 1]);
+        let held_bytes = (chunks[0].len() + chunks[1].len()) as u64;
+        assert_eq!(assemblies.in_progress(), (1, held_bytes), "cut back");
+        let last = assemblies.add(incoming(&chunks[2])).expect("resumed");
+        let stored = last.stored.expect("complete");
+        let (_, bytes) = store.get(&stored.id).expect("read").expect("present");
+        assert_eq!(bytes.to_vec(), chunks.concat());
+    }
+}

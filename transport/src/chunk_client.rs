@@ -106,12 +106,13 @@ pub async fn send_chunks<S: ChunkSource>(
             &mut progress,
         )
         .await;
-        let retry = match &outcome {
-            Err(TransportError::Connect(_) | TransportError::Connection(_))
-            | Err(TransportError::Timeout) => true,
-            Err(TransportError::Status { status: 503, .. }) => true,
-            _ => false,
-        };
+        let retry = matches!(
+            &outcome,
+            Err(TransportError::Connect(_)
+                | TransportError::Connection(_)
+                | TransportError::Timeout
+                | TransportError::Status { status: 503, .. })
+        );
         match outcome {
             Ok(mut answer) => {
                 if let Some(object) = answer.as_object_mut() {
