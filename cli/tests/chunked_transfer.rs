@@ -413,10 +413,11 @@ fn status_request_id(url: &str, chunk: &[u8]) -> Value {
     chunk_status(url, &hex_id_of(chunk))["request_id"].clone()
 }
 
-/// AVP-HTTP-80: an agent without a store (like an SDK agent) announces no
-/// `kv_chunked`: a chunked file is refused before anything is sent, a
-/// single message goes whole even with --chunk-mib, and the chunk endpoint
-/// answers 404.
+/// AVP-HTTP-80 (AVP-CHK-9): an agent that does not assemble chunks (like an
+/// SDK agent) announces no `kv_chunked`: a chunked file goes to it as the
+/// one message it joins into (byte for byte the message it was cut from),
+/// a single message goes whole even with --chunk-mib, and the chunk
+/// endpoint answers 404.
 #[test]
 fn http_80_a_peer_without_kv_chunked_never_gets_chunks() {
     let dir = Scratch::new("chunked", "sdk");
@@ -427,10 +428,16 @@ fn http_80_a_peer_without_kv_chunked_never_gets_chunks() {
     assert_eq!(answer["complete"], true);
     let chunked_file = stored(&chunked_store)[0].clone();
 
-    let plain = serve(None, &[]);
+    // --max-assemblies 0: a store, but no chunk assembly and no kv_chunked.
+    let plain_store = dir.path("plain");
+    let plain = serve(Some(&plain_store), &["--max-assemblies", "0"]);
     let (output, answer) = send(&chunked_file, &plain.url, &[]);
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(answer["error"]["kind"], "chunking_unsupported");
+    assert!(output.status.success(), "{answer}");
+    let joined = std::fs::read(&stored(&plain_store)[0]).expect("joined");
+    assert!(
+        joined == std::fs::read(&message).expect("message"),
+        "joined back into exactly the message that was cut"
+    );
     let (output, answer) = send(&message, &plain.url, &["--chunk-mib", "1"]);
     assert!(output.status.success(), "{answer}");
     assert_eq!(
@@ -438,6 +445,7 @@ fn http_80_a_peer_without_kv_chunked_never_gets_chunks() {
         Some(std::fs::metadata(&message).expect("size").len()),
         "sent as one transmit"
     );
+    assert_eq!(stored(&plain_store).len(), 2);
     let bytes = std::fs::read(&chunked_file).expect("chunked file");
     let first = messages(&bytes)[0].0.to_vec();
     let (status, answer) = post(

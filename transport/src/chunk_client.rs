@@ -280,8 +280,8 @@ pub struct ChunkedFile {
     file: fs::File,
     context_id: [u8; 16],
     target: String,
-    /// (offset, length) of chunk `index`.
-    chunks: Vec<(u64, u64)>,
+    /// (offset, length, header + metadata length) of chunk `index`.
+    chunks: Vec<(u64, u64, u64)>,
 }
 
 impl ChunkedFile {
@@ -293,7 +293,7 @@ impl ChunkedFile {
         let mut file = fs::File::open(path)?;
         let file_len = file.metadata()?.len();
         let mut offset = 0u64;
-        let mut found: Vec<Option<(u64, u64)>> = Vec::new();
+        let mut found: Vec<Option<(u64, u64, u64)>> = Vec::new();
         let mut context: Option<([u8; 16], u32, String)> = None;
         while offset < file_len {
             let prefix = match read_prefix_at(&mut file, offset) {
@@ -336,7 +336,7 @@ impl ChunkedFile {
                 found = vec![None; *count as usize];
             }
             match found.get_mut(descriptor.index as usize) {
-                Some(slot @ None) => *slot = Some((offset, len)),
+                Some(slot @ None) => *slot = Some((offset, len, prefix.len() as u64)),
                 Some(Some(_)) => {
                     return Err(bad(format!("chunk {} appears twice", descriptor.index)));
                 }
@@ -362,7 +362,177 @@ impl ChunkedFile {
 
     /// Bytes of all chunk messages.
     pub fn total_bytes(&self) -> u64 {
-        self.chunks.iter().map(|(_, len)| len).sum()
+        self.chunks.iter().map(|c| c.1).sum()
+    }
+
+    /// The context as one KV_CACHE message, for a peer that does not take
+    /// chunks (AVP-CHK-9, AVP-HTTP-80): chunk 0's metadata without its
+    /// `avp.chunk` entry, the whole context's KV header, then every chunk's
+    /// layer bytes in order. A first pass over the file computes the
+    /// payload checksum; the body is then streamed from the file (4 MiB
+    /// blocks), never held. `chunking_unsupported` when the context is over
+    /// the 4 GiB of one message (AVP-WIRE-5).
+    pub fn into_single_message(mut self) -> Result<SingleMessage, TransportError> {
+        let prefix = read_prefix_at(&mut self.file, 0)?;
+        let mut kv = [0u8; KV_HEADER_LEN];
+        self.file.read_exact(&mut kv)?;
+        let peeked = peek(&prefix).map_err(|err| bad(err.to_string()))?;
+        let descriptor = descriptor_of(&peeked.metadata)
+            .map_err(|err| bad(err.to_string()))?
+            .ok_or_else(|| bad("chunk 0 has no descriptor"))?;
+        let chunk_header = KvHeader::parse(&kv).map_err(|err| bad(err.to_string()))?;
+        let header = descriptor.context_header(&chunk_header);
+        let payload_len = header
+            .total_bytes()
+            .ok_or_else(|| bad("KV dimensions overflow 64 bits"))?;
+        let too_large = || {
+            TransportError::ChunkingUnsupported(format!(
+                "the context's KV payload is {payload_len} bytes: over the 4 GiB of one message \
+                 (AVP-WIRE-5), and the peer did not announce kv_chunked"
+            ))
+        };
+        if payload_len > u64::from(u32::MAX) {
+            return Err(too_large());
+        }
+        let ranges: Vec<(u64, u64)> = self
+            .chunks
+            .iter()
+            .map(|&(offset, len, prefix)| {
+                let skip = prefix + KV_HEADER_LEN as u64;
+                (offset + skip, len.saturating_sub(skip))
+            })
+            .collect();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header.to_bytes());
+        let mut buf = vec![0u8; BLOCK];
+        for &(offset, len) in &ranges {
+            self.file.seek(SeekFrom::Start(offset))?;
+            let mut rest = len;
+            while rest > 0 {
+                let part = buf
+                    .get_mut(..rest.min(BLOCK as u64) as usize)
+                    .unwrap_or_default();
+                self.file.read_exact(part)?;
+                crc.update(part);
+                rest -= part.len() as u64;
+            }
+        }
+        let mut metadata = peeked.metadata.clone();
+        metadata.extra.remove(avp_codec::chunk::CHUNK_EXTRA_KEY);
+        let metadata = metadata
+            .with_payload_checksum(Some(crc.finalize()))
+            .with_compression(None::<&str>);
+        let meta_len = metadata.encoded_len() as u64;
+        let body = u32::try_from(meta_len + payload_len).map_err(|_| too_large())?;
+        let mut head = avp_codec::Header {
+            version: avp_codec::VERSION,
+            flags: avp_codec::flags_for(&metadata, avp_codec::Compression::None),
+            payload_length: body,
+            metadata_length: meta_len as u32,
+        }
+        .to_bytes()
+        .to_vec();
+        metadata.write(&mut head);
+        head.extend_from_slice(&header.to_bytes());
+        Ok(SingleMessage {
+            file: self.file,
+            head,
+            ranges,
+        })
+    }
+}
+
+/// Bytes read from a file at a time when streaming a joined context.
+const BLOCK: usize = 4 << 20;
+
+/// A chunked context joined into one message as it is sent
+/// ([`ChunkedFile::into_single_message`]).
+pub struct SingleMessage {
+    file: fs::File,
+    /// Wire header, metadata and the context's KV header.
+    head: Vec<u8>,
+    /// (offset, length) of each chunk's layer bytes, in index order.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl SingleMessage {
+    /// Bytes of the message.
+    pub fn len(&self) -> u64 {
+        self.head.len() as u64 + self.ranges.iter().map(|r| r.1).sum::<u64>()
+    }
+
+    /// Whether the message is empty (never: it has a header).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The message as a request body, read from the file on a blocking
+    /// thread a few blocks ahead of the socket.
+    pub fn into_body(self) -> crate::body::OutgoingBody {
+        use http_body_util::BodyExt;
+        let len = self.len();
+        let (tx, rx) = mpsc::channel(4);
+        let Self {
+            mut file,
+            head,
+            ranges,
+        } = self;
+        tokio::task::spawn_blocking(move || {
+            if tx.blocking_send(Ok(Bytes::from(head))).is_err() {
+                return;
+            }
+            for (offset, len) in ranges {
+                if let Err(err) = file.seek(SeekFrom::Start(offset)) {
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+                let mut rest = len;
+                while rest > 0 {
+                    let mut block = vec![0u8; rest.min(BLOCK as u64) as usize];
+                    let read = file.read_exact(&mut block).map(|()| Bytes::from(block));
+                    let failed = read.is_err();
+                    rest = rest.saturating_sub(BLOCK as u64);
+                    if tx.blocking_send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        ChannelBody { rx, remaining: len }.boxed()
+    }
+}
+
+/// A request body fed by a channel, with its exact length (so the request
+/// carries `Content-Length`).
+struct ChannelBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        self.rx.poll_recv(cx).map(|item| {
+            item.map(|read| {
+                read.map(|bytes| {
+                    self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                    http_body::Frame::data(bytes)
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -384,7 +554,7 @@ impl ChunkSource for ChunkedFile {
     }
 
     fn read_chunk(&mut self, index: u32) -> io::Result<Bytes> {
-        let (offset, len) = self
+        let (offset, len, _) = self
             .chunks
             .get(index as usize)
             .copied()

@@ -256,6 +256,25 @@ impl AvpClient {
         .await
     }
 
+    /// `POST /avp/v2/transmit` with a streamed body (one message, e.g. a
+    /// chunked context joined as it is read); not retried: a body is sent once.
+    pub async fn transmit_body(&self, body: OutgoingBody) -> Result<Value, TransportError> {
+        let request = self
+            .build(
+                Method::POST,
+                PATH_TRANSMIT,
+                Some(CONTENT_TYPE_AVP),
+                &Payload::None,
+            )
+            .await?
+            .map(|_| body);
+        let (status, answer) =
+            tokio::time::timeout(self.config.timeout, exchange(&self.inner, request))
+                .await
+                .map_err(|_| TransportError::Timeout)??;
+        interpret(status, &answer)
+    }
+
     /// `POST /avp/v2/text` with a JSON fallback message.
     pub async fn send_text(&self, message: &Value) -> Result<Value, TransportError> {
         self.send_text_bytes(Bytes::from(serde_json::to_vec(message).unwrap_or_default()))

@@ -56,12 +56,13 @@ pub(crate) async fn send_if_chunked(
     };
     let outcome = match (file, chunked) {
         (Some(file), true) => send_with_progress(client, file, &options).await,
-        (Some(_), false) => Err(TransportError::ChunkingUnsupported(
-            "the peer did not announce kv_chunked (an SDK agent?) and the file is a chunked \
-             context; join it into one message if it fits in 4 GiB, or send to an agent that \
-             assembles chunks"
-                .to_owned(),
-        )),
+        // AVP-CHK-9: one message when the context fits, else a clear refusal.
+        (Some(file), false) => {
+            match tokio::task::spawn_blocking(move || file.into_single_message()).await? {
+                Ok(message) => client.transmit_body(message.into_body()).await,
+                Err(err) => Err(err),
+            }
+        }
         // A single message: the peer gets it whole (it fits, being one message).
         (None, false) => return Ok(None),
         (None, true) => {

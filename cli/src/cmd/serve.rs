@@ -78,7 +78,8 @@ pub(crate) struct ServeArgs {
     /// (with --store; AVP-HTTP-92).
     #[arg(long, default_value_t = 600)]
     chunk_ttl: u64,
-    /// Chunked contexts assembled at once (with --store).
+    /// Chunked contexts assembled at once (with --store); 0 turns chunk
+    /// assembly off (no kv_chunked in the handshake).
     #[arg(long, default_value_t = 16)]
     max_assemblies: usize,
     /// Bytes all incomplete chunked contexts together may hold on disk.
@@ -203,9 +204,10 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening store {}", dir.display()))?,
         None => ContextStore::in_memory(ttl),
     });
-    // Chunked contexts are assembled on disk only (AVP-HTTP-90).
+    // Chunked contexts are assembled on disk only (AVP-HTTP-90); with
+    // --max-assemblies 0 not at all (no kv_chunked).
     let assemblies = match &args.store {
-        Some(dir) => Some(Arc::new(
+        Some(dir) if args.max_assemblies > 0 => Some(Arc::new(
             Assemblies::open(
                 Arc::clone(&store),
                 ChunkLimits {
@@ -217,7 +219,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             )
             .with_context(|| format!("opening chunk assemblies in {}", dir.display()))?,
         )),
-        None => None,
+        _ => None,
     };
     handshake = handshake.with_kv_chunked(assemblies.is_some());
     let mut agent = Agent::new(args.agent_id.clone(), ModelIdentity::default(), store)
