@@ -199,11 +199,24 @@ impl Assemblies {
                 "chunked contexts need a store directory",
             ));
         };
+        // Made with the first chunk: a store that never sees one stays as it was.
         let root = dir.join(ASSEMBLY_DIR);
-        fs::create_dir_all(&root)?;
         let mut open = HashMap::new();
         let mut done = HashMap::new();
-        for item in fs::read_dir(&root)? {
+        let items = match fs::read_dir(&root) {
+            Ok(items) => items,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    root,
+                    store,
+                    limits,
+                    open: Mutex::new(open),
+                    done: Mutex::new(done),
+                });
+            }
+            Err(err) => return Err(err),
+        };
+        for item in items {
             let item = item?;
             let Some(context_id) = item.file_name().to_str().and_then(parse_context_id) else {
                 continue;
