@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -186,6 +187,9 @@ pub struct Assemblies {
     open: Mutex<HashMap<[u8; 16], Arc<Mutex<Assembly>>>>,
     /// Completed contexts: their stored id and when (for status, until the TTL).
     done: Mutex<HashMap<[u8; 16], (String, SystemTime)>>,
+    /// Bytes of every open assembly's `data`: one counter, so a chunk is
+    /// checked against the bound without locking the other assemblies.
+    held_bytes: AtomicU64,
 }
 
 impl Assemblies {
@@ -212,6 +216,7 @@ impl Assemblies {
                     limits,
                     open: Mutex::new(open),
                     done: Mutex::new(done),
+                    held_bytes: AtomicU64::new(0),
                 });
             }
             Err(err) => return Err(err),
@@ -237,12 +242,14 @@ impl Assemblies {
                 }
             }
         }
+        let held: u64 = open.values().map(|a| lock(a).len).sum();
         let assemblies = Self {
             root,
             store,
             limits,
             open: Mutex::new(open),
             done: Mutex::new(done),
+            held_bytes: AtomicU64::new(held),
         };
         assemblies.expire();
         Ok(assemblies)
@@ -283,9 +290,8 @@ impl Assemblies {
 
     /// Number of contexts being assembled and the bytes they hold.
     pub fn in_progress(&self) -> (usize, u64) {
-        let open = lock(&self.open);
-        let bytes = open.values().map(|a| lock(a).len).sum();
-        (open.len(), bytes)
+        let open = lock(&self.open).len();
+        (open, self.held_bytes.load(Ordering::SeqCst))
     }
 
     /// Adds one checked chunk: appended and flushed to its assembly's
@@ -322,11 +328,7 @@ impl Assemblies {
         let len = chunk.bytes.len() as u64;
         let is_new = assembly.assembler.chunk(descriptor.index).is_none();
         if is_new
-            && self
-                .bytes_elsewhere(&context_id)
-                .saturating_add(assembly.len)
-                .saturating_add(len)
-                > self.limits.max_bytes
+            && self.held_bytes.load(Ordering::SeqCst).saturating_add(len) > self.limits.max_bytes
         {
             return Err(AssemblyError::Busy(format!(
                 "the contexts being assembled would hold more than {} bytes",
@@ -336,6 +338,15 @@ impl Assemblies {
         // The assembler changes nothing on error; kept to undo a failed write.
         let before = assembly.assembler.clone();
         match assembly.assembler.add(&chunk.info) {
+            // Complete but not stored (the disk failed at the end): a
+            // resent chunk retries the completion.
+            Ok(Added::Duplicate) if assembly.assembler.is_complete() => {
+                let stored = self.complete(&mut assembly, &context_id)?;
+                let mut added = answer(&assembly, true);
+                added.request_id = Some(stored.id.clone());
+                added.stored = Some(stored);
+                return Ok(added);
+            }
             Ok(Added::Duplicate) => return Ok(answer(&assembly, true)),
             Ok(Added::New) => {}
             Err(err) => return Err(AssemblyError::Invalid(err)),
@@ -350,6 +361,7 @@ impl Assemblies {
             return Err(err.into());
         }
         assembly.len = held.offset + len;
+        self.held_bytes.fetch_add(len, Ordering::SeqCst);
         assembly.last_chunk = SystemTime::now();
         assembly.held.insert(descriptor.index, held);
         assembly.stream_digest(descriptor.index, &chunk);
@@ -400,16 +412,6 @@ impl Assemblies {
         assembler_limits(&self.limits)
     }
 
-    /// Bytes held by the other open assemblies.
-    fn bytes_elsewhere(&self, context_id: &[u8; 16]) -> u64 {
-        let others: Vec<_> = lock(&self.open)
-            .iter()
-            .filter(|(id, _)| *id != context_id)
-            .map(|(_, a)| Arc::clone(a))
-            .collect();
-        others.iter().map(|a| lock(a).len).sum()
-    }
-
     /// Verifies the digest (reading `data` back in layer order), puts the
     /// chunks in index order, and renames the file into the store.
     fn complete(
@@ -430,7 +432,7 @@ impl Assemblies {
             _ => verify_digest(&data, &assembly.held, &assembly.assembler),
         };
         if let Err(err) = verified {
-            self.discard(context_id, &assembly.dir);
+            self.discard(context_id, assembly);
             return Err(err);
         }
         let ordered = if in_order {
@@ -456,13 +458,22 @@ impl Assemblies {
         let _ = fs::remove_file(assembly.dir.join(INDEX));
         let _ = fs::remove_file(assembly.dir.join(DATA));
         lock(&self.open).remove(context_id);
+        self.held_bytes.fetch_sub(assembly.len, Ordering::SeqCst);
+        assembly.len = 0;
         lock(&self.done).insert(*context_id, (stored.id.clone(), SystemTime::now()));
         Ok(stored)
     }
 
-    fn discard(&self, context_id: &[u8; 16], dir: &Path) {
+    /// Drops an assembly and its files (the caller holds its lock).
+    fn discard(&self, context_id: &[u8; 16], assembly: &mut Assembly) {
         lock(&self.open).remove(context_id);
-        let _ = fs::remove_dir_all(dir);
+        self.forget(assembly);
+    }
+
+    fn forget(&self, assembly: &mut Assembly) {
+        self.held_bytes.fetch_sub(assembly.len, Ordering::SeqCst);
+        assembly.len = 0;
+        let _ = fs::remove_dir_all(&assembly.dir);
     }
 
     /// Deletes assemblies with no chunk for the TTL and completion records
@@ -470,19 +481,15 @@ impl Assemblies {
     pub fn expire(&self) {
         let now = SystemTime::now();
         let old = |at: SystemTime| now.duration_since(at).unwrap_or_default() > self.limits.ttl;
-        let expired: Vec<([u8; 16], PathBuf)> = {
-            let open = lock(&self.open);
-            open.iter()
-                .filter_map(|(id, a)| {
-                    // An assembly busy with a chunk is not idle.
-                    let a = a.try_lock().ok()?;
-                    old(a.last_chunk).then(|| (*id, a.dir.clone()))
-                })
-                .collect()
-        };
-        for (id, dir) in expired {
-            self.discard(&id, &dir);
-        }
+        // An assembly busy with a chunk is not idle (try_lock): the files
+        // go while its lock is held, so no chunk is appended meanwhile.
+        lock(&self.open).retain(|_, assembly| match assembly.try_lock() {
+            Ok(mut assembly) if old(assembly.last_chunk) => {
+                self.forget(&mut assembly);
+                false
+            }
+            _ => true,
+        });
         let finished: Vec<[u8; 16]> = lock(&self.done)
             .iter()
             .filter(|(_, (_, at))| old(*at))
