@@ -47,6 +47,8 @@ enum Command {
     Identity(cmd::identity::IdentityArgs),
     /// Set session_id, source_agent_id, target_agent_id of an existing message.
     Address(cmd::address_cmd::AddressCmdArgs),
+    /// KV contexts: synthesize, split into chunks, join (spec/protocol/chunked.md).
+    Kv(cmd::kv::KvArgs),
     /// Handshake tools: resolve the mode two identities would negotiate.
     Handshake(cmd::handshake::HandshakeArgs),
     /// Think in latent space on a model and write the KV_CACHE message (runs avp-engine).
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Handshake(args) => cmd::handshake::run(args),
+        Command::Kv(args) => cmd::kv::run(args),
         Command::Address(args) => cmd::address_cmd::run(args),
         Command::Think(args) => cmd::engine_exec::run("think", args),
         Command::Generate(args) => cmd::engine_exec::run("generate", args),

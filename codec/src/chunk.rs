@@ -280,6 +280,13 @@ impl ChunkInfo {
         ChunkInfo::new(descriptor, header, message.payload.len() as u64, crc).map(Some)
     }
 
+    /// [`ChunkInfo::of_message`] for a message that must be a chunk: one
+    /// without a descriptor is `bad_chunk`.
+    pub fn of_chunk_message(message: &Message<'_>) -> Result<ChunkInfo, Error> {
+        ChunkInfo::of_message(message)?
+            .ok_or_else(|| bad_chunk(format!("a message without an {CHUNK_EXTRA_KEY} descriptor")))
+    }
+
     /// The chunk's layer bytes: everything after the 17-byte KV header of
     /// `payload` (which must be this chunk's payload).
     pub fn layer_bytes(payload: &[u8]) -> &[u8] {
@@ -985,8 +992,7 @@ pub fn assemble_messages(
     let mut payloads: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     for bytes in messages {
         let message = crate::decode_with(bytes, options)?;
-        let chunk = ChunkInfo::of_message(&message)?
-            .ok_or_else(|| bad_chunk("a message without an avp.chunk descriptor"))?;
+        let chunk = ChunkInfo::of_chunk_message(&message)?;
         if assembler.add(&chunk)? == Added::New {
             payloads.insert(
                 chunk.descriptor.index,

@@ -2,6 +2,7 @@
 //! project, engine_common) belong to the `avp-engine` binary (engine_main.rs).
 pub(crate) mod address;
 pub(crate) mod address_cmd;
+pub(crate) mod chunk_files;
 pub(crate) mod conformance;
 pub(crate) mod decode;
 pub(crate) mod encode;
@@ -11,6 +12,7 @@ pub(crate) mod handshake_remote;
 pub(crate) mod hash;
 pub(crate) mod identity;
 pub(crate) mod inspect;
+pub(crate) mod kv;
 pub(crate) mod model_dir;
 pub(crate) mod route;
 pub(crate) mod send;
