@@ -491,3 +491,45 @@ fn http_84_a_stalled_chunk_upload_does_not_block_another_sender() {
     let _ = stalled.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+fn kv(args: &[&str]) -> Value {
+    let output = avp().arg("kv").args(args).output().expect("avp kv");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+/// AVP-HTTP-81, AVP-HTTP-91, AVP-HTTP-93: what `avp kv synth` writes (a
+/// chunked file, or one message cut by `avp send --chunk-mib`) is stored as
+/// a chunked file that `avp kv verify` accepts with the same digest.
+#[test]
+fn http_91_93_avp_kv_synth_contexts_are_stored_as_files_avp_kv_verify_accepts() {
+    let dir = Scratch::new("chunked", "synth");
+    let store = dir.path("store");
+    let agent = serve(Some(&store), &[]);
+    let shape = [
+        "--layers",
+        "12",
+        "--heads",
+        "2",
+        "--head-dim",
+        "64",
+        "--tokens",
+        "256",
+    ];
+    let chunked = dir.path("ctx.avpc");
+    let single = dir.path("ctx.avp");
+    let written = kv(&[
+        &["synth", "--chunk-mib", "1", "-o", s(&chunked)][..],
+        &shape,
+    ]
+    .concat());
+    kv(&[&["synth", "-o", s(&single)][..], &shape].concat());
+    for (file, extra) in [(&chunked, &[][..]), (&single, &["--chunk-mib", "1"][..])] {
+        let (output, answer) = send(file, &agent.url, extra);
+        assert!(output.status.success(), "{answer}");
+        let id = answer["request_id"].as_str().expect("stored");
+        let verified = kv(&["verify", s(&store.join(format!("{id}.avp")))]);
+        assert_eq!(verified["context_digest"], written["context_digest"]);
+        assert_eq!(verified["layers"], 12);
+    }
+}
