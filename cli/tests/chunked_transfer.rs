@@ -326,7 +326,8 @@ fn chunks_of(dir: &Scratch, message: &Path, tag: &str) -> Vec<Vec<u8>> {
 
 /// AVP-HTTP-82, AVP-HTTP-85, AVP-HTTP-92: a context whose sender went away is deleted after the
 /// chunk TTL; too many contexts at once get 503 `server_busy`; a plain
-/// message at the chunk endpoint is 400 `bad_chunk`; a chunk of a context
+/// message at the chunk endpoint is 400 `bad_chunk`; without a required
+/// session 409 (AVP-HTTP-35); a chunk of a context
 /// already stored is an idempotent duplicate.
 #[test]
 fn http_85_92_limits_typed_answers_and_expiry() {
@@ -373,6 +374,13 @@ fn http_85_92_limits_typed_answers_and_expiry() {
     assert_eq!(
         (status, answer["error"]["kind"].as_str()),
         (400, Some("invalid_request"))
+    );
+    // Sessions apply to chunks as to transmits (AVP-HTTP-35).
+    let strict = serve(Some(&dir.path("strict")), &["--require-session"]);
+    let (status, answer) = post(&strict.url, "/avp/v2/chunk", binary, &one[0]);
+    assert_eq!(
+        (status, answer["error"]["kind"].as_str()),
+        (409, Some("unknown_session"))
     );
     // The first sender never comes back: after the TTL its chunks are gone.
     let deadline = Instant::now() + Duration::from_secs(60);

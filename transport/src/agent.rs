@@ -19,7 +19,9 @@ use crate::endpoint::{
 };
 use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{HEADER_LEN, check_chunk, check_complete, header_status, routing_status};
+use crate::wire::{
+    HEADER_LEN, RoutingInfo, check_chunk, check_complete, header_status, routing_status,
+};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -451,6 +453,11 @@ impl Agent {
                 Ok(read) => read,
                 Err(answer) => return *answer,
             };
+        // Sessions apply to chunks as to transmits (AVP-HTTP-35).
+        if let Some(refusal) = self.session_refusal(&routing) {
+            reader.drain_later();
+            return refusal;
+        }
         if let Err(err) = reader.read_to_end(&mut buf).await {
             return read_error_draining(reader, err, config.max_body);
         }
@@ -512,6 +519,32 @@ impl Agent {
                 .with("request_id", request_id)
                 .into(),
         )
+    }
+
+    /// The answer refusing a message whose session does not pass
+    /// AVP-HTTP-35 (mode mismatch; no live session when one is required).
+    fn session_refusal(&self, routing: &RoutingInfo) -> Option<Response<ResponseBody>> {
+        match self
+            .handshake
+            .check_session(&routing.session_id, routing.mode)
+        {
+            SessionCheck::ModeMismatch { session, message } => Some(error_response(
+                StatusCode::CONFLICT,
+                "session_mode_mismatch",
+                &format!(
+                    "session {:?} negotiated {session}; this message is {message}",
+                    routing.session_id
+                ),
+            )),
+            SessionCheck::Unknown | SessionCheck::None if self.require_session => {
+                Some(error_response(
+                    StatusCode::CONFLICT,
+                    "unknown_session",
+                    "this agent requires a live session from /avp/v2/handshake",
+                ))
+            }
+            _ => None,
+        }
     }
 
     async fn put(
@@ -595,9 +628,6 @@ impl ChunkRefusal {
             ),
             Self::Wire(err) | Self::Assembly(AssemblyError::Invalid(err)) => wire_error(&err),
             Self::Assembly(AssemblyError::Digest(err)) => wire_error(&err),
-            Self::Assembly(AssemblyError::TooLarge(why)) => {
-                error_response(StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded", &why)
-            }
             Self::Assembly(AssemblyError::Busy(why)) => {
                 let mut response =
                     error_response(StatusCode::SERVICE_UNAVAILABLE, "server_busy", &why);

@@ -126,8 +126,6 @@ pub enum AssemblyError {
     /// typed error: `bad_chunk`, `chunk_conflict`, `limit_exceeded`). The
     /// chunks already held stay.
     Invalid(WireError),
-    /// The context is over a per-context limit.
-    TooLarge(String),
     /// Too many assemblies, or their bytes over the bound; try later.
     Busy(String),
     /// The assembled context's digest differs from its descriptor's; the
@@ -141,7 +139,7 @@ impl std::fmt::Display for AssemblyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Invalid(err) | Self::Digest(err) => write!(f, "{}", err.message()),
-            Self::TooLarge(why) | Self::Busy(why) => f.write_str(why),
+            Self::Busy(why) => f.write_str(why),
             Self::Io(err) => write!(f, "could not store the chunk: {err}"),
         }
     }
