@@ -703,3 +703,68 @@ impl ChunkSource for SplitMessage {
         Ok(Bytes::from(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use avp_codec::Metadata;
+    use avp_codec::chunk::split_payload;
+    use avp_codec::kv::KvDtype;
+
+    fn chunks(context_id: [u8; 16], salt: u8) -> Vec<Vec<u8>> {
+        let header = KvHeader {
+            num_layers: 4,
+            num_kv_heads: 1,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut payload = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        payload.extend((0..n).map(|i| i as u8 ^ salt));
+        let base = Metadata::new().with_target_agent_id("b");
+        split_payload(&payload, 2, &base, context_id).expect("split")
+    }
+
+    fn open(tag: &str, parts: &[&[u8]]) -> Result<Option<ChunkedFile>, TransportError> {
+        let path =
+            std::env::temp_dir().join(format!("avp-chunk-client-{tag}-{}", crate::store::new_id()));
+        fs::write(&path, parts.concat()).expect("write");
+        let opened = ChunkedFile::open(&path);
+        fs::remove_file(&path).expect("cleanup");
+        opened
+    }
+
+    fn refusal(opened: Result<Option<ChunkedFile>, TransportError>) -> String {
+        match opened {
+            Err(TransportError::BadInput(why)) => why,
+            Err(other) => panic!("expected bad_input, got {other}"),
+            Ok(_) => panic!("expected bad_input, got a file"),
+        }
+    }
+
+    /// AVP-HTTP-93: a chunked file is checked whole before anything is
+    /// sent: chunks in any order are fine; a missing chunk, a chunk twice,
+    /// another context's chunk or a cut-off last chunk are `bad_input`; a
+    /// plain message or a non-AVP file is left to the single-message path.
+    #[test]
+    fn http_93_chunked_files_are_checked_before_sending() {
+        let ours = chunks([1; 16], 0);
+        let theirs = chunks([2; 16], 9);
+        let file = open("order", &[&ours[1], &ours[0]])
+            .expect("valid")
+            .expect("chunked");
+        assert_eq!((file.count(), file.target_agent_id()), (2, "b"));
+        assert_eq!(file.total_bytes(), (ours[0].len() + ours[1].len()) as u64);
+        assert!(refusal(open("missing", &[&ours[0]])).contains("chunk 1 is missing"));
+        assert!(refusal(open("twice", &[&ours[0], &ours[0]])).contains("twice"));
+        assert!(refusal(open("mixed", &[&ours[0], &theirs[1]])).contains("another context"));
+        let cut = &ours[1][..ours[1].len() - 3];
+        assert!(refusal(open("cut", &[&ours[0], cut])).contains("the file ends first"));
+        assert!(
+            open("garbage", &[b"not an AVP message at all"])
+                .expect("left")
+                .is_none()
+        );
+    }
+}
