@@ -236,6 +236,18 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         agent = agent.with_mac_key(key);
     }
     if let Some(assemblies) = assemblies {
+        // Expiry also runs with each chunk request; this sweep frees the
+        // disk of abandoned assemblies when no request comes (AVP-HTTP-92).
+        let sweeping = Arc::clone(&assemblies);
+        let every = Duration::from_secs(args.chunk_ttl.clamp(1, 60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let sweeping = Arc::clone(&sweeping);
+                let _ = tokio::task::spawn_blocking(move || sweeping.expire()).await;
+            }
+        });
         agent = agent.with_chunk_assembly(assemblies);
     }
     let https = config.tls.is_some();
