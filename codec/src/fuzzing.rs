@@ -583,9 +583,9 @@ pub fn check_chunk_assembly(data: &[u8]) {
     // 2. A context shaped by the bytes, split and assembled again.
     let byte = |i: usize| u32::from(data.get(i).copied().unwrap_or(0));
     let header = KvHeader {
-        num_layers: 1 + byte(0) % 6,
-        num_kv_heads: 1 + byte(1) % 3,
-        head_dim: 1 + byte(2) % 4,
+        num_layers: byte(0).wrapping_rem(6).wrapping_add(1),
+        num_kv_heads: byte(1).wrapping_rem(3).wrapping_add(1),
+        head_dim: byte(2).wrapping_rem(4).wrapping_add(1),
         seq_len: byte(3) % 5,
         dtype: match byte(4) % 3 {
             0 => KvDtype::Float32,
@@ -601,7 +601,10 @@ pub fn check_chunk_assembly(data: &[u8]) {
             .cycle()
             .take(total.saturating_sub(KV_HEADER_LEN)),
     );
-    let count = 1 + byte(5) % header.num_layers;
+    let count = byte(5)
+        .checked_rem(header.num_layers)
+        .unwrap_or(0)
+        .wrapping_add(1);
     let base = Metadata::new().with_model_id("fuzz");
     let chunks = match split_payload(&payload, count, &base, [byte(6) as u8; 16]) {
         Ok(chunks) => chunks,
@@ -611,9 +614,13 @@ pub fn check_chunk_assembly(data: &[u8]) {
     // Arrival order: a rotation by byte 6, then chunk `byte 7` once more.
     let n = chunks.len();
     let mut order: Vec<&[u8]> = (0..n)
-        .filter_map(|i| chunks.get((i + byte(6) as usize) % n).map(Vec::as_slice))
+        .filter_map(|i| {
+            chunks
+                .get(i.wrapping_add(byte(6) as usize).checked_rem(n).unwrap_or(0))
+                .map(Vec::as_slice)
+        })
         .collect();
-    if let Some(dup) = chunks.get(byte(7) as usize % n) {
+    if let Some(dup) = chunks.get((byte(7) as usize).checked_rem(n).unwrap_or(0)) {
         order.push(dup);
     }
     match assemble_messages(&order, &limits, &options) {
@@ -621,7 +628,7 @@ pub fn check_chunk_assembly(data: &[u8]) {
         Err(e) => panic!("assembly of a valid split failed: {e}"),
     }
     if n > 1 {
-        let drop = byte(7) as usize % n;
+        let drop = (byte(7) as usize).checked_rem(n).unwrap_or(0);
         let fewer: Vec<&[u8]> = chunks
             .iter()
             .enumerate()
