@@ -17,6 +17,8 @@ mod cmd {
     pub(crate) mod project;
     #[allow(dead_code)] // `think --to` uses its client helpers, not `avp send` itself
     pub(crate) mod send;
+    #[allow(dead_code)] // send.rs reaches it for chunked contexts; engine commands do not
+    pub(crate) mod send_chunked;
     pub(crate) mod think;
 }
 

@@ -8,7 +8,11 @@ use avp_codec::chunk::{
     ChunkSummer, assemble_messages, context_digest, descriptor_of, split_payload,
 };
 use avp_codec::kv::{KV_HEADER_LEN, KvDtype, KvHeader};
-use avp_codec::{DecodeOptions, ErrorKind, Metadata, PayloadType, decode, peek};
+use avp_codec::{DecodeOptions, ErrorKind, Metadata, PayloadType, decode, fuzzing, peek};
+use proptest::prelude::*;
+
+#[path = "../../test-support/fuzz_replay.rs"]
+mod fuzz_replay;
 
 fn header(layers: u32) -> KvHeader {
     KvHeader {
@@ -341,4 +345,31 @@ fn avp_chk_2_a_plain_message_has_no_descriptor() {
         descriptor_of(&hidden).unwrap_err().kind(),
         ErrorKind::BadChunk
     );
+}
+
+#[test]
+fn fuzz_corpus_chunk_assembly() {
+    // AVP-CHK-4, AVP-CHK-5: the committed seeds of the chunk_assembly target.
+    assert!(fuzz_replay::replay("chunk_assembly", fuzzing::check_chunk_assembly) >= 3);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// AVP-CHK-1, AVP-CHK-4, AVP-CHK-5 through the shared oracle: any shape,
+    /// chunk count, arrival order and duplicate round-trips.
+    #[test]
+    fn avp_chk_4_split_assemble_oracle(data in proptest::collection::vec(any::<u8>(), 0..160)) {
+        fuzzing::check_chunk_assembly(&data);
+    }
+
+    /// AVP-CHK-8: real chunks with one byte changed never panic and fail
+    /// only with peer-fault kinds.
+    #[test]
+    fn avp_chk_8_mutated_chunks_hold_the_oracle(count in 1u32..4, at in any::<usize>(), bit in 0u8..8) {
+        let mut bytes = chunks(4, count).concat();
+        let i = at % bytes.len();
+        bytes[i] ^= 1 << bit;
+        fuzzing::check_chunk_assembly(&bytes);
+    }
 }

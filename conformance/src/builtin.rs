@@ -105,6 +105,7 @@ impl Subject for BuiltinSubject {
                     ));
                 }
             },
+            "chunk_assemble" => self.chunk_assemble(request.input, request.data.unwrap_or(&[])),
             op => handshake_op(op, request),
         })
     }
@@ -324,6 +325,54 @@ fn kv_ext_decode(input: &Value, data: &[u8]) -> Value {
             "prefix": prefix,
         }),
         Err(e) => rejected(e.kind().as_str(), &e),
+    }
+}
+
+impl BuiltinSubject {
+    /// `chunk_assemble` (spec/protocol/chunked.md, AVP-CHK-1..8): `data` is
+    /// chunk messages back to back in arrival order; each is decoded and
+    /// added to an assembler with the input's limits (`max_chunks`,
+    /// `max_total_bytes`, defaults AVP-CHK-7), then the assembly is
+    /// finished. The answer's `output` is the assembled KV v1 payload.
+    fn chunk_assemble(&self, input: &Value, data: &[u8]) -> Value {
+        use avp_codec::chunk::{AssemblyLimits, assemble_messages};
+        let options = if self.strict {
+            DecodeOptions::strict()
+        } else {
+            DecodeOptions::default()
+        };
+        let mut limits = AssemblyLimits::DEFAULT;
+        if let Some(n) = input.get("max_chunks").and_then(Value::as_u64) {
+            limits.max_chunks = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(n) = input.get("max_total_bytes").and_then(Value::as_u64) {
+            limits.max_total_bytes = n;
+        }
+        let mut messages = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let len = avp_codec::check_header(rest, &options.limits)
+                .map(|h| usize::try_from(h.message_len()).unwrap_or(usize::MAX));
+            match len {
+                Ok(len) if len <= rest.len() => {
+                    let (message, after) = rest.split_at(len);
+                    messages.push(message);
+                    rest = after;
+                }
+                // Short or bad: the decoder names the fault.
+                _ => {
+                    messages.push(rest);
+                    rest = &[];
+                }
+            }
+        }
+        match assemble_messages(&messages, &limits, &options) {
+            Ok(bytes) => json!({
+                "outcome": "accepted",
+                "output": { "b64": crate::b64::encode(&bytes) },
+            }),
+            Err(e) => rejected(e.kind().as_str(), &e),
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{LimitedReader, ResponseBody, error_response, json_response};
+use crate::assembly::{Assemblies, AssemblyError, IncomingChunk, Origin, hex, parse_context_id};
+use crate::body::{LimitedReader, ResponseBody, drain_later, error_response, json_response};
 use crate::budget::{Budget, Held, PeerKey};
 use crate::endpoint::{
     Endpoint, Handler, HandlerFuture, Peer, ServerConfig, read_bytes, read_error_draining,
@@ -18,7 +19,9 @@ use crate::endpoint::{
 };
 use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{HEADER_LEN, check_complete, header_status, routing_status};
+use crate::wire::{
+    HEADER_LEN, RoutingInfo, check_chunk, check_complete, header_status, routing_status,
+};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -50,6 +53,9 @@ pub struct Agent {
     peer_share: Option<u64>,
     /// When set, transmits must carry a valid keyed MAC (AVP-MAC-7).
     mac_key: Option<Arc<MacKey>>,
+    /// Assembles chunked contexts when set (AVP-HTTP-81); else the chunk
+    /// endpoints answer 404.
+    chunks: Option<Arc<Assemblies>>,
 }
 
 /// Default for [`Agent::with_memory_budget`]: 4 GiB.
@@ -78,7 +84,16 @@ impl Agent {
             budget_total: DEFAULT_MEMORY_BUDGET,
             peer_share: None,
             mac_key: None,
+            chunks: None,
         }
+    }
+
+    /// Assembles chunked contexts with `assemblies` (built on this agent's
+    /// store; AVP-HTTP-81..86). Announce it in the handshake with
+    /// [`HandshakeServer::with_kv_chunked`].
+    pub fn with_chunk_assembly(mut self, assemblies: Arc<Assemblies>) -> Self {
+        self.chunks = Some(assemblies);
+        self
     }
 
     /// Requires every binary transmit to carry a valid keyed MAC made with
@@ -173,6 +188,24 @@ impl Agent {
         let held = Held::new(Arc::clone(&self.budget), key);
         match endpoint {
             Endpoint::Transmit => self.transmit(body, config, started, held, peer).await,
+            Endpoint::Chunk | Endpoint::ChunkStatus => {
+                let Some(chunks) = &self.chunks else {
+                    drain_later(body);
+                    return error_response(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "this agent does not assemble chunked contexts (no kv_chunked)",
+                    );
+                };
+                if endpoint == Endpoint::Chunk {
+                    self.chunk(chunks, body, config, started, held, peer).await
+                } else {
+                    match read_bytes(body, config.max_json, config, Some(held)).await {
+                        Ok(bytes) => chunk_status(chunks, &bytes).await,
+                        Err(response) => *response,
+                    }
+                }
+            }
             Endpoint::Handshake => {
                 match read_bytes(body, config.max_json, config, Some(held)).await {
                     Ok(bytes) => match self.handshake.answer(&bytes) {
@@ -380,6 +413,140 @@ impl Agent {
         }
     }
 
+    /// AVP-HTTP-81/82: a chunk is read and checked like a transmit, then
+    /// appended to its context's assembly on disk; the answer comes once it
+    /// is durable (and, for the last chunk, once the context is stored).
+    async fn chunk(
+        &self,
+        chunks: &Arc<Assemblies>,
+        body: Incoming,
+        config: &ServerConfig,
+        started: Instant,
+        held: Held,
+        peer: &Peer,
+    ) -> Response<ResponseBody> {
+        let reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
+            .with_budget(held);
+        let mut buf = BytesMut::new();
+        let short = |held: usize| truncated(held as u64, HEADER_LEN as u64);
+        let (reader, header) =
+            match read_prefix(reader, &mut buf, header_status, config.max_body, short).await {
+                Ok(read) => read,
+                Err(answer) => return *answer,
+            };
+        let total = header.message_len();
+        let limit = config.max_body.min(self.budget.largest_request());
+        if total > limit {
+            reader.drain_later();
+            return too_large(limit);
+        }
+        // Address space only: pages are touched (and budget taken) as bytes
+        // arrive, and the buffer never doubles past the chunk (RSS bound).
+        buf.reserve(
+            usize::try_from(total)
+                .unwrap_or(0)
+                .saturating_sub(buf.len()),
+        );
+        let short = |held: usize| truncated(held as u64, total);
+        let (mut reader, routing) =
+            match read_prefix(reader, &mut buf, routing_status, config.max_body, short).await {
+                Ok(read) => read,
+                Err(answer) => return *answer,
+            };
+        // Sessions apply to chunks as to transmits (AVP-HTTP-35).
+        if let Some(refusal) = self.session_refusal(&routing) {
+            reader.drain_later();
+            return refusal;
+        }
+        if let Err(err) = reader.read_to_end(&mut buf).await {
+            return read_error_draining(reader, err, config.max_body);
+        }
+        if (buf.len() as u64) < total {
+            return truncated(buf.len() as u64, total);
+        }
+        let bytes = buf.freeze();
+        let origin = Origin {
+            session_id: routing.session_id,
+            source_agent_id: routing.source_agent_id,
+            target_agent_id: routing.target_agent_id,
+            client_identity: peer.client_identity.clone(),
+        };
+        let key = self.mac_key.clone();
+        let assemblies = Arc::clone(chunks);
+        // Checksum, digest and disk: off the async threads.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (info, layers_at) = match check_chunk(&bytes, key.as_deref()) {
+                Ok(Some(found)) => found,
+                Ok(None) => return Err(ChunkRefusal::NotAChunk),
+                Err(err) => return Err(ChunkRefusal::Wire(err)),
+            };
+            assemblies
+                .add(IncomingChunk {
+                    bytes,
+                    info,
+                    layers_at,
+                    origin,
+                })
+                .map_err(ChunkRefusal::Assembly)
+        })
+        .await;
+        let added = match outcome {
+            Ok(Ok(added)) => added,
+            Ok(Err(refusal)) => return refusal.answer(),
+            Err(_) => return internal("the chunk task failed"),
+        };
+        if let (Some(stored), Some(hook)) = (&added.stored, &self.hook) {
+            hook(&Received {
+                context: stored.clone(),
+                endpoint: "chunked",
+                elapsed: started.elapsed(),
+            });
+        }
+        let request_id = added
+            .request_id
+            .map_or(py_json::Value::Null, py_json::Value::from);
+        json_response(
+            StatusCode::OK,
+            &Object::new()
+                .with("success", true)
+                .with("agent_id", self.agent_id.as_str())
+                .with("context_id", added.context_id)
+                .with("index", u64::from(added.index))
+                .with("count", u64::from(added.count))
+                .with("held", u64::from(added.held))
+                .with("duplicate", added.duplicate)
+                .with("complete", !request_id.is_null())
+                .with("request_id", request_id)
+                .into(),
+        )
+    }
+
+    /// The answer refusing a message whose session does not pass
+    /// AVP-HTTP-35 (mode mismatch; no live session when one is required).
+    fn session_refusal(&self, routing: &RoutingInfo) -> Option<Response<ResponseBody>> {
+        match self
+            .handshake
+            .check_session(&routing.session_id, routing.mode)
+        {
+            SessionCheck::ModeMismatch { session, message } => Some(error_response(
+                StatusCode::CONFLICT,
+                "session_mode_mismatch",
+                &format!(
+                    "session {:?} negotiated {session}; this message is {message}",
+                    routing.session_id
+                ),
+            )),
+            SessionCheck::Unknown | SessionCheck::None if self.require_session => {
+                Some(error_response(
+                    StatusCode::CONFLICT,
+                    "unknown_session",
+                    "this agent requires a live session from /avp/v2/handshake",
+                ))
+            }
+            _ => None,
+        }
+    }
+
     async fn put(
         &self,
         context: StoredContext,
@@ -442,6 +609,93 @@ fn json_bytes_response(body: Vec<u8>) -> Response<ResponseBody> {
 /// the budget has it, so one peer's default-sized message always fits.
 fn default_share(total: u64) -> u64 {
     (total / 4).max(GIB.min(total))
+}
+
+/// Why a chunk was refused, as its answer (AVP-HTTP-85).
+enum ChunkRefusal {
+    NotAChunk,
+    Wire(crate::wire::WireError),
+    Assembly(AssemblyError),
+}
+
+impl ChunkRefusal {
+    fn answer(self) -> Response<ResponseBody> {
+        match self {
+            Self::NotAChunk => error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_chunk",
+                "the message has no avp.chunk descriptor, or is compressed (chunks never are)",
+            ),
+            Self::Wire(err) | Self::Assembly(AssemblyError::Invalid(err)) => wire_error(&err),
+            Self::Assembly(AssemblyError::Digest(err)) => wire_error(&err),
+            Self::Assembly(AssemblyError::Busy(why)) => {
+                let mut response =
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "server_busy", &why);
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("5"),
+                );
+                response
+            }
+            Self::Assembly(err) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_failed",
+                &err.to_string(),
+            ),
+        }
+    }
+}
+
+/// AVP-HTTP-83: `{"context_id", "target_agent_id"}` → what is held.
+async fn chunk_status(chunks: &Arc<Assemblies>, body: &[u8]) -> Response<ResponseBody> {
+    let query = match py_json::parse(body) {
+        Ok(query) => query,
+        Err(err) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                &format!("body is not JSON: {err}"),
+            );
+        }
+    };
+    let given = query.get("context_id").and_then(py_json::Value::as_str);
+    let Some(context_id) = given.and_then(parse_context_id) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "context_id must be 32 lowercase hex digits",
+        );
+    };
+    let assemblies = Arc::clone(chunks);
+    let Ok(status) = tokio::task::spawn_blocking(move || assemblies.status(&context_id)).await
+    else {
+        return internal("the status task failed");
+    };
+    let count = status
+        .count
+        .map_or(py_json::Value::Null, |n| py_json::Value::from(u64::from(n)));
+    let complete = status.request_id.is_some();
+    let request_id = status
+        .request_id
+        .map_or(py_json::Value::Null, py_json::Value::from);
+    json_response(
+        StatusCode::OK,
+        &Object::new()
+            .with("success", true)
+            .with("context_id", hex(&context_id))
+            .with("count", count)
+            .with(
+                "held",
+                status
+                    .held
+                    .into_iter()
+                    .map(|i| py_json::Value::from(u64::from(i)))
+                    .collect::<Vec<_>>(),
+            )
+            .with("complete", complete)
+            .with("request_id", request_id)
+            .into(),
+    )
 }
 
 fn internal(why: &str) -> Response<ResponseBody> {

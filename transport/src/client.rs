@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use crate::body::{FileBody, OutgoingBody};
 use crate::endpoint::{
-    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT,
+    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, PATH_CHUNK, PATH_CHUNK_STATUS, PATH_HANDSHAKE,
+    PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT,
 };
 use crate::error::TransportError;
 use crate::hello::HandshakeResult;
@@ -214,6 +215,64 @@ impl AvpClient {
             &Payload::File(path.to_path_buf()),
         )
         .await
+    }
+
+    /// `POST /avp/v2/chunk` with one chunk message held in memory
+    /// (AVP-HTTP-81); no retry here: the chunk client resumes after asking
+    /// the receiver what it holds (AVP-HTTP-83).
+    pub async fn send_chunk(&self, chunk: Bytes) -> Result<Value, TransportError> {
+        let request = self
+            .build(
+                Method::POST,
+                PATH_CHUNK,
+                Some(CONTENT_TYPE_AVP),
+                &Payload::Bytes(chunk),
+            )
+            .await?;
+        let (status, body) =
+            tokio::time::timeout(self.config.timeout, exchange(&self.inner, request))
+                .await
+                .map_err(|_| TransportError::Timeout)??;
+        interpret(status, &body)
+    }
+
+    /// `POST /avp/v2/chunk-status`: which chunks of `context_id` (32 hex
+    /// digits) the agent `target_agent_id` holds (AVP-HTTP-83).
+    pub async fn chunk_status(
+        &self,
+        context_id: &str,
+        target_agent_id: &str,
+    ) -> Result<Value, TransportError> {
+        let query = serde_json::json!({
+            "context_id": context_id,
+            "target_agent_id": target_agent_id,
+        });
+        self.send(
+            Method::POST,
+            PATH_CHUNK_STATUS,
+            Some("application/json"),
+            &Payload::Bytes(Bytes::from(query.to_string())),
+        )
+        .await
+    }
+
+    /// `POST /avp/v2/transmit` with a streamed body (one message, e.g. a
+    /// chunked context joined as it is read); not retried: a body is sent once.
+    pub async fn transmit_body(&self, body: OutgoingBody) -> Result<Value, TransportError> {
+        let request = self
+            .build(
+                Method::POST,
+                PATH_TRANSMIT,
+                Some(CONTENT_TYPE_AVP),
+                &Payload::None,
+            )
+            .await?
+            .map(|_| body);
+        let (status, answer) =
+            tokio::time::timeout(self.config.timeout, exchange(&self.inner, request))
+                .await
+                .map_err(|_| TransportError::Timeout)??;
+        interpret(status, &answer)
     }
 
     /// `POST /avp/v2/text` with a JSON fallback message.

@@ -30,6 +30,10 @@ pub const PATH_HANDSHAKE: &str = "/avp/v2/handshake";
 pub const PATH_TRANSMIT: &str = "/avp/v2/transmit";
 /// Path of the JSON fallback endpoint.
 pub const PATH_TEXT: &str = "/avp/v2/text";
+/// Path of the chunk endpoint: one chunk of a chunked context (AVP-HTTP-81).
+pub const PATH_CHUNK: &str = "/avp/v2/chunk";
+/// Path of the chunk status endpoint: which chunks a receiver holds (AVP-HTTP-83).
+pub const PATH_CHUNK_STATUS: &str = "/avp/v2/chunk-status";
 /// Path of the health endpoint (answered by the server core for every role).
 pub const PATH_HEALTH: &str = "/health";
 
@@ -123,6 +127,18 @@ pub enum Endpoint {
     Transmit,
     /// `POST /avp/v2/text`.
     Text,
+    /// `POST /avp/v2/chunk` (AVP-HTTP-81).
+    Chunk,
+    /// `POST /avp/v2/chunk-status` (AVP-HTTP-83).
+    ChunkStatus,
+}
+
+impl Endpoint {
+    /// Whether the body is an AVP binary message (else JSON): decides the
+    /// content type and the body limit (AVP-HTTP-4, AVP-HTTP-12).
+    pub fn takes_binary(self) -> bool {
+        matches!(self, Self::Transmit | Self::Chunk)
+    }
 }
 
 /// The answer a [`Handler`] is working on.

@@ -39,6 +39,13 @@ pub enum TransportError {
     Tls(String),
     /// The handshake answer is not what AVP-HTTP-30 describes.
     BadHandshake(String),
+    /// A chunked context cannot go to this peer: it did not announce
+    /// `kv_chunked` and the context does not fit one message (AVP-HTTP-80);
+    /// found before anything was sent.
+    ChunkingUnsupported(String),
+    /// The file to send is not what it claims (a chunked file whose chunks
+    /// do not belong together, a message the codec refuses): found locally.
+    BadInput(String),
 }
 
 impl fmt::Display for TransportError {
@@ -60,6 +67,8 @@ impl fmt::Display for TransportError {
             Self::Io(err) => write!(f, "I/O error: {err}"),
             Self::Tls(why) => write!(f, "TLS configuration: {why}"),
             Self::BadHandshake(why) => write!(f, "the handshake answer is unusable: {why}"),
+            Self::ChunkingUnsupported(why) => write!(f, "cannot send in chunks: {why}"),
+            Self::BadInput(why) => write!(f, "cannot send this file: {why}"),
         }
     }
 }
@@ -95,6 +104,8 @@ impl TransportError {
             Self::Io(_) => "io",
             Self::Tls(_) => "tls",
             Self::BadHandshake(_) => "bad_handshake",
+            Self::ChunkingUnsupported(_) => "chunking_unsupported",
+            Self::BadInput(_) => "bad_input",
         }
     }
 }

@@ -69,7 +69,12 @@ pub struct HandshakeServer {
     maps: Option<Arc<dyn MapLookup + Send + Sync>>,
     sessions: Mutex<SessionManager>,
     max_sessions: usize,
+    /// Announce `kv_chunked` (AVP-HTTP-80): the agent assembles chunks.
+    kv_chunked: bool,
 }
+
+/// The capability an agent that assembles chunked contexts announces (AVP-HTTP-80).
+pub const KV_CHUNKED_CAPABILITY: &str = "kv_chunked";
 
 fn now() -> Duration {
     SystemTime::now()
@@ -87,6 +92,7 @@ impl HandshakeServer {
             maps: None,
             sessions: Mutex::new(SessionManager::default()),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            kv_chunked: false,
         }
     }
 
@@ -94,6 +100,12 @@ impl HandshakeServer {
     /// compared with the peer's (AVP-HS-22).
     pub fn with_weights_digest(mut self, digest: WeightsDigest) -> Self {
         self.weights = Some(digest);
+        self
+    }
+
+    /// Announces `kv_chunked` in the answer's capabilities (AVP-HTTP-80).
+    pub fn with_kv_chunked(mut self, on: bool) -> Self {
+        self.kv_chunked = on;
         self
     }
 
@@ -172,6 +184,9 @@ impl HandshakeServer {
                 avp_handshake::WEIGHTS_DIGEST_CAPABILITY,
                 Value::Str(digest.to_hex().into()),
             );
+        }
+        if self.kv_chunked {
+            capabilities.insert(KV_CHUNKED_CAPABILITY, Value::Bool(true));
         }
         let mut out = Object::new();
         out.insert("success", Value::Bool(true));

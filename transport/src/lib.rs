@@ -13,8 +13,10 @@
 // One job per module; no two import each other (the server core sees only
 // `endpoint::Handler`, never the roles).
 mod agent; // the agent role: checks and stores what it receives
+pub mod assembly; // chunked contexts assembled on disk, made visible when verified
 mod body; // request/response bodies: bounded reads, streamed bodies, JSON envelopes
 mod budget; // the memory budget shared by in-flight requests, with a share per peer
+pub mod chunk_client; // sends a chunked context chunk by chunk, resuming what the receiver lacks
 mod client; // the HTTP client: handshake, transmit, text, health, with retries
 mod endpoint; // shared HTTP plumbing: paths, server settings, the Handler trait, error answers
 mod error; // the crate's error type
@@ -32,7 +34,8 @@ pub use body::{OutgoingBody, ResponseBody};
 pub use client::{AvpClient, ClientConfig};
 pub use endpoint::{
     AVP_VERSION_HEADER, CONTENT_TYPE_AVP, DEFAULT_MAX_HEAD, DEFAULT_MIN_RATE, Endpoint, Handler,
-    HandlerFuture, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig,
+    HandlerFuture, PATH_CHUNK, PATH_CHUNK_STATUS, PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT,
+    PATH_TRANSMIT, Peer, ServerConfig,
 };
 pub use error::TransportError;
 pub use framing::constant_time_eq;

@@ -21,8 +21,8 @@ use crate::body::{
 };
 use crate::client::{HttpClient, exchange, http_client};
 use crate::endpoint::{
-    Endpoint, Handler, HandlerFuture, PATH_HANDSHAKE, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig,
-    read_bytes, read_prefix, too_large,
+    Endpoint, Handler, HandlerFuture, PATH_CHUNK, PATH_CHUNK_STATUS, PATH_HANDSHAKE, PATH_TEXT,
+    PATH_TRANSMIT, Peer, ServerConfig, read_bytes, read_prefix, too_large,
 };
 use crate::error::TransportError;
 use crate::wire::{MAX_METADATA, header_status, routing_status};
@@ -78,10 +78,13 @@ impl Router {
         self
     }
 
+    /// A transmit, or a chunk (AVP-HTTP-87): both are AVP messages routed by
+    /// their metadata and forwarded to the same `path` upstream.
     async fn transmit(
         &self,
         request: Request<Incoming>,
         config: &ServerConfig,
+        path: &'static str,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let reader = LimitedReader::new(body, config.max_body, config.pace(Instant::now()));
@@ -130,7 +133,7 @@ impl Router {
             pace,
             Arc::clone(&signals),
         );
-        let forward = self.forward(&parts, base, PATH_TRANSMIT, body.boxed());
+        let forward = self.forward(&parts, base, path, body.boxed());
         // The upstream's time starts once it has the whole body: before that
         // the client's own deadlines apply (AVP-HTTP-18, AVP-HTTP-56).
         let upstream_silent = async {
@@ -154,10 +157,13 @@ impl Router {
         relay(outcome, &routing.target_agent_id)
     }
 
+    /// A JSON fallback message, or a chunk status query (AVP-HTTP-87): both
+    /// name their destination in a `target_agent_id` member.
     async fn text(
         &self,
         request: Request<Incoming>,
         config: &ServerConfig,
+        path: &'static str,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let bytes = match read_bytes(body, config.max_json, config, None).await {
@@ -191,10 +197,7 @@ impl Router {
         };
         // The original bytes go on, not a re-serialisation.
         let body = Full::new(bytes).map_err(|never| match never {}).boxed();
-        relay(
-            self.forward_timed(&parts, base, PATH_TEXT, body).await,
-            &target,
-        )
+        relay(self.forward_timed(&parts, base, path, body).await, &target)
     }
 
     /// A hello names its sender, not its destination: with exactly one route
@@ -270,8 +273,10 @@ impl Handler for Router {
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
             match endpoint {
-                Endpoint::Transmit => self.transmit(request, config).await,
-                Endpoint::Text => self.text(request, config).await,
+                Endpoint::Transmit => self.transmit(request, config, PATH_TRANSMIT).await,
+                Endpoint::Chunk => self.transmit(request, config, PATH_CHUNK).await,
+                Endpoint::Text => self.text(request, config, PATH_TEXT).await,
+                Endpoint::ChunkStatus => self.text(request, config, PATH_CHUNK_STATUS).await,
                 Endpoint::Handshake => self.handshake(request, config).await,
             }
         })

@@ -34,8 +34,8 @@ use crate::body::{
     json_response,
 };
 use crate::endpoint::{
-    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, Endpoint, Handler, PATH_HANDSHAKE, PATH_HEALTH,
-    PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig, too_large,
+    AVP_VERSION_HEADER, CONTENT_TYPE_AVP, Endpoint, Handler, PATH_CHUNK, PATH_CHUNK_STATUS,
+    PATH_HANDSHAKE, PATH_HEALTH, PATH_TEXT, PATH_TRANSMIT, Peer, ServerConfig, too_large,
 };
 use crate::framing::{HeadScan, scan_head};
 
@@ -327,6 +327,8 @@ async fn handle(
         PATH_HANDSHAKE => Route::Avp(Endpoint::Handshake),
         PATH_TRANSMIT => Route::Avp(Endpoint::Transmit),
         PATH_TEXT => Route::Avp(Endpoint::Text),
+        PATH_CHUNK => Route::Avp(Endpoint::Chunk),
+        PATH_CHUNK_STATUS => Route::Avp(Endpoint::ChunkStatus),
         other => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -404,7 +406,7 @@ fn check_request(
             )));
         }
     }
-    let wanted = if endpoint == Endpoint::Transmit {
+    let wanted = if endpoint.takes_binary() {
         CONTENT_TYPE_AVP
     } else {
         "application/json"
@@ -417,7 +419,7 @@ fn check_request(
             &format!("Content-Type must be {wanted}"),
         )));
     }
-    let limit = if endpoint == Endpoint::Transmit {
+    let limit = if endpoint.takes_binary() {
         config.max_body
     } else {
         config.max_json

@@ -434,6 +434,50 @@ pub fn new_id() -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Chunked contexts (spec/impl/transport.md AVP-HTTP-91): the assembly
+/// module builds a context's file itself and hands it over here whole.
+impl ContextStore {
+    /// Moves the complete file `file` (in this store's directory tree, so a
+    /// rename) into the store as `<id>.avp`: sidecar first, then the rename
+    /// and a directory sync, as [`ContextStore::put`] does (AVP-HTTP-60/63).
+    pub fn adopt_file(&self, mut context: StoredContext, file: &Path) -> io::Result<StoredContext> {
+        let Some(dir) = &self.dir else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a store without a directory cannot adopt a file",
+            ));
+        };
+        if !is_valid_id(&context.id) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "invalid context id",
+            ));
+        }
+        self.evict_expired();
+        context.len = fs::metadata(file)?.len();
+        context.text = false;
+        write_atomically(
+            dir,
+            &format!("{}-meta", context.id),
+            &format!("{}.{META_EXTENSION}", context.id),
+            &sidecar_bytes(&context),
+            false,
+        )?;
+        let path = dir.join(format!("{}.{EXTENSION}", context.id));
+        fs::rename(file, &path)?;
+        fs::File::open(dir)?.sync_all()?;
+        context.path = Some(path);
+        self.lock().insert(
+            context.id.clone(),
+            Entry {
+                context: context.clone(),
+                bytes: None,
+            },
+        );
+        Ok(context)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //!
 //! Only [`check_complete`] touches tensor bytes; the router never calls it.
 
+use avp_codec::chunk::{ChunkDescriptor, ChunkInfo, descriptor_of};
 use avp_codec::mac::MacKey;
 use avp_codec::{
     DecodeOptions, ErrorKind, Header, Limits, decode_with, parse_header, parse_prefix,
@@ -65,6 +66,41 @@ pub fn check_complete(bytes: &[u8], key: Option<&MacKey>) -> Result<Vec<&'static
     }
     let message = decode_with(bytes, &options())?;
     Ok(message.warnings.iter().map(|w| w.code()).collect())
+}
+
+/// A complete message received at the chunk endpoint (AVP-HTTP-81):
+/// checked as [`check_complete`] does, then read as a chunk (AVP-CHK-2/3).
+/// `Ok(None)` when it has no chunk descriptor or is compressed (chunks
+/// never are: their stored bytes are streamed back through the digest);
+/// else its [`ChunkInfo`] and where its layer bytes start in `bytes`.
+pub fn check_chunk(
+    bytes: &[u8],
+    key: Option<&MacKey>,
+) -> Result<Option<(ChunkInfo, usize)>, WireError> {
+    if let Some(key) = key {
+        avp_codec::mac::verify(bytes, key, &options().limits)?;
+    }
+    let message = decode_with(bytes, &options())?;
+    if message.was_compressed() {
+        return Ok(None);
+    }
+    let Some(info) = ChunkInfo::of_message(&message)? else {
+        return Ok(None);
+    };
+    let start = HEADER_LEN
+        .saturating_add(message.header.metadata_length as usize)
+        .saturating_add(avp_codec::kv::KV_HEADER_LEN);
+    Ok(Some((info, start)))
+}
+
+/// The descriptor in a message's header and metadata (`bytes` holds at
+/// least those), without the tensor bytes: what a router or a recovering
+/// assembly reads. `NeedMore(n)` until the metadata is complete.
+pub fn chunk_prefix_status(bytes: &[u8]) -> Result<Status<Option<ChunkDescriptor>>, WireError> {
+    Ok(match parse_prefix(bytes, &options())? {
+        Status::NeedMore(n) => Status::NeedMore(n),
+        Status::Complete((peeked, _)) => Status::Complete(descriptor_of(&peeked.metadata)?),
+    })
 }
 
 /// The status for a codec error: 413 for a limit, 400 for everything else

@@ -18,6 +18,7 @@ pub(crate) mod kv_file;
 pub(crate) mod model_dir;
 pub(crate) mod route;
 pub(crate) mod send;
+pub(crate) mod send_chunked;
 pub(crate) mod serve;
 pub(crate) mod store;
 pub(crate) mod stream_in;

@@ -34,9 +34,17 @@ pub(crate) struct SendArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Extra attempts when the connection cannot be made.
+    /// Extra attempts when the connection cannot be made (for a chunked
+    /// context: resumptions after a lost connection).
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// Cut a single KV_CACHE message into chunks of at most N MiB when the
+    /// peer announces kv_chunked (a chunked FILE is always sent in chunks).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4095))]
+    chunk_mib: Option<u64>,
+    /// Cap the upload rate of a chunked transfer, in bytes per second.
+    #[arg(long, value_name = "BYTES")]
+    limit_rate: Option<u64>,
     #[command(flatten)]
     tls: ClientTlsArgs,
 }
@@ -99,6 +107,15 @@ async fn send(args: &SendArgs) -> anyhow::Result<Result<Value, TransportError>> 
     }
     if !args.file.is_file() {
         bail!("{} is not a readable file", args.file.display());
+    }
+    let chunked = super::send_chunked::ChunkedSend {
+        file: &args.file,
+        chunk_mib: args.chunk_mib,
+        limit_rate: args.limit_rate,
+        retries: args.retries,
+    };
+    if let Some(outcome) = super::send_chunked::send_if_chunked(&client, &chunked).await? {
+        return Ok(outcome);
     }
     Ok(client.transmit_file(&args.file).await)
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use avp_handshake::ModelIdentity;
+use avp_transport::assembly::{Assemblies, ChunkLimits};
 use avp_transport::hello::identity_from_json;
 use avp_transport::{
     Agent, ContextStore, HandshakeServer, Received, Server, ServerConfig, WeightsDigest,
@@ -73,6 +74,17 @@ pub(crate) struct ServeArgs {
     /// handshake (409 `unknown_session`, AVP-HTTP-35).
     #[arg(long)]
     require_session: bool,
+    /// Seconds an incomplete chunked context is kept without a new chunk
+    /// (with --store; AVP-HTTP-92).
+    #[arg(long, default_value_t = 600)]
+    chunk_ttl: u64,
+    /// Chunked contexts assembled at once (with --store); 0 turns chunk
+    /// assembly off (no kv_chunked in the handshake).
+    #[arg(long, default_value_t = 16)]
+    max_assemblies: usize,
+    /// Bytes all incomplete chunked contexts together may hold on disk.
+    #[arg(long, default_value_t = 64 << 30)]
+    max_assembly_bytes: u64,
     /// Map-file directory for handshake rule 4 (AVP-HS-8).
     #[arg(long, value_name = "DIR")]
     maps: Option<PathBuf>,
@@ -187,19 +199,33 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.maps {
         handshake = handshake.with_maps(Arc::new(avp_handshake::fs::MapDir(dir.clone())));
     }
-    let store = match &args.store {
+    let store = Arc::new(match &args.store {
         Some(dir) => ContextStore::open(dir, ttl)
             .with_context(|| format!("opening store {}", dir.display()))?,
         None => ContextStore::in_memory(ttl),
+    });
+    // Chunked contexts are assembled on disk only (AVP-HTTP-90); with
+    // --max-assemblies 0 not at all (no kv_chunked).
+    let assemblies = match &args.store {
+        Some(dir) if args.max_assemblies > 0 => Some(Arc::new(
+            Assemblies::open(
+                Arc::clone(&store),
+                ChunkLimits {
+                    max_assemblies: args.max_assemblies,
+                    max_bytes: args.max_assembly_bytes,
+                    ttl: Duration::from_secs(args.chunk_ttl),
+                    ..ChunkLimits::default()
+                },
+            )
+            .with_context(|| format!("opening chunk assemblies in {}", dir.display()))?,
+        )),
+        _ => None,
     };
-    let mut agent = Agent::new(
-        args.agent_id.clone(),
-        ModelIdentity::default(),
-        Arc::new(store),
-    )
-    .with_handshake(handshake)
-    .require_session(args.require_session)
-    .with_memory_budget(args.memory_budget);
+    handshake = handshake.with_kv_chunked(assemblies.is_some());
+    let mut agent = Agent::new(args.agent_id.clone(), ModelIdentity::default(), store)
+        .with_handshake(handshake)
+        .require_session(args.require_session)
+        .with_memory_budget(args.memory_budget);
     if let Some(share) = args.peer_share {
         agent = agent.with_peer_share(share);
     }
@@ -208,6 +234,21 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(key) = mac_key {
         agent = agent.with_mac_key(key);
+    }
+    if let Some(assemblies) = assemblies {
+        // Expiry also runs with each chunk request; this sweep frees the
+        // disk of abandoned assemblies when no request comes (AVP-HTTP-92).
+        let sweeping = Arc::clone(&assemblies);
+        let every = Duration::from_secs(args.chunk_ttl.clamp(1, 60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let sweeping = Arc::clone(&sweeping);
+                let _ = tokio::task::spawn_blocking(move || sweeping.expire()).await;
+            }
+        });
+        agent = agent.with_chunk_assembly(assemblies);
     }
     let https = config.tls.is_some();
     let server = Server::bind(args.listen, config, Arc::new(agent))

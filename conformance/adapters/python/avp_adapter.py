@@ -320,10 +320,17 @@ def op_kv_ext_decode(req):
     return {"outcome": "skipped", "reason": "quantized and delta KV are an extension the SDK does not have"}
 
 
+def op_chunk_assemble(req):
+    # The SDK has no chunked contexts (spec/protocol/chunked.md): it never announces kv_chunked,
+    # so a conforming sender never sends it chunks (AVP-CHK-9); nothing in it assembles them.
+    return {"outcome": "skipped", "reason": "chunked contexts are an extension the SDK does not have"}
+
+
 OPS = {"decode": op_decode, "encode": op_encode, "json_decode": op_json_decode, "canonical_json": op_canonical_json,
        "model_hash": op_model_hash, "tokenizer_hash": op_tokenizer_hash, "vocab_hash": op_vocab_hash,
        "identity": op_identity, "hello_parse": op_hello_parse, "resolve": op_resolve,
-       "kv_ext_decode": op_kv_ext_decode, "kv_ext_encode": op_kv_ext_decode}
+       "kv_ext_decode": op_kv_ext_decode, "kv_ext_encode": op_kv_ext_decode,
+       "chunk_assemble": op_chunk_assemble}
 
 
 def main():
