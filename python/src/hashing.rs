@@ -117,31 +117,29 @@ pub(crate) fn tokenizer_hash_dict(
 ) -> PyResult<Option<String>> {
     let py = vocab.py();
     // Every real vocabulary: str keys, ids that are u32s below u32::MAX.
-    // The keys' UTF-8 is borrowed from the str objects (CPython caches it),
-    // so the only per-token work is reading the two objects.
-    let mut keys: Vec<Bound<'_, PyString>> = Vec::with_capacity(vocab.len());
-    let mut ids: Vec<u32> = Vec::with_capacity(vocab.len());
+    // One pass copies each token (CPython's cached UTF-8, borrowed for the
+    // copy) and id into a table that owns them, so the hash that follows
+    // runs with the GIL released and holds no Python object.
+    let mut table = avp_handshake::hash::TokenTable::with_capacity(vocab.len());
     for (k, v) in vocab.iter() {
-        let (Ok(key), Ok(id)) = (k.downcast_into::<PyString>(), v.downcast::<PyInt>()) else {
+        let (Ok(key), Ok(id)) = (k.downcast::<PyString>(), v.downcast::<PyInt>()) else {
             return Ok(None);
         };
         if v.is_instance_of::<PyBool>() {
             return Ok(None); // json.dumps writes `true`, not 1
         }
-        match id.extract::<u32>() {
-            Ok(id) if id != u32::MAX => ids.push(id),
+        let id = match id.extract::<u32>() {
+            Ok(id) if id != u32::MAX => id,
             _ => return tokenizer_hash_dict_any_int(vocab, threads),
-        }
-        keys.push(key);
-    }
-    let mut tokens: Vec<(&str, u32)> = Vec::with_capacity(keys.len());
-    for (key, id) in keys.iter().zip(&ids) {
+        };
         let Some(text) = crate::buffer::str_as_str(key) else {
             return Ok(None); // lone surrogates: json.dumps escapes them
         };
-        tokens.push((text, *id));
+        table
+            .push(text, id)
+            .map_err(|e| errors::handshake(py, &e))?;
     }
-    py.allow_threads(|| avp_handshake::tokenizer_hash_of_tokens(&tokens, threads))
+    py.allow_threads(|| table.hash(threads))
         .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }
