@@ -468,11 +468,7 @@ fn sort_from_byte(table: &TokenTable, items: &mut [Item], depth: u32) {
         *end = total;
     }
     for (k, &end) in ends.iter().enumerate() {
-        loop {
-            let Some(&at) = next.get(k) else { break };
-            if at >= end {
-                break;
-            }
+        while let Some(&at) = next.get(k).filter(|&&at| at < end) {
             // Carry the item at `at` to its bucket, bringing back the one
             // there, until one belongs in bucket k.
             let Some(mut carried) = items.get(at).copied() else {
@@ -666,15 +662,41 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
     let len = out.len();
     out.extend_from_slice(&[0u8; 20]);
     if let Some(slots) = out.get_mut(len..len.saturating_add(count)) {
+        // Two digits per division (a table lookup): half the dependent
+        // divide chain of one digit at a time.
         let mut rest = n;
-        for slot in slots.iter_mut().rev() {
-            // rest % 10 < 10, so the cast is exact.
-            *slot = b'0'.saturating_add((rest % 10) as u8);
-            rest /= 10;
+        let mut pairs = slots.rchunks_exact_mut(2);
+        for pair in pairs.by_ref() {
+            // rest % 100 < 100, so the cast is exact.
+            let at = usize::from((rest % 100) as u8).saturating_mul(2);
+            if let Some(digits) = DIGIT_PAIRS.get(at..at.saturating_add(2)) {
+                pair.copy_from_slice(digits);
+            }
+            rest /= 100;
+        }
+        if let Some(first) = pairs.into_remainder().first_mut() {
+            // rest < 10 here, so the cast is exact.
+            *first = b'0'.saturating_add(rest as u8);
         }
     }
     out.truncate(len.saturating_add(count));
 }
+
+/// "00" to "99", back to back.
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        // In a const block: out-of-range indexing fails the build, not a run.
+        #[allow(clippy::indexing_slicing)]
+        {
+            table[2 * i] = b'0' + (i / 10) as u8;
+            table[2 * i + 1] = b'0' + (i % 10) as u8;
+        }
+        i += 1;
+    }
+    table
+};
 
 /// The four lowercase hex digits of every code point below U+0800 (the
 /// 2-byte UTF-8 characters that make up most byte-level BPE tokens),
