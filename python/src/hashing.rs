@@ -117,27 +117,14 @@ pub(crate) fn tokenizer_hash_dict(
 ) -> PyResult<Option<String>> {
     let py = vocab.py();
     // Every real vocabulary: str keys, ids that are u32s below u32::MAX.
-    // One pass copies each token (CPython's cached UTF-8, borrowed for the
-    // copy) and id into a table that owns them, so the hash that follows
-    // runs with the GIL released and holds no Python object.
+    // One pass copies each token (CPython's cached UTF-8) and id into a
+    // table that owns them, so the hash that follows runs with the GIL
+    // released and holds no Python object.
     let mut table = avp_handshake::hash::TokenTable::with_capacity(vocab.len());
-    for (k, v) in vocab.iter() {
-        let (Ok(key), Ok(id)) = (k.downcast::<PyString>(), v.downcast::<PyInt>()) else {
-            return Ok(None);
-        };
-        if v.is_instance_of::<PyBool>() {
-            return Ok(None); // json.dumps writes `true`, not 1
-        }
-        let id = match id.extract::<u32>() {
-            Ok(id) if id != u32::MAX => id,
-            _ => return tokenizer_hash_dict_any_int(vocab, threads),
-        };
-        let Some(text) = crate::buffer::str_as_str(key) else {
-            return Ok(None); // lone surrogates: json.dumps escapes them
-        };
-        table
-            .push(text, id)
-            .map_err(|e| errors::handshake(py, &e))?;
+    match crate::buffer::dict_into_table(vocab, &mut table)? {
+        crate::buffer::DictScan::Done => {}
+        crate::buffer::DictScan::NotStrInt => return Ok(None),
+        crate::buffer::DictScan::OtherInt => return tokenizer_hash_dict_any_int(vocab, threads),
     }
     py.allow_threads(|| table.hash(threads))
         .map(Some)

@@ -110,6 +110,7 @@ fn text_fields<'m>(m: &'m Metadata<'_>) -> [&'m str; TEXT_FIELDS] {
 impl MetaText {
     /// Spans of `data` when `borrow` and every string lies inside it, else
     /// one copy of all the strings.
+    #[inline(always)]
     fn new(m: &Metadata<'_>, data: &[u8], borrow: bool) -> MetaText {
         let strings = text_fields(m);
         let has_compression = m.compression.is_some();
@@ -168,6 +169,7 @@ fn decode_options(strict: bool, verify_checksum: bool, threads: usize) -> Decode
 /// with the GIL released. Returns the object to keep alive and `f`'s result.
 /// `f` learns whether the bytes are immutable (a `bytes` object), i.e.
 /// may be read again later through the returned object.
+#[inline(always)]
 fn with_input<R: Send>(
     obj: &Bound<'_, PyAny>,
     f: impl FnOnce(&[u8], bool) -> R + Send,
@@ -193,6 +195,7 @@ fn with_input<R: Send>(
 /// releasing and re-taking the GIL would cost more than the work.
 const RELEASE_GIL_FROM: usize = 64 << 10;
 
+#[inline(always)]
 fn release_if_large<R: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> R + Send) -> R {
     if len >= RELEASE_GIL_FROM {
         py.allow_threads(f)
@@ -214,6 +217,7 @@ struct Decoded {
 impl Decoded {
     /// `metadata` of a message read from `data`; its strings borrowed from
     /// `data` when `borrow` (an immutable `bytes` input).
+    #[inline(always)]
     fn new(
         header: Header,
         metadata: Metadata<'_>,
@@ -253,10 +257,15 @@ enum DecodedPayload {
     Owned(Vec<u8>),
 }
 
+#[inline(always)]
 fn owned_warnings(ws: &[avp_codec::Warning]) -> Vec<(&'static str, String)> {
+    if ws.is_empty() {
+        return Vec::new();
+    }
     ws.iter().map(|w| (w.code(), w.to_string())).collect()
 }
 
+#[inline(always)]
 fn decode_slice(
     data: &[u8],
     borrow: bool,
@@ -288,6 +297,7 @@ fn decode_slice(
     ))
 }
 
+#[inline(always)]
 fn into_message(py: Python<'_>, source: Source, d: Decoded) -> PyMessage {
     let payload = match d.payload {
         DecodedPayload::Absent => Payload::Absent,
