@@ -145,13 +145,15 @@ pub fn tokenizer_hash(vocab: &Object) -> Result<String, Error> {
     tokenizer_hash_with_threads(vocab, 1)
 }
 
-/// [`tokenizer_hash`], on two threads when `threads >= 2` and the
-/// vocabulary has at least 32Ki tokens (the same result either way).
+/// [`tokenizer_hash`], on up to `threads` threads (the caller's included)
+/// when `threads >= 2` and the vocabulary has at least 32Ki tokens (the
+/// same result either way).
 ///
-/// On an idle 2-core machine this cuts the wall time of a 152k-token
-/// vocabulary by about a third for ~20% more CPU time; when the other core
-/// is busy it is slower than one thread, hence opt-in. A thread that cannot
-/// be started falls back to the calling thread.
+/// The sorted order is cut into ~64 parts that each thread claims in
+/// turn, so a helper that is not scheduled (a busy core) holds up at most
+/// one part; on an idle 2-core machine a 152k-token vocabulary hashes in
+/// about two thirds of the one-thread time. A thread that cannot be
+/// started leaves its parts to the others.
 pub fn tokenizer_hash_with_threads(vocab: &Object, threads: usize) -> Result<String, Error> {
     hash_entries(vocab, vocab.entries_slice(), threads)
 }
@@ -213,7 +215,7 @@ impl TokenTable {
         self.items.is_empty()
     }
 
-    /// The `tokenizer_hash` of the tokens, on two threads when `threads >= 2`
+    /// The `tokenizer_hash` of the tokens, on up to `threads` threads when `threads >= 2`
     /// and there are at least 32Ki of them (see [`tokenizer_hash_with_threads`]).
     pub fn hash(self, threads: usize) -> Result<String, Error> {
         hash_table(&Object::default(), self, threads)
@@ -365,71 +367,159 @@ fn hash_entries(
 
 fn hash_table(vocab: &Object, mut table: TokenTable, threads: usize) -> Result<String, Error> {
     let mut items = core::mem::take(&mut table.items);
+    let mut sink = BlockHasher::new();
+    sink.block.push(b'[');
     if threads < 2 || items.len() < PARALLEL_FROM {
         sort_items(&table, &mut items);
-        let mut sink = BlockHasher::new();
-        sink.block.push(b'[');
-        render_merged(vocab, &table, (&items, &[]), true, &mut sink)?;
-        sink.block.push(b']');
-        return Ok(sink.finish());
+        render(vocab, &table, &items, true, &mut sink)?;
+    } else {
+        hash_parts_in_parallel(vocab, &table, &mut items, threads, &mut sink)?;
     }
-    // The two halves of the items sorted on a core each; then the merged
-    // order is cut in two at its middle and each core writes one part; the
-    // second part's text is hashed after the first.
-    let half = items.len() / 2;
-    let (a, b) = items.split_at_mut(half);
-    let table = &table;
-    std::thread::scope(|scope| {
-        let other = std::thread::Builder::new().spawn_scoped(scope, || sort_items(table, b));
-        sort_items(table, a);
-        if let Ok(handle) = other {
-            // A worker that panicked left its half unsorted: sort it here.
-            handle.join().ok()
-        } else {
-            None
-        }
-    })
-    .map_or_else(|| sort_items(table, b), |()| ());
-    let (a, b) = (&*a, &*b);
-    let (cut_a, cut_b) = co_rank(table, a, b, items_len(a, b) / 2);
-    let (head_a, tail_a) = a.split_at(cut_a.min(a.len()));
-    let (head_b, tail_b) = b.split_at(cut_b.min(b.len()));
-    let worker_failed = || Error::Tokenizer("tokenizer hash worker failed".into());
-    let render_tail = || -> Result<Vec<u8>, Error> {
-        // About 24 bytes of text per item (`,["token",id]`, escapes).
-        let size = tail_a.len().saturating_add(tail_b.len()).saturating_mul(24);
-        let mut text = VecSink(Vec::with_capacity(size));
-        render_merged(
-            vocab,
-            table,
-            (tail_a, tail_b),
-            head_a.is_empty() && head_b.is_empty(),
-            &mut text,
-        )?;
-        Ok(text.0)
-    };
-    std::thread::scope(|scope| {
-        let second_part = std::thread::Builder::new().spawn_scoped(scope, render_tail);
-        let mut sink = BlockHasher::new();
-        sink.block.push(b'[');
-        render_merged(vocab, table, (head_a, head_b), true, &mut sink)?;
-        let tail = match second_part {
-            Ok(handle) => handle.join().map_err(|_| worker_failed())??,
-            Err(_) => render_tail()?,
-        };
-        sink.flush();
-        sink.hasher.update(&tail);
-        sink.block.push(b']');
-        Ok(sink.finish())
-    })
+    sink.block.push(b']');
+    Ok(sink.finish())
 }
 
-fn items_len(a: &[Item], b: &[Item]) -> usize {
-    a.len().saturating_add(b.len())
-}
-
-/// Vocabularies from this size on may be hashed on two threads.
+/// Vocabularies from this size on may be hashed on several threads.
 const PARALLEL_FROM: usize = 32 * 1024;
+
+/// Into about how many parts a parallel hash cuts the items.
+const PARTS: usize = 64;
+
+/// The parallel hash: the items are cut (by their first bytes, see
+/// [`cut_into_groups`]) into ~64 consecutive parts that sort apart; every
+/// thread, the caller's included, claims the next part, sorts it and
+/// writes its text, and the caller hashes the texts in part order. On a
+/// busy machine a helper that is not scheduled holds up at most the one
+/// part it claimed; a fixed half per thread made the caller wait for the
+/// whole half.
+fn hash_parts_in_parallel(
+    vocab: &Object,
+    table: &TokenTable,
+    items: &mut [Item],
+    threads: usize,
+    sink: &mut BlockHasher,
+) -> Result<(), Error> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut ends = Vec::new();
+    let limit = (items.len() / PARTS).max(1);
+    cut_into_groups(items, 0, 0, limit, &mut ends);
+    // Consecutive groups packed into parts of about `limit` items.
+    let mut parts: Vec<Mutex<Option<&mut [Item]>>> = Vec::new();
+    let mut rest = items;
+    let mut taken = 0usize;
+    let mut start = 0usize;
+    for end in ends {
+        if end.saturating_sub(start) >= limit || end == taken.saturating_add(rest.len()) {
+            let (part, after) = rest.split_at_mut(end.saturating_sub(taken).min(rest.len()));
+            parts.push(Mutex::new(Some(part)));
+            rest = after;
+            taken = end;
+            start = end;
+        }
+    }
+    let next = AtomicUsize::new(0);
+    // Claims the next part, sorts and writes it: (part number, its text).
+    let work = || -> Option<(usize, Result<Vec<u8>, Error>)> {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let part = parts.get(i)?.lock().ok()?.take()?;
+        sort_items(table, part);
+        // About 24 bytes of text per item (`,["token",id]`, escapes).
+        let mut text = VecSink(Vec::with_capacity(part.len().saturating_mul(24)));
+        Some((
+            i,
+            render(vocab, table, part, i == 0, &mut text).map(|()| text.0),
+        ))
+    };
+    let work = &work;
+    let worker_failed = || Error::Tokenizer("tokenizer hash worker failed".into());
+    std::thread::scope(|scope| {
+        let (done, received) = std::sync::mpsc::channel();
+        let helpers: Vec<_> = (1..threads.min(parts.len()))
+            .filter_map(|_| {
+                let done = done.clone();
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || {
+                        while let Some(result) = work() {
+                            if done.send(result).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        // Only helpers hold senders: `recv` fails once they all stopped.
+        drop(done);
+        let mut texts: Vec<Option<Vec<u8>>> = parts.iter().map(|_| None).collect();
+        let mut hashed = 0usize;
+        let outcome = loop {
+            // Hash, in order, the texts that are ready.
+            while let Some(text) = texts.get_mut(hashed).and_then(Option::take) {
+                sink.flush();
+                sink.hasher.update(&text);
+                hashed = hashed.saturating_add(1);
+            }
+            if hashed >= parts.len() {
+                break Ok(());
+            }
+            let (i, text) = match work() {
+                Some(claimed) => claimed,
+                // Nothing left to claim: wait for a helper's part.
+                None => match received.recv() {
+                    Ok(sent) => sent,
+                    Err(_) => break Err(worker_failed()),
+                },
+            };
+            match (text, texts.get_mut(i)) {
+                (Ok(text), Some(slot)) => *slot = Some(text),
+                (Err(e), _) => break Err(e),
+                (Ok(_), None) => break Err(worker_failed()),
+            }
+        };
+        // Dropping the receiver stops helpers still sending.
+        drop(received);
+        for helper in helpers {
+            if helper.join().is_err() && outcome.is_ok() {
+                return Err(worker_failed());
+            }
+        }
+        outcome
+    })
+}
+
+/// Permutes `items` (whose first `depth` bytes are equal) into groups that
+/// sort apart, each at most `limit` items unless its first two bytes are
+/// all equal, and appends the groups' end positions (plus `base`) to `ends`.
+fn cut_into_groups(
+    items: &mut [Item],
+    depth: u32,
+    base: usize,
+    limit: usize,
+    ends: &mut Vec<usize>,
+) {
+    if items.len() <= limit || depth >= 2 {
+        ends.push(base.saturating_add(items.len()));
+        return;
+    }
+    let bucket_ends = flag_pass(items, depth);
+    let mut start = 0usize;
+    for end in bucket_ends {
+        if end > start {
+            if let Some(bucket) = items.get_mut(start..end) {
+                cut_into_groups(
+                    bucket,
+                    depth.saturating_add(1),
+                    base.saturating_add(start),
+                    limit,
+                    ends,
+                );
+            }
+        }
+        start = end;
+    }
+}
 
 /// Item counts from this size on are first bucketed by a byte.
 const BUCKET_FROM: usize = 2048;
@@ -451,6 +541,21 @@ fn sort_from_byte(table: &TokenTable, items: &mut [Item], depth: u32) {
         items.sort_unstable_by(|a, b| order(table, a, b));
         return;
     }
+    let ends = flag_pass(items, depth);
+    let mut start = 0usize;
+    for end in ends {
+        if end.saturating_sub(start) > 1 {
+            if let Some(run) = items.get_mut(start..end) {
+                sort_from_byte(table, run, depth.saturating_add(1));
+            }
+        }
+        start = end;
+    }
+}
+
+/// Permutes `items` in place into 256 buckets by byte `depth` (< 8) of
+/// their tokens, in byte order; returns where each bucket ends.
+fn flag_pass(items: &mut [Item], depth: u32) -> [usize; 256] {
     let shift = 56u32.saturating_sub(depth.saturating_mul(8));
     let bucket = |item: &Item| ((item.hi >> shift) & 0xff) as usize;
     // ends[k]: one past bucket k once counted; next[k]: its fill cursor.
@@ -496,32 +601,7 @@ fn sort_from_byte(table: &TokenTable, items: &mut [Item], depth: u32) {
             }
         }
     }
-    let mut start = 0usize;
-    for &end in &ends {
-        if end.saturating_sub(start) > 1 {
-            if let Some(run) = items.get_mut(start..end) {
-                sort_from_byte(table, run, depth.saturating_add(1));
-            }
-        }
-        start = end;
-    }
-}
-
-/// How many of the first `n` items of the merged order come from `a` and
-/// from `b` (binary search on the merge path).
-fn co_rank(table: &TokenTable, a: &[Item], b: &[Item], n: usize) -> (usize, usize) {
-    let mut low = n.saturating_sub(b.len());
-    let mut high = n.min(a.len());
-    while low < high {
-        let i = low.saturating_add(high.saturating_sub(low) / 2);
-        let j = n.saturating_sub(i);
-        // More of `a` belongs in front while a[i] sorts before b[j - 1].
-        match (a.get(i), b.get(j.wrapping_sub(1))) {
-            (Some(x), Some(y)) if order(table, x, y).is_lt() => low = i.saturating_add(1),
-            _ => high = i,
-        }
-    }
-    (low, n.saturating_sub(low))
+    ends
 }
 
 /// Where written items go: a growing buffer or the hashing blocks.
@@ -581,33 +661,17 @@ impl ItemSink for BlockHasher {
     }
 }
 
-/// Writes the sorted items `a` and `b` (of `table`) merged in token order,
-/// each as `,[token,id]` (no comma before the very first item when `first`).
-fn render_merged(
+/// Writes the sorted `items` (of `table`), each as `,[token,id]` (no comma
+/// before the very first item when `first`).
+fn render(
     vocab: &Object,
     table: &TokenTable,
-    (a, b): (&[Item], &[Item]),
+    items: &[Item],
     first: bool,
     sink: &mut impl ItemSink,
 ) -> Result<(), Error> {
-    let (mut i, mut j) = (0usize, 0usize);
     let mut first = first;
-    loop {
-        let item = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) if order(table, x, y).is_lt() => {
-                i = i.saturating_add(1);
-                x
-            }
-            (Some(x), None) => {
-                i = i.saturating_add(1);
-                x
-            }
-            (_, Some(y)) => {
-                j = j.saturating_add(1);
-                y
-            }
-            (None, None) => break,
-        };
+    for item in items {
         let head = join_head(item);
         let token = table.token(item, &head);
         let out = sink.buffer();

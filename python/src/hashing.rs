@@ -29,11 +29,26 @@ pub(crate) fn model_hash_json(py: Python<'_>, text: &[u8]) -> PyResult<String> {
     .map_err(|e| errors::handshake(py, &e))
 }
 
+/// The thread count a tokenizer hash runs on: `threads`, or for 0 the
+/// available parallelism (at most 8). The hash hands out its parts to
+/// whichever thread is free, so a busy core costs little; the result never
+/// depends on the count.
+fn hash_threads(threads: usize) -> usize {
+    static AUTO: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match threads {
+        0 => {
+            *AUTO.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+        }
+        n => n,
+    }
+}
+
 fn vocab_hash(
     doc: &Value,
     from_tokenizer_json: bool,
     threads: usize,
 ) -> Result<String, avp_handshake::Error> {
+    let threads = hash_threads(threads);
     if from_tokenizer_json {
         let vocab = avp_handshake::vocab_from_tokenizer_json(doc)?;
         avp_handshake::tokenizer_hash_with_threads(&vocab, threads)
@@ -43,10 +58,10 @@ fn vocab_hash(
     }
 }
 
-/// tokenizer_hash_json(text, threads=1) -> str: `tokenizer_hash` of a
+/// tokenizer_hash_json(text, threads=0) -> str: `tokenizer_hash` of a
 /// `{token: id}` vocabulary serialised by `json.dumps`.
 #[pyfunction]
-#[pyo3(signature = (text, threads=1))]
+#[pyo3(signature = (text, threads=0))]
 pub(crate) fn tokenizer_hash_json(py: Python<'_>, text: &[u8], threads: usize) -> PyResult<String> {
     py.allow_threads(|| {
         let doc = json::parse(text).map_err(avp_handshake::Error::Json)?;
@@ -55,10 +70,10 @@ pub(crate) fn tokenizer_hash_json(py: Python<'_>, text: &[u8], threads: usize) -
     .map_err(|e| errors::handshake(py, &e))
 }
 
-/// tokenizer_hash_file(path, threads=1) -> str: `tokenizer_hash` of the
+/// tokenizer_hash_file(path, threads=0) -> str: `tokenizer_hash` of the
 /// vocabulary of a `tokenizer.json` file (or a directory holding one).
 #[pyfunction]
-#[pyo3(signature = (path, threads=1))]
+#[pyo3(signature = (path, threads=0))]
 pub(crate) fn tokenizer_hash_file(
     py: Python<'_>,
     path: PathBuf,
@@ -105,12 +120,12 @@ pub(crate) fn identity_json(
         .map_err(|e| errors::handshake(py, &e))
 }
 
-/// tokenizer_hash_dict(vocab, threads=1) -> str | None: `tokenizer_hash` of a
+/// tokenizer_hash_dict(vocab, threads=0) -> str | None: `tokenizer_hash` of a
 /// `{str: int}` dict read directly (no JSON round trip), or None when the
 /// dict holds anything else (other value types, lone surrogates, huge ints),
 /// for which the caller takes the JSON path.
 #[pyfunction]
-#[pyo3(signature = (vocab, threads=1))]
+#[pyo3(signature = (vocab, threads=0))]
 pub(crate) fn tokenizer_hash_dict(
     vocab: &Bound<'_, PyDict>,
     threads: usize,
@@ -126,7 +141,7 @@ pub(crate) fn tokenizer_hash_dict(
         crate::buffer::DictScan::NotStrInt => return Ok(None),
         crate::buffer::DictScan::OtherInt => return tokenizer_hash_dict_any_int(vocab, threads),
     }
-    py.allow_threads(|| table.hash(threads))
+    py.allow_threads(|| table.hash(hash_threads(threads)))
         .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }
@@ -153,7 +168,7 @@ fn tokenizer_hash_dict_any_int(
         entries.push((JsonString::from(text), Value::Int(Int::from(id))));
     }
     let object = Object::from_distinct(entries);
-    py.allow_threads(|| avp_handshake::tokenizer_hash_with_threads(&object, threads))
+    py.allow_threads(|| avp_handshake::tokenizer_hash_with_threads(&object, hash_threads(threads)))
         .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }

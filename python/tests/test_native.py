@@ -376,7 +376,8 @@ def test_installed_context_replaces_to_bytes_and_from_bytes_and_restores():
     {"a": -1, "b": 2**40, "c": 2**32 - 1, "d": 3},  # ids beyond u32: through an object
     {"a": 2**70, "b": -(2**70), "c": 1},  # ids beyond 64 bits too
     # Enough tokens for the bucketed sort; long ones sharing 16-byte prefixes.
-    {("ĠĠĠĠĠĠĠĠ" if i % 3 else "") + "中é\"" * (i % 5) + str(i): i for i in range(5000)},
+    # (40,000: also enough for the parallel hash.)
+    {("ĠĠĠĠĠĠĠĠ" if i % 3 else "") + "中é\"" * (i % 5) + str(i): i for i in range(40_000)},
     {"a": 1, "b": True},  # json.dumps writes true
     {"a": 1, "\ud800": 2},  # lone surrogate: the JSON route
     {},
@@ -386,4 +387,5 @@ def test_tokenizer_hash_dict_paths_equal_the_sdk(vocab):
     from avp.handshake import compute_tokenizer_hash
 
     assert avp_rs.tokenizer_hash(vocab) == compute_tokenizer_hash(vocab)
-    assert avp_rs.tokenizer_hash(vocab, threads=2) == compute_tokenizer_hash(vocab)
+    for threads in (0, 2, 3):
+        assert avp_rs.tokenizer_hash(vocab, threads=threads) == compute_tokenizer_hash(vocab)
