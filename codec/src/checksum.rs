@@ -12,6 +12,11 @@ const AUTO_MAX_THREADS: usize = 8;
 /// CRC-32 of `bytes` with up to `threads` threads (0 = pick: the available
 /// parallelism, at most 8; 1 = only the caller's thread). Small inputs never
 /// spawn threads.
+///
+/// The caller's thread hashes too, and the threads claim chunks of about a
+/// sixteenth of the input in turn rather than a fixed share each: on a busy
+/// machine a helper that is not scheduled then costs at most the chunk it
+/// holds, where a fixed half made the caller wait for that whole half.
 pub fn crc32_with_threads(bytes: &[u8], threads: usize) -> u32 {
     if threads == 1 || bytes.len() < PARALLEL_MIN_LEN {
         return crc32fast::hash(bytes);
@@ -23,35 +28,47 @@ pub fn crc32_with_threads(bytes: &[u8], threads: usize) -> u32 {
     if threads <= 1 {
         return crc32fast::hash(bytes);
     }
-    let chunk = bytes.len().div_ceil(threads);
-    let parts: Vec<crc32fast::Hasher> = std::thread::scope(|s| {
-        let handles: Vec<_> = bytes
-            .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    let mut h = crc32fast::Hasher::new();
-                    h.update(c);
-                    h
-                })
-            })
+    let chunk = (bytes.len() / CLAIM_CHUNKS).max(PARALLEL_MIN_LEN / 2);
+    let chunks: Vec<&[u8]> = bytes.chunks(chunk).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // Chunks claimed by one thread: (chunk number, its CRC state).
+    let claim = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(c) = chunks.get(i) else { break };
+            let mut h = crc32fast::Hasher::new();
+            h.update(c);
+            done.push((i, h));
+        }
+        done
+    };
+    let mut parts = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads.min(chunks.len()))
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, claim).ok())
             .collect();
-        // A join fails only if the hashing thread panicked, which crc32fast does not do;
-        // fall back to hashing that chunk here rather than propagating a panic.
-        handles
-            .into_iter()
-            .map(|h| h.join().ok())
-            .collect::<Option<Vec<_>>>()
-    })
-    .unwrap_or_default();
-    if parts.is_empty() {
+        let mut parts = claim();
+        for helper in helpers {
+            // A join fails only if the hashing thread panicked, which
+            // crc32fast does not do; its chunks are then missing and the
+            // whole buffer is hashed here below.
+            parts.extend(helper.join().unwrap_or_default());
+        }
+        parts
+    });
+    parts.sort_unstable_by_key(|(i, _)| *i);
+    if parts.len() != chunks.len() {
         return crc32fast::hash(bytes);
     }
     let mut total = crc32fast::Hasher::new();
-    for p in &parts {
+    for (_, p) in &parts {
         total.combine(p);
     }
     total.finalize()
 }
+
+/// Into how many chunks (of at least 4 MiB) a parallel checksum is cut.
+const CLAIM_CHUNKS: usize = 16;
 
 /// Copies `src` into `dst` (the same length; otherwise only the common
 /// prefix is copied) with up to `threads` threads, as [`crc32_with_threads`]

@@ -137,30 +137,6 @@ pub fn model_hash(config: &Value) -> Result<String, Error> {
     Ok(sink.finish())
 }
 
-/// The token's first 12 bytes big-endian (zero-padded) in the high 96
-/// bits, `offset` (of the token's record) in the low 32: sorting these
-/// plain integers orders the tokens by their first 12 bytes without a
-/// comparator call.
-fn sort_key(token: &[u8], offset: u32) -> u128 {
-    let mut head = [0u8; 16];
-    if let (Some(slot), Some(first)) = (head.get_mut(..12), token.get(..12)) {
-        slot.copy_from_slice(first);
-    } else {
-        for (slot, b) in head.iter_mut().zip(token) {
-            *slot = *b;
-        }
-    }
-    (u128::from_be_bytes(head) & !u128::from(u32::MAX)) | u128::from(offset)
-}
-
-/// The record offset in the low 32 bits of a [`sort_key`].
-fn key_offset(key: u128) -> usize {
-    // Truncation keeps exactly the low 32 bits, where the offset is.
-    #[allow(clippy::cast_possible_truncation)]
-    let offset = key as u32;
-    offset as usize
-}
-
 /// `tokenizer_hash`: SHA-256 hex of `json.dumps(sorted(vocab.items()),
 /// separators=(",", ":"))` (AVP-HASH-10): a list of `[token, id]` pairs in
 /// code-point order of the tokens, `ensure_ascii` escaping, no key sorting
@@ -169,243 +145,463 @@ pub fn tokenizer_hash(vocab: &Object) -> Result<String, Error> {
     tokenizer_hash_with_threads(vocab, 1)
 }
 
-/// [`tokenizer_hash`], on two threads when `threads >= 2` and the
-/// vocabulary has at least 32Ki tokens (the same result either way).
+/// [`tokenizer_hash`], on up to `threads` threads (the caller's included)
+/// when `threads >= 2` and the vocabulary has at least 32Ki tokens (the
+/// same result either way).
 ///
-/// On an idle 2-core machine this cuts the wall time of a 152k-token
-/// vocabulary by about a third for ~20% more CPU time; when the other core
-/// is busy it is slower than one thread, hence opt-in. A thread that cannot
-/// be started falls back to the calling thread.
+/// The sorted order is cut into ~64 parts that each thread claims in
+/// turn, so a helper that is not scheduled (a busy core) holds up at most
+/// one part; on an idle 2-core machine a 152k-token vocabulary hashes in
+/// about two thirds of the one-thread time. A thread that cannot be
+/// started leaves its parts to the others.
 pub fn tokenizer_hash_with_threads(vocab: &Object, threads: usize) -> Result<String, Error> {
     hash_entries(vocab, vocab.entries_slice(), threads)
 }
 
 /// [`tokenizer_hash_with_threads`] of a vocabulary given as `(token, id)`
 /// pairs with distinct tokens, without building an [`Object`] (one
-/// allocation per token fewer): what a binding that reads a `{str: int}`
-/// dict hands over. Ids must be below `u32::MAX` (every real vocabulary);
-/// for others use [`tokenizer_hash_with_threads`].
+/// allocation per token fewer). Ids must be below `u32::MAX` (every real
+/// vocabulary); for others use [`tokenizer_hash_with_threads`].
 pub fn tokenizer_hash_of_tokens(tokens: &[(&str, u32)], threads: usize) -> Result<String, Error> {
-    if let Some((token, _)) = tokens.iter().find(|(_, id)| *id == u32::MAX) {
-        return Err(Error::Tokenizer(format!(
-            "token {token:?}: id {} is reserved here; hash the vocabulary as an Object",
-            u32::MAX
-        )));
+    let mut table = TokenTable::with_capacity(tokens.len());
+    for (token, id) in tokens {
+        table.push(token, *id)?;
     }
-    hash_entries(&Object::default(), tokens, threads)
+    table.hash(threads)
 }
 
-/// One vocabulary entry as the hash reads it: the token's bytes and its
-/// id, `u32::MAX` for an id that is not a `u32` below it (written from the
-/// vocabulary object when its item is written).
-trait VocabEntry: Sync {
-    fn token(&self) -> &[u8];
-    fn id(&self) -> u32;
+/// A vocabulary gathered for [`tokenizer_hash`] one `(token, id)` at a
+/// time, e.g. by a binding reading a `{str: int}` dict: the tokens are
+/// copied in as they come (no object per token, nothing borrowed), so the
+/// hash can run later, elsewhere (with an interpreter lock released).
+/// Tokens must be distinct; [`TokenTable::hash`] gives the same result as
+/// [`tokenizer_hash_with_threads`] of the same pairs.
+#[derive(Default)]
+pub struct TokenTable {
+    items: Vec<Item>,
+    /// Records of the items that do not fit in one: tokens longer than
+    /// [`INLINE`] bytes and entries whose id is read from the vocabulary
+    /// object (entry number, length, token bytes; u32s little-endian).
+    side: Vec<u8>,
 }
 
-impl VocabEntry for (JsonString, Value) {
-    fn token(&self) -> &[u8] {
-        self.0.as_wtf8()
+impl TokenTable {
+    /// An empty table with room for `tokens` entries.
+    pub fn with_capacity(tokens: usize) -> Self {
+        Self {
+            items: Vec::with_capacity(tokens),
+            side: Vec::new(),
+        }
     }
-    fn id(&self) -> u32 {
-        match &self.1 {
+
+    /// Adds one token with its id, which must be below `u32::MAX`.
+    pub fn push(&mut self, token: &str, id: u32) -> Result<(), Error> {
+        if id == u32::MAX {
+            return Err(Error::Tokenizer(format!(
+                "token {token:?}: id {} is reserved here; hash the vocabulary as an Object",
+                u32::MAX
+            )));
+        }
+        self.push_entry(token.as_bytes(), id, 0)
+    }
+
+    /// Number of tokens pushed.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether no token was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The `tokenizer_hash` of the tokens, on up to `threads` threads when `threads >= 2`
+    /// and there are at least 32Ki of them (see [`tokenizer_hash_with_threads`]).
+    pub fn hash(self, threads: usize) -> Result<String, Error> {
+        hash_table(&Object::default(), self, threads)
+    }
+
+    /// `id` is `u32::MAX` for an entry whose id is written from the
+    /// vocabulary object (entry `number`).
+    fn push_entry(&mut self, token: &[u8], id: u32, number: u32) -> Result<(), Error> {
+        let too_large = || Error::Tokenizer("vocabulary larger than 4 GiB or 2^32 tokens".into());
+        let mut head = [0u8; INLINE];
+        if let Some(first) = token.get(..INLINE) {
+            head.copy_from_slice(first);
+        } else {
+            for (slot, b) in head.iter_mut().zip(token) {
+                *slot = *b;
+            }
+        }
+        let [hi, lo] = split_head(head);
+        let at = if token.len() <= INLINE && id != u32::MAX {
+            // Inline lengths are 0..=16: always below SIDE_FROM.
+            u32::try_from(token.len()).map_err(|_| too_large())?
+        } else {
+            let offset = u32::try_from(self.side.len())
+                .ok()
+                .and_then(|o| o.checked_add(SIDE_FROM))
+                .ok_or_else(too_large)?;
+            let len = u32::try_from(token.len()).map_err(|_| too_large())?;
+            self.side.extend_from_slice(&number.to_le_bytes());
+            self.side.extend_from_slice(&len.to_le_bytes());
+            self.side.extend_from_slice(token);
+            offset
+        };
+        self.items.push(Item { hi, lo, at, id });
+        Ok(())
+    }
+
+    /// The bytes of `item`'s token; `head` holds `item`'s head bytes.
+    fn token<'a>(&'a self, item: &Item, head: &'a [u8; INLINE]) -> &'a [u8] {
+        match item.at.checked_sub(SIDE_FROM) {
+            None => head.get(..item.at as usize).unwrap_or_default(),
+            Some(offset) => self.record(offset).1,
+        }
+    }
+
+    /// (entry number, token bytes) of the side record at `offset`.
+    fn record(&self, offset: u32) -> (usize, &[u8]) {
+        let rest = self.side.get(offset as usize..).unwrap_or_default();
+        let word = |at: usize| {
+            rest.get(at..at.saturating_add(4))
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, |b| u32::from_le_bytes(b) as usize)
+        };
+        let token = rest
+            .get(SIDE_HEADER..SIDE_HEADER.saturating_add(word(4)))
+            .unwrap_or_default();
+        (word(0), token)
+    }
+}
+
+/// One vocabulary entry as the sort moves it (24 bytes): the token's first
+/// [`INLINE`] bytes as two big-endian, zero-padded integers (integer order
+/// is byte order), its id, and `at`: the token's length when it lives in
+/// the item alone, else [`SIDE_FROM`] plus the offset of its side record.
+///
+/// Memory layout is what decides the speed here. The writing pass visits
+/// the entries in sorted order; had the items pointed at their tokens, each
+/// token read would be a cache miss (a 152k vocabulary does not fit in L2).
+/// An item carries all its output needs for every token of at most 16
+/// bytes (almost all of a BPE vocabulary), so that pass reads the sorted
+/// items front to back, and the sort moves small items within buckets
+/// that fit in cache.
+#[derive(Clone, Copy, Default)]
+struct Item {
+    hi: u64,
+    lo: u64,
+    at: u32,
+    id: u32,
+}
+
+/// Tokens up to this many bytes live in their [`Item`].
+const INLINE: usize = 16;
+/// `Item::at` values from here on point at a side record.
+const SIDE_FROM: u32 = 17;
+/// Bytes before a side record's token: entry number and length.
+const SIDE_HEADER: usize = 8;
+
+fn split_head(head: [u8; INLINE]) -> [u64; 2] {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    for (i, b) in head.into_iter().enumerate() {
+        if let Some(slot) = hi.get_mut(i).or_else(|| lo.get_mut(i.wrapping_sub(8))) {
+            *slot = b;
+        }
+    }
+    [u64::from_be_bytes(hi), u64::from_be_bytes(lo)]
+}
+
+fn join_head(item: &Item) -> [u8; INLINE] {
+    let mut head = [0u8; INLINE];
+    for (slot, b) in head.iter_mut().zip(
+        item.hi
+            .to_be_bytes()
+            .into_iter()
+            .chain(item.lo.to_be_bytes()),
+    ) {
+        *slot = b;
+    }
+    head
+}
+
+/// Token order (code point order is UTF-8 byte order): the first 16 bytes
+/// as two integers, then, on a tie (rare), the full bytes.
+#[inline(always)]
+fn order(table: &TokenTable, a: &Item, b: &Item) -> core::cmp::Ordering {
+    (a.hi, a.lo).cmp(&(b.hi, b.lo)).then_with(|| {
+        if a.at < SIDE_FROM && b.at < SIDE_FROM {
+            // Equal heads, both inline: the shorter is a prefix of the other.
+            a.at.cmp(&b.at)
+        } else {
+            let (head_a, head_b) = (join_head(a), join_head(b));
+            table.token(a, &head_a).cmp(table.token(b, &head_b))
+        }
+    })
+}
+
+/// The hash of a vocabulary object: ids that are not a u32 below
+/// `u32::MAX` (never in a real vocabulary, but any JSON value is allowed)
+/// are written from the object when their item is written.
+fn hash_entries(
+    vocab: &Object,
+    entries: &[(JsonString, Value)],
+    threads: usize,
+) -> Result<String, Error> {
+    let mut table = TokenTable::with_capacity(entries.len());
+    let too_large = || Error::Tokenizer("vocabulary larger than 4 GiB or 2^32 tokens".into());
+    for (number, (token, value)) in entries.iter().enumerate() {
+        let id = match value {
             Value::Int(i) => i
                 .as_u64()
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(u32::MAX),
             _ => u32::MAX,
+        };
+        let number = u32::try_from(number).map_err(|_| too_large())?;
+        table.push_entry(token.as_wtf8(), id, number)?;
+    }
+    hash_table(vocab, table, threads)
+}
+
+fn hash_table(vocab: &Object, mut table: TokenTable, threads: usize) -> Result<String, Error> {
+    let mut items = core::mem::take(&mut table.items);
+    let mut sink = BlockHasher::new();
+    sink.block.push(b'[');
+    if threads < 2 || items.len() < PARALLEL_FROM {
+        sort_items(&table, &mut items);
+        render(vocab, &table, &items, true, &mut sink)?;
+    } else {
+        hash_parts_in_parallel(vocab, &table, &mut items, threads, &mut sink)?;
+    }
+    sink.block.push(b']');
+    Ok(sink.finish())
+}
+
+/// Vocabularies from this size on may be hashed on several threads.
+const PARALLEL_FROM: usize = 32 * 1024;
+
+/// Into about how many parts a parallel hash cuts the items.
+const PARTS: usize = 64;
+
+/// The parallel hash: the items are cut (by their first bytes, see
+/// [`cut_into_groups`]) into ~64 consecutive parts that sort apart; every
+/// thread, the caller's included, claims the next part, sorts it and
+/// writes its text, and the caller hashes the texts in part order. On a
+/// busy machine a helper that is not scheduled holds up at most the one
+/// part it claimed; a fixed half per thread made the caller wait for the
+/// whole half.
+fn hash_parts_in_parallel(
+    vocab: &Object,
+    table: &TokenTable,
+    items: &mut [Item],
+    threads: usize,
+    sink: &mut BlockHasher,
+) -> Result<(), Error> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut ends = Vec::new();
+    let limit = (items.len() / PARTS).max(1);
+    cut_into_groups(items, 0, 0, limit, &mut ends);
+    // Consecutive groups packed into parts of about `limit` items.
+    let mut parts: Vec<Mutex<Option<&mut [Item]>>> = Vec::new();
+    let mut rest = items;
+    let mut taken = 0usize;
+    let mut start = 0usize;
+    for end in ends {
+        if end.saturating_sub(start) >= limit || end == taken.saturating_add(rest.len()) {
+            let (part, after) = rest.split_at_mut(end.saturating_sub(taken).min(rest.len()));
+            parts.push(Mutex::new(Some(part)));
+            rest = after;
+            taken = end;
+            start = end;
         }
     }
-}
-
-impl VocabEntry for (&str, u32) {
-    fn token(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-    fn id(&self) -> u32 {
-        self.1
-    }
-}
-
-fn hash_entries<E: VocabEntry>(
-    vocab: &Object,
-    entries: &[E],
-    threads: usize,
-) -> Result<String, Error> {
-    if threads < 2 || entries.len() < PARALLEL_FROM {
-        let all = TokenRuns::build(entries, 0)?;
-        let none = TokenRuns::default();
-        let mut sink = BlockHasher::new();
-        sink.block.push(b'[');
-        render_merged(
-            vocab,
-            (&all, 0..all.keys.len()),
-            (&none, 0..0),
-            true,
-            &mut sink,
-        )?;
-        sink.block.push(b']');
-        return Ok(sink.finish());
-    }
-    // Two halves of the entries, each turned into sorted records on its own
-    // core; then the merged order is cut in two at its middle and each core
-    // writes one part; the second part's text is hashed after the first.
-    let (first, second) = entries.split_at(entries.len() / 2);
-    let worker_failed = || Error::Tokenizer("tokenizer hash worker failed".into());
-    let (a, b) = std::thread::scope(|scope| -> Result<_, Error> {
-        let other = std::thread::Builder::new()
-            .spawn_scoped(scope, || TokenRuns::build(second, first.len()));
-        let a = TokenRuns::build(first, 0)?;
-        let b = match other {
-            Ok(handle) => handle.join().map_err(|_| worker_failed())??,
-            Err(_) => TokenRuns::build(second, first.len())?,
-        };
-        Ok((a, b))
-    })?;
-    let total = a.keys.len().saturating_add(b.keys.len());
-    let (cut_a, cut_b) = co_rank(&a, &b, total / 2);
-    let (a, b) = (&a, &b);
-    let render_tail = move || -> Result<Vec<u8>, Error> {
-        // The escaped text is about 3× the token bytes.
-        let size = a
-            .records
-            .len()
-            .saturating_add(b.records.len())
-            .saturating_mul(3)
-            / 2;
-        let mut text = VecSink(Vec::with_capacity(size));
-        render_merged(
-            vocab,
-            (a, cut_a..a.keys.len()),
-            (b, cut_b..b.keys.len()),
-            cut_a.saturating_add(cut_b) == 0,
-            &mut text,
-        )?;
-        Ok(text.0)
+    let next = AtomicUsize::new(0);
+    // Claims the next part, sorts and writes it: (part number, its text).
+    let work = || -> Option<(usize, Result<Vec<u8>, Error>)> {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let part = parts.get(i)?.lock().ok()?.take()?;
+        sort_items(table, part);
+        // About 24 bytes of text per item (`,["token",id]`, escapes).
+        let mut text = VecSink(Vec::with_capacity(part.len().saturating_mul(24)));
+        Some((
+            i,
+            render(vocab, table, part, i == 0, &mut text).map(|()| text.0),
+        ))
     };
+    let work = &work;
+    let worker_failed = || Error::Tokenizer("tokenizer hash worker failed".into());
     std::thread::scope(|scope| {
-        let second_part = std::thread::Builder::new().spawn_scoped(scope, render_tail);
-        let mut sink = BlockHasher::new();
-        sink.block.push(b'[');
-        render_merged(vocab, (a, 0..cut_a), (b, 0..cut_b), true, &mut sink)?;
-        let tail = match second_part {
-            Ok(handle) => handle.join().map_err(|_| worker_failed())??,
-            Err(_) => render_tail()?,
+        let (done, received) = std::sync::mpsc::channel();
+        let helpers: Vec<_> = (1..threads.min(parts.len()))
+            .filter_map(|_| {
+                let done = done.clone();
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || {
+                        while let Some(result) = work() {
+                            if done.send(result).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        // Only helpers hold senders: `recv` fails once they all stopped.
+        drop(done);
+        let mut texts: Vec<Option<Vec<u8>>> = parts.iter().map(|_| None).collect();
+        let mut hashed = 0usize;
+        let outcome = loop {
+            // Hash, in order, the texts that are ready.
+            while let Some(text) = texts.get_mut(hashed).and_then(Option::take) {
+                sink.flush();
+                sink.hasher.update(&text);
+                hashed = hashed.saturating_add(1);
+            }
+            if hashed >= parts.len() {
+                break Ok(());
+            }
+            let (i, text) = match work() {
+                Some(claimed) => claimed,
+                // Nothing left to claim: wait for a helper's part.
+                None => match received.recv() {
+                    Ok(sent) => sent,
+                    Err(_) => break Err(worker_failed()),
+                },
+            };
+            match (text, texts.get_mut(i)) {
+                (Ok(text), Some(slot)) => *slot = Some(text),
+                (Err(e), _) => break Err(e),
+                (Ok(_), None) => break Err(worker_failed()),
+            }
         };
-        sink.flush();
-        sink.hasher.update(&tail);
-        sink.block.push(b']');
-        Ok(sink.finish())
+        // Dropping the receiver stops helpers still sending.
+        drop(received);
+        for helper in helpers {
+            if helper.join().is_err() && outcome.is_ok() {
+                return Err(worker_failed());
+            }
+        }
+        outcome
     })
 }
 
-/// Vocabularies from this size on may be hashed on two threads.
-const PARALLEL_FROM: usize = 32 * 1024;
-
-/// Some vocabulary entries as compact records in one buffer (id, entry
-/// number, length, token bytes), with sort keys in token order.
-///
-/// Memory layout is what decides the speed here: the writing pass visits
-/// the tokens in sorted, i.e. random, order, and a 152k vocabulary does
-/// not fit in L2, so each token read is a cache miss. A record holds all a
-/// token's item needs (one miss instead of several), and the 16-byte
-/// integer keys (12-byte token prefix, record offset) sort without a
-/// comparator call.
-#[derive(Default)]
-struct TokenRuns {
-    records: Vec<u8>,
-    keys: Vec<u128>,
-}
-
-impl TokenRuns {
-    /// Records and sorted keys of `entries`, whose first is entry `base`.
-    fn build<E: VocabEntry>(entries: &[E], base: usize) -> Result<Self, Error> {
-        let total: usize = entries
-            .iter()
-            .map(|e| e.token().len().saturating_add(RECORD_HEADER))
-            .fold(0, usize::saturating_add);
-        let mut records: Vec<u8> = Vec::with_capacity(total);
-        let mut keys: Vec<u128> = Vec::with_capacity(entries.len());
-        let too_large = || Error::Tokenizer("vocabulary larger than 4 GiB or 2^32 tokens".into());
-        for (i, entry) in entries.iter().enumerate() {
-            let bytes = entry.token();
-            let offset = u32::try_from(records.len()).map_err(|_| too_large())?;
-            // Ids that are not a u32 below u32::MAX (never in a real
-            // vocabulary, but any JSON value is allowed) are written from
-            // the object when the item is written.
-            let id = entry.id();
-            let number = u32::try_from(base.saturating_add(i)).map_err(|_| too_large())?;
-            let len = u32::try_from(bytes.len()).map_err(|_| too_large())?;
-            records.extend_from_slice(&id.to_le_bytes());
-            records.extend_from_slice(&number.to_le_bytes());
-            records.extend_from_slice(&len.to_le_bytes());
-            records.extend_from_slice(bytes);
-            keys.push(sort_key(bytes, offset));
-        }
-        let mut runs = TokenRuns { records, keys };
-        runs.keys.sort_unstable();
-        runs.sort_prefix_ties();
-        Ok(runs)
+/// Permutes `items` (whose first `depth` bytes are equal) into groups that
+/// sort apart, each at most `limit` items unless its first two bytes are
+/// all equal, and appends the groups' end positions (plus `base`) to `ends`.
+fn cut_into_groups(
+    items: &mut [Item],
+    depth: u32,
+    base: usize,
+    limit: usize,
+    ends: &mut Vec<usize>,
+) {
+    if items.len() <= limit || depth >= 2 {
+        ends.push(base.saturating_add(items.len()));
+        return;
     }
-
-    /// Tokens whose first 12 bytes tie (rare) were ordered by record
-    /// offset: re-sort each such run by the full bytes (distinct keys of a
-    /// map never compare equal).
-    fn sort_prefix_ties(&mut self) {
-        let TokenRuns { records, keys } = self;
-        let mut run_start = 0;
-        while run_start < keys.len() {
-            let prefix = keys.get(run_start).map_or(0, |k| k >> 32);
-            let run_end = keys
-                .get(run_start..)
-                .unwrap_or_default()
-                .iter()
-                .position(|k| k >> 32 != prefix)
-                .map_or(keys.len(), |n| run_start.saturating_add(n));
-            if run_end.saturating_sub(run_start) > 1 {
-                if let Some(run) = keys.get_mut(run_start..run_end) {
-                    run.sort_unstable_by(|a, b| {
-                        let token = |k: &u128| parse_record(records, key_offset(*k)).2;
-                        token(a).cmp(token(b))
-                    });
-                }
+    let bucket_ends = flag_pass(items, depth);
+    let mut start = 0usize;
+    for end in bucket_ends {
+        if end > start {
+            if let Some(bucket) = items.get_mut(start..end) {
+                cut_into_groups(
+                    bucket,
+                    depth.saturating_add(1),
+                    base.saturating_add(start),
+                    limit,
+                    ends,
+                );
             }
-            run_start = run_end.max(run_start.saturating_add(1));
         }
-    }
-
-    fn key(&self, i: usize) -> Option<u128> {
-        self.keys.get(i).copied()
-    }
-
-    fn token(&self, key: u128) -> &[u8] {
-        parse_record(&self.records, key_offset(key)).2
+        start = end;
     }
 }
 
-/// Token order across two runs: the prefix first, the full bytes on a tie.
-fn before(a: &TokenRuns, ka: u128, b: &TokenRuns, kb: u128) -> bool {
-    match (ka >> 32).cmp(&(kb >> 32)) {
-        core::cmp::Ordering::Equal => a.token(ka) < b.token(kb),
-        order => order.is_lt(),
+/// Item counts from this size on are first bucketed by a byte.
+const BUCKET_FROM: usize = 2048;
+
+/// Sorts `items` in token order. Large sets are first permuted in place
+/// into 256 buckets by their first byte (an American flag sort pass: one
+/// count, one cycle of swaps whose 256 write positions stay in L1), and
+/// large buckets again by their second byte, and so on; what is left,
+/// a few thousand items at most, is sorted in cache. (One comparison sort
+/// of all items makes ~17 passes over 3.6 MB; 65,536 buckets of two bytes
+/// at once made each swap a cache miss.)
+fn sort_items(table: &TokenTable, items: &mut [Item]) {
+    sort_from_byte(table, items, 0);
+}
+
+/// [`sort_items`] of items whose first `depth` bytes are all equal.
+fn sort_from_byte(table: &TokenTable, items: &mut [Item], depth: u32) {
+    if items.len() < BUCKET_FROM || depth >= 8 {
+        items.sort_unstable_by(|a, b| order(table, a, b));
+        return;
+    }
+    let ends = flag_pass(items, depth);
+    let mut start = 0usize;
+    for end in ends {
+        if end.saturating_sub(start) > 1 {
+            if let Some(run) = items.get_mut(start..end) {
+                sort_from_byte(table, run, depth.saturating_add(1));
+            }
+        }
+        start = end;
     }
 }
 
-/// How many of the first `n` items of the merged order come from `a` and
-/// from `b` (binary search on the merge path).
-fn co_rank(a: &TokenRuns, b: &TokenRuns, n: usize) -> (usize, usize) {
-    let mut low = n.saturating_sub(b.keys.len());
-    let mut high = n.min(a.keys.len());
-    while low < high {
-        let i = low.saturating_add(high.saturating_sub(low) / 2);
-        let j = n.saturating_sub(i);
-        // More of `a` belongs in front while a[i] sorts before b[j - 1].
-        match (a.key(i), b.key(j.wrapping_sub(1))) {
-            (Some(ka), Some(kb)) if before(a, ka, b, kb) => low = i.saturating_add(1),
-            _ => high = i,
+/// Permutes `items` in place into 256 buckets by byte `depth` (< 8) of
+/// their tokens, in byte order; returns where each bucket ends.
+fn flag_pass(items: &mut [Item], depth: u32) -> [usize; 256] {
+    let shift = 56u32.saturating_sub(depth.saturating_mul(8));
+    let bucket = |item: &Item| ((item.hi >> shift) & 0xff) as usize;
+    // ends[k]: one past bucket k once counted; next[k]: its fill cursor.
+    let mut ends = [0usize; 256];
+    for item in items.iter() {
+        if let Some(count) = ends.get_mut(bucket(item)) {
+            *count = count.saturating_add(1);
         }
     }
-    (low, n.saturating_sub(low))
+    let mut next = [0usize; 256];
+    let mut total = 0usize;
+    for (end, start) in ends.iter_mut().zip(next.iter_mut()) {
+        *start = total;
+        total = total.saturating_add(*end);
+        *end = total;
+    }
+    for (k, &end) in ends.iter().enumerate() {
+        while let Some(&at) = next.get(k).filter(|&&at| at < end) {
+            // Carry the item at `at` to its bucket, bringing back the one
+            // there, until one belongs in bucket k.
+            let Some(mut carried) = items.get(at).copied() else {
+                break;
+            };
+            loop {
+                let home = bucket(&carried);
+                if home == k {
+                    break;
+                }
+                let Some(slot) = next.get_mut(home) else {
+                    break;
+                };
+                let Some(target) = items.get_mut(*slot) else {
+                    break;
+                };
+                *slot = slot.saturating_add(1);
+                core::mem::swap(&mut carried, target);
+            }
+            if let Some(slot) = items.get_mut(at) {
+                *slot = carried;
+            }
+            if let Some(cursor) = next.get_mut(k) {
+                *cursor = at.saturating_add(1);
+            }
+        }
+    }
+    ends
 }
 
 /// Where written items go: a growing buffer or the hashing blocks.
@@ -465,108 +661,106 @@ impl ItemSink for BlockHasher {
     }
 }
 
-/// Writes the items of `a[range_a]` and `b[range_b]` merged in token order,
-/// each as `,[token,id]` (no comma before the very first item when `first`).
-fn render_merged(
+/// Writes the sorted `items` (of `table`), each as `,[token,id]` (no comma
+/// before the very first item when `first`).
+fn render(
     vocab: &Object,
-    (a, range_a): (&TokenRuns, core::ops::Range<usize>),
-    (b, range_b): (&TokenRuns, core::ops::Range<usize>),
+    table: &TokenTable,
+    items: &[Item],
     first: bool,
     sink: &mut impl ItemSink,
 ) -> Result<(), Error> {
-    let keys_a = a.keys.get(range_a).unwrap_or_default();
-    let keys_b = b.keys.get(range_b).unwrap_or_default();
-    let (mut i, mut j) = (0usize, 0usize);
     let mut first = first;
-    // Sorted order visits the records at random: read a byte of each run's
-    // record PREFETCH keys ahead so its cache miss overlaps the work on
-    // this one (safe Rust's stand-in for a prefetch instruction; `touched`
-    // only keeps the loads from being optimised away).
-    const PREFETCH: usize = 8;
-    let mut touched = 0u8;
-    loop {
-        let (runs, key) = match (keys_a.get(i), keys_b.get(j)) {
-            (Some(&ka), Some(&kb)) if before(a, ka, b, kb) => {
-                i = i.saturating_add(1);
-                (a, ka)
-            }
-            (Some(&ka), None) => {
-                i = i.saturating_add(1);
-                (a, ka)
-            }
-            (_, Some(&kb)) => {
-                j = j.saturating_add(1);
-                (b, kb)
-            }
-            (None, None) => break,
-        };
-        for (run, keys, at) in [(a, keys_a, i), (b, keys_b, j)] {
-            if let Some(ahead) = keys.get(at.saturating_add(PREFETCH)) {
-                touched ^= run.records.get(key_offset(*ahead)).copied().unwrap_or(0);
-            }
-        }
-        let (id, number, token) = parse_record(&runs.records, key_offset(key));
+    for item in items {
+        let head = join_head(item);
+        let token = table.token(item, &head);
         let out = sink.buffer();
-        out.extend_from_slice(if first { b"[" } else { b",[" });
+        // Two pushes, not a slice of run-time length (a memcpy call).
+        if !first {
+            out.push(b',');
+        }
+        out.push(b'[');
         first = false;
-        push_escaped(out, token);
+        if item.at < SIDE_FROM && head_is_plain(item) {
+            // Copied as the whole 16-byte head (an inlined fixed-size
+            // copy), then the padding dropped.
+            let start = out.len();
+            out.push(b'"');
+            out.extend_from_slice(&head);
+            out.truncate(start.saturating_add(1).saturating_add(token.len()));
+            out.push(b'"');
+        } else {
+            push_escaped(out, token);
+        }
         out.push(b',');
-        match id {
-            Some(id) if id != u32::MAX => push_u64(out, u64::from(id)),
-            _ => {
-                let id = vocab.entry(number).map(|(_, v)| v).unwrap_or(&Value::Null);
-                let mut bytes = ByteSink(core::mem::take(out));
-                let written = write_value(&mut bytes, id, WriteOptions::COMPACT);
-                *out = bytes.0;
-                written?;
-            }
+        if item.id == u32::MAX {
+            let number = item
+                .at
+                .checked_sub(SIDE_FROM)
+                .map_or(usize::MAX, |offset| table.record(offset).0);
+            let id = vocab.entry(number).map(|(_, v)| v).unwrap_or(&Value::Null);
+            let mut bytes = ByteSink(core::mem::take(out));
+            let written = write_value(&mut bytes, id, WriteOptions::COMPACT);
+            *out = bytes.0;
+            written?;
+        } else {
+            push_u64(out, u64::from(item.id));
         }
         out.push(b']');
         sink.item_done();
     }
-    core::hint::black_box(touched);
     Ok(())
-}
-
-/// Bytes before a record's token: id, entry number and token length (u32 LE).
-const RECORD_HEADER: usize = 12;
-
-/// (id, entry number, token bytes) of the record at `offset`.
-fn parse_record(records: &[u8], offset: usize) -> (Option<u32>, usize, &[u8]) {
-    let rest = records.get(offset..).unwrap_or_default();
-    let word = |at: usize| {
-        rest.get(at..at.saturating_add(4))
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_le_bytes)
-    };
-    let len = word(8).map_or(0, |l| l as usize);
-    let token = rest
-        .get(RECORD_HEADER..RECORD_HEADER.saturating_add(len))
-        .unwrap_or_default();
-    (word(0), word(4).map_or(usize::MAX, |n| n as usize), token)
 }
 
 /// Appends the decimal digits of `n`.
 fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut count: usize = 1;
-    let mut rest = n / 10;
-    while rest > 0 {
+    let mut power: u64 = 10;
+    while count < 20 && n >= power {
         count = count.saturating_add(1);
-        rest /= 10;
+        power = power.saturating_mul(10);
     }
-    // Digits left-aligned in a fixed array, copied whole (an inlined
-    // fixed-size copy, no memcpy call), then the unused tail dropped.
-    let mut digits = [0u8; 20];
-    let mut rest = n;
-    for slot in digits.iter_mut().take(count).rev() {
-        // rest % 10 < 10, so the cast is exact.
-        *slot = b'0'.saturating_add((rest % 10) as u8);
-        rest /= 10;
-    }
+    // Room made with a fixed-size write (an inlined store, no memcpy
+    // call), the digits stored into it, the unused tail dropped. (Digits
+    // built in a local array and copied over stalled on store forwarding.)
     let len = out.len();
-    out.extend_from_slice(&digits);
+    out.extend_from_slice(&[0u8; 20]);
+    if let Some(slots) = out.get_mut(len..len.saturating_add(count)) {
+        // Two digits per division (a table lookup): half the dependent
+        // divide chain of one digit at a time.
+        let mut rest = n;
+        let mut pairs = slots.rchunks_exact_mut(2);
+        for pair in pairs.by_ref() {
+            // rest % 100 < 100, so the cast is exact.
+            let at = usize::from((rest % 100) as u8).saturating_mul(2);
+            if let Some(digits) = DIGIT_PAIRS.get(at..at.saturating_add(2)) {
+                pair.copy_from_slice(digits);
+            }
+            rest /= 100;
+        }
+        if let Some(first) = pairs.into_remainder().first_mut() {
+            // rest < 10 here, so the cast is exact.
+            *first = b'0'.saturating_add(rest as u8);
+        }
+    }
     out.truncate(len.saturating_add(count));
 }
+
+/// "00" to "99", back to back.
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        // In a const block: out-of-range indexing fails the build, not a run.
+        #[allow(clippy::indexing_slicing)]
+        {
+            table[2 * i] = b'0' + (i / 10) as u8;
+            table[2 * i + 1] = b'0' + (i % 10) as u8;
+        }
+        i += 1;
+    }
+    table
+};
 
 /// The four lowercase hex digits of every code point below U+0800 (the
 /// 2-byte UTF-8 characters that make up most byte-level BPE tokens),
@@ -591,10 +785,37 @@ static HEX4_BELOW_0800: [[u8; 4]; 0x800] = {
     table
 };
 
+/// Whether an inline token is written as is between quotes: printable
+/// ASCII without `"` and `\\` (most tokens of byte-level BPE
+/// vocabularies). Checked on the head's two words at once (SWAR), the
+/// padding after the token replaced by a plain byte first.
+fn head_is_plain(item: &Item) -> bool {
+    let head = (u128::from(item.hi) << 64) | u128::from(item.lo);
+    // The low bytes past the token's length are padding.
+    let padding = u128::MAX
+        .checked_shr(item.at.saturating_mul(8))
+        .unwrap_or(0);
+    let w = head | (padding & ONES.wrapping_mul(u128::from(b'a')));
+    // Some byte is zero (exact as an any/none test).
+    let has_zero = |v: u128| v.wrapping_sub(ONES) & !v & HIGHS != 0;
+    let below_space = w.wrapping_sub(ONES.wrapping_mul(0x20)) & !w & HIGHS != 0;
+    w & HIGHS == 0
+        && !below_space
+        && !has_zero(w ^ ONES.wrapping_mul(0x7f))
+        && !has_zero(w ^ ONES.wrapping_mul(u128::from(b'"')))
+        && !has_zero(w ^ ONES.wrapping_mul(u128::from(b'\\')))
+}
+
+/// 0x01 in every byte, and 0x80 in every byte.
+const ONES: u128 = u128::MAX / 0xff;
+const HIGHS: u128 = ONES << 7;
+
 /// Appends `"token"` with `ensure_ascii` escaping (AVP-HASH-5), the same
 /// bytes as the general writer, with a short path for the characters of
 /// byte-level BPE vocabularies (plain ASCII and 2-byte sequences).
 fn push_escaped(out: &mut Vec<u8>, token: &[u8]) {
+    // At most 6 output bytes per input byte: no reallocation inside.
+    out.reserve(token.len().saturating_mul(6).saturating_add(2));
     out.push(b'"');
     let mut rest = token;
     while let Some((&lead, tail)) = rest.split_first() {
@@ -608,6 +829,22 @@ fn push_escaped(out: &mut Vec<u8>, token: &[u8]) {
                 let [a, b, c, d] = HEX4_BELOW_0800.get(cp).copied().unwrap_or(*b"fffd");
                 out.extend_from_slice(&[b'\\', b'u', a, b, c, d]);
                 rest = tail.get(1..).unwrap_or_default();
+            }
+            (0xe0..=0xef, Some(&second)) if tail.len() >= 2 => {
+                // 3-byte sequences (CJK, most other scripts; WTF-8 lone
+                // surrogates too): one `\uXXXX` of the code point.
+                let third = tail.get(1).copied().unwrap_or(0);
+                let cp = (u32::from(lead & 0x0f) << 12)
+                    | (u32::from(second & 0x3f) << 6)
+                    | u32::from(third & 0x3f);
+                let digit = |shift: u32| {
+                    HEX_DIGITS
+                        .get(((cp >> shift) & 0xf) as usize)
+                        .copied()
+                        .unwrap_or(b'0')
+                };
+                out.extend_from_slice(&[b'\\', b'u', digit(12), digit(8), digit(4), digit(0)]);
+                rest = tail.get(2..).unwrap_or_default();
             }
             _ => {
                 // Everything else (quotes, controls, 3- and 4-byte

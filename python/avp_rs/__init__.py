@@ -59,12 +59,15 @@ def model_hash(config: Mapping[str, Any]) -> str:
     return _native.model_hash_json(_json.dumps(config).encode("utf-8"))
 
 
-def tokenizer_hash(path_or_vocab: Union[str, "_os.PathLike[str]", Mapping[str, int], Any], threads: int = 1) -> str:
+def tokenizer_hash(path_or_vocab: Union[str, "_os.PathLike[str]", Mapping[str, int], Any], threads: int = 0) -> str:
     """``tokenizer_hash`` (AVP-HASH-10) of a vocabulary.
 
     Accepts a path to a ``tokenizer.json`` (or a directory holding one), a
     ``{token: id}`` mapping, or an object with ``get_vocab()`` (a
     HuggingFace tokenizer), like the SDK's ``compute_tokenizer_hash``.
+    Vocabularies of 32Ki tokens or more are hashed on up to ``threads``
+    threads (0 = the available parallelism, at most 8; 1 = this thread
+    only) with the GIL released; the hash never depends on the count.
     """
     if isinstance(path_or_vocab, (str, bytes, _os.PathLike)):
         return _native.tokenizer_hash_file(_os.fsdecode(path_or_vocab), threads)

@@ -29,11 +29,26 @@ pub(crate) fn model_hash_json(py: Python<'_>, text: &[u8]) -> PyResult<String> {
     .map_err(|e| errors::handshake(py, &e))
 }
 
+/// The thread count a tokenizer hash runs on: `threads`, or for 0 the
+/// available parallelism (at most 8). The hash hands out its parts to
+/// whichever thread is free, so a busy core costs little; the result never
+/// depends on the count.
+fn hash_threads(threads: usize) -> usize {
+    static AUTO: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match threads {
+        0 => {
+            *AUTO.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+        }
+        n => n,
+    }
+}
+
 fn vocab_hash(
     doc: &Value,
     from_tokenizer_json: bool,
     threads: usize,
 ) -> Result<String, avp_handshake::Error> {
+    let threads = hash_threads(threads);
     if from_tokenizer_json {
         let vocab = avp_handshake::vocab_from_tokenizer_json(doc)?;
         avp_handshake::tokenizer_hash_with_threads(&vocab, threads)
@@ -43,10 +58,10 @@ fn vocab_hash(
     }
 }
 
-/// tokenizer_hash_json(text, threads=1) -> str: `tokenizer_hash` of a
+/// tokenizer_hash_json(text, threads=0) -> str: `tokenizer_hash` of a
 /// `{token: id}` vocabulary serialised by `json.dumps`.
 #[pyfunction]
-#[pyo3(signature = (text, threads=1))]
+#[pyo3(signature = (text, threads=0))]
 pub(crate) fn tokenizer_hash_json(py: Python<'_>, text: &[u8], threads: usize) -> PyResult<String> {
     py.allow_threads(|| {
         let doc = json::parse(text).map_err(avp_handshake::Error::Json)?;
@@ -55,10 +70,10 @@ pub(crate) fn tokenizer_hash_json(py: Python<'_>, text: &[u8], threads: usize) -
     .map_err(|e| errors::handshake(py, &e))
 }
 
-/// tokenizer_hash_file(path, threads=1) -> str: `tokenizer_hash` of the
+/// tokenizer_hash_file(path, threads=0) -> str: `tokenizer_hash` of the
 /// vocabulary of a `tokenizer.json` file (or a directory holding one).
 #[pyfunction]
-#[pyo3(signature = (path, threads=1))]
+#[pyo3(signature = (path, threads=0))]
 pub(crate) fn tokenizer_hash_file(
     py: Python<'_>,
     path: PathBuf,
@@ -105,43 +120,28 @@ pub(crate) fn identity_json(
         .map_err(|e| errors::handshake(py, &e))
 }
 
-/// tokenizer_hash_dict(vocab, threads=1) -> str | None: `tokenizer_hash` of a
+/// tokenizer_hash_dict(vocab, threads=0) -> str | None: `tokenizer_hash` of a
 /// `{str: int}` dict read directly (no JSON round trip), or None when the
 /// dict holds anything else (other value types, lone surrogates, huge ints),
 /// for which the caller takes the JSON path.
 #[pyfunction]
-#[pyo3(signature = (vocab, threads=1))]
+#[pyo3(signature = (vocab, threads=0))]
 pub(crate) fn tokenizer_hash_dict(
     vocab: &Bound<'_, PyDict>,
     threads: usize,
 ) -> PyResult<Option<String>> {
     let py = vocab.py();
     // Every real vocabulary: str keys, ids that are u32s below u32::MAX.
-    // The keys' UTF-8 is borrowed from the str objects (CPython caches it),
-    // so the only per-token work is reading the two objects.
-    let mut keys: Vec<Bound<'_, PyString>> = Vec::with_capacity(vocab.len());
-    let mut ids: Vec<u32> = Vec::with_capacity(vocab.len());
-    for (k, v) in vocab.iter() {
-        let (Ok(key), Ok(id)) = (k.downcast_into::<PyString>(), v.downcast::<PyInt>()) else {
-            return Ok(None);
-        };
-        if v.is_instance_of::<PyBool>() {
-            return Ok(None); // json.dumps writes `true`, not 1
-        }
-        match id.extract::<u32>() {
-            Ok(id) if id != u32::MAX => ids.push(id),
-            _ => return tokenizer_hash_dict_any_int(vocab, threads),
-        }
-        keys.push(key);
+    // One pass copies each token (CPython's cached UTF-8) and id into a
+    // table that owns them, so the hash that follows runs with the GIL
+    // released and holds no Python object.
+    let mut table = avp_handshake::hash::TokenTable::with_capacity(vocab.len());
+    match crate::buffer::dict_into_table(vocab, &mut table)? {
+        crate::buffer::DictScan::Done => {}
+        crate::buffer::DictScan::NotStrInt => return Ok(None),
+        crate::buffer::DictScan::OtherInt => return tokenizer_hash_dict_any_int(vocab, threads),
     }
-    let mut tokens: Vec<(&str, u32)> = Vec::with_capacity(keys.len());
-    for (key, id) in keys.iter().zip(&ids) {
-        let Some(text) = crate::buffer::str_as_str(key) else {
-            return Ok(None); // lone surrogates: json.dumps escapes them
-        };
-        tokens.push((text, *id));
-    }
-    py.allow_threads(|| avp_handshake::tokenizer_hash_of_tokens(&tokens, threads))
+    py.allow_threads(|| table.hash(hash_threads(threads)))
         .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }
@@ -168,7 +168,7 @@ fn tokenizer_hash_dict_any_int(
         entries.push((JsonString::from(text), Value::Int(Int::from(id))));
     }
     let object = Object::from_distinct(entries);
-    py.allow_threads(|| avp_handshake::tokenizer_hash_with_threads(&object, threads))
+    py.allow_threads(|| avp_handshake::tokenizer_hash_with_threads(&object, hash_threads(threads)))
         .map(Some)
         .map_err(|e| errors::handshake(py, &e))
 }

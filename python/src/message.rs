@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 
 use avp_codec::{
-    Compression, DataType, DecodeOptions, EncodeOptions, Header, Metadata, Mode, PayloadType,
+    Compression, DataType, DecodeOptions, EncodeOptions, Extra, Header, Metadata, Mode,
+    PayloadType, Shape,
 };
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -27,15 +28,134 @@ enum Payload {
 }
 
 /// A decoded (or peeked) AVP message. Read-only.
+///
+/// Small on purpose: a small message's decode costs about as much as the
+/// call, so the object holds plain copies of the numeric fields and only
+/// the positions of the strings (allocating nothing per string); strings,
+/// the payload view and `extra` become Python objects when read.
 #[pyclass(frozen, module = "avp_rs", name = "Message")]
 pub(crate) struct PyMessage {
-    /// The input object (bytes) or a memoryview over it (other buffers).
-    source: Option<Py<PyAny>>,
+    source: Source,
     header: Header,
-    metadata: Metadata<'static>,
+    fields: Fields,
+    text: MetaText,
+    /// The `extra` map, owned; `None` when empty (nearly always).
+    extra: Option<Box<Extra<'static>>>,
     payload: Payload,
     payload_view: GILOnceCell<PyObject>,
     warnings: Vec<(&'static str, String)>,
+}
+
+/// The input object (bytes) or a memoryview over it (other buffers).
+pub(crate) enum Source {
+    Bytes(Py<PyBytes>),
+    View(Py<PyAny>),
+}
+
+impl Source {
+    fn bind<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        match self {
+            Source::Bytes(b) => b.bind(py).as_any(),
+            Source::View(v) => v.bind(py),
+        }
+    }
+}
+
+/// The metadata's numeric fields.
+struct Fields {
+    hidden_dim: u32,
+    num_layers: u32,
+    payload_type: PayloadType,
+    dtype: DataType,
+    mode: Mode,
+    tensor_shape: Shape,
+    payload_checksum: Option<u32>,
+}
+
+/// The metadata's strings, as spans of the source `bytes` (immutable, and
+/// kept alive by the message) or, for other buffers (whose bytes may
+/// change later), of one owned copy of all of them.
+struct MetaText {
+    copy: Option<Box<[u8]>>,
+    spans: [Span; TEXT_FIELDS],
+    has_compression: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+/// The string fields, in the order of `MetaText::spans`.
+const TEXT_FIELDS: usize = 6;
+const SESSION: usize = 0;
+const SOURCE: usize = 1;
+const TARGET: usize = 2;
+const MODEL: usize = 3;
+const MAP_ID: usize = 4;
+const COMPRESSION: usize = 5;
+
+fn text_fields<'m>(m: &'m Metadata<'_>) -> [&'m str; TEXT_FIELDS] {
+    [
+        &m.session_id,
+        &m.source_agent_id,
+        &m.target_agent_id,
+        &m.model_id,
+        &m.avp_map_id,
+        m.compression.as_deref().unwrap_or(""),
+    ]
+}
+
+impl MetaText {
+    /// Spans of `data` when `borrow` and every string lies inside it, else
+    /// one copy of all the strings.
+    #[inline(always)]
+    fn new(m: &Metadata<'_>, data: &[u8], borrow: bool) -> MetaText {
+        let strings = text_fields(m);
+        let has_compression = m.compression.is_some();
+        let base = data.as_ptr() as usize;
+        let mut spans = [Span::default(); TEXT_FIELDS];
+        let mut inside = borrow;
+        for (span, s) in spans.iter_mut().zip(strings) {
+            // Address arithmetic: a borrowed string is part of `data`.
+            let start = (s.as_ptr() as usize).wrapping_sub(base);
+            if s.is_empty() {
+                continue;
+            }
+            if start
+                .checked_add(s.len())
+                .is_none_or(|end| end > data.len())
+            {
+                inside = false;
+                break;
+            }
+            *span = Span {
+                start,
+                len: s.len(),
+            };
+        }
+        if inside {
+            return MetaText {
+                copy: None,
+                spans,
+                has_compression,
+            };
+        }
+        let mut copy = Vec::with_capacity(strings.iter().map(|s| s.len()).sum());
+        for (span, s) in spans.iter_mut().zip(strings) {
+            *span = Span {
+                start: copy.len(),
+                len: s.len(),
+            };
+            copy.extend_from_slice(s.as_bytes());
+        }
+        MetaText {
+            copy: Some(copy.into_boxed_slice()),
+            spans,
+            has_compression,
+        }
+    }
 }
 
 fn decode_options(strict: bool, verify_checksum: bool, threads: usize) -> DecodeOptions {
@@ -47,31 +167,35 @@ fn decode_options(strict: bool, verify_checksum: bool, threads: usize) -> Decode
 
 /// Runs `f` over the bytes of `obj` without copying them; for large inputs
 /// with the GIL released. Returns the object to keep alive and `f`'s result.
+/// `f` learns whether the bytes are immutable (a `bytes` object), i.e.
+/// may be read again later through the returned object.
+#[inline(always)]
 fn with_input<R: Send>(
     obj: &Bound<'_, PyAny>,
-    f: impl FnOnce(&[u8]) -> R + Send,
-) -> PyResult<(Py<PyAny>, R)> {
+    f: impl FnOnce(&[u8], bool) -> R + Send,
+) -> PyResult<(Source, R)> {
     let py = obj.py();
     if let Ok(bytes) = obj.downcast::<PyBytes>() {
         // bytes are immutable: borrow them directly (no export, no view).
         let data = bytes.as_bytes();
-        let r = release_if_large(py, data.len(), || f(data));
-        return Ok((obj.clone().unbind(), r));
+        let r = release_if_large(py, data.len(), || f(data, true));
+        return Ok((Source::Bytes(bytes.clone().unbind()), r));
     }
     // Anything else: hold a memoryview (it pins the memory: a bytearray
     // cannot be resized, an mmap not closed, while a view exists).
     let view = PyMemoryView::from(obj)?;
     let buffer = InputBuffer::get(view.as_any())?;
     let data = buffer.as_slice();
-    let r = release_if_large(py, data.len(), || f(data));
+    let r = release_if_large(py, data.len(), || f(data, false));
     drop(buffer);
-    Ok((view.into_any().unbind(), r))
+    Ok((Source::View(view.into_any().unbind()), r))
 }
 
 /// Inputs from this size up are decoded with the GIL released; below it
 /// releasing and re-taking the GIL would cost more than the work.
 const RELEASE_GIL_FROM: usize = 64 << 10;
 
+#[inline(always)]
 fn release_if_large<R: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> R + Send) -> R {
     if len >= RELEASE_GIL_FROM {
         py.allow_threads(f)
@@ -83,9 +207,48 @@ fn release_if_large<R: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> R +
 /// What a decode produced, free of borrows so it can leave `with_input`.
 struct Decoded {
     header: Header,
-    metadata: Metadata<'static>,
+    fields: Fields,
+    text: MetaText,
+    extra: Option<Box<Extra<'static>>>,
     payload: DecodedPayload,
     warnings: Vec<(&'static str, String)>,
+}
+
+impl Decoded {
+    /// `metadata` of a message read from `data`; its strings borrowed from
+    /// `data` when `borrow` (an immutable `bytes` input).
+    #[inline(always)]
+    fn new(
+        header: Header,
+        metadata: Metadata<'_>,
+        data: &[u8],
+        borrow: bool,
+        payload: DecodedPayload,
+        warnings: Vec<(&'static str, String)>,
+    ) -> Decoded {
+        let text = MetaText::new(&metadata, data, borrow);
+        let extra = if metadata.extra.is_empty() {
+            None
+        } else {
+            Some(Box::new(metadata.extra.into_owned()))
+        };
+        Decoded {
+            header,
+            fields: Fields {
+                hidden_dim: metadata.hidden_dim,
+                num_layers: metadata.num_layers,
+                payload_type: metadata.payload_type,
+                dtype: metadata.dtype,
+                mode: metadata.mode,
+                tensor_shape: metadata.tensor_shape,
+                payload_checksum: metadata.payload_checksum,
+            },
+            text,
+            extra,
+            payload,
+            warnings,
+        }
+    }
 }
 
 enum DecodedPayload {
@@ -94,11 +257,20 @@ enum DecodedPayload {
     Owned(Vec<u8>),
 }
 
+#[inline(always)]
 fn owned_warnings(ws: &[avp_codec::Warning]) -> Vec<(&'static str, String)> {
+    if ws.is_empty() {
+        return Vec::new();
+    }
     ws.iter().map(|w| (w.code(), w.to_string())).collect()
 }
 
-fn decode_slice(data: &[u8], opts: &DecodeOptions) -> Result<Decoded, avp_codec::Error> {
+#[inline(always)]
+fn decode_slice(
+    data: &[u8],
+    borrow: bool,
+    opts: &DecodeOptions,
+) -> Result<Decoded, avp_codec::Error> {
     let avp_codec::Message {
         header,
         metadata,
@@ -115,24 +287,29 @@ fn decode_slice(data: &[u8], opts: &DecodeOptions) -> Result<Decoded, avp_codec:
         }
         Cow::Owned(v) => DecodedPayload::Owned(v),
     };
-    Ok(Decoded {
+    Ok(Decoded::new(
         header,
-        warnings: owned_warnings(&warnings),
-        metadata: metadata.into_owned(),
+        metadata,
+        data,
+        borrow,
         payload,
-    })
+        owned_warnings(&warnings),
+    ))
 }
 
-fn into_message(py: Python<'_>, source: Py<PyAny>, d: Decoded) -> PyMessage {
+#[inline(always)]
+fn into_message(py: Python<'_>, source: Source, d: Decoded) -> PyMessage {
     let payload = match d.payload {
         DecodedPayload::Absent => Payload::Absent,
         DecodedPayload::Range(start, end) => Payload::Borrowed { start, end },
         DecodedPayload::Owned(v) => Payload::Owned(PyBytes::new(py, &v).unbind()),
     };
     PyMessage {
-        source: Some(source),
+        source,
         header: d.header,
-        metadata: d.metadata,
+        fields: d.fields,
+        text: d.text,
+        extra: d.extra,
         payload,
         payload_view: GILOnceCell::new(),
         warnings: d.warnings,
@@ -159,7 +336,7 @@ pub(crate) fn decode(
 ) -> PyResult<PyMessage> {
     let py = buf.py();
     let opts = decode_options(strict, verify_checksum, threads);
-    let (source, result) = with_input(buf, |data| decode_slice(data, &opts))?;
+    let (source, result) = with_input(buf, |data, immutable| decode_slice(data, immutable, &opts))?;
     let decoded = result.map_err(|e| errors::codec(py, &e))?;
     Ok(into_message(py, source, decoded))
 }
@@ -173,12 +350,17 @@ pub(crate) fn decode(
 pub(crate) fn peek(buf: &Bound<'_, PyAny>, strict: bool) -> PyResult<PyMessage> {
     let py = buf.py();
     let opts = decode_options(strict, true, 1);
-    let (source, result) = with_input(buf, |data| {
-        avp_codec::peek_with(data, &opts).map(|p| Decoded {
-            header: p.header,
-            metadata: p.metadata.into_owned(),
-            payload: DecodedPayload::Absent,
-            warnings: Vec::new(),
+    let (source, result) = with_input(buf, |data, immutable| {
+        avp_codec::peek_with(data, &opts).map(|p| {
+            let header = p.header;
+            Decoded::new(
+                header,
+                p.metadata,
+                data,
+                immutable,
+                DecodedPayload::Absent,
+                Vec::new(),
+            )
         })
     })?;
     let decoded = result.map_err(|e| errors::codec(py, &e))?;
@@ -218,62 +400,64 @@ impl PyMessage {
         self.header.flags.compressed()
     }
     #[getter]
-    fn session_id(&self) -> &str {
-        &self.metadata.session_id
+    fn session_id(&self, py: Python<'_>) -> &str {
+        self.text(py, SESSION)
     }
     #[getter]
-    fn source_agent_id(&self) -> &str {
-        &self.metadata.source_agent_id
+    fn source_agent_id(&self, py: Python<'_>) -> &str {
+        self.text(py, SOURCE)
     }
     #[getter]
-    fn target_agent_id(&self) -> &str {
-        &self.metadata.target_agent_id
+    fn target_agent_id(&self, py: Python<'_>) -> &str {
+        self.text(py, TARGET)
     }
     #[getter]
-    fn model_id(&self) -> &str {
-        &self.metadata.model_id
+    fn model_id(&self, py: Python<'_>) -> &str {
+        self.text(py, MODEL)
     }
     #[getter]
     fn hidden_dim(&self) -> u32 {
-        self.metadata.hidden_dim
+        self.fields.hidden_dim
     }
     #[getter]
     fn num_layers(&self) -> u32 {
-        self.metadata.num_layers
+        self.fields.num_layers
     }
     /// "HIDDEN_STATE" or "KV_CACHE".
     #[getter]
     fn payload_type(&self) -> &'static str {
-        self.metadata.payload_type.name()
+        self.fields.payload_type.name()
     }
     /// "FLOAT32", "FLOAT16", "BFLOAT16" or "INT8".
     #[getter]
     fn dtype(&self) -> &'static str {
-        self.metadata.dtype.name()
+        self.fields.dtype.name()
     }
     #[getter]
     fn tensor_shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.metadata.tensor_shape.as_slice())
+        PyTuple::new(py, self.fields.tensor_shape.as_slice())
     }
     /// "LATENT" or "JSON".
     #[getter]
     fn mode(&self) -> &'static str {
-        self.metadata.mode.name()
+        self.fields.mode.name()
     }
     /// The metadata `compression` field as sent (None when absent).
     #[getter]
-    fn compression(&self) -> Option<&str> {
-        self.metadata.compression.as_deref()
+    fn compression(&self, py: Python<'_>) -> Option<&str> {
+        self.text
+            .has_compression
+            .then(|| self.text(py, COMPRESSION))
     }
     #[getter]
-    fn avp_map_id(&self) -> &str {
-        &self.metadata.avp_map_id
+    fn avp_map_id(&self, py: Python<'_>) -> &str {
+        self.text(py, MAP_ID)
     }
     /// The `extra` map as a new dict.
     #[getter]
     fn extra<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in self.metadata.extra.iter() {
+        for (k, v) in self.extra.iter().flat_map(|e| e.iter()) {
             d.set_item(k, v)?;
         }
         Ok(d)
@@ -281,7 +465,7 @@ impl PyMessage {
     /// `payload_checksum` (CRC-32 of the uncompressed tensor), None when absent.
     #[getter]
     fn payload_checksum(&self) -> Option<u32> {
-        self.metadata.payload_checksum
+        self.fields.payload_checksum
     }
     /// What compatible mode tolerated: a list of (code, description).
     #[getter]
@@ -298,10 +482,7 @@ impl PyMessage {
                 Payload::Absent => Ok(py.None()),
                 Payload::Owned(b) => Ok(b.clone_ref(py).into_any()),
                 Payload::Borrowed { start, end } => {
-                    let Some(source) = &self.source else {
-                        return Ok(py.None());
-                    };
-                    let view = PyMemoryView::from(source.bind(py))?;
+                    let view = PyMemoryView::from(self.source.bind(py))?;
                     let start = isize::try_from(*start).unwrap_or(isize::MAX);
                     let end = isize::try_from(*end).unwrap_or(isize::MAX);
                     Ok(view.get_item(PySlice::new(py, start, end, 1))?.unbind())
@@ -312,15 +493,35 @@ impl PyMessage {
     fn __len__(&self) -> usize {
         usize::try_from(self.header.message_len()).unwrap_or(usize::MAX)
     }
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "avp_rs.Message(payload_type={}, dtype={}, tensor_shape={:?}, model_id={:?}, message_len={})",
-            self.metadata.payload_type.name(),
-            self.metadata.dtype.name(),
-            self.metadata.tensor_shape.as_slice(),
-            self.metadata.model_id,
+            self.fields.payload_type.name(),
+            self.fields.dtype.name(),
+            self.fields.tensor_shape.as_slice(),
+            self.text(py, MODEL),
             self.header.message_len()
         )
+    }
+}
+
+impl PyMessage {
+    /// String field `field` (one of SESSION..COMPRESSION).
+    fn text(&self, py: Python<'_>, field: usize) -> &str {
+        let bytes = match &self.text.copy {
+            Some(copy) => copy.as_ref(),
+            None => match &self.source {
+                Source::Bytes(b) => b.as_bytes(py),
+                Source::View(_) => &[],
+            },
+        };
+        let span = self.text.spans.get(field).copied().unwrap_or_default();
+        // Checked as UTF-8 when decoded, and bytes do not change: this
+        // re-check of a short string never fails.
+        bytes
+            .get(span.start..span.start.saturating_add(span.len))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -553,13 +754,16 @@ impl PyStreamDecoder {
     fn finish(&self, py: Python<'_>) -> PyResult<PyMessage> {
         let m = self.inner.finish().map_err(|e| errors::codec(py, &e))?;
         let payload = PyBytes::new(py, &m.payload);
-        let decoded = Decoded {
-            header: m.header,
-            warnings: owned_warnings(&m.warnings),
-            metadata: m.metadata.into_owned(),
-            payload: DecodedPayload::Absent,
-        };
-        let mut message = into_message(py, payload.clone().into_any().unbind(), decoded);
+        let warnings = owned_warnings(&m.warnings);
+        let decoded = Decoded::new(
+            m.header,
+            m.metadata,
+            &[],
+            false,
+            DecodedPayload::Absent,
+            warnings,
+        );
+        let mut message = into_message(py, Source::Bytes(payload.clone().unbind()), decoded);
         message.payload = Payload::Owned(payload.unbind());
         Ok(message)
     }

@@ -58,6 +58,22 @@ def test_payload_outlives_the_input():
     del m2
 
 
+def test_metadata_strings_are_those_decoded_even_if_the_buffer_changes():
+    """AVP-PY-3: a Message's metadata strings are read from immutable bytes
+    when asked for, and copied from any other buffer, whose owner may write
+    it later: they stay the decoded ones either way."""
+    _, msg = _message(session_id="sess-1", source_agent_id="agent-a", target_agent_id="b",
+                      avp_map_id="map", compression=None)
+    ba = bytearray(msg)
+    messages = [avp_rs.decode(msg), avp_rs.decode(ba), avp_rs.peek(msg), avp_rs.peek(ba)]
+    at = bytes(ba).index(b"agent-a")
+    ba[at:at + 7] = b"AGENT-Z"
+    for m in messages:
+        assert (m.session_id, m.source_agent_id, m.target_agent_id, m.model_id, m.avp_map_id,
+                m.compression) == ("sess-1", "agent-a", "b", "m", "map", None)
+        assert "model_id='m'" in repr(m) or 'model_id="m"' in repr(m)
+
+
 def test_non_contiguous_buffer_is_refused_not_misread():
     _, msg = _message()
     strided = memoryview(np.frombuffer(msg * 2, dtype=np.uint8)[::2])
@@ -358,6 +374,10 @@ def test_installed_context_replaces_to_bytes_and_from_bytes_and_restores():
 @pytest.mark.parametrize("vocab", [
     {"a": 0, "Ġb": 7, "中": 4294967294, "\"\\\x01": 3},  # the borrowed-token path
     {"a": -1, "b": 2**40, "c": 2**32 - 1, "d": 3},  # ids beyond u32: through an object
+    {"a": 2**70, "b": -(2**70), "c": 1},  # ids beyond 64 bits too
+    # Enough tokens for the bucketed sort; long ones sharing 16-byte prefixes.
+    # (40,000: also enough for the parallel hash.)
+    {("ĠĠĠĠĠĠĠĠ" if i % 3 else "") + "中é\"" * (i % 5) + str(i): i for i in range(40_000)},
     {"a": 1, "b": True},  # json.dumps writes true
     {"a": 1, "\ud800": 2},  # lone surrogate: the JSON route
     {},
@@ -367,4 +387,5 @@ def test_tokenizer_hash_dict_paths_equal_the_sdk(vocab):
     from avp.handshake import compute_tokenizer_hash
 
     assert avp_rs.tokenizer_hash(vocab) == compute_tokenizer_hash(vocab)
-    assert avp_rs.tokenizer_hash(vocab, threads=2) == compute_tokenizer_hash(vocab)
+    for threads in (0, 2, 3):
+        assert avp_rs.tokenizer_hash(vocab, threads=threads) == compute_tokenizer_hash(vocab)
