@@ -11,6 +11,7 @@ pub(crate) mod handshake_remote;
 pub(crate) mod hash;
 pub(crate) mod identity;
 pub(crate) mod inspect;
+pub(crate) mod kv_send;
 pub(crate) mod model_dir;
 pub(crate) mod route;
 pub(crate) mod send;
