@@ -632,6 +632,52 @@ mod tests {
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// AVP-HTTP-82: one index entry per live KV context, found in one
+    /// lookup, gone with its context, and back after a restart (sidecar).
+    #[test]
+    fn http_82_prefix_index_is_bounded_and_survives_a_restart() {
+        let dir = temp_dir("prefix");
+        let address = PrefixAddress([7; 32]);
+        let (old_id, new_id_) = (new_id(), new_id());
+        {
+            let store = ContextStore::open(&dir, Duration::from_secs(60)).expect("open");
+            let mut old = context(&old_id);
+            old.kv_prefix = Some(address);
+            old.received_at = SystemTime::now() - Duration::from_secs(120);
+            store.put(old, Bytes::from_static(b"old")).expect("put");
+            assert_eq!(
+                store.indexed_prefixes(),
+                0,
+                "expired at once, index entry too"
+            );
+            let mut fresh = context(&new_id_);
+            fresh.kv_prefix = Some(address);
+            store.put(fresh, Bytes::from_static(b"new")).expect("put");
+            store
+                .put(context(&new_id()), Bytes::from_static(b"not kv"))
+                .expect("put");
+            assert_eq!(store.indexed_prefixes(), 1);
+        }
+        let store = ContextStore::open(&dir, Duration::from_secs(60)).expect("reopen");
+        let (found, bytes) = store
+            .find_prefix(&address)
+            .expect("read")
+            .expect("indexed after a restart");
+        assert_eq!(
+            (found.id.as_str(), &bytes[..]),
+            (new_id_.as_str(), &b"new"[..])
+        );
+        assert!(
+            store
+                .find_prefix(&PrefixAddress([8; 32]))
+                .expect("read")
+                .is_none()
+        );
+        assert_eq!(address_from_hex(&address.to_hex()), Some(address));
+        assert_eq!(address_from_hex("zz"), None);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
     /// AVP-HTTP-62: ids that are not 32 lowercase hex digits are refused.
     #[test]
     fn ids_that_could_escape_the_directory_are_refused() {

@@ -19,10 +19,11 @@ use serde_json::Value;
 /// What `--kv-quant-fallback` does when the peer did not announce the scheme.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) enum QuantFallback {
-    /// Send nothing; exit 3.
+    // Plain comments: doc comments would switch `avp send --help` to its long layout.
+    // Send nothing; exit 3.
     #[default]
     Error,
-    /// Send the context unquantized (a plain KV_CACHE message, or a plain delta).
+    // Send the context unquantized (a plain KV_CACHE message, or a plain delta).
     Full,
 }
 

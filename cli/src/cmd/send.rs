@@ -23,7 +23,8 @@ use super::kv_send::{EXIT_NOT_NEGOTIATED, NotNegotiated, Plan, QuantFallback, se
 /// Arguments of `avp send`.
 #[derive(Args, Debug)]
 pub(crate) struct SendArgs {
-    /// The encoded AVP message to send (streamed, never read whole).
+    /// The encoded AVP message to send (streamed, never read whole, unless
+    /// --kv-quant, --delta-from or a KV_CACHE_EXT payload needs its values).
     file: PathBuf,
     /// Base URL of the receiving agent, e.g. http://127.0.0.1:8470.
     #[arg(long = "to")]
