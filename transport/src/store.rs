@@ -259,6 +259,7 @@ impl ContextStore {
 
     /// Contexts indexed by prefix address now (for tests and metrics).
     pub fn indexed_prefixes(&self) -> usize {
+        self.evict_expired();
         self.lock().by_prefix.len()
     }
 
