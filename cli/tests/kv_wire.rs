@@ -477,3 +477,65 @@ fn http_83_the_sdk_peer_never_receives_kv_cache_ext() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(records().len(), 2, "nothing more reached the SDK");
 }
+
+/// AVP-HTTP-84, the multi-turn path: `avp think --context TURN1 --to URL`
+/// sends only the positions after TURN1 to a peer that announced
+/// `kv_delta`, and the peer stores the same KV as the full turn 2; a peer
+/// without `kv_delta` gets the full context.
+#[cfg(feature = "engine")]
+#[test]
+fn http_84_think_continuing_a_context_sends_a_delta() {
+    let scratch = Scratch::new("kvwire", "think");
+    let model = workspace().join("engine/testdata/models/qwen2");
+    for (caps, delta) in [("int8,int4,delta", true), ("int8,int4", false)] {
+        let store = scratch.path(&format!("store-{delta}"));
+        let server = serve(&[
+            "--store",
+            s(&store),
+            "--model",
+            s(&model),
+            "--kv-capabilities",
+            caps,
+        ]);
+        let (turn1, turn2) = (
+            scratch.path(&format!("t1-{delta}.avp")),
+            scratch.path(&format!("t2-{delta}.avp")),
+        );
+        let think = |prompt: &str, out: &Path, context: Option<&Path>| -> Output {
+            let mut command = avp();
+            command.args(["think", "--model", s(&model), "--prompt", prompt]);
+            command.args(["--steps", "2", "--to", &server.url, "--out", s(out)]);
+            if let Some(context) = context {
+                command.args(["--context", s(context)]);
+            }
+            command.output().expect("run avp think")
+        };
+        answer(&think(
+            "The first turn, somewhat longer than the second.",
+            &turn1,
+            None,
+        ));
+        let out = think("Second turn.", &turn2, Some(&turn1));
+        let got = answer(&out);
+        let first = decode_file(&std::fs::read(&turn1).expect("turn 1"));
+        let positions = KvCache::parse(&first).expect("kv").header.seq_len;
+        if delta {
+            assert_eq!(got["kv_ext"]["seq_start"], positions, "{got}");
+            assert!(stderr(&out).contains("delta: "), "{}", stderr(&out));
+        } else {
+            assert!(got.get("kv_ext").is_none(), "{got}");
+        }
+        let want = decode_file(&std::fs::read(&turn2).expect("turn 2"));
+        let stored = decode_file(&stored(&store, &got["request_id"]));
+        assert_eq!(stored, want, "the stored turn 2 is the full context");
+    }
+}
+
+/// The tensor bytes of an encoded message.
+#[cfg(feature = "engine")]
+fn decode_file(bytes: &[u8]) -> Vec<u8> {
+    decode_with(bytes, &DecodeOptions::strict())
+        .expect("message")
+        .payload
+        .into_owned()
+}
