@@ -9,8 +9,8 @@ use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use avp_codec::kv::{KvCache, KvHeader};
-use avp_codec::kv_delta::{prefix_address, split_delta};
-use avp_codec::kv_quant::{KvExtHeader, KvScheme, QuantParams, encode_ext};
+use avp_codec::kv_delta::prefix_address;
+use avp_codec::kv_quant::{KvExtHeader, KvScheme, PrefixAddress, QuantParams, encode_ext};
 use avp_codec::{Compression, DecodeOptions, Message, PayloadType, Shape, decode_with, encode};
 use avp_transport::kv_wire::KvCapabilities;
 use avp_transport::{AvpClient, TransportError};
@@ -133,21 +133,22 @@ pub(crate) async fn send_kv(
             }
         }
     };
-    let start = match plan.base {
-        None => 0,
+    let prefix = match plan.base {
+        None => None,
         Some(base) => {
-            let p = check_continues(base, &full, &model_hash)?;
+            let found = check_continues(base, &full, &model_hash)?;
             if caps.delta {
-                p
+                Some(found)
             } else {
                 crate::out::note(
                     "avp: the peer did not announce kv_delta: sending the full context",
                 );
-                0
+                None
             }
         }
     };
-    let first = compact(message, &decoded, &full, scheme, start, &model_hash)?;
+    let start = prefix.map_or(0, |(p, _)| p);
+    let first = compact(message, &decoded, &full, scheme, prefix)?;
     let mut sizes = vec![first.len()];
     let mut answer = client.transmit(first.into()).await;
     let mut form = form_name(scheme, start, full.header.seq_len);
@@ -162,7 +163,7 @@ pub(crate) async fn send_kv(
                 crate::out::note(format_args!(
                     "avp: the peer answered {kind} to the delta: sending the full context once (AVP-KVD-5)"
                 ));
-                let again = compact(message, &decoded, &full, scheme, 0, &model_hash)?;
+                let again = compact(message, &decoded, &full, scheme, None)?;
                 sizes.push(again.len());
                 answer = client.transmit(again.into()).await;
                 form = form_name(scheme, 0, full.header.seq_len);
@@ -176,9 +177,13 @@ pub(crate) async fn send_kv(
     })
 }
 
-/// `base`'s length `p`, after checking that `full` starts with it: same
-/// shape, and the prefix addresses of `[0, p)` agree (AVP-KVD-1).
-fn check_continues(base: &[u8], full: &KvCache<'_>, model_hash: &str) -> Result<u32> {
+/// `base`'s length `p` and the address of `[0, p)`, after checking that
+/// `full` starts with it: same shape, and the prefix addresses agree (AVP-KVD-1).
+fn check_continues(
+    base: &[u8],
+    full: &KvCache<'_>,
+    model_hash: &str,
+) -> Result<(u32, PrefixAddress)> {
     let decoded =
         decode_with(base, &DecodeOptions::DEFAULT).context("decoding the --delta-from base")?;
     if decoded.metadata.payload_type != PayloadType::KvCache {
@@ -200,32 +205,33 @@ fn check_continues(base: &[u8], full: &KvCache<'_>, model_hash: &str) -> Result<
             if same_shape { "agree" } else { "differ" }
         );
     }
-    if prefix_address(&kv, p, model_hash)? != prefix_address(full, p, model_hash)? {
+    let address = prefix_address(full, p, model_hash)?;
+    if prefix_address(&kv, p, model_hash)? != address {
         bail!("the context's first {p} positions are not the --delta-from base's");
     }
-    Ok(p)
+    Ok((p, address))
 }
 
 /// The message to send: `original` itself when nothing changes, else a
-/// `KV_CACHE_EXT` message with `decoded`'s metadata carrying positions
-/// `[start, n)` of `full` in `scheme`.
+/// `KV_CACHE_EXT` message with `decoded`'s metadata carrying `full` in
+/// `scheme`: positions `[p, n)` when `prefix` gives `p` and the address of
+/// `[0, p)` (hashed once, by the continuity check), else all of them.
 fn compact(
     original: &[u8],
     decoded: &Message<'_>,
     full: &KvCache<'_>,
     scheme: KvScheme,
-    start: u32,
-    model_hash: &str,
+    prefix: Option<(u32, PrefixAddress)>,
 ) -> Result<Vec<u8>> {
+    let (start, address) = match prefix {
+        Some((p, address)) => (p, Some(address)),
+        None => (0, None),
+    };
     if scheme == KvScheme::None && start == 0 {
         return Ok(original.to_vec());
     }
     let params = params_for(scheme, &full.header, start);
-    let payload = if start > 0 {
-        split_delta(full, start, model_hash, &params)?.1
-    } else {
-        encode_ext(full, &params, 0, None)?
-    };
+    let payload = encode_ext(full, &params, start, address.as_ref())?;
     let mut metadata = decoded.metadata.clone();
     metadata.payload_type = PayloadType::KvCacheExt;
     metadata.dtype = full.header.dtype.data_type();
