@@ -299,11 +299,19 @@ mod tests {
             seq_len: seq,
             dtype: KvDtype::Float32,
         };
-        let n = (2 * 64 * seq) as usize;
-        let tensor = |salt: usize| -> Vec<u8> {
-            (0..n)
-                .flat_map(|i| (((i * 31 + salt) % 97) as f32 / 10.0 - 4.0).to_le_bytes())
-                .collect()
+        // A value depends on (head, position, channel) only: a longer
+        // context continues a shorter one.
+        let tensor = |salt: u32| -> Vec<u8> {
+            let mut out = Vec::new();
+            for h in 0..2u32 {
+                for p in 0..seq {
+                    for c in 0..64u32 {
+                        let i = (h * 131 + p * 17 + c * 5 + salt) % 97;
+                        out.extend_from_slice(&(i as f32 / 10.0 - 4.0).to_le_bytes());
+                    }
+                }
+            }
+            out
         };
         let (k, v) = (tensor(1), tensor(2));
         write_kv_cache(&header, [(&k[..], &v[..]), (&k[..], &v[..])]).expect("kv")
@@ -358,5 +366,86 @@ mod tests {
             full.len() as u64,
         );
         assert!(matches!(too_small, Err(KvRefusal::TooLarge { .. })));
+    }
+
+    /// AVP-HTTP-81: a delta is assembled onto the indexed base into the
+    /// full context; without the base it is `missing_prefix`; a delta that
+    /// names the base's address but does not fit it is `delta_mismatch`.
+    #[test]
+    fn http_81_deltas_find_their_base_or_are_refused_typed() {
+        let store = ContextStore::in_memory(Duration::from_secs(60));
+        let (base, full) = (context(8), context(20));
+        let kv = KvCache::parse(&full).expect("kv");
+        let (address, delta) =
+            avp_codec::kv_delta::split_delta(&kv, 8, "m", &QuantParams::NONE).expect("delta");
+        let send = |payload: &[u8]| {
+            accept(
+                message(PayloadType::KvCacheExt, payload),
+                None,
+                KvCapabilities::ALL,
+                &store,
+                1 << 30,
+            )
+        };
+        let missing = send(&delta);
+        assert!(
+            matches!(&missing, Err(KvRefusal::Wire(e)) if e.kind() == avp_codec::ErrorKind::MissingPrefix),
+            "{missing:?}"
+        );
+        let stored = accept(
+            message(PayloadType::KvCache, &base),
+            None,
+            KvCapabilities::ALL,
+            &store,
+            1 << 30,
+        )
+        .expect("base");
+        assert_eq!(
+            stored.kv_prefix,
+            Some(address),
+            "indexed at its full length"
+        );
+        let context = crate::store::StoredContext {
+            id: crate::store::new_id(),
+            session_id: String::new(),
+            source_agent_id: String::new(),
+            target_agent_id: String::new(),
+            client_identity: None,
+            len: 0,
+            received_at: std::time::SystemTime::now(),
+            path: None,
+            text: false,
+            kv_prefix: stored.kv_prefix,
+        };
+        store.put(context, stored.bytes).expect("put");
+        let assembled = send(&delta).expect("assembled");
+        let got = decode_with(&assembled.bytes, &DecodeOptions::strict()).expect("v1");
+        assert_eq!(&got.payload[..], &full[..], "byte for byte");
+
+        // Another shape under the same (forged) address.
+        let other = {
+            let header = KvHeader {
+                num_layers: 1,
+                num_kv_heads: 2,
+                head_dim: 64,
+                seq_len: 20,
+                dtype: KvDtype::Float32,
+            };
+            let t = vec![0u8; 2 * 64 * 20 * 4];
+            write_kv_cache(&header, [(&t[..], &t[..])]).expect("kv")
+        };
+        let forged = encode_ext(
+            &KvCache::parse(&other).expect("kv"),
+            &QuantParams::NONE,
+            8,
+            Some(&address),
+        )
+        .expect("forged");
+        let refused = send(&forged);
+        assert!(
+            matches!(&refused, Err(KvRefusal::Wire(e)) if e.kind() == avp_codec::ErrorKind::DeltaMismatch),
+            "{refused:?}"
+        );
+        assert_eq!(store.indexed_prefixes(), 1, "nothing refused was indexed");
     }
 }
