@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--turn1-words", type=int, default=20)
     ap.add_argument("--turn2-words", type=int, default=5)
     ap.add_argument("--shape", help="random weights of engine/benches/shapes/SHAPE instead of the fixture")
+    ap.add_argument("--model", type=Path, help="a model directory (e.g. one --shape built before)")
+    ap.add_argument("--keep-model", type=Path, help="with --shape: build the model here and keep it")
     ap.add_argument("--avp", type=Path)
     args = ap.parse_args()
     avp = args.avp or next((p for p in (ROOT / "target/release/avp", ROOT / "target/debug/avp")
@@ -124,9 +126,9 @@ def main() -> None:
     p1, p2 = prompt(args.turn1_words, 0), prompt(args.turn2_words, 7)
     with tempfile.TemporaryDirectory(prefix="avp-bench-kv-delta-") as d:
         tmp = Path(d)
-        model = FIXTURE
+        model = args.model or FIXTURE
         if args.shape:
-            model = tmp / "model"
+            model = args.keep_model or tmp / "model"
             build_shape(model, args.shape)
         results = {}
         for mode, caps in (("full", "int8,int4"), ("delta", "int8,int4,delta")):
@@ -134,7 +136,8 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in ("bytes", "full", "transfer", "e2e")}
             med["start"], med["positions"] = runs[0]["start"], runs[0]["positions"]
             results[mode] = med
-        print(f"binary {avp}, model {args.shape or 'fixture qwen2'}, {args.repeats} runs, median")
+        name = args.shape or (args.model.name if args.model else "fixture qwen2")
+        print(f"binary {avp}, model {name}, {args.repeats} runs, median")
         print("| turn 2 | bytes sent | of the full context | transfer (ms) | e2e turn 2 (ms) |")
         print("|---|---:|---:|---:|---:|")
         for mode, m in results.items():
