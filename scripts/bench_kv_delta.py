@@ -1,5 +1,5 @@
 """Delta over HTTP on a multi-turn run (issue 17; BENCHMARKS.md, "Compact
-contexts (issue 17): delta over HTTP"; spec/impl/transport.md AVP-HTTP-82..84).
+contexts (issue 17): delta over HTTP"; spec/impl/transport.md AVP-HTTP-102..84).
 
 Turn 1: `avp think --model M --prompt P1 --to URL --out t1.avp` (a full
 KV_CACHE transfer; the receiver stores and indexes it). Turn 2: `avp think

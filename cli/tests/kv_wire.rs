@@ -1,6 +1,6 @@
 //! Compact contexts over HTTP (issue 17): `avp send --kv-quant` and
 //! `--delta-from` against `avp serve` and the Python SDK's `create_app`, on
-//! loopback. Rule IDs: AVP-HTTP-80/81 (spec/protocol/http.md), AVP-HTTP-82..84
+//! loopback. Rule IDs: AVP-HTTP-100/81 (spec/protocol/http.md), AVP-HTTP-102..84
 //! (spec/impl/transport.md).
 
 use std::path::{Path, PathBuf};
@@ -127,11 +127,11 @@ fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// AVP-HTTP-80, AVP-HTTP-83: the peer announced int8 and int4, so the
+/// AVP-HTTP-100, AVP-HTTP-103: the peer announced int8 and int4, so the
 /// context travels quantized and is stored dequantized as a plain KV v1
 /// message whose values are within the scheme's error of the original.
 #[test]
-fn http_80_83_quantized_send_is_negotiated_and_stored_dequantized() {
+fn http_100_103_quantized_send_is_negotiated_and_stored_dequantized() {
     let scratch = Scratch::new("kvwire", "quant");
     let store = scratch.path("store");
     let server = serve(&["--store", s(&store)]);
@@ -179,12 +179,12 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// AVP-HTTP-83: a peer that did not announce the scheme gets nothing (exit
+/// AVP-HTTP-103: a peer that did not announce the scheme gets nothing (exit
 /// 3, a message naming the capability) unless `--kv-quant-fallback full`,
 /// which sends the file unchanged; an already quantized file is never sent
-/// to it. AVP-HTTP-80: the server itself refuses what it did not announce.
+/// to it. AVP-HTTP-100: the server itself refuses what it did not announce.
 #[test]
-fn http_80_83_unannounced_schemes_are_refused_on_both_sides() {
+fn http_100_103_unannounced_schemes_are_refused_on_both_sides() {
     let scratch = Scratch::new("kvwire", "refused");
     let store = scratch.path("store");
     let server = serve(&["--store", s(&store), "--kv-capabilities", "int8"]);
@@ -259,12 +259,12 @@ fn python() -> PathBuf {
     workspace().join(".venv/bin/python")
 }
 
-/// AVP-HTTP-81, AVP-HTTP-82, AVP-HTTP-84: turn 2 continues turn 1; sent as
+/// AVP-HTTP-101, AVP-HTTP-102, AVP-HTTP-104: turn 2 continues turn 1; sent as
 /// a delta on top of turn 1 (found by its prefix address), it is stored as
 /// the full context, byte for byte what the file holds. Quantized deltas
 /// are assembled the same way.
 #[test]
-fn http_81_82_84_delta_is_assembled_byte_for_byte() {
+fn http_101_102_104_delta_is_assembled_byte_for_byte() {
     let scratch = Scratch::new("kvwire", "delta");
     let store = scratch.path("store");
     let server = serve(&["--store", s(&store)]);
@@ -330,12 +330,12 @@ fn http_81_82_84_delta_is_assembled_byte_for_byte() {
     }
 }
 
-/// AVP-HTTP-81, AVP-HTTP-84: a peer without the base answers 409
+/// AVP-HTTP-101, AVP-HTTP-104: a peer without the base answers 409
 /// `missing_prefix`; `avp send` says so and sends the full context once,
 /// which is stored as it is. A base the context does not continue is a
 /// local error (exit 2) and sends nothing.
 #[test]
-fn http_81_84_missing_prefix_falls_back_to_the_full_context() {
+fn http_101_104_missing_prefix_falls_back_to_the_full_context() {
     let scratch = Scratch::new("kvwire", "missing");
     let store = scratch.path("store");
     let server = serve(&["--store", s(&store)]);
@@ -401,12 +401,12 @@ fn http_81_84_missing_prefix_falls_back_to_the_full_context() {
     assert_eq!(stored_count(&store), 1);
 }
 
-/// AVP-HTTP-83: the SDK 0.6.2 announces none of the capabilities, so it
+/// AVP-HTTP-103: the SDK 0.6.2 announces none of the capabilities, so it
 /// never receives a KV_CACHE_EXT message: `--kv-quant` stops (exit 3) or
 /// falls back to the plain context, `--delta-from` sends the full context,
 /// and a quantized file is refused before sending.
 #[test]
-fn http_83_the_sdk_peer_never_receives_kv_cache_ext() {
+fn http_103_the_sdk_peer_never_receives_kv_cache_ext() {
     if !python().exists() {
         eprintln!("skipped: no .venv/bin/python");
         return;
@@ -478,13 +478,13 @@ fn http_83_the_sdk_peer_never_receives_kv_cache_ext() {
     assert_eq!(records().len(), 2, "nothing more reached the SDK");
 }
 
-/// AVP-HTTP-84, the multi-turn path: `avp think --context TURN1 --to URL`
+/// AVP-HTTP-104, the multi-turn path: `avp think --context TURN1 --to URL`
 /// sends only the positions after TURN1 to a peer that announced
 /// `kv_delta`, and the peer stores the same KV as the full turn 2; a peer
 /// without `kv_delta` gets the full context.
 #[cfg(feature = "engine")]
 #[test]
-fn http_84_think_continuing_a_context_sends_a_delta() {
+fn http_104_think_continuing_a_context_sends_a_delta() {
     let scratch = Scratch::new("kvwire", "think");
     let model = workspace().join("engine/testdata/models/qwen2");
     for (caps, delta) in [("int8,int4,delta", true), ("int8,int4", false)] {

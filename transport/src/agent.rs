@@ -272,7 +272,7 @@ impl Agent {
         }
         let bytes = buf.freeze();
         // Checksum, enums, decompression, and for compact contexts
-        // dequantizing and assembly (AVP-HTTP-80/81): CPU work off the async threads.
+        // dequantizing and assembly (AVP-HTTP-100/81): CPU work off the async threads.
         let checked = {
             let key = self.mac_key.clone();
             let caps = self.handshake.kv_capabilities();
@@ -466,7 +466,7 @@ fn internal(why: &str) -> Response<ResponseBody> {
 }
 
 /// The answer for a transmit refused by the compact-context checks
-/// (AVP-HTTP-80/81): a delta without a usable base is 409, so the sender
+/// (AVP-HTTP-100/81): a delta without a usable base is 409, so the sender
 /// knows to send the full context; everything else the peer sent is 4xx.
 fn kv_refused(refusal: &KvRefusal) -> Response<ResponseBody> {
     match refusal {

@@ -71,7 +71,7 @@ pub struct HandshakeServer {
     maps: Option<Arc<dyn MapLookup + Send + Sync>>,
     sessions: Mutex<SessionManager>,
     max_sessions: usize,
-    /// Compact-context capabilities announced (and so accepted, AVP-HTTP-80).
+    /// Compact-context capabilities announced (and so accepted, AVP-HTTP-100).
     kv: KvCapabilities,
 }
 
@@ -97,7 +97,7 @@ impl HandshakeServer {
 
     /// The `KV_CACHE_EXT` capabilities announced in every answer (default:
     /// all of them); an agent refuses payloads that need any other
-    /// (AVP-HTTP-80).
+    /// (AVP-HTTP-100).
     pub fn with_kv_capabilities(mut self, kv: KvCapabilities) -> Self {
         self.kv = kv;
         self
@@ -487,10 +487,10 @@ mod tests {
         );
     }
 
-    /// AVP-HTTP-80: the answer announces the compact-context capabilities
+    /// AVP-HTTP-100: the answer announces the compact-context capabilities
     /// the server accepts, and the client reads them back.
     #[test]
-    fn http_80_kv_capabilities_are_announced_and_read() {
+    fn http_100_kv_capabilities_are_announced_and_read() {
         let local = identity(r#"{"model_hash":"h"}"#);
         for kv in [
             KvCapabilities::ALL,

@@ -1,5 +1,5 @@
 //! Compact contexts on the receiving side (issue 17; spec/protocol/http.md
-//! AVP-HTTP-80/81, spec/impl/transport.md AVP-HTTP-82): the `KV_CACHE_EXT`
+//! AVP-HTTP-100/81, spec/impl/transport.md AVP-HTTP-102): the `KV_CACHE_EXT`
 //! capabilities an agent announces, the check that a message uses only
 //! those, and the plain KV v1 message it is stored as (dequantized, and a
 //! delta assembled onto its base from the store). Also the prefix address
@@ -93,7 +93,7 @@ impl KvCapabilities {
     }
 }
 
-/// Why a transmit was refused here (each maps to one HTTP answer, AVP-HTTP-80/81).
+/// Why a transmit was refused here (each maps to one HTTP answer, AVP-HTTP-100/81).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum KvRefusal {
@@ -146,7 +146,7 @@ pub struct ExtReceived {
 }
 
 /// The checks of AVP-HTTP-31 (keyed MAC first when `key` is set, then the
-/// codec's compatible decode), then for KV messages AVP-HTTP-80/81: a
+/// codec's compatible decode), then for KV messages AVP-HTTP-100/81: a
 /// `KV_CACHE_EXT` message is checked against `caps`, dequantized (and a
 /// delta assembled onto its base from `store`) into a plain KV message of
 /// at most `limit` bytes. Blocking: run it off the async threads.
@@ -228,7 +228,7 @@ pub fn accept(
     }
 }
 
-/// The address a stored context is indexed under: all its positions (AVP-HTTP-82).
+/// The address a stored context is indexed under: all its positions (AVP-HTTP-102).
 pub fn full_address(kv: &KvCache<'_>, model_hash: &str) -> Result<PrefixAddress, WireError> {
     prefix_address(kv, kv.header.seq_len, model_hash)
 }
@@ -325,9 +325,9 @@ mod tests {
         Bytes::from(encode(&metadata, tensor, Compression::None).expect("encode"))
     }
 
-    /// AVP-HTTP-80: a scheme that was not announced is refused, typed.
+    /// AVP-HTTP-100: a scheme that was not announced is refused, typed.
     #[test]
-    fn http_80_unannounced_schemes_are_refused() {
+    fn http_100_unannounced_schemes_are_refused() {
         let store = ContextStore::in_memory(Duration::from_secs(60));
         let full = context(32);
         let kv = KvCache::parse(&full).expect("kv");
@@ -368,11 +368,11 @@ mod tests {
         assert!(matches!(too_small, Err(KvRefusal::TooLarge { .. })));
     }
 
-    /// AVP-HTTP-81: a delta is assembled onto the indexed base into the
+    /// AVP-HTTP-101: a delta is assembled onto the indexed base into the
     /// full context; without the base it is `missing_prefix`; a delta that
     /// names the base's address but does not fit it is `delta_mismatch`.
     #[test]
-    fn http_81_deltas_find_their_base_or_are_refused_typed() {
+    fn http_101_deltas_find_their_base_or_are_refused_typed() {
         let store = ContextStore::in_memory(Duration::from_secs(60));
         let (base, full) = (context(8), context(20));
         let kv = KvCache::parse(&full).expect("kv");

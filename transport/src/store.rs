@@ -56,7 +56,7 @@ pub struct StoredContext {
     /// A JSON fallback message (stored as `<id>.json`) rather than an AVP message (`<id>.avp`).
     pub text: bool,
     /// For a KV context: the prefix address of all its positions
-    /// (AVP-KVD-1), under which the store indexes it (AVP-HTTP-82).
+    /// (AVP-KVD-1), under which the store indexes it (AVP-HTTP-102).
     pub kv_prefix: Option<PrefixAddress>,
 }
 
@@ -240,7 +240,7 @@ impl ContextStore {
     }
 
     /// The newest live KV context whose full-length prefix address is
-    /// `address`, and its bytes: one hash-map lookup (AVP-HTTP-82).
+    /// `address`, and its bytes: one hash-map lookup (AVP-HTTP-102).
     pub fn find_prefix(
         &self,
         address: &PrefixAddress,
@@ -633,10 +633,10 @@ mod tests {
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 
-    /// AVP-HTTP-82: one index entry per live KV context, found in one
+    /// AVP-HTTP-102: one index entry per live KV context, found in one
     /// lookup, gone with its context, and back after a restart (sidecar).
     #[test]
-    fn http_82_prefix_index_is_bounded_and_survives_a_restart() {
+    fn http_102_prefix_index_is_bounded_and_survives_a_restart() {
         let dir = temp_dir("prefix");
         let address = PrefixAddress([7; 32]);
         let (old_id, new_id_) = (new_id(), new_id());

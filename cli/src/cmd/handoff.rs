@@ -9,7 +9,7 @@
 //! the session id of the answer, our agent id and the peer's; then sent.
 //! A KV-cache that continues `--context PREV` goes out as the positions after
 //! PREV when the peer announced `kv_delta` (the multi-turn path of issue 17,
-//! AVP-HTTP-84), with the full context once if the peer does not hold PREV.
+//! AVP-HTTP-104), with the full context once if the peer does not hold PREV.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

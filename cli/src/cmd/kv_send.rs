@@ -1,5 +1,5 @@
 //! Compact contexts on the sending side (issue 17; spec/impl/transport.md
-//! AVP-HTTP-83/84): once the handshake says what the peer accepts, a KV
+//! AVP-HTTP-103/84): once the handshake says what the peer accepts, a KV
 //! context goes out quantized (`--kv-quant`), as the positions after a
 //! context the peer holds (`--delta-from`), both, or in full. A delta the
 //! peer cannot place (409 `missing_prefix`/`prefix_mismatch`) is followed by
@@ -28,7 +28,7 @@ pub(crate) enum QuantFallback {
 }
 
 /// Exit status when the peer cannot take what was asked and no fallback
-/// was allowed (AVP-HTTP-83).
+/// was allowed (AVP-HTTP-103).
 pub(crate) const EXIT_NOT_NEGOTIATED: u8 = 3;
 
 /// The peer did not announce a capability the message needs.

@@ -3,7 +3,7 @@
 //! (AVP-HTTP-40..42). A KV context can go out quantized (`--kv-quant`) or as
 //! a delta (`--delta-from`) when the peer's hello announced it; a
 //! `KV_CACHE_EXT` file only to a peer that announced what it uses
-//! (AVP-HTTP-83/84, [`super::kv_send`]). Also holds the helpers the other
+//! (AVP-HTTP-103/84, [`super::kv_send`]). Also holds the helpers the other
 //! transport commands share.
 
 use std::path::{Path, PathBuf};

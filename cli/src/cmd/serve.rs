@@ -77,7 +77,7 @@ pub(crate) struct ServeArgs {
     /// Map-file directory for handshake rule 4 (AVP-HS-8).
     #[arg(long, value_name = "DIR")]
     maps: Option<PathBuf>,
-    /// Compact contexts announced in the hello and accepted (AVP-HTTP-80):
+    /// Compact contexts announced in the hello and accepted (AVP-HTTP-100):
     /// any of int8, int4, delta, or none; KV_CACHE_EXT messages that need
     /// another are refused with 400 capability_not_announced.
     #[arg(
