@@ -13,6 +13,7 @@ mod cmd {
     pub(crate) mod engine_common;
     pub(crate) mod generate;
     pub(crate) mod handoff;
+    pub(crate) mod kv_send;
     pub(crate) mod model_dir;
     pub(crate) mod project;
     #[allow(dead_code)] // `think --to` uses its client helpers, not `avp send` itself

@@ -18,10 +18,9 @@ use crate::endpoint::{
     read_prefix, too_large, wire_error,
 };
 use crate::hello::{HandshakeServer, HelloProblem, SessionCheck};
+use crate::kv_wire::{self, KvRefusal};
 use crate::store::{ContextStore, StoredContext, new_id};
-use crate::wire::{
-    HEADER_LEN, RoutingInfo, check_chunk, check_complete, header_status, routing_status,
-};
+use crate::wire::{HEADER_LEN, RoutingInfo, check_chunk, header_status, routing_status};
 use avp_codec::mac::MacKey;
 
 /// What an agent reports after each accepted request (for progress lines).
@@ -303,17 +302,24 @@ impl Agent {
             return truncated(buf.len() as u64, total);
         }
         let bytes = buf.freeze();
-        // Checksum, enums, decompression: CPU work off the async threads.
+        // Checksum, enums, decompression, and for compact contexts
+        // dequantizing and assembly (AVP-HTTP-100/81): CPU work off the async threads.
         let checked = {
-            let bytes = bytes.clone();
             let key = self.mac_key.clone();
-            tokio::task::spawn_blocking(move || check_complete(&bytes, key.as_deref())).await
+            let caps = self.handshake.kv_capabilities();
+            let store = Arc::clone(&self.store);
+            let limit = config.max_body;
+            tokio::task::spawn_blocking(move || {
+                kv_wire::accept(bytes, key.as_deref(), caps, &store, limit)
+            })
+            .await
         };
-        let warnings = match checked {
-            Ok(Ok(warnings)) => warnings,
-            Ok(Err(err)) => return wire_error(&err),
+        let accepted = match checked {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(refusal)) => return kv_refused(&refusal),
             Err(_) => return internal("the decode task failed"),
         };
+        let (bytes, warnings, ext) = (accepted.bytes, accepted.warnings, accepted.ext);
         let context = StoredContext {
             id: new_id(),
             session_id: routing.session_id,
@@ -324,31 +330,39 @@ impl Agent {
             received_at: SystemTime::now(),
             path: None,
             text: false,
+            kv_prefix: accepted.kv_prefix,
         };
         let stored = match self.put(context, bytes, "transmit", started).await {
             Ok(stored) => stored,
             Err(response) => return *response,
         };
-        json_response(
-            StatusCode::OK,
-            &Object::new()
-                .with("success", true)
-                .with("request_id", stored.id)
-                .with("agent_id", self.agent_id.as_str())
-                .with("session_id", stored.session_id)
-                .with("source_agent_id", stored.source_agent_id)
-                .with("target_agent_id", stored.target_agent_id)
-                .with("bytes", stored.len)
-                .with(
-                    "warnings",
-                    warnings
-                        .into_iter()
-                        .map(py_json::Value::from)
-                        .collect::<Vec<_>>(),
-                )
-                .with("session", session)
-                .into(),
-        )
+        let mut answer = Object::new()
+            .with("success", true)
+            .with("request_id", stored.id)
+            .with("agent_id", self.agent_id.as_str())
+            .with("session_id", stored.session_id)
+            .with("source_agent_id", stored.source_agent_id)
+            .with("target_agent_id", stored.target_agent_id)
+            .with("bytes", stored.len)
+            .with(
+                "warnings",
+                warnings
+                    .into_iter()
+                    .map(py_json::Value::from)
+                    .collect::<Vec<_>>(),
+            )
+            .with("session", session);
+        if let Some(ext) = ext {
+            answer = answer.with(
+                "kv_ext",
+                Object::new()
+                    .with("scheme", ext.scheme)
+                    .with("seq_start", u64::from(ext.seq_start))
+                    .with("seq_len", u64::from(ext.seq_len))
+                    .with("received_bytes", ext.received),
+            );
+        }
+        json_response(StatusCode::OK, &answer.into())
     }
 
     /// AVP-HTTP-33: a JSON fallback message is checked with the codec's
@@ -399,6 +413,7 @@ impl Agent {
             received_at: SystemTime::now(),
             path: None,
             text: true,
+            kv_prefix: None,
         };
         match self.put(context, bytes, "text", started).await {
             Ok(stored) => json_response(
@@ -700,6 +715,41 @@ async fn chunk_status(chunks: &Arc<Assemblies>, body: &[u8]) -> Response<Respons
 
 fn internal(why: &str) -> Response<ResponseBody> {
     error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", why)
+}
+
+/// The answer for a transmit refused by the compact-context checks
+/// (AVP-HTTP-100/81): a delta without a usable base is 409, so the sender
+/// knows to send the full context; everything else the peer sent is 4xx.
+fn kv_refused(refusal: &KvRefusal) -> Response<ResponseBody> {
+    match refusal {
+        KvRefusal::NotAnnounced(capability) => error_response(
+            StatusCode::BAD_REQUEST,
+            "capability_not_announced",
+            &format!(
+                "this agent did not announce {capability}; send a plain KV_CACHE message (AVP-KVQ-1)"
+            ),
+        ),
+        KvRefusal::TooLarge { bytes, limit } => error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit_exceeded",
+            &format!("the expanded context would be {bytes} bytes, over the limit of {limit}"),
+        ),
+        KvRefusal::Wire(err)
+            if matches!(
+                err.kind(),
+                avp_codec::ErrorKind::MissingPrefix | avp_codec::ErrorKind::PrefixMismatch
+            ) =>
+        {
+            error_response(StatusCode::CONFLICT, err.kind().as_str(), err.message())
+        }
+        KvRefusal::Wire(err) => wire_error(err),
+        KvRefusal::Store(err) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_failed",
+            &format!("could not read the stored base: {err}"),
+        ),
+        KvRefusal::Internal(why) => internal(why),
+    }
 }
 
 fn truncated(got: u64, want: u64) -> Response<ResponseBody> {

@@ -450,6 +450,10 @@ impl Assemblies {
             received_at: SystemTime::now(),
             path: None,
             text: false,
+            // A chunked context is not a delta base (AVP-HTTP-102 indexes
+            // single-message contexts only): hashing it again would cost a
+            // second pass over gigabytes.
+            kv_prefix: None,
         };
         let stored = self.store.adopt_file(context, &ordered)?;
         write_small(&assembly.dir, DONE, &done_bytes(&stored.id))?;

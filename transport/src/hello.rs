@@ -24,6 +24,8 @@ use avp_handshake::{
 
 pub use avp_handshake::AVP_VERSION_STRING;
 
+use crate::kv_wire::KvCapabilities;
+
 /// Why a hello was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -71,6 +73,8 @@ pub struct HandshakeServer {
     max_sessions: usize,
     /// Announce `kv_chunked` (AVP-HTTP-80): the agent assembles chunks.
     kv_chunked: bool,
+    /// Compact-context capabilities announced (and so accepted, AVP-HTTP-100).
+    kv: KvCapabilities,
 }
 
 /// The capability an agent that assembles chunked contexts announces (AVP-HTTP-80).
@@ -93,7 +97,21 @@ impl HandshakeServer {
             sessions: Mutex::new(SessionManager::default()),
             max_sessions: DEFAULT_MAX_SESSIONS,
             kv_chunked: false,
+            kv: KvCapabilities::ALL,
         }
+    }
+
+    /// The `KV_CACHE_EXT` capabilities announced in every answer (default:
+    /// all of them); an agent refuses payloads that need any other
+    /// (AVP-HTTP-100).
+    pub fn with_kv_capabilities(mut self, kv: KvCapabilities) -> Self {
+        self.kv = kv;
+        self
+    }
+
+    /// The `KV_CACHE_EXT` capabilities we announce.
+    pub fn kv_capabilities(&self) -> KvCapabilities {
+        self.kv
     }
 
     /// Our weights digest (AVP-HS-21): sent in the answer's capabilities and
@@ -187,6 +205,9 @@ impl HandshakeServer {
         }
         if self.kv_chunked {
             capabilities.insert(KV_CHUNKED_CAPABILITY, Value::Bool(true));
+        }
+        for name in self.kv.names() {
+            capabilities.insert(name, Value::Bool(true));
         }
         let mut out = Object::new();
         out.insert("success", Value::Bool(true));
@@ -289,6 +310,8 @@ pub struct HandshakeResult {
     pub server_mode: String,
     /// The server's `resolution_path` string.
     pub server_resolution_path: String,
+    /// The `KV_CACHE_EXT` capabilities the server announced (AVP-KVQ-1).
+    pub kv: KvCapabilities,
     /// The answer as sent (for printing).
     pub answer: serde_json::Value,
 }
@@ -334,6 +357,10 @@ impl HandshakeResult {
             weights_mismatch: established.resolution.weights_mismatch,
             server_mode: text("mode"),
             server_resolution_path: text("resolution_path"),
+            kv: KvCapabilities::from_hello(|name| {
+                answer.pointer(&format!("/capabilities/{name}"))
+                    == Some(&serde_json::Value::Bool(true))
+            }),
             answer,
         })
     }
@@ -473,6 +500,35 @@ mod tests {
             server.check_session(&result.session_id, "LATENT"),
             SessionCheck::Live
         );
+    }
+
+    /// AVP-HTTP-100: the answer announces the compact-context capabilities
+    /// the server accepts, and the client reads them back.
+    #[test]
+    fn http_100_kv_capabilities_are_announced_and_read() {
+        let local = identity(r#"{"model_hash":"h"}"#);
+        for kv in [
+            KvCapabilities::ALL,
+            KvCapabilities::NONE,
+            KvCapabilities {
+                int4: false,
+                ..KvCapabilities::ALL
+            },
+        ] {
+            let server = HandshakeServer::new("srv", local.clone()).with_kv_capabilities(kv);
+            let ours = hello_message("cli", &local, None);
+            let body = server
+                .answer(&ours.to_wire().expect("wire"))
+                .expect("answer");
+            let answer = parse(&body);
+            assert_eq!(
+                answer["capabilities"]["kv_quant_int8"].as_bool(),
+                kv.int8.then_some(true),
+                "{answer}"
+            );
+            let result = HandshakeResult::from_answer(ours, &body).expect("typed");
+            assert_eq!(result.kv, kv);
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod endpoint; // shared HTTP plumbing: paths, server settings, the Handler trait
 mod error; // the crate's error type
 pub mod framing; // the bits of HTTP parsed by hand (first head scan, header values)
 pub mod hello; // hellos: the handshake crate's state machine behind the handshake endpoint
+pub mod kv_wire; // compact contexts received: KV_CACHE_EXT capabilities, dequantize, delta assembly
 mod router; // the router role: forwards by target agent id without decoding tensors
 mod server; // the server core: listener, TLS, first-head guard, common checks, dispatch
 pub mod store; // the context store: received messages on disk or in memory

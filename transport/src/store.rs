@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use avp_codec::kv_quant::{PREFIX_ADDRESS_LEN, PrefixAddress};
 use avp_json::{Object, Value, WriteOptions};
 use bytes::Bytes;
 
@@ -54,6 +55,9 @@ pub struct StoredContext {
     pub path: Option<PathBuf>,
     /// A JSON fallback message (stored as `<id>.json`) rather than an AVP message (`<id>.avp`).
     pub text: bool,
+    /// For a KV context: the prefix address of all its positions
+    /// (AVP-KVD-1), under which the store indexes it (AVP-HTTP-102).
+    pub kv_prefix: Option<PrefixAddress>,
 }
 
 struct Entry {
@@ -61,11 +65,29 @@ struct Entry {
     bytes: Option<Bytes>,
 }
 
+/// The entries and the prefix index, under one lock so they never disagree.
+#[derive(Default)]
+struct Entries {
+    by_id: HashMap<String, Entry>,
+    /// Full-length prefix address -> id of the newest context with it; one
+    /// entry per indexed context at most, dropped with the context.
+    by_prefix: HashMap<PrefixAddress, String>,
+}
+
+impl Entries {
+    fn insert(&mut self, entry: Entry) {
+        if let Some(address) = entry.context.kv_prefix {
+            self.by_prefix.insert(address, entry.context.id.clone());
+        }
+        self.by_id.insert(entry.context.id.clone(), entry);
+    }
+}
+
 /// A TTL-bounded store of received messages.
 pub struct ContextStore {
     dir: Option<PathBuf>,
     ttl: Duration,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Entries>,
 }
 
 impl ContextStore {
@@ -74,7 +96,7 @@ impl ContextStore {
         Self {
             dir: None,
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
         }
     }
 
@@ -94,18 +116,13 @@ impl ContextStore {
                 fs::remove_file(item.path())?;
             }
         }
-        let entries = Self::scan(dir)?
-            .into_iter()
-            .map(|context| {
-                (
-                    context.id.clone(),
-                    Entry {
-                        context,
-                        bytes: None,
-                    },
-                )
-            })
-            .collect();
+        let mut entries = Entries::default();
+        for context in Self::scan(dir)? {
+            entries.insert(Entry {
+                context,
+                bytes: None,
+            });
+        }
         let store = Self {
             dir: Some(dir.to_path_buf()),
             ttl,
@@ -147,6 +164,7 @@ impl ContextStore {
                 received_at: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                 path: Some(item.path()),
                 text,
+                kv_prefix: None,
             };
             let sidecar = dir.join(format!("{id}.{META_EXTENSION}"));
             if !read_sidecar(&sidecar, &mut context) {
@@ -203,13 +221,10 @@ impl ContextStore {
             }
             None => Some(bytes),
         };
-        self.lock().insert(
-            context.id.clone(),
-            Entry {
-                context: context.clone(),
-                bytes: kept,
-            },
-        );
+        self.lock().insert(Entry {
+            context: context.clone(),
+            bytes: kept,
+        });
         Ok(context)
     }
 
@@ -218,8 +233,39 @@ impl ContextStore {
         self.evict_expired();
         let found = self
             .lock()
+            .by_id
             .get(id)
             .map(|e| (e.context.clone(), e.bytes.clone()));
+        Self::with_bytes(found)
+    }
+
+    /// The newest live KV context whose full-length prefix address is
+    /// `address`, and its bytes: one hash-map lookup (AVP-HTTP-102).
+    pub fn find_prefix(
+        &self,
+        address: &PrefixAddress,
+    ) -> io::Result<Option<(StoredContext, Bytes)>> {
+        self.evict_expired();
+        let found = {
+            let entries = self.lock();
+            entries
+                .by_prefix
+                .get(address)
+                .and_then(|id| entries.by_id.get(id))
+                .map(|e| (e.context.clone(), e.bytes.clone()))
+        };
+        Self::with_bytes(found)
+    }
+
+    /// Contexts indexed by prefix address now (for tests and metrics).
+    pub fn indexed_prefixes(&self) -> usize {
+        self.evict_expired();
+        self.lock().by_prefix.len()
+    }
+
+    fn with_bytes(
+        found: Option<(StoredContext, Option<Bytes>)>,
+    ) -> io::Result<Option<(StoredContext, Bytes)>> {
         match found {
             None => Ok(None),
             Some((context, Some(bytes))) => Ok(Some((context, bytes))),
@@ -234,7 +280,12 @@ impl ContextStore {
     /// Every live entry, oldest first.
     pub fn list(&self) -> Vec<StoredContext> {
         self.evict_expired();
-        let mut all: Vec<_> = self.lock().values().map(|e| e.context.clone()).collect();
+        let mut all: Vec<_> = self
+            .lock()
+            .by_id
+            .values()
+            .map(|e| e.context.clone())
+            .collect();
         all.sort_by_key(|c| c.received_at);
         all
     }
@@ -242,8 +293,10 @@ impl ContextStore {
     /// Drops entries older than the TTL (and their files).
     pub fn evict_expired(&self) {
         let now = SystemTime::now();
-        let mut entries = self.lock();
-        entries.retain(|_, entry| {
+        let mut guard = self.lock();
+        let entries = &mut *guard;
+        let by_prefix = &mut entries.by_prefix;
+        entries.by_id.retain(|id, entry| {
             let age = now
                 .duration_since(entry.context.received_at)
                 .unwrap_or_default();
@@ -254,12 +307,17 @@ impl ContextStore {
                     let _ = fs::remove_file(path);
                     let _ = fs::remove_file(path.with_extension(META_EXTENSION));
                 }
+                if let Some(address) = &entry.context.kv_prefix {
+                    if by_prefix.get(address) == Some(id) {
+                        by_prefix.remove(address);
+                    }
+                }
             }
             keep
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A poisoned lock only means another request panicked mid-insert; the
         // map itself is still consistent (inserts are single operations).
         self.entries
@@ -332,7 +390,13 @@ fn sidecar_bytes(context: &StoredContext) -> Vec<u8> {
         .with("target_agent_id", context.target_agent_id.as_str())
         .with("client_identity", identity)
         .with("received_at_ms", unix_millis(context.received_at))
-        .with("text", context.text);
+        .with("text", context.text)
+        .with(
+            "kv_prefix",
+            context
+                .kv_prefix
+                .map_or(Value::Null, |a| Value::from(a.to_hex().as_str())),
+        );
     // Sorted and compact, as serde_json wrote sidecars before.
     avp_json::to_string(&value.into(), WriteOptions::CANONICAL)
         .unwrap_or_default()
@@ -370,7 +434,26 @@ fn read_sidecar(path: &Path, context: &mut StoredContext) -> bool {
     if let Some(ms) = map.get("received_at_ms").and_then(Value::as_u64) {
         context.received_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
     }
+    context.kv_prefix = map
+        .get("kv_prefix")
+        .and_then(Value::as_str)
+        .and_then(address_from_hex);
     true
+}
+
+/// 64 lowercase hex digits -> an address; anything else is no address.
+fn address_from_hex(hex: &str) -> Option<PrefixAddress> {
+    let hex = hex.as_bytes();
+    if hex.len() != 2 * PREFIX_ADDRESS_LEN {
+        return None;
+    }
+    let mut out = [0u8; PREFIX_ADDRESS_LEN];
+    let digit = |c: &u8| (*c as char).to_digit(16);
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let [hi, lo] = pair else { return None };
+        *byte = u8::try_from(digit(hi)? * 16 + digit(lo)?).ok()?;
+    }
+    Some(PrefixAddress(out))
 }
 
 /// Reads session and agent ids from the message itself: the AVP header and
@@ -467,13 +550,10 @@ impl ContextStore {
         fs::rename(file, &path)?;
         fs::File::open(dir)?.sync_all()?;
         context.path = Some(path);
-        self.lock().insert(
-            context.id.clone(),
-            Entry {
-                context: context.clone(),
-                bytes: None,
-            },
-        );
+        self.lock().insert(Entry {
+            context: context.clone(),
+            bytes: None,
+        });
         Ok(context)
     }
 }
@@ -493,6 +573,7 @@ mod tests {
             received_at: SystemTime::now(),
             path: None,
             text: false,
+            kv_prefix: None,
         }
     }
 
@@ -590,6 +671,52 @@ mod tests {
             })
             .count();
         assert_eq!(metas, 1, "the orphan sidecar is gone");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// AVP-HTTP-102: one index entry per live KV context, found in one
+    /// lookup, gone with its context, and back after a restart (sidecar).
+    #[test]
+    fn http_102_prefix_index_is_bounded_and_survives_a_restart() {
+        let dir = temp_dir("prefix");
+        let address = PrefixAddress([7; 32]);
+        let (old_id, new_id_) = (new_id(), new_id());
+        {
+            let store = ContextStore::open(&dir, Duration::from_secs(60)).expect("open");
+            let mut old = context(&old_id);
+            old.kv_prefix = Some(address);
+            old.received_at = SystemTime::now() - Duration::from_secs(120);
+            store.put(old, Bytes::from_static(b"old")).expect("put");
+            assert_eq!(
+                store.indexed_prefixes(),
+                0,
+                "expired at once, index entry too"
+            );
+            let mut fresh = context(&new_id_);
+            fresh.kv_prefix = Some(address);
+            store.put(fresh, Bytes::from_static(b"new")).expect("put");
+            store
+                .put(context(&new_id()), Bytes::from_static(b"not kv"))
+                .expect("put");
+            assert_eq!(store.indexed_prefixes(), 1);
+        }
+        let store = ContextStore::open(&dir, Duration::from_secs(60)).expect("reopen");
+        let (found, bytes) = store
+            .find_prefix(&address)
+            .expect("read")
+            .expect("indexed after a restart");
+        assert_eq!(
+            (found.id.as_str(), &bytes[..]),
+            (new_id_.as_str(), &b"new"[..])
+        );
+        assert!(
+            store
+                .find_prefix(&PrefixAddress([8; 32]))
+                .expect("read")
+                .is_none()
+        );
+        assert_eq!(address_from_hex(&address.to_hex()), Some(address));
+        assert_eq!(address_from_hex("zz"), None);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

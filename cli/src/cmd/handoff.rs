@@ -7,6 +7,9 @@
 //! rule resolved on our side pick the payload (KV-cache, projected hidden
 //! state, or the text this model generates); the message is addressed with
 //! the session id of the answer, our agent id and the peer's; then sent.
+//! A KV-cache that continues `--context PREV` goes out as the positions after
+//! PREV when the peer announced `kv_delta` (the multi-turn path of issue 17,
+//! AVP-HTTP-104), with the full context once if the peer does not hold PREV.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::address::AddressArgs;
 use super::engine_common::{DeviceArgs, Progress, load, report};
+use super::kv_send::{Plan, send_kv};
 use super::model_dir::{identity_from_model_dir, weights_of_model_dir};
 use super::project::projection_map;
 use super::send::{read_token_file, runtime};
@@ -107,6 +111,7 @@ pub(crate) fn hand_off(
     load_args: &DeviceArgs,
     prompt: &str,
     ctx: &LatentContext,
+    previous: Option<&[u8]>,
 ) -> Result<()> {
     let (url, client, identity) = (&sender.url, &sender.client, &sender.identity);
     let rt = runtime()?;
@@ -200,14 +205,29 @@ pub(crate) fn hand_off(
             }))
         }
     };
+    let base = previous.filter(|_| transfer == Transfer::KvCache && result.kv.delta);
     let (answer, sent) = match outgoing {
         Outgoing::Message(bytes) => {
             let bytes = address.readdress(bytes)?;
             t.prepare = started.elapsed().saturating_sub(t.target_load);
             let n = bytes.len();
             let started = Instant::now();
-            let answer = rt.block_on(client.transmit(bytes.into()));
-            t.transfer = started.elapsed();
+            let answer = match base.and_then(|base| as_delta(&rt, client, result.kv, &bytes, base))
+            {
+                Some((answer, sizes)) => {
+                    t.transfer = started.elapsed();
+                    report(format_args!(
+                        "delta: {} bytes sent for a context of {n} bytes",
+                        sizes.iter().sum::<usize>()
+                    ));
+                    answer
+                }
+                None => {
+                    let answer = rt.block_on(client.transmit(bytes.into()));
+                    t.transfer = started.elapsed();
+                    answer
+                }
+            };
             (answer, n)
         }
         Outgoing::Text(message) => {
@@ -232,6 +252,36 @@ pub(crate) fn hand_off(
     // A closed stdout loses only the answer; the message was delivered.
     let _ = crate::out::line(answer);
     Ok(())
+}
+
+/// Sends `message` as the positions after `base` (the `--context` message)
+/// through `avp send --delta-from`'s path, which falls back to the full
+/// context on `missing_prefix` by itself. `None` when `message` does not
+/// continue `base` (a projected or foreign context): nothing was sent, the
+/// caller sends the full message.
+fn as_delta(
+    rt: &tokio::runtime::Runtime,
+    client: &AvpClient,
+    caps: avp_transport::kv_wire::KvCapabilities,
+    message: &[u8],
+    base: &[u8],
+) -> Option<(
+    std::result::Result<Value, avp_transport::TransportError>,
+    Vec<usize>,
+)> {
+    let plan = Plan {
+        base: Some(base),
+        ..Plan::default()
+    };
+    match rt.block_on(send_kv(client, caps, message, &plan)) {
+        Ok(sent) => Some((sent.answer, sent.sizes)),
+        Err(why) => {
+            report(format_args!(
+                "delta: not used ({why:#}); sending the full context"
+            ));
+            None
+        }
+    }
 }
 
 /// A binary AVP message or a JSON fallback message.

@@ -15,6 +15,7 @@ pub(crate) mod identity;
 pub(crate) mod inspect;
 pub(crate) mod kv;
 pub(crate) mod kv_file;
+pub(crate) mod kv_send;
 pub(crate) mod model_dir;
 pub(crate) mod route;
 pub(crate) mod send;

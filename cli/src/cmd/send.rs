@@ -1,20 +1,30 @@
 //! `avp send FILE --to URL`: streams an encoded message (or, with `--text`, a
 //! JSON fallback message) to an agent and prints its JSON answer
-//! (AVP-HTTP-40..42). Also holds the helpers the other transport commands share.
+//! (AVP-HTTP-40..42). A KV context can go out quantized (`--kv-quant`) or as
+//! a delta (`--delta-from`) when the peer's hello announced it; a
+//! `KV_CACHE_EXT` file only to a peer that announced what it uses
+//! (AVP-HTTP-103/84, [`super::kv_send`]). Also holds the helpers the other
+//! transport commands share.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use avp_codec::kv_quant::KvScheme;
+use avp_codec::{DecodeOptions, PayloadType, Status, parse_prefix};
+use avp_transport::kv_wire::KvCapabilities;
 use avp_transport::{AvpClient, ClientConfig, TransportError};
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::kv_send::{EXIT_NOT_NEGOTIATED, NotNegotiated, Plan, QuantFallback, send_kv};
+
 /// Arguments of `avp send`.
 #[derive(Args, Debug)]
 pub(crate) struct SendArgs {
-    /// The encoded AVP message to send (streamed, never read whole).
+    /// The encoded AVP message to send (streamed, never read whole, unless
+    /// --kv-quant, --delta-from or a KV_CACHE_EXT payload needs its values).
     file: PathBuf,
     /// Base URL of the receiving agent, e.g. http://127.0.0.1:8470.
     #[arg(long = "to")]
@@ -40,11 +50,25 @@ pub(crate) struct SendArgs {
     retries: u32,
     /// Cut a single KV_CACHE message into chunks of at most N MiB when the
     /// peer announces kv_chunked (a chunked FILE is always sent in chunks).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4095))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4095),
+          conflicts_with_all = ["kv_quant", "delta_from"])]
     chunk_mib: Option<u64>,
     /// Cap the upload rate of a chunked transfer, in bytes per second.
     #[arg(long, value_name = "BYTES")]
     limit_rate: Option<u64>,
+    /// Quantize the KV-cache before sending, if the peer's hello announces the
+    /// scheme (kv_quant_int8 / kv_quant_int4); otherwise see --kv-quant-fallback.
+    #[arg(long, value_name = "SCHEME", value_parser = ["int8", "int4"], conflicts_with = "text")]
+    kv_quant: Option<String>,
+    /// When the peer did not announce the --kv-quant scheme: `error` sends
+    /// nothing and exits 3, `full` sends the context unquantized.
+    #[arg(long, value_enum, default_value = "error", requires = "kv_quant")]
+    kv_quant_fallback: QuantFallback,
+    /// A KV context the peer should hold (e.g. the previous turn) that FILE
+    /// continues: send only the positions after it if the peer announces
+    /// kv_delta; if the peer lacks it, the full context is sent once.
+    #[arg(long, value_name = "BASE", conflicts_with = "text")]
+    delta_from: Option<PathBuf>,
     #[command(flatten)]
     tls: ClientTlsArgs,
 }
@@ -80,6 +104,12 @@ impl ClientTlsArgs {
 
 pub(crate) fn run(args: &SendArgs) -> ExitCode {
     let outcome = runtime().and_then(|rt| rt.block_on(send(args)));
+    if let Err(err) = &outcome {
+        if let Some(refused) = err.downcast_ref::<NotNegotiated>() {
+            crate::out::note(format_args!("avp: {refused}"));
+            return ExitCode::from(EXIT_NOT_NEGOTIATED);
+        }
+    }
     finish(outcome)
 }
 
@@ -108,16 +138,97 @@ async fn send(args: &SendArgs) -> anyhow::Result<Result<Value, TransportError>> 
     if !args.file.is_file() {
         bail!("{} is not a readable file", args.file.display());
     }
-    let chunked = super::send_chunked::ChunkedSend {
-        file: &args.file,
-        chunk_mib: args.chunk_mib,
-        limit_rate: args.limit_rate,
-        retries: args.retries,
-    };
-    if let Some(outcome) = super::send_chunked::send_if_chunked(&client, &chunked).await? {
-        return Ok(outcome);
+    let compact = args.kv_quant.is_some() || args.delta_from.is_some();
+    if !compact {
+        let chunked = super::send_chunked::ChunkedSend {
+            file: &args.file,
+            chunk_mib: args.chunk_mib,
+            limit_rate: args.limit_rate,
+            retries: args.retries,
+        };
+        if let Some(outcome) = super::send_chunked::send_if_chunked(&client, &chunked).await? {
+            return Ok(outcome);
+        }
+        if peek_payload_type(&args.file) != Some(PayloadType::KvCacheExt) {
+            return Ok(client.transmit_file(&args.file).await);
+        }
+    } else if matches!(
+        avp_transport::chunk_client::ChunkedFile::open(&args.file),
+        Ok(Some(_))
+    ) {
+        anyhow::bail!(
+            "{}: --kv-quant and --delta-from need a single-message context; join the chunked file first (avp convert --join)",
+            args.file.display()
+        );
     }
-    Ok(client.transmit_file(&args.file).await)
+    // Compact contexts go only where the hello says they are understood (AVP-KVQ-1).
+    let message =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let base = match &args.delta_from {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let caps = match peer_capabilities(&client).await {
+        Ok(caps) => caps,
+        Err(err) => return Ok(Err(err)),
+    };
+    let plan = Plan {
+        quant: args.kv_quant.as_deref().and_then(KvScheme::from_name),
+        fallback: args.kv_quant_fallback,
+        base: base.as_deref(),
+    };
+    let sent = send_kv(&client, caps, &message, &plan).await?;
+    let sizes: Vec<String> = sent.sizes.iter().map(usize::to_string).collect();
+    crate::out::note(format_args!(
+        "sent: {} ({} bytes; the file is {} bytes)",
+        sent.form,
+        sizes.join(" then "),
+        message.len()
+    ));
+    Ok(sent.answer)
+}
+
+/// The peer's compact-context capabilities from a handshake (hello with an
+/// empty identity: only the answer's `capabilities` are used). A peer
+/// without the handshake endpoint (404/405/501), or whose answer is no
+/// full handshake (the SDK's `create_app` echoes the hello without a
+/// session), announced nothing: it gets only plain messages.
+pub(crate) async fn peer_capabilities(
+    client: &AvpClient,
+) -> Result<KvCapabilities, TransportError> {
+    match client
+        .handshake(&avp_handshake::ModelIdentity::default())
+        .await
+    {
+        Ok(result) => Ok(result.kv),
+        Err(TransportError::Status {
+            status: 404 | 405 | 501,
+            ..
+        })
+        | Err(TransportError::BadHandshake(_)) => Ok(KvCapabilities::NONE),
+        Err(err) => Err(err),
+    }
+}
+
+/// The payload type from the file's header and metadata, read no further;
+/// `None` when they do not parse (the peer then says what is wrong).
+fn peek_payload_type(path: &Path) -> Option<PayloadType> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut head = Vec::new();
+    loop {
+        match parse_prefix(&head, &DecodeOptions::DEFAULT).ok()? {
+            Status::Complete((peeked, _)) => return Some(peeked.metadata.payload_type),
+            Status::NeedMore(n) => {
+                let got = (&mut file).take(n as u64).read_to_end(&mut head).ok()?;
+                if got < n {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Prints the answer (exit 0) or `{"error":{kind,message[,status]}}` (exit 1)

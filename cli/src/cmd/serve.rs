@@ -19,6 +19,7 @@ use anyhow::Context;
 use avp_handshake::ModelIdentity;
 use avp_transport::assembly::{Assemblies, ChunkLimits};
 use avp_transport::hello::identity_from_json;
+use avp_transport::kv_wire::KvCapabilities;
 use avp_transport::{
     Agent, ContextStore, HandshakeServer, Received, Server, ServerConfig, WeightsDigest,
 };
@@ -88,6 +89,17 @@ pub(crate) struct ServeArgs {
     /// Map-file directory for handshake rule 4 (AVP-HS-8).
     #[arg(long, value_name = "DIR")]
     maps: Option<PathBuf>,
+    /// Compact contexts announced in the hello and accepted (AVP-HTTP-100):
+    /// any of int8, int4, delta, or none; KV_CACHE_EXT messages that need
+    /// another are refused with 400 capability_not_announced.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = ["int8", "int4", "delta", "none"],
+        default_value = "int8,int4,delta"
+    )]
+    kv_capabilities: Vec<String>,
     #[command(flatten)]
     limits: ServerLimitArgs,
     #[command(flatten)]
@@ -199,6 +211,12 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.maps {
         handshake = handshake.with_maps(Arc::new(avp_handshake::fs::MapDir(dir.clone())));
     }
+    let has = |name: &str| args.kv_capabilities.iter().any(|c| c == name);
+    handshake = handshake.with_kv_capabilities(KvCapabilities {
+        int8: has("int8"),
+        int4: has("int4"),
+        delta: has("delta"),
+    });
     let store = Arc::new(match &args.store {
         Some(dir) => ContextStore::open(dir, ttl)
             .with_context(|| format!("opening store {}", dir.display()))?,

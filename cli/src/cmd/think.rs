@@ -91,10 +91,14 @@ fn think(args: &ThinkArgs) -> Result<()> {
         Some(_) => Some(Sender::new(&args.handoff, &args.model, &engine)?),
         None => None,
     };
+    // The previous context's message is kept: `--to` may send only what follows it.
+    let mut previous = None;
     let context = match &args.context {
         Some(p) => {
             let bytes = read_context_file(p)?;
-            Some(engine.import_message(&bytes, args.steps.saturating_add(512))?)
+            let imported = engine.import_message(&bytes, args.steps.saturating_add(512))?;
+            previous = Some(bytes);
+            Some(imported)
         }
         None => None,
     };
@@ -147,7 +151,16 @@ fn think(args: &ThinkArgs) -> Result<()> {
         loaded.as_secs_f64()
     ));
     if let Some(sender) = &sender {
-        hand_off(sender, &args.handoff, &engine, &args.load, &prompt, &ctx)?;
+        let previous = previous.as_deref();
+        hand_off(
+            sender,
+            &args.handoff,
+            &engine,
+            &args.load,
+            &prompt,
+            &ctx,
+            previous,
+        )?;
     }
     Ok(())
 }
