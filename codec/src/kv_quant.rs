@@ -1622,3 +1622,120 @@ pub fn convert_dtype(kv: &KvCache<'_>, dtype: KvDtype) -> Result<Vec<u8>, Error>
     Ok(out)
 }
 
+/// Quantizes a context given as f32 `ndarray` views, one `(keys, values)`
+/// pair of `[heads, seq, head_dim]` per layer, any memory layout (feature
+/// `ndarray`, AVP-KVQ-20): each value is first narrowed to `dtype` by
+/// AVP-KVQ-7 (the context's float type on the wire), then quantized as
+/// [`encode_ext`] does, so the result is byte-identical to quantizing the
+/// KV v1 payload of those values. No layers, or shapes that differ, are
+/// `invalid_argument`.
+#[cfg(feature = "ndarray")]
+pub fn encode_ext_ndarray<'v>(
+    layers: impl IntoIterator<Item = (ndarray::ArrayView3<'v, f32>, ndarray::ArrayView3<'v, f32>)>,
+    dtype: KvDtype,
+    params: &QuantParams,
+    start: u32,
+    prefix: Option<&PrefixAddress>,
+) -> Result<Vec<u8>, Error> {
+    let misuse = |m: String| err(ErrorKind::InvalidArgument, m);
+    let store = Store::new(dtype);
+    let mut shape = None;
+    let mut tensors = Vec::new();
+    for (index, (k, v)) in layers.into_iter().enumerate() {
+        for view in [&k, &v] {
+            let dims = view.dim();
+            if *shape.get_or_insert(dims) != dims {
+                return Err(misuse(format!(
+                    "layer {index} has shape {dims:?}, layer 0 {:?}",
+                    shape.unwrap_or(dims)
+                )));
+            }
+            let mut bytes = vec![0u8; view.len().saturating_mul(store.size)];
+            // `iter` walks the logical C order whatever the strides.
+            for (o, x) in bytes.chunks_exact_mut(store.size).zip(view.iter()) {
+                store.put(*x, o);
+            }
+            tensors.push(bytes);
+        }
+    }
+    let (heads, seq, dim) = shape.ok_or_else(|| misuse("no layers to quantize".into()))?;
+    let u32_of = |n: usize, what: &str| {
+        u32::try_from(n).map_err(|_| misuse(format!("{what} {n} does not fit the format's u32")))
+    };
+    let header = KvHeader {
+        num_layers: u32_of(tensors.len() / 2, "layer count")?,
+        num_kv_heads: u32_of(heads, "head count")?,
+        head_dim: u32_of(dim, "head_dim")?,
+        seq_len: u32_of(seq, "sequence length")?,
+        dtype,
+    };
+    let payload = crate::kv::write_kv_cache(
+        &header,
+        tensors.chunks_exact(2).filter_map(|pair| match pair {
+            [k, v] => Some((&k[..], &v[..])),
+            _ => None,
+        }),
+    )?;
+    encode_ext(&KvCache::parse(&payload)?, params, start, prefix)
+}
+
+#[cfg(feature = "ndarray")]
+impl KvExt<'_> {
+    /// Dequantizes one tensor into a caller's f32 view of shape
+    /// `[heads, stored tokens, head_dim]`, any memory layout (feature
+    /// `ndarray`, AVP-KVQ-20): the values a receiver yields (AVP-KVQ-8, in
+    /// the context's dtype), widened exactly to f32. Another shape is
+    /// `invalid_argument`.
+    pub fn dequantize_tensor_f32_into(
+        &self,
+        layer: usize,
+        part: KvPart,
+        mut out: ndarray::ArrayViewMut3<'_, f32>,
+    ) -> Result<(), Error> {
+        let h = &self.header;
+        let want = (
+            h.num_kv_heads as usize,
+            h.stored_tokens() as usize,
+            h.head_dim as usize,
+        );
+        if out.dim() != want {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("view has shape {:?}, the tensor is {want:?}", out.dim()),
+            ));
+        }
+        let len = usize::try_from(self.tensor_bytes())
+            .map_err(|_| err(ErrorKind::InvalidArgument, "tensor larger than memory"))?;
+        let mut bytes = vec![0u8; len];
+        self.dequantize_tensor(layer, part, &mut bytes)?;
+        let store = Store::new(h.dtype);
+        match out.as_slice_mut() {
+            Some(flat) => widen(h.dtype, &bytes, flat),
+            None => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(store.size)) {
+                    *o = store.get(b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One layer's keys and values dequantized to owned f32 arrays
+    /// `[heads, stored tokens, head_dim]` (see [`Self::dequantize_tensor_f32_into`]).
+    pub fn dequantize_layer_f32(
+        &self,
+        layer: usize,
+    ) -> Result<(ndarray::Array3<f32>, ndarray::Array3<f32>), Error> {
+        let h = &self.header;
+        let dims = (
+            h.num_kv_heads as usize,
+            h.stored_tokens() as usize,
+            h.head_dim as usize,
+        );
+        let mut keys = ndarray::Array3::<f32>::zeros(dims);
+        let mut values = ndarray::Array3::<f32>::zeros(dims);
+        self.dequantize_tensor_f32_into(layer, KvPart::Key, keys.view_mut())?;
+        self.dequantize_tensor_f32_into(layer, KvPart::Value, values.view_mut())?;
+        Ok((keys, values))
+    }
+}
