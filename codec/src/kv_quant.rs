@@ -11,7 +11,7 @@
 //! caller buffer. Delta assembly is in [`crate::kv_delta`].
 
 use crate::error::{Error, ErrorKind};
-use crate::f16::{bf16_to_f32, f16_to_f32};
+use crate::f16::{bf16_to_f32, f16_to_f32, finite_f16_to_f32};
 pub use crate::f16::{f32_to_bf16, f32_to_f16};
 use crate::kv::{KV_HEADER_LEN, KvCache, KvDtype, KvHeader};
 use crate::limits::Limits;
@@ -1312,9 +1312,15 @@ fn widen(dtype: KvDtype, src: &[u8], dst: &mut [f32]) {
 /// (NaNs above infinity), found on the narrow bits while they are loaded.
 fn widen_abs_max(dtype: KvDtype, src: &[u8], dst: &mut [f32]) -> Result<f32, Error> {
     let amax = match dtype {
-        KvDtype::Float16 => f16_to_f32(widen_with(src, dst, u16::from_le_bytes, f16_to_f32, |b| {
-            b & 0x7fff
-        })),
+        // Non-finite halves are refused below, so the three-operation
+        // widening (exact for every finite half) is enough here.
+        KvDtype::Float16 => f16_to_f32(widen_with(
+            src,
+            dst,
+            u16::from_le_bytes,
+            finite_f16_to_f32,
+            |b| b & 0x7fff,
+        )),
         KvDtype::Bfloat16 => {
             bf16_to_f32(widen_with(src, dst, u16::from_le_bytes, bf16_to_f32, |b| {
                 b & 0x7fff
@@ -1331,6 +1337,7 @@ fn widen_abs_max(dtype: KvDtype, src: &[u8], dst: &mut [f32]) -> Result<f32, Err
     if amax.is_finite() {
         return Ok(amax);
     }
+    widen(dtype, src, dst); // exactly, to name the value
     let bad = dst.iter().find(|v| !v.is_finite()).copied().unwrap_or(amax);
     Err(err(
         ErrorKind::InvalidArgument,
