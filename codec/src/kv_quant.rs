@@ -1246,9 +1246,12 @@ impl Quantizer {
                     }
                 }
                 KvPart::Value => {
-                    scratch.values.resize(d, 0.0);
-                    for r in quantized.chunks_exact(row.max(1)) {
-                        widen_abs_max(self.store.dtype, r, &mut scratch.values)?;
+                    // Blocks of g rows too, so the group parameters are
+                    // computed over d groups at a time, not d / g.
+                    scratch.values.resize(g.saturating_mul(d), 0.0);
+                    let per_row = d.checked_div(g).unwrap_or(0).max(1);
+                    for block in quantized.chunks_exact(g.saturating_mul(row).max(1)) {
+                        widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
                         scratch.lo.clear();
                         scratch.hi.clear();
                         for grp in scratch.values.chunks_exact(g) {
@@ -1263,17 +1266,23 @@ impl Quantizer {
                             return Err(internal("int4 groups"));
                         };
                         group_params(sd, &mut scratch.lo, &mut scratch.hi, ss_out, ms_out)?;
-                        for (((grp, codes), &s), &m) in scratch
+                        for ((values, scales), mins) in scratch
                             .values
-                            .chunks_exact(g)
-                            .zip(scratch.codes.chunks_exact_mut(g))
-                            .zip(&scratch.hi)
-                            .zip(&scratch.lo)
+                            .chunks_exact(d.max(1))
+                            .zip(scratch.hi.chunks_exact(per_row))
+                            .zip(scratch.lo.chunks_exact(per_row))
                         {
-                            int4_codes_one(grp, s, m, codes);
+                            for (((grp, codes), &s), &m) in values
+                                .chunks_exact(g)
+                                .zip(scratch.codes.chunks_exact_mut(g))
+                                .zip(scales)
+                                .zip(mins)
+                            {
+                                int4_codes_one(grp, s, m, codes);
+                            }
+                            let out = packed_rows.next().ok_or_else(|| internal("int4 rows"))?;
+                            pack_nibbles(&scratch.codes, out);
                         }
-                        let out = packed_rows.next().ok_or_else(|| internal("int4 rows"))?;
-                        pack_nibbles(&scratch.codes, out);
                     }
                 }
             }
