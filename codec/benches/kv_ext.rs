@@ -10,7 +10,9 @@ use std::time::Duration;
 use avp_codec::kv::{KvCache, KvDtype, KvHeader, write_kv_cache};
 use avp_codec::kv_delta::{assemble_into, assembled_len, prefix_address};
 use avp_codec::kv_quant::{KvExt, QuantParams, encode_ext, encode_ext_into, f32_to_f16};
-use avp_codec::{Compression, DataType, Metadata, PayloadType, decode, encode, encode_into};
+use avp_codec::{
+    Compression, DataType, Metadata, PayloadType, decode, encode, encode_into, encode_prefix,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const LAYERS: u32 = 32;
@@ -56,6 +58,15 @@ fn bench(c: &mut Criterion) {
                 encode_ext_into(&kv, &params, 0, None, &mut q).unwrap();
                 encode_into(&metadata(), &q, Compression::None, &mut msg).unwrap();
                 black_box(&msg);
+            })
+        });
+        // A transport that writes header+metadata and the payload with
+        // vectored I/O (encode_prefix) never copies the quantized payload.
+        g.bench_function(format!("{name}_quantize_encode_prefix"), |b| {
+            b.iter(|| {
+                encode_ext_into(&kv, &params, 0, None, &mut q).unwrap();
+                black_box(encode_prefix(&metadata(), &q).unwrap());
+                black_box(&q);
             })
         });
         g.bench_function(format!("{name}_quantize_encode_fresh_buffers"), |b| {

@@ -42,6 +42,7 @@ mod decode; // peek and decode of whole messages
 mod encode; // encode, byte-identical to the SDK
 mod error; // the crate's one error type
 mod extra; // the Metadata `extra` map
+mod f16; // binary16/bfloat16 conversions, branch-free for vectorised loops
 mod header; // the fixed 12-byte header
 mod limits; // decoder limits and their defaults
 mod metadata; // the Metadata protobuf: types, parser, writer

@@ -42,28 +42,8 @@ impl From<DataType> for ElementType {
     }
 }
 
-/// Widens an IEEE binary16 bit pattern to f32 exactly.
-pub fn f16_to_f32(bits: u16) -> f32 {
-    let sign = u32::from(bits >> 15) << 31;
-    let exp = u32::from((bits >> 10) & 0x1f);
-    let man = u32::from(bits & 0x3ff);
-    let out = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: value = m * 2^-24, exactly representable in f32.
-            let v = m as f32 * f32::from_bits(0x3380_0000); // 2^-24
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | (e.saturating_add(112) << 23) | (m << 13),
-    };
-    f32::from_bits(out)
-}
-
-/// Widens a bfloat16 bit pattern to f32 exactly.
-pub fn bf16_to_f32(bits: u16) -> f32 {
-    f32::from_bits(u32::from(bits) << 16)
-}
+// Exact widening (AVP-KVQ-7), branch-free so that loops over rows vectorise.
+pub use crate::f16::{bf16_to_f32, f16_to_f32};
 
 /// A borrowed tensor: bytes, element type and shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
