@@ -205,14 +205,15 @@ pub fn descriptor_of(metadata: &Metadata<'_>) -> Result<Option<ChunkDescriptor>,
     let Some(value) = metadata.extra.get(CHUNK_EXTRA_KEY) else {
         return Ok(None);
     };
+    // The order of AVP-CHK-8: syntax and payload type, then the fields.
     let d = ChunkDescriptor::parse_extra_value(value)?;
-    d.validate()?;
     if metadata.payload_type != crate::PayloadType::KvCache {
         return Err(bad_chunk(format!(
             "a chunk's payload type must be KV_CACHE, not {}",
             metadata.payload_type.name()
         )));
     }
+    d.validate()?;
     Ok(Some(d))
 }
 
@@ -647,6 +648,10 @@ impl DigestVerifier {
     }
 }
 
+/// The largest chunk KV payload [`ChunkPlan::new`] plans: one message's
+/// `payload_length` (AVP-WIRE-5) less 64 KiB for the metadata.
+pub const MAX_CHUNK_PAYLOAD: u64 = u32::MAX as u64 - (64 << 10);
+
 /// How a context is cut into chunks (AVP-CHK-1): the context's header and
 /// one layer range per chunk, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -657,11 +662,13 @@ pub struct ChunkPlan {
 
 impl ChunkPlan {
     /// Cuts `header`'s layers into as few chunks as keep every chunk's KV
-    /// payload (17-byte header included) within `max_chunk_payload` bytes,
-    /// spread evenly. `invalid_argument` when one layer does not fit, or the
+    /// payload (17-byte header included) within `max_chunk_payload` bytes
+    /// and [`MAX_CHUNK_PAYLOAD`] (so each chunk fits one message), spread
+    /// evenly. `invalid_argument` when one layer does not fit, or the
     /// context has no layer.
     pub fn new(header: &KvHeader, max_chunk_payload: u64) -> Result<ChunkPlan, Error> {
         let invalid = |msg: String| err(ErrorKind::InvalidArgument, msg);
+        let max_chunk_payload = max_chunk_payload.min(MAX_CHUNK_PAYLOAD);
         if header.num_layers == 0 {
             return Err(invalid("a context of 0 layers cannot be chunked".into()));
         }
