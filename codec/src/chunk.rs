@@ -684,7 +684,8 @@ impl ChunkPlan {
         };
         if per_chunk == 0 {
             return Err(invalid(format!(
-                "one layer is {layer} bytes; a chunk of at most {max_chunk_payload} bytes cannot hold it"
+                "one layer is {layer} bytes; a chunk of at most {max_chunk_payload} bytes cannot hold it (chunks need {} bytes or more)",
+                layer.saturating_add(KV_HEADER_LEN as u64)
             )));
         }
         let layers = u64::from(header.num_layers);
