@@ -288,6 +288,18 @@ impl ChunkInfo {
             .ok_or_else(|| bad_chunk(format!("a message without an {CHUNK_EXTRA_KEY} descriptor")))
     }
 
+    /// Where this chunk's layer bytes sit in the context's canonical KV v1
+    /// payload (AVP-CHK-1): `17 + layer_start x layer size`. A receiver can
+    /// write each chunk there in a file as it arrives, in any order, and
+    /// hash the file's layer bytes in order at the end (AVP-CHK-5).
+    pub fn offset_in_context(&self) -> Option<u64> {
+        self.header
+            .tensor_bytes()?
+            .checked_mul(2)?
+            .checked_mul(u64::from(self.descriptor.layer_start))?
+            .checked_add(KV_HEADER_LEN as u64)
+    }
+
     /// The chunk's layer bytes: everything after the 17-byte KV header of
     /// `payload` (which must be this chunk's payload).
     pub fn layer_bytes(payload: &[u8]) -> &[u8] {

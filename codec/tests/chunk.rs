@@ -160,6 +160,14 @@ fn avp_chk_4_split_then_assemble_in_any_order_with_duplicates() {
         msgs[2].clone(),
     ];
     assert_eq!(assemble(&dup).unwrap(), whole);
+    // Each chunk's layer bytes sit at its offset in the whole payload.
+    for m in &msgs {
+        let msg = decode(m).unwrap();
+        let info = ChunkInfo::of_chunk_message(&msg).unwrap();
+        let at = info.offset_in_context().unwrap() as usize;
+        let layers = ChunkInfo::layer_bytes(&msg.payload);
+        assert_eq!(&whole[at..at + layers.len()], layers);
+    }
     // Each chunk is an ordinary KV_CACHE message whose descriptor peek reads.
     for (i, m) in msgs.iter().enumerate() {
         let p = peek(m).unwrap();
