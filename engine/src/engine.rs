@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
+use avp_codec::chunk::AssemblyLimits;
+
 use crate::cache::{KvCache, to_i64};
+use crate::chunked::{ChunkImport, ChunkProgress};
 use crate::context::LatentContext;
 use crate::decoder::{Decoder, Input, random_weights};
 use crate::error::{EngineError, Result, io_err};
@@ -445,6 +448,29 @@ impl Engine {
     /// with this engine's model and hash.
     pub fn import_context(&self, bytes: &[u8], headroom: usize) -> Result<LatentContext> {
         LatentContext::import(&self.model, self.model_hash(), bytes, headroom)
+    }
+
+    /// An import of a chunked context onto this model's device, chunk by
+    /// chunk ([`ChunkImport`], AVP-ENG-41).
+    pub fn chunk_import(&self, headroom: usize) -> ChunkImport<'_> {
+        ChunkImport::new(
+            &self.model,
+            self.model_hash(),
+            headroom,
+            AssemblyLimits::default(),
+        )
+    }
+
+    /// Imports the chunk messages `reader` yields back to back, reading the
+    /// next while the last is uploaded ([`crate::chunked::import_stream`],
+    /// AVP-ENG-42); `progress` sees every accepted chunk.
+    pub fn import_chunk_stream(
+        &self,
+        reader: &mut (dyn std::io::Read + Send),
+        headroom: usize,
+        progress: &mut dyn FnMut(ChunkProgress),
+    ) -> Result<LatentContext> {
+        crate::chunked::import_stream(&self.model, self.model_hash(), reader, headroom, progress)
     }
 
     /// Any received context message: a KV_CACHE message is imported
