@@ -13,7 +13,8 @@ use clap::Args;
 
 use super::address::AddressArgs;
 use super::engine_common::{
-    DeviceArgs, Progress, PromptArgs, destination, fail, load, read_context_file, report, write_out,
+    DeviceArgs, Progress, PromptArgs, destination, fail, import_context_file, load, report,
+    write_chunked, write_out,
 };
 use super::handoff::{HandoffArgs, Sender, hand_off};
 
@@ -29,12 +30,18 @@ pub(crate) struct ThinkArgs {
     #[arg(long)]
     steps: usize,
     /// Continue from this context: a KV_CACHE message of the same model (a
-    /// LatentMAS chain), or a HIDDEN_STATE message projected for it.
+    /// LatentMAS chain), a chunked context (--chunk-mib), or a HIDDEN_STATE
+    /// message projected for it.
     #[arg(long)]
     context: Option<PathBuf>,
     /// Output file for the KV_CACHE message (`-` for stdout); optional with --to.
-    #[arg(long, required_unless_present = "to")]
+    #[arg(long, short = 'o', required_unless_present = "to")]
     out: Option<PathBuf>,
+    /// Write --out as a chunked context (spec/protocol/chunked.md): KV_CACHE
+    /// messages of whole layers, each KV payload at most N MiB, back to back.
+    #[arg(long, value_name = "N", requires = "out", conflicts_with = "to",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    chunk_mib: Option<u64>,
     /// Identity hash to write and accept instead of the config.json hash (e.g. the SDK peer's).
     #[arg(long)]
     model_hash: Option<String>,
@@ -64,10 +71,11 @@ fn think(args: &ThinkArgs) -> Result<()> {
         None => None,
     };
     let context = match &args.context {
-        Some(p) => {
-            let bytes = read_context_file(p)?;
-            Some(engine.import_message(&bytes, args.steps.saturating_add(512))?)
-        }
+        Some(p) => Some(import_context_file(
+            &engine,
+            p,
+            args.steps.saturating_add(512),
+        )?),
         None => None,
     };
     let prior = context.as_ref().map_or(0, |c| c.seq_len());
@@ -86,12 +94,21 @@ fn think(args: &ThinkArgs) -> Result<()> {
             "warning: Inf in the hidden state; generation from this context will likely be garbage"
         ));
     }
-    let bytes = args.address.readdress(ctx.to_bytes()?)?;
-    if let Some(out) = &args.out {
-        write_out(out, &bytes)?;
-    }
+    let (written, chunks) = match (&args.out, args.chunk_mib) {
+        (Some(out), Some(mib)) => {
+            let summary = write_chunked(out, &ctx, mib, &|meta| args.address.apply(meta))?;
+            (summary.bytes, format!(" in {} chunks", summary.count))
+        }
+        (out, _) => {
+            let bytes = args.address.readdress(ctx.to_bytes()?)?;
+            if let Some(out) = out {
+                write_out(out, &bytes)?;
+            }
+            (bytes.len() as u64, String::new())
+        }
+    };
     report(format_args!(
-        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{} in {:.2} s (model load {:.2} s)",
+        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{}{} in {:.2} s (model load {:.2} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -101,7 +118,8 @@ fn think(args: &ThinkArgs) -> Result<()> {
         ctx.steps_taken,
         args.steps,
         ctx.seq_len(),
-        bytes.len(),
+        written,
+        chunks,
         args.out.as_ref().map_or_else(String::new, |out| format!(
             " written to {}",
             destination(out)
