@@ -88,18 +88,50 @@ fn layer_bytes(header: &KvHeader) -> Option<usize> {
 }
 
 /// Layers `range` of `cache`, K₀ V₀ K₁ V₁ … as the KV v1 payload lays them
-/// out: one stack on the device, one device-to-host copy (AVP-ENG-40).
+/// out (AVP-ENG-40): on an accelerator [`stacked_to_host`], on the CPU
+/// [`copied_to_host`] (there is no transfer to batch, so a stack would only
+/// add a copy).
 fn layers_to_host(cache: &KvCache, range: Range<usize>, per_layer: usize) -> Result<Vec<u8>> {
+    if cache.device() == Device::Cpu {
+        copied_to_host(cache, range, per_layer)
+    } else {
+        stacked_to_host(cache, range, per_layer)
+    }
+}
+
+fn host_buffer(cache: &KvCache, layers: usize, per_layer: usize) -> Result<(Vec<u8>, usize)> {
     let len = per_layer
-        .checked_mul(range.len())
+        .checked_mul(layers)
         .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
+    Ok((vec![0u8; len], element_size(wire_dtype(cache.kind())?)))
+}
+
+/// One stack of the range's K/V on the device, one device-to-host copy.
+fn stacked_to_host(cache: &KvCache, range: Range<usize>, per_layer: usize) -> Result<Vec<u8>> {
+    let (mut out, elem) = host_buffer(cache, range.len(), per_layer)?;
     let stacked = cache
         .stacked_layers(range)?
         .f_to_device(Device::Cpu)?
         .f_contiguous()?;
-    let mut out = vec![0u8; len];
-    let elem = element_size(wire_dtype(cache.kind())?);
-    stacked.f_copy_data_u8(&mut out, len / elem)?;
+    let numel = out.len() / elem;
+    stacked.f_copy_data_u8(&mut out, numel)?;
+    Ok(out)
+}
+
+/// Each K and V copied straight into its place in the buffer.
+fn copied_to_host(cache: &KvCache, range: Range<usize>, per_layer: usize) -> Result<Vec<u8>> {
+    let (mut out, elem) = host_buffer(cache, range.len(), per_layer)?;
+    let half = per_layer / 2;
+    for (layer, dst) in range.zip(out.chunks_exact_mut(per_layer.max(1))) {
+        let (k, v) = cache.layer(layer)?;
+        let (dk, dv) = dst.split_at_mut(half);
+        k.f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_copy_data_u8(dk, half / elem)?;
+        v.f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_copy_data_u8(dv, half / elem)?;
+    }
     Ok(out)
 }
 
@@ -557,4 +589,39 @@ pub fn import_stream(
         }
         import.finish()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, LoadOptions};
+
+    /// AVP-ENG-40: the stacked path (what an accelerator takes) and the
+    /// per-tensor path (the CPU's) give the same bytes, for every range.
+    #[test]
+    fn stacked_and_copied_layers_are_the_same_bytes() -> Result<()> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/models/llama_untied");
+        let opts = LoadOptions {
+            cache_dir: None,
+            ..LoadOptions::default()
+        };
+        let engine = Engine::load(&dir, &opts)?;
+        let ctx = engine.think("stack me", 2, None)?;
+        // Headroom: the filled positions are then strided views of the cache.
+        let roomy = engine.import_context(&ctx.to_bytes()?, 16)?;
+        assert!(roomy.cache.capacity() > roomy.cache.seq_len());
+        let plain = ctx.kv_payload()?;
+        for c in [&ctx.cache, &roomy.cache] {
+            let per = layer_bytes(&context_header(c)?).unwrap_or(0);
+            for range in [0..1, 1..3, 0..3] {
+                let a = stacked_to_host(c, range.clone(), per)?;
+                let b = copied_to_host(c, range.clone(), per)?;
+                let want = plain.get(17 + per * range.start..17 + per * range.end);
+                assert_eq!(Some(a.as_slice()), want, "range {range:?}");
+                assert!(a == b, "range {range:?}");
+            }
+        }
+        Ok(())
+    }
 }
