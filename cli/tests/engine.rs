@@ -336,6 +336,25 @@ fn think_writes_a_chunked_context_and_generate_continues_it() {
             .unwrap()
             .is_some()
     );
+    // The codec's own join gives back exactly the plain message of the same think.
+    let joined = tmp("joined.avp");
+    let out = avp(&[
+        "kv",
+        "join",
+        "-o",
+        joined.to_str().unwrap(),
+        chunked.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&joined).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
+    let _ = std::fs::remove_file(&joined);
     let generate = |context: &Path| {
         let out = avp(&[
             "generate",
