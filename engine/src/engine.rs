@@ -481,6 +481,17 @@ impl Engine {
         // Header and metadata only (AVP-WIRE-21): the import decodes and
         // checksums the payload once, whatever its size.
         let peeked = avp_codec::peek(bytes).map_err(EngineError::Wire)?;
+        // One chunk of a chunked context: a context of one chunk imports,
+        // digest checked; any other is `incomplete_context` naming the
+        // missing chunks, not a shape error about a partial cache (AVP-ENG-41).
+        if avp_codec::chunk::descriptor_of(&peeked.metadata)
+            .map_err(EngineError::Wire)?
+            .is_some()
+        {
+            let mut import = self.chunk_import(headroom);
+            import.push(bytes)?;
+            return import.finish();
+        }
         match peeked.metadata.payload_type {
             avp_codec::PayloadType::HiddenState => LatentContext::import_hidden_state(
                 &self.model,

@@ -276,6 +276,22 @@ fn missing_garbled_and_foreign_chunks_are_typed_errors() {
     assert!(matches!(err, EngineError::Wire(_)), "{err}");
 }
 
+/// AVP-ENG-41: `import_message` given one chunk imports a one-chunk context
+/// (digest checked) and names the missing chunks of a larger one.
+#[test]
+fn import_message_takes_a_lone_chunk_for_what_it_is() {
+    let e = engine("llama_untied", Kind::Float);
+    let ctx = e.think("Alone.", 1, None).unwrap();
+    let plain = e.import_context(&ctx.to_bytes().unwrap(), 4).unwrap();
+    let whole = ctx.to_chunks(&ChunkOptions::new(1 << 30)).unwrap();
+    assert_eq!(whole.len(), 1);
+    let back = e.import_message(&whole[0], 4).unwrap();
+    assert_eq!(back.to_bytes().unwrap(), plain.to_bytes().unwrap());
+    let parts = ctx.to_chunks(&per_layers(&ctx, 1)).unwrap();
+    let err = e.import_message(&parts[1], 4).unwrap_err();
+    assert_eq!(wire_kind(&err), Some(ErrorKind::IncompleteContext), "{err}");
+}
+
 /// AVP-ENG-40: a chunk bound smaller than one layer is refused with a
 /// typed error, not a chunk over the bound.
 #[test]
