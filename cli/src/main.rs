@@ -47,7 +47,7 @@ enum Command {
     Identity(cmd::identity::IdentityArgs),
     /// Set session_id, source_agent_id, target_agent_id of an existing message.
     Address(cmd::address_cmd::AddressCmdArgs),
-    /// KV contexts: synthesize, split into chunks, join (spec/protocol/chunked.md).
+    /// KV contexts: synthesize, split into chunks, join, verify (spec/protocol/chunked.md).
     Kv(cmd::kv::KvArgs),
     /// Handshake tools: resolve the mode two identities would negotiate.
     Handshake(cmd::handshake::HandshakeArgs),

@@ -205,14 +205,15 @@ pub fn descriptor_of(metadata: &Metadata<'_>) -> Result<Option<ChunkDescriptor>,
     let Some(value) = metadata.extra.get(CHUNK_EXTRA_KEY) else {
         return Ok(None);
     };
+    // The order of AVP-CHK-8: syntax and payload type, then the fields.
     let d = ChunkDescriptor::parse_extra_value(value)?;
-    d.validate()?;
     if metadata.payload_type != crate::PayloadType::KvCache {
         return Err(bad_chunk(format!(
             "a chunk's payload type must be KV_CACHE, not {}",
             metadata.payload_type.name()
         )));
     }
+    d.validate()?;
     Ok(Some(d))
 }
 
@@ -285,6 +286,18 @@ impl ChunkInfo {
     pub fn of_chunk_message(message: &Message<'_>) -> Result<ChunkInfo, Error> {
         ChunkInfo::of_message(message)?
             .ok_or_else(|| bad_chunk(format!("a message without an {CHUNK_EXTRA_KEY} descriptor")))
+    }
+
+    /// Where this chunk's layer bytes sit in the context's canonical KV v1
+    /// payload (AVP-CHK-1): `17 + layer_start x layer size`. A receiver can
+    /// write each chunk there in a file as it arrives, in any order, and
+    /// hash the file's layer bytes in order at the end (AVP-CHK-5).
+    pub fn offset_in_context(&self) -> Option<u64> {
+        self.header
+            .tensor_bytes()?
+            .checked_mul(2)?
+            .checked_mul(u64::from(self.descriptor.layer_start))?
+            .checked_add(KV_HEADER_LEN as u64)
     }
 
     /// The chunk's layer bytes: everything after the 17-byte KV header of
@@ -647,6 +660,10 @@ impl DigestVerifier {
     }
 }
 
+/// The largest chunk KV payload [`ChunkPlan::new`] plans: one message's
+/// `payload_length` (AVP-WIRE-5) less 64 KiB for the metadata.
+pub const MAX_CHUNK_PAYLOAD: u64 = u32::MAX as u64 - (64 << 10);
+
 /// How a context is cut into chunks (AVP-CHK-1): the context's header and
 /// one layer range per chunk, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -657,11 +674,13 @@ pub struct ChunkPlan {
 
 impl ChunkPlan {
     /// Cuts `header`'s layers into as few chunks as keep every chunk's KV
-    /// payload (17-byte header included) within `max_chunk_payload` bytes,
-    /// spread evenly. `invalid_argument` when one layer does not fit, or the
+    /// payload (17-byte header included) within `max_chunk_payload` bytes
+    /// and [`MAX_CHUNK_PAYLOAD`] (so each chunk fits one message), spread
+    /// evenly. `invalid_argument` when one layer does not fit, or the
     /// context has no layer.
     pub fn new(header: &KvHeader, max_chunk_payload: u64) -> Result<ChunkPlan, Error> {
         let invalid = |msg: String| err(ErrorKind::InvalidArgument, msg);
+        let max_chunk_payload = max_chunk_payload.min(MAX_CHUNK_PAYLOAD);
         if header.num_layers == 0 {
             return Err(invalid("a context of 0 layers cannot be chunked".into()));
         }
@@ -677,7 +696,8 @@ impl ChunkPlan {
         };
         if per_chunk == 0 {
             return Err(invalid(format!(
-                "one layer is {layer} bytes; a chunk of at most {max_chunk_payload} bytes cannot hold it"
+                "one layer is {layer} bytes; a chunk of at most {max_chunk_payload} bytes cannot hold it (chunks need {} bytes or more)",
+                layer.saturating_add(KV_HEADER_LEN as u64)
             )));
         }
         let layers = u64::from(header.num_layers);

@@ -536,3 +536,108 @@ pub fn check_kv_delta(data: &[u8]) {
         "address mismatch"
     );
 }
+
+// --- chunked contexts (chunk) ---
+
+/// The chunk oracle (AVP-CHK-1..8). Any bytes read as chunk messages back
+/// to back assemble or fail with a peer-fault kind. The same bytes also
+/// shape a small KV v1 context (dimensions, chunk count, arrival order,
+/// a duplicate) that is split and assembled again: the identity; without
+/// one chunk it is `incomplete_context`.
+#[cfg(feature = "kv-chunked")]
+pub fn check_chunk_assembly(data: &[u8]) {
+    use crate::chunk::{AssemblyLimits, ChunkDescriptor, assemble_messages, split_payload};
+    use crate::kv::{KV_HEADER_LEN, KvDtype, KvHeader};
+    use crate::{DecodeOptions, ErrorKind, Metadata};
+
+    let limits = AssemblyLimits {
+        max_chunks: 64,
+        max_total_bytes: 1 << 20,
+        max_layers: 64,
+    };
+    let options = DecodeOptions::strict();
+    // 1. Received bytes.
+    let mut messages = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let len = crate::check_header(rest, &options.limits)
+            .map(|h| usize::try_from(h.message_len()).unwrap_or(usize::MAX));
+        match len {
+            Ok(len) if len <= rest.len() => {
+                let (m, r) = rest.split_at(len);
+                messages.push(m);
+                rest = r;
+            }
+            _ => {
+                messages.push(rest);
+                rest = &[];
+            }
+        }
+    }
+    if let Err(e) = assemble_messages(&messages, &limits, &options) {
+        assert!(e.kind().is_peer_fault(), "assembly gave {e}");
+    }
+    if let Err(e) = ChunkDescriptor::parse_extra_value(&String::from_utf8_lossy(data)) {
+        assert_eq!(e.kind(), ErrorKind::BadChunk, "descriptor parse gave {e}");
+    }
+    // 2. A context shaped by the bytes, split and assembled again.
+    let byte = |i: usize| u32::from(data.get(i).copied().unwrap_or(0));
+    let header = KvHeader {
+        num_layers: byte(0).wrapping_rem(6).wrapping_add(1),
+        num_kv_heads: byte(1).wrapping_rem(3).wrapping_add(1),
+        head_dim: byte(2).wrapping_rem(4).wrapping_add(1),
+        seq_len: byte(3) % 5,
+        dtype: match byte(4) % 3 {
+            0 => KvDtype::Float32,
+            1 => KvDtype::Float16,
+            _ => KvDtype::Bfloat16,
+        },
+    };
+    let total = header.total_bytes().unwrap_or(0) as usize;
+    let mut payload = header.to_bytes().to_vec();
+    let fill = data.get(8..).filter(|f| !f.is_empty()).unwrap_or(&[0x3c]);
+    payload.extend(
+        fill.iter()
+            .cycle()
+            .take(total.saturating_sub(KV_HEADER_LEN)),
+    );
+    let count = byte(5)
+        .checked_rem(header.num_layers)
+        .unwrap_or(0)
+        .wrapping_add(1);
+    let base = Metadata::new().with_model_id("fuzz");
+    let chunks = match split_payload(&payload, count, &base, [byte(6) as u8; 16]) {
+        Ok(chunks) => chunks,
+        Err(e) => panic!("split of a valid context failed: {e}"),
+    };
+    assert_eq!(chunks.len(), count as usize, "chunk count");
+    // Arrival order: a rotation by byte 6, then chunk `byte 7` once more.
+    let n = chunks.len();
+    let mut order: Vec<&[u8]> = (0..n)
+        .filter_map(|i| {
+            chunks
+                .get(i.wrapping_add(byte(6) as usize).checked_rem(n).unwrap_or(0))
+                .map(Vec::as_slice)
+        })
+        .collect();
+    if let Some(dup) = chunks.get((byte(7) as usize).checked_rem(n).unwrap_or(0)) {
+        order.push(dup);
+    }
+    match assemble_messages(&order, &limits, &options) {
+        Ok(out) => assert_eq!(out, payload, "split + assemble is the identity"),
+        Err(e) => panic!("assembly of a valid split failed: {e}"),
+    }
+    if n > 1 {
+        let drop = (byte(7) as usize).checked_rem(n).unwrap_or(0);
+        let fewer: Vec<&[u8]> = chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != drop)
+            .map(|(_, c)| c.as_slice())
+            .collect();
+        let kind = assemble_messages(&fewer, &limits, &options)
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(kind, Some(ErrorKind::IncompleteContext), "a chunk missing");
+    }
+}

@@ -5,10 +5,15 @@
 
 use avp_codec::chunk::{
     Added, Assembler, AssemblyLimits, CHUNK_EXTRA_KEY, ChunkDescriptor, ChunkInfo, ChunkPlan,
-    ChunkSummer, assemble_messages, context_digest, descriptor_of, split_payload,
+    ChunkSummer, ChunkSums, MAX_CHUNK_PAYLOAD, assemble_messages, context_digest, descriptor_of,
+    split_payload,
 };
 use avp_codec::kv::{KV_HEADER_LEN, KvDtype, KvHeader};
-use avp_codec::{DecodeOptions, ErrorKind, Metadata, PayloadType, decode, peek};
+use avp_codec::{DecodeOptions, ErrorKind, Metadata, PayloadType, decode, fuzzing, peek};
+use proptest::prelude::*;
+
+#[path = "../../test-support/fuzz_replay.rs"]
+mod fuzz_replay;
 
 fn header(layers: u32) -> KvHeader {
     KvHeader {
@@ -155,6 +160,14 @@ fn avp_chk_4_split_then_assemble_in_any_order_with_duplicates() {
         msgs[2].clone(),
     ];
     assert_eq!(assemble(&dup).unwrap(), whole);
+    // Each chunk's layer bytes sit at its offset in the whole payload.
+    for m in &msgs {
+        let msg = decode(m).unwrap();
+        let info = ChunkInfo::of_chunk_message(&msg).unwrap();
+        let at = info.offset_in_context().unwrap() as usize;
+        let layers = ChunkInfo::layer_bytes(&msg.payload);
+        assert_eq!(&whole[at..at + layers.len()], layers);
+    }
     // Each chunk is an ordinary KV_CACHE message whose descriptor peek reads.
     for (i, m) in msgs.iter().enumerate() {
         let p = peek(m).unwrap();
@@ -340,5 +353,75 @@ fn avp_chk_2_a_plain_message_has_no_descriptor() {
     assert_eq!(
         descriptor_of(&hidden).unwrap_err().kind(),
         ErrorKind::BadChunk
+    );
+}
+
+#[test]
+fn fuzz_corpus_chunk_assembly() {
+    // AVP-CHK-4, AVP-CHK-5: the committed seeds of the chunk_assembly target.
+    assert!(fuzz_replay::replay("chunk_assembly", fuzzing::check_chunk_assembly) >= 3);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// AVP-CHK-1, AVP-CHK-4, AVP-CHK-5 through the shared oracle: any shape,
+    /// chunk count, arrival order and duplicate round-trips.
+    #[test]
+    fn avp_chk_4_split_assemble_oracle(data in proptest::collection::vec(any::<u8>(), 0..160)) {
+        fuzzing::check_chunk_assembly(&data);
+    }
+
+    /// AVP-CHK-8: real chunks with one byte changed never panic and fail
+    /// only with peer-fault kinds.
+    #[test]
+    fn avp_chk_8_mutated_chunks_hold_the_oracle(count in 1u32..4, at in any::<usize>(), bit in 0u8..8) {
+        let mut bytes = chunks(4, count).concat();
+        let i = at % bytes.len();
+        bytes[i] ^= 1 << bit;
+        fuzzing::check_chunk_assembly(&bytes);
+    }
+}
+
+#[test]
+fn avp_chk_1_plans_of_huge_contexts_fit_one_message_per_chunk() {
+    // A 20 GiB context (32 layers of 640 MiB), planned without a byte of it.
+    let h = KvHeader {
+        num_layers: 32,
+        num_kv_heads: 8,
+        head_dim: 128,
+        seq_len: 163_840,
+        dtype: KvDtype::Float16,
+    };
+    let plan = ChunkPlan::new(&h, u64::MAX).unwrap();
+    assert_eq!(plan.count(), 6);
+    for i in 0..plan.count() {
+        assert!(plan.chunk_payload_len(i).unwrap() <= MAX_CHUNK_PAYLOAD);
+    }
+    let sums = ChunkSums {
+        context_digest: [0; 32],
+        chunk_crc32: vec![0; 6],
+    };
+    let prefix = plan.chunk_prefix(&Metadata::new(), CTX, &sums, 5).unwrap();
+    let p = peek(&prefix).unwrap();
+    assert_eq!(
+        p.message_len(),
+        prefix.len() as u64 - 17 + plan.chunk_payload_len(5).unwrap()
+    );
+    // One chunk of the whole context would not fit a message.
+    let one = ChunkPlan::with_count(&h, 1).unwrap();
+    let sums1 = ChunkSums {
+        context_digest: [0; 32],
+        chunk_crc32: vec![0],
+    };
+    let e = one
+        .chunk_prefix(&Metadata::new(), CTX, &sums1, 0)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        plan.chunk_prefix(&Metadata::new(), CTX, &sums, 6)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
     );
 }

@@ -226,6 +226,8 @@ fn read_message(
     let header = avp_codec::check_header(&head, &options.limits)?;
     let len = usize::try_from(header.message_len())?;
     buf.clear();
+    // Exactly one message: read_to_end would otherwise double the capacity.
+    buf.reserve_exact(len);
     buf.extend_from_slice(&head);
     let rest = (len - HEADER_LEN) as u64;
     let read = file.by_ref().take(rest).read_to_end(buf)?;
@@ -320,6 +322,7 @@ pub(crate) fn read_chunked_file(
         offset += buf.len() as u64;
         messages += 1;
     }
+    drop(buf); // the verifying pass below holds its own chunk
     assembler.check_complete()?;
     let (Some(header), Some(context_id), Some(context_digest), Some(metadata)) = (
         assembler.context_header(),

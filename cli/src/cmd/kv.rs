@@ -156,20 +156,21 @@ impl LayerSource for SynthSource {
         layers: Range<u32>,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let mut window = Vec::with_capacity(WINDOW);
+        // WINDOW is a multiple of 8, so word numbers do not depend on it.
+        let mut window = vec![0u8; WINDOW];
         for layer in layers {
             let mut word = 0u64;
             let mut left = self.layer_bytes;
             while left > 0 {
-                window.clear();
-                while window.len() < WINDOW && left > 0 {
+                let n = usize::try_from(left.min(WINDOW as u64))?;
+                let part = window.get_mut(..n).unwrap_or_default();
+                for dst in part.chunks_mut(8) {
                     let bytes = self.word(layer, word);
-                    let take = left.min(8) as usize;
-                    window.extend_from_slice(bytes.get(..take).unwrap_or_default());
-                    left -= take as u64;
+                    dst.copy_from_slice(bytes.get(..dst.len()).unwrap_or_default());
                     word += 1;
                 }
-                sink(&window)?;
+                sink(part)?;
+                left -= n as u64;
             }
         }
         Ok(())
