@@ -298,3 +298,104 @@ fn project_writes_a_float32_hidden_state_of_the_target_width() {
     assert!(avp(&args).status.success());
     assert_eq!(std::fs::read(&file).unwrap(), first);
 }
+
+/// AVP-ENG-43: `think --chunk-mib N -o F` writes a chunked context (every
+/// message carries an `avp.chunk` descriptor), and `generate --context F`
+/// continues it exactly as it continues the plain message of the same think.
+#[test]
+fn think_writes_a_chunked_context_and_generate_continues_it() {
+    let model = models().join("llama_untied");
+    let m = model.to_str().unwrap();
+    let (plain, chunked) = (tmp("plain.avp"), tmp("chunked.avp"));
+    let think = |extra: &[&str]| {
+        let mut args = vec![
+            "think",
+            "--model",
+            m,
+            "--prompt",
+            "Chunk it.",
+            "--steps",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let out = avp(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    };
+    think(&["--out", plain.to_str().unwrap()]);
+    let report = think(&["--chunk-mib", "1", "-o", chunked.to_str().unwrap()]);
+    assert!(report.contains(" in 1 chunks"), "{report}");
+    let bytes = std::fs::read(&chunked).unwrap();
+    let first = avp_codec::peek(&bytes).unwrap();
+    assert!(
+        avp_codec::chunk::descriptor_of(&first.metadata)
+            .unwrap()
+            .is_some()
+    );
+    // The codec's own join gives back exactly the plain message of the same think.
+    let joined = tmp("joined.avp");
+    let out = avp(&[
+        "kv",
+        "join",
+        "-o",
+        joined.to_str().unwrap(),
+        chunked.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&joined).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
+    let _ = std::fs::remove_file(&joined);
+    let generate = |context: &Path| {
+        let out = avp(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "Now answer.",
+            "--context",
+            context.to_str().unwrap(),
+            "--max-new-tokens",
+            "8",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.stdout, String::from_utf8(out.stderr).unwrap())
+    };
+    let (from_plain, _) = generate(&plain);
+    let (from_chunks, report) = generate(&chunked);
+    assert_eq!(from_chunks, from_plain);
+    assert!(
+        report.contains("context: 1 chunks of a 3-layer context"),
+        "{report}"
+    );
+    // --chunk-mib needs a file to write and a bound of at least 1 MiB.
+    let out = avp(&[
+        "think",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--steps",
+        "0",
+        "--chunk-mib",
+        "0",
+        "-o",
+        "x.avp",
+    ]);
+    assert!(!out.status.success());
+    let _ = std::fs::remove_file(&plain);
+    let _ = std::fs::remove_file(&chunked);
+}

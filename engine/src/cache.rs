@@ -193,6 +193,40 @@ impl KvCache {
         Ok(())
     }
 
+    /// Layers `range` as one contiguous tensor `[2·n, 1, kv_heads, seq_len, head_dim]`
+    /// holding K₀ V₀ K₁ V₁ … of the filled positions: the KV inner format's
+    /// layer order, so one device-to-host copy of it is a chunk's layer bytes
+    /// (AVP-ENG-40). Built by one `stack` on the cache's device.
+    pub(crate) fn stacked_layers(&self, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let n = to_i64(self.seq_len)?;
+        let mut views = Vec::with_capacity(range.len().saturating_mul(2));
+        for layer in range {
+            let (k, v) = self.layer_buffers(layer)?;
+            views.push(k.f_narrow(2, 0, n)?);
+            views.push(v.f_narrow(2, 0, n)?);
+        }
+        if views.is_empty() {
+            return Err(EngineError::InvalidArgument("an empty layer range".into()));
+        }
+        Ok(Tensor::f_stack(&views, 0)?)
+    }
+
+    /// Fills layers `first..first + n` from `stacked`, `[2·n, 1, kv_heads,
+    /// seq, head_dim]` in [`KvCache::stacked_layers`]' order (a chunk's
+    /// import): moved to the device and converted once, then copied per layer
+    /// on the device.
+    pub(crate) fn load_stacked(&mut self, first: usize, stacked: &Tensor) -> Result<()> {
+        let stacked = stacked.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        let pairs = stacked.size().first().copied().unwrap_or(0) / 2;
+        let pairs = usize::try_from(pairs).unwrap_or(0);
+        for i in 0..pairs {
+            let at = to_i64(i)? * 2;
+            let (k, v) = (stacked.f_get(at)?, stacked.f_get(at + 1)?);
+            self.load_layer(first.saturating_add(i), &k, &v)?;
+        }
+        Ok(())
+    }
+
     /// Sets the number of filled positions after an import.
     pub(crate) fn set_seq_len(&mut self, n: usize) {
         self.seq_len = n.min(self.capacity);

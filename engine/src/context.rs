@@ -73,8 +73,20 @@ pub(crate) fn kind_of(d: KvDtype) -> Result<Kind> {
     }
 }
 
-fn u32_of(n: usize, what: &str) -> Result<u32> {
+pub(crate) fn u32_of(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| EngineError::InvalidArgument(format!("{what} {n} exceeds u32")))
+}
+
+/// The `extra` entries that name a context's model and steps (AVP-ENG-7),
+/// in a single message and in every chunk alike.
+pub(crate) fn identity_extra(ctx: &LatentContext) -> BTreeMap<String, String> {
+    [
+        ("model_hash".to_owned(), ctx.model_hash.clone()),
+        ("model_family".to_owned(), ctx.model_family.clone()),
+        ("num_steps".to_owned(), ctx.num_steps.to_string()),
+    ]
+    .into_iter()
+    .collect()
 }
 
 impl LatentContext {
@@ -125,13 +137,7 @@ impl LatentContext {
     /// The SDK's `AVPContext.to_bytes()`: a KV_CACHE AVP message.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let payload = self.kv_payload()?;
-        let extra: BTreeMap<String, String> = [
-            ("model_hash".to_owned(), self.model_hash.clone()),
-            ("model_family".to_owned(), self.model_family.clone()),
-            ("num_steps".to_owned(), self.num_steps.to_string()),
-        ]
-        .into_iter()
-        .collect();
+        let extra = identity_extra(self);
         let meta = WireMeta {
             hidden_dim: u32_of(self.hidden_dim, "hidden_dim")?,
             num_layers: u32_of(self.num_layers, "num_layers")?,

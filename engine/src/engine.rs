@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
+use avp_codec::chunk::AssemblyLimits;
+
 use crate::cache::{KvCache, to_i64};
+use crate::chunked::{ChunkImport, ChunkProgress};
 use crate::context::LatentContext;
 use crate::decoder::{Decoder, Input, random_weights};
 use crate::error::{EngineError, Result, io_err};
@@ -447,6 +450,29 @@ impl Engine {
         LatentContext::import(&self.model, self.model_hash(), bytes, headroom)
     }
 
+    /// An import of a chunked context onto this model's device, chunk by
+    /// chunk ([`ChunkImport`], AVP-ENG-41).
+    pub fn chunk_import(&self, headroom: usize) -> ChunkImport<'_> {
+        ChunkImport::new(
+            &self.model,
+            self.model_hash(),
+            headroom,
+            AssemblyLimits::default(),
+        )
+    }
+
+    /// Imports the chunk messages `reader` yields back to back, reading the
+    /// next while the last is uploaded ([`crate::chunked::import_stream`],
+    /// AVP-ENG-42); `progress` sees every accepted chunk.
+    pub fn import_chunk_stream(
+        &self,
+        reader: &mut (dyn std::io::Read + Send),
+        headroom: usize,
+        progress: &mut dyn FnMut(ChunkProgress),
+    ) -> Result<LatentContext> {
+        crate::chunked::import_stream(&self.model, self.model_hash(), reader, headroom, progress)
+    }
+
     /// Any received context message: a KV_CACHE message is imported
     /// ([`Engine::import_context`]), a quantized KV_CACHE_EXT one is
     /// dequantized on the device ([`crate::kv_quant::import`]), a HIDDEN_STATE message projected for
@@ -456,6 +482,17 @@ impl Engine {
         // Header and metadata only (AVP-WIRE-21): the import decodes and
         // checksums the payload once, whatever its size.
         let peeked = avp_codec::peek(bytes).map_err(EngineError::Wire)?;
+        // One chunk of a chunked context: a context of one chunk imports,
+        // digest checked; any other is `incomplete_context` naming the
+        // missing chunks, not a shape error about a partial cache (AVP-ENG-41).
+        if avp_codec::chunk::descriptor_of(&peeked.metadata)
+            .map_err(EngineError::Wire)?
+            .is_some()
+        {
+            let mut import = self.chunk_import(headroom);
+            import.push(bytes)?;
+            return import.finish();
+        }
         match peeked.metadata.payload_type {
             avp_codec::PayloadType::HiddenState => LatentContext::import_hidden_state(
                 &self.model,

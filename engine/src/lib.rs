@@ -10,6 +10,7 @@
 
 // One job per module; no two import each other (scripts/module_cycles.py).
 pub mod cache; // the external KV-cache: per-layer K/V, preallocated, written in place
+pub mod chunked; // a context as chunk messages: export per layer range, import while chunks arrive
 pub mod config; // the typed decoder description and the shared config.json field rules
 pub mod context; // LatentContext: the KV-cache a think produced, its wire form, import and priming
 pub mod decoder; // the shared pre-norm decoder forward pass over a KvCache
@@ -32,6 +33,7 @@ mod weights; // safetensors checkpoints read into named tensors
 pub mod wire; // the AVP message and KV-cache inner format, via the codec
 
 pub use cache::KvCache;
+pub use chunked::{ChunkImport, ChunkOptions, ChunkProgress, ChunkSummary};
 pub use config::{Architecture, DecoderConfig, RopeScaling};
 pub use context::LatentContext;
 pub use decoder::{Decoder, Input};

@@ -56,7 +56,13 @@ pub struct WireMessage<'a> {
 
 /// Encodes one uncompressed message (metadata mode LATENT).
 pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
-    let metadata = Metadata::new()
+    avp_codec::encode(&metadata_of(meta), tensor, Compression::None).map_err(EngineError::Wire)
+}
+
+/// The codec metadata of `meta` (mode LATENT): what [`encode_message`]
+/// writes, and the base every chunk of a chunked context repeats.
+pub(crate) fn metadata_of(meta: &WireMeta) -> Metadata<'_> {
+    Metadata::new()
         .with_hidden_dim(meta.hidden_dim)
         .with_num_layers(meta.num_layers)
         .with_payload_type(match meta.payload {
@@ -73,13 +79,29 @@ pub fn encode_message(meta: &WireMeta, tensor: &[u8]) -> Result<Vec<u8>> {
                 .iter()
                 .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
                 .collect::<avp_codec::Extra<'_>>(),
-        );
-    avp_codec::encode(&metadata, tensor, Compression::None).map_err(EngineError::Wire)
+        )
 }
 
 /// Decodes a message (compatible mode: what the SDK accepts), verifying the checksum.
 pub fn decode_message(bytes: &[u8]) -> Result<WireMessage<'_>> {
     let msg = avp_codec::decode(bytes).map_err(EngineError::Wire)?;
+    wire_message(msg)
+}
+
+/// Decodes one chunk of a chunked context (spec/protocol/chunked.md):
+/// the message as [`decode_message`] reads it and the codec's view of the
+/// chunk (descriptor, KV header, checksum), `None` for a message that is no chunk.
+pub(crate) fn decode_chunk(
+    bytes: &[u8],
+) -> Result<Option<(WireMessage<'_>, avp_codec::chunk::ChunkInfo)>> {
+    let msg = avp_codec::decode(bytes).map_err(EngineError::Wire)?;
+    match avp_codec::chunk::ChunkInfo::of_message(&msg).map_err(EngineError::Wire)? {
+        None => Ok(None),
+        Some(info) => Ok(Some((wire_message(msg)?, info))),
+    }
+}
+
+fn wire_message(msg: avp_codec::Message<'_>) -> Result<WireMessage<'_>> {
     let m = &msg.metadata;
     let payload = match m.payload_type {
         PayloadType::HiddenState => PayloadKind::HiddenState,

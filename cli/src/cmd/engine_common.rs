@@ -191,3 +191,111 @@ pub(crate) fn fail(e: &anyhow::Error) -> ExitCode {
     crate::out::note(format_args!("error: {e:#}"));
     ExitCode::FAILURE
 }
+
+/// Whether `path` holds a chunked context (spec/protocol/chunked.md): its
+/// first message carries an `avp.chunk` descriptor. Reads that message's
+/// header and metadata only; anything else (a plain message, a stray file)
+/// is `false` and left to [`read_context_file`]'s checks.
+pub(crate) fn is_chunked_file(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let shown = || format!("reading {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(shown)?;
+    let mut prefix = Vec::with_capacity(avp_codec::HEADER_LEN);
+    (&mut file)
+        .take(avp_codec::HEADER_LEN as u64)
+        .read_to_end(&mut prefix)
+        .with_context(shown)?;
+    let limits = avp_codec::Limits::default();
+    let Ok(avp_codec::Status::Complete(header)) = avp_codec::parse_header(&prefix, &limits) else {
+        return Ok(false);
+    };
+    let rest = header.metadata_end().saturating_sub(avp_codec::HEADER_LEN) as u64;
+    file.take(rest)
+        .read_to_end(&mut prefix)
+        .with_context(shown)?;
+    let Ok(peeked) = avp_codec::peek(&prefix) else {
+        return Ok(false);
+    };
+    // A malformed descriptor is reported, not imported as a plain message.
+    let descriptor = avp_codec::chunk::descriptor_of(&peeked.metadata)
+        .with_context(|| format!("the first message of {}", path.display()))?;
+    Ok(descriptor.is_some())
+}
+
+/// The context in `path` for `--context`, on `engine`'s device with
+/// `headroom` positions after it: a chunked file is imported while it is
+/// read, each chunk uploaded as the next is read (AVP-ENG-42); anything
+/// else is read by [`read_context_file`] and imported as one message.
+pub(crate) fn import_context_file(
+    engine: &Engine,
+    path: &Path,
+    headroom: usize,
+) -> Result<avp_engine::LatentContext> {
+    if !is_chunked_file(path)? {
+        let bytes = read_context_file(path)?;
+        return Ok(engine.import_message(&bytes, headroom)?);
+    }
+    let shown = || format!("reading {}", path.display());
+    let file = std::fs::File::open(path).with_context(shown)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut last = avp_engine::ChunkProgress::default();
+    let ctx = engine
+        .import_chunk_stream(&mut reader, headroom, &mut |p| last = p)
+        .with_context(|| format!("importing the chunked context {}", path.display()))?;
+    report(format_args!(
+        "context: {} chunks of a {}-layer context from {}",
+        last.count,
+        last.num_layers,
+        path.display()
+    ));
+    Ok(ctx)
+}
+
+/// Writes `ctx` to `path` as chunk messages back to back, each chunk's KV
+/// payload at most `chunk_mib` MiB (AVP-ENG-40); atomically like
+/// [`write_out`], `-` is stdout. Returns the summary for the report.
+pub(crate) fn write_chunked(
+    path: &Path,
+    ctx: &avp_engine::LatentContext,
+    chunk_mib: u64,
+    address: &dyn Fn(&mut avp_codec::Metadata<'_>),
+) -> Result<avp_engine::ChunkSummary> {
+    use std::io::Write;
+    let opts = avp_engine::ChunkOptions::new(chunk_mib.saturating_mul(1 << 20));
+    let write = |out: &mut dyn Write| -> Result<avp_engine::ChunkSummary> {
+        let mut failed: Option<std::io::Error> = None;
+        let summary = avp_engine::chunked::write_chunks(ctx, &opts, address, &mut |parts| {
+            for part in parts {
+                if let Err(e) = out.write_all(part) {
+                    let what = e.to_string();
+                    failed = Some(e);
+                    return Err(avp_engine::EngineError::InvalidArgument(what));
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let summary = summary?;
+        out.flush()?;
+        Ok(summary)
+    };
+    if path.as_os_str() == "-" {
+        return write(&mut std::io::stdout().lock()).context("writing the chunks to stdout");
+    }
+    let tmp = path.with_extension("avp-tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let summary = match write(&mut out) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("writing {}", tmp.display())));
+        }
+    };
+    drop(out);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(summary)
+}

@@ -14,7 +14,7 @@ use avp_engine::{GenerateOptions, Sampling};
 use clap::Args;
 
 use super::engine_common::{
-    DeviceArgs, Progress, PromptArgs, fail, load, read_context_file, report,
+    DeviceArgs, Progress, PromptArgs, fail, import_context_file, load, report,
 };
 
 /// Arguments of `avp generate`.
@@ -25,8 +25,9 @@ pub(crate) struct GenerateArgs {
     model: PathBuf,
     #[command(flatten)]
     prompt: PromptArgs,
-    /// Context to continue from: a KV_CACHE message made by this model, or a
-    /// HIDDEN_STATE message projected for it (`avp project`).
+    /// Context to continue from: a KV_CACHE message made by this model, a
+    /// chunked context (`avp think --chunk-mib`), or a HIDDEN_STATE message
+    /// projected for it (`avp project`).
     #[arg(long)]
     context: Option<PathBuf>,
     /// Upper bound on generated tokens (cut, with a warning, to what the model's context length leaves).
@@ -70,9 +71,8 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let capacity = engine.config().decoder.max_position_embeddings;
     let context = match &args.context {
         Some(p) => {
-            let bytes = read_context_file(p)?;
             let headroom = args.max_new_tokens.min(capacity).saturating_add(512);
-            Some(engine.import_message(&bytes, headroom)?)
+            Some(import_context_file(&engine, p, headroom)?)
         }
         None => None,
     };

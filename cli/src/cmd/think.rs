@@ -19,7 +19,8 @@ use clap::{Args, ValueEnum};
 
 use super::address::AddressArgs;
 use super::engine_common::{
-    DeviceArgs, Progress, PromptArgs, destination, fail, load, read_context_file, report, write_out,
+    DeviceArgs, Progress, PromptArgs, destination, fail, import_context_file, is_chunked_file,
+    load, read_context_file, report, write_chunked, write_out,
 };
 use super::handoff::{HandoffArgs, Sender, hand_off};
 
@@ -35,15 +36,21 @@ pub(crate) struct ThinkArgs {
     #[arg(long)]
     steps: usize,
     /// Continue from this context: a KV_CACHE message of the same model (a
-    /// LatentMAS chain), or a HIDDEN_STATE message projected for it.
+    /// LatentMAS chain), a chunked context (--chunk-mib), or a HIDDEN_STATE
+    /// message projected for it.
     #[arg(long)]
     context: Option<PathBuf>,
     /// Output file for the KV_CACHE message (`-` for stdout); optional with --to.
-    #[arg(long, required_unless_present = "to")]
+    #[arg(long, short = 'o', required_unless_present = "to")]
     out: Option<PathBuf>,
     /// Write the context quantized, as a KV_CACHE_EXT message that only AVP-KVQ receivers read: int8, or int4 (head_dim a multiple of 32).
     #[arg(long, value_name = "SCHEME", conflicts_with = "to")]
     kv_quant: Option<KvQuant>,
+    /// Write --out as a chunked context (spec/protocol/chunked.md): KV_CACHE
+    /// messages of whole layers, each KV payload at most N MiB, back to back.
+    #[arg(long, value_name = "N", requires = "out", conflicts_with_all = ["to", "kv_quant"],
+          value_parser = clap::value_parser!(u64).range(1..))]
+    chunk_mib: Option<u64>,
     /// Identity hash to write and accept instead of the config.json hash (e.g. the SDK peer's).
     #[arg(long)]
     model_hash: Option<String>,
@@ -94,6 +101,13 @@ fn think(args: &ThinkArgs) -> Result<()> {
     // The previous context's message is kept: `--to` may send only what follows it.
     let mut previous = None;
     let context = match &args.context {
+        // A chunked file is imported while it is read; only a single message
+        // can be the base of a delta (AVP-HTTP-104), so only its bytes are kept.
+        Some(p) if is_chunked_file(p)? => Some(import_context_file(
+            &engine,
+            p,
+            args.steps.saturating_add(512),
+        )?),
         Some(p) => {
             let bytes = read_context_file(p)?;
             let imported = engine.import_message(&bytes, args.steps.saturating_add(512))?;
@@ -118,19 +132,28 @@ fn think(args: &ThinkArgs) -> Result<()> {
             "warning: Inf in the hidden state; generation from this context will likely be garbage"
         ));
     }
-    let message = match args.kv_quant {
-        None => ctx.to_bytes()?,
-        Some(q) => {
-            let params = params_for(q.scheme(), ctx.cache.head_dim(), ctx.seq_len())?;
-            ctx.to_bytes_quantized(&params)?
+    let (written, chunks) = match (&args.out, args.chunk_mib) {
+        (Some(out), Some(mib)) => {
+            let summary = write_chunked(out, &ctx, mib, &|meta| args.address.apply(meta))?;
+            (summary.bytes, format!(" in {} chunks", summary.count))
+        }
+        (out, _) => {
+            let message = match args.kv_quant {
+                None => ctx.to_bytes()?,
+                Some(q) => {
+                    let params = params_for(q.scheme(), ctx.cache.head_dim(), ctx.seq_len())?;
+                    ctx.to_bytes_quantized(&params)?
+                }
+            };
+            let bytes = args.address.readdress(message)?;
+            if let Some(out) = out {
+                write_out(out, &bytes)?;
+            }
+            (bytes.len() as u64, String::new())
         }
     };
-    let bytes = args.address.readdress(message)?;
-    if let Some(out) = &args.out {
-        write_out(out, &bytes)?;
-    }
     report(format_args!(
-        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{}{} in {:.2} s (model load {:.2} s)",
+        "think: {} prompt tokens{}, {} of {} latent steps; KV cache of {} positions, {} bytes{}{}{} in {:.2} s (model load {:.2} s)",
         prompt_tokens,
         if prior > 0 {
             format!(" after a context of {prior} positions")
@@ -140,7 +163,8 @@ fn think(args: &ThinkArgs) -> Result<()> {
         ctx.steps_taken,
         args.steps,
         ctx.seq_len(),
-        bytes.len(),
+        written,
+        chunks,
         args.kv_quant
             .map_or_else(String::new, |q| format!(" ({})", q.scheme().name())),
         args.out.as_ref().map_or_else(String::new, |out| format!(
