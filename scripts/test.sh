@@ -46,10 +46,13 @@ python python/sdk_tests/run.py
 # kernels, with MKL and oneDNN held to AVX2 (what an AVX2-only or an older CPU computes).
 # `--workspace --all-features` with test names (not `-p avp-engine`) keeps the feature set of
 # the run above, so nothing is rebuilt: engine/tests/fixtures.rs, cli/tests/engine.rs and the
-# two-agent pipeline's token comparisons (engine/tests/pipeline.rs, cli/tests/pipeline.rs).
+# two-agent pipeline's token comparisons (engine/tests/pipeline.rs, cli/tests/pipeline.rs), the
+# quantized and chunked export/import (engine/tests/kv_quant.rs, cli/tests/kv_quant_engine.rs,
+# engine/tests/chunked.rs).
 echo "== engine tests on the portable CPU path (ATEN_CPU_CAPABILITY=default)"
 ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
-    cargo test --workspace --all-features --test fixtures --test engine --test pipeline
+    cargo test --workspace --all-features --test fixtures --test engine --test pipeline \
+        --test kv_quant --test kv_quant_engine --test chunked
 echo "== the engine tests reject the same planted mistakes (engine/testdata/engine_mutants.sh)"
 bash engine/testdata/engine_mutants.sh
 echo "== fuzz smoke (each cargo-fuzz target ~10 s; skipped when cargo-fuzz cannot be installed)"

@@ -175,7 +175,8 @@ fn cli_7_servers_and_store_ls_into_a_closed_pipe() {
         "--route",
         "b=http://127.0.0.1:9",
     ]);
-    let empty = std::env::temp_dir().join(format!("avp-closed-pipe-store-{}", std::process::id()));
+    let empty = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-closed-pipe-store-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     assert_quiet_141(&["store", "ls", s(&empty), "--json"]);
     std::fs::remove_dir_all(&empty).unwrap();

@@ -147,7 +147,8 @@ fn cli_1_decode_reads_stdin() {
 /// AVP-CLI-5: encoding the decoded metadata and tensor reproduces the SDK's bytes.
 #[test]
 fn cli_5_encode_reproduces_sdk_vectors() {
-    let dir = std::env::temp_dir().join(format!("avp-cli-encode-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-cli-encode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut checked = 0;
     for case in cases().iter().filter(|c| c.get("encode").is_some()) {
@@ -187,7 +188,8 @@ fn cli_5_encode_reproduces_sdk_vectors() {
 
 #[test]
 fn cli_5_encode_rejects_bad_metadata_without_writing() {
-    let dir = std::env::temp_dir().join(format!("avp-cli-badmeta-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-cli-badmeta-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let meta = dir.join("meta.json");
     let payload = dir.join("payload.bin");
@@ -222,7 +224,8 @@ fn cli_5_encode_rejects_bad_metadata_without_writing() {
 /// the codec's own truncation sweep covers every prefix in-process.
 #[test]
 fn cli_2_never_panics_on_any_vector_or_prefix() {
-    let dir = std::env::temp_dir().join(format!("avp-cli-prefix-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-cli-prefix-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for (i, case) in cases().into_iter().enumerate() {
         let bytes = std::fs::read(file_of(&case)).unwrap();

@@ -476,7 +476,8 @@ fn builtin_subject_conforms_in_both_modes() {
 /// directory without a MANIFEST.json exits 2 and names what it tried.
 #[test]
 fn cli_10_the_corpus_is_found_from_any_directory() {
-    let elsewhere = std::env::temp_dir().join(format!("avp-cli-10-{}", std::process::id()));
+    let elsewhere = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-cli-10-{}", std::process::id()));
     std::fs::create_dir_all(&elsewhere).unwrap();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_avp"))

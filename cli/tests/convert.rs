@@ -147,14 +147,15 @@ print('OK', header.dtype, header.seq_len)
 #[test]
 fn cli_20_kv_quant_int8_and_int4_then_kv_dtype_gives_what_the_sdk_reads() {
     let dir = Scratch::new("convert", "quant");
-    let full = context_file(&dir, "full.avp", 40, KvDtype::Float16);
-    let original = kv_payload(2, 2, 64, 40, KvDtype::Float16);
-    for (scheme, bound, group, residual) in [("int8", 0.01, 64, 0), ("int4", 0.10, 32, 8)] {
+    let full = context_file(&dir, "full.avp", 72, KvDtype::Float16);
+    let original = kv_payload(2, 2, 64, 72, KvDtype::Float16);
+    for (scheme, bound, group, residual) in [("int8", 0.01, 64, 0), ("int4", 0.10, 64, 8)] {
         let q = dir.path(&format!("{scheme}.avp"));
         let report = convert_ok(&[&full, &"-o", &q, &"--kv-quant", &scheme]);
         assert_eq!(report["payload_type"], "KV_CACHE_EXT");
         assert_eq!(report["scheme"], scheme);
-        // Defaults from the spec; int4's 40 tokens keep the 8 that do not fill a group of 32.
+        // Defaults (AVP-CLI-20): int4 groups of 64 as 64 divides head_dim; of its 72 tokens the
+        // 8 that do not fill a group stay in the residual.
         assert_eq!(report["group_size"], group);
         assert_eq!(report["residual"], residual);
         let msg = decoded(&q);
@@ -181,7 +182,7 @@ fn cli_20_kv_quant_int8_and_int4_then_kv_dtype_gives_what_the_sdk_reads() {
             assert_eq!(msg.metadata.payload_type, PayloadType::KvCache);
             let kv = KvCache::parse(&msg.payload).unwrap();
             assert_eq!(kv.header.dtype.name(), dtype);
-            assert_eq!(kv.header.seq_len, 40);
+            assert_eq!(kv.header.seq_len, 72);
             if dtype == "float16" {
                 assert_eq!(&msg.payload[..], &ext.dequantize().unwrap()[..]);
             }
@@ -195,7 +196,7 @@ fn cli_20_kv_quant_int8_and_int4_then_kv_dtype_gives_what_the_sdk_reads() {
             }
         }
     }
-    // Options: int4 with groups of 64, a residual of 4 (+ 36 % 64 = 36), binary32 scales.
+    // Options: int4 with groups of 32, a residual of 4 (+ 68 % 32 = 4), binary32 scales.
     let q = dir.path("int4-opts.avp");
     let report = convert_ok(&[
         &full,
@@ -204,7 +205,7 @@ fn cli_20_kv_quant_int8_and_int4_then_kv_dtype_gives_what_the_sdk_reads() {
         &"--kv-quant",
         &"int4",
         &"--group-size",
-        &"64",
+        &"32",
         &"--residual",
         &"4",
         &"--scale-dtype",
@@ -212,7 +213,7 @@ fn cli_20_kv_quant_int8_and_int4_then_kv_dtype_gives_what_the_sdk_reads() {
     ]);
     assert_eq!(
         (report["group_size"].as_u64(), report["residual"].as_u64()),
-        (Some(64), Some(40))
+        (Some(32), Some(8))
     );
     let ext_msg = decoded(&q);
     let ext = KvExt::parse(&ext_msg.payload).unwrap();

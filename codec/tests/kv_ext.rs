@@ -492,7 +492,8 @@ fn sdk_0_6_2_refuses_an_extended_kv_message() {
     // Our decoder reads it back (the flag bit 2 matches KV_CACHE_EXT).
     let ours = avp_codec::decode_with(&message, &avp_codec::DecodeOptions::strict()).unwrap();
     assert_eq!(ours.metadata.payload_type, PayloadType::KvCacheExt);
-    let dir = std::env::temp_dir().join(format!("avp-kvx-sdk-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-kvx-sdk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("msg.avp");
     std::fs::write(&file, &message).unwrap();

@@ -24,7 +24,8 @@ fn codec_handshake_and_json_have_no_module_cycles() {
 
 #[test]
 fn the_cycle_check_finds_a_planted_cycle() {
-    let dir = std::env::temp_dir().join(format!("avp-cycle-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-cycle-{}", std::process::id()));
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("lib.rs"), "mod a;\nmod b;\n").unwrap();

@@ -54,6 +54,8 @@ pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<Q
             })
         }
         KvScheme::Int4 => {
+            // Groups of 64 where they fit (4.5 bits a value), else 32 (AVP-ENG-30).
+            let group = if head_dim % 64 == 0 { 64 } else { INT4_GROUP };
             if head_dim == 0 || head_dim % INT4_GROUP != 0 {
                 return Err(EngineError::InvalidArgument(format!(
                     "int4 groups values along head_dim in runs of 32 or 64 (AVP-KVQ-4), \
@@ -61,8 +63,8 @@ pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<Q
                 )));
             }
             Ok(QuantParams {
-                group_size: u32_of(INT4_GROUP, "group size")?,
-                residual: u32_of(seq_len % INT4_GROUP, "residual")?,
+                group_size: u32_of(group, "group size")?,
+                residual: u32_of(seq_len % group, "residual")?,
                 ..QuantParams::INT4
             })
         }

@@ -43,7 +43,8 @@ struct Int4Model(PathBuf);
 
 impl Int4Model {
     fn new(tag: &str) -> Int4Model {
-        let dir = std::env::temp_dir().join(format!("avp-kvq-{tag}-{}", std::process::id()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("avp-kvq-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = models().join("trained_b");
         for f in [

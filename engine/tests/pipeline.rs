@@ -195,7 +195,8 @@ fn the_projected_message_is_the_sdk_projection() {
     let t = trained();
     let (a, b) = (load("trained_a"), load("trained_b"));
     let map = avp_engine::calibrate(&a, &b).unwrap();
-    let maps = std::env::temp_dir().join(format!("avp-engine-pipeline-{}", std::process::id()));
+    let maps = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-engine-pipeline-{}", std::process::id()));
     let path = avp_engine::project::map_path(&maps, a.model_hash(), b.model_hash());
     map.save(&path, &a, &b).unwrap();
     assert_eq!(

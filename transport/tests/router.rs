@@ -299,7 +299,8 @@ async fn http_56_a_silent_upstream_gets_504_within_the_upstream_timeout() {
 #[tokio::test]
 async fn http_75_a_router_speaks_tls_on_both_sides() {
     use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
-    let dir = std::env::temp_dir().join(format!("avp-route-tls-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-route-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let [ca, cert, key, client_cert, client_key] = pki::test_pki(&dir);
     let server_tls = |client_ca: Option<std::path::PathBuf>| {

@@ -1039,7 +1039,8 @@ async fn http_12_an_early_413_reaches_a_client_that_is_still_uploading() {
         ..ServerConfig::default()
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("avp-413-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-413-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("big.avp");
     std::fs::write(&file, message("bob", &vec![0u8; 8 << 20])).expect("write");
@@ -1199,7 +1200,8 @@ async fn http_34_35_the_handshake_is_enforced_on_the_wire() {
 #[tokio::test]
 async fn http_72_clients_verify_the_server_certificate() {
     use avp_transport::tls::{ServerTlsFiles, server_config};
-    let root = std::env::temp_dir().join(format!("avp-tls-verify-{}", std::process::id()));
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-tls-verify-{}", std::process::id()));
     let dirs = ["right", "other-ca", "other-name"].map(|d| root.join(d));
     for d in &dirs {
         std::fs::create_dir_all(d).expect("dir");
@@ -1267,7 +1269,8 @@ async fn http_72_clients_verify_the_server_certificate() {
 #[tokio::test]
 async fn http_70_74_https_and_mtls_record_the_client_identity() {
     use avp_transport::tls::{ClientTlsFiles, ServerTlsFiles, client_config, server_config};
-    let dir = std::env::temp_dir().join(format!("avp-tls-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avp-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let [ca, cert, key, client_cert, client_key] = pki::test_pki(&dir);
     let tls = server_config(&ServerTlsFiles {

@@ -39,7 +39,7 @@ pub(crate) struct ConvertArgs {
     /// Quantize into a KV_CACHE_EXT message (spec/protocol/kv-quant.md).
     #[arg(long, value_enum, value_name = "SCHEME", conflicts_with_all = ["kv_dtype", "base"])]
     kv_quant: Option<QuantArg>,
-    /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 32).
+    /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 64 where it divides head_dim, else 32).
     #[arg(long, value_name = "G", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     group_size: Option<u32>,
     /// int4: the most recent tokens kept unquantized (default 0); the tokens that do not
@@ -117,12 +117,22 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The quantization parameters for a context of `tokens` carried positions:
 /// the scheme's defaults (kv-quant.md), overridden by the options; int4's
 /// residual grows by the tokens that do not fill a last group (AVP-KVQ-4).
-fn quant_params(args: &ConvertArgs, scheme: QuantArg, tokens: u32) -> Result<QuantParams, Stop> {
+fn quant_params(
+    args: &ConvertArgs,
+    scheme: QuantArg,
+    tokens: u32,
+    head_dim: u32,
+) -> Result<QuantParams, Stop> {
     let scheme = match scheme {
         QuantArg::Int8 => KvScheme::Int8,
         QuantArg::Int4 => KvScheme::Int4,
     };
     let mut params = QuantParams::for_scheme(scheme);
+    // AVP-CLI-20: int4 defaults to groups of 64 (4.5 bits a value, the size target of
+    // issue 17) where 64 divides head_dim, else to 32.
+    if scheme == KvScheme::Int4 && head_dim % 64 == 0 {
+        params.group_size = 64;
+    }
     if let Some(g) = args.group_size {
         params.group_size = g;
     }
@@ -253,7 +263,7 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         written = done;
         Cow::Owned(delta)
     } else if let Some(q) = args.kv_quant {
-        let params = quant_params(args, q, h.seq_len)?;
+        let params = quant_params(args, q, h.seq_len, h.head_dim)?;
         written = Written {
             payload_type: PayloadType::KvCacheExt,
             scheme: Some(params.scheme),
@@ -345,7 +355,7 @@ fn write_delta(
         ));
     }
     let params = match args.kv_quant {
-        Some(q) => quant_params(args, q, h.seq_len - p)?,
+        Some(q) => quant_params(args, q, h.seq_len - p, h.head_dim)?,
         None => QuantParams::NONE,
     };
     let (address, delta) = split_delta(kv, p, hash, &params)?;
