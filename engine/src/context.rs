@@ -21,8 +21,8 @@ use crate::cache::{KvCache, to_i64};
 use crate::decoder::{Decoder, Input};
 use crate::error::{EngineError, Result};
 use crate::wire::{
-    KV_HEADER_LEN, KvDtype, KvHeader, PayloadKind, WireMeta, decode_message, element_size,
-    encode_message,
+    KV_HEADER_LEN, KvDtype, KvHeader, PayloadKind, WireMessage, WireMeta, decode_message,
+    element_size, encode_message,
 };
 
 /// A latent context: a KV-cache plus the identity of the model that made it.
@@ -163,43 +163,16 @@ impl LatentContext {
         headroom: usize,
     ) -> Result<LatentContext> {
         let _guard = tch::no_grad_guard();
-        let msg = decode_message(bytes)?;
-        if msg.meta.payload != PayloadKind::KvCache {
-            return Err(EngineError::InvalidContext(
-                "message is not a KV_CACHE payload".into(),
-            ));
-        }
-        let extra = &msg.meta.extra;
-        let context_hash = extra.get("model_hash").cloned().unwrap_or_default();
-        if context_hash != model_hash {
-            return Err(EngineError::IncompatibleContext {
-                context_hash,
-                model_hash: model_hash.to_owned(),
-            });
-        }
-        let num_steps = match extra.get("num_steps") {
-            None => 0,
-            Some(s) => s.trim().parse::<usize>().map_err(|_| {
-                EngineError::InvalidContext(format!("num_steps {s:?} is not a count"))
-            })?,
-        };
+        let (msg, num_steps) = decode_for_model(bytes, PayloadKind::KvCache, model_hash)?;
         let tensor: &[u8] = &msg.tensor;
         let header = KvHeader::parse(tensor).map_err(EngineError::Wire)?;
+        check_kv_shape(
+            model,
+            header.num_layers,
+            header.num_kv_heads,
+            header.head_dim,
+        )?;
         let cfg = model.config();
-        if header.num_layers as usize != cfg.num_layers
-            || header.num_kv_heads as usize != cfg.num_kv_heads
-            || header.head_dim as usize != cfg.head_dim
-        {
-            return Err(EngineError::InvalidContext(format!(
-                "KV-cache of {} layers x {} heads x {} does not fit this model ({} x {} x {})",
-                header.num_layers,
-                header.num_kv_heads,
-                header.head_dim,
-                cfg.num_layers,
-                cfg.num_kv_heads,
-                cfg.head_dim
-            )));
-        }
         let per = header
             .tensor_bytes()
             .and_then(|b| usize::try_from(b).ok())
@@ -240,8 +213,13 @@ impl LatentContext {
         cache.set_seq_len(seq);
         Ok(LatentContext {
             cache,
-            model_hash: context_hash,
-            model_family: extra.get("model_family").cloned().unwrap_or_default(),
+            model_hash: model_hash.to_owned(),
+            model_family: msg
+                .meta
+                .extra
+                .get("model_family")
+                .cloned()
+                .unwrap_or_default(),
             num_steps,
             hidden_dim: msg.meta.hidden_dim as usize,
             num_layers: msg.meta.num_layers as usize,
@@ -287,6 +265,58 @@ impl LatentContext {
             inf_seen: false,
         })
     }
+}
+
+/// Decodes `bytes` as a `kind` message of the model named `model_hash`
+/// (AVP-ENG-11): the message and its `num_steps`. KV_CACHE and
+/// KV_CACHE_EXT imports share it.
+pub(crate) fn decode_for_model<'a>(
+    bytes: &'a [u8],
+    kind: PayloadKind,
+    model_hash: &str,
+) -> Result<(WireMessage<'a>, usize)> {
+    let msg = decode_message(bytes)?;
+    if msg.meta.payload != kind {
+        return Err(EngineError::InvalidContext(format!(
+            "message is not a {} payload",
+            kind.name()
+        )));
+    }
+    let context_hash = msg
+        .meta
+        .extra
+        .get("model_hash")
+        .cloned()
+        .unwrap_or_default();
+    if context_hash != model_hash {
+        return Err(EngineError::IncompatibleContext {
+            context_hash,
+            model_hash: model_hash.to_owned(),
+        });
+    }
+    let num_steps = num_steps_of(&msg.meta.extra)?;
+    Ok((msg, num_steps))
+}
+
+/// A KV-cache of `layers` x `heads` x `head_dim` fits `model`, or a typed
+/// error naming both shapes (AVP-ENG-27).
+pub(crate) fn check_kv_shape(
+    model: &Decoder,
+    layers: u32,
+    heads: u32,
+    head_dim: u32,
+) -> Result<()> {
+    let cfg = model.config();
+    if layers as usize != cfg.num_layers
+        || heads as usize != cfg.num_kv_heads
+        || head_dim as usize != cfg.head_dim
+    {
+        return Err(EngineError::InvalidContext(format!(
+            "KV-cache of {layers} layers x {heads} heads x {head_dim} does not fit this model ({} x {} x {})",
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+        )));
+    }
+    Ok(())
 }
 
 /// What a received message's `extra.num_steps` says (absent = 0).

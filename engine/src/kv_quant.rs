@@ -23,10 +23,10 @@ use avp_codec::kv_quant::{
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::{KvCache, to_i64};
-use crate::context::{LatentContext, kind_of, num_steps_of, wire_dtype};
+use crate::context::{LatentContext, check_kv_shape, decode_for_model, kind_of, wire_dtype};
 use crate::decoder::Decoder;
 use crate::error::{EngineError, Result};
-use crate::wire::{PayloadKind, WireMeta, decode_message, encode_message};
+use crate::wire::{PayloadKind, WireMeta, encode_message};
 
 /// The largest int8 group (AVP-KVQ-5).
 const MAX_INT8_GROUP: usize = 64;
@@ -431,21 +431,7 @@ pub fn import(
     headroom: usize,
 ) -> Result<LatentContext> {
     let _guard = tch::no_grad_guard();
-    let msg = decode_message(bytes)?;
-    if msg.meta.payload != PayloadKind::KvCacheExt {
-        return Err(EngineError::InvalidContext(
-            "message is not a KV_CACHE_EXT payload".into(),
-        ));
-    }
-    let extra = &msg.meta.extra;
-    let context_hash = extra.get("model_hash").cloned().unwrap_or_default();
-    if context_hash != model_hash {
-        return Err(EngineError::IncompatibleContext {
-            context_hash,
-            model_hash: model_hash.to_owned(),
-        });
-    }
-    let num_steps = num_steps_of(extra)?;
+    let (msg, num_steps) = decode_for_model(bytes, PayloadKind::KvCacheExt, model_hash)?;
     let ext = KvExt::parse(&msg.tensor).map_err(EngineError::Wire)?;
     let h = ext.header;
     if h.seq_start > 0 {
@@ -455,21 +441,8 @@ pub fn import(
             h.seq_start, h.seq_len
         )));
     }
+    check_kv_shape(model, h.num_layers, h.num_kv_heads, h.head_dim)?;
     let cfg = model.config();
-    if usize_of(h.num_layers) != cfg.num_layers
-        || usize_of(h.num_kv_heads) != cfg.num_kv_heads
-        || usize_of(h.head_dim) != cfg.head_dim
-    {
-        return Err(EngineError::InvalidContext(format!(
-            "KV-cache of {} layers x {} heads x {} does not fit this model ({} x {} x {})",
-            h.num_layers,
-            h.num_kv_heads,
-            h.head_dim,
-            cfg.num_layers,
-            cfg.num_kv_heads,
-            cfg.head_dim
-        )));
-    }
     let seq = usize_of(h.seq_len);
     if seq > cfg.max_position_embeddings {
         return Err(EngineError::CacheFull {
@@ -492,8 +465,13 @@ pub fn import(
     cache.set_seq_len(seq);
     Ok(LatentContext {
         cache,
-        model_hash: context_hash,
-        model_family: extra.get("model_family").cloned().unwrap_or_default(),
+        model_hash: model_hash.to_owned(),
+        model_family: msg
+            .meta
+            .extra
+            .get("model_family")
+            .cloned()
+            .unwrap_or_default(),
         num_steps,
         hidden_dim: msg.meta.hidden_dim as usize,
         num_layers: msg.meta.num_layers as usize,

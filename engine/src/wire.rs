@@ -26,6 +26,17 @@ pub enum PayloadKind {
     KvCacheExt,
 }
 
+impl PayloadKind {
+    /// The protocol's name of the payload type.
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadKind::HiddenState => "HIDDEN_STATE",
+            PayloadKind::KvCache => "KV_CACHE",
+            PayloadKind::KvCacheExt => "KV_CACHE_EXT",
+        }
+    }
+}
+
 /// The metadata fields the engine uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireMeta {

@@ -233,6 +233,34 @@ impl Agent {
         }
     }
 
+    /// Reads the header as soon as its 12 bytes arrive and checks the
+    /// declared length against the body limit and the largest request the
+    /// budget allows, before anything else is buffered (AVP-HTTP-31): the
+    /// reader, positioned after what `buf` holds, and that length.
+    async fn read_declared_len(
+        &self,
+        body: Incoming,
+        config: &ServerConfig,
+        started: Instant,
+        held: Held,
+        buf: &mut BytesMut,
+    ) -> Result<(LimitedReader, u64), Response<ResponseBody>> {
+        let reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
+            .with_budget(held);
+        let short = |held: usize| truncated(held as u64, HEADER_LEN as u64);
+        let (reader, header) = read_prefix(reader, buf, header_status, config.max_body, short)
+            .await
+            .map_err(|answer| *answer)?;
+        let total = header.message_len();
+        // A message larger than one peer may ever hold could never complete.
+        let limit = config.max_body.min(self.budget.largest_request());
+        if total > limit {
+            reader.drain_later();
+            return Err(too_large(limit));
+        }
+        Ok((reader, total))
+    }
+
     /// AVP-HTTP-31: the header is checked as soon as its 12 bytes arrive, the
     /// declared length against the limit before anything is buffered, the
     /// metadata as soon as it is complete.
@@ -244,22 +272,14 @@ impl Agent {
         held: Held,
         peer: &Peer,
     ) -> Response<ResponseBody> {
-        let reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
-            .with_budget(held);
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let short = |held: usize| truncated(held as u64, HEADER_LEN as u64);
-        let (reader, header) =
-            match read_prefix(reader, &mut buf, header_status, config.max_body, short).await {
-                Ok(read) => read,
-                Err(answer) => return *answer,
-            };
-        let total = header.message_len();
-        // A message larger than one peer may ever hold could never complete.
-        let limit = config.max_body.min(self.budget.largest_request());
-        if total > limit {
-            reader.drain_later();
-            return too_large(limit);
-        }
+        let (reader, total) = match self
+            .read_declared_len(body, config, started, held, &mut buf)
+            .await
+        {
+            Ok(read) => read,
+            Err(answer) => return answer,
+        };
         // Nothing is reserved from the declared size: the reader takes budget
         // for bytes as they arrive and the buffer grows with them.
         let short = |held: usize| truncated(held as u64, total);
@@ -440,21 +460,14 @@ impl Agent {
         held: Held,
         peer: &Peer,
     ) -> Response<ResponseBody> {
-        let reader = LimitedReader::new(body, config.max_body, config.pace(started.into()))
-            .with_budget(held);
         let mut buf = BytesMut::new();
-        let short = |held: usize| truncated(held as u64, HEADER_LEN as u64);
-        let (reader, header) =
-            match read_prefix(reader, &mut buf, header_status, config.max_body, short).await {
-                Ok(read) => read,
-                Err(answer) => return *answer,
-            };
-        let total = header.message_len();
-        let limit = config.max_body.min(self.budget.largest_request());
-        if total > limit {
-            reader.drain_later();
-            return too_large(limit);
-        }
+        let (reader, total) = match self
+            .read_declared_len(body, config, started, held, &mut buf)
+            .await
+        {
+            Ok(read) => read,
+            Err(answer) => return answer,
+        };
         // Address space only: pages are touched (and budget taken) as bytes
         // arrive, and the buffer never doubles past the chunk (RSS bound).
         buf.reserve(
