@@ -476,6 +476,19 @@ fn http_103_the_sdk_peer_never_receives_kv_cache_ext() {
     let out = send(&ext_file, &server.url, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(records().len(), 2, "nothing more reached the SDK");
+
+    // AVP-CHK-9: a chunked file goes to the SDK joined into one plain message.
+    let chunked = scratch.path("chunked.avp");
+    let split = avp()
+        .args(["convert", s(&turn2), "-o", s(&chunked), "--chunk-mib", "1"])
+        .output()
+        .expect("avp convert");
+    assert!(split.status.success(), "{}", stderr(&split));
+    let out = send(&chunked, &server.url, &[]);
+    answer(&out);
+    let got = records();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["payload_len"], kv_payload(64).len(), "{}", got[2]);
 }
 
 /// AVP-HTTP-104, the multi-turn path: `avp think --context TURN1 --to URL`

@@ -41,12 +41,19 @@ pub(crate) async fn send_if_chunked(
         return Ok(None);
     }
     // AVP-HTTP-80: chunks only for a peer that announced it assembles them.
+    // A peer without a full handshake (no endpoint, or the SDK's `create_app`,
+    // which echoes the hello without a session) announced nothing (AVP-CHK-9).
     let chunked = match client.handshake(&ModelIdentity::default()).await {
         Ok(result) => result
             .answer
             .pointer(&format!("/capabilities/{KV_CHUNKED_CAPABILITY}"))
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        Err(TransportError::Status {
+            status: 404 | 405 | 501,
+            ..
+        })
+        | Err(TransportError::BadHandshake(_)) => false,
         Err(err) => return Ok(Some(Err(err))),
     };
     let options = ChunkSendOptions {
