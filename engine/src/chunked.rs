@@ -21,7 +21,7 @@ use avp_codec::chunk::{
 use tch::{Device, Tensor};
 
 use crate::cache::KvCache;
-use crate::context::{LatentContext, identity_extra, kind_of, u32_of, wire_dtype};
+use crate::context::{LatentContext, identity_extra, kind_of, num_steps_of, u32_of, wire_dtype};
 use crate::decoder::Decoder;
 use crate::error::{EngineError, Result};
 use crate::wire::{KvHeader, PayloadKind, WireMeta, decode_chunk, element_size, metadata_of};
@@ -402,13 +402,7 @@ impl<'m> ChunkImport<'m> {
             });
         }
         kind_of(header.dtype)?;
-        let num_steps = match meta.extra.get("num_steps") {
-            None => 0,
-            Some(s) => s
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| invalid(format!("num_steps {s:?} is not a count")))?,
-        };
+        let num_steps = num_steps_of(&meta.extra)?;
         Ok(Identity {
             hidden_dim: meta.hidden_dim,
             num_layers: meta.num_layers,

@@ -211,23 +211,31 @@ impl LatentContext {
             cache.load_layer(layer, &kt, &vt)?;
         }
         cache.set_seq_len(seq);
-        Ok(LatentContext {
+        Ok(LatentContext::received(
+            cache, model_hash, &msg.meta, num_steps,
+        ))
+    }
+
+    /// A context whose cache was just filled from a received message: the
+    /// identity fields come from its metadata, nothing has run on it yet.
+    pub(crate) fn received(
+        cache: KvCache,
+        model_hash: &str,
+        meta: &WireMeta,
+        num_steps: usize,
+    ) -> LatentContext {
+        LatentContext {
             cache,
             model_hash: model_hash.to_owned(),
-            model_family: msg
-                .meta
-                .extra
-                .get("model_family")
-                .cloned()
-                .unwrap_or_default(),
+            model_family: meta.extra.get("model_family").cloned().unwrap_or_default(),
             num_steps,
-            hidden_dim: msg.meta.hidden_dim as usize,
-            num_layers: msg.meta.num_layers as usize,
+            hidden_dim: meta.hidden_dim as usize,
+            num_layers: meta.num_layers as usize,
             last_hidden: None,
             steps_taken: 0,
             nan_seen: false,
             inf_seen: false,
-        })
+        }
     }
 
     /// Feeds projected embeddings `[D]`, `[n, D]` or `[1, n, D]` into a

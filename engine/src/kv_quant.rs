@@ -463,21 +463,7 @@ pub fn import(
         cache.load_layer(layer, &k, &v)?;
     }
     cache.set_seq_len(seq);
-    Ok(LatentContext {
-        cache,
-        model_hash: model_hash.to_owned(),
-        model_family: msg
-            .meta
-            .extra
-            .get("model_family")
-            .cloned()
-            .unwrap_or_default(),
-        num_steps,
-        hidden_dim: msg.meta.hidden_dim as usize,
-        num_layers: msg.meta.num_layers as usize,
-        last_hidden: None,
-        steps_taken: 0,
-        nan_seen: false,
-        inf_seen: false,
-    })
+    Ok(LatentContext::received(
+        cache, model_hash, &msg.meta, num_steps,
+    ))
 }
