@@ -253,9 +253,9 @@ fn bad(why: impl Into<String>) -> TransportError {
     TransportError::BadInput(why.into())
 }
 
-/// Reads the header and metadata of the message at the file's position
-/// (bounded by the codec's metadata limit); leaves the position after them.
-fn read_prefix_at(file: &mut fs::File, offset: u64) -> Result<Vec<u8>, TransportError> {
+/// Reads the header and metadata of the message at `offset` (bounded by
+/// the codec's metadata limit); leaves the position after them.
+pub fn read_prefix_at(file: &mut fs::File, offset: u64) -> Result<Vec<u8>, TransportError> {
     file.seek(SeekFrom::Start(offset))?;
     let mut prefix = Vec::new();
     loop {

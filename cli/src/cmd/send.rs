@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use avp_codec::kv_quant::KvScheme;
-use avp_codec::{DecodeOptions, PayloadType, Status, parse_prefix};
+use avp_codec::{PayloadType, peek};
 use avp_transport::kv_wire::KvCapabilities;
 use avp_transport::{AvpClient, ClientConfig, TransportError};
 use clap::Args;
@@ -215,20 +215,9 @@ pub(crate) async fn peer_capabilities(
 /// The payload type from the file's header and metadata, read no further;
 /// `None` when they do not parse (the peer then says what is wrong).
 fn peek_payload_type(path: &Path) -> Option<PayloadType> {
-    use std::io::Read;
     let mut file = std::fs::File::open(path).ok()?;
-    let mut head = Vec::new();
-    loop {
-        match parse_prefix(&head, &DecodeOptions::DEFAULT).ok()? {
-            Status::Complete((peeked, _)) => return Some(peeked.metadata.payload_type),
-            Status::NeedMore(n) => {
-                let got = (&mut file).take(n as u64).read_to_end(&mut head).ok()?;
-                if got < n {
-                    return None;
-                }
-            }
-        }
-    }
+    let prefix = avp_transport::chunk_client::read_prefix_at(&mut file, 0).ok()?;
+    Some(peek(&prefix).ok()?.metadata.payload_type)
 }
 
 /// Prints the answer (exit 0) or `{"error":{kind,message[,status]}}` (exit 1)
