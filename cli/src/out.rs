@@ -44,6 +44,23 @@ pub(crate) fn line(s: impl std::fmt::Display) -> Result<(), ExitCode> {
         .map_err(|e| status_for(&e))
 }
 
+/// Whether an output path names stdout: `-o -` writes the output itself to
+/// stdout, for every command, as `think --out -` does (AVP-CLI-8).
+pub(crate) fn names_stdout(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// A command's report line: on stdout, or on stderr when stdout already
+/// carries the command's output (`-o -`), so the output stays a clean stream.
+pub(crate) fn finish_report(s: impl std::fmt::Display, output: &std::path::Path) -> ExitCode {
+    if !names_stdout(output) {
+        return finish_line(s);
+    }
+    // stderr may be closed; the output was written, so the status stays success.
+    let _ = writeln!(std::io::stderr(), "{s}");
+    ExitCode::SUCCESS
+}
+
 /// `line`, for a command's last act: its status is the command's status.
 pub(crate) fn finish_line(s: impl std::fmt::Display) -> ExitCode {
     match line(s) {

@@ -62,8 +62,11 @@ pub(crate) fn run(args: AddressCmdArgs) -> std::process::ExitCode {
     if let Err(e) = super::encode::write_atomically(&args.output, &bytes) {
         return io_error(&args.output, &e);
     }
-    crate::out::finish_line(serde_json::json!({
-        "output": args.output.display().to_string(),
-        "length": bytes.len(),
-    }))
+    crate::out::finish_report(
+        serde_json::json!({
+            "output": args.output.display().to_string(),
+            "length": bytes.len(),
+        }),
+        &args.output,
+    )
 }

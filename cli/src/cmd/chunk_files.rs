@@ -46,49 +46,77 @@ pub(crate) struct ContextSummary {
 }
 
 /// A temporary file beside `path` that becomes `path` on [`Staged::commit`]
-/// and is removed otherwise, so an output is never half-written.
+/// and is removed otherwise, so an output is never half-written; or stdout
+/// when `path` is `-` (AVP-CLI-14), where a stream has no such guarantee.
 struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-    file: Option<BufWriter<File>>,
+    target: Target,
+}
+
+enum Target {
+    File {
+        tmp: PathBuf,
+        path: PathBuf,
+        file: Option<BufWriter<File>>,
+    },
+    Stdout(BufWriter<std::io::Stdout>),
 }
 
 impl Staged {
     fn create(path: &Path) -> Result<Staged> {
+        if crate::out::names_stdout(path) {
+            let out = BufWriter::with_capacity(WINDOW, std::io::stdout());
+            return Ok(Staged {
+                target: Target::Stdout(out),
+            });
+        }
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp-avp");
         let tmp = PathBuf::from(tmp);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         Ok(Staged {
-            tmp,
-            path: path.to_owned(),
-            file: Some(BufWriter::with_capacity(WINDOW, file)),
+            target: Target::File {
+                tmp,
+                path: path.to_owned(),
+                file: Some(BufWriter::with_capacity(WINDOW, file)),
+            },
         })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let file = self.file.as_mut().ok_or_else(|| anyhow!("output closed"))?;
-        file.write_all(bytes)
-            .with_context(|| format!("cannot write {}", self.tmp.display()))
+        match &mut self.target {
+            Target::Stdout(out) => out.write_all(bytes).context("cannot write to stdout"),
+            Target::File { tmp, file, .. } => {
+                let file = file.as_mut().ok_or_else(|| anyhow!("output closed"))?;
+                file.write_all(bytes)
+                    .with_context(|| format!("cannot write {}", tmp.display()))
+            }
+        }
     }
 
     fn commit(mut self) -> Result<()> {
-        let file = self.file.take().ok_or_else(|| anyhow!("output closed"))?;
-        let file = file
-            .into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", self.tmp.display(), e.error()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot rename into {}", self.path.display()))
+        match &mut self.target {
+            Target::Stdout(out) => out.flush().context("cannot write to stdout"),
+            Target::File { tmp, path, file } => {
+                let file = file.take().ok_or_else(|| anyhow!("output closed"))?;
+                let file = file
+                    .into_inner()
+                    .map_err(|e| anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+                file.sync_all()
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::rename(&*tmp, &*path)
+                    .with_context(|| format!("cannot rename into {}", path.display()))
+            }
+        }
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+        if let Target::File { tmp, file, .. } = &mut self.target {
+            if file.take().is_some() {
+                let _ = std::fs::remove_file(&*tmp);
+            }
         }
     }
 }

@@ -433,7 +433,18 @@ fn streamed(args: &ConvertArgs) -> Option<Result<Written, Stop>> {
                 prefix: None,
                 chunks: args.chunk_mib.map(|_| s.messages),
             })
-            .map_err(|e| stop_of(&args.input, &e)),
+            .map_err(|e| {
+                // A closed stdout is the output's failure, not the input's (AVP-CLI-14).
+                let on_stdout = crate::out::names_stdout(&args.output);
+                stop_of(
+                    if on_stdout && crate::out::is_broken_pipe(&e) {
+                        &args.output
+                    } else {
+                        &args.input
+                    },
+                    &e,
+                )
+            }),
     )
 }
 
@@ -470,8 +481,10 @@ pub(crate) fn run(args: ConvertArgs) -> ExitCode {
         return report_stop(stop);
     }
     let (length, w) = match streamed(&args) {
+        // On stdout the streamed bytes are not counted: `length` is null.
+        Some(Ok(w)) if crate::out::names_stdout(&args.output) => (None, w),
         Some(Ok(w)) => match std::fs::metadata(&args.output) {
-            Ok(m) => (m.len(), w),
+            Ok(m) => (Some(m.len()), w),
             Err(e) => return io_error(&args.output, &e),
         },
         Some(Err(stop)) => return report_stop(stop),
@@ -483,20 +496,23 @@ pub(crate) fn run(args: ConvertArgs) -> ExitCode {
             if let Err(e) = super::encode::write_atomically(&args.output, &bytes) {
                 return io_error(&args.output, &e);
             }
-            (bytes.len() as u64, w)
+            (Some(bytes.len() as u64), w)
         }
     };
-    crate::out::finish_line(json!({
-        "output": args.output.display().to_string(),
-        "length": length,
-        "payload_type": w.payload_type.name(),
-        "scheme": w.scheme.map(KvScheme::name),
-        "dtype": w.dtype.name(),
-        "seq_start": w.seq_start,
-        "seq_len": w.seq_len,
-        "group_size": w.group_size,
-        "residual": w.residual,
-        "prefix": w.prefix,
-        "chunks": w.chunks,
-    }))
+    crate::out::finish_report(
+        json!({
+            "output": args.output.display().to_string(),
+            "length": length,
+            "payload_type": w.payload_type.name(),
+            "scheme": w.scheme.map(KvScheme::name),
+            "dtype": w.dtype.name(),
+            "seq_start": w.seq_start,
+            "seq_len": w.seq_len,
+            "group_size": w.group_size,
+            "residual": w.residual,
+            "prefix": w.prefix,
+            "chunks": w.chunks,
+        }),
+        &args.output,
+    )
 }

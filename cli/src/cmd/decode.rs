@@ -151,6 +151,10 @@ pub(crate) fn scale_name(s: ScaleDtype) -> &'static str {
 }
 
 pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
+    if crate::out::names_stdout(path) && e.kind() == std::io::ErrorKind::BrokenPipe {
+        // `-o -` into a pipe closed early: quiet, as AVP-CLI-7 says.
+        return crate::out::status_for(e);
+    }
     print_error("io", &format!("{}: {e}", path.display()));
     ExitCode::from(EXIT_IO)
 }

@@ -14,7 +14,7 @@ use avp_codec::{Compression, DataType, EncodeOptions, Metadata, Mode, PayloadTyp
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use super::decode::{EXIT_INVALID, EXIT_IO, codec_error, io_error, print_error};
+use super::decode::{EXIT_INVALID, codec_error, io_error, print_error};
 
 /// Compression choices (AVP-WIRE-18).
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -149,7 +149,14 @@ fn metadata_from_json(v: &Value) -> anyhow::Result<Metadata<'static>> {
         .with_extra(extra))
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// reader never sees half an output; `-` writes them to stdout (AVP-CLI-14).
 pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if crate::out::names_stdout(path) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        return out.write_all(bytes).and_then(|()| out.flush());
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp-avp");
     let tmp = PathBuf::from(tmp);
@@ -210,11 +217,11 @@ pub(crate) fn run(args: EncodeArgs) -> ExitCode {
         Err(e) => return codec_error(&e),
     };
     if let Err(e) = write_atomically(&args.output, &bytes) {
-        print_error("io", &format!("{}: {e}", args.output.display()));
-        return ExitCode::from(EXIT_IO);
+        return io_error(&args.output, &e);
     }
-    crate::out::finish_line(
+    crate::out::finish_report(
         json!({"output": args.output.display().to_string(), "length": bytes.len(),
                "payload_checksum": avp_codec::crc32(&payload), "compression": compression.name(), "signed": key.is_some()}),
+        &args.output,
     )
 }

@@ -282,10 +282,7 @@ fn report(output: &std::path::Path, s: &ContextSummary) -> ExitCode {
         "context_bytes": s.context_bytes,
         "context_digest": digest,
     });
-    match crate::out::line(line) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(code) => code,
-    }
+    crate::out::finish_report(line, output)
 }
 
 /// Exit 1 with the codec's kind (or `invalid_argument`) for bad input,
@@ -321,6 +318,10 @@ pub(crate) fn run(args: KvArgs) -> ExitCode {
     };
     match result {
         Ok(summary) => report(output, &summary),
+        // `-o -` into a pipe closed early: quiet, as AVP-CLI-7 says.
+        Err(e) if crate::out::names_stdout(output) && crate::out::is_broken_pipe(&e) => {
+            ExitCode::from(crate::out::EXIT_BROKEN_PIPE)
+        }
         Err(e) => failure(&e),
     }
 }
