@@ -25,6 +25,8 @@ use crate::cache::KvCache;
 use crate::context::{LatentContext, identity_extra, kind_of, num_steps_of, u32_of, wire_dtype};
 use crate::decoder::Decoder;
 use crate::error::{EngineError, Result};
+#[cfg(test)]
+use crate::wire::KV_HEADER_LEN;
 use crate::wire::{KvHeader, PayloadKind, WireMeta, decode_chunk, metadata_of};
 
 /// How a context is cut into chunk messages.
@@ -547,4 +549,54 @@ pub fn import_stream(
         }
         import.finish()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, LoadOptions};
+
+    /// AVP-ENG-52: every chunk reaches the sink from the same host buffer
+    /// (one chunk of host memory, reused), and its layer bytes are the
+    /// plain payload's, whether the cache's filled positions fill it (one
+    /// contiguous slice per chunk) or not (headroom after an import).
+    #[test]
+    fn eng_52_chunks_pass_through_one_reused_host_buffer() -> Result<()> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/models/llama_untied");
+        let opts = LoadOptions {
+            cache_dir: None,
+            ..LoadOptions::default()
+        };
+        let engine = Engine::load(&dir, &opts)?;
+        let ctx = engine.think("one buffer", 2, None)?;
+        let roomy = engine.import_context(&ctx.to_bytes()?, 16)?;
+        assert!(roomy.cache.capacity() > roomy.cache.seq_len());
+        let plain = ctx.kv_payload()?;
+        let per = layer_bytes(&context_header(&ctx.cache)?).unwrap_or(0);
+        let layers = ctx.cache.num_layers();
+        assert!(layers > 1);
+        for c in [&ctx, &roomy] {
+            let (mut bodies, mut messages) = (Vec::new(), Vec::new());
+            // One layer per chunk: every body has the same size.
+            let one_layer = ChunkOptions::new((per + KV_HEADER_LEN) as u64);
+            write_chunks(c, &one_layer, &|_| {}, &mut |parts| {
+                let body = parts.get(1).copied().unwrap_or_default();
+                bodies.push((body.as_ptr() as usize, body.len()));
+                messages.push(parts.concat());
+                Ok(())
+            })?;
+            assert_eq!(bodies.len(), layers);
+            assert!(
+                bodies.iter().all(|b| Some(b) == bodies.first()),
+                "{bodies:?}"
+            );
+            for (i, m) in messages.iter().enumerate() {
+                let (msg, _) = decode_chunk(m)?.ok_or_else(|| invalid("not a chunk"))?;
+                let want = plain.get(KV_HEADER_LEN + per * i..KV_HEADER_LEN + per * (i + 1));
+                assert_eq!(Some(ChunkInfo::layer_bytes(&msg.tensor)), want, "chunk {i}");
+            }
+        }
+        Ok(())
+    }
 }
