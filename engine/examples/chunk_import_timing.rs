@@ -10,10 +10,11 @@
 //! page cache; best of the repeats. Each time comes with the process's CPU
 //! time over the same span (user + system, from `/proc/self/stat`; `-1`
 //! where that file is missing), so a loaded box can be told from slow code.
-//! The chunked export runs twice: from a cache whose filled positions fill
-//! it (`seq_len == capacity`, every chunk one contiguous slice) and from one
-//! imported with 1024 positions of headroom (each head's run copied apart);
-//! both must give the same file. `export_chunked_peak_rss_mib` is how far
+//! The chunked export runs into the file, then twice into a sink that drops
+//! the bytes (`_nowrite`: the engine's work without the page cache's): from
+//! the cache whose filled positions fill it (`seq_len == capacity`, every
+//! chunk one contiguous slice) and from one imported with 1024 positions of
+//! headroom (each head's run copied apart); all three give the same chunks. `export_chunked_peak_rss_mib` is how far
 //! the export raised the peak RSS above the RSS it started with (Linux's
 //! `clear_refs`; `-1` where unavailable): the chunk buffer, not the context.
 //!
@@ -66,18 +67,25 @@ fn rss_mib() -> Option<(f64, f64)> {
     Some((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
 }
 
-/// Writes `ctx` as a chunked file at `path`; (wall s, CPU s, peak RSS
-/// growth in MiB or -1).
+/// Writes `ctx` as a chunked file at `path`, or into a sink that drops
+/// the bytes (the engine's work alone, without the page cache's) for
+/// `None`; (wall s, CPU s, peak RSS growth in MiB or -1).
 fn export_chunked(
     ctx: &avp_engine::LatentContext,
-    path: &Path,
+    path: Option<&Path>,
     chunk_mib: u64,
 ) -> (f64, f64, f64, avp_engine::ChunkSummary) {
     // "5" resets the peak RSS to the current RSS (Linux >= 4.0).
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let rss_before = rss_mib();
     let (t, cpu) = (Instant::now(), cpu_s());
-    let mut file = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut file: Box<dyn Write> = match path {
+        Some(path) => Box::new(BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(path).unwrap(),
+        )),
+        None => Box::new(std::io::sink()),
+    };
     let summary = write_chunks(
         ctx,
         &ChunkOptions::new(chunk_mib << 20),
@@ -208,19 +216,19 @@ fn main() {
     let (export_plain_s, export_plain_cpu_s) = (t.elapsed().as_secs_f64(), cpu_s() - cpu);
     assert_eq!(export_plain_len, kv_bytes);
     let (export_chunked_s, export_chunked_cpu_s, export_peak_mib, summary) =
-        export_chunked(&ctx, &chunked_path, chunk_mib);
+        export_chunked(&ctx, Some(&chunked_path), chunk_mib);
+    let (export_engine_s, export_engine_cpu_s, _, again) = export_chunked(&ctx, None, chunk_mib);
+    assert_eq!(again, summary);
     drop(ctx);
     // The same context in a cache with headroom: filled positions are no
-    // longer one contiguous slice; the file must not change.
+    // longer one contiguous slice; the chunks (digest, sizes) must not change.
     let roomy = engine
         .import_context(&std::fs::read(&plain_path).unwrap(), 1024)
         .unwrap();
     assert!(roomy.cache.capacity() > roomy.seq_len());
-    let roomy_path = root.join("roomy.avp");
-    let (export_roomy_s, export_roomy_cpu_s, _, _) = export_chunked(&roomy, &roomy_path, chunk_mib);
+    let (export_roomy_s, export_roomy_cpu_s, _, again) = export_chunked(&roomy, None, chunk_mib);
+    assert_eq!(again, summary);
     drop(roomy);
-    assert!(std::fs::read(&roomy_path).unwrap() == std::fs::read(&chunked_path).unwrap());
-    std::fs::remove_file(&roomy_path).unwrap();
 
     let (mut plain, mut first, mut whole, mut alloc) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -257,7 +265,7 @@ fn main() {
     }
     std::fs::remove_dir_all(&root).unwrap();
     println!(
-        "{{\"layers\":{layers},\"seq_len\":{seq},\"kv_message_bytes\":{kv_bytes},\"chunks\":{},\"chunked_bytes\":{},\"chunk_mib\":{chunk_mib},\"export_plain_s\":{export_plain_s:.3},\"export_plain_cpu_s\":{export_plain_cpu_s:.2},\"export_chunked_s\":{export_chunked_s:.3},\"export_chunked_cpu_s\":{export_chunked_cpu_s:.2},\"export_chunked_peak_rss_mib\":{export_peak_mib:.0},\"export_chunked_headroom_s\":{export_roomy_s:.3},\"export_chunked_headroom_cpu_s\":{export_roomy_cpu_s:.2},\"cache_alloc_s\":{:.3},\"plain_import_s\":{:.3},\"plain_import_cpu_s\":{:.2},\"chunked_first_layer_s\":{:.3},\"chunked_whole_s\":{:.3},\"chunked_whole_cpu_s\":{:.2},\"repeats\":{repeats}}}",
+        "{{\"layers\":{layers},\"seq_len\":{seq},\"kv_message_bytes\":{kv_bytes},\"chunks\":{},\"chunked_bytes\":{},\"chunk_mib\":{chunk_mib},\"export_plain_s\":{export_plain_s:.3},\"export_plain_cpu_s\":{export_plain_cpu_s:.2},\"export_chunked_s\":{export_chunked_s:.3},\"export_chunked_cpu_s\":{export_chunked_cpu_s:.2},\"export_chunked_peak_rss_mib\":{export_peak_mib:.0},\"export_chunked_nowrite_s\":{export_engine_s:.3},\"export_chunked_nowrite_cpu_s\":{export_engine_cpu_s:.2},\"export_chunked_headroom_nowrite_s\":{export_roomy_s:.3},\"export_chunked_headroom_nowrite_cpu_s\":{export_roomy_cpu_s:.2},\"cache_alloc_s\":{:.3},\"plain_import_s\":{:.3},\"plain_import_cpu_s\":{:.2},\"chunked_first_layer_s\":{:.3},\"chunked_whole_s\":{:.3},\"chunked_whole_cpu_s\":{:.2},\"repeats\":{repeats}}}",
         summary.count,
         summary.bytes,
         best(&alloc),

@@ -77,13 +77,17 @@ impl KvCache {
             kind,
             device,
         };
-        cache.storage = cache.zeros(cfg.num_layers, capacity)?;
+        cache.storage = cache.allocate(cfg.num_layers, capacity)?;
         cache.views = layer_views(&cache.storage, cfg.num_layers)?;
         Ok(cache)
     }
 
-    /// A zeroed storage tensor of `layers` layers and `capacity` positions.
-    fn zeros(&self, layers: usize, capacity: usize) -> Result<Tensor> {
+    /// A storage tensor of `layers` layers and `capacity` positions, not
+    /// initialised: no position is read before it is written (reads stop at
+    /// `seq_len`), so allocating makes no pass over the memory, and on the
+    /// CPU its pages are faulted in only as positions are written
+    /// (AVP-ENG-50).
+    fn allocate(&self, layers: usize, capacity: usize) -> Result<Tensor> {
         let shape = [
             to_i64(layers)?,
             2,
@@ -91,7 +95,7 @@ impl KvCache {
             to_i64(capacity)?,
             to_i64(self.head_dim)?,
         ];
-        Ok(Tensor::f_zeros(shape, (self.kind, self.device))?)
+        Ok(Tensor::f_empty(shape, (self.kind, self.device))?)
     }
 
     /// Filled positions.
@@ -149,7 +153,7 @@ impl KvCache {
         }
         let new_cap = needed.max(self.capacity.saturating_mul(2));
         let filled = to_i64(self.seq_len)?;
-        let grown = self.zeros(self.num_layers(), new_cap)?;
+        let grown = self.allocate(self.num_layers(), new_cap)?;
         if filled > 0 {
             grown
                 .f_narrow(3, 0, filled)?
@@ -321,7 +325,7 @@ impl KvCache {
 
     /// A deep copy (for continuing a context without consuming it).
     pub fn try_clone(&self) -> Result<Self> {
-        let mut storage = self.storage.f_zeros_like()?;
+        let mut storage = self.storage.f_empty_like()?;
         storage.f_copy_(&self.storage)?;
         Ok(Self {
             views: layer_views(&storage, self.num_layers())?,
@@ -524,6 +528,12 @@ mod tests {
         let src = filled(layers, seq, seq, Kind::Float)?;
         let bytes = range_copy(&src, 1..3)?;
         let mut dst = KvCache::new(&config(layers), 8, Kind::Half, Device::Cpu)?;
+        // The storage is not initialised: what layers 0 and 3 hold before
+        // the load must still be there after it.
+        dst.set_seq_len(seq);
+        let untouched: Vec<Vec<u8>> = (0..layers)
+            .map(|l| range_copy(&dst, l..l + 1))
+            .collect::<Result<_>>()?;
         let shape = [2, 2, HEADS as i64, seq as i64, DIM as i64];
         let t = Tensor::f_from_data_size(&bytes, &shape, Kind::Float)?;
         dst.load_range(1, &t)?;
@@ -531,12 +541,11 @@ mod tests {
         let want = src.layer(1)?.0.f_to_kind(Kind::Half)?;
         assert_eq!(host_bytes(&dst.layer(1)?.0)?, host_bytes(&want)?);
         assert_eq!(wire_bytes(&dst, 1..3)?, range_copy(&dst, 1..3)?);
-        let zeros = Tensor::f_zeros(
-            [1, HEADS as i64, seq as i64, DIM as i64],
-            (Kind::Half, Device::Cpu),
-        )?;
         for layer in [0, 3] {
-            assert_eq!(host_bytes(&dst.layer(layer)?.1)?, host_bytes(&zeros)?);
+            assert_eq!(
+                Some(&range_copy(&dst, layer..layer + 1)?),
+                untouched.get(layer)
+            );
         }
         let before = range_copy(&dst, 0..4)?;
         assert!(matches!(
@@ -595,6 +604,45 @@ mod tests {
         )?;
         assert_eq!(range_copy(&copy, 0..layers)?, before);
         assert!(range_copy(&c, 0..layers)? != before);
+        Ok(())
+    }
+
+    /// AVP-ENG-50: the storage is not initialised, and nothing reads a
+    /// position before writing it: a forward pass (a prompt, then one step,
+    /// then a step after `reserve` grew the cache) over a cache whose every
+    /// element is NaN gives exactly what it gives over a zeroed cache.
+    #[test]
+    fn eng_50_no_position_is_read_before_it_is_written() -> Result<()> {
+        use crate::{Engine, Input, LoadOptions};
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/models/llama_untied");
+        let opts = LoadOptions {
+            cache_dir: None,
+            ..LoadOptions::default()
+        };
+        let engine = Engine::load(&dir, &opts)?;
+        let model = engine.model();
+        let run = |poison: f64| -> Result<Vec<u8>> {
+            let mut cache = model.new_cache(4)?;
+            let _poisoned = cache.storage.shallow_clone().f_fill_(poison)?;
+            let prompt = Tensor::from_slice(&[1i64, 5, 9]).f_view([1, 3])?;
+            let mut out = host_bytes(&model.forward(Input::Tokens(&prompt), &mut cache)?)?;
+            for id in [7i64, 2] {
+                // The second step needs a fifth position: `reserve` grows the cache.
+                let step = Tensor::from_slice(&[id]).f_view([1, 1])?;
+                out.extend(host_bytes(
+                    &model.forward(Input::Tokens(&step), &mut cache)?,
+                )?);
+                if id == 7 {
+                    assert_eq!(cache.capacity(), 4);
+                }
+            }
+            assert_eq!(cache.capacity(), 8);
+            out.extend(range_copy(&cache, 0..cache.num_layers())?);
+            Ok(out)
+        };
+        let clean = run(0.0)?;
+        assert!(run(f64::NAN)? == clean);
         Ok(())
     }
 }

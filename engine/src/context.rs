@@ -184,17 +184,20 @@ impl LatentContext {
         let mut cache = model.new_cache(seq.saturating_add(headroom))?;
         let shape = [
             1,
-            2,
             to_i64(cfg.num_kv_heads)?,
             to_i64(seq)?,
             to_i64(cfg.head_dim)?,
         ];
         let src_kind = kind_of(header.dtype)?;
         let body = tensor.get(KV_HEADER_LEN..).unwrap_or_default();
-        // Layer by layer, so the host holds one layer besides the message;
-        // each lands in its slice of the cache with one copy (AVP-ENG-51).
+        // One K or V at a time: the host holds one of them besides the
+        // message (AVP-ENG-51), and a buffer that small is reused by the
+        // allocator instead of being mapped afresh for every layer.
         for (layer, pair) in body.chunks_exact(per.max(1).saturating_mul(2)).enumerate() {
-            cache.load_range(layer, &Tensor::f_from_data_size(pair, &shape, src_kind)?)?;
+            let (k, v) = pair.split_at(per);
+            let kt = Tensor::f_from_data_size(k, &shape, src_kind)?;
+            let vt = Tensor::f_from_data_size(v, &shape, src_kind)?;
+            cache.load_layer(layer, &kt, &vt)?;
         }
         cache.set_seq_len(seq);
         Ok(LatentContext::received(
