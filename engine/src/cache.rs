@@ -323,10 +323,14 @@ impl KvCache {
         self.seq_len = n.min(self.capacity);
     }
 
-    /// A deep copy (for continuing a context without consuming it).
+    /// A deep copy (for continuing a context without consuming it): the
+    /// filled positions, in one copy; the rest is never read (AVP-ENG-50).
     pub fn try_clone(&self) -> Result<Self> {
-        let mut storage = self.storage.f_empty_like()?;
-        storage.f_copy_(&self.storage)?;
+        let storage = self.storage.f_empty_like()?;
+        let filled = to_i64(self.seq_len)?;
+        storage
+            .f_narrow(3, 0, filled)?
+            .f_copy_(&self.storage.f_narrow(3, 0, filled)?)?;
         Ok(Self {
             views: layer_views(&storage, self.num_layers())?,
             storage,
