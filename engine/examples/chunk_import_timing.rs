@@ -7,7 +7,16 @@
 //! of an 8B-class model); the context is `SEQ` positions of synthetic float32
 //! K/V (2·L·8·128·SEQ·4 bytes: 32 layers × 4096 positions = 1 GiB). Both
 //! files are written once, then each import runs `REPEATS` times from the
-//! page cache; best of the repeats.
+//! page cache; best of the repeats. Each time comes with the process's CPU
+//! time over the same span (user + system, from `/proc/self/stat`; `-1`
+//! where that file is missing), so a loaded box can be told from slow code.
+//! The chunked export runs into the file, then twice into a sink that drops
+//! the bytes (`_nowrite`: the engine's work without the page cache's): from
+//! the cache whose filled positions fill it (`seq_len == capacity`, every
+//! chunk one contiguous slice) and from one imported with 1024 positions of
+//! headroom (each head's run copied apart); all three give the same chunks. `export_chunked_peak_rss_mib` is how far
+//! the export raised the peak RSS above the RSS it started with (Linux's
+//! `clear_refs`; `-1` where unavailable): the chunk buffer, not the context.
 //!
 //! `cargo run --release -p avp-engine --example chunk_import_timing -- [LAYERS SEQ CHUNK_MIB REPEATS]`
 //! (defaults 32 4096 64 3).
@@ -27,6 +36,76 @@ const HEAD_DIM: u32 = 128;
 
 fn best(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// CPU seconds (user + system) this process has used; -1 without procfs.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name's ')': field 3 (state) onwards; utime and
+    // stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) as f64 / 100.0,
+        _ => -1.0,
+    }
+}
+
+/// `(VmRSS, VmHWM)` in MiB from `/proc/self/status`; `None` without procfs.
+fn rss_mib() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    Some((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
+}
+
+/// Writes `ctx` as a chunked file at `path`, or into a sink that drops
+/// the bytes (the engine's work alone, without the page cache's) for
+/// `None`; (wall s, CPU s, peak RSS growth in MiB or -1).
+fn export_chunked(
+    ctx: &avp_engine::LatentContext,
+    path: Option<&Path>,
+    chunk_mib: u64,
+) -> (f64, f64, f64, avp_engine::ChunkSummary) {
+    // "5" resets the peak RSS to the current RSS (Linux >= 4.0).
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let rss_before = rss_mib();
+    let (t, cpu) = (Instant::now(), cpu_s());
+    let mut file: Box<dyn Write> = match path {
+        Some(path) => Box::new(BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(path).unwrap(),
+        )),
+        None => Box::new(std::io::sink()),
+    };
+    let summary = write_chunks(
+        ctx,
+        &ChunkOptions::new(chunk_mib << 20),
+        &|_| {},
+        &mut |parts| {
+            for p in parts {
+                file.write_all(p).unwrap();
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    file.flush().unwrap();
+    drop(file);
+    let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_s() - cpu);
+    let peak = match (reset, rss_before, rss_mib()) {
+        (true, Some((before, _)), Some((_, hwm))) => hwm - before,
+        _ => -1.0,
+    };
+    (wall, cpu, peak, summary)
 }
 
 /// A model directory: the qwen3 fixture's tokenizer, a config of `layers`
@@ -132,44 +211,42 @@ fn main() {
     std::fs::write(&plain_path, &message).unwrap();
     let ctx = engine.import_context(&message, 0).unwrap();
     drop(message);
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_s());
     let export_plain_len = ctx.to_bytes().unwrap().len();
-    let export_plain_s = t.elapsed().as_secs_f64();
+    let (export_plain_s, export_plain_cpu_s) = (t.elapsed().as_secs_f64(), cpu_s() - cpu);
     assert_eq!(export_plain_len, kv_bytes);
-    let t = Instant::now();
-    let mut file = BufWriter::with_capacity(1 << 20, std::fs::File::create(&chunked_path).unwrap());
-    let summary = write_chunks(
-        &ctx,
-        &ChunkOptions::new(chunk_mib << 20),
-        &|_| {},
-        &mut |parts| {
-            for p in parts {
-                file.write_all(p).unwrap();
-            }
-            Ok(())
-        },
-    )
-    .unwrap();
-    file.flush().unwrap();
-    drop(file);
-    let export_chunked_s = t.elapsed().as_secs_f64();
+    let (export_chunked_s, export_chunked_cpu_s, export_peak_mib, summary) =
+        export_chunked(&ctx, Some(&chunked_path), chunk_mib);
+    let (export_engine_s, export_engine_cpu_s, _, again) = export_chunked(&ctx, None, chunk_mib);
+    assert_eq!(again, summary);
     drop(ctx);
+    // The same context in a cache with headroom: filled positions are no
+    // longer one contiguous slice; the chunks (digest, sizes) must not change.
+    let roomy = engine
+        .import_context(&std::fs::read(&plain_path).unwrap(), 1024)
+        .unwrap();
+    assert!(roomy.cache.capacity() > roomy.seq_len());
+    let (export_roomy_s, export_roomy_cpu_s, _, again) = export_chunked(&roomy, None, chunk_mib);
+    assert_eq!(again, summary);
+    drop(roomy);
 
     let (mut plain, mut first, mut whole, mut alloc) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_cpu, mut whole_cpu) = (Vec::new(), Vec::new());
     for _ in 0..repeats {
         // Part of both imports: allocating (zeroing) the whole cache.
         let t = Instant::now();
         drop(engine.model().new_cache(seq as usize).unwrap());
         alloc.push(t.elapsed().as_secs_f64());
         // One message: nothing is usable before all of it is read and checked.
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_s());
         let bytes = std::fs::read(&plain_path).unwrap();
         let ctx = engine.import_context(&bytes, 0).unwrap();
         plain.push(t.elapsed().as_secs_f64());
+        plain_cpu.push(cpu_s() - cpu);
         drop((bytes, ctx));
         // Chunks: the first layers are on the device after the first chunk.
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_s());
         let mut first_at = None;
         let mut reader =
             BufReader::with_capacity(1 << 20, std::fs::File::open(&chunked_path).unwrap());
@@ -181,18 +258,21 @@ fn main() {
             })
             .unwrap();
         whole.push(t.elapsed().as_secs_f64());
+        whole_cpu.push(cpu_s() - cpu);
         first.push(first_at.unwrap());
         assert_eq!(ctx.seq_len(), seq as usize);
         drop(ctx);
     }
     std::fs::remove_dir_all(&root).unwrap();
     println!(
-        "{{\"layers\":{layers},\"seq_len\":{seq},\"kv_message_bytes\":{kv_bytes},\"chunks\":{},\"chunked_bytes\":{},\"chunk_mib\":{chunk_mib},\"export_plain_s\":{export_plain_s:.3},\"export_chunked_s\":{export_chunked_s:.3},\"cache_alloc_s\":{:.3},\"plain_import_s\":{:.3},\"chunked_first_layer_s\":{:.3},\"chunked_whole_s\":{:.3},\"repeats\":{repeats}}}",
+        "{{\"layers\":{layers},\"seq_len\":{seq},\"kv_message_bytes\":{kv_bytes},\"chunks\":{},\"chunked_bytes\":{},\"chunk_mib\":{chunk_mib},\"export_plain_s\":{export_plain_s:.3},\"export_plain_cpu_s\":{export_plain_cpu_s:.2},\"export_chunked_s\":{export_chunked_s:.3},\"export_chunked_cpu_s\":{export_chunked_cpu_s:.2},\"export_chunked_peak_rss_mib\":{export_peak_mib:.0},\"export_chunked_nowrite_s\":{export_engine_s:.3},\"export_chunked_nowrite_cpu_s\":{export_engine_cpu_s:.2},\"export_chunked_headroom_nowrite_s\":{export_roomy_s:.3},\"export_chunked_headroom_nowrite_cpu_s\":{export_roomy_cpu_s:.2},\"cache_alloc_s\":{:.3},\"plain_import_s\":{:.3},\"plain_import_cpu_s\":{:.2},\"chunked_first_layer_s\":{:.3},\"chunked_whole_s\":{:.3},\"chunked_whole_cpu_s\":{:.2},\"repeats\":{repeats}}}",
         summary.count,
         summary.bytes,
         best(&alloc),
         best(&plain),
+        best(&plain_cpu),
         best(&first),
-        best(&whole)
+        best(&whole),
+        best(&whole_cpu)
     );
 }

@@ -2,10 +2,11 @@
 //! our side: spec/impl/engine.md, AVP-ENG-40..43): export a context straight
 //! into chunks, import chunks while they arrive.
 //!
-//! Export ([`write_chunks`]) stacks each chunk's layers into one contiguous
-//! tensor on the cache's device and copies that to the host once
-//! (AVP-ENG-40). Import ([`ChunkImport`]) uploads each chunk's layer range
-//! as soon as it is checked, in whatever order chunks come, and hashes the
+//! Export ([`write_chunks`]) copies each chunk, one slice of the cache's
+//! single storage tensor, to the host in one copy (AVP-ENG-40), one chunk
+//! at a time (AVP-ENG-52). Import ([`ChunkImport`]) copies each chunk's
+//! layer range into its slice of the cache (one copy) as soon as it is
+//! checked, in whatever order chunks come, and hashes the
 //! layer bytes in layer order as they become contiguous, so the context
 //! digest is known when the last chunk lands (AVP-ENG-41).
 //! [`import_stream`] reads chunk messages on a second thread, at most one
@@ -18,13 +19,15 @@ use std::ops::Range;
 use avp_codec::chunk::{
     Added, Assembler, AssemblyLimits, ChunkInfo, ChunkPlan, ChunkSummer, DigestVerifier,
 };
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use crate::cache::KvCache;
 use crate::context::{LatentContext, identity_extra, kind_of, num_steps_of, u32_of, wire_dtype};
 use crate::decoder::Decoder;
 use crate::error::{EngineError, Result};
-use crate::wire::{KvHeader, PayloadKind, WireMeta, decode_chunk, element_size, metadata_of};
+#[cfg(test)]
+use crate::wire::KV_HEADER_LEN;
+use crate::wire::{KvHeader, PayloadKind, WireMeta, decode_chunk, metadata_of};
 
 /// How a context is cut into chunk messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,61 +90,22 @@ fn layer_bytes(header: &KvHeader) -> Option<usize> {
         .and_then(|b| b.checked_mul(2))
 }
 
-/// Layers `range` of `cache`, K₀ V₀ K₁ V₁ … as the KV v1 payload lays them
-/// out (AVP-ENG-40): on an accelerator [`stacked_to_host`], on the CPU
-/// [`copied_to_host`] (there is no transfer to batch, so a stack would only
-/// add a copy).
-fn layers_to_host(cache: &KvCache, range: Range<usize>, per_layer: usize) -> Result<Vec<u8>> {
-    if cache.device() == Device::Cpu {
-        copied_to_host(cache, range, per_layer)
-    } else {
-        stacked_to_host(cache, range, per_layer)
-    }
-}
-
-fn host_buffer(cache: &KvCache, layers: usize, per_layer: usize) -> Result<(Vec<u8>, usize)> {
-    let len = per_layer
-        .checked_mul(layers)
-        .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
-    Ok((vec![0u8; len], element_size(wire_dtype(cache.kind())?)))
-}
-
-/// One stack of the range's K/V on the device, one device-to-host copy.
-fn stacked_to_host(cache: &KvCache, range: Range<usize>, per_layer: usize) -> Result<Vec<u8>> {
-    let (mut out, elem) = host_buffer(cache, range.len(), per_layer)?;
-    let stacked = cache
-        .stacked_layers(range)?
-        .f_to_device(Device::Cpu)?
-        .f_contiguous()?;
-    let numel = out.len() / elem;
-    stacked.f_copy_data_u8(&mut out, numel)?;
-    Ok(out)
-}
-
-/// Each K and V copied straight into its place in the buffer.
-fn copied_to_host(cache: &KvCache, range: Range<usize>, per_layer: usize) -> Result<Vec<u8>> {
-    let (mut out, elem) = host_buffer(cache, range.len(), per_layer)?;
-    let half = per_layer / 2;
-    for (layer, dst) in range.zip(out.chunks_exact_mut(per_layer.max(1))) {
-        let (k, v) = cache.layer(layer)?;
-        let (dk, dv) = dst.split_at_mut(half);
-        k.f_to_device(Device::Cpu)?
-            .f_contiguous()?
-            .f_copy_data_u8(dk, half / elem)?;
-        v.f_to_device(Device::Cpu)?
-            .f_contiguous()?
-            .f_copy_data_u8(dv, half / elem)?;
-    }
-    Ok(out)
+/// Layers `range` of `cache` into `body` (resized, its allocation reused),
+/// K₀ V₀ K₁ V₁ … as the KV v1 payload lays them out: one slice of the
+/// cache's storage, one copy to the host (AVP-ENG-40).
+fn chunk_body(cache: &KvCache, range: Range<usize>, body: &mut Vec<u8>) -> Result<()> {
+    body.resize(cache.range_bytes(&range)?, 0);
+    cache.copy_range_to(range, body)
 }
 
 /// Writes `ctx` as chunk messages (spec/protocol/chunked.md, AVP-ENG-40),
 /// handing `sink` the parts of one message at a time, in index order.
 /// `address` may set the routing fields of every chunk's metadata.
 ///
-/// Every chunk carries the digest of the whole context, so each chunk's
-/// layers are copied to the host (once) and hashed before the first
-/// message goes out: host memory is one context, as for a single message.
+/// Every chunk carries the digest of the whole context, so the chunks are
+/// copied to the host twice, one at a time into one reused buffer: a first
+/// pass hashes them, the second writes them. Host memory is one chunk,
+/// whatever the context's size (AVP-ENG-52).
 pub fn write_chunks(
     ctx: &LatentContext,
     opts: &ChunkOptions,
@@ -150,15 +114,17 @@ pub fn write_chunks(
 ) -> Result<ChunkSummary> {
     let _guard = tch::no_grad_guard();
     let header = context_header(&ctx.cache)?;
-    let per_layer = layer_bytes(&header)
-        .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
     let plan = ChunkPlan::new(&header, opts.max_chunk_bytes).map_err(EngineError::Wire)?;
+    let ranges: Vec<Range<usize>> = plan
+        .ranges()
+        .iter()
+        .map(|r| r.start as usize..r.end as usize)
+        .collect();
+    let mut body = Vec::new();
     let mut summer = ChunkSummer::new(&plan);
-    let mut bodies = Vec::with_capacity(plan.ranges().len());
-    for r in plan.ranges() {
-        let body = layers_to_host(&ctx.cache, r.start as usize..r.end as usize, per_layer)?;
+    for r in &ranges {
+        chunk_body(&ctx.cache, r.clone(), &mut body)?;
         summer.update(&body).map_err(EngineError::Wire)?;
-        bodies.push(body);
     }
     let sums = summer.finish().map_err(EngineError::Wire)?;
     let context_id = opts.context_id.unwrap_or_else(|| {
@@ -180,11 +146,12 @@ pub fn write_chunks(
     let mut base = metadata_of(&meta);
     address(&mut base);
     let mut bytes = 0u64;
-    for (index, body) in bodies.iter().enumerate() {
+    for (index, r) in ranges.into_iter().enumerate() {
+        chunk_body(&ctx.cache, r, &mut body)?;
         let prefix = plan
             .chunk_prefix(&base, context_id, &sums, u32_of(index, "chunk index")?)
             .map_err(EngineError::Wire)?;
-        sink(&[&prefix, body])?;
+        sink(&[&prefix, &body])?;
         bytes = bytes.saturating_add((prefix.len() + body.len()) as u64);
     }
     Ok(ChunkSummary {
@@ -352,16 +319,15 @@ impl<'m> ChunkImport<'m> {
         let body = ChunkInfo::layer_bytes(&msg.tensor);
         let h = &started.header;
         let shape = [
-            2 * i64::from(info.header.num_layers),
-            1,
+            i64::from(info.header.num_layers),
+            2,
             i64::from(h.num_kv_heads),
             i64::from(h.seq_len),
             i64::from(h.head_dim),
         ];
-        let stacked = Tensor::f_from_data_size(body, &shape, kind_of(h.dtype)?)?;
-        started
-            .cache
-            .load_stacked(d.layer_start as usize, &stacked)?;
+        // One host tensor of the chunk, one copy into its slice of the cache.
+        let layers = Tensor::f_from_data_size(body, &shape, kind_of(h.dtype)?)?;
+        started.cache.load_range(d.layer_start as usize, &layers)?;
         started.layers += info.header.num_layers;
         started.chunks += 1;
         started.hash_in_order(d.layer_start, body)?;
@@ -590,10 +556,12 @@ mod tests {
     use super::*;
     use crate::{Engine, LoadOptions};
 
-    /// AVP-ENG-40: the stacked path (what an accelerator takes) and the
-    /// per-tensor path (the CPU's) give the same bytes, for every range.
+    /// AVP-ENG-52: every chunk reaches the sink from the same host buffer
+    /// (one chunk of host memory, reused), and its layer bytes are the
+    /// plain payload's, whether the cache's filled positions fill it (one
+    /// contiguous slice per chunk) or not (headroom after an import).
     #[test]
-    fn stacked_and_copied_layers_are_the_same_bytes() -> Result<()> {
+    fn eng_52_chunks_pass_through_one_reused_host_buffer() -> Result<()> {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/models/llama_untied");
         let opts = LoadOptions {
@@ -601,19 +569,32 @@ mod tests {
             ..LoadOptions::default()
         };
         let engine = Engine::load(&dir, &opts)?;
-        let ctx = engine.think("stack me", 2, None)?;
-        // Headroom: the filled positions are then strided views of the cache.
+        let ctx = engine.think("one buffer", 2, None)?;
         let roomy = engine.import_context(&ctx.to_bytes()?, 16)?;
         assert!(roomy.cache.capacity() > roomy.cache.seq_len());
         let plain = ctx.kv_payload()?;
-        for c in [&ctx.cache, &roomy.cache] {
-            let per = layer_bytes(&context_header(c)?).unwrap_or(0);
-            for range in [0..1, 1..3, 0..3] {
-                let a = stacked_to_host(c, range.clone(), per)?;
-                let b = copied_to_host(c, range.clone(), per)?;
-                let want = plain.get(17 + per * range.start..17 + per * range.end);
-                assert_eq!(Some(a.as_slice()), want, "range {range:?}");
-                assert!(a == b, "range {range:?}");
+        let per = layer_bytes(&context_header(&ctx.cache)?).unwrap_or(0);
+        let layers = ctx.cache.num_layers();
+        assert!(layers > 1);
+        for c in [&ctx, &roomy] {
+            let (mut bodies, mut messages) = (Vec::new(), Vec::new());
+            // One layer per chunk: every body has the same size.
+            let one_layer = ChunkOptions::new((per + KV_HEADER_LEN) as u64);
+            write_chunks(c, &one_layer, &|_| {}, &mut |parts| {
+                let body = parts.get(1).copied().unwrap_or_default();
+                bodies.push((body.as_ptr() as usize, body.len()));
+                messages.push(parts.concat());
+                Ok(())
+            })?;
+            assert_eq!(bodies.len(), layers);
+            assert!(
+                bodies.iter().all(|b| Some(b) == bodies.first()),
+                "{bodies:?}"
+            );
+            for (i, m) in messages.iter().enumerate() {
+                let (msg, _) = decode_chunk(m)?.ok_or_else(|| invalid("not a chunk"))?;
+                let want = plain.get(KV_HEADER_LEN + per * i..KV_HEADER_LEN + per * (i + 1));
+                assert_eq!(Some(ChunkInfo::layer_bytes(&msg.tensor)), want, "chunk {i}");
             }
         }
         Ok(())

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::cache::{KvCache, to_i64};
 use crate::decoder::{Decoder, Input};
@@ -95,7 +95,8 @@ impl LatentContext {
         self.cache.seq_len()
     }
 
-    /// The KV-cache inner format v1 bytes (one copy to host per layer tensor).
+    /// The KV-cache inner format v1 bytes: all layers copied to the host as
+    /// one slice of the cache (AVP-ENG-51), behind the KV header.
     pub fn kv_payload(&self) -> Result<Vec<u8>> {
         let c = &self.cache;
         let header = KvHeader {
@@ -105,32 +106,17 @@ impl LatentContext {
             seq_len: u32_of(c.seq_len(), "seq_len")?,
             dtype: wire_dtype(c.kind())?,
         };
-        let per = header
-            .tensor_bytes()
-            .and_then(|b| usize::try_from(b).ok())
-            .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
-        let total = per
-            .checked_mul(2 * c.num_layers())
-            .and_then(|b| b.checked_add(KV_HEADER_LEN))
+        let layers = 0..c.num_layers();
+        let total = c
+            .range_bytes(&layers)?
+            .checked_add(KV_HEADER_LEN)
             .ok_or_else(|| EngineError::InvalidArgument("KV-cache too large".into()))?;
         let mut out = vec![0u8; total];
-        if let Some(h) = out.get_mut(..KV_HEADER_LEN) {
-            h.copy_from_slice(&header.to_bytes());
-        }
-        let numel = per / element_size(header.dtype);
-        let mut at = KV_HEADER_LEN;
-        for layer in 0..c.num_layers() {
-            let (k, v) = c.layer(layer)?;
-            for t in [k, v] {
-                // [1, H, S, D] view -> contiguous host copy -> bytes (bf16 as raw 2-byte patterns).
-                let host = t.f_to_device(Device::Cpu)?.f_contiguous()?;
-                let dst = out
-                    .get_mut(at..at + per)
-                    .ok_or_else(|| EngineError::InvalidArgument("KV layout overflow".into()))?;
-                host.f_copy_data_u8(dst, numel)?;
-                at += per;
-            }
-        }
+        let Some((head, body)) = out.split_at_mut_checked(KV_HEADER_LEN) else {
+            return Err(EngineError::InvalidArgument("KV layout overflow".into()));
+        };
+        head.copy_from_slice(&header.to_bytes());
+        c.copy_range_to(layers, body)?;
         Ok(out)
     }
 
@@ -204,6 +190,9 @@ impl LatentContext {
         ];
         let src_kind = kind_of(header.dtype)?;
         let body = tensor.get(KV_HEADER_LEN..).unwrap_or_default();
+        // One K or V at a time: the host holds one of them besides the
+        // message (AVP-ENG-51), and a buffer that small is reused by the
+        // allocator instead of being mapped afresh for every layer.
         for (layer, pair) in body.chunks_exact(per.max(1).saturating_mul(2)).enumerate() {
             let (k, v) = pair.split_at(per);
             let kt = Tensor::f_from_data_size(k, &shape, src_kind)?;

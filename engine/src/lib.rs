@@ -9,7 +9,7 @@
 #![deny(unsafe_code)]
 
 // One job per module; no two import each other (scripts/module_cycles.py).
-pub mod cache; // the external KV-cache: per-layer K/V, preallocated, written in place
+pub mod cache; // the external KV-cache: one tensor for all layers, per-layer views, written in place
 pub mod chunked; // a context as chunk messages: export per layer range, import while chunks arrive
 pub mod config; // the typed decoder description and the shared config.json field rules
 pub mod context; // LatentContext: the KV-cache a think produced, its wire form, import and priming
