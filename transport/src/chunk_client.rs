@@ -17,7 +17,7 @@ use avp_codec::kv::{KV_HEADER_LEN, KvHeader};
 use avp_codec::{DecodeOptions, PayloadType, Status, parse_prefix, peek};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::client::AvpClient;
 use crate::error::TransportError;
@@ -33,8 +33,10 @@ pub trait ChunkSource: Send + 'static {
     fn count(&self) -> u32;
     /// Bytes of chunk message `index`.
     fn chunk_len(&self, index: u32) -> u64;
-    /// Chunk message `index`, whole.
-    fn read_chunk(&mut self, index: u32) -> io::Result<Bytes>;
+    /// Chunk message `index`, whole, in place of `buf`'s contents (its
+    /// memory is reused: a buffer per chunk costs more in page faults than
+    /// the read itself, AVP-HTTP-110).
+    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()>;
 }
 
 /// How [`send_chunks`] behaves.
@@ -182,13 +184,15 @@ async fn attempt_once<S: ChunkSource>(
         sent_bytes: *sent_bytes,
     };
     progress(&state);
-    let mut chunks = read_ahead(Arc::clone(source), missing);
+    let (mut chunks, buffers) = read_ahead(Arc::clone(source), missing);
     let mut last = None;
     while let Some(read) = chunks.recv().await {
-        let (index, bytes, permit) = read?;
+        let (index, bytes) = read?;
         let len = bytes.len() as u64;
-        let answer = client.send_chunk(bytes).await?;
-        drop(permit);
+        let answer = client.send_chunk(bytes.clone()).await?;
+        // The buffer goes back to the reader (a new one if the connection
+        // still holds this one): two in all.
+        let _ = buffers.send(bytes.try_into_mut().map(Vec::from).unwrap_or_default());
         *sent_chunks += 1;
         *sent_bytes += len;
         state.held += 1;
@@ -211,29 +215,39 @@ async fn attempt_once<S: ChunkSource>(
     }
 }
 
-type ReadChunk = Result<(u32, Bytes, OwnedSemaphorePermit), TransportError>;
+type ReadChunk = Result<(u32, Bytes), TransportError>;
 
-/// Reads `indices` in order on a blocking thread, each only once a permit
-/// of two is free: with the chunk being sent, at most two are in memory.
+/// Chunk buffers of one transfer: with the chunk being sent and the next
+/// one read, at most two chunks are in memory.
+const CHUNK_BUFFERS: usize = 2;
+
+/// Reads `indices` in order on a blocking thread, each into a buffer given
+/// back through the returned sender (two in all), so at most two chunks
+/// are in memory and their pages are reused from chunk to chunk.
 fn read_ahead<S: ChunkSource>(
     source: Arc<Mutex<S>>,
     indices: Vec<u32>,
-) -> mpsc::UnboundedReceiver<ReadChunk> {
+) -> (
+    mpsc::UnboundedReceiver<ReadChunk>,
+    std::sync::mpsc::Sender<Vec<u8>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let permits = Arc::new(Semaphore::new(2));
+    let (give_back, buffers) = std::sync::mpsc::channel();
+    for _ in 0..CHUNK_BUFFERS {
+        let _ = give_back.send(Vec::new());
+    }
     tokio::task::spawn_blocking(move || {
         for index in indices {
-            let Ok(permit) =
-                tokio::runtime::Handle::current().block_on(Arc::clone(&permits).acquire_owned())
-            else {
+            // The transfer stopped (its sender of buffers dropped): stop reading.
+            let Ok(mut buf) = buffers.recv() else {
                 return;
             };
             let read = source
                 .lock()
                 .map_err(|_| io::Error::other("a chunk reader panicked"))
-                .and_then(|mut s| s.read_chunk(index));
+                .and_then(|mut s| s.read_chunk(index, &mut buf));
             let item = read
-                .map(|bytes| (index, bytes, permit))
+                .map(|()| (index, Bytes::from(buf)))
                 .map_err(TransportError::Io);
             let failed = item.is_err();
             // The receiver gone means the transfer stopped: stop reading.
@@ -242,7 +256,7 @@ fn read_ahead<S: ChunkSource>(
             }
         }
     });
-    rx
+    (rx, give_back)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -553,22 +567,31 @@ impl ChunkSource for ChunkedFile {
         self.chunks.get(index as usize).map_or(0, |c| c.1)
     }
 
-    fn read_chunk(&mut self, index: u32) -> io::Result<Bytes> {
+    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
         let (offset, len, _) = self
             .chunks
             .get(index as usize)
             .copied()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such chunk"))?;
-        read_range(&mut self.file, offset, len)
+        buf.clear();
+        append_range(&mut self.file, offset, len, buf)
     }
 }
 
-fn read_range(file: &mut fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
+/// Appends `len` bytes of `file` from `offset` to `buf`, straight into its
+/// spare capacity (no zeroing first).
+fn append_range(file: &mut fs::File, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
     let size = usize::try_from(len).map_err(|_| io::Error::other("chunk over memory"))?;
-    let mut buf = vec![0u8; size];
+    buf.reserve_exact(size);
     file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(&mut buf)?;
-    Ok(Bytes::from(buf))
+    let got = file.take(len).read_to_end(buf)?;
+    if got != size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the file shrank while it was being sent",
+        ));
+    }
+    Ok(())
 }
 
 /// One KV_CACHE message cut into chunks as they are sent (AVP-CHK-1): a
@@ -689,18 +712,15 @@ impl ChunkSource for SplitMessage {
         prefix + self.layer_range(index).1
     }
 
-    fn read_chunk(&mut self, index: u32) -> io::Result<Bytes> {
-        let mut out = self
+    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+        let prefix = self
             .chunk_prefix(index)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
         let (offset, len) = self.layer_range(index);
-        let start = out.len();
-        let size = usize::try_from(len).map_err(|_| io::Error::other("chunk over memory"))?;
-        out.resize(start + size, 0);
-        self.file.seek(SeekFrom::Start(offset))?;
-        self.file
-            .read_exact(out.get_mut(start..).unwrap_or_default())?;
-        Ok(Bytes::from(out))
+        buf.clear();
+        buf.reserve_exact(prefix.len().saturating_add(len as usize));
+        buf.extend_from_slice(&prefix);
+        append_range(&mut self.file, offset, len, buf)
     }
 }
 
