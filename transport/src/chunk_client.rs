@@ -16,9 +16,11 @@ use avp_codec::chunk::{ChunkPlan, ChunkSummer, ChunkSums, descriptor_of};
 use avp_codec::kv::{KV_HEADER_LEN, KvHeader};
 use avp_codec::{DecodeOptions, PayloadType, Status, parse_prefix, peek};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::body::ChunkBody;
 use crate::client::AvpClient;
 use crate::error::TransportError;
 
@@ -185,11 +187,39 @@ async fn attempt_once<S: ChunkSource>(
     };
     progress(&state);
     let (mut chunks, buffers) = read_ahead(Arc::clone(source), missing);
-    let mut last = None;
-    while let Some(read) = chunks.recv().await {
-        let (index, bytes) = read?;
+    let mut in_flight = InFlight::default();
+    // Resolves once the connection took the last frame of the newest request.
+    let mut newest_taken = None;
+    let mut complete = None;
+    let mut all_read = false;
+    loop {
+        if !all_read && in_flight.0.len() < MAX_IN_FLIGHT {
+            let Some(read) = chunks.recv().await else {
+                all_read = true;
+                continue;
+            };
+            let (index, bytes) = read?;
+            // The next request starts once the previous body is on the wire
+            // (AVP-HTTP-84): in index order at the receiver, and the two
+            // uploads never split the link between them.
+            if let Some(taken) = newest_taken.take() {
+                let _ = taken.await;
+            }
+            let (body, taken) = ChunkBody::new(bytes.clone());
+            newest_taken = Some(taken);
+            let client = client.clone();
+            let task = tokio::spawn(async move { client.send_chunk(body.boxed()).await });
+            in_flight.0.push_back((index, bytes, task));
+            continue;
+        }
+        // No room, or nothing left to read: wait for the oldest answer.
+        let Some((index, bytes, task)) = in_flight.0.pop_front() else {
+            break;
+        };
+        let answer = task
+            .await
+            .map_err(|_| TransportError::Connection("the chunk request task failed".into()))??;
         let len = bytes.len() as u64;
-        let answer = client.send_chunk(bytes.clone()).await?;
         // The buffer goes back to the reader (a new one if the connection
         // still holds this one): two in all.
         let _ = buffers.send(bytes.try_into_mut().map(Vec::from).unwrap_or_default());
@@ -199,7 +229,9 @@ async fn attempt_once<S: ChunkSource>(
         state.held_bytes += lens.get(index as usize).copied().unwrap_or(len);
         state.sent_bytes = *sent_bytes;
         progress(&state);
-        last = Some(answer);
+        if answer.get("complete").and_then(Value::as_bool) == Some(true) {
+            complete = Some(answer);
+        }
         if let Some(rate) = options.limit_rate.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(*sent_bytes as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -207,11 +239,35 @@ async fn attempt_once<S: ChunkSource>(
             }
         }
     }
-    match last {
-        Some(answer) if answer.get("complete").and_then(Value::as_bool) == Some(true) => Ok(answer),
+    match complete {
+        Some(answer) => Ok(answer),
         // Everything was held but not complete (another sender is finishing
-        // it), or the last answer was not complete: what the receiver says now.
-        _ => client.chunk_status(context_id, target).await,
+        // it), or no answer said complete: what the receiver says now.
+        None => client.chunk_status(context_id, target).await,
+    }
+}
+
+/// Chunk requests of a context at once: the one whose answer is awaited
+/// (the receiver checks and writes it) and the next one uploading
+/// (AVP-HTTP-84, AVP-HTTP-111).
+const MAX_IN_FLIGHT: usize = 2;
+
+/// The chunk requests in flight, oldest first, with their buffers; a
+/// transfer that stops early (an error) cancels the rest.
+#[derive(Default)]
+struct InFlight(
+    std::collections::VecDeque<(
+        u32,
+        Bytes,
+        tokio::task::JoinHandle<Result<Value, TransportError>>,
+    )>,
+);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for (_, _, task) in &self.0 {
+            task.abort();
+        }
     }
 }
 
