@@ -943,6 +943,62 @@ mod tests {
         assert_eq!(again.request_id, Some(stored.id));
     }
 
+    /// AVP-HTTP-110: chunks of 2 MiB (hashed beside the write) arriving in
+    /// order are stored intact from the running digest; while the context
+    /// is open the next chunk gets the buffer a written chunk left (the same
+    /// memory, not a new allocation), and once it is stored no spare
+    /// buffer is kept.
+    #[test]
+    fn http_110_chunk_buffers_are_reused_while_a_context_is_open_and_hashed_beside_the_write() {
+        let (_dir, store, assemblies) = setup("reuse");
+        let header = KvHeader {
+            num_layers: 3,
+            num_kv_heads: 8,
+            head_dim: 128,
+            seq_len: 256,
+            dtype: KvDtype::Float32,
+        };
+        let mut context = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        context.extend((0..n).map(|i| (i % 253) as u8));
+        let base = Metadata::new().with_target_agent_id("b");
+        let chunks = split_payload(&context, 3, &base, CONTEXT).expect("split");
+        assert!(chunks.iter().all(|c| c.len() >= PARALLEL_DIGEST_BYTES));
+        let mut previous: Option<*const u8> = None;
+        let mut last = None;
+        for chunk in &chunks {
+            // The buffer the receiver reads the next chunk into.
+            let mut buf = assemblies.spare_buffer();
+            match previous {
+                None => assert_eq!(buf.capacity(), 0, "no spare before the first chunk"),
+                Some(written) => {
+                    assert_eq!(
+                        buf.as_ptr(),
+                        written,
+                        "the written chunk's buffer comes back"
+                    );
+                    assert!(buf.is_empty() && buf.capacity() >= chunk.len());
+                }
+            }
+            buf.reserve(chunk.len());
+            let at = buf.as_ptr();
+            buf.extend_from_slice(chunk);
+            assert_eq!(buf.as_ptr(), at, "filled in place");
+            previous = Some(at);
+            let mut incoming = incoming(chunk);
+            incoming.bytes = buf.freeze();
+            last = Some(assemblies.add(incoming).expect("added"));
+        }
+        let stored = last.and_then(|a| a.stored).expect("stored");
+        let (_, bytes) = store.get(&stored.id).expect("read").expect("present");
+        assert_eq!(bytes.to_vec(), chunks.concat());
+        assert_eq!(
+            assemblies.spare_buffer().capacity(),
+            0,
+            "an idle receiver keeps none"
+        );
+    }
+
     /// AVP-HTTP-91: chunks whose bytes do not hash to the declared digest
     /// are discarded with `context_digest_mismatch`; nothing is stored.
     #[test]

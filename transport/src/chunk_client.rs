@@ -843,4 +843,128 @@ mod tests {
                 .is_none()
         );
     }
+
+    /// AVP-HTTP-110: the sender reads each chunk into the buffer it is
+    /// given, in place: the same memory from chunk to chunk, the exact bytes
+    /// of each chunk message.
+    #[test]
+    fn http_110_chunks_are_read_into_the_same_buffer() {
+        let parts = chunks([3; 16], 1);
+        let mut file = open("reuse", &[&parts[0], &parts[1]])
+            .expect("valid")
+            .expect("chunked");
+        let mut buf = Vec::new();
+        file.read_chunk(0, &mut buf).expect("chunk 0");
+        assert_eq!(buf, parts[0]);
+        let at = buf.as_ptr();
+        file.read_chunk(1, &mut buf).expect("chunk 1");
+        assert_eq!(buf, parts[1]);
+        assert!(parts[1].len() <= parts[0].len());
+        assert_eq!(buf.as_ptr(), at, "no new allocation");
+    }
+
+    /// AVP-HTTP-84, AVP-HTTP-111: the sender has two chunk requests in
+    /// flight and never more. The receiver here holds the answer to the
+    /// first chunk until a second request is open (a sender that waited
+    /// for each answer would never get there); every chunk arrives once
+    /// and the completing chunk's answer is the result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_84_111_two_chunk_requests_in_flight_and_never_more() {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const COUNT: usize = 4;
+        let header = KvHeader {
+            num_layers: COUNT as u32,
+            num_kv_heads: 1,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut payload = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        payload.extend((0..n).map(|i| i as u8));
+        let base = Metadata::new().with_target_agent_id("b");
+        let parts = split_payload(&payload, COUNT as u32, &base, [4; 16]).expect("split");
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let file = open("inflight", &refs).expect("valid").expect("chunked");
+
+        #[derive(Default)]
+        struct Seen {
+            open: AtomicUsize,
+            most: AtomicUsize,
+            bodies: Mutex<Vec<Vec<u8>>>,
+        }
+        let seen = Arc::new(Seen::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let serving = Arc::clone(&seen);
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&serving);
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let answer = if request.uri().path() == crate::PATH_CHUNK {
+                            let open = seen.open.fetch_add(1, Ordering::SeqCst) + 1;
+                            seen.most.fetch_max(open, Ordering::SeqCst);
+                            let body = request.into_body().collect().await?.to_bytes().to_vec();
+                            let arrived = {
+                                let mut bodies = seen.bodies.lock().expect("lock");
+                                bodies.push(body);
+                                bodies.len()
+                            };
+                            if arrived == 1 {
+                                // Bounded: a stop-and-wait sender fails the
+                                // assertion below instead of hanging.
+                                for _ in 0..2000 {
+                                    if seen.most.load(Ordering::SeqCst) >= 2 {
+                                        break;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            }
+                            seen.open.fetch_sub(1, Ordering::SeqCst);
+                            let complete = arrived == COUNT;
+                            json!({"success": true, "complete": complete,
+                                   "request_id": if complete { json!("r1") } else { Value::Null }})
+                        } else {
+                            json!({"success": true, "count": COUNT, "held": [], "complete": false})
+                        };
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
+                            answer.to_string(),
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let client = AvpClient::new(
+            &format!("http://{addr}"),
+            crate::client::ClientConfig::default(),
+        )
+        .expect("client");
+        let answer = send_chunks(&client, file, &ChunkSendOptions::default(), |_| {})
+            .await
+            .expect("sent");
+        server.abort();
+        assert_eq!(answer["request_id"], "r1");
+        assert_eq!(answer["sent_chunks"], COUNT);
+        assert_eq!(
+            seen.most.load(Ordering::SeqCst),
+            2,
+            "two in flight, never more"
+        );
+        let mut bodies = seen.bodies.lock().expect("lock").clone();
+        bodies.sort();
+        let mut expected = parts.clone();
+        expected.sort();
+        assert_eq!(bodies, expected, "every chunk once");
+    }
 }
