@@ -441,8 +441,15 @@ impl ChunkedFile {
     /// layer bytes in order. A first pass over the file computes the
     /// payload checksum; the body is then streamed from the file (4 MiB
     /// blocks), never held. `chunking_unsupported` when the context is over
-    /// the 4 GiB of one message (AVP-WIRE-5).
-    pub fn into_single_message(mut self) -> Result<SingleMessage, TransportError> {
+    /// the 4 GiB of one message (AVP-WIRE-5), known from chunk 0's
+    /// descriptor and KV header before any layer byte is read.
+    pub fn into_single_message(self) -> Result<SingleMessage, TransportError> {
+        self.join_within(u64::from(u32::MAX))
+    }
+
+    /// [`Self::into_single_message`] for a message payload of at most
+    /// `max_payload` bytes (a test's stand-in for the 4 GiB of u32 lengths).
+    fn join_within(mut self, max_payload: u64) -> Result<SingleMessage, TransportError> {
         let prefix = read_prefix_at(&mut self.file, 0)?;
         let mut kv = [0u8; KV_HEADER_LEN];
         self.file.read_exact(&mut kv)?;
@@ -457,11 +464,11 @@ impl ChunkedFile {
             .ok_or_else(|| bad("KV dimensions overflow 64 bits"))?;
         let too_large = || {
             TransportError::ChunkingUnsupported(format!(
-                "the context's KV payload is {payload_len} bytes: over the 4 GiB of one message \
-                 (AVP-WIRE-5), and the peer did not announce kv_chunked"
+                "the context's KV payload is {payload_len} bytes: over the {max_payload} bytes \
+                 one message carries (AVP-WIRE-5: 4 GiB), and the peer did not announce kv_chunked"
             ))
         };
-        if payload_len > u64::from(u32::MAX) {
+        if payload_len > max_payload {
             return Err(too_large());
         }
         let ranges: Vec<(u64, u64)> = self
@@ -493,6 +500,9 @@ impl ChunkedFile {
             .with_payload_checksum(Some(crc.finalize()))
             .with_compression(None::<&str>);
         let meta_len = metadata.encoded_len() as u64;
+        if meta_len + payload_len > max_payload {
+            return Err(too_large());
+        }
         let body = u32::try_from(meta_len + payload_len).map_err(|_| too_large())?;
         let mut head = avp_codec::Header {
             version: avp_codec::VERSION,
@@ -966,5 +976,47 @@ mod tests {
         let mut expected = parts.clone();
         expected.sort();
         assert_eq!(bodies, expected, "every chunk once");
+    }
+
+    /// AVP-HTTP-80, AVP-CHK-9: a chunked context too large for one message
+    /// is refused with `chunking_unsupported` for a peer without
+    /// `kv_chunked`, the size known from chunk 0's descriptor and KV header
+    /// alone (the limit is lowered here instead of writing 4 GiB): the
+    /// refusal comes before any layer byte is read, so before any is sent.
+    #[test]
+    fn http_80_chk_9_a_context_over_one_message_is_refused_before_reading_it() {
+        let parts = chunks([5; 16], 2);
+        // 4 layers of K and V, 1 x 4 x 2 float32 each, plus the KV header.
+        let payload = 4 * 2 * 4 * 2 * 4 + KV_HEADER_LEN as u64;
+        let file = open("join-small", &[&parts[0], &parts[1]])
+            .expect("valid")
+            .expect("chunked");
+        match file.join_within(payload - 1) {
+            Err(TransportError::ChunkingUnsupported(why)) => {
+                assert!(why.contains(&format!("{payload} bytes")), "{why}");
+                assert!(why.contains("kv_chunked"), "{why}");
+            }
+            Err(other) => panic!("expected chunking_unsupported, got {other}"),
+            Ok(_) => panic!("a context over the limit was joined"),
+        }
+        // Only the first message's prefix and KV header are read: the rest
+        // of the file may be anything (here: cut off) when the answer is no.
+        let cut = &parts[1][..parts[1].len() / 2];
+        let path = std::env::temp_dir().join(format!("avp-join-cut-{}", crate::store::new_id()));
+        fs::write(&path, [parts[0].as_slice(), &parts[1]].concat()).expect("write");
+        let file = ChunkedFile::open(&path).expect("valid").expect("chunked");
+        fs::write(&path, [parts[0].as_slice(), cut].concat()).expect("cut");
+        let refused = file.join_within(payload - 1);
+        fs::remove_file(&path).expect("cleanup");
+        assert!(matches!(
+            refused,
+            Err(TransportError::ChunkingUnsupported(_))
+        ));
+        // Within the limit it joins: header, metadata, the whole KV payload.
+        let file = open("join-fits", &[&parts[0], &parts[1]])
+            .expect("valid")
+            .expect("chunked");
+        let joined = file.into_single_message().expect("fits");
+        assert!(joined.len() > payload + avp_codec::HEADER_LEN as u64);
     }
 }
