@@ -252,16 +252,17 @@ async fn attempt_once<S: ChunkSource>(
 /// (AVP-HTTP-84, AVP-HTTP-111).
 const MAX_IN_FLIGHT: usize = 2;
 
-/// The chunk requests in flight, oldest first, with their buffers; a
-/// transfer that stops early (an error) cancels the rest.
-#[derive(Default)]
-struct InFlight(
-    std::collections::VecDeque<(
-        u32,
-        Bytes,
-        tokio::task::JoinHandle<Result<Value, TransportError>>,
-    )>,
+/// One chunk request in flight: its index, its buffer, the request.
+type ChunkRequest = (
+    u32,
+    Bytes,
+    tokio::task::JoinHandle<Result<Value, TransportError>>,
 );
+
+/// The chunk requests in flight, oldest first; a transfer that stops
+/// early (an error) cancels the rest.
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<ChunkRequest>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
