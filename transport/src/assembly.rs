@@ -652,6 +652,7 @@ fn append_chunk(dir: &Path, held: &Held, bytes: &[u8], info: &ChunkInfo) -> io::
     data.seek(SeekFrom::Start(held.offset))?;
     data.write_all(bytes)?;
     data.sync_data()?;
+    drop_cached(&data, held.offset, bytes.len() as u64);
     let mut file = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -659,6 +660,25 @@ fn append_chunk(dir: &Path, held: &Held, bytes: &[u8], info: &ChunkInfo) -> io::
     file.write_all(index_line(held, info).as_bytes())?;
     file.sync_data()?;
     Ok(())
+}
+
+/// Lets the kernel drop the pages of a flushed chunk from the page cache
+/// (AVP-HTTP-110): the next chunk then reuses those pages instead of taking
+/// fresh ones, which on a virtual machine cost more CPU to fill than the
+/// copy itself (perf: 57 % of the receiver in `copy_folio_from_iter_atomic`).
+/// Advice only: failing changes nothing.
+fn drop_cached(file: &fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::fs::fadvise(
+            file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// Rebuilds an assembly from its directory after a restart: the index
