@@ -1,8 +1,9 @@
 //! Sending a chunked context (spec/protocol/http.md section 8, spec/impl/transport.md
 //! AVP-HTTP-93): the chunks come from a [`ChunkSource`] (a chunked file, or
-//! one large KV_CACHE message cut on the fly), go one request at a time over
-//! the client's kept-alive connection (AVP-HTTP-84), with at most two chunks
-//! in memory: the one being sent and the next one read. Before sending, and
+//! one large KV_CACHE message cut on the fly), go in index order with at most
+//! two requests in flight, the next started once the previous body is on the
+//! wire (AVP-HTTP-84, AVP-HTTP-111), with at most two chunks in memory (the
+//! one awaiting its answer or being sent and the next one read). Before sending, and
 //! after a lost connection, the receiver is asked which chunks it holds
 //! (AVP-HTTP-83), so only the missing ones travel.
 
