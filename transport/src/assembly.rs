@@ -549,13 +549,21 @@ impl Assemblies {
         let old = |at: SystemTime| now.duration_since(at).unwrap_or_default() > self.limits.ttl;
         // An assembly busy with a chunk is not idle (try_lock): the files
         // go while its lock is held, so no chunk is appended meanwhile.
-        lock(&self.open).retain(|_, assembly| match assembly.try_lock() {
-            Ok(mut assembly) if old(assembly.last_chunk) => {
-                self.forget(&mut assembly);
-                false
-            }
-            _ => true,
-        });
+        let idle = {
+            let mut open = lock(&self.open);
+            open.retain(|_, assembly| match assembly.try_lock() {
+                Ok(mut assembly) if old(assembly.last_chunk) => {
+                    self.forget(&mut assembly);
+                    false
+                }
+                _ => true,
+            });
+            open.is_empty()
+        };
+        if idle {
+            // No context left to assemble: no spare chunk buffer either (AVP-HTTP-110).
+            lock(&self.spare).clear();
+        }
         let finished: Vec<[u8; 16]> = lock(&self.done)
             .iter()
             .filter(|(_, (_, at))| old(*at))
