@@ -1021,4 +1021,123 @@ mod tests {
         let joined = file.into_single_message().expect("fits");
         assert!(joined.len() > payload + avp_codec::HEADER_LEN as u64);
     }
+
+    /// AVP-HTTP-111, AVP-HTTP-83: an error answer to one of the two
+    /// requests in flight ends the pass; the transfer asks what is held and
+    /// sends only the rest, and the context completes with every chunk held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_83_111_an_error_in_flight_ends_the_pass_and_the_transfer_resumes() {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use std::collections::BTreeSet;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        const COUNT: u32 = 4;
+        let header = KvHeader {
+            num_layers: COUNT,
+            num_kv_heads: 1,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut payload = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        payload.extend((0..n).map(|i| i as u8));
+        let base = Metadata::new().with_target_agent_id("b");
+        let parts = split_payload(&payload, COUNT, &base, [6; 16]).expect("split");
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let file = open("resume", &refs).expect("valid").expect("chunked");
+
+        #[derive(Default)]
+        struct Receiver {
+            held: Mutex<BTreeSet<u32>>,
+            refused_once: AtomicBool,
+        }
+        let receiver = Arc::new(Receiver::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let serving = Arc::clone(&receiver);
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let receiver = Arc::clone(&serving);
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let receiver = Arc::clone(&receiver);
+                    async move {
+                        let chunk = request.uri().path() == crate::PATH_CHUNK;
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let (status, answer) = if chunk {
+                            let (info, _) = crate::wire::check_chunk(&body, None)
+                                .expect("valid")
+                                .expect("a chunk");
+                            let index = info.descriptor.index;
+                            if index == 1 && !receiver.refused_once.swap(true, Ordering::SeqCst) {
+                                (503, json!({"success": false, "message": "busy"}))
+                            } else {
+                                let mut held = receiver.held.lock().expect("lock");
+                                held.insert(index);
+                                let complete = held.len() == COUNT as usize;
+                                (
+                                    200,
+                                    json!({"success": true, "complete": complete,
+                                             "request_id": if complete { json!("r2") } else { Value::Null }}),
+                                )
+                            }
+                        } else {
+                            let held: Vec<u32> = receiver
+                                .held
+                                .lock()
+                                .expect("lock")
+                                .iter()
+                                .copied()
+                                .collect();
+                            (
+                                200,
+                                json!({"success": true, "count": COUNT, "held": held,
+                                         "complete": false}),
+                            )
+                        };
+                        let mut response =
+                            http::Response::new(Full::new(Bytes::from(answer.to_string())));
+                        *response.status_mut() =
+                            http::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let client = AvpClient::new(
+            &format!("http://{addr}"),
+            crate::client::ClientConfig::default(),
+        )
+        .expect("client");
+        let options = ChunkSendOptions {
+            retries: 2,
+            backoff: Duration::from_millis(10),
+            ..ChunkSendOptions::default()
+        };
+        let answer = send_chunks(&client, file, &options, |_| {})
+            .await
+            .expect("completed after a resume");
+        server.abort();
+        assert_eq!(answer["request_id"], "r2");
+        assert_eq!(
+            answer["attempts"], 2,
+            "one pass ended by the 503, one resumed"
+        );
+        assert!(receiver.refused_once.load(Ordering::SeqCst));
+        let held: Vec<u32> = receiver
+            .held
+            .lock()
+            .expect("lock")
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(held, (0..COUNT).collect::<Vec<_>>());
+    }
 }
