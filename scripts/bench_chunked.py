@@ -118,6 +118,17 @@ def peak_rss_mib(log):
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_s(log):
+    """User + system CPU seconds of a process, from /usr/bin/time -v."""
+    text = open(log).read()
+    times = [re.search(rf"{kind} time \(seconds\): ([0-9.]+)", text) for kind in ("User", "System")]
+    return round(sum(float(m.group(1)) for m in times if m), 2)
+
+
+def load_average():
+    return round(os.getloadavg()[0], 2)
+
+
 def start_server(cmd, log):
     proc = timed(cmd, log)
     line = proc.stdout.readline()
@@ -172,6 +183,7 @@ def main():
             if via_route:
                 router, to = start_server([args.avp, "route", "--listen", "127.0.0.1:0", "--route", f"b={url}"],
                                           os.path.join(args.dir, f"{name}-route.time"))
+            load_before = load_average()
             t0 = time.time()
             sender = timed([args.avp, "send", src, "--to", to], os.path.join(args.dir, f"{name}-send.time"))
             answer = json.loads(sender.communicate()[0])
@@ -181,13 +193,19 @@ def main():
                     stop(p)
             stored = [f for f in os.listdir(store) if f.endswith(".avp")]
             ok, chunks = verify_stored(os.path.join(store, stored[0]), digest)
-            run = {"run": name, "complete": answer.get("complete"), "sent_chunks": answer.get("sent_chunks"),
+            logs = {role: os.path.join(args.dir, f"{name}-{role}.time") for role in ("send", "serve", "route")}
+            run = {"run": name, "load_before": load_before,
+                   "complete": answer.get("complete"), "sent_chunks": answer.get("sent_chunks"),
                    "wall_s": round(wall, 2), "GB_per_s": round(size / wall / 1e9, 3),
                    "digest_ok": ok, "stored_chunks": chunks,
                    "rss_send_MiB": round(peak_rss_mib(os.path.join(args.dir, f"{name}-send.time")), 1),
                    "rss_serve_MiB": round(peak_rss_mib(os.path.join(args.dir, f"{name}-serve.time")), 1)}
+            # CPU seconds per GB of context: comparable on a busy machine, where wall time is not.
+            run["cpu_s_per_GB_send"] = round(cpu_s(logs["send"]) / (size / 1e9), 2)
+            run["cpu_s_per_GB_serve"] = round(cpu_s(logs["serve"]) / (size / 1e9), 2)
             if via_route:
-                run["rss_route_MiB"] = round(peak_rss_mib(os.path.join(args.dir, f"{name}-route.time")), 1)
+                run["rss_route_MiB"] = round(peak_rss_mib(logs["route"]), 1)
+                run["cpu_s_per_GB_route"] = round(cpu_s(logs["route"]) / (size / 1e9), 2)
             shutil.rmtree(store)
             print(json.dumps(run), flush=True)
             return run

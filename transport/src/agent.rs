@@ -460,7 +460,7 @@ impl Agent {
         held: Held,
         peer: &Peer,
     ) -> Response<ResponseBody> {
-        let mut buf = BytesMut::new();
+        let mut buf = chunks.spare_buffer();
         let (reader, total) = match self
             .read_declared_len(body, config, started, held, &mut buf)
             .await
@@ -469,12 +469,14 @@ impl Agent {
             Err(answer) => return answer,
         };
         // Address space only: pages are touched (and budget taken) as bytes
-        // arrive, and the buffer never doubles past the chunk (RSS bound).
-        buf.reserve(
-            usize::try_from(total)
-                .unwrap_or(0)
-                .saturating_sub(buf.len()),
-        );
+        // arrive, and the buffer never doubles past the chunk (RSS bound):
+        // a spare buffer too small is replaced, not grown.
+        let want = usize::try_from(total).unwrap_or(0);
+        if buf.capacity() < want {
+            let mut exact = BytesMut::with_capacity(want);
+            exact.extend_from_slice(&buf);
+            buf = exact;
+        }
         let short = |held: usize| truncated(held as u64, total);
         let (mut reader, routing) =
             match read_prefix(reader, &mut buf, routing_status, config.max_body, short).await {

@@ -401,6 +401,64 @@ impl Body for FileBody {
     }
 }
 
+/// A chunk held in memory sent as frames of [`CHUNK_FRAME`] bytes (slices of
+/// the one buffer, no copy) that says when the connection took its last
+/// frame: the next chunk's request starts then, so a receiver sees the
+/// chunks of a context in index order (AVP-HTTP-84, AVP-HTTP-111).
+pub(crate) struct ChunkBody {
+    rest: Bytes,
+    taken: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Frames small enough that hyper takes the last one only once the rest
+/// is nearly all written (it buffers under half a MiB before asking again).
+const CHUNK_FRAME: usize = 1 << 20;
+
+impl ChunkBody {
+    /// The body, and what resolves once its last frame was taken (or the
+    /// body was dropped unsent: the request failed).
+    pub(crate) fn new(bytes: Bytes) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (taken, rx) = tokio::sync::oneshot::channel();
+        (
+            Self {
+                rest: bytes,
+                taken: Some(taken),
+            },
+            rx,
+        )
+    }
+}
+
+impl Body for ChunkBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let take = self.rest.len().min(CHUNK_FRAME);
+        let frame = self.rest.split_to(take);
+        if self.rest.is_empty() {
+            if let Some(taken) = self.taken.take() {
+                let _ = taken.send(());
+            }
+        }
+        if frame.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 /// `value` as an answer body: Python's JSON (the SDK reads it with
 /// `json.loads`), keys sorted and compact as the server always wrote them.
 pub(crate) fn json_bytes(value: &Value) -> Vec<u8> {

@@ -1,8 +1,9 @@
 //! Sending a chunked context (spec/protocol/http.md section 8, spec/impl/transport.md
 //! AVP-HTTP-93): the chunks come from a [`ChunkSource`] (a chunked file, or
-//! one large KV_CACHE message cut on the fly), go one request at a time over
-//! the client's kept-alive connection (AVP-HTTP-84), with at most two chunks
-//! in memory: the one being sent and the next one read. Before sending, and
+//! one large KV_CACHE message cut on the fly), go in index order with at most
+//! two requests in flight, the next started once the previous body is on the
+//! wire (AVP-HTTP-84, AVP-HTTP-111), with at most two chunks in memory (the
+//! one awaiting its answer or being sent and the next one read). Before sending, and
 //! after a lost connection, the receiver is asked which chunks it holds
 //! (AVP-HTTP-83), so only the missing ones travel.
 
@@ -16,9 +17,11 @@ use avp_codec::chunk::{ChunkPlan, ChunkSummer, ChunkSums, descriptor_of};
 use avp_codec::kv::{KV_HEADER_LEN, KvHeader};
 use avp_codec::{DecodeOptions, PayloadType, Status, parse_prefix, peek};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 
+use crate::body::ChunkBody;
 use crate::client::AvpClient;
 use crate::error::TransportError;
 
@@ -33,8 +36,10 @@ pub trait ChunkSource: Send + 'static {
     fn count(&self) -> u32;
     /// Bytes of chunk message `index`.
     fn chunk_len(&self, index: u32) -> u64;
-    /// Chunk message `index`, whole.
-    fn read_chunk(&mut self, index: u32) -> io::Result<Bytes>;
+    /// Chunk message `index`, whole, in place of `buf`'s contents (its
+    /// memory is reused: a buffer per chunk costs more in page faults than
+    /// the read itself, AVP-HTTP-110).
+    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()>;
 }
 
 /// How [`send_chunks`] behaves.
@@ -182,20 +187,52 @@ async fn attempt_once<S: ChunkSource>(
         sent_bytes: *sent_bytes,
     };
     progress(&state);
-    let mut chunks = read_ahead(Arc::clone(source), missing);
-    let mut last = None;
-    while let Some(read) = chunks.recv().await {
-        let (index, bytes, permit) = read?;
+    let (mut chunks, buffers) = read_ahead(Arc::clone(source), missing);
+    let mut in_flight = InFlight::default();
+    // Resolves once the connection took the last frame of the newest request.
+    let mut newest_taken = None;
+    let mut complete = None;
+    let mut all_read = false;
+    loop {
+        if !all_read && in_flight.0.len() < MAX_IN_FLIGHT {
+            let Some(read) = chunks.recv().await else {
+                all_read = true;
+                continue;
+            };
+            let (index, bytes) = read?;
+            // The next request starts once the previous body is on the wire
+            // (AVP-HTTP-84): in index order at the receiver, and the two
+            // uploads never split the link between them.
+            if let Some(taken) = newest_taken.take() {
+                let _ = taken.await;
+            }
+            let (body, taken) = ChunkBody::new(bytes.clone());
+            newest_taken = Some(taken);
+            let client = client.clone();
+            let task = tokio::spawn(async move { client.send_chunk(body.boxed()).await });
+            in_flight.0.push_back((index, bytes, task));
+            continue;
+        }
+        // No room, or nothing left to read: wait for the oldest answer.
+        let Some((index, bytes, task)) = in_flight.0.pop_front() else {
+            break;
+        };
+        let answer = task
+            .await
+            .map_err(|_| TransportError::Connection("the chunk request task failed".into()))??;
         let len = bytes.len() as u64;
-        let answer = client.send_chunk(bytes).await?;
-        drop(permit);
+        // The buffer goes back to the reader (a new one if the connection
+        // still holds this one): two in all.
+        let _ = buffers.send(bytes.try_into_mut().map(Vec::from).unwrap_or_default());
         *sent_chunks += 1;
         *sent_bytes += len;
         state.held += 1;
         state.held_bytes += lens.get(index as usize).copied().unwrap_or(len);
         state.sent_bytes = *sent_bytes;
         progress(&state);
-        last = Some(answer);
+        if answer.get("complete").and_then(Value::as_bool) == Some(true) {
+            complete = Some(answer);
+        }
         if let Some(rate) = options.limit_rate.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(*sent_bytes as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -203,37 +240,72 @@ async fn attempt_once<S: ChunkSource>(
             }
         }
     }
-    match last {
-        Some(answer) if answer.get("complete").and_then(Value::as_bool) == Some(true) => Ok(answer),
+    match complete {
+        Some(answer) => Ok(answer),
         // Everything was held but not complete (another sender is finishing
-        // it), or the last answer was not complete: what the receiver says now.
-        _ => client.chunk_status(context_id, target).await,
+        // it), or no answer said complete: what the receiver says now.
+        None => client.chunk_status(context_id, target).await,
     }
 }
 
-type ReadChunk = Result<(u32, Bytes, OwnedSemaphorePermit), TransportError>;
+/// Chunk requests of a context at once: the one whose answer is awaited
+/// (the receiver checks and writes it) and the next one uploading
+/// (AVP-HTTP-84, AVP-HTTP-111).
+const MAX_IN_FLIGHT: usize = 2;
 
-/// Reads `indices` in order on a blocking thread, each only once a permit
-/// of two is free: with the chunk being sent, at most two are in memory.
+/// One chunk request in flight: its index, its buffer, the request.
+type ChunkRequest = (
+    u32,
+    Bytes,
+    tokio::task::JoinHandle<Result<Value, TransportError>>,
+);
+
+/// The chunk requests in flight, oldest first; a transfer that stops
+/// early (an error) cancels the rest.
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<ChunkRequest>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for (_, _, task) in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+type ReadChunk = Result<(u32, Bytes), TransportError>;
+
+/// Chunk buffers of one transfer: with the chunk being sent and the next
+/// one read, at most two chunks are in memory.
+const CHUNK_BUFFERS: usize = 2;
+
+/// Reads `indices` in order on a blocking thread, each into a buffer given
+/// back through the returned sender (two in all), so at most two chunks
+/// are in memory and their pages are reused from chunk to chunk.
 fn read_ahead<S: ChunkSource>(
     source: Arc<Mutex<S>>,
     indices: Vec<u32>,
-) -> mpsc::UnboundedReceiver<ReadChunk> {
+) -> (
+    mpsc::UnboundedReceiver<ReadChunk>,
+    std::sync::mpsc::Sender<Vec<u8>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let permits = Arc::new(Semaphore::new(2));
+    let (give_back, buffers) = std::sync::mpsc::channel();
+    for _ in 0..CHUNK_BUFFERS {
+        let _ = give_back.send(Vec::new());
+    }
     tokio::task::spawn_blocking(move || {
         for index in indices {
-            let Ok(permit) =
-                tokio::runtime::Handle::current().block_on(Arc::clone(&permits).acquire_owned())
-            else {
+            // The transfer stopped (its sender of buffers dropped): stop reading.
+            let Ok(mut buf) = buffers.recv() else {
                 return;
             };
             let read = source
                 .lock()
                 .map_err(|_| io::Error::other("a chunk reader panicked"))
-                .and_then(|mut s| s.read_chunk(index));
+                .and_then(|mut s| s.read_chunk(index, &mut buf));
             let item = read
-                .map(|bytes| (index, bytes, permit))
+                .map(|()| (index, Bytes::from(buf)))
                 .map_err(TransportError::Io);
             let failed = item.is_err();
             // The receiver gone means the transfer stopped: stop reading.
@@ -242,7 +314,7 @@ fn read_ahead<S: ChunkSource>(
             }
         }
     });
-    rx
+    (rx, give_back)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -371,8 +443,15 @@ impl ChunkedFile {
     /// layer bytes in order. A first pass over the file computes the
     /// payload checksum; the body is then streamed from the file (4 MiB
     /// blocks), never held. `chunking_unsupported` when the context is over
-    /// the 4 GiB of one message (AVP-WIRE-5).
-    pub fn into_single_message(mut self) -> Result<SingleMessage, TransportError> {
+    /// the 4 GiB of one message (AVP-WIRE-5), known from chunk 0's
+    /// descriptor and KV header before any layer byte is read.
+    pub fn into_single_message(self) -> Result<SingleMessage, TransportError> {
+        self.join_within(u64::from(u32::MAX))
+    }
+
+    /// [`Self::into_single_message`] for a message payload of at most
+    /// `max_payload` bytes (a test's stand-in for the 4 GiB of u32 lengths).
+    fn join_within(mut self, max_payload: u64) -> Result<SingleMessage, TransportError> {
         let prefix = read_prefix_at(&mut self.file, 0)?;
         let mut kv = [0u8; KV_HEADER_LEN];
         self.file.read_exact(&mut kv)?;
@@ -387,11 +466,11 @@ impl ChunkedFile {
             .ok_or_else(|| bad("KV dimensions overflow 64 bits"))?;
         let too_large = || {
             TransportError::ChunkingUnsupported(format!(
-                "the context's KV payload is {payload_len} bytes: over the 4 GiB of one message \
-                 (AVP-WIRE-5), and the peer did not announce kv_chunked"
+                "the context's KV payload is {payload_len} bytes: over the {max_payload} bytes \
+                 one message carries (AVP-WIRE-5: 4 GiB), and the peer did not announce kv_chunked"
             ))
         };
-        if payload_len > u64::from(u32::MAX) {
+        if payload_len > max_payload {
             return Err(too_large());
         }
         let ranges: Vec<(u64, u64)> = self
@@ -423,6 +502,9 @@ impl ChunkedFile {
             .with_payload_checksum(Some(crc.finalize()))
             .with_compression(None::<&str>);
         let meta_len = metadata.encoded_len() as u64;
+        if meta_len + payload_len > max_payload {
+            return Err(too_large());
+        }
         let body = u32::try_from(meta_len + payload_len).map_err(|_| too_large())?;
         let mut head = avp_codec::Header {
             version: avp_codec::VERSION,
@@ -553,22 +635,31 @@ impl ChunkSource for ChunkedFile {
         self.chunks.get(index as usize).map_or(0, |c| c.1)
     }
 
-    fn read_chunk(&mut self, index: u32) -> io::Result<Bytes> {
+    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
         let (offset, len, _) = self
             .chunks
             .get(index as usize)
             .copied()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such chunk"))?;
-        read_range(&mut self.file, offset, len)
+        buf.clear();
+        append_range(&mut self.file, offset, len, buf)
     }
 }
 
-fn read_range(file: &mut fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
+/// Appends `len` bytes of `file` from `offset` to `buf`, straight into its
+/// spare capacity (no zeroing first).
+fn append_range(file: &mut fs::File, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
     let size = usize::try_from(len).map_err(|_| io::Error::other("chunk over memory"))?;
-    let mut buf = vec![0u8; size];
+    buf.reserve_exact(size);
     file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(&mut buf)?;
-    Ok(Bytes::from(buf))
+    let got = file.take(len).read_to_end(buf)?;
+    if got != size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the file shrank while it was being sent",
+        ));
+    }
+    Ok(())
 }
 
 /// One KV_CACHE message cut into chunks as they are sent (AVP-CHK-1): a
@@ -689,18 +780,15 @@ impl ChunkSource for SplitMessage {
         prefix + self.layer_range(index).1
     }
 
-    fn read_chunk(&mut self, index: u32) -> io::Result<Bytes> {
-        let mut out = self
+    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+        let prefix = self
             .chunk_prefix(index)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
         let (offset, len) = self.layer_range(index);
-        let start = out.len();
-        let size = usize::try_from(len).map_err(|_| io::Error::other("chunk over memory"))?;
-        out.resize(start + size, 0);
-        self.file.seek(SeekFrom::Start(offset))?;
-        self.file
-            .read_exact(out.get_mut(start..).unwrap_or_default())?;
-        Ok(Bytes::from(out))
+        buf.clear();
+        buf.reserve_exact(prefix.len().saturating_add(len as usize));
+        buf.extend_from_slice(&prefix);
+        append_range(&mut self.file, offset, len, buf)
     }
 }
 
@@ -766,5 +854,290 @@ mod tests {
                 .expect("left")
                 .is_none()
         );
+    }
+
+    /// AVP-HTTP-110: the sender reads each chunk into the buffer it is
+    /// given, in place: the same memory from chunk to chunk, the exact bytes
+    /// of each chunk message.
+    #[test]
+    fn http_110_chunks_are_read_into_the_same_buffer() {
+        let parts = chunks([3; 16], 1);
+        let mut file = open("reuse", &[&parts[0], &parts[1]])
+            .expect("valid")
+            .expect("chunked");
+        let mut buf = Vec::new();
+        file.read_chunk(0, &mut buf).expect("chunk 0");
+        assert_eq!(buf, parts[0]);
+        let at = buf.as_ptr();
+        file.read_chunk(1, &mut buf).expect("chunk 1");
+        assert_eq!(buf, parts[1]);
+        assert!(parts[1].len() <= parts[0].len());
+        assert_eq!(buf.as_ptr(), at, "no new allocation");
+    }
+
+    /// AVP-HTTP-84, AVP-HTTP-111: the sender has two chunk requests in
+    /// flight and never more. The receiver here holds the answer to the
+    /// first chunk until a second request is open (a sender that waited
+    /// for each answer would never get there); every chunk arrives once
+    /// and the completing chunk's answer is the result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_84_111_two_chunk_requests_in_flight_and_never_more() {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const COUNT: usize = 4;
+        let header = KvHeader {
+            num_layers: COUNT as u32,
+            num_kv_heads: 1,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut payload = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        payload.extend((0..n).map(|i| i as u8));
+        let base = Metadata::new().with_target_agent_id("b");
+        let parts = split_payload(&payload, COUNT as u32, &base, [4; 16]).expect("split");
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let file = open("inflight", &refs).expect("valid").expect("chunked");
+
+        #[derive(Default)]
+        struct Seen {
+            open: AtomicUsize,
+            most: AtomicUsize,
+            bodies: Mutex<Vec<Vec<u8>>>,
+        }
+        let seen = Arc::new(Seen::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let serving = Arc::clone(&seen);
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&serving);
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let answer = if request.uri().path() == crate::PATH_CHUNK {
+                            let open = seen.open.fetch_add(1, Ordering::SeqCst) + 1;
+                            seen.most.fetch_max(open, Ordering::SeqCst);
+                            let body = request.into_body().collect().await?.to_bytes().to_vec();
+                            let arrived = {
+                                let mut bodies = seen.bodies.lock().expect("lock");
+                                bodies.push(body);
+                                bodies.len()
+                            };
+                            if arrived == 1 {
+                                // Bounded: a stop-and-wait sender fails the
+                                // assertion below instead of hanging.
+                                for _ in 0..2000 {
+                                    if seen.most.load(Ordering::SeqCst) >= 2 {
+                                        break;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            }
+                            seen.open.fetch_sub(1, Ordering::SeqCst);
+                            let complete = arrived == COUNT;
+                            json!({"success": true, "complete": complete,
+                                   "request_id": if complete { json!("r1") } else { Value::Null }})
+                        } else {
+                            json!({"success": true, "count": COUNT, "held": [], "complete": false})
+                        };
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
+                            answer.to_string(),
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let client = AvpClient::new(
+            &format!("http://{addr}"),
+            crate::client::ClientConfig::default(),
+        )
+        .expect("client");
+        let answer = send_chunks(&client, file, &ChunkSendOptions::default(), |_| {})
+            .await
+            .expect("sent");
+        server.abort();
+        assert_eq!(answer["request_id"], "r1");
+        assert_eq!(answer["sent_chunks"], COUNT);
+        assert_eq!(
+            seen.most.load(Ordering::SeqCst),
+            2,
+            "two in flight, never more"
+        );
+        let mut bodies = seen.bodies.lock().expect("lock").clone();
+        bodies.sort();
+        let mut expected = parts.clone();
+        expected.sort();
+        assert_eq!(bodies, expected, "every chunk once");
+    }
+
+    /// AVP-HTTP-80, AVP-CHK-9: a chunked context too large for one message
+    /// is refused with `chunking_unsupported` for a peer without
+    /// `kv_chunked`, the size known from chunk 0's descriptor and KV header
+    /// alone (the limit is lowered here instead of writing 4 GiB): the
+    /// refusal comes before any layer byte is read, so before any is sent.
+    #[test]
+    fn http_80_chk_9_a_context_over_one_message_is_refused_before_reading_it() {
+        let parts = chunks([5; 16], 2);
+        // 4 layers of K and V, 1 x 4 x 2 float32 each, plus the KV header.
+        let payload = 4 * 2 * 4 * 2 * 4 + KV_HEADER_LEN as u64;
+        let file = open("join-small", &[&parts[0], &parts[1]])
+            .expect("valid")
+            .expect("chunked");
+        match file.join_within(payload - 1) {
+            Err(TransportError::ChunkingUnsupported(why)) => {
+                assert!(why.contains(&format!("{payload} bytes")), "{why}");
+                assert!(why.contains("kv_chunked"), "{why}");
+            }
+            Err(other) => panic!("expected chunking_unsupported, got {other}"),
+            Ok(_) => panic!("a context over the limit was joined"),
+        }
+        // Only the first message's prefix and KV header are read: the rest
+        // of the file may be anything (here: cut off) when the answer is no.
+        let cut = &parts[1][..parts[1].len() / 2];
+        let path = std::env::temp_dir().join(format!("avp-join-cut-{}", crate::store::new_id()));
+        fs::write(&path, [parts[0].as_slice(), &parts[1]].concat()).expect("write");
+        let file = ChunkedFile::open(&path).expect("valid").expect("chunked");
+        fs::write(&path, [parts[0].as_slice(), cut].concat()).expect("cut");
+        let refused = file.join_within(payload - 1);
+        fs::remove_file(&path).expect("cleanup");
+        assert!(matches!(
+            refused,
+            Err(TransportError::ChunkingUnsupported(_))
+        ));
+        // Within the limit it joins: header, metadata, the whole KV payload.
+        let file = open("join-fits", &[&parts[0], &parts[1]])
+            .expect("valid")
+            .expect("chunked");
+        let joined = file.into_single_message().expect("fits");
+        assert!(joined.len() > payload + avp_codec::HEADER_LEN as u64);
+    }
+
+    /// AVP-HTTP-111, AVP-HTTP-83: an error answer to one of the two
+    /// requests in flight ends the pass; the transfer asks what is held and
+    /// sends only the rest, and the context completes with every chunk held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_83_111_an_error_in_flight_ends_the_pass_and_the_transfer_resumes() {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use std::collections::BTreeSet;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        const COUNT: u32 = 4;
+        let header = KvHeader {
+            num_layers: COUNT,
+            num_kv_heads: 1,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut payload = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        payload.extend((0..n).map(|i| i as u8));
+        let base = Metadata::new().with_target_agent_id("b");
+        let parts = split_payload(&payload, COUNT, &base, [6; 16]).expect("split");
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let file = open("resume", &refs).expect("valid").expect("chunked");
+
+        #[derive(Default)]
+        struct Receiver {
+            held: Mutex<BTreeSet<u32>>,
+            refused_once: AtomicBool,
+        }
+        let receiver = Arc::new(Receiver::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let serving = Arc::clone(&receiver);
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let receiver = Arc::clone(&serving);
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let receiver = Arc::clone(&receiver);
+                    async move {
+                        let chunk = request.uri().path() == crate::PATH_CHUNK;
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let (status, answer) = if chunk {
+                            let (info, _) = crate::wire::check_chunk(&body, None)
+                                .expect("valid")
+                                .expect("a chunk");
+                            let index = info.descriptor.index;
+                            if index == 1 && !receiver.refused_once.swap(true, Ordering::SeqCst) {
+                                (503, json!({"success": false, "message": "busy"}))
+                            } else {
+                                let mut held = receiver.held.lock().expect("lock");
+                                held.insert(index);
+                                let complete = held.len() == COUNT as usize;
+                                (
+                                    200,
+                                    json!({"success": true, "complete": complete,
+                                             "request_id": if complete { json!("r2") } else { Value::Null }}),
+                                )
+                            }
+                        } else {
+                            let held: Vec<u32> = receiver
+                                .held
+                                .lock()
+                                .expect("lock")
+                                .iter()
+                                .copied()
+                                .collect();
+                            (
+                                200,
+                                json!({"success": true, "count": COUNT, "held": held,
+                                         "complete": false}),
+                            )
+                        };
+                        let mut response =
+                            http::Response::new(Full::new(Bytes::from(answer.to_string())));
+                        *response.status_mut() =
+                            http::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let client = AvpClient::new(
+            &format!("http://{addr}"),
+            crate::client::ClientConfig::default(),
+        )
+        .expect("client");
+        let options = ChunkSendOptions {
+            retries: 2,
+            backoff: Duration::from_millis(10),
+            ..ChunkSendOptions::default()
+        };
+        let answer = send_chunks(&client, file, &options, |_| {})
+            .await
+            .expect("completed after a resume");
+        server.abort();
+        assert_eq!(answer["request_id"], "r2");
+        assert_eq!(
+            answer["attempts"], 2,
+            "one pass ended by the 503, one resumed"
+        );
+        assert!(receiver.refused_once.load(Ordering::SeqCst));
+        let held: Vec<u32> = receiver
+            .held
+            .lock()
+            .expect("lock")
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(held, (0..COUNT).collect::<Vec<_>>());
     }
 }

@@ -217,18 +217,18 @@ impl AvpClient {
         .await
     }
 
-    /// `POST /avp/v2/chunk` with one chunk message held in memory
-    /// (AVP-HTTP-81); no retry here: the chunk client resumes after asking
+    /// `POST /avp/v2/chunk` with one chunk message (AVP-HTTP-81); no retry here: the chunk client resumes after asking
     /// the receiver what it holds (AVP-HTTP-83).
-    pub async fn send_chunk(&self, chunk: Bytes) -> Result<Value, TransportError> {
+    pub async fn send_chunk(&self, chunk: OutgoingBody) -> Result<Value, TransportError> {
         let request = self
             .build(
                 Method::POST,
                 PATH_CHUNK,
                 Some(CONTENT_TYPE_AVP),
-                &Payload::Bytes(chunk),
+                &Payload::None,
             )
-            .await?;
+            .await?
+            .map(|_| chunk);
         let (status, body) =
             tokio::time::timeout(self.config.timeout, exchange(&self.inner, request))
                 .await
