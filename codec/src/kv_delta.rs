@@ -28,6 +28,27 @@ pub fn missing_prefix(address: &PrefixAddress) -> Error {
     )
 }
 
+/// The error a receiver answers when the context it found under a delta's
+/// address holds that address for `held` positions, not the delta's `p`
+/// (AVP-HTTP-120): the address a sender named is not of `[0, p)`.
+pub fn indexed_length_mismatch(p: u32, held: u32) -> Error {
+    err(
+        ErrorKind::PrefixMismatch,
+        format!(
+            "the delta starts at {p} but its address is that of the first {held} positions of a stored context"
+        ),
+    )
+}
+
+/// The error when a delta starts at `p` but the base found for it holds
+/// only `held` positions (AVP-KVD-4).
+pub fn base_too_short(p: u32, held: u32) -> Error {
+    err(
+        ErrorKind::DeltaMismatch,
+        format!("delta starts at {p} but the base holds {held} positions"),
+    )
+}
+
 /// The content address of positions `[0, p)` of `kv` for the model
 /// `model_hash` (AVP-KVD-1): BLAKE3 of the domain string, the model hash
 /// (u32 length, UTF-8 bytes) and the KV v1 payload of those positions, in

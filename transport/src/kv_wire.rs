@@ -6,7 +6,10 @@
 //! a stored KV context is indexed under.
 
 use avp_codec::kv::KvCache;
-use avp_codec::kv_delta::{assemble_into, assembled_len, missing_prefix, prefix_address};
+use avp_codec::kv_delta::{
+    assemble_into, assembled_len, base_too_short, indexed_length_mismatch, missing_prefix,
+    prefix_address,
+};
 use avp_codec::kv_quant::{KvExt, KvExtHeader, KvScheme, PrefixAddress};
 use avp_codec::mac::MacKey;
 use avp_codec::{
@@ -15,7 +18,7 @@ use avp_codec::{
 };
 use bytes::Bytes;
 
-use crate::store::ContextStore;
+use crate::store::{ContextStore, IndexedAs};
 
 /// Capability: accepts `KV_CACHE_EXT` payloads of scheme int8 (AVP-KVQ-1).
 pub const CAP_KV_INT8: &str = "kv_quant_int8";
@@ -23,6 +26,10 @@ pub const CAP_KV_INT8: &str = "kv_quant_int8";
 pub const CAP_KV_INT4: &str = "kv_quant_int4";
 /// Capability: accepts delta payloads and answers `missing_prefix` (AVP-KVD-5).
 pub const CAP_KV_DELTA: &str = "kv_delta";
+/// Metadata `extra` key of a delta's base hint (AVP-KVD-31): 64 lowercase
+/// hex digits, the address of all positions of a context the sender
+/// believes the receiver holds, and which starts with the delta's prefix.
+pub const DELTA_BASE_KEY: &str = "avp.delta_base";
 
 /// Which `KV_CACHE_EXT` features a peer announced (or we announce).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +135,9 @@ pub struct Accepted {
     /// The stored KV context's full-length prefix address (indexed only
     /// when the agent announces `kv_delta`).
     pub kv_prefix: Option<PrefixAddress>,
+    /// For a context assembled from a delta on `[0, p)`: `p` and its
+    /// verified address, indexed too (AVP-HTTP-120).
+    pub kv_boundary: Option<(u32, PrefixAddress)>,
     /// For a `KV_CACHE_EXT` message: what it carried.
     pub ext: Option<ExtReceived>,
 }
@@ -185,6 +195,7 @@ pub fn accept(
                 bytes,
                 warnings,
                 kv_prefix,
+                kv_boundary: None,
                 ext: None,
             })
         }
@@ -193,7 +204,12 @@ pub fn accept(
             if let Some(capability) = caps.missing_for(&ext.header) {
                 return Err(KvRefusal::NotAnnounced(capability));
             }
-            let tensor = expand(&ext, store, &message.metadata, limit)?;
+            let hint = message
+                .metadata
+                .extra
+                .get(DELTA_BASE_KEY)
+                .and_then(crate::store::address_from_hex);
+            let tensor = expand(&ext, store, &message.metadata, limit, hint)?;
             let mut metadata = message.metadata.clone();
             metadata.payload_type = PayloadType::KvCache;
             metadata.dtype = ext.header.dtype.data_type();
@@ -217,12 +233,18 @@ pub fn accept(
                 bytes: Bytes::from(stored),
                 warnings,
                 kv_prefix,
+                // The delta's address was checked against the base's bytes.
+                kv_boundary: ext
+                    .prefix
+                    .filter(|_| caps.delta && ext.header.seq_start > 0)
+                    .map(|a| (ext.header.seq_start, a)),
             })
         }
         _ => Ok(Accepted {
             bytes: bytes.clone(),
             warnings,
             kv_prefix: None,
+            kv_boundary: None,
             ext: None,
         }),
     }
@@ -234,12 +256,16 @@ pub fn full_address(kv: &KvCache<'_>, model_hash: &str) -> Result<PrefixAddress,
 }
 
 /// The KV v1 payload of the whole context: dequantized, and for a delta
-/// assembled onto the stored context its prefix names (AVP-KVD-3/4/5).
+/// assembled onto its base (AVP-KVD-3/4/5): the context indexed under the
+/// delta's address (all its positions, or a boundary inside it,
+/// AVP-HTTP-120), else the context the sender's `hint` names, whose
+/// `[0, p)` is hashed here (AVP-HTTP-122).
 fn expand(
     ext: &KvExt<'_>,
     store: &ContextStore,
     metadata: &Metadata<'_>,
     limit: u64,
+    hint: Option<PrefixAddress>,
 ) -> Result<Vec<u8>, KvRefusal> {
     let len = assembled_len(ext);
     // The stored message adds the header and metadata to the tensor.
@@ -253,18 +279,50 @@ fn expand(
     let Some(address) = ext.prefix else {
         return Err(internal("a delta without a prefix address after parse"));
     };
-    let (base_context, base_bytes) = store
-        .find_prefix(&address)
-        .map_err(KvRefusal::Store)?
-        .ok_or_else(|| KvRefusal::Wire(missing_prefix(&address)))?;
-    // The index holds what we computed from these bytes when we stored them
-    // (AVP-KVD-3), never a name a sender chose.
-    let base_address = base_context
-        .kv_prefix
-        .ok_or_else(|| internal("an indexed context without its address"))?;
+    let p = ext.header.seq_start;
+    let (base_bytes, indexed) = match store.find_prefix(&address).map_err(KvRefusal::Store)? {
+        Some((_, how, bytes)) => (bytes, Some(how)),
+        None => {
+            let hinted = match hint {
+                Some(h) => store.find_prefix(&h).map_err(KvRefusal::Store)?,
+                None => None,
+            };
+            match hinted {
+                Some((_, _, bytes)) => (bytes, None),
+                None => return Err(KvRefusal::Wire(missing_prefix(&address))),
+            }
+        }
+    };
     let base_message =
         decode_with(&base_bytes, &DecodeOptions::DEFAULT).map_err(stored_unreadable)?;
     let base = KvCache::parse(&base_message.payload).map_err(stored_unreadable)?;
+    let base_address = match indexed {
+        // The index holds what we computed or verified from these bytes
+        // when we stored them (AVP-KVD-3), for one length: the delta's
+        // address must be of that length too.
+        Some(how) => {
+            let held = match how {
+                IndexedAs::Whole => base.header.seq_len,
+                IndexedAs::Boundary(q) => q,
+            };
+            if held != p {
+                return Err(KvRefusal::Wire(indexed_length_mismatch(p, held)));
+            }
+            address
+        }
+        // A name the sender chose: hash what we hold (AVP-KVD-1/3).
+        None => {
+            let base_hash = base_message
+                .metadata
+                .extra
+                .get("model_hash")
+                .unwrap_or_default();
+            if base.header.seq_len < p {
+                return Err(KvRefusal::Wire(base_too_short(p, base.header.seq_len)));
+            }
+            prefix_address(&base, p, base_hash).map_err(KvRefusal::Wire)?
+        }
+    };
     let len = usize::try_from(len).map_err(|_| KvRefusal::TooLarge {
         bytes: len,
         limit: usize::MAX as u64,
@@ -416,6 +474,7 @@ mod tests {
             path: None,
             text: false,
             kv_prefix: stored.kv_prefix,
+            kv_boundary: None,
         };
         store.put(context, stored.bytes).expect("put");
         let assembled = send(&delta).expect("assembled");
@@ -447,5 +506,111 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(store.indexed_prefixes(), 1, "nothing refused was indexed");
+    }
+
+    fn put(store: &ContextStore, accepted: Accepted) {
+        let context = crate::store::StoredContext {
+            id: crate::store::new_id(),
+            session_id: String::new(),
+            source_agent_id: String::new(),
+            target_agent_id: String::new(),
+            client_identity: None,
+            len: 0,
+            received_at: std::time::SystemTime::now(),
+            path: None,
+            text: false,
+            kv_prefix: accepted.kv_prefix,
+            kv_boundary: accepted.kv_boundary,
+        };
+        store.put(context, accepted.bytes).expect("put");
+    }
+
+    fn kind(result: &Result<Accepted, KvRefusal>) -> Option<avp_codec::ErrorKind> {
+        match result {
+            Err(KvRefusal::Wire(e)) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// AVP-HTTP-120 (a delta's boundary is indexed with the context made
+    /// from it), AVP-HTTP-122 (a hint names a longer context; the receiver
+    /// hashes its `[0, p)` itself), and an address that names another
+    /// length than the delta's start is `prefix_mismatch`.
+    #[test]
+    fn http_120_122_hints_and_boundaries_find_bases_inside_longer_contexts() {
+        let store = ContextStore::in_memory(Duration::from_secs(60));
+        let send = |payload: &[u8], hint: Option<PrefixAddress>| {
+            let mut metadata = Metadata::new()
+                .with_payload_type(PayloadType::KvCacheExt)
+                .with_dtype(avp_codec::DataType::Float32)
+                .with_extra_entry("model_hash", "m");
+            if let Some(h) = hint {
+                metadata = metadata.with_extra_entry(DELTA_BASE_KEY, h.to_hex());
+            }
+            let bytes = Bytes::from(encode(&metadata, payload, Compression::None).expect("encode"));
+            accept(bytes, None, KvCapabilities::ALL, &store, 1 << 30)
+        };
+        let stored20 = accept(
+            message(PayloadType::KvCache, &context(20)),
+            None,
+            KvCapabilities::ALL,
+            &store,
+            1 << 30,
+        )
+        .expect("stored");
+        let whole20 = stored20.kv_prefix.expect("indexed");
+        put(&store, stored20);
+        let (full30, full40) = (context(30), context(40));
+        let kv30 = KvCache::parse(&full30).expect("kv");
+        let (address8, delta) =
+            avp_codec::kv_delta::split_delta(&kv30, 8, "m", &QuantParams::NONE).expect("delta");
+        assert_eq!(
+            kind(&send(&delta, None)),
+            Some(avp_codec::ErrorKind::MissingPrefix),
+            "[0, 8) is only inside the stored 20 positions, and nothing names it"
+        );
+        assert_eq!(
+            kind(&send(&delta, Some(PrefixAddress([3; 32])))),
+            Some(avp_codec::ErrorKind::MissingPrefix),
+            "a hint naming nothing"
+        );
+        let via_hint = send(&delta, Some(whole20)).expect("assembled via the hint");
+        assert_eq!(via_hint.kv_boundary, Some((8, address8)));
+        let got = decode_with(&via_hint.bytes, &DecodeOptions::strict()).expect("v1");
+        assert_eq!(&got.payload[..], &full30[..]);
+        put(&store, via_hint);
+        // Turn 3 on the boundary [0, 8), no hint: found in the index.
+        let kv40 = KvCache::parse(&full40).expect("kv");
+        let (_, delta40) =
+            avp_codec::kv_delta::split_delta(&kv40, 8, "m", &QuantParams::NONE).expect("delta");
+        let via_boundary = send(&delta40, None).expect("assembled via the boundary");
+        let got = decode_with(&via_boundary.bytes, &DecodeOptions::strict()).expect("v1");
+        assert_eq!(&got.payload[..], &full40[..]);
+        // A hint naming a context that does not start with the delta's prefix.
+        let other = {
+            let mut t = context(40);
+            let at = t.len() - 1;
+            t[17] ^= 0x10;
+            t[at] ^= 0x10;
+            t
+        };
+        let (_, foreign) = avp_codec::kv_delta::split_delta(
+            &KvCache::parse(&other).expect("kv"),
+            8,
+            "m",
+            &QuantParams::NONE,
+        )
+        .expect("delta");
+        assert_eq!(
+            kind(&send(&foreign, Some(whole20))),
+            Some(avp_codec::ErrorKind::PrefixMismatch)
+        );
+        // The address of all 20 positions, claimed for a delta starting at 8.
+        let forged =
+            encode_ext(&kv30, &QuantParams::NONE, 8, Some(&whole20)).expect("forged delta");
+        assert_eq!(
+            kind(&send(&forged, None)),
+            Some(avp_codec::ErrorKind::PrefixMismatch)
+        );
     }
 }
