@@ -216,6 +216,9 @@ pub fn accept(
             metadata.tensor_shape = Shape::default();
             metadata.compression = None;
             metadata.payload_checksum = None;
+            // The hint named the sender's base for this transfer; the stored
+            // context is whole and names nothing (AVP-KVD-31).
+            metadata.extra.remove(DELTA_BASE_KEY);
             let stored = encode(&metadata, &tensor, Compression::None).map_err(internal)?;
             let kv_prefix = if caps.delta {
                 let kv = KvCache::parse(&tensor).map_err(internal)?;
