@@ -300,7 +300,7 @@ fn cli_21_delta_from_then_base_gives_back_the_same_kv_bytes() {
     }
 }
 
-/// AVP-KVD-30/31: a BASE that shares only the first positions of IN (a
+/// AVP-KVD-30, AVP-KVD-31: a BASE that shares only the first positions of IN (a
 /// fork) gives a delta from where they part, naming BASE in
 /// `avp.delta_base`; `--base BASE` (longer than p) assembles it back.
 #[test]

@@ -445,7 +445,7 @@ fn hex_address(file: &Path, p: Option<u32>) -> String {
         .to_hex()
 }
 
-/// AVP-HTTP-122, AVP-KVD-30/31: the server holds 40 positions; the sender's
+/// AVP-HTTP-122, AVP-KVD-30, AVP-KVD-31, AVP-KVD-32: the server holds 40 positions; the sender's
 /// new context shares only their first 24. `avp send --delta-from` the
 /// 40-position context sends [24, 56) with the base named in the hint, and
 /// the server hashes [0, 24) of what it holds and assembles. A hint naming

@@ -538,7 +538,8 @@ mod tests {
     /// AVP-HTTP-120 (a delta's boundary is indexed with the context made
     /// from it), AVP-HTTP-122 (a hint names a longer context; the receiver
     /// hashes its `[0, p)` itself), and an address that names another
-    /// length than the delta's start is `prefix_mismatch`.
+    /// length than the delta's start is `prefix_mismatch` (AVP-KVD-33).
+    /// Hint answers: AVP-KVD-31, AVP-KVD-32.
     #[test]
     fn http_120_122_hints_and_boundaries_find_bases_inside_longer_contexts() {
         let store = ContextStore::in_memory(Duration::from_secs(60));

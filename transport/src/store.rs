@@ -832,7 +832,7 @@ mod tests {
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 
-    /// AVP-HTTP-120/121: a context assembled from a delta is also found
+    /// AVP-HTTP-120, AVP-HTTP-121: a context assembled from a delta is also found
     /// under its boundary; the index keeps at most its capacity, oldest
     /// entries out first, and comes back the same after a restart.
     #[test]
