@@ -125,8 +125,13 @@ pub fn common_prefix_len(a: &KvCache<'_>, b: &KvCache<'_>) -> Result<u32, Error>
                 let keep = rows.row.saturating_mul(p as usize);
                 let (x, y) = (x.get(..keep).unwrap_or(x), y.get(..keep).unwrap_or(y));
                 if x != y {
-                    let first = x.iter().zip(y).position(|(u, v)| u != v).unwrap_or(0);
-                    p = u32::try_from(first / rows.row.max(1)).unwrap_or(0);
+                    let first = x
+                        .iter()
+                        .zip(y)
+                        .position(|(u, v)| u != v)
+                        .unwrap_or(x.len().min(y.len()));
+                    let rows_equal = first.checked_div(rows.row).unwrap_or(0);
+                    p = u32::try_from(rows_equal).unwrap_or(0);
                 }
             }
         }

@@ -209,7 +209,7 @@ pub fn accept(
                 .extra
                 .get(DELTA_BASE_KEY)
                 .and_then(crate::store::address_from_hex);
-            let tensor = expand(&ext, store, &message.metadata, limit, hint)?;
+            let expanded = expand(&ext, store, &message.metadata, limit, hint)?;
             let mut metadata = message.metadata.clone();
             metadata.payload_type = PayloadType::KvCache;
             metadata.dtype = ext.header.dtype.data_type();
@@ -219,9 +219,9 @@ pub fn accept(
             // The hint named the sender's base for this transfer; the stored
             // context is whole and names nothing (AVP-KVD-31).
             metadata.extra.remove(DELTA_BASE_KEY);
-            let stored = encode(&metadata, &tensor, Compression::None).map_err(internal)?;
+            let (stored, tensor) = expanded.into_message(&metadata)?;
             let kv_prefix = if caps.delta {
-                let kv = KvCache::parse(&tensor).map_err(internal)?;
+                let kv = KvCache::parse(&stored[tensor..]).map_err(internal)?;
                 Some(full_address(&kv, &model_hash).map_err(internal)?)
             } else {
                 None
@@ -233,7 +233,7 @@ pub fn accept(
                     seq_len: ext.header.seq_len,
                     received: bytes.len() as u64,
                 }),
-                bytes: Bytes::from(stored),
+                bytes: stored,
                 warnings,
                 kv_prefix,
                 // The delta's address was checked against the base's bytes.
@@ -269,7 +269,7 @@ fn expand(
     metadata: &Metadata<'_>,
     limit: u64,
     hint: Option<PrefixAddress>,
-) -> Result<Vec<u8>, KvRefusal> {
+) -> Result<Expanded, KvRefusal> {
     let len = assembled_len(ext);
     // The stored message adds the header and metadata to the tensor.
     let bytes = len.saturating_add(metadata.encoded_len() as u64 + 64);
@@ -277,7 +277,10 @@ fn expand(
         return Err(KvRefusal::TooLarge { bytes, limit });
     }
     if ext.header.seq_start == 0 {
-        return ext.dequantize().map_err(KvRefusal::Wire);
+        return Ok(Expanded {
+            buf: ext.dequantize().map_err(KvRefusal::Wire)?,
+            room: 0,
+        });
     }
     let Some(address) = ext.prefix else {
         return Err(internal("a delta without a prefix address after parse"));
@@ -326,13 +329,51 @@ fn expand(
             prefix_address(&base, p, base_hash).map_err(KvRefusal::Wire)?
         }
     };
-    let len = usize::try_from(len).map_err(|_| KvRefusal::TooLarge {
-        bytes: len,
-        limit: usize::MAX as u64,
-    })?;
-    let mut out = vec![0u8; len];
-    assemble_into(&base, &base_address, ext, &mut out).map_err(KvRefusal::Wire)?;
-    Ok(out)
+    // Room in front for the stored message's header and metadata, so that
+    // the assembled context is written once, where the message needs it.
+    let room = metadata.encoded_len().saturating_add(64);
+    let total = usize::try_from(len)
+        .ok()
+        .and_then(|len| len.checked_add(room))
+        .ok_or(KvRefusal::TooLarge {
+            bytes: len,
+            limit: usize::MAX as u64,
+        })?;
+    let mut buf = vec![0u8; total];
+    let out = buf
+        .get_mut(room..)
+        .ok_or_else(|| internal("the assembly buffer is shorter than its room"))?;
+    assemble_into(&base, &base_address, ext, out).map_err(KvRefusal::Wire)?;
+    Ok(Expanded { buf, room })
+}
+
+/// A KV v1 payload at `buf[room..]`, with `room` bytes free in front of it.
+struct Expanded {
+    buf: Vec<u8>,
+    room: usize,
+}
+
+impl Expanded {
+    /// The plain message of `metadata` and this payload, and where the
+    /// payload starts in it. The header and metadata go into the room when
+    /// they fit (no copy of the payload); else the message is encoded anew.
+    fn into_message(self, metadata: &Metadata<'_>) -> Result<(Bytes, usize), KvRefusal> {
+        let Expanded { mut buf, room } = self;
+        let tensor = buf.get(room..).unwrap_or_default();
+        let prefix = avp_codec::encode_prefix(metadata, tensor).map_err(internal)?;
+        match room.checked_sub(prefix.len()) {
+            Some(start) => {
+                buf.get_mut(start..room)
+                    .ok_or_else(|| internal("the room moved"))?
+                    .copy_from_slice(&prefix);
+                Ok((Bytes::from(buf).slice(start..), prefix.len()))
+            }
+            None => {
+                let stored = encode(metadata, tensor, Compression::None).map_err(internal)?;
+                Ok((Bytes::from(stored), prefix.len()))
+            }
+        }
+    }
 }
 
 fn internal(why: impl std::fmt::Display) -> KvRefusal {

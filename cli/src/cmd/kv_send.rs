@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use avp_codec::kv::{KvCache, KvHeader};
 use avp_codec::kv_delta::{common_prefix_len, prefix_address};
 use avp_codec::kv_quant::{KvExtHeader, KvScheme, PrefixAddress, QuantParams, encode_ext};
-use avp_codec::{Compression, DecodeOptions, Message, PayloadType, Shape, decode_with, encode};
+use avp_codec::{DecodeOptions, Message, PayloadType, Shape, decode_with, encode_prefix};
 use avp_transport::kv_wire::{DELTA_BASE_KEY, KvCapabilities};
 use avp_transport::{AvpClient, TransportError};
 use serde_json::Value;
@@ -202,8 +202,13 @@ pub(crate) fn shared_prefix(
     full: &KvCache<'_>,
     model_hash: &str,
 ) -> Result<Option<DeltaStart>> {
-    let decoded =
-        decode_with(base, &DecodeOptions::DEFAULT).context("decoding the --delta-from base")?;
+    // The base's bytes only choose p and the hint: the address is hashed
+    // from the context sent, and the receiver checks it against what it
+    // holds (AVP-KVD-3), so a damaged base costs a fallback, never a wrong
+    // context. Its checksum is not worth a pass over it.
+    let mut unverified = DecodeOptions::DEFAULT;
+    unverified.verify_checksum = false;
+    let decoded = decode_with(base, &unverified).context("decoding the --delta-from base")?;
     if decoded.metadata.payload_type != PayloadType::KvCache {
         bail!(
             "--delta-from needs a KV_CACHE message; the base is {}",
@@ -253,7 +258,7 @@ fn compact(
         return Ok(original.to_vec());
     }
     let params = params_for(scheme, &full.header, start);
-    let payload = encode_ext(full, &params, start, address.as_ref())?;
+    let mut payload = encode_ext(full, &params, start, address.as_ref())?;
     let mut metadata = decoded.metadata.clone();
     metadata.payload_type = PayloadType::KvCacheExt;
     metadata.dtype = full.header.dtype.data_type();
@@ -265,7 +270,12 @@ fn compact(
     if let Some(hint) = prefix.and_then(|d| d.hint) {
         metadata.extra.insert(DELTA_BASE_KEY, hint.to_hex());
     }
-    Ok(encode(&metadata, &payload, Compression::None)?)
+    // The header and metadata go in front of the payload in its own buffer
+    // (a large one grows in place), not into a second allocation the size
+    // of the message: its page faults cost more than the copy.
+    let head = encode_prefix(&metadata, &payload)?;
+    payload.splice(0..0, head);
+    Ok(payload)
 }
 
 /// The scheme's defaults fitted to the shape: int8 groups are the largest
