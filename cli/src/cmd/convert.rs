@@ -53,7 +53,7 @@ pub(crate) struct ConvertArgs {
     /// Write a plain KV_CACHE message in this float dtype (the SDK reads it).
     #[arg(long, value_enum, value_name = "DTYPE", conflicts_with = "delta_from")]
     kv_dtype: Option<DtypeArg>,
-    /// Write only the positions after BASE (a context IN starts with) as a delta on it
+    /// Write only the positions after those IN shares with BASE as a delta on them
     /// (spec/protocol/kv-delta.md); with --kv-quant a quantized delta.
     #[arg(long, value_name = "BASE", conflicts_with = "base")]
     delta_from: Option<PathBuf>,
