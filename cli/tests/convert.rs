@@ -300,6 +300,61 @@ fn cli_21_delta_from_then_base_gives_back_the_same_kv_bytes() {
     }
 }
 
+/// AVP-KVD-30, AVP-KVD-31: a BASE that shares only the first positions of IN (a
+/// fork) gives a delta from where they part, naming BASE in
+/// `avp.delta_base`; `--base BASE` (longer than p) assembles it back.
+#[test]
+fn kvd_30_31_convert_delta_from_a_base_sharing_only_a_prefix() {
+    let dir = Scratch::new("convert", "delta-fork");
+    let full = context_file(&dir, "full.avp", 40, KvDtype::Float16);
+    let fork = dir.path("fork.avp");
+    let mut payload = kv_payload(2, 2, 64, 32, KvDtype::Float16);
+    let row = 64 * 2;
+    // Layer 1's V, head 1, position 28 differs: p = 28.
+    let tensor = 2 * 32 * row;
+    payload[17 + 3 * tensor + 32 * row + 28 * row + 5] ^= 0x20;
+    std::fs::write(&fork, kv_message(&payload, KvDtype::Float16)).unwrap();
+    let delta = dir.path("delta.avp");
+    let report = convert_ok(&[&full, &"-o", &delta, &"--delta-from", &fork]);
+    assert_eq!(
+        (report["seq_start"].as_u64(), report["seq_len"].as_u64()),
+        (Some(28), Some(40))
+    );
+    let fork_kv = decoded(&fork);
+    let want_hint = avp_codec::kv_delta::prefix_address(
+        &KvCache::parse(&fork_kv.payload).unwrap(),
+        32,
+        MODEL_HASH,
+    )
+    .unwrap()
+    .to_hex();
+    let d = decoded(&delta);
+    assert_eq!(
+        d.metadata.extra.get("avp.delta_base"),
+        Some(want_hint.as_str())
+    );
+    let full2 = dir.path("full2.avp");
+    convert_ok(&[&delta, &"-o", &full2, &"--base", &fork]);
+    assert_eq!(decoded(&full2).payload, decoded(&full).payload);
+    assert_eq!(
+        decoded(&full2).metadata.extra.get("avp.delta_base"),
+        None,
+        "the hint is the delta's, not the assembled context's"
+    );
+    // A base that shares no position: a typed error, nothing written.
+    let stranger = dir.path("stranger.avp");
+    let mut payload = kv_payload(2, 2, 64, 40, KvDtype::Float16);
+    payload[17] ^= 1;
+    std::fs::write(&stranger, kv_message(&payload, KvDtype::Float16)).unwrap();
+    let out = dir.path("out.avp");
+    let why = convert_refused(
+        &[&full, &"-o", &out, &"--delta-from", &stranger],
+        &out,
+        "prefix_mismatch",
+    );
+    assert!(why.contains("share no position"), "{why}");
+}
+
 #[test]
 fn cli_21_22_deltas_need_their_base_and_bases_must_fit() {
     let dir = Scratch::new("convert", "delta-bad");
@@ -344,12 +399,14 @@ fn cli_21_22_deltas_need_their_base_and_bases_must_fit() {
         &out,
         "delta_mismatch",
     );
+    // A base that holds all of IN and more: the last position still travels (AVP-KVD-30).
     let long = context_file(&dir, "long.avp", 41, KvDtype::Float16);
-    convert_refused(
-        &[&full, &"-o", &out, &"--delta-from", &long],
-        &out,
-        "delta_mismatch",
+    let report = convert_ok(&[&full, &"-o", &out, &"--delta-from", &long]);
+    assert_eq!(
+        (report["seq_start"].as_u64(), report["seq_len"].as_u64()),
+        (Some(39), Some(40))
     );
+    std::fs::remove_file(&out).unwrap();
     let f32_base = context_file(&dir, "f32.avp", 24, KvDtype::Float32);
     convert_refused(
         &[&delta, &"-o", &out, &"--base", &f32_base],

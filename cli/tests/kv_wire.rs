@@ -381,7 +381,9 @@ fn http_101_104_missing_prefix_falls_back_to_the_full_context() {
         "{body}"
     );
 
-    // A "base" that the context does not continue.
+    // A base that shares only [0, 23) with turn 2 (a fork the server never
+    // saw): the delta names it in its hint, the server holds nothing under
+    // either name, answers missing_prefix, and the full context follows.
     let stranger = scratch.path("stranger.avp");
     let mut shifted = kv_payload(24);
     let last = shifted.len() - 1;
@@ -392,13 +394,165 @@ fn http_101_104_missing_prefix_falls_back_to_the_full_context() {
     )
     .expect("write");
     let out = send(&turn2, &server.url, &["--delta-from", s(&stranger)]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let got = answer(&out);
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("not the --delta-from base"),
+        err.contains("delta [23, 40)") || err.contains("missing_prefix"),
+        "{err}"
+    );
+    assert!(err.contains("missing_prefix"), "{err}");
+    assert_eq!(stored(&store, &got["request_id"]), full);
+    // A base that shares no position: said so, and the full context sent.
+    let mut foreign = kv_payload(24);
+    foreign[17] ^= 0x40;
+    std::fs::write(
+        &stranger,
+        encode(&metadata(PayloadType::KvCache), &foreign, Compression::None).expect("encode"),
+    )
+    .expect("write");
+    let out = send(&turn2, &server.url, &["--delta-from", s(&stranger)]);
+    let got = answer(&out);
+    assert!(
+        stderr(&out).contains("shares no position"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(stored_count(&store), 1);
+    assert!(got.get("kv_ext").is_none(), "{got}");
+    assert_eq!(stored_count(&store), 3);
+}
+
+/// A context of `seq` positions equal to [`kv_payload`]'s before `at` and
+/// different from position `at` on (a fork sharing `[0, at)`).
+fn fork_file(path: &Path, seq: u32, at: u32) -> Vec<u8> {
+    let mut payload = kv_payload(seq);
+    let row = (DIM * 4) as usize;
+    for pos in at..seq {
+        payload[17 + pos as usize * row + 1] ^= 0x08;
+    }
+    let message =
+        encode(&metadata(PayloadType::KvCache), &payload, Compression::None).expect("encode");
+    std::fs::write(path, &message).expect("write");
+    message
+}
+
+fn hex_address(file: &Path, p: Option<u32>) -> String {
+    let bytes = std::fs::read(file).expect("read");
+    let message = decode_with(&bytes, &DecodeOptions::DEFAULT).expect("decode");
+    let kv = KvCache::parse(&message.payload).expect("kv");
+    let p = p.unwrap_or(kv.header.seq_len);
+    avp_codec::kv_delta::prefix_address(&kv, p, "mh")
+        .expect("address")
+        .to_hex()
+}
+
+/// AVP-HTTP-122, AVP-KVD-30, AVP-KVD-31, AVP-KVD-32: the server holds 40 positions; the sender's
+/// new context shares only their first 24. `avp send --delta-from` the
+/// 40-position context sends [24, 56) with the base named in the hint, and
+/// the server hashes [0, 24) of what it holds and assembles. A hint naming
+/// a held context that does not start with the delta's prefix is 409
+/// `prefix_mismatch`.
+#[test]
+fn http_122_a_base_inside_a_longer_stored_context_is_found_by_the_hint() {
+    let scratch = Scratch::new("kvwire", "hint");
+    let store = scratch.path("store");
+    let server = serve(&["--store", s(&store)]);
+    let (held, fork) = (scratch.path("held.avp"), scratch.path("fork.avp"));
+    kv_file(&held, 40);
+    let full = fork_file(&fork, 56, 24);
+    answer(&send(&held, &server.url, &[]));
+    let out = send(&fork, &server.url, &["--delta-from", s(&held)]);
+    let got = answer(&out);
+    assert_eq!(
+        (
+            got["kv_ext"]["seq_start"].as_u64(),
+            got["kv_ext"]["seq_len"].as_u64()
+        ),
+        (Some(24), Some(56)),
+        "{got} {}",
+        stderr(&out)
+    );
+    assert!(
+        stored(&store, &got["request_id"]) == full,
+        "byte for byte, the hint not kept"
+    );
+
+    // A forged hint: it names the held context, but the delta's prefix is another's.
+    let other = scratch.path("other.avp");
+    let mut foreign = kv_payload(40);
+    foreign[17] ^= 0x40;
+    let (_, delta) = avp_codec::kv_delta::split_delta(
+        &KvCache::parse(&foreign).expect("kv"),
+        8,
+        "mh",
+        &QuantParams::NONE,
+    )
+    .expect("delta");
+    let hinted = metadata(PayloadType::KvCacheExt)
+        .with_extra_entry("avp.delta_base", hex_address(&held, None));
+    std::fs::write(
+        &other,
+        encode(&hinted, &delta, Compression::None).expect("encode"),
+    )
+    .expect("write");
+    let (status, body) = post_raw(&server.url, &other);
+    assert_eq!(
+        (status, body["error"]["kind"].as_str()),
+        (409, Some("prefix_mismatch")),
+        "{body}"
+    );
+    assert_eq!(stored_count(&store), 2, "nothing stored for the refusal");
+}
+
+/// AVP-HTTP-120 (a delta's boundary is indexed with the context assembled
+/// from it, and found after a restart without the base it came from) and
+/// AVP-HTTP-121 (the index is bounded: with room for one entry, an older
+/// base is forgotten and the sender falls back to the full context).
+#[test]
+fn http_120_121_boundaries_are_indexed_bounded_and_survive_a_restart() {
+    let scratch = Scratch::new("kvwire", "boundary");
+    let store = scratch.path("store");
+    let (turn1, turn2, turn3) = (
+        scratch.path("turn1.avp"),
+        scratch.path("turn2.avp"),
+        scratch.path("turn3.avp"),
+    );
+    kv_file(&turn1, 24);
+    kv_file(&turn2, 40);
+    let full3 = fork_file(&turn3, 48, 24);
+    let first_id = {
+        let server = serve(&["--store", s(&store)]);
+        let first = answer(&send(&turn1, &server.url, &[]));
+        let got = answer(&send(&turn2, &server.url, &["--delta-from", s(&turn1)]));
+        assert_eq!(got["kv_ext"]["seq_start"], 24, "{got}");
+        first["request_id"].as_str().expect("id").to_owned()
+    };
+    // Turn 1 is gone from the store; turn 2 still starts with it.
+    for ext in ["avp", "meta"] {
+        std::fs::remove_file(store.join(format!("{first_id}.{ext}"))).expect("remove");
+    }
+    let server = serve(&["--store", s(&store)]);
+    let out = send(&turn3, &server.url, &["--delta-from", s(&turn1)]);
+    let got = answer(&out);
+    assert_eq!(
+        got["kv_ext"]["seq_start"].as_u64(),
+        Some(24),
+        "found under turn 2's boundary: {got} {}",
+        stderr(&out)
+    );
+    assert!(stored(&store, &got["request_id"]) == full3, "byte for byte");
+    drop(server);
+
+    let small = scratch.path("small");
+    let server = serve(&["--store", s(&small), "--prefix-index-capacity", "1"]);
+    answer(&send(&turn1, &server.url, &[]));
+    let unrelated = scratch.path("unrelated.avp");
+    fork_file(&unrelated, 30, 0);
+    answer(&send(&unrelated, &server.url, &[]));
+    let out = send(&turn2, &server.url, &["--delta-from", s(&turn1)]);
+    let got = answer(&out);
+    assert!(stderr(&out).contains("missing_prefix"), "{}", stderr(&out));
+    assert!(got.get("kv_ext").is_none(), "the full context: {got}");
+    assert_eq!(hex_address(&turn1, None), hex_address(&turn2, Some(24)));
 }
 
 /// AVP-HTTP-103: the SDK 0.6.2 announces none of the capabilities, so it

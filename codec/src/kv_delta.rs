@@ -28,6 +28,27 @@ pub fn missing_prefix(address: &PrefixAddress) -> Error {
     )
 }
 
+/// The error a receiver answers when the context it found under a delta's
+/// address holds that address for `held` positions, not the delta's `p`
+/// (AVP-HTTP-120): the address a sender named is not of `[0, p)`.
+pub fn indexed_length_mismatch(p: u32, held: u32) -> Error {
+    err(
+        ErrorKind::PrefixMismatch,
+        format!(
+            "the delta starts at {p} but its address is that of the first {held} positions of a stored context"
+        ),
+    )
+}
+
+/// The error when a delta starts at `p` but the base found for it holds
+/// only `held` positions (AVP-KVD-4).
+pub fn base_too_short(p: u32, held: u32) -> Error {
+    err(
+        ErrorKind::DeltaMismatch,
+        format!("delta starts at {p} but the base holds {held} positions"),
+    )
+}
+
 /// The content address of positions `[0, p)` of `kv` for the model
 /// `model_hash` (AVP-KVD-1): BLAKE3 of the domain string, the model hash
 /// (u32 length, UTF-8 bytes) and the KV v1 payload of those positions, in
@@ -64,6 +85,58 @@ pub fn prefix_address(kv: &KvCache<'_>, p: u32, model_hash: &str) -> Result<Pref
         }
     }
     Ok(PrefixAddress(*hasher.finalize().as_bytes()))
+}
+
+/// The longest common prefix of two contexts (AVP-KVD-30): the largest `p`
+/// such that positions `[0, p)` of `a` and `b` hold the same bytes in every
+/// layer's K and V. The two must agree in layers, heads, head size and
+/// dtype (`delta_mismatch`). One `memcmp` per layer, tensor and head; no
+/// hashing, so a sender finds `p` without trusting either file's length.
+pub fn common_prefix_len(a: &KvCache<'_>, b: &KvCache<'_>) -> Result<u32, Error> {
+    let (ha, hb) = (a.header, b.header);
+    if (ha.num_layers, ha.num_kv_heads, ha.head_dim, ha.dtype)
+        != (hb.num_layers, hb.num_kv_heads, hb.head_dim, hb.dtype)
+    {
+        return Err(err(
+            ErrorKind::DeltaMismatch,
+            format!(
+                "the contexts differ in shape: {} layers x {} heads x {} in {} against {} x {} x {} in {}",
+                ha.num_layers,
+                ha.num_kv_heads,
+                ha.head_dim,
+                ha.dtype.name(),
+                hb.num_layers,
+                hb.num_kv_heads,
+                hb.head_dim,
+                hb.dtype.name()
+            ),
+        ));
+    }
+    let rows = Rows::new(&ha);
+    let mut p = ha.seq_len.min(hb.seq_len);
+    for (la, lb) in a.layers().zip(b.layers()) {
+        for (ta, tb) in [(la.key, lb.key), (la.value, lb.value)] {
+            let heads_a = ta.bytes().chunks_exact(rows.head(ha.seq_len));
+            let heads_b = tb.bytes().chunks_exact(rows.head(hb.seq_len));
+            for (x, y) in heads_a.zip(heads_b) {
+                if p == 0 {
+                    return Ok(0);
+                }
+                let keep = rows.row.saturating_mul(p as usize);
+                let (x, y) = (x.get(..keep).unwrap_or(x), y.get(..keep).unwrap_or(y));
+                if x != y {
+                    let first = x
+                        .iter()
+                        .zip(y)
+                        .position(|(u, v)| u != v)
+                        .unwrap_or(x.len().min(y.len()));
+                    let rows_equal = first.checked_div(rows.row).unwrap_or(0);
+                    p = u32::try_from(rows_equal).unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// Splits `full` into the address of positions `[0, p)` and a delta

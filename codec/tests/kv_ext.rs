@@ -6,7 +6,8 @@
 
 use avp_codec::kv::{KvCache, KvDtype, KvHeader, write_kv_cache};
 use avp_codec::kv_delta::{
-    assemble, assemble_into, assembled_len, missing_prefix, prefix_address, split_delta,
+    assemble, assemble_into, assembled_len, common_prefix_len, missing_prefix, prefix_address,
+    split_delta,
 };
 use avp_codec::kv_quant::{
     KVX_HEADER_LEN, KvExt, KvPart, KvScheme, PrefixAddress, QuantParams, ScaleDtype, encode_ext,
@@ -216,6 +217,32 @@ fn truncate_kv(kv: &KvCache<'_>, p: u32) -> Vec<u8> {
         .map(|l| (cut(l.key.bytes()), cut(l.value.bytes())))
         .collect();
     write_kv_cache(&h, layers.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap()
+}
+
+#[test]
+fn kvd_30_common_prefix_is_the_first_differing_position_in_any_head() {
+    // AVP-KVD-30: p is where the first layer, tensor or head differs.
+    let raw = kv_payload(3, 2, 16, 20, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let short = truncate_kv(&kv, 12);
+    let short_kv = KvCache::parse(&short).unwrap();
+    assert_eq!(common_prefix_len(&kv, &kv).unwrap(), 20);
+    assert_eq!(common_prefix_len(&kv, &short_kv).unwrap(), 12);
+    assert_eq!(common_prefix_len(&short_kv, &kv).unwrap(), 12);
+    // A fork: position 7 of the last layer's V, second head, changes.
+    let row = 16 * 2;
+    let tensor = 2 * 20 * row;
+    let mut fork = raw.clone();
+    let at = 17 + 5 * tensor + 20 * row + 7 * row + 3;
+    fork[at] ^= 0x40;
+    let fork_kv = KvCache::parse(&fork).unwrap();
+    assert_eq!(common_prefix_len(&kv, &fork_kv).unwrap(), 7);
+    fork[17] ^= 1;
+    let fork_kv = KvCache::parse(&fork).unwrap();
+    assert_eq!(common_prefix_len(&kv, &fork_kv).unwrap(), 0);
+    let other = kv_payload(3, 2, 16, 20, KvDtype::Float32);
+    let err = common_prefix_len(&kv, &KvCache::parse(&other).unwrap()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeltaMismatch);
 }
 
 #[test]

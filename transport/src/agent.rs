@@ -351,6 +351,7 @@ impl Agent {
             path: None,
             text: false,
             kv_prefix: accepted.kv_prefix,
+            kv_boundary: accepted.kv_boundary,
         };
         let stored = match self.put(context, bytes, "transmit", started).await {
             Ok(stored) => stored,
@@ -434,6 +435,7 @@ impl Agent {
             path: None,
             text: true,
             kv_prefix: None,
+            kv_boundary: None,
         };
         match self.put(context, bytes, "text", started).await {
             Ok(stored) => json_response(

@@ -518,6 +518,7 @@ impl Assemblies {
             // single-message contexts only): hashing it again would cost a
             // second pass over gigabytes.
             kv_prefix: None,
+            kv_boundary: None,
         };
         let stored = self.store.adopt_file(context, &ordered)?;
         write_small(&assembly.dir, DONE, &done_bytes(&stored.id))?;

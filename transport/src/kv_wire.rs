@@ -6,7 +6,10 @@
 //! a stored KV context is indexed under.
 
 use avp_codec::kv::KvCache;
-use avp_codec::kv_delta::{assemble_into, assembled_len, missing_prefix, prefix_address};
+use avp_codec::kv_delta::{
+    assemble_into, assembled_len, base_too_short, indexed_length_mismatch, missing_prefix,
+    prefix_address,
+};
 use avp_codec::kv_quant::{KvExt, KvExtHeader, KvScheme, PrefixAddress};
 use avp_codec::mac::MacKey;
 use avp_codec::{
@@ -15,7 +18,7 @@ use avp_codec::{
 };
 use bytes::Bytes;
 
-use crate::store::ContextStore;
+use crate::store::{ContextStore, IndexedAs};
 
 /// Capability: accepts `KV_CACHE_EXT` payloads of scheme int8 (AVP-KVQ-1).
 pub const CAP_KV_INT8: &str = "kv_quant_int8";
@@ -23,6 +26,10 @@ pub const CAP_KV_INT8: &str = "kv_quant_int8";
 pub const CAP_KV_INT4: &str = "kv_quant_int4";
 /// Capability: accepts delta payloads and answers `missing_prefix` (AVP-KVD-5).
 pub const CAP_KV_DELTA: &str = "kv_delta";
+/// Metadata `extra` key of a delta's base hint (AVP-KVD-31): 64 lowercase
+/// hex digits, the address of all positions of a context the sender
+/// believes the receiver holds, and which starts with the delta's prefix.
+pub const DELTA_BASE_KEY: &str = "avp.delta_base";
 
 /// Which `KV_CACHE_EXT` features a peer announced (or we announce).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +135,9 @@ pub struct Accepted {
     /// The stored KV context's full-length prefix address (indexed only
     /// when the agent announces `kv_delta`).
     pub kv_prefix: Option<PrefixAddress>,
+    /// For a context assembled from a delta on `[0, p)`: `p` and its
+    /// verified address, indexed too (AVP-HTTP-120).
+    pub kv_boundary: Option<(u32, PrefixAddress)>,
     /// For a `KV_CACHE_EXT` message: what it carried.
     pub ext: Option<ExtReceived>,
 }
@@ -185,6 +195,7 @@ pub fn accept(
                 bytes,
                 warnings,
                 kv_prefix,
+                kv_boundary: None,
                 ext: None,
             })
         }
@@ -193,16 +204,24 @@ pub fn accept(
             if let Some(capability) = caps.missing_for(&ext.header) {
                 return Err(KvRefusal::NotAnnounced(capability));
             }
-            let tensor = expand(&ext, store, &message.metadata, limit)?;
+            let hint = message
+                .metadata
+                .extra
+                .get(DELTA_BASE_KEY)
+                .and_then(crate::store::address_from_hex);
+            let expanded = expand(&ext, store, &message.metadata, limit, hint)?;
             let mut metadata = message.metadata.clone();
             metadata.payload_type = PayloadType::KvCache;
             metadata.dtype = ext.header.dtype.data_type();
             metadata.tensor_shape = Shape::default();
             metadata.compression = None;
             metadata.payload_checksum = None;
-            let stored = encode(&metadata, &tensor, Compression::None).map_err(internal)?;
+            // The hint named the sender's base for this transfer; the stored
+            // context is whole and names nothing (AVP-KVD-31).
+            metadata.extra.remove(DELTA_BASE_KEY);
+            let (stored, tensor) = expanded.into_message(&metadata)?;
             let kv_prefix = if caps.delta {
-                let kv = KvCache::parse(&tensor).map_err(internal)?;
+                let kv = KvCache::parse(&stored[tensor..]).map_err(internal)?;
                 Some(full_address(&kv, &model_hash).map_err(internal)?)
             } else {
                 None
@@ -214,15 +233,21 @@ pub fn accept(
                     seq_len: ext.header.seq_len,
                     received: bytes.len() as u64,
                 }),
-                bytes: Bytes::from(stored),
+                bytes: stored,
                 warnings,
                 kv_prefix,
+                // The delta's address was checked against the base's bytes.
+                kv_boundary: ext
+                    .prefix
+                    .filter(|_| caps.delta && ext.header.seq_start > 0)
+                    .map(|a| (ext.header.seq_start, a)),
             })
         }
         _ => Ok(Accepted {
             bytes: bytes.clone(),
             warnings,
             kv_prefix: None,
+            kv_boundary: None,
             ext: None,
         }),
     }
@@ -234,13 +259,17 @@ pub fn full_address(kv: &KvCache<'_>, model_hash: &str) -> Result<PrefixAddress,
 }
 
 /// The KV v1 payload of the whole context: dequantized, and for a delta
-/// assembled onto the stored context its prefix names (AVP-KVD-3/4/5).
+/// assembled onto its base (AVP-KVD-3/4/5): the context indexed under the
+/// delta's address (all its positions, or a boundary inside it,
+/// AVP-HTTP-120), else the context the sender's `hint` names, whose
+/// `[0, p)` is hashed here (AVP-HTTP-122).
 fn expand(
     ext: &KvExt<'_>,
     store: &ContextStore,
     metadata: &Metadata<'_>,
     limit: u64,
-) -> Result<Vec<u8>, KvRefusal> {
+    hint: Option<PrefixAddress>,
+) -> Result<Expanded, KvRefusal> {
     let len = assembled_len(ext);
     // The stored message adds the header and metadata to the tensor.
     let bytes = len.saturating_add(metadata.encoded_len() as u64 + 64);
@@ -248,30 +277,103 @@ fn expand(
         return Err(KvRefusal::TooLarge { bytes, limit });
     }
     if ext.header.seq_start == 0 {
-        return ext.dequantize().map_err(KvRefusal::Wire);
+        return Ok(Expanded {
+            buf: ext.dequantize().map_err(KvRefusal::Wire)?,
+            room: 0,
+        });
     }
     let Some(address) = ext.prefix else {
         return Err(internal("a delta without a prefix address after parse"));
     };
-    let (base_context, base_bytes) = store
-        .find_prefix(&address)
-        .map_err(KvRefusal::Store)?
-        .ok_or_else(|| KvRefusal::Wire(missing_prefix(&address)))?;
-    // The index holds what we computed from these bytes when we stored them
-    // (AVP-KVD-3), never a name a sender chose.
-    let base_address = base_context
-        .kv_prefix
-        .ok_or_else(|| internal("an indexed context without its address"))?;
+    let p = ext.header.seq_start;
+    let (base_bytes, indexed) = match store.find_prefix(&address).map_err(KvRefusal::Store)? {
+        Some((_, how, bytes)) => (bytes, Some(how)),
+        None => {
+            let hinted = match hint {
+                Some(h) => store.find_prefix(&h).map_err(KvRefusal::Store)?,
+                None => None,
+            };
+            match hinted {
+                Some((_, _, bytes)) => (bytes, None),
+                None => return Err(KvRefusal::Wire(missing_prefix(&address))),
+            }
+        }
+    };
     let base_message =
         decode_with(&base_bytes, &DecodeOptions::DEFAULT).map_err(stored_unreadable)?;
     let base = KvCache::parse(&base_message.payload).map_err(stored_unreadable)?;
-    let len = usize::try_from(len).map_err(|_| KvRefusal::TooLarge {
-        bytes: len,
-        limit: usize::MAX as u64,
-    })?;
-    let mut out = vec![0u8; len];
-    assemble_into(&base, &base_address, ext, &mut out).map_err(KvRefusal::Wire)?;
-    Ok(out)
+    let base_address = match indexed {
+        // The index holds what we computed or verified from these bytes
+        // when we stored them (AVP-KVD-3), for one length: the delta's
+        // address must be of that length too.
+        Some(how) => {
+            let held = match how {
+                IndexedAs::Whole => base.header.seq_len,
+                IndexedAs::Boundary(q) => q,
+            };
+            if held != p {
+                return Err(KvRefusal::Wire(indexed_length_mismatch(p, held)));
+            }
+            address
+        }
+        // A name the sender chose: hash what we hold (AVP-KVD-1/3).
+        None => {
+            let base_hash = base_message
+                .metadata
+                .extra
+                .get("model_hash")
+                .unwrap_or_default();
+            if base.header.seq_len < p {
+                return Err(KvRefusal::Wire(base_too_short(p, base.header.seq_len)));
+            }
+            prefix_address(&base, p, base_hash).map_err(KvRefusal::Wire)?
+        }
+    };
+    // Room in front for the stored message's header and metadata, so that
+    // the assembled context is written once, where the message needs it.
+    let room = metadata.encoded_len().saturating_add(64);
+    let total = usize::try_from(len)
+        .ok()
+        .and_then(|len| len.checked_add(room))
+        .ok_or(KvRefusal::TooLarge {
+            bytes: len,
+            limit: usize::MAX as u64,
+        })?;
+    let mut buf = vec![0u8; total];
+    let out = buf
+        .get_mut(room..)
+        .ok_or_else(|| internal("the assembly buffer is shorter than its room"))?;
+    assemble_into(&base, &base_address, ext, out).map_err(KvRefusal::Wire)?;
+    Ok(Expanded { buf, room })
+}
+
+/// A KV v1 payload at `buf[room..]`, with `room` bytes free in front of it.
+struct Expanded {
+    buf: Vec<u8>,
+    room: usize,
+}
+
+impl Expanded {
+    /// The plain message of `metadata` and this payload, and where the
+    /// payload starts in it. The header and metadata go into the room when
+    /// they fit (no copy of the payload); else the message is encoded anew.
+    fn into_message(self, metadata: &Metadata<'_>) -> Result<(Bytes, usize), KvRefusal> {
+        let Expanded { mut buf, room } = self;
+        let tensor = buf.get(room..).unwrap_or_default();
+        let prefix = avp_codec::encode_prefix(metadata, tensor).map_err(internal)?;
+        match room.checked_sub(prefix.len()) {
+            Some(start) => {
+                buf.get_mut(start..room)
+                    .ok_or_else(|| internal("the room moved"))?
+                    .copy_from_slice(&prefix);
+                Ok((Bytes::from(buf).slice(start..), prefix.len()))
+            }
+            None => {
+                let stored = encode(metadata, tensor, Compression::None).map_err(internal)?;
+                Ok((Bytes::from(stored), prefix.len()))
+            }
+        }
+    }
 }
 
 fn internal(why: impl std::fmt::Display) -> KvRefusal {
@@ -416,6 +518,7 @@ mod tests {
             path: None,
             text: false,
             kv_prefix: stored.kv_prefix,
+            kv_boundary: None,
         };
         store.put(context, stored.bytes).expect("put");
         let assembled = send(&delta).expect("assembled");
@@ -447,5 +550,112 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(store.indexed_prefixes(), 1, "nothing refused was indexed");
+    }
+
+    fn put(store: &ContextStore, accepted: Accepted) {
+        let context = crate::store::StoredContext {
+            id: crate::store::new_id(),
+            session_id: String::new(),
+            source_agent_id: String::new(),
+            target_agent_id: String::new(),
+            client_identity: None,
+            len: 0,
+            received_at: std::time::SystemTime::now(),
+            path: None,
+            text: false,
+            kv_prefix: accepted.kv_prefix,
+            kv_boundary: accepted.kv_boundary,
+        };
+        store.put(context, accepted.bytes).expect("put");
+    }
+
+    fn kind(result: &Result<Accepted, KvRefusal>) -> Option<avp_codec::ErrorKind> {
+        match result {
+            Err(KvRefusal::Wire(e)) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// AVP-HTTP-120 (a delta's boundary is indexed with the context made
+    /// from it), AVP-HTTP-122 (a hint names a longer context; the receiver
+    /// hashes its `[0, p)` itself), and an address that names another
+    /// length than the delta's start is `prefix_mismatch` (AVP-KVD-33).
+    /// Hint answers: AVP-KVD-31, AVP-KVD-32.
+    #[test]
+    fn http_120_122_hints_and_boundaries_find_bases_inside_longer_contexts() {
+        let store = ContextStore::in_memory(Duration::from_secs(60));
+        let send = |payload: &[u8], hint: Option<PrefixAddress>| {
+            let mut metadata = Metadata::new()
+                .with_payload_type(PayloadType::KvCacheExt)
+                .with_dtype(avp_codec::DataType::Float32)
+                .with_extra_entry("model_hash", "m");
+            if let Some(h) = hint {
+                metadata = metadata.with_extra_entry(DELTA_BASE_KEY, h.to_hex());
+            }
+            let bytes = Bytes::from(encode(&metadata, payload, Compression::None).expect("encode"));
+            accept(bytes, None, KvCapabilities::ALL, &store, 1 << 30)
+        };
+        let stored20 = accept(
+            message(PayloadType::KvCache, &context(20)),
+            None,
+            KvCapabilities::ALL,
+            &store,
+            1 << 30,
+        )
+        .expect("stored");
+        let whole20 = stored20.kv_prefix.expect("indexed");
+        put(&store, stored20);
+        let (full30, full40) = (context(30), context(40));
+        let kv30 = KvCache::parse(&full30).expect("kv");
+        let (address8, delta) =
+            avp_codec::kv_delta::split_delta(&kv30, 8, "m", &QuantParams::NONE).expect("delta");
+        assert_eq!(
+            kind(&send(&delta, None)),
+            Some(avp_codec::ErrorKind::MissingPrefix),
+            "[0, 8) is only inside the stored 20 positions, and nothing names it"
+        );
+        assert_eq!(
+            kind(&send(&delta, Some(PrefixAddress([3; 32])))),
+            Some(avp_codec::ErrorKind::MissingPrefix),
+            "a hint naming nothing"
+        );
+        let via_hint = send(&delta, Some(whole20)).expect("assembled via the hint");
+        assert_eq!(via_hint.kv_boundary, Some((8, address8)));
+        let got = decode_with(&via_hint.bytes, &DecodeOptions::strict()).expect("v1");
+        assert_eq!(&got.payload[..], &full30[..]);
+        put(&store, via_hint);
+        // Turn 3 on the boundary [0, 8), no hint: found in the index.
+        let kv40 = KvCache::parse(&full40).expect("kv");
+        let (_, delta40) =
+            avp_codec::kv_delta::split_delta(&kv40, 8, "m", &QuantParams::NONE).expect("delta");
+        let via_boundary = send(&delta40, None).expect("assembled via the boundary");
+        let got = decode_with(&via_boundary.bytes, &DecodeOptions::strict()).expect("v1");
+        assert_eq!(&got.payload[..], &full40[..]);
+        // A hint naming a context that does not start with the delta's prefix.
+        let other = {
+            let mut t = context(40);
+            let at = t.len() - 1;
+            t[17] ^= 0x10;
+            t[at] ^= 0x10;
+            t
+        };
+        let (_, foreign) = avp_codec::kv_delta::split_delta(
+            &KvCache::parse(&other).expect("kv"),
+            8,
+            "m",
+            &QuantParams::NONE,
+        )
+        .expect("delta");
+        assert_eq!(
+            kind(&send(&foreign, Some(whole20))),
+            Some(avp_codec::ErrorKind::PrefixMismatch)
+        );
+        // The address of all 20 positions, claimed for a delta starting at 8.
+        let forged =
+            encode_ext(&kv30, &QuantParams::NONE, 8, Some(&whole20)).expect("forged delta");
+        assert_eq!(
+            kind(&send(&forged, None)),
+            Some(avp_codec::ErrorKind::PrefixMismatch)
+        );
     }
 }

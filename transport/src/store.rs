@@ -9,7 +9,7 @@
 //! mTLS client identity and the arrival time, so a restart forgets nothing
 //! (AVP-HTTP-63).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -58,26 +58,99 @@ pub struct StoredContext {
     /// For a KV context: the prefix address of all its positions
     /// (AVP-KVD-1), under which the store indexes it (AVP-HTTP-102).
     pub kv_prefix: Option<PrefixAddress>,
+    /// For a KV context assembled from a delta on `[0, p)`: `p` and the
+    /// delta's verified address of `[0, p)`, also indexed so that a later
+    /// delta on that boundary finds this context (AVP-HTTP-120).
+    pub kv_boundary: Option<(u32, PrefixAddress)>,
 }
+
+/// How a context was found in the prefix index (AVP-HTTP-120).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedAs {
+    /// Under the address of all its positions.
+    Whole,
+    /// Under the address of its first `p` positions (a delta boundary).
+    Boundary(u32),
+}
+
+/// Default bound on prefix-index entries (AVP-HTTP-121): about 100 bytes
+/// each, so 6.5 MB at most.
+pub const DEFAULT_INDEX_CAPACITY: usize = 65_536;
 
 struct Entry {
     context: StoredContext,
     bytes: Option<Bytes>,
 }
 
+/// Prefix address -> the newest context whose positions `[0, p)` have it.
+/// At most two entries per context (all its positions, and its delta
+/// boundary), at most `capacity` in all: the oldest entries leave first
+/// (their contexts stay stored, only no longer found as bases).
+struct PrefixIndex {
+    capacity: usize,
+    map: HashMap<PrefixAddress, (String, IndexedAs)>,
+    /// Insertion order for eviction; entries whose address now points to
+    /// another context are stale and skipped (compacted when it doubles).
+    order: VecDeque<(PrefixAddress, String)>,
+}
+
+impl PrefixIndex {
+    fn new(capacity: usize) -> Self {
+        PrefixIndex {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, address: PrefixAddress, id: &str, how: IndexedAs) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.map.insert(address, (id.to_owned(), how));
+        self.order.push_back((address, id.to_owned()));
+        while self.map.len() > self.capacity {
+            let Some((old, old_id)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&old, &old_id);
+        }
+        if self.order.len() > 2 * self.capacity.max(16) {
+            let map = &self.map;
+            self.order
+                .retain(|(a, id)| map.get(a).is_some_and(|(held, _)| held == id));
+        }
+    }
+
+    /// Drops `address` if it still points to `id` (a newer context keeps it).
+    fn remove(&mut self, address: &PrefixAddress, id: &str) {
+        if self.map.get(address).is_some_and(|(held, _)| held == id) {
+            self.map.remove(address);
+        }
+    }
+}
+
 /// The entries and the prefix index, under one lock so they never disagree.
-#[derive(Default)]
 struct Entries {
     by_id: HashMap<String, Entry>,
-    /// Full-length prefix address -> id of the newest context with it; one
-    /// entry per indexed context at most, dropped with the context.
-    by_prefix: HashMap<PrefixAddress, String>,
+    by_prefix: PrefixIndex,
 }
 
 impl Entries {
+    fn new(capacity: usize) -> Self {
+        Entries {
+            by_id: HashMap::new(),
+            by_prefix: PrefixIndex::new(capacity),
+        }
+    }
+
     fn insert(&mut self, entry: Entry) {
+        let id = &entry.context.id;
         if let Some(address) = entry.context.kv_prefix {
-            self.by_prefix.insert(address, entry.context.id.clone());
+            self.by_prefix.insert(address, id, IndexedAs::Whole);
+        }
+        if let Some((p, address)) = entry.context.kv_boundary {
+            self.by_prefix.insert(address, id, IndexedAs::Boundary(p));
         }
         self.by_id.insert(entry.context.id.clone(), entry);
     }
@@ -96,7 +169,27 @@ impl ContextStore {
         Self {
             dir: None,
             ttl,
-            entries: Mutex::new(Entries::default()),
+            entries: Mutex::new(Entries::new(DEFAULT_INDEX_CAPACITY)),
+        }
+    }
+
+    /// The same store with its prefix index bounded to `capacity` entries
+    /// (AVP-HTTP-121; 0 indexes nothing). Entries already there are indexed
+    /// again, oldest first, so the newest `capacity` stay.
+    pub fn with_index_capacity(self, capacity: usize) -> Self {
+        let mut entries = self.entries.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Entry> = entries.by_id.drain().map(|(_, e)| e).collect();
+        all.sort_by(|a, b| {
+            (a.context.received_at, &a.context.id).cmp(&(b.context.received_at, &b.context.id))
+        });
+        let mut fresh = Entries::new(capacity);
+        for entry in all {
+            fresh.insert(entry);
+        }
+        Self {
+            dir: self.dir,
+            ttl: self.ttl,
+            entries: Mutex::new(fresh),
         }
     }
 
@@ -116,7 +209,7 @@ impl ContextStore {
                 fs::remove_file(item.path())?;
             }
         }
-        let mut entries = Entries::default();
+        let mut entries = Entries::new(DEFAULT_INDEX_CAPACITY);
         for context in Self::scan(dir)? {
             entries.insert(Entry {
                 context,
@@ -165,6 +258,7 @@ impl ContextStore {
                 path: Some(item.path()),
                 text,
                 kv_prefix: None,
+                kv_boundary: None,
             };
             let sidecar = dir.join(format!("{id}.{META_EXTENSION}"));
             if !read_sidecar(&sidecar, &mut context) {
@@ -239,28 +333,31 @@ impl ContextStore {
         Self::with_bytes(found)
     }
 
-    /// The newest live KV context whose full-length prefix address is
-    /// `address`, and its bytes: one hash-map lookup (AVP-HTTP-102).
+    /// The newest live KV context indexed under `address` (all its
+    /// positions, or a delta boundary inside it), how, and its bytes: one
+    /// hash-map lookup (AVP-HTTP-102, AVP-HTTP-120).
     pub fn find_prefix(
         &self,
         address: &PrefixAddress,
-    ) -> io::Result<Option<(StoredContext, Bytes)>> {
+    ) -> io::Result<Option<(StoredContext, IndexedAs, Bytes)>> {
         self.evict_expired();
         let found = {
             let entries = self.lock();
-            entries
-                .by_prefix
-                .get(address)
-                .and_then(|id| entries.by_id.get(id))
-                .map(|e| (e.context.clone(), e.bytes.clone()))
+            entries.by_prefix.map.get(address).and_then(|(id, how)| {
+                let e = entries.by_id.get(id)?;
+                Some(((e.context.clone(), *how), e.bytes.clone()))
+            })
         };
-        Self::with_bytes(found)
+        let Some(((context, how), bytes)) = found else {
+            return Ok(None);
+        };
+        Ok(Self::with_bytes(Some((context, bytes)))?.map(|(c, b)| (c, how, b)))
     }
 
-    /// Contexts indexed by prefix address now (for tests and metrics).
+    /// Prefix-index entries now (for tests and metrics).
     pub fn indexed_prefixes(&self) -> usize {
         self.evict_expired();
-        self.lock().by_prefix.len()
+        self.lock().by_prefix.map.len()
     }
 
     fn with_bytes(
@@ -308,9 +405,10 @@ impl ContextStore {
                     let _ = fs::remove_file(path.with_extension(META_EXTENSION));
                 }
                 if let Some(address) = &entry.context.kv_prefix {
-                    if by_prefix.get(address) == Some(id) {
-                        by_prefix.remove(address);
-                    }
+                    by_prefix.remove(address, id);
+                }
+                if let Some((_, address)) = &entry.context.kv_boundary {
+                    by_prefix.remove(address, id);
                 }
             }
             keep
@@ -396,6 +494,15 @@ fn sidecar_bytes(context: &StoredContext) -> Vec<u8> {
             context
                 .kv_prefix
                 .map_or(Value::Null, |a| Value::from(a.to_hex().as_str())),
+        )
+        .with(
+            "kv_boundary",
+            context.kv_boundary.map_or(Value::Null, |(p, a)| {
+                Object::new()
+                    .with("p", u64::from(p))
+                    .with("address", a.to_hex().as_str())
+                    .into()
+            }),
         );
     // Sorted and compact, as serde_json wrote sidecars before.
     avp_json::to_string(&value.into(), WriteOptions::CANONICAL)
@@ -438,11 +545,15 @@ fn read_sidecar(path: &Path, context: &mut StoredContext) -> bool {
         .get("kv_prefix")
         .and_then(Value::as_str)
         .and_then(address_from_hex);
+    context.kv_boundary = map.get("kv_boundary").and_then(|b| {
+        let p = u32::try_from(b.get("p")?.as_u64()?).ok()?;
+        Some((p, address_from_hex(b.get("address")?.as_str()?)?))
+    });
     true
 }
 
 /// 64 lowercase hex digits -> an address; anything else is no address.
-fn address_from_hex(hex: &str) -> Option<PrefixAddress> {
+pub(crate) fn address_from_hex(hex: &str) -> Option<PrefixAddress> {
     let hex = hex.as_bytes();
     if hex.len() != 2 * PREFIX_ADDRESS_LEN {
         return None;
@@ -574,6 +685,7 @@ mod tests {
             path: None,
             text: false,
             kv_prefix: None,
+            kv_boundary: None,
         }
     }
 
@@ -701,13 +813,13 @@ mod tests {
             assert_eq!(store.indexed_prefixes(), 1);
         }
         let store = ContextStore::open(&dir, Duration::from_secs(60)).expect("reopen");
-        let (found, bytes) = store
+        let (found, how, bytes) = store
             .find_prefix(&address)
             .expect("read")
             .expect("indexed after a restart");
         assert_eq!(
-            (found.id.as_str(), &bytes[..]),
-            (new_id_.as_str(), &b"new"[..])
+            (found.id.as_str(), how, &bytes[..]),
+            (new_id_.as_str(), IndexedAs::Whole, &b"new"[..])
         );
         assert!(
             store
@@ -717,6 +829,69 @@ mod tests {
         );
         assert_eq!(address_from_hex(&address.to_hex()), Some(address));
         assert_eq!(address_from_hex("zz"), None);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// AVP-HTTP-120, AVP-HTTP-121: a context assembled from a delta is also found
+    /// under its boundary; the index keeps at most its capacity, oldest
+    /// entries out first, and comes back the same after a restart.
+    #[test]
+    fn http_120_121_boundaries_are_indexed_bounded_and_survive_a_restart() {
+        let dir = temp_dir("boundary");
+        let ids: Vec<String> = (0..3).map(|_| new_id()).collect();
+        let base = SystemTime::now() - Duration::from_secs(10);
+        {
+            let store = ContextStore::open(&dir, Duration::from_secs(600))
+                .expect("open")
+                .with_index_capacity(3);
+            for (i, id) in ids.iter().enumerate() {
+                let mut c = context(id);
+                c.received_at = base + Duration::from_secs(i as u64);
+                c.kv_prefix = Some(PrefixAddress([10 + i as u8; 32]));
+                c.kv_boundary = Some((4 + i as u32, PrefixAddress([20 + i as u8; 32])));
+                store.put(c, Bytes::from(id.clone())).expect("put");
+            }
+            assert_eq!(store.indexed_prefixes(), 3, "bounded by the capacity");
+            let (found, how, _) = store
+                .find_prefix(&PrefixAddress([22; 32]))
+                .expect("read")
+                .expect("newest boundary kept");
+            assert_eq!(
+                (found.id.as_str(), how),
+                (ids[2].as_str(), IndexedAs::Boundary(6))
+            );
+            assert!(
+                store
+                    .find_prefix(&PrefixAddress([10; 32]))
+                    .expect("read")
+                    .is_none(),
+                "the oldest entry left the index"
+            );
+            assert!(
+                store.get(&ids[0]).expect("read").is_some(),
+                "but not the store"
+            );
+        }
+        let store = ContextStore::open(&dir, Duration::from_secs(600))
+            .expect("reopen")
+            .with_index_capacity(3);
+        assert_eq!(store.indexed_prefixes(), 3);
+        let (found, how, _) = store
+            .find_prefix(&PrefixAddress([21; 32]))
+            .expect("read")
+            .expect("boundary back after a restart");
+        assert_eq!(
+            (found.id.as_str(), how),
+            (ids[1].as_str(), IndexedAs::Boundary(5))
+        );
+        assert!(
+            store
+                .find_prefix(&PrefixAddress([20; 32]))
+                .expect("read")
+                .is_none()
+        );
+        let unbounded = ContextStore::open(&dir, Duration::from_secs(600)).expect("reopen");
+        assert_eq!(unbounded.indexed_prefixes(), 6, "two entries per context");
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -16,9 +16,10 @@ use std::process::ExitCode;
 
 use avp_codec::chunk::{CHUNK_EXTRA_KEY, ChunkPlan, descriptor_of, split_payload};
 use avp_codec::kv::{KvCache, KvDtype, KvHeader};
-use avp_codec::kv_delta::{prefix_address, split_delta};
+use avp_codec::kv_delta::{common_prefix_len, prefix_address, split_delta};
 use avp_codec::kv_quant::{KvScheme, QuantParams, ScaleDtype, convert_dtype, encode_ext};
 use avp_codec::{Compression, ErrorKind, Metadata, PayloadType, Shape};
+use avp_transport::kv_wire::DELTA_BASE_KEY;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -52,7 +53,7 @@ pub(crate) struct ConvertArgs {
     /// Write a plain KV_CACHE message in this float dtype (the SDK reads it).
     #[arg(long, value_enum, value_name = "DTYPE", conflicts_with = "delta_from")]
     kv_dtype: Option<DtypeArg>,
-    /// Write only the positions after BASE (a context IN starts with) as a delta on it
+    /// Write only the positions after those IN shares with BASE as a delta on them
     /// (spec/protocol/kv-delta.md); with --kv-quant a quantized delta.
     #[arg(long, value_name = "BASE", conflicts_with = "base")]
     delta_from: Option<PathBuf>,
@@ -191,6 +192,8 @@ struct Written {
     group_size: u32,
     residual: u32,
     prefix: Option<String>,
+    /// The `avp.delta_base` hint written with a delta (AVP-KVD-31).
+    delta_base: Option<String>,
     /// Chunk messages written (`--chunk-mib`).
     chunks: Option<u32>,
 }
@@ -256,6 +259,7 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         group_size: 0,
         residual: 0,
         prefix: None,
+        delta_base: None,
         chunks: None,
     };
     let payload: Cow<'_, [u8]> = if let Some(base_path) = &args.delta_from {
@@ -282,6 +286,11 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         }
     };
     let mut metadata = output_metadata(&input.metadata, written.payload_type, written.dtype);
+    // Only a delta written now carries a hint; one copied from IN would lie.
+    metadata.extra.remove(DELTA_BASE_KEY);
+    if let Some(hint) = &written.delta_base {
+        metadata.extra.insert(DELTA_BASE_KEY, hint.clone());
+    }
     let bytes = match args.chunk_mib {
         Some(mib) => {
             // A chunk's own descriptor is written by the splitter, never copied.
@@ -297,7 +306,8 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
 }
 
 /// `--delta-from BASE` (AVP-CLI-21): positions `[p, n)` of `kv` as a delta
-/// on BASE's `p` positions, after checking that BASE is their prefix.
+/// on the `p` positions it shares with BASE (AVP-KVD-30), naming BASE in
+/// an `avp.delta_base` hint when BASE is longer (AVP-KVD-31).
 fn write_delta(
     args: &ConvertArgs,
     base_path: &Path,
@@ -343,14 +353,17 @@ fn write_delta(
             ),
         ));
     }
-    let p = b.seq_len;
-    if p == 0 || p > h.seq_len {
+    // AVP-KVD-30: the base need only share a prefix with the input.
+    // At most n - 1: the codec's encoder does not write an empty delta
+    // (p = n) yet, so the last position always travels (AVP-KVD-30).
+    let p = common_prefix_len(&base_kv, kv)?.min(h.seq_len.saturating_sub(1));
+    if p == 0 {
         return Err(invalid(
-            ErrorKind::DeltaMismatch,
+            ErrorKind::PrefixMismatch,
             format!(
-                "{} holds {p} positions: a delta base holds 1 to {} (the input's length)",
+                "{} and {} share no position (their first positions differ): there is nothing to send a delta on",
                 base_path.display(),
-                h.seq_len
+                args.input.display()
             ),
         ));
     }
@@ -358,17 +371,14 @@ fn write_delta(
         Some(q) => quant_params(args, q, h.seq_len - p, h.head_dim)?,
         None => QuantParams::NONE,
     };
+    // The bytes of [0, p) were compared: one hash, of the input's, names both.
     let (address, delta) = split_delta(kv, p, hash, &params)?;
-    if prefix_address(&base_kv, p, hash)? != address {
-        return Err(invalid(
-            ErrorKind::PrefixMismatch,
-            format!(
-                "{} is not the first {p} positions of {}: a receiver holding it could not assemble the delta",
-                base_path.display(),
-                args.input.display()
-            ),
-        ));
-    }
+    // A base longer than p is named for the receiver (AVP-KVD-31).
+    let hint = if p < b.seq_len {
+        Some(prefix_address(&base_kv, b.seq_len, hash)?.to_hex())
+    } else {
+        None
+    };
     let written = Written {
         payload_type: PayloadType::KvCacheExt,
         scheme: Some(params.scheme),
@@ -376,6 +386,7 @@ fn write_delta(
         group_size: params.group_size,
         residual: params.residual,
         prefix: Some(address.to_hex()),
+        delta_base: hint,
         ..written
     };
     Ok((delta, written))
@@ -431,6 +442,7 @@ fn streamed(args: &ConvertArgs) -> Option<Result<Written, Stop>> {
                 group_size: 0,
                 residual: 0,
                 prefix: None,
+                delta_base: None,
                 chunks: args.chunk_mib.map(|_| s.messages),
             })
             .map_err(|e| {

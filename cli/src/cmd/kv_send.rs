@@ -9,10 +9,10 @@ use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use avp_codec::kv::{KvCache, KvHeader};
-use avp_codec::kv_delta::prefix_address;
+use avp_codec::kv_delta::{common_prefix_len, prefix_address};
 use avp_codec::kv_quant::{KvExtHeader, KvScheme, PrefixAddress, QuantParams, encode_ext};
-use avp_codec::{Compression, DecodeOptions, Message, PayloadType, Shape, decode_with, encode};
-use avp_transport::kv_wire::KvCapabilities;
+use avp_codec::{DecodeOptions, Message, PayloadType, Shape, decode_with, encode_prefix};
+use avp_transport::kv_wire::{DELTA_BASE_KEY, KvCapabilities};
 use avp_transport::{AvpClient, TransportError};
 use serde_json::Value;
 
@@ -50,8 +50,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) quant: Option<KvScheme>,
     /// What to do when it did not.
     pub(crate) fallback: QuantFallback,
-    /// A KV message the peer should hold (the previous turn): send only the
-    /// positions after it when the peer announced `kv_delta`.
+    /// A KV message the peer should hold (the previous turn, or any context
+    /// that shares a prefix with this one): send only the positions after
+    /// the shared prefix when the peer announced `kv_delta`.
     pub(crate) base: Option<&'a [u8]>,
 }
 
@@ -135,20 +136,24 @@ pub(crate) async fn send_kv(
     };
     let prefix = match plan.base {
         None => None,
-        Some(base) => {
-            let found = check_continues(base, &full, &model_hash)?;
-            if caps.delta {
-                Some(found)
-            } else {
+        Some(base) => match shared_prefix(base, &full, &model_hash)? {
+            None => {
+                crate::out::note(
+                    "avp: the context shares no position with the --delta-from base: sending the full context",
+                );
+                None
+            }
+            Some(found) if caps.delta => Some(found),
+            Some(_) => {
                 crate::out::note(
                     "avp: the peer did not announce kv_delta: sending the full context",
                 );
                 None
             }
-        }
+        },
     };
-    let start = prefix.map_or(0, |(p, _)| p);
-    let first = compact(message, &decoded, &full, scheme, prefix)?;
+    let start = prefix.as_ref().map_or(0, |d| d.p);
+    let first = compact(message, &decoded, &full, scheme, prefix.as_ref())?;
     let mut sizes = vec![first.len()];
     let mut answer = client.transmit(first.into()).await;
     let mut form = form_name(scheme, start, full.header.seq_len);
@@ -177,15 +182,33 @@ pub(crate) async fn send_kv(
     })
 }
 
-/// `base`'s length `p` and the address of `[0, p)`, after checking that
-/// `full` starts with it: same shape, and the prefix addresses agree (AVP-KVD-1).
-fn check_continues(
+/// Where a delta starts and what names its base.
+pub(crate) struct DeltaStart {
+    /// Positions `[0, p)` are the base's (AVP-KVD-30).
+    pub(crate) p: u32,
+    /// Their address (AVP-KVD-1).
+    pub(crate) address: PrefixAddress,
+    /// When the base is longer than `p`: the address of all its positions,
+    /// sent as the `avp.delta_base` hint (AVP-KVD-31).
+    pub(crate) hint: Option<PrefixAddress>,
+}
+
+/// The prefix `full` shares with `base` (AVP-KVD-30): `None` when they
+/// share no position; an error when they cannot share one (not KV, another
+/// shape or model). The bytes are compared, so `[0, p)` is hashed once, from
+/// `full`; the base is hashed whole only when it is longer than `p` (the hint).
+pub(crate) fn shared_prefix(
     base: &[u8],
     full: &KvCache<'_>,
     model_hash: &str,
-) -> Result<(u32, PrefixAddress)> {
-    let decoded =
-        decode_with(base, &DecodeOptions::DEFAULT).context("decoding the --delta-from base")?;
+) -> Result<Option<DeltaStart>> {
+    // The base's bytes only choose p and the hint: the address is hashed
+    // from the context sent, and the receiver checks it against what it
+    // holds (AVP-KVD-3), so a damaged base costs a fallback, never a wrong
+    // context. Its checksum is not worth a pass over it.
+    let mut unverified = DecodeOptions::DEFAULT;
+    unverified.verify_checksum = false;
+    let decoded = decode_with(base, &unverified).context("decoding the --delta-from base")?;
     if decoded.metadata.payload_type != PayloadType::KvCache {
         bail!(
             "--delta-from needs a KV_CACHE message; the base is {}",
@@ -193,52 +216,66 @@ fn check_continues(
         );
     }
     let base_hash = decoded.metadata.extra.get("model_hash").unwrap_or_default();
-    let kv = KvCache::parse(&decoded.payload).context("the base's KV-cache payload")?;
-    let (b, f) = (kv.header, full.header);
-    let p = b.seq_len;
-    let same_shape = (b.num_layers, b.num_kv_heads, b.head_dim, b.dtype)
-        == (f.num_layers, f.num_kv_heads, f.head_dim, f.dtype);
-    if !same_shape || p == 0 || p > f.seq_len || base_hash != model_hash {
+    if base_hash != model_hash {
         bail!(
-            "the context does not continue the --delta-from base (base: {p} positions of model {base_hash:?}, context: {} of {model_hash:?}, shapes {})",
-            f.seq_len,
-            if same_shape { "agree" } else { "differ" }
+            "the --delta-from base is a context of model {base_hash:?}, the context of {model_hash:?}"
         );
     }
-    let address = prefix_address(full, p, model_hash)?;
-    if prefix_address(&kv, p, model_hash)? != address {
-        bail!("the context's first {p} positions are not the --delta-from base's");
+    let kv = KvCache::parse(&decoded.payload).context("the base's KV-cache payload")?;
+    // At most n - 1: the codec's encoder does not write an empty delta
+    // (p = n) yet, so the last position always travels (AVP-KVD-30).
+    let p = common_prefix_len(&kv, full)
+        .context("the context and the --delta-from base cannot share a prefix")?
+        .min(full.header.seq_len.saturating_sub(1));
+    if p == 0 {
+        return Ok(None);
     }
-    Ok((p, address))
+    let address = prefix_address(full, p, model_hash)?;
+    let hint = if p < kv.header.seq_len {
+        Some(prefix_address(&kv, kv.header.seq_len, model_hash)?)
+    } else {
+        None
+    };
+    Ok(Some(DeltaStart { p, address, hint }))
 }
 
 /// The message to send: `original` itself when nothing changes, else a
 /// `KV_CACHE_EXT` message with `decoded`'s metadata carrying `full` in
 /// `scheme`: positions `[p, n)` when `prefix` gives `p` and the address of
-/// `[0, p)` (hashed once, by the continuity check), else all of them.
+/// `[0, p)` (hashed once, by [`shared_prefix`]), with its hint, else all of them.
 fn compact(
     original: &[u8],
     decoded: &Message<'_>,
     full: &KvCache<'_>,
     scheme: KvScheme,
-    prefix: Option<(u32, PrefixAddress)>,
+    prefix: Option<&DeltaStart>,
 ) -> Result<Vec<u8>> {
     let (start, address) = match prefix {
-        Some((p, address)) => (p, Some(address)),
+        Some(d) => (d.p, Some(d.address)),
         None => (0, None),
     };
     if scheme == KvScheme::None && start == 0 {
         return Ok(original.to_vec());
     }
     let params = params_for(scheme, &full.header, start);
-    let payload = encode_ext(full, &params, start, address.as_ref())?;
+    let mut payload = encode_ext(full, &params, start, address.as_ref())?;
     let mut metadata = decoded.metadata.clone();
     metadata.payload_type = PayloadType::KvCacheExt;
     metadata.dtype = full.header.dtype.data_type();
     metadata.tensor_shape = Shape::default();
     metadata.compression = None;
     metadata.payload_checksum = None;
-    Ok(encode(&metadata, &payload, Compression::None)?)
+    // A stale hint copied from the input would name the wrong context.
+    metadata.extra.remove(DELTA_BASE_KEY);
+    if let Some(hint) = prefix.and_then(|d| d.hint) {
+        metadata.extra.insert(DELTA_BASE_KEY, hint.to_hex());
+    }
+    // The header and metadata go in front of the payload in its own buffer
+    // (a large one grows in place), not into a second allocation the size
+    // of the message: its page faults cost more than the copy.
+    let head = encode_prefix(&metadata, &payload)?;
+    payload.splice(0..0, head);
+    Ok(payload)
 }
 
 /// The scheme's defaults fitted to the shape: int8 groups are the largest

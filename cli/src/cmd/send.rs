@@ -64,9 +64,10 @@ pub(crate) struct SendArgs {
     /// nothing and exits 3, `full` sends the context unquantized.
     #[arg(long, value_enum, default_value = "error", requires = "kv_quant")]
     kv_quant_fallback: QuantFallback,
-    /// A KV context the peer should hold (e.g. the previous turn) that FILE
-    /// continues: send only the positions after it if the peer announces
-    /// kv_delta; if the peer lacks it, the full context is sent once.
+    /// A KV context the peer should hold (e.g. the previous turn) that shares
+    /// its first positions with FILE: send only the positions after those if
+    /// the peer announces kv_delta; if the peer lacks them, the full context
+    /// is sent once.
     #[arg(long, value_name = "BASE", conflicts_with = "text")]
     delta_from: Option<PathBuf>,
     #[command(flatten)]

@@ -86,6 +86,9 @@ pub(crate) struct ServeArgs {
     /// Bytes all incomplete chunked contexts together may hold on disk.
     #[arg(long, default_value_t = 64 << 30)]
     max_assembly_bytes: u64,
+    /// Prefix addresses the store indexes to find delta bases, oldest out first (AVP-HTTP-121).
+    #[arg(long, value_name = "N", default_value_t = avp_transport::store::DEFAULT_INDEX_CAPACITY)]
+    prefix_index_capacity: usize,
     /// Map-file directory for handshake rule 4 (AVP-HS-8).
     #[arg(long, value_name = "DIR")]
     maps: Option<PathBuf>,
@@ -217,11 +220,14 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         int4: has("int4"),
         delta: has("delta"),
     });
-    let store = Arc::new(match &args.store {
-        Some(dir) => ContextStore::open(dir, ttl)
-            .with_context(|| format!("opening store {}", dir.display()))?,
-        None => ContextStore::in_memory(ttl),
-    });
+    let store = Arc::new(
+        match &args.store {
+            Some(dir) => ContextStore::open(dir, ttl)
+                .with_context(|| format!("opening store {}", dir.display()))?,
+            None => ContextStore::in_memory(ttl),
+        }
+        .with_index_capacity(args.prefix_index_capacity),
+    );
     // Chunked contexts are assembled on disk only (AVP-HTTP-90); with
     // --max-assemblies 0 not at all (no kv_chunked).
     let assemblies = match &args.store {
