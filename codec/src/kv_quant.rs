@@ -1252,13 +1252,7 @@ impl Quantizer {
                     let per_row = d.checked_div(g).unwrap_or(0).max(1);
                     for block in quantized.chunks_exact(g.saturating_mul(row).max(1)) {
                         widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
-                        scratch.lo.clear();
-                        scratch.hi.clear();
-                        for grp in scratch.values.chunks_exact(g) {
-                            let (lo, hi) = min_max(grp);
-                            scratch.lo.push(lo);
-                            scratch.hi.push(hi);
-                        }
+                        groups_min_max(&scratch.values, g, &mut scratch.lo, &mut scratch.hi);
                         let n = scratch.lo.len().saturating_mul(ss);
                         let (Some(ss_out), Some(ms_out)) =
                             (take(&mut scale_out, n), take(&mut min_out, n))
@@ -1437,6 +1431,57 @@ fn min_max(values: &[f32]) -> (f32, f32) {
         .zip(hi)
         .fold((f32::INFINITY, f32::NEG_INFINITY), fold);
     rest.iter().map(|&v| (v, v)).fold(lanes, fold)
+}
+
+/// [`min_max`] of each group of `g` values, its lanes reduced as a tree,
+/// which vectorises where `min_max`'s in-order fold of the lanes does not.
+/// The two differ only in which zero a group of equal zeros of both signs
+/// yields, so a group whose minimum or maximum is zero is done again by
+/// `min_max`, keeping its stored bytes.
+fn groups_min_max(values: &[f32], g: usize, lo: &mut Vec<f32>, hi: &mut Vec<f32>) {
+    lo.clear();
+    hi.clear();
+    for grp in values.chunks_exact(g.max(1)) {
+        let (mut l, mut h) = min_max_tree(grp);
+        if l == 0.0 || h == 0.0 {
+            (l, h) = min_max(grp);
+        }
+        lo.push(l);
+        hi.push(h);
+    }
+}
+
+/// Smallest and largest of finite values: four running lanes (one SSE2
+/// register each, spelled out so the compiler keeps them in registers),
+/// combined pairwise at the end.
+#[inline(always)]
+fn min_max_tree(values: &[f32]) -> (f32, f32) {
+    let less = |a: f32, b: f32| a.min(b);
+    let more = |a: f32, b: f32| a.max(b);
+    let mut lo = [f32::INFINITY; 4];
+    let mut hi = [f32::NEG_INFINITY; 4];
+    let lanes = values.chunks_exact(4);
+    let rest = lanes.remainder();
+    for run in lanes {
+        if let Some(v) = run.first_chunk::<4>() {
+            lo = [
+                less(v[0], lo[0]),
+                less(v[1], lo[1]),
+                less(v[2], lo[2]),
+                less(v[3], lo[3]),
+            ];
+            hi = [
+                more(v[0], hi[0]),
+                more(v[1], hi[1]),
+                more(v[2], hi[2]),
+                more(v[3], hi[3]),
+            ];
+        }
+    }
+    let l = less(less(lo[0], lo[2]), less(lo[1], lo[3]));
+    let h = more(more(hi[0], hi[2]), more(hi[1], hi[3]));
+    rest.iter()
+        .fold((l, h), |(l, h), &v| (less(v, l), more(v, h)))
 }
 
 /// Per-channel minimum and maximum over the rows (of `d` values) of a block.
@@ -1783,5 +1828,66 @@ impl KvExt<'_> {
         self.dequantize_tensor_f32_into(layer, KvPart::Key, keys.view_mut())?;
         self.dequantize_tensor_f32_into(layer, KvPart::Value, values.view_mut())?;
         Ok((keys, values))
+    }
+}
+
+#[cfg(test)]
+mod min_max_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::{groups_min_max, min_max};
+    use proptest::prelude::*;
+
+    /// Values where the lane order matters or arithmetic is delicate:
+    /// zeros of both signs, subnormals, ties, the extremes of binary16.
+    fn adversarial() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(f32::from_bits(1)),
+            Just(-f32::from_bits(1)),
+            Just(5.960_464_5e-8), // smallest binary16 subnormal
+            Just(65504.0f32),
+            Just(-65504.0f32),
+            Just(f32::MAX),
+            Just(f32::MIN),
+            (-16i32..16).prop_map(|k| k as f32 * 0.5),
+            any::<f32>().prop_filter("finite", |x| x.is_finite()),
+        ]
+    }
+
+    proptest! {
+        /// The tree-reduced groups give the bit patterns of the in-order
+        /// `min_max` (so the stored minimum and scale bytes of AVP-KVQ-6
+        /// are unchanged), whichever zeros, in whichever lanes.
+        #[test]
+        fn groups_min_max_equals_min_max_bit_for_bit(
+            values in proptest::collection::vec(adversarial(), 0..200),
+            g in prop_oneof![Just(1usize), Just(3), Just(8), Just(32), Just(64)],
+        ) {
+            let (mut lo, mut hi) = (Vec::new(), Vec::new());
+            groups_min_max(&values, g, &mut lo, &mut hi);
+            let want: Vec<(u32, u32)> = values
+                .chunks_exact(g)
+                .map(min_max)
+                .map(|(l, h)| (l.to_bits(), h.to_bits()))
+                .collect();
+            let got: Vec<(u32, u32)> =
+                lo.iter().zip(&hi).map(|(l, h)| (l.to_bits(), h.to_bits())).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_zero_minimum_keeps_the_sign_the_in_order_fold_finds() {
+        // Lane 0 meets -0 (element 8) before lane 1's +0 (element 1) is
+        // folded in: min_max stores -0, and so must the fast path.
+        let mut group = [1.0f32; 32];
+        group[1] = 0.0;
+        group[8] = -0.0;
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        groups_min_max(&group, 32, &mut lo, &mut hi);
+        let stored: Vec<u32> = lo.iter().map(|l| l.to_bits()).collect();
+        assert_eq!(min_max(&group).0.to_bits(), (-0.0f32).to_bits());
+        assert_eq!(stored, [(-0.0f32).to_bits()]);
     }
 }
