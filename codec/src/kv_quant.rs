@@ -2027,7 +2027,11 @@ impl KvExt<'_> {
 
 #[cfg(test)]
 mod min_max_tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )]
     use super::{
         Groups, KvDtype, Scratch, groups_min_max, min_max, widen, widen_abs_max, widen_min_max,
     };
