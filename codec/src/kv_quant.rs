@@ -1691,8 +1691,9 @@ fn group_params(
     min_out: &mut [u8],
 ) -> Result<(), Error> {
     // One loop per scale dtype, so that each vectorises; binary16 bytes
-    // are written from the one narrowing (a refused payload is discarded).
-    match sd {
+    // are written from the one narrowing (a refused payload is discarded),
+    // and overflow is read from those bits, so the cheap finite widening serves.
+    let (min_ok, scale_ok) = match sd {
         ScaleDtype::F32 => {
             for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
                 *h = (*h - *l) / 15.0;
@@ -1702,8 +1703,14 @@ fn group_params(
                     slot.copy_from_slice(&x.to_le_bytes());
                 }
             }
+            let finite = |v: &[f32]| {
+                v.iter().fold(0u32, |a, x| a.max(x.to_bits() & 0x7fff_ffff)) < 0x7f80_0000
+            };
+            (finite(lo), finite(hi))
         }
         ScaleDtype::F16 => {
+            // Magnitude bits as i16 (below 0x8000), whose max SSE2 has.
+            let (mut top_m, mut top_s) = (0i16, 0i16);
             let slots = min_out
                 .chunks_exact_mut(2)
                 .zip(scale_out.chunks_exact_mut(2));
@@ -1711,20 +1718,21 @@ fn group_params(
                 let (m, s) = (f32_to_f16(*l), f32_to_f16((*h - *l) / 15.0));
                 m_slot.copy_from_slice(&m.to_le_bytes());
                 s_slot.copy_from_slice(&s.to_le_bytes());
-                *l = f16_to_f32(m);
-                *h = f16_to_f32(s);
+                top_m = top_m.max((m & 0x7fff) as i16);
+                top_s = top_s.max((s & 0x7fff) as i16);
+                *l = finite_f16_to_f32(m);
+                *h = finite_f16_to_f32(s);
             }
+            (top_m < 0x7c00, top_s < 0x7c00)
         }
-    }
-    let finite =
-        |v: &[f32]| v.iter().fold(0u32, |a, x| a.max(x.to_bits() & 0x7fff_ffff)) < 0x7f80_0000;
-    if !finite(lo) {
+    };
+    if !min_ok {
         return Err(err(
             ErrorKind::InvalidArgument,
             "a group minimum overflows the scale dtype",
         ));
     }
-    if !finite(hi) {
+    if !scale_ok {
         return Err(err(
             ErrorKind::InvalidArgument,
             "a group scale overflows the scale dtype",
@@ -2129,6 +2137,32 @@ mod min_max_tests {
             let got: Vec<(u32, u32)> =
                 lo.iter().zip(&hi).map(|(l, h)| (l.to_bits(), h.to_bits())).collect();
             prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn int4_refuses_a_minimum_or_a_scale_that_overflows_binary16() {
+        use crate::kv::{KvCache, KvHeader, write_kv_cache};
+        let header = KvHeader {
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 32,
+            seq_len: 32,
+            dtype: KvDtype::Float32,
+        };
+        for (a, b, what) in [(-70000.0f32, 0.0, "minimum"), (-65504.0, 1.0e6, "scale")] {
+            // A checkerboard, so that every key and every value group holds both.
+            let tensor: Vec<u8> = (0..32 * 32usize)
+                .flat_map(|i| if (i / 32 + i) % 2 == 0 { a } else { b }.to_le_bytes())
+                .collect();
+            let payload = write_kv_cache(&header, [(&tensor[..], &tensor[..])]).unwrap();
+            let kv = KvCache::parse(&payload).unwrap();
+            let e = super::encode_ext(&kv, &super::QuantParams::INT4, 0, None).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
+            assert_eq!(
+                e.message(),
+                format!("a group {what} overflows the scale dtype")
+            );
         }
     }
 
