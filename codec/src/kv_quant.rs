@@ -1242,6 +1242,9 @@ impl Quantizer {
                             return Err(internal("int4 groups"));
                         };
                         group_params(sd, &mut scratch.lo, &mut scratch.hi, ss_out, ms_out)?;
+                        for s in scratch.hi.iter_mut() {
+                            *s = int4_divisor(*s);
+                        }
                         for values in scratch.values.chunks_exact(d.max(1)) {
                             int4_codes(values, &scratch.hi, &scratch.lo, &mut scratch.codes);
                             let out = packed_rows.next().ok_or_else(|| internal("int4 rows"))?;
@@ -1765,10 +1768,21 @@ fn int4_code(x: f32, s: f32, m: f32) -> u8 {
     if s == 0.0 { 0 } else { code }
 }
 
-/// int4 codes of one key row: channel `c` has scale `s[c]` and minimum `m[c]`.
-fn int4_codes(values: &[f32], s: &[f32], m: &[f32], codes: &mut [u8]) {
-    for (((q, &x), &s), &m) in codes.iter_mut().zip(values).zip(s).zip(m) {
-        *q = int4_code(x, s, m);
+/// What [`int4_codes`] divides by for stored scale `s`: `s`, or infinity
+/// for 0. `s' = 0` only when `hi - lo` is below 15 scale-dtype ulps of
+/// zero, so `x - m'` (at most that plus half an ulp of `lo`) is finite and
+/// `(x - m') / inf` is ±0: code 0, as AVP-KVQ-6 says for `s' = 0`,
+/// without a select per value.
+#[inline(always)]
+fn int4_divisor(s: f32) -> f32 {
+    if s == 0.0 { f32::INFINITY } else { s }
+}
+
+/// int4 codes of one key row: channel `c` has minimum `m[c]` and divisor
+/// `div[c]` = [`int4_divisor`] of its scale.
+fn int4_codes(values: &[f32], div: &[f32], m: &[f32], codes: &mut [u8]) {
+    for (((q, &x), &div), &m) in codes.iter_mut().zip(values).zip(div).zip(m) {
+        *q = (((x - m) / div).clamp(0.0, 15.0) + ROUNDER).to_bits() as u8;
     }
 }
 
@@ -2026,8 +2040,9 @@ impl KvExt<'_> {
     }
 }
 
+/// The rewritten int4 loops against the straightforward arithmetic they replace.
 #[cfg(test)]
-mod min_max_tests {
+mod fast_path_tests {
     #![allow(
         clippy::unwrap_used,
         clippy::indexing_slicing,
@@ -2137,6 +2152,28 @@ mod min_max_tests {
             let got: Vec<(u32, u32)> =
                 lo.iter().zip(&hi).map(|(l, h)| (l.to_bits(), h.to_bits())).collect();
             prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        /// Key codes by `int4_divisor` (infinity for a zero scale) equal
+        /// AVP-KVQ-6's arithmetic with its `s' = 0` case, for values and
+        /// minimums of binary16 range (any finite `x - m'`): ties, zeros
+        /// of both signs, subnormals and the largest halves included.
+        #[test]
+        fn int4_codes_by_divisor_equal_the_spec_arithmetic(
+            bits in proptest::collection::vec((half_bits(), half_bits(), half_bits()), 1..64),
+        ) {
+            use super::{finite_f16_to_f32, int4_code, int4_codes, int4_divisor};
+            let finite = |b: u16| finite_f16_to_f32(b & 0xbfff); // exponent below all ones
+            for (x, s, m) in bits {
+                let (x, s, m) = (finite(x), finite(s).abs(), finite(m));
+                for s in [s, 0.0, -0.0] {
+                    let mut code = [0u8];
+                    int4_codes(&[x], &[int4_divisor(s)], &[m], &mut code);
+                    prop_assert_eq!(code[0], int4_code(x, s, m), "x {} s {} m {}", x, s, m);
+                }
+            }
         }
     }
 
