@@ -1492,17 +1492,19 @@ fn widen_abs_max(dtype: KvDtype, src: &[u8], dst: &mut [f32]) -> Result<f32, Err
     let amax = match dtype {
         // Non-finite halves are refused below, so the three-operation
         // widening (exact for every finite half) is enough here.
-        KvDtype::Float16 => f16_to_f32(widen_with(
-            src,
-            dst,
-            u16::from_le_bytes,
-            finite_f16_to_f32,
-            |b| b & 0x7fff,
-        )),
+        // Magnitudes (sign bit cleared) compared as signed integers, whose
+        // max SSE2 has for 16 bits (`pmaxsw`; the unsigned one it lacks).
+        KvDtype::Float16 => {
+            f16_to_f32(
+                widen_with(src, dst, u16::from_le_bytes, finite_f16_to_f32, |b| {
+                    (b & 0x7fff) as i16
+                }) as u16,
+            )
+        }
         KvDtype::Bfloat16 => {
             bf16_to_f32(widen_with(src, dst, u16::from_le_bytes, bf16_to_f32, |b| {
-                b & 0x7fff
-            }))
+                (b & 0x7fff) as i16
+            }) as u16)
         }
         _ => f32::from_bits(widen_with(
             src,
@@ -1527,16 +1529,16 @@ fn widen_abs_max(dtype: KvDtype, src: &[u8], dst: &mut [f32]) -> Result<f32, Err
 /// simple loops vectorise; one loop doing both loaded byte by byte (measured
 /// 0.6 against 2.4 G values/s). Returns the largest `magnitude` of the bits.
 #[inline(always)]
-fn widen_with<const N: usize, B: Copy + Default + Ord>(
+fn widen_with<const N: usize, B: Copy + Default, M: Copy + Default + Ord>(
     src: &[u8],
     dst: &mut [f32],
     from_le: impl Fn([u8; N]) -> B,
     to_f32: impl Fn(B) -> f32,
-    magnitude: impl Fn(B) -> B,
-) -> B {
+    magnitude: impl Fn(B) -> M,
+) -> M {
     const RUN: usize = 64;
     let mut bits = [B::default(); RUN];
-    let mut largest = B::default();
+    let mut largest = M::default();
     for (out, bytes) in dst.chunks_mut(RUN).zip(src.chunks(RUN.saturating_mul(N))) {
         let n = out.len();
         for (b, e) in bits.iter_mut().zip(bytes.chunks_exact(N)) {
@@ -2200,6 +2202,35 @@ mod fast_path_tests {
                 e.message(),
                 format!("a group {what} overflows the scale dtype")
             );
+        }
+    }
+
+    #[test]
+    fn int8_and_int4_refuse_a_non_finite_half_wherever_it_is() {
+        use crate::kv::{KvCache, KvHeader, write_kv_cache};
+        for (dtype, bad) in [
+            (KvDtype::Float16, [0x7c00u16, 0xfc00, 0x7e00, 0xfc01]),
+            (KvDtype::Bfloat16, [0x7f80, 0xff80, 0x7fc0, 0xff81]),
+        ] {
+            let header = KvHeader {
+                num_layers: 1,
+                num_kv_heads: 1,
+                head_dim: 64,
+                seq_len: 32,
+                dtype,
+            };
+            for (i, b) in bad.into_iter().enumerate() {
+                let mut tensor = vec![0x3c00u16.to_le_bytes(); 64 * 32]; // 1.0 in binary16
+                tensor[(i * 517) % (64 * 32)] = b.to_le_bytes();
+                let tensor: Vec<u8> = tensor.concat();
+                let payload = write_kv_cache(&header, [(&tensor[..], &tensor[..])]).unwrap();
+                let kv = KvCache::parse(&payload).unwrap();
+                for params in [super::QuantParams::INT8, super::QuantParams::INT4] {
+                    let e = super::encode_ext(&kv, &params, 0, None).unwrap_err();
+                    assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
+                    assert!(e.message().contains("non-finite"), "{}", e.message());
+                }
+            }
         }
     }
 
