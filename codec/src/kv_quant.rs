@@ -1071,6 +1071,11 @@ struct Scratch {
     /// int4 keys: per-channel minimum and maximum of a block, then stored minimum and scale.
     lo: Vec<f32>,
     hi: Vec<f32>,
+    /// int4, binary16/bfloat16: the bit patterns of one block, and the
+    /// order keys ([`half_key`]) of each group's minimum and maximum.
+    bits: Vec<u16>,
+    lo_keys: Vec<i16>,
+    hi_keys: Vec<i16>,
     /// Quantized values of one row, before int4 packing.
     codes: Vec<u8>,
 }
@@ -1228,8 +1233,7 @@ impl Quantizer {
                 KvPart::Key => {
                     scratch.values.resize(g.saturating_mul(d), 0.0);
                     for block in quantized.chunks_exact(g.saturating_mul(row).max(1)) {
-                        widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
-                        channel_min_max(&scratch.values, d, &mut scratch.lo, &mut scratch.hi);
+                        widen_min_max(self.store.dtype, block, Groups::Channels(d), scratch)?;
                         // lo/hi become the stored minimum/scale of each channel.
                         let (Some(ss_out), Some(ms_out)) = (
                             take(&mut scale_out, d.saturating_mul(ss)),
@@ -1238,6 +1242,9 @@ impl Quantizer {
                             return Err(internal("int4 groups"));
                         };
                         group_params(sd, &mut scratch.lo, &mut scratch.hi, ss_out, ms_out)?;
+                        for s in scratch.hi.iter_mut() {
+                            *s = int4_divisor(*s);
+                        }
                         for values in scratch.values.chunks_exact(d.max(1)) {
                             int4_codes(values, &scratch.hi, &scratch.lo, &mut scratch.codes);
                             let out = packed_rows.next().ok_or_else(|| internal("int4 rows"))?;
@@ -1251,14 +1258,7 @@ impl Quantizer {
                     scratch.values.resize(g.saturating_mul(d), 0.0);
                     let per_row = d.checked_div(g).unwrap_or(0).max(1);
                     for block in quantized.chunks_exact(g.saturating_mul(row).max(1)) {
-                        widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
-                        scratch.lo.clear();
-                        scratch.hi.clear();
-                        for grp in scratch.values.chunks_exact(g) {
-                            let (lo, hi) = min_max(grp);
-                            scratch.lo.push(lo);
-                            scratch.hi.push(hi);
-                        }
+                        widen_min_max(self.store.dtype, block, Groups::Runs(g), scratch)?;
                         let n = scratch.lo.len().saturating_mul(ss);
                         let (Some(ss_out), Some(ms_out)) =
                             (take(&mut scale_out, n), take(&mut min_out, n))
@@ -1299,6 +1299,171 @@ impl Quantizer {
     }
 }
 
+/// The int4 groups of a block of rows (AVP-KVQ-6): keys per channel over
+/// the block's `g` tokens, values per token over runs of `g` channels.
+#[derive(Clone, Copy)]
+enum Groups {
+    /// Keys: one group per channel of rows of `d` values.
+    Channels(usize),
+    /// Values: one group per run of `g` consecutive values.
+    Runs(usize),
+}
+
+/// Widens a block into `scratch.values` and puts each group's minimum and
+/// maximum in `scratch.lo` / `scratch.hi`; a non-finite value is refused
+/// as [`widen_abs_max`] refuses it.
+///
+/// binary16 and bfloat16 compare as 16-bit order keys ([`half_key`]):
+/// eight lanes an SSE2 instruction instead of four, and no second pass
+/// over the widened values. Widening is exact and monotonic, so the
+/// smallest and largest key are the smallest and largest value; only a
+/// zero result is ambiguous (the key order puts -0 below +0, the f32
+/// order has them equal), so such a group is redone by the f32 fold.
+fn widen_min_max(
+    dtype: KvDtype,
+    block: &[u8],
+    groups: Groups,
+    scratch: &mut Scratch,
+) -> Result<(), Error> {
+    match dtype {
+        KvDtype::Float16 => half_min_max(dtype, block, groups, scratch, finite_f16_to_f32, 0x7c00),
+        KvDtype::Bfloat16 => half_min_max(dtype, block, groups, scratch, bf16_to_f32, 0x7f80),
+        _ => {
+            widen_abs_max(dtype, block, &mut scratch.values)?;
+            match groups {
+                Groups::Channels(d) => {
+                    channel_min_max(&scratch.values, d, &mut scratch.lo, &mut scratch.hi);
+                }
+                Groups::Runs(g) => {
+                    groups_min_max(&scratch.values, g, &mut scratch.lo, &mut scratch.hi);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// [`widen_min_max`] of a 16-bit dtype: widened by `to_f32` (exact for
+/// finite values), `top` its exponent field (infinity's bits).
+#[inline(always)]
+fn half_min_max(
+    dtype: KvDtype,
+    block: &[u8],
+    groups: Groups,
+    scratch: &mut Scratch,
+    to_f32: impl Fn(u16) -> f32,
+    top: u16,
+) -> Result<(), Error> {
+    let Scratch {
+        values,
+        lo,
+        hi,
+        bits,
+        lo_keys,
+        hi_keys,
+        ..
+    } = scratch;
+    bits.resize(values.len(), 0);
+    for (b, e) in bits.iter_mut().zip(block.chunks_exact(2)) {
+        if let Some(e) = e.first_chunk::<2>() {
+            *b = u16::from_le_bytes(*e);
+        }
+    }
+    for (v, &b) in values.iter_mut().zip(bits.iter()) {
+        *v = to_f32(b);
+    }
+    lo_keys.clear();
+    hi_keys.clear();
+    match groups {
+        // Minimums as `!max(!k)` (`!` reverses the order): the compiler
+        // makes pmaxsw of both, where a min beside a max went lane by lane.
+        Groups::Channels(d) => {
+            lo_keys.resize(d, i16::MIN);
+            hi_keys.resize(d, i16::MIN);
+            for row in bits.chunks_exact(d.max(1)) {
+                for ((l, h), &b) in lo_keys.iter_mut().zip(hi_keys.iter_mut()).zip(row) {
+                    let k = half_key(b);
+                    *l = (*l).max(!k);
+                    *h = (*h).max(k);
+                }
+            }
+            for l in lo_keys.iter_mut() {
+                *l = !*l;
+            }
+        }
+        Groups::Runs(g) => {
+            for grp in bits.chunks_exact(g.max(1)) {
+                let mut l8 = [i16::MIN; 8];
+                let mut h8 = [i16::MIN; 8];
+                let lanes = grp.chunks_exact(8);
+                let rest = lanes.remainder();
+                for run in lanes {
+                    for ((l, h), &b) in l8.iter_mut().zip(h8.iter_mut()).zip(run) {
+                        let k = half_key(b);
+                        *l = (*l).max(!k);
+                        *h = (*h).max(k);
+                    }
+                }
+                let mut l = l8.into_iter().fold(i16::MIN, i16::max);
+                let mut h = h8.into_iter().fold(i16::MIN, i16::max);
+                for &b in rest {
+                    l = l.max(!half_key(b));
+                    h = h.max(half_key(b));
+                }
+                lo_keys.push(!l);
+                hi_keys.push(h);
+            }
+        }
+    }
+    // Infinity and NaN have the largest magnitudes, so the extreme keys tell.
+    let finite = lo_keys.iter().fold(i16::MAX, |a, &k| a.min(k)) > half_key(top | 0x8000)
+        && hi_keys.iter().fold(i16::MIN, |a, &k| a.max(k)) < half_key(top);
+    if !finite {
+        return widen_abs_max(dtype, block, values).map(|_| ());
+    }
+    let from_key = |k: i16| to_f32(half_key(k as u16) as u16);
+    lo.clear();
+    hi.clear();
+    lo.extend(lo_keys.iter().map(|&k| from_key(k)));
+    hi.extend(hi_keys.iter().map(|&k| from_key(k)));
+    // The keys of -0 and +0 are -1 and 0.
+    let zero = |(&l, &h): (&i16, &i16)| l == 0 || l == -1 || h == 0 || h == -1;
+    let extremes = lo.iter_mut().zip(hi.iter_mut());
+    let key_pairs = lo_keys.iter().zip(hi_keys.iter());
+    match groups {
+        Groups::Channels(d) => {
+            let rows = values.chunks_exact(d.max(1));
+            for (c, ((l, h), keys)) in extremes.zip(key_pairs).enumerate() {
+                if zero(keys) {
+                    let column = rows.clone().filter_map(|row| row.get(c).copied());
+                    (*l, *h) = column.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| {
+                        (if v < l { v } else { l }, if v > h { v } else { h })
+                    });
+                }
+            }
+        }
+        Groups::Runs(g) => {
+            for (grp, ((l, h), keys)) in values.chunks_exact(g.max(1)).zip(extremes.zip(key_pairs))
+            {
+                if zero(keys) {
+                    (*l, *h) = min_max(grp);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A key of a finite binary16 or bfloat16 bit pattern whose signed order
+/// is the values' order: a negative value's magnitude bits are flipped
+/// (so -0 is -1, just below +0 at 0). It is its own inverse.
+#[inline(always)]
+#[allow(clippy::arithmetic_side_effects)] // a shift and masks of 16 bits
+fn half_key(bits: u16) -> i16 {
+    let b = bits as i16;
+    b ^ ((b >> 15) & 0x7fff)
+}
+
 /// Widens little-endian elements of `dtype` into `dst` (as many as fit).
 fn widen(dtype: KvDtype, src: &[u8], dst: &mut [f32]) {
     // One loop per dtype, each free of branches, so each vectorises.
@@ -1323,17 +1488,19 @@ fn widen_abs_max(dtype: KvDtype, src: &[u8], dst: &mut [f32]) -> Result<f32, Err
     let amax = match dtype {
         // Non-finite halves are refused below, so the three-operation
         // widening (exact for every finite half) is enough here.
-        KvDtype::Float16 => f16_to_f32(widen_with(
-            src,
-            dst,
-            u16::from_le_bytes,
-            finite_f16_to_f32,
-            |b| b & 0x7fff,
-        )),
+        // Magnitudes (sign bit cleared) compared as signed integers, whose
+        // max SSE2 has for 16 bits (`pmaxsw`; the unsigned one it lacks).
+        KvDtype::Float16 => {
+            f16_to_f32(
+                widen_with(src, dst, u16::from_le_bytes, finite_f16_to_f32, |b| {
+                    (b & 0x7fff) as i16
+                }) as u16,
+            )
+        }
         KvDtype::Bfloat16 => {
             bf16_to_f32(widen_with(src, dst, u16::from_le_bytes, bf16_to_f32, |b| {
-                b & 0x7fff
-            }))
+                (b & 0x7fff) as i16
+            }) as u16)
         }
         _ => f32::from_bits(widen_with(
             src,
@@ -1358,16 +1525,16 @@ fn widen_abs_max(dtype: KvDtype, src: &[u8], dst: &mut [f32]) -> Result<f32, Err
 /// simple loops vectorise; one loop doing both loaded byte by byte (measured
 /// 0.6 against 2.4 G values/s). Returns the largest `magnitude` of the bits.
 #[inline(always)]
-fn widen_with<const N: usize, B: Copy + Default + Ord>(
+fn widen_with<const N: usize, B: Copy + Default, M: Copy + Default + Ord>(
     src: &[u8],
     dst: &mut [f32],
     from_le: impl Fn([u8; N]) -> B,
     to_f32: impl Fn(B) -> f32,
-    magnitude: impl Fn(B) -> B,
-) -> B {
+    magnitude: impl Fn(B) -> M,
+) -> M {
     const RUN: usize = 64;
     let mut bits = [B::default(); RUN];
-    let mut largest = B::default();
+    let mut largest = M::default();
     for (out, bytes) in dst.chunks_mut(RUN).zip(src.chunks(RUN.saturating_mul(N))) {
         let n = out.len();
         for (b, e) in bits.iter_mut().zip(bytes.chunks_exact(N)) {
@@ -1439,6 +1606,58 @@ fn min_max(values: &[f32]) -> (f32, f32) {
     rest.iter().map(|&v| (v, v)).fold(lanes, fold)
 }
 
+/// [`min_max`] of each group of `g` values, its lanes reduced as a tree,
+/// which vectorises where `min_max`'s in-order fold of the lanes does not.
+/// The two differ only in which zero a group of equal zeros of both signs
+/// yields, so a group whose minimum or maximum is zero is done again by
+/// `min_max`, keeping its stored bytes.
+fn groups_min_max(values: &[f32], g: usize, lo: &mut Vec<f32>, hi: &mut Vec<f32>) {
+    lo.clear();
+    hi.clear();
+    for grp in values.chunks_exact(g.max(1)) {
+        let (mut l, mut h) = min_max_tree(grp);
+        if l == 0.0 || h == 0.0 {
+            (l, h) = min_max(grp);
+        }
+        lo.push(l);
+        hi.push(h);
+    }
+}
+
+/// Smallest and largest of finite values: four running lanes (one SSE2
+/// register), combined pairwise at the end. `f32::min`/`max`, because
+/// the `if v < l` select of [`min_max`] compiled here to compares, lane
+/// reversals and blends; on finite values they differ only for ±0.
+#[inline(always)]
+fn min_max_tree(values: &[f32]) -> (f32, f32) {
+    let less = |a: f32, b: f32| a.min(b);
+    let more = |a: f32, b: f32| a.max(b);
+    let mut lo = [f32::INFINITY; 4];
+    let mut hi = [f32::NEG_INFINITY; 4];
+    let lanes = values.chunks_exact(4);
+    let rest = lanes.remainder();
+    for run in lanes {
+        if let Some(v) = run.first_chunk::<4>() {
+            lo = [
+                less(v[0], lo[0]),
+                less(v[1], lo[1]),
+                less(v[2], lo[2]),
+                less(v[3], lo[3]),
+            ];
+            hi = [
+                more(v[0], hi[0]),
+                more(v[1], hi[1]),
+                more(v[2], hi[2]),
+                more(v[3], hi[3]),
+            ];
+        }
+    }
+    let l = less(less(lo[0], lo[2]), less(lo[1], lo[3]));
+    let h = more(more(hi[0], hi[2]), more(hi[1], hi[3]));
+    rest.iter()
+        .fold((l, h), |(l, h), &v| (less(v, l), more(v, h)))
+}
+
 /// Per-channel minimum and maximum over the rows (of `d` values) of a block.
 fn channel_min_max(block: &[f32], d: usize, lo: &mut Vec<f32>, hi: &mut Vec<f32>) {
     lo.clear();
@@ -1473,30 +1692,53 @@ fn group_params(
     scale_out: &mut [u8],
     min_out: &mut [u8],
 ) -> Result<(), Error> {
-    for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
-        let (m, s) = (sd.round(*l), sd.round((*h - *l) / 15.0));
-        *l = m;
-        *h = s;
-    }
-    let finite =
-        |v: &[f32]| v.iter().fold(0u32, |a, x| a.max(x.to_bits() & 0x7fff_ffff)) < 0x7f80_0000;
-    if !finite(lo) {
+    // One loop per scale dtype, so that each vectorises; binary16 bytes
+    // are written from the one narrowing (a refused payload is discarded),
+    // and overflow is read from those bits, so the cheap finite widening serves.
+    let (min_ok, scale_ok) = match sd {
+        ScaleDtype::F32 => {
+            for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
+                *h = (*h - *l) / 15.0;
+            }
+            for (out, values) in [(scale_out, &*hi), (min_out, &*lo)] {
+                for (slot, &x) in out.chunks_exact_mut(4).zip(values) {
+                    slot.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            let finite = |v: &[f32]| {
+                v.iter().fold(0u32, |a, x| a.max(x.to_bits() & 0x7fff_ffff)) < 0x7f80_0000
+            };
+            (finite(lo), finite(hi))
+        }
+        ScaleDtype::F16 => {
+            // Magnitude bits as i16 (below 0x8000), whose max SSE2 has.
+            let (mut top_m, mut top_s) = (0i16, 0i16);
+            let slots = min_out
+                .chunks_exact_mut(2)
+                .zip(scale_out.chunks_exact_mut(2));
+            for ((l, h), (m_slot, s_slot)) in lo.iter_mut().zip(hi.iter_mut()).zip(slots) {
+                let (m, s) = (f32_to_f16(*l), f32_to_f16((*h - *l) / 15.0));
+                m_slot.copy_from_slice(&m.to_le_bytes());
+                s_slot.copy_from_slice(&s.to_le_bytes());
+                top_m = top_m.max((m & 0x7fff) as i16);
+                top_s = top_s.max((s & 0x7fff) as i16);
+                *l = finite_f16_to_f32(m);
+                *h = finite_f16_to_f32(s);
+            }
+            (top_m < 0x7c00, top_s < 0x7c00)
+        }
+    };
+    if !min_ok {
         return Err(err(
             ErrorKind::InvalidArgument,
             "a group minimum overflows the scale dtype",
         ));
     }
-    if !finite(hi) {
+    if !scale_ok {
         return Err(err(
             ErrorKind::InvalidArgument,
             "a group scale overflows the scale dtype",
         ));
-    }
-    for (slot, &s) in scale_out.chunks_exact_mut(sd.size()).zip(hi.iter()) {
-        sd.put(s, slot);
-    }
-    for (slot, &m) in min_out.chunks_exact_mut(sd.size()).zip(lo.iter()) {
-        sd.put(m, slot);
     }
     Ok(())
 }
@@ -1525,10 +1767,21 @@ fn int4_code(x: f32, s: f32, m: f32) -> u8 {
     if s == 0.0 { 0 } else { code }
 }
 
-/// int4 codes of one key row: channel `c` has scale `s[c]` and minimum `m[c]`.
-fn int4_codes(values: &[f32], s: &[f32], m: &[f32], codes: &mut [u8]) {
-    for (((q, &x), &s), &m) in codes.iter_mut().zip(values).zip(s).zip(m) {
-        *q = int4_code(x, s, m);
+/// What [`int4_codes`] divides by for stored scale `s`: `s`, or infinity
+/// for 0. `s' = 0` only when `hi - lo` is below 15 scale-dtype ulps of
+/// zero, so `x - m'` (at most that plus half an ulp of `lo`) is finite and
+/// `(x - m') / inf` is ±0: code 0, as AVP-KVQ-6 says for `s' = 0`,
+/// without a select per value.
+#[inline(always)]
+fn int4_divisor(s: f32) -> f32 {
+    if s == 0.0 { f32::INFINITY } else { s }
+}
+
+/// int4 codes of one key row: channel `c` has minimum `m[c]` and divisor
+/// `div[c]` = [`int4_divisor`] of its scale.
+fn int4_codes(values: &[f32], div: &[f32], m: &[f32], codes: &mut [u8]) {
+    for (((q, &x), &div), &m) in codes.iter_mut().zip(values).zip(div).zip(m) {
+        *q = (((x - m) / div).clamp(0.0, 15.0) + ROUNDER).to_bits() as u8;
     }
 }
 
@@ -1783,5 +2036,212 @@ impl KvExt<'_> {
         self.dequantize_tensor_f32_into(layer, KvPart::Key, keys.view_mut())?;
         self.dequantize_tensor_f32_into(layer, KvPart::Value, values.view_mut())?;
         Ok((keys, values))
+    }
+}
+
+/// The rewritten int4 loops against the straightforward arithmetic they replace.
+#[cfg(test)]
+mod fast_path_tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )]
+    use super::{
+        Groups, KvDtype, Scratch, groups_min_max, min_max, widen, widen_abs_max, widen_min_max,
+    };
+    use proptest::prelude::*;
+
+    /// 16-bit patterns that stress the order keys: zeros of both signs,
+    /// the smallest subnormals, the largest finite values, ties, and now
+    /// and then any pattern at all (infinity and NaN included).
+    fn half_bits() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            1 => any::<u16>(),
+            8 => any::<u16>().prop_map(|b| b & 0xbfff), // exponent below all ones in both dtypes
+            4 => proptest::sample::select(vec![
+                0x0000u16, 0x8000, 0x0001, 0x8001, 0x7bff, 0xfbff, 0x7f7f, 0xff7f, 0x3c00,
+                0xbc00, 0x3800,
+            ]),
+        ]
+    }
+
+    /// The straightforward computation the key path replaces: exact
+    /// widening, non-finite refused, groups folded in order.
+    fn reference(dtype: KvDtype, block: &[u8], groups: Groups) -> Option<Vec<(u32, u32)>> {
+        let mut values = vec![0.0f32; block.len() / 2];
+        widen_abs_max(dtype, block, &mut values).ok()?;
+        widen(dtype, block, &mut values);
+        let fold = |column: &mut dyn Iterator<Item = f32>| {
+            column.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| {
+                (if v < l { v } else { l }, if v > h { v } else { h })
+            })
+        };
+        let pairs: Vec<(f32, f32)> = match groups {
+            Groups::Channels(d) => (0..d)
+                .map(|c| fold(&mut values.chunks_exact(d).filter_map(|r| r.get(c).copied())))
+                .collect(),
+            Groups::Runs(g) => values.chunks_exact(g).map(min_max).collect(),
+        };
+        Some(
+            pairs
+                .iter()
+                .map(|(l, h)| (l.to_bits(), h.to_bits()))
+                .collect(),
+        )
+    }
+
+    proptest! {
+        /// binary16 and bfloat16 minimum and maximum by order keys equal
+        /// the in-order f32 fold bit for bit (the stored minimum and
+        /// scale bytes of AVP-KVQ-6), and refuse exactly what it refuses.
+        #[test]
+        fn key_min_max_equals_the_f32_fold_bit_for_bit(
+            bits in proptest::collection::vec(half_bits(), 64..=256),
+            bf16 in any::<bool>(),
+            channels in any::<bool>(),
+        ) {
+            let dtype = if bf16 { KvDtype::Bfloat16 } else { KvDtype::Float16 };
+            let n = bits.len() / 32 * 32;
+            let block: Vec<u8> = bits[..n].iter().flat_map(|b| b.to_le_bytes()).collect();
+            let groups = if channels { Groups::Channels(32) } else { Groups::Runs(32) };
+            let mut scratch = Scratch::default();
+            scratch.values.resize(n, 0.0);
+            let got = widen_min_max(dtype, &block, groups, &mut scratch).ok().map(|()| {
+                scratch.lo.iter().zip(&scratch.hi).map(|(l, h)| (l.to_bits(), h.to_bits())).collect::<Vec<_>>()
+            });
+            prop_assert_eq!(got, reference(dtype, &block, groups));
+        }
+    }
+
+    /// Values where the lane order matters or arithmetic is delicate:
+    /// zeros of both signs, subnormals, ties, the extremes of binary16.
+    fn adversarial() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(f32::from_bits(1)),
+            Just(-f32::from_bits(1)),
+            Just(5.960_464_5e-8), // smallest binary16 subnormal
+            Just(65504.0f32),
+            Just(-65504.0f32),
+            Just(f32::MAX),
+            Just(f32::MIN),
+            (-16i32..16).prop_map(|k| k as f32 * 0.5),
+            any::<f32>().prop_filter("finite", |x| x.is_finite()),
+        ]
+    }
+
+    proptest! {
+        /// The tree-reduced groups give the bit patterns of the in-order
+        /// `min_max` (so the stored minimum and scale bytes of AVP-KVQ-6
+        /// are unchanged), whichever zeros, in whichever lanes.
+        #[test]
+        fn groups_min_max_equals_min_max_bit_for_bit(
+            values in proptest::collection::vec(adversarial(), 0..200),
+            g in prop_oneof![Just(1usize), Just(3), Just(8), Just(32), Just(64)],
+        ) {
+            let (mut lo, mut hi) = (Vec::new(), Vec::new());
+            groups_min_max(&values, g, &mut lo, &mut hi);
+            let want: Vec<(u32, u32)> = values
+                .chunks_exact(g)
+                .map(min_max)
+                .map(|(l, h)| (l.to_bits(), h.to_bits()))
+                .collect();
+            let got: Vec<(u32, u32)> =
+                lo.iter().zip(&hi).map(|(l, h)| (l.to_bits(), h.to_bits())).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        /// Key codes by `int4_divisor` (infinity for a zero scale) equal
+        /// AVP-KVQ-6's arithmetic with its `s' = 0` case, for values and
+        /// minimums of binary16 range (any finite `x - m'`): ties, zeros
+        /// of both signs, subnormals and the largest halves included.
+        #[test]
+        fn int4_codes_by_divisor_equal_the_spec_arithmetic(
+            bits in proptest::collection::vec((half_bits(), half_bits(), half_bits()), 1..64),
+        ) {
+            use super::{finite_f16_to_f32, int4_code, int4_codes, int4_divisor};
+            let finite = |b: u16| finite_f16_to_f32(b & 0xbfff); // exponent below all ones
+            for (x, s, m) in bits {
+                let (x, s, m) = (finite(x), finite(s).abs(), finite(m));
+                for s in [s, 0.0, -0.0] {
+                    let mut code = [0u8];
+                    int4_codes(&[x], &[int4_divisor(s)], &[m], &mut code);
+                    prop_assert_eq!(code[0], int4_code(x, s, m), "x {} s {} m {}", x, s, m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int4_refuses_a_minimum_or_a_scale_that_overflows_binary16() {
+        use crate::kv::{KvCache, KvHeader, write_kv_cache};
+        let header = KvHeader {
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 32,
+            seq_len: 32,
+            dtype: KvDtype::Float32,
+        };
+        for (a, b, what) in [(-70000.0f32, 0.0, "minimum"), (-65504.0, 1.0e6, "scale")] {
+            // A checkerboard, so that every key and every value group holds both.
+            let tensor: Vec<u8> = (0..32 * 32usize)
+                .flat_map(|i| if (i / 32 + i) % 2 == 0 { a } else { b }.to_le_bytes())
+                .collect();
+            let payload = write_kv_cache(&header, [(&tensor[..], &tensor[..])]).unwrap();
+            let kv = KvCache::parse(&payload).unwrap();
+            let e = super::encode_ext(&kv, &super::QuantParams::INT4, 0, None).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
+            assert_eq!(
+                e.message(),
+                format!("a group {what} overflows the scale dtype")
+            );
+        }
+    }
+
+    #[test]
+    fn int8_and_int4_refuse_a_non_finite_half_wherever_it_is() {
+        use crate::kv::{KvCache, KvHeader, write_kv_cache};
+        for (dtype, bad) in [
+            (KvDtype::Float16, [0x7c00u16, 0xfc00, 0x7e00, 0xfc01]),
+            (KvDtype::Bfloat16, [0x7f80, 0xff80, 0x7fc0, 0xff81]),
+        ] {
+            let header = KvHeader {
+                num_layers: 1,
+                num_kv_heads: 1,
+                head_dim: 64,
+                seq_len: 32,
+                dtype,
+            };
+            for (i, b) in bad.into_iter().enumerate() {
+                let mut tensor = vec![0x3c00u16.to_le_bytes(); 64 * 32]; // 1.0 in binary16
+                tensor[(i * 517) % (64 * 32)] = b.to_le_bytes();
+                let tensor: Vec<u8> = tensor.concat();
+                let payload = write_kv_cache(&header, [(&tensor[..], &tensor[..])]).unwrap();
+                let kv = KvCache::parse(&payload).unwrap();
+                for params in [super::QuantParams::INT8, super::QuantParams::INT4] {
+                    let e = super::encode_ext(&kv, &params, 0, None).unwrap_err();
+                    assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
+                    assert!(e.message().contains("non-finite"), "{}", e.message());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_minimum_keeps_the_sign_the_in_order_fold_finds() {
+        // Lane 0 meets -0 (element 8) before lane 1's +0 (element 1) is
+        // folded in: min_max stores -0, and so must the fast path.
+        let mut group = [1.0f32; 32];
+        group[1] = 0.0;
+        group[8] = -0.0;
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        groups_min_max(&group, 32, &mut lo, &mut hi);
+        let stored: Vec<u32> = lo.iter().map(|l| l.to_bits()).collect();
+        assert_eq!(min_max(&group).0.to_bits(), (-0.0f32).to_bits());
+        assert_eq!(stored, [(-0.0f32).to_bits()]);
     }
 }
