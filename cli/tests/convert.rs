@@ -399,13 +399,17 @@ fn cli_21_22_deltas_need_their_base_and_bases_must_fit() {
         &out,
         "delta_mismatch",
     );
-    // A base that holds all of IN and more: the last position still travels (AVP-KVD-30).
+    // A base that holds all of IN and more: a delta of no positions (p = n,
+    // AVP-KVD-2, AVP-KVD-30) that assembles back to IN.
     let long = context_file(&dir, "long.avp", 41, KvDtype::Float16);
     let report = convert_ok(&[&full, &"-o", &out, &"--delta-from", &long]);
     assert_eq!(
         (report["seq_start"].as_u64(), report["seq_len"].as_u64()),
-        (Some(39), Some(40))
+        (Some(40), Some(40))
     );
+    let back = dir.path("back.avp");
+    convert_ok(&[&out, &"-o", &back, &"--base", &long]);
+    assert_eq!(decoded(&back).payload, decoded(&full).payload);
     std::fs::remove_file(&out).unwrap();
     let f32_base = context_file(&dir, "f32.avp", 24, KvDtype::Float32);
     convert_refused(

@@ -1140,6 +1140,10 @@ impl Quantizer {
         dst: &mut [u8],
         scratch: &mut Scratch,
     ) -> Result<(), Error> {
+        if self.header.stored_tokens() == 0 {
+            // A delta of `p = n` (AVP-KVD-2): empty sections, nothing to write.
+            return Ok(());
+        }
         match self.header.scheme {
             KvScheme::None => {
                 // Widening then narrowing a finite value gives its bytes back.

@@ -654,3 +654,20 @@ fn dtype_conversion_narrows_by_round_half_to_even() {
     .unwrap();
     assert_eq!(bf_again, bf);
 }
+
+#[test]
+fn a_delta_of_zero_positions_confirms_the_base() {
+    // AVP-KVD-2: `p = n` is allowed (the receiver already has everything);
+    // every scheme writes it (sections of no bytes) and it assembles to the base.
+    let raw = kv_payload(2, 2, 64, 64, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    for params in [QuantParams::NONE, QuantParams::INT8, QuantParams::INT4] {
+        let (address, delta) = split_delta(&kv, 64, "m", &params).unwrap();
+        let ext = KvExt::parse(&delta).unwrap();
+        assert_eq!((ext.header.seq_start, ext.header.seq_len), (64, 64));
+        assert_eq!(ext.prefix, Some(address));
+        assert_eq!(assemble(&kv, "m", &ext).unwrap(), raw, "{params:?}");
+        let tail = ext.dequantize().unwrap();
+        assert_eq!(KvCache::parse(&tail).unwrap().header.seq_len, 0);
+    }
+}

@@ -353,10 +353,9 @@ fn write_delta(
             ),
         ));
     }
-    // AVP-KVD-30: the base need only share a prefix with the input.
-    // At most n - 1: the codec's encoder does not write an empty delta
-    // (p = n) yet, so the last position always travels (AVP-KVD-30).
-    let p = common_prefix_len(&base_kv, kv)?.min(h.seq_len.saturating_sub(1));
+    // AVP-KVD-30: the base need only share a prefix with the input; a base
+    // holding all of it gives p = n, a delta of no positions (AVP-KVD-2).
+    let p = common_prefix_len(&base_kv, kv)?;
     if p == 0 {
         return Err(invalid(
             ErrorKind::PrefixMismatch,

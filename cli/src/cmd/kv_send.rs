@@ -222,11 +222,10 @@ pub(crate) fn shared_prefix(
         );
     }
     let kv = KvCache::parse(&decoded.payload).context("the base's KV-cache payload")?;
-    // At most n - 1: the codec's encoder does not write an empty delta
-    // (p = n) yet, so the last position always travels (AVP-KVD-30).
+    // p = n (the base holds the whole context) sends a delta of no
+    // positions, which confirms the base (AVP-KVD-2).
     let p = common_prefix_len(&kv, full)
-        .context("the context and the --delta-from base cannot share a prefix")?
-        .min(full.header.seq_len.saturating_sub(1));
+        .context("the context and the --delta-from base cannot share a prefix")?;
     if p == 0 {
         return Ok(None);
     }
