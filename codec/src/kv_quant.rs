@@ -181,11 +181,12 @@ impl QuantParams {
         residual: 0,
     };
 
-    /// int8, groups of 64, f32 scales: 8.5 bits a value.
+    /// int8, groups of 64, f16 scales: 8.25 bits a value (0.516× of
+    /// float16; f32 scales would be 8.5 bits, 0.531×, over issue 17's 0.53×).
     pub const INT8: QuantParams = QuantParams {
         scheme: KvScheme::Int8,
         group_size: 64,
-        scale_dtype: ScaleDtype::F32,
+        scale_dtype: ScaleDtype::F16,
         residual: 0,
     };
 

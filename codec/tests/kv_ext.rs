@@ -81,7 +81,14 @@ fn int8_round_trip_is_accurate_and_bit_exact_to_the_formula() {
     // AVP-KVQ-8: it dequantizes to the KV v1 layout; AVP-KVQ-20: the codec API.
     let raw = kv_payload(2, 2, 64, 5, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
-    let q = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    // The default stores f16 scales: 8.25 bits a value.
+    let default = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    assert_eq!(default.len(), KVX_HEADER_LEN + 2 * 2 * (2 * 5 * (2 + 64)));
+    let f32_scales = QuantParams {
+        scale_dtype: ScaleDtype::F32,
+        ..QuantParams::INT8
+    };
+    let q = encode_ext(&kv, &f32_scales, 0, None).unwrap();
     assert_eq!(&q[..4], b"AVKX");
     let ext = KvExt::parse(&q).unwrap();
     assert_eq!(ext.header.scheme, KvScheme::Int8);
