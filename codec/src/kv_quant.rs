@@ -37,6 +37,11 @@ pub enum KvScheme {
     Int8,
     /// 2: asymmetric int4, KIVI-style (AVP-KVQ-6).
     Int4,
+    /// 3: symmetric int8 in the KIVI grouping: keys per channel over `g`
+    /// tokens, values per token over `g` channels, a residual kept in the
+    /// context's dtype (AVP-KVQ-30..32). An outlier key channel then sets
+    /// only its own scales, not those of every channel beside it.
+    Int8Channel,
 }
 
 impl KvScheme {
@@ -46,6 +51,7 @@ impl KvScheme {
             KvScheme::None => 0,
             KvScheme::Int8 => 1,
             KvScheme::Int4 => 2,
+            KvScheme::Int8Channel => 3,
         }
     }
 
@@ -55,24 +61,31 @@ impl KvScheme {
             0 => Some(KvScheme::None),
             1 => Some(KvScheme::Int8),
             2 => Some(KvScheme::Int4),
+            3 => Some(KvScheme::Int8Channel),
             _ => None,
         }
     }
 
-    /// `none`, `int8` or `int4` (CLI and conformance names).
+    /// `none`, `int8`, `int4` or `int8-channel` (CLI and conformance names).
     pub fn name(self) -> &'static str {
         match self {
             KvScheme::None => "none",
             KvScheme::Int8 => "int8",
             KvScheme::Int4 => "int4",
+            KvScheme::Int8Channel => "int8-channel",
         }
     }
 
     /// Parses [`Self::name`] back.
     pub fn from_name(name: &str) -> Option<Self> {
-        [KvScheme::None, KvScheme::Int8, KvScheme::Int4]
-            .into_iter()
-            .find(|s| s.name() == name)
+        [
+            KvScheme::None,
+            KvScheme::Int8,
+            KvScheme::Int4,
+            KvScheme::Int8Channel,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
     }
 }
 
@@ -164,11 +177,11 @@ impl PrefixAddress {
 pub struct QuantParams {
     /// The scheme.
     pub scheme: KvScheme,
-    /// Values per group (int8: 1..=64 dividing `head_dim`; int4: 32 or 64).
+    /// Values per group (int8, int8-channel: 1..=64 dividing `head_dim`; int4: 32 or 64).
     pub group_size: u32,
     /// Element type of scales and minimums.
     pub scale_dtype: ScaleDtype,
-    /// int4 only: the most recent tokens kept unquantized.
+    /// int4, int8-channel: the most recent tokens kept unquantized.
     pub residual: u32,
 }
 
@@ -197,12 +210,42 @@ impl QuantParams {
         residual: 0,
     };
 
+    /// int8 in the KIVI grouping, groups of 64, f16 scales, no residual:
+    /// 8.25 bits a value (AVP-KVQ-30). A context whose length 64 does not
+    /// divide needs a residual (see [`Self::with_leftover_residual`]).
+    pub const INT8_CHANNEL: QuantParams = QuantParams {
+        scheme: KvScheme::Int8Channel,
+        group_size: 64,
+        scale_dtype: ScaleDtype::F16,
+        residual: 0,
+    };
+
     /// The defaults for `scheme`.
     pub fn for_scheme(scheme: KvScheme) -> QuantParams {
         match scheme {
             KvScheme::None => Self::NONE,
             KvScheme::Int8 => Self::INT8,
             KvScheme::Int4 => Self::INT4,
+            KvScheme::Int8Channel => Self::INT8_CHANNEL,
+        }
+    }
+
+    /// These parameters with the residual grown by the tokens of `tokens`
+    /// carried positions that do not fill a last key group (AVP-KVQ-4,
+    /// AVP-KVQ-30), for the schemes that group keys over tokens; the others
+    /// are returned unchanged. A residual over `tokens` is kept (quantizing
+    /// refuses it).
+    pub fn with_leftover_residual(self, tokens: u32) -> QuantParams {
+        if !matches!(self.scheme, KvScheme::Int4 | KvScheme::Int8Channel) || self.residual > tokens
+        {
+            return self;
+        }
+        let leftover = (tokens - self.residual)
+            .checked_rem(self.group_size)
+            .unwrap_or(0);
+        QuantParams {
+            residual: self.residual.saturating_add(leftover),
+            ..self
         }
     }
 }
@@ -266,7 +309,7 @@ impl KvExtHeader {
                 .checked_mul(u64::from(self.stored_tokens()))?
                 .checked_mul(d.checked_div(g)?),
             // Keys: H x (tq/g) x D groups; values: H x tq x (D/g): equal when g divides both.
-            KvScheme::Int4 => h
+            KvScheme::Int4 | KvScheme::Int8Channel => h
                 .checked_mul(u64::from(self.quantized_tokens()))?
                 .checked_mul(d)?
                 .checked_div(g),
@@ -290,6 +333,11 @@ impl KvExtHeader {
                 .checked_mul(ss)?
                 .checked_mul(2)?
                 .checked_add(row.checked_mul(u64::from(self.quantized_tokens()))? / 2)?
+                .checked_add(row.checked_mul(u64::from(self.residual))?.checked_mul(es)?),
+            // AVP-KVQ-31: scales, one byte a quantized value, the residual in dtype.
+            KvScheme::Int8Channel => g
+                .checked_mul(ss)?
+                .checked_add(row.checked_mul(u64::from(self.quantized_tokens()))?)?
                 .checked_add(row.checked_mul(u64::from(self.residual))?.checked_mul(es)?),
         }
     }
@@ -441,9 +489,13 @@ impl KvExtHeader {
                     return Err(err(ErrorKind::Inconsistent, "int8 has no residual"));
                 }
             }
-            KvScheme::Int4 => {
-                if g != 32 && g != 64 {
+            KvScheme::Int4 | KvScheme::Int8Channel => {
+                if self.scheme == KvScheme::Int4 && g != 32 && g != 64 {
                     return Err(bad_group("is not 32 or 64 (int4)"));
+                }
+                // AVP-KVQ-30: int8-channel takes int8's range of group sizes.
+                if self.scheme == KvScheme::Int8Channel && (g == 0 || g > MAX_INT8_GROUP) {
+                    return Err(bad_group("is outside 1..=64 (int8-channel)"));
                 }
                 if self.residual > self.stored_tokens() {
                     return Err(err(
@@ -678,7 +730,94 @@ impl<'a> KvExt<'a> {
                 Ok(())
             }
             KvScheme::Int4 => self.dequantize_int4(section, part, &store, dst, buf),
+            KvScheme::Int8Channel => self.dequantize_int8_channel(section, part, &store, dst, buf),
         }
+    }
+
+    /// AVP-KVQ-31/32: rows `[0, tq)` of each head are `q x s'` with the
+    /// scale of the element's group (keys per channel over `g` tokens,
+    /// values per token over `g` channels), rows `[tq, t)` are copied from
+    /// the residual.
+    fn dequantize_int8_channel(
+        &self,
+        section: &[u8],
+        part: KvPart,
+        store: &Store,
+        dst: &mut [u8],
+        buf: &mut Dequantizer,
+    ) -> Result<(), Error> {
+        let h = &self.header;
+        let ss = h.scale_dtype.size();
+        let groups = h.scales_per_tensor as usize;
+        let g = (h.group_size as usize).max(1);
+        let d = h.head_dim as usize;
+        let tq = h.quantized_tokens() as usize;
+        let t = h.stored_tokens() as usize;
+        let es = store.size;
+        let (scale_bytes, rest) = section.split_at(groups.saturating_mul(ss).min(section.len()));
+        let code_len = (h.num_kv_heads as usize)
+            .saturating_mul(tq)
+            .saturating_mul(d);
+        let (codes, residual) = rest.split_at(code_len.min(rest.len()));
+        h.scale_dtype.read_into(scale_bytes, &mut buf.scales);
+        let Dequantizer { scales, values, .. } = buf;
+        check_scales(scales, None)?;
+        let head_out = t.saturating_mul(d).saturating_mul(es);
+        let head_codes = tq.saturating_mul(d);
+        let head_residual = (h.residual as usize).saturating_mul(d).saturating_mul(es);
+        let row_out = d.saturating_mul(es);
+        let heads = dst
+            .chunks_exact_mut(head_out.max(1))
+            .zip(
+                codes
+                    .chunks(head_codes.max(1))
+                    .chain(std::iter::repeat(&[][..])),
+            )
+            .zip(
+                residual
+                    .chunks(head_residual.max(1))
+                    .chain(std::iter::repeat(&[][..])),
+            )
+            .enumerate();
+        values.resize(d, 0.0);
+        for (hi, ((out, qh), rh)) in heads {
+            let (qout, rout) = out.split_at_mut(tq.saturating_mul(row_out).min(out.len()));
+            rout.copy_from_slice(
+                rh.get(..rout.len())
+                    .ok_or_else(|| internal("int8-channel residual rows"))?,
+            );
+            for (s, (orow, qrow)) in qout
+                .chunks_exact_mut(row_out.max(1))
+                .zip(qh.chunks_exact(d.max(1)))
+                .enumerate()
+            {
+                let base = int4_row_group_base(part, hi, s, tq, d, g);
+                match part {
+                    KvPart::Key => {
+                        let srow = scales.get(base..base.saturating_add(d)).unwrap_or_default();
+                        for ((x, &q), &sc) in values.iter_mut().zip(qrow).zip(srow) {
+                            *x = f32::from(q as i8) * sc;
+                        }
+                    }
+                    KvPart::Value => {
+                        let srow = scales
+                            .get(base..base.saturating_add(d / g))
+                            .unwrap_or_default();
+                        for ((xg, qg), &sc) in values
+                            .chunks_exact_mut(g)
+                            .zip(qrow.chunks_exact(g))
+                            .zip(srow)
+                        {
+                            for (x, &q) in xg.iter_mut().zip(qg) {
+                                *x = f32::from(q as i8) * sc;
+                            }
+                        }
+                    }
+                }
+                narrow(store.dtype, values, orow);
+            }
+        }
+        Ok(())
     }
 
     fn dequantize_int4(
@@ -1150,7 +1289,92 @@ impl Quantizer {
             }
             KvScheme::Int8 => self.int8(tensor, dst, scratch),
             KvScheme::Int4 => self.int4(tensor, part, dst, scratch),
+            KvScheme::Int8Channel => self.int8_channel(tensor, part, dst, scratch),
         }
+    }
+
+    /// AVP-KVQ-32: AVP-KVQ-5's arithmetic in the KIVI grouping of
+    /// AVP-KVQ-31 (keys per channel over blocks of `g` tokens, values per
+    /// token over `g` channels), codes written straight into the section,
+    /// then the residual rows copied.
+    fn int8_channel(
+        &self,
+        tensor: &[u8],
+        part: KvPart,
+        dst: &mut [u8],
+        scratch: &mut Scratch,
+    ) -> Result<(), Error> {
+        let h = &self.header;
+        let g = (h.group_size as usize).max(1);
+        let d = h.head_dim as usize;
+        let tq = h.quantized_tokens() as usize;
+        let sd = h.scale_dtype;
+        let ss = sd.size();
+        let row = self.row_bytes();
+        let scale_len = (h.scales_per_tensor as usize).saturating_mul(ss);
+        let code_len = (h.num_kv_heads as usize)
+            .saturating_mul(tq)
+            .saturating_mul(d);
+        let (mut scale_out, rest) = dst.split_at_mut(scale_len.min(dst.len()));
+        let (code_out, residual_out) = rest.split_at_mut(code_len.min(rest.len()));
+        let mut code_rows = code_out.chunks_exact_mut(d.max(1));
+        let residual_head = row.saturating_mul(h.residual as usize);
+        let mut residual_heads = residual_out.chunks_exact_mut(residual_head.max(1));
+        scratch.values.resize(g.saturating_mul(d), 0.0);
+        for stored in self.heads(tensor) {
+            let (quantized, residual) = stored.split_at(tq.saturating_mul(row).min(stored.len()));
+            for block in quantized.chunks_exact(g.saturating_mul(row).max(1)) {
+                widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
+                match part {
+                    KvPart::Key => {
+                        // Per channel: amax = max(|lo|, |hi|) over the block's g rows;
+                        // `hi` becomes the stored scale.
+                        channel_min_max(&scratch.values, d, &mut scratch.lo, &mut scratch.hi);
+                        for (l, hs) in scratch.lo.iter().zip(scratch.hi.iter_mut()) {
+                            *hs = stored_scale(sd, hs.abs().max(l.abs()) / 127.0)?;
+                        }
+                        let slots = take(&mut scale_out, d.saturating_mul(ss))
+                            .ok_or_else(|| internal("int8-channel groups"))?;
+                        for (slot, &sc) in slots.chunks_exact_mut(ss).zip(&scratch.hi) {
+                            sd.put(sc, slot);
+                        }
+                        for values in scratch.values.chunks_exact(d.max(1)) {
+                            let out = code_rows
+                                .next()
+                                .ok_or_else(|| internal("int8-channel rows"))?;
+                            for ((q, &x), &sc) in out.iter_mut().zip(values).zip(&scratch.hi) {
+                                *q = int8_code(x, sc);
+                            }
+                        }
+                    }
+                    KvPart::Value => {
+                        for values in scratch.values.chunks_exact(d.max(1)) {
+                            let out = code_rows
+                                .next()
+                                .ok_or_else(|| internal("int8-channel rows"))?;
+                            for (grp, codes) in values.chunks_exact(g).zip(out.chunks_exact_mut(g))
+                            {
+                                let amax = grp.iter().fold(0f32, |a, x| a.max(x.abs()));
+                                let sc = stored_scale(sd, amax / 127.0)?;
+                                let slot = take(&mut scale_out, ss)
+                                    .ok_or_else(|| internal("int8-channel groups"))?;
+                                sd.put(sc, slot);
+                                int8_codes(grp, sc, codes);
+                            }
+                        }
+                    }
+                }
+            }
+            if residual_head > 0 {
+                check_finite(self.store.dtype, residual)?;
+                residual_heads
+                    .next()
+                    .filter(|o| o.len() == residual.len())
+                    .ok_or_else(|| internal("residual rows"))?
+                    .copy_from_slice(residual);
+            }
+        }
+        Ok(())
     }
 
     fn stored_head_bytes(&self) -> usize {
@@ -1516,6 +1740,13 @@ fn int8_codes(values: &[f32], s: f32, codes: &mut [u8]) {
         // The low byte of the rounded sum's bits is the two's complement code.
         *q = ((x / s).clamp(-127.0, 127.0) + ROUNDER).to_bits() as u8;
     }
+}
+
+/// int8 code of `x` with stored scale `s` (AVP-KVQ-5), 0 when `s` is 0.
+#[inline(always)]
+fn int8_code(x: f32, s: f32) -> u8 {
+    let code = ((x / s).clamp(-127.0, 127.0) + ROUNDER).to_bits() as u8;
+    if s == 0.0 { 0 } else { code }
 }
 
 /// int4 code of `x` with stored scale `s` and minimum `m` (AVP-KVQ-6).

@@ -350,7 +350,7 @@ fn malformed_payloads_give_typed_errors() {
     assert_eq!(kind_of(&good[..39]), ErrorKind::Truncated);
     assert_eq!(edit(&|p| p[0] = b'X'), ErrorKind::Inconsistent);
     assert_eq!(edit(&|p| p[4] = 2), ErrorKind::UnsupportedVersion);
-    assert_eq!(edit(&|p| p[5] = 3), ErrorKind::UnknownEnum);
+    assert_eq!(edit(&|p| p[5] = 4), ErrorKind::UnknownEnum);
     assert_eq!(edit(&|p| p[6] = 3), ErrorKind::UnknownEnum);
     assert_eq!(edit(&|p| p[7] = 2), ErrorKind::UnknownEnum);
     assert_eq!(
@@ -626,4 +626,246 @@ fn dtype_conversion_narrows_by_round_half_to_even() {
     )
     .unwrap();
     assert_eq!(bf_again, bf);
+}
+
+/// Keys whose channels 3 and 17 are 10x and 50x the others (real models
+/// have such outlier key channels), values without outliers.
+fn outlier_kv(seq: u32, dtype: KvDtype) -> Vec<u8> {
+    let (heads, dim) = (2u32, 64u32);
+    let header = KvHeader {
+        num_layers: 1,
+        num_kv_heads: heads,
+        head_dim: dim,
+        seq_len: seq,
+        dtype,
+    };
+    let mut state = 0x9e37_79b9u32;
+    let mut tensor = |outliers: bool| {
+        let mut out = Vec::new();
+        for i in 0..(heads * seq * dim) as usize {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let mut x = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            match (outliers, i % dim as usize) {
+                (true, 3) => x = 10.0 + x,
+                (true, 17) => x = -50.0 + 3.0 * x,
+                _ => {}
+            }
+            match dtype {
+                KvDtype::Float16 => out.extend_from_slice(&f32_to_f16(x).to_le_bytes()),
+                _ => out.extend_from_slice(&x.to_le_bytes()),
+            }
+        }
+        out
+    };
+    let (k, v) = (tensor(true), tensor(false));
+    write_kv_cache(&header, [(&k[..], &v[..])]).unwrap()
+}
+
+#[test]
+fn avp_kvq_31_int8_channel_layout_and_bit_exact_arithmetic() {
+    // AVP-KVQ-31: scales, codes, residual; AVP-KVQ-32: AVP-KVQ-5's arithmetic
+    // with keys grouped per channel over g tokens, values per token.
+    let raw = kv_payload(2, 2, 64, 70, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams::INT8_CHANNEL.with_leftover_residual(70);
+    assert_eq!((params.group_size, params.residual), (64, 6));
+    let q = encode_ext(&kv, &params, 0, None).unwrap();
+    let ext = KvExt::parse(&q).unwrap();
+    assert_eq!(ext.header.scheme, KvScheme::Int8Channel);
+    assert_eq!(q[5], 3, "scheme byte");
+    assert_eq!(ext.header.quantized_tokens(), 64);
+    let groups = 2 * 64 * 64 / 64;
+    assert_eq!(ext.header.scales_per_tensor, groups as u32);
+    // f16 scales, one byte a quantized value, the residual in float16.
+    let section = groups * 2 + 2 * 64 * 64 + 2 * 6 * 64 * 2;
+    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * 2 * section);
+    let out = ext.dequantize().unwrap();
+    let back = KvCache::parse(&out).unwrap();
+    assert_eq!(back.header, kv.header);
+    for e in relative_errors(&ext, &kv).unwrap() {
+        assert!(e.key < 0.01 && e.value < 0.01, "{e:?}");
+    }
+    let (orig, deq) = (kv.layer(1).unwrap(), back.layer(1).unwrap());
+    let k: Vec<f32> = orig.key.iter_f32().collect();
+    let v: Vec<f32> = orig.value.iter_f32().collect();
+    let kd: Vec<f32> = deq.key.iter_f32().collect();
+    let vd: Vec<f32> = deq.value.iter_f32().collect();
+    let at = |h: usize, s: usize, c: usize| (h * 70 + s) * 64 + c;
+    let round = |x: f32| f16_to_f32(f32_to_f16(x));
+    let code = |x: f32, s: f32| (x / s).round_ties_even().clamp(-127.0, 127.0);
+    // Keys of head 1, channel 5: one group over tokens 0..64.
+    let ksec = ext.section(1, KvPart::Key).unwrap();
+    let kgroup = 64 + 5; // (h * (tq / g) + 0) * D + c
+    let kscale = f16_to_f32(u16::from_le_bytes(
+        ksec[kgroup * 2..kgroup * 2 + 2].try_into().unwrap(),
+    ));
+    let amax = (0..64).fold(0f32, |a, s| a.max(k[at(1, s, 5)].abs()));
+    assert_eq!(kscale, round(amax / 127.0));
+    for s in 0..64 {
+        let qb = ksec[groups * 2 + (64 + s) * 64 + 5] as i8;
+        assert_eq!(f32::from(qb), code(k[at(1, s, 5)], kscale), "token {s}");
+        assert_eq!(kd[at(1, s, 5)], round(f32::from(qb) * kscale));
+    }
+    // Values of head 0, token 9: one group over the 64 channels.
+    let vsec = ext.section(1, KvPart::Value).unwrap();
+    let vscale = f16_to_f32(u16::from_le_bytes(
+        vsec[9 * 2..9 * 2 + 2].try_into().unwrap(),
+    ));
+    let amax = (0..64).fold(0f32, |a, c| a.max(v[at(0, 9, c)].abs()));
+    assert_eq!(vscale, round(amax / 127.0));
+    for c in 0..64 {
+        let qb = vsec[groups * 2 + 9 * 64 + c] as i8;
+        assert_eq!(f32::from(qb), code(v[at(0, 9, c)], vscale));
+        assert_eq!(vd[at(0, 9, c)], round(f32::from(qb) * vscale));
+    }
+    // The residual tokens come back unchanged.
+    for h in 0..2 {
+        for s in 64..70 {
+            for c in 0..64 {
+                assert_eq!(kd[at(h, s, c)].to_bits(), k[at(h, s, c)].to_bits());
+                assert_eq!(vd[at(h, s, c)].to_bits(), v[at(h, s, c)].to_bits());
+            }
+        }
+    }
+}
+
+#[test]
+fn avp_kvq_32_int8_channel_keeps_outlier_keys_within_one_percent() {
+    // Issue 17: int8 <= 1 % on keys with outlier channels. Per token
+    // (scheme 1) the 50x channel sets every group's scale; per channel
+    // (scheme 3) it sets only its own.
+    let raw = outlier_kv(128, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let per_token = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    let per_channel = encode_ext(&kv, &QuantParams::INT8_CHANNEL, 0, None).unwrap();
+    let e1 = relative_errors(&KvExt::parse(&per_token).unwrap(), &kv).unwrap()[0];
+    let e3 = relative_errors(&KvExt::parse(&per_channel).unwrap(), &kv).unwrap()[0];
+    assert!(e3.key < 0.01 && e3.value < 0.01, "{e3:?}");
+    assert!(
+        e3.key * 4.0 < e1.key,
+        "per channel {e3:?}, per token {e1:?}"
+    );
+    // 8.25 bits a value: at most 0.53 of float16.
+    assert!((per_channel.len() as f64) < 0.53 * raw.len() as f64);
+}
+
+#[test]
+fn avp_kvq_30_int8_channel_parameters_give_typed_errors() {
+    // AVP-KVQ-30 (scheme parameters) in AVP-KVQ-3's order.
+    let raw = kv_payload(1, 2, 64, 35, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams {
+        group_size: 32,
+        residual: 3,
+        ..QuantParams::INT8_CHANNEL
+    };
+    let good = encode_ext(&kv, &params, 0, None).unwrap();
+    assert!(KvExt::parse(&good).unwrap().dequantize().is_ok());
+    let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = good.clone();
+        f(&mut p);
+        kind_of(&p)
+    };
+    assert_eq!(edit(&|p| set_u32(p, 28, 0)), ErrorKind::BadGroupSize);
+    assert_eq!(edit(&|p| set_u32(p, 28, 65)), ErrorKind::BadGroupSize);
+    assert_eq!(
+        edit(&|p| set_u32(p, 28, 48)),
+        ErrorKind::BadGroupSize,
+        "48 divides neither head_dim 64 nor 32 tokens"
+    );
+    assert_eq!(
+        edit(&|p| set_u32(p, 32, 2)),
+        ErrorKind::BadGroupSize,
+        "33 quantized tokens"
+    );
+    assert_eq!(
+        edit(&|p| set_u32(p, 32, 36)),
+        ErrorKind::Inconsistent,
+        "residual over the 35 tokens"
+    );
+    assert_eq!(edit(&|p| set_u32(p, 36, 63)), ErrorKind::ScaleCountMismatch);
+    assert_eq!(edit(&|p| p.push(0)), ErrorKind::Inconsistent);
+    assert_eq!(
+        edit(&|p| {
+            p.pop();
+        }),
+        ErrorKind::Truncated
+    );
+    // A negative or NaN scale is refused when dequantizing.
+    for bits in [0xbc00u16, 0x7e00] {
+        let mut p = good.clone();
+        p[40..42].copy_from_slice(&bits.to_le_bytes());
+        let ext = KvExt::parse(&p).unwrap();
+        assert_eq!(
+            ext.dequantize().unwrap_err().kind(),
+            ErrorKind::Inconsistent
+        );
+    }
+    // The sender's side: no leftover residual, NaN in either part, an overflowing scale.
+    let no_residual = QuantParams {
+        residual: 0,
+        ..params
+    };
+    assert_eq!(
+        encode_ext(&kv, &no_residual, 0, None).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    for at in [KV_HEADER + 2 * 64, KV_HEADER + 34 * 64 * 2] {
+        let mut nan = raw.clone();
+        nan[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        let kv = KvCache::parse(&nan).unwrap();
+        assert_eq!(
+            encode_ext(&kv, &params, 0, None).unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "NaN at byte {at}"
+        );
+    }
+    let big = kv_payload(1, 1, 32, 32, KvDtype::Float32);
+    let mut big = big.clone();
+    big[KV_HEADER..KV_HEADER + 4].copy_from_slice(&1e30f32.to_le_bytes());
+    let big = KvCache::parse(&big).unwrap();
+    let f16_scales = QuantParams {
+        group_size: 32,
+        ..QuantParams::INT8_CHANNEL
+    };
+    assert_eq!(
+        encode_ext(&big, &f16_scales, 0, None).unwrap_err().kind(),
+        ErrorKind::InvalidArgument,
+        "scale over binary16's range"
+    );
+}
+
+const KV_HEADER: usize = 17;
+
+#[test]
+fn int8_channel_truncations_and_deltas() {
+    // AVP-KVQ-3 for scheme 3: every prefix fails; a quantized delta
+    // assembles on its base (AVP-KVD-4).
+    let raw = kv_payload(2, 1, 32, 40, KvDtype::Bfloat16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams {
+        group_size: 16,
+        ..QuantParams::INT8_CHANNEL
+    }
+    .with_leftover_residual(40 - 7);
+    assert_eq!(params.residual, 1);
+    let address = prefix_address(&kv, 7, "m").unwrap();
+    let p = encode_ext(&kv, &params, 7, Some(&address)).unwrap();
+    let ext = KvExt::parse(&p).unwrap();
+    for cut in 0..p.len() {
+        assert!(KvExt::parse(&p[..cut]).is_err(), "cut at {cut}");
+    }
+    let base = truncate_kv(&kv, 7);
+    let base = KvCache::parse(&base).unwrap();
+    let whole = assemble(&base, "m", &ext).unwrap();
+    let whole = KvCache::parse(&whole).unwrap();
+    assert_eq!(whole.header, kv.header);
+    for (a, b) in kv.layers().zip(whole.layers()) {
+        let n = 7 * 32 * 2;
+        assert_eq!(
+            a.key.bytes()[..n],
+            b.key.bytes()[..n],
+            "the prefix is exact"
+        );
+    }
 }
