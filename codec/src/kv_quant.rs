@@ -230,6 +230,38 @@ impl QuantParams {
         }
     }
 
+    /// int8-channel parameters fitted to a context of `tokens` carried
+    /// positions (AVP-KVQ-30, the sender's choice): binary16 scales, the
+    /// group size among the divisors of `head_dim` up to 64 that makes the
+    /// section smallest (a residual token costs a float of `dtype`, a group
+    /// one scale: 64 for a long context, a smaller one when fewer tokens
+    /// are left over; ties go to the larger group), the tokens that do not
+    /// fill a last key group kept as residual.
+    pub fn int8_channel_for(head_dim: u32, tokens: u32, dtype: KvDtype) -> QuantParams {
+        let (d, t) = (u64::from(head_dim), u64::from(tokens));
+        let es = dtype.element_type().size() as u64;
+        let ss = ScaleDtype::F16.size() as u64;
+        let bytes = |g: u64| {
+            let r = t.checked_rem(g).unwrap_or(0);
+            let tq = t.saturating_sub(r);
+            let scales = tq.saturating_mul(d).checked_div(g).unwrap_or(0);
+            scales
+                .saturating_mul(ss)
+                .saturating_add(tq.saturating_mul(d))
+                .saturating_add(r.saturating_mul(d).saturating_mul(es))
+        };
+        let group = (1..=MAX_INT8_GROUP)
+            .rev()
+            .filter(|&g| head_dim.checked_rem(g) == Some(0))
+            .min_by_key(|&g| bytes(u64::from(g)))
+            .unwrap_or(1);
+        QuantParams {
+            group_size: group,
+            ..QuantParams::INT8_CHANNEL
+        }
+        .with_leftover_residual(tokens)
+    }
+
     /// These parameters with the residual grown by the tokens of `tokens`
     /// carried positions that do not fill a last key group (AVP-KVQ-4,
     /// AVP-KVQ-30), for the schemes that group keys over tokens; the others

@@ -869,3 +869,33 @@ fn int8_channel_truncations_and_deltas() {
         );
     }
 }
+
+#[test]
+fn avp_kvq_30_int8_channel_group_fitted_to_the_context() {
+    // The sender's choice: the smallest section among g | head_dim, g <= 64.
+    let fit = |d, t| {
+        let p = QuantParams::int8_channel_for(d, t, KvDtype::Float16);
+        (p.group_size, p.residual, p.scale_dtype)
+    };
+    assert_eq!(fit(64, 512), (64, 0, ScaleDtype::F16));
+    assert_eq!(
+        fit(64, 300),
+        (32, 12, ScaleDtype::F16),
+        "44 residual at g 64 cost more"
+    );
+    assert_eq!(
+        fit(128, 1000),
+        (64, 40, ScaleDtype::F16),
+        "a tie with 32: the larger"
+    );
+    assert_eq!(fit(12, 7), (6, 1, ScaleDtype::F16));
+    assert_eq!(fit(16, 40), (8, 0, ScaleDtype::F16));
+    // Whatever it picks quantizes.
+    for (d, t) in [(12u32, 7u32), (16, 45), (64, 3), (8, 0)] {
+        let raw = kv_payload(1, 1, d, t, KvDtype::Float16);
+        let kv = KvCache::parse(&raw).unwrap();
+        let params = QuantParams::int8_channel_for(d, t, KvDtype::Float16);
+        let q = encode_ext(&kv, &params, 0, None).unwrap();
+        KvExt::parse(&q).unwrap().dequantize().unwrap();
+    }
+}

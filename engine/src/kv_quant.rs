@@ -3,7 +3,7 @@
 //! the integer bytes and scales to the host, in one copy; import uploads the
 //! payload in one copy and dequantizes on the device.
 //!
-//! The arithmetic is the codec's (`avp_codec::kv_quant`, AVP-KVQ-5/6), one
+//! The arithmetic is the codec's (`avp_codec::kv_quant`, AVP-KVQ-5/6/32), one
 //! IEEE binary32 operation per step and in the same order, so the bytes an
 //! export writes are the bytes `encode_ext` writes from the same floats and
 //! an import yields the floats `KvExt::dequantize` yields (the tests compare
@@ -38,7 +38,9 @@ const INT4_GROUP: usize = 32;
 /// up to 64 with binary32 scales; int4 groups of 32 with binary16 scales and
 /// minimums, the `seq_len mod 32` most recent tokens kept as residual. An
 /// int4 cache whose `head_dim` is not a multiple of 32 cannot be quantized
-/// (values are grouped along it): `InvalidArgument`.
+/// (values are grouped along it): `InvalidArgument`. int8-channel takes the
+/// codec's fitted group (`QuantParams::int8_channel_for`, sized for a 16-bit
+/// context) with binary16 scales and the leftover tokens as residual.
 pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<QuantParams> {
     match scheme {
         KvScheme::Int8 => {
@@ -68,6 +70,11 @@ pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<Q
                 ..QuantParams::INT4
             })
         }
+        KvScheme::Int8Channel => Ok(QuantParams::int8_channel_for(
+            u32_of(head_dim, "head_dim")?,
+            u32_of(seq_len, "seq_len")?,
+            avp_codec::kv::KvDtype::Float16,
+        )),
         _ => Ok(QuantParams::NONE),
     }
 }
@@ -194,6 +201,26 @@ fn quantize_section(
             let r = i64::from(h.residual);
             parts.push(bytes_of(&x.f_narrow(1, tq, r)?)?);
         }
+        KvScheme::Int8Channel => {
+            let (heads, d) = (i64::from(h.num_kv_heads), i64::from(h.head_dim));
+            let tq = i64::from(h.quantized_tokens());
+            if tq > 0 {
+                let xq = f.f_narrow(1, 0, tq)?;
+                // AVP-KVQ-31: int4's grouping, AVP-KVQ-5's arithmetic.
+                let (groups, dim) = match part {
+                    KvPart::Key => (xq.f_reshape([heads, tq / g, g, d])?, 2i64),
+                    KvPart::Value => (xq.f_reshape([heads, tq, d / g, g])?, 3i64),
+                };
+                let amax = groups.f_abs()?.f_amax([dim].as_slice(), true)?;
+                let s = round_scale(&amax.f_div(&divisor(&amax, 127.0)?)?, sd)?;
+                ok.push(s.f_isfinite()?.f_all()?);
+                let q = quantize(&groups, &s, -127.0, 127.0)?;
+                parts.push(scale_bytes(&s, sd)?);
+                parts.push(bytes_of(&q.f_to_kind(Kind::Int8)?)?);
+            }
+            let r = i64::from(h.residual);
+            parts.push(bytes_of(&x.f_narrow(1, tq, r)?)?);
+        }
         _ => parts.push(bytes_of(x)?),
     }
     Ok(())
@@ -267,7 +294,8 @@ impl LatentContext {
     /// The context as a KV_CACHE_EXT message (AVP-KVQ-1): [`Self::to_bytes`]'s
     /// metadata with the payload type KV_CACHE_EXT and the payload of
     /// [`quantized_payload`]. Send it only to a peer that announced the
-    /// scheme's capability (`kv_quant_int8` / `kv_quant_int4`).
+    /// scheme's capability (`kv_quant_int8` / `kv_quant_int4` /
+    /// `kv_quant_int8_channel`).
     pub fn to_bytes_quantized(&self, params: &QuantParams) -> Result<Vec<u8>> {
         let payload = quantized_payload(&self.cache, params)?;
         let extra: BTreeMap<String, String> = [
@@ -403,6 +431,33 @@ fn dequantize_section(h: &KvExtHeader, part: KvPart, body: &Tensor, at: i64) -> 
                     .f_reshape(qshape)?
                     .f_mul(&s.f_reshape(sshape)?)?
                     .f_add(&m.f_reshape(sshape)?)?;
+                pieces.push(x.f_to_kind(kind)?.f_reshape([heads, tq, d])?);
+            }
+            if r > 0 {
+                pieces.push(read_as(body, at, heads * r * d * es, kind)?.f_reshape([heads, r, d])?);
+            }
+            match pieces.len() {
+                1 => pieces.swap_remove(0),
+                _ => Tensor::f_cat(&pieces, 1)?,
+            }
+        }
+        KvScheme::Int8Channel => {
+            let (tq, r) = (i64::from(h.quantized_tokens()), i64::from(h.residual));
+            let mut pieces = Vec::with_capacity(2);
+            let mut at = at;
+            if tq > 0 {
+                let s = read_scales(body, at, groups, h.scale_dtype)?;
+                at += groups * ss;
+                let q = body
+                    .f_narrow(0, at, heads * tq * d)?
+                    .f_view_dtype(Kind::Int8)?
+                    .f_to_kind(Kind::Float)?;
+                at += heads * tq * d;
+                let (qshape, sshape) = match part {
+                    KvPart::Key => ([heads, tq / g, g, d], [heads, tq / g, 1, d]),
+                    KvPart::Value => ([heads, tq, d / g, g], [heads, tq, d / g, 1]),
+                };
+                let x = q.f_reshape(qshape)?.f_mul(&s.f_reshape(sshape)?)?;
                 pieces.push(x.f_to_kind(kind)?.f_reshape([heads, tq, d])?);
             }
             if r > 0 {
