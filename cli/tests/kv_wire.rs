@@ -552,3 +552,54 @@ fn decode_file(bytes: &[u8]) -> Vec<u8> {
         .payload
         .into_owned()
 }
+
+/// AVP-CLI-110, AVP-HTTP-100/103: `avp send --kv-quant int8-channel` goes
+/// quantized only to a peer that announced `kv_quant_int8_channel` (`avp
+/// serve --kv-capabilities int8-channel`); to one that announced only int8
+/// nothing is sent (exit 3, naming the capability). The stored context is
+/// within int8's error, its residual tokens exact.
+#[test]
+fn cli_110_int8_channel_send_needs_its_capability() {
+    let scratch = Scratch::new("kvwire", "int8ch");
+    let file = scratch.path("ctx.avp");
+    kv_file(&file, 70);
+    let only_int8 = serve(&[
+        "--store",
+        s(&scratch.path("a")),
+        "--kv-capabilities",
+        "int8",
+    ]);
+    let out = send(&file, &only_int8.url, &["--kv-quant", "int8-channel"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kv_quant_int8_channel"),
+        "{}",
+        stderr(&out)
+    );
+
+    let store = scratch.path("b");
+    let server = serve(&["--store", s(&store), "--kv-capabilities", "int8-channel"]);
+    let out = send(&file, &server.url, &["--kv-quant", "int8-channel"]);
+    let answer = answer(&out);
+    assert_eq!(answer["kv_ext"]["scheme"], "int8-channel", "{answer}");
+    assert!(stderr(&out).contains("int8-channel context [0, 70)"));
+    let bytes = stored(&store, &answer["request_id"]);
+    let message = decode_with(&bytes, &DecodeOptions::strict()).expect("plain AVP v1");
+    assert_eq!(message.metadata.payload_type, PayloadType::KvCache);
+    let want = kv_payload(70);
+    let got = KvCache::parse(&message.payload).expect("KV v1");
+    let (a, b) = (floats(&want[17..]), floats(&got_bytes(&got)));
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 0.02, "worst error {worst}");
+    // Groups of 64 over 70 tokens: positions 64..70 of every head travel as floats.
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        if (i / DIM as usize) % 70 >= 64 {
+            assert_eq!(x.to_bits(), y.to_bits(), "residual element {i}");
+        }
+    }
+}

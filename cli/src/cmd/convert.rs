@@ -39,14 +39,15 @@ pub(crate) struct ConvertArgs {
     /// Quantize into a KV_CACHE_EXT message (spec/protocol/kv-quant.md).
     #[arg(long, value_enum, value_name = "SCHEME", conflicts_with_all = ["kv_dtype", "base"])]
     kv_quant: Option<QuantArg>,
-    /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 64 where it divides head_dim, else 32).
+    /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 64 where it divides head_dim, else 32),
+    /// int8-channel 1..=64 dividing head_dim (default: the one that makes the payload smallest).
     #[arg(long, value_name = "G", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     group_size: Option<u32>,
-    /// int4: the most recent tokens kept unquantized (default 0); the tokens that do not
+    /// int4, int8-channel: the most recent tokens kept unquantized (default 0); the tokens that do not
     /// fill a last group are added to it (AVP-KVQ-4).
     #[arg(long, value_name = "R", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     residual: Option<u32>,
-    /// Element type of scales and minimums (default: f32 for int8, f16 for int4).
+    /// Element type of scales and minimums (default: f32 for int8, f16 for int4 and int8-channel).
     #[arg(long, value_enum, value_name = "T", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     scale_dtype: Option<ScaleArg>,
     /// Write a plain KV_CACHE message in this float dtype (the SDK reads it).
@@ -78,6 +79,8 @@ pub(crate) struct ConvertArgs {
 enum QuantArg {
     Int8,
     Int4,
+    /// int8 with keys grouped per channel (scheme 3, AVP-KVQ-30).
+    Int8Channel,
 }
 
 /// `--scale-dtype`.
@@ -116,22 +119,31 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// The quantization parameters for a context of `tokens` carried positions:
 /// the scheme's defaults (kv-quant.md), overridden by the options; int4's
-/// residual grows by the tokens that do not fill a last group (AVP-KVQ-4).
+/// residual grows by the tokens that do not fill a last group (AVP-KVQ-4,
+/// AVP-KVQ-30 for int8-channel).
 fn quant_params(
     args: &ConvertArgs,
     scheme: QuantArg,
     tokens: u32,
     head_dim: u32,
+    dtype: KvDtype,
 ) -> Result<QuantParams, Stop> {
     let scheme = match scheme {
         QuantArg::Int8 => KvScheme::Int8,
         QuantArg::Int4 => KvScheme::Int4,
+        QuantArg::Int8Channel => KvScheme::Int8Channel,
     };
     let mut params = QuantParams::for_scheme(scheme);
     // AVP-CLI-20: int4 defaults to groups of 64 (4.5 bits a value, the size target of
     // issue 17) where 64 divides head_dim, else to 32.
     if scheme == KvScheme::Int4 && head_dim % 64 == 0 {
         params.group_size = 64;
+    }
+    // AVP-CLI-110: int8-channel defaults to the group that makes this context's payload
+    // smallest (the residual it leaves against the scales it needs).
+    if scheme == KvScheme::Int8Channel {
+        let quantized = tokens.saturating_sub(args.residual.unwrap_or(0));
+        params.group_size = QuantParams::int8_channel_for(head_dim, quantized, dtype).group_size;
     }
     if let Some(g) = args.group_size {
         params.group_size = g;
@@ -263,7 +275,7 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         written = done;
         Cow::Owned(delta)
     } else if let Some(q) = args.kv_quant {
-        let params = quant_params(args, q, h.seq_len, h.head_dim)?;
+        let params = quant_params(args, q, h.seq_len, h.head_dim, h.dtype)?;
         written = Written {
             payload_type: PayloadType::KvCacheExt,
             scheme: Some(params.scheme),
@@ -355,7 +367,7 @@ fn write_delta(
         ));
     }
     let params = match args.kv_quant {
-        Some(q) => quant_params(args, q, h.seq_len - p, h.head_dim)?,
+        Some(q) => quant_params(args, q, h.seq_len - p, h.head_dim, h.dtype)?,
         None => QuantParams::NONE,
     };
     let (address, delta) = split_delta(kv, p, hash, &params)?;

@@ -70,6 +70,8 @@ enum KvQuant {
     Int8,
     // Asymmetric 4-bit, KIVI-style.
     Int4,
+    // Symmetric 8-bit, keys per channel (KIVI grouping, AVP-KVQ-30).
+    Int8Channel,
 }
 
 impl KvQuant {
@@ -77,6 +79,7 @@ impl KvQuant {
         match self {
             KvQuant::Int8 => KvScheme::Int8,
             KvQuant::Int4 => KvScheme::Int4,
+            KvQuant::Int8Channel => KvScheme::Int8Channel,
         }
     }
 }
