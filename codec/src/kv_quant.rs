@@ -272,7 +272,8 @@ impl QuantParams {
         {
             return self;
         }
-        let leftover = (tokens - self.residual)
+        let leftover = tokens
+            .saturating_sub(self.residual)
             .checked_rem(self.group_size)
             .unwrap_or(0);
         QuantParams {
@@ -833,7 +834,7 @@ impl<'a> KvExt<'a> {
                     }
                     KvPart::Value => {
                         let srow = scales
-                            .get(base..base.saturating_add(d / g))
+                            .get(base..base.saturating_add(d.checked_div(g).unwrap_or(0)))
                             .unwrap_or_default();
                         for ((xg, qg), &sc) in values
                             .chunks_exact_mut(g)

@@ -646,7 +646,7 @@ fn outlier_kv(seq: u32, dtype: KvDtype) -> Vec<u8> {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let mut x = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
             match (outliers, i % dim as usize) {
-                (true, 3) => x = 10.0 + x,
+                (true, 3) => x += 10.0,
                 (true, 17) => x = -50.0 + 3.0 * x,
                 _ => {}
             }
@@ -820,8 +820,7 @@ fn avp_kvq_30_int8_channel_parameters_give_typed_errors() {
             "NaN at byte {at}"
         );
     }
-    let big = kv_payload(1, 1, 32, 32, KvDtype::Float32);
-    let mut big = big.clone();
+    let mut big = kv_payload(1, 1, 32, 32, KvDtype::Float32);
     big[KV_HEADER..KV_HEADER + 4].copy_from_slice(&1e30f32.to_le_bytes());
     let big = KvCache::parse(&big).unwrap();
     let f16_scales = QuantParams {
