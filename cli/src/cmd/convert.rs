@@ -79,7 +79,8 @@ pub(crate) struct ConvertArgs {
 enum QuantArg {
     Int8,
     Int4,
-    /// int8 with keys grouped per channel (scheme 3, AVP-KVQ-30).
+    // int8 with keys grouped per channel (scheme 3, AVP-KVQ-30); no doc comment: it would
+    // make clap print every flag's help in long form.
     Int8Channel,
 }
 
