@@ -898,3 +898,105 @@ fn avp_kvq_30_int8_channel_group_fitted_to_the_context() {
         KvExt::parse(&q).unwrap().dequantize().unwrap();
     }
 }
+
+mod int8_channel_properties {
+    //! AVP-KVQ-31/32 as properties: for any shape, group, scale dtype and
+    //! values, every quantized element is within half its group's stored
+    //! scale of the original (or the clamp's distance, when rounding the
+    //! scale made it smaller), and every residual element is exact.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn context(heads: u32, dim: u32, seq: u32, values: &[f32]) -> Vec<u8> {
+        let header = KvHeader {
+            num_layers: 1,
+            num_kv_heads: heads,
+            head_dim: dim,
+            seq_len: seq,
+            dtype: KvDtype::Float32,
+        };
+        let n = (heads * dim * seq) as usize;
+        let tensor = |offset: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| {
+                    let mut x = values[(i + offset) % values.len()];
+                    if i % dim as usize == 1 {
+                        x *= 40.0; // an outlier key (and value) channel
+                    }
+                    x.to_le_bytes()
+                })
+                .collect()
+        };
+        let (k, v) = (tensor(0), tensor(7));
+        write_kv_cache(&header, [(&k[..], &v[..])]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn avp_kvq_32_error_within_half_a_scale_and_residual_exact(
+            heads in 1u32..3,
+            dim_pick in 0usize..4,
+            seq in 0u32..70,
+            group_pick in 0usize..8,
+            extra_residual in 0u32..3,
+            f16_scales in any::<bool>(),
+            values in proptest::collection::vec(-8.0f32..8.0, 1..64),
+        ) {
+            let dim = [2u32, 8, 12, 64][dim_pick];
+            let divisors: Vec<u32> = (1..=dim.min(64)).filter(|g| dim % g == 0).collect();
+            let g = divisors[group_pick % divisors.len()];
+            let params = QuantParams {
+                group_size: g,
+                residual: extra_residual.min(seq),
+                scale_dtype: if f16_scales { ScaleDtype::F16 } else { ScaleDtype::F32 },
+                ..QuantParams::INT8_CHANNEL
+            }
+            .with_leftover_residual(seq);
+            let raw = context(heads, dim, seq, &values);
+            let kv = KvCache::parse(&raw).unwrap();
+            let q = encode_ext(&kv, &params, 0, None).unwrap();
+            let ext = KvExt::parse(&q).unwrap();
+            let back = ext.dequantize().unwrap();
+            let back = KvCache::parse(&back).unwrap();
+            let (d, t, tq) = (dim as usize, seq as usize, (seq - params.residual) as usize);
+            let g = g as usize;
+            let layer = (kv.layer(0).unwrap(), back.layer(0).unwrap());
+            for (key, (orig, deq)) in [(true, (layer.0.key, layer.1.key)), (false, (layer.0.value, layer.1.value))] {
+                let x: Vec<f32> = orig.iter_f32().collect();
+                let y: Vec<f32> = deq.iter_f32().collect();
+                let at = |h: usize, s: usize, c: usize| (h * t + s) * d + c;
+                for h in 0..heads as usize {
+                    for s in 0..t {
+                        for c in 0..d {
+                            let i = at(h, s, c);
+                            if s >= tq {
+                                prop_assert_eq!(x[i].to_bits(), y[i].to_bits(), "residual");
+                                continue;
+                            }
+                            // The element's group (AVP-KVQ-31) and its amax.
+                            let amax = if key {
+                                let s0 = s / g * g;
+                                (s0..s0 + g).map(|u| x[at(h, u, c)].abs()).fold(0f32, f32::max)
+                            } else {
+                                let c0 = c / g * g;
+                                (c0..c0 + g).map(|u| x[at(h, s, u)].abs()).fold(0f32, f32::max)
+                            };
+                            // Half a step of the stored scale s', or the clamp's distance
+                            // amax - 127 s' when rounding made s' smaller; plus the
+                            // binary32 roundings of x / s' and q * s'.
+                            let s = if f16_scales {
+                                f16_to_f32(f32_to_f16(amax / 127.0))
+                            } else {
+                                amax / 127.0
+                            };
+                            let bound = (s * 0.5).max(amax - 127.0 * s) + s * 1e-4 + amax * 1e-6;
+                            prop_assert!((x[i] - y[i]).abs() <= bound,
+                                "{} ({h},{s},{c}): {} vs {}, amax {amax}", if key { "K" } else { "V" }, x[i], y[i]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
