@@ -1245,6 +1245,8 @@ struct Scratch {
     hi: Vec<f32>,
     /// Quantized values of one row, before int4 packing.
     codes: Vec<u8>,
+    /// int8-channel keys: per-channel largest `|x|` bits of a block.
+    bits: Vec<u32>,
 }
 
 fn internal(what: &str) -> Error {
@@ -1360,11 +1362,11 @@ impl Quantizer {
                 widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
                 match part {
                     KvPart::Key => {
-                        // Per channel: amax = max(|lo|, |hi|) over the block's g rows;
-                        // `hi` becomes the stored scale.
-                        channel_min_max(&scratch.values, d, &mut scratch.lo, &mut scratch.hi);
-                        for (l, hs) in scratch.lo.iter().zip(scratch.hi.iter_mut()) {
-                            *hs = stored_scale(sd, hs.abs().max(l.abs()) / 127.0)?;
+                        // Per channel over the block's g rows: amax, which becomes
+                        // the stored scale in `hi`.
+                        channel_abs_max(&scratch.values, d, &mut scratch.bits, &mut scratch.hi);
+                        for hs in scratch.hi.iter_mut() {
+                            *hs = stored_scale(sd, *hs / 127.0)?;
                         }
                         let slots = take(&mut scale_out, d.saturating_mul(ss))
                             .ok_or_else(|| internal("int8-channel groups"))?;
@@ -1387,8 +1389,7 @@ impl Quantizer {
                                 .ok_or_else(|| internal("int8-channel rows"))?;
                             for (grp, codes) in values.chunks_exact(g).zip(out.chunks_exact_mut(g))
                             {
-                                let amax = grp.iter().fold(0f32, |a, x| a.max(x.abs()));
-                                let sc = stored_scale(sd, amax / 127.0)?;
+                                let sc = stored_scale(sd, abs_max(grp) / 127.0)?;
                                 let slot = take(&mut scale_out, ss)
                                     .ok_or_else(|| internal("int8-channel groups"))?;
                                 sd.put(sc, slot);
@@ -1708,6 +1709,30 @@ fn channel_min_max(block: &[f32], d: usize, lo: &mut Vec<f32>, hi: &mut Vec<f32>
             *h = if v > *h { v } else { *h };
         }
     }
+}
+
+/// The largest `|x|` of finite values, as the largest bit pattern without
+/// the sign (an integer maximum vectorises; a chain of `f32::max` does not).
+fn abs_max(values: &[f32]) -> f32 {
+    f32::from_bits(
+        values
+            .iter()
+            .fold(0u32, |a, x| a.max(x.to_bits() & 0x7fff_ffff)),
+    )
+}
+
+/// Per-channel largest `|x|` over the rows (of `d` finite values) of a block,
+/// into `amax` (bit patterns without the sign, as [`abs_max`]).
+fn channel_abs_max(block: &[f32], d: usize, bits: &mut Vec<u32>, amax: &mut Vec<f32>) {
+    bits.clear();
+    bits.resize(d, 0);
+    for row in block.chunks_exact(d.max(1)) {
+        for (m, x) in bits.iter_mut().zip(row) {
+            *m = (*m).max(x.to_bits() & 0x7fff_ffff);
+        }
+    }
+    amax.clear();
+    amax.extend(bits.iter().map(|&b| f32::from_bits(b)));
 }
 
 /// The first `n` bytes of `buf`, which keeps the rest.
