@@ -182,44 +182,45 @@ fn sizes() {
 }
 
 /// int8-channel's size on a context of a real model's shape at lengths a
-/// handoff meets: the residual (tokens that do not fill a last key group)
-/// stays in float16, so a short context pays for it.
+/// handoff meets: the last key group of a channel takes the tokens left
+/// over (AVP-KVQ-31), against keeping them as a float16 residual.
 fn realistic_sizes() {
-    println!("### int8-channel on a realistic context: size and residual");
+    println!("### int8-channel on a realistic context: size at any length");
     println!();
     println!("Qwen2.5-0.5B's KV shape (24 layers x 2 KV heads x head_dim 64), float16, synthetic");
+    println!("values as above. \"int8-channel\": `QuantParams::int8_channel_for(64)` (g = 64, no");
     println!(
-        "values as above. \"fitted\": `QuantParams::int8_channel_for` (AVP-CLI-110: the group"
+        "residual; the last key group of a channel is shorter when 64 does not divide the length)."
     );
     println!(
-        "dividing head_dim, <= 64, that makes the payload smallest; the leftover tokens kept as"
+        "\"leftover residual\": g = 64 with the `t mod 64` leftover tokens kept in float16 instead"
     );
-    println!(
-        "residual in float16). \"g=64\": groups of 64 whatever the length. Payload bytes against"
-    );
-    println!("the float16 KV v1 payload.");
+    println!("(still valid, AVP-KVQ-30). Payload bytes against the float16 KV v1 payload.");
     println!();
     println!(
-        "| tokens | int8 g=64 f32 | int8-channel fitted: g, residual | x float16 | int8-channel g=64: residual | x float16 |"
+        "| tokens | int8 g=64 f32 | int8-channel | x float16 | leftover residual r | x float16 |"
     );
-    println!("|---:|---:|---|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for seq in [
-        64, 100, 128, 200, 256, 300, 320, 384, 450, 500, 512, 1000, 1024, 2048,
+        1, 64, 100, 128, 200, 256, 300, 320, 384, 450, 500, 512, 1000, 1024, 2048,
     ] {
         let raw = synthetic(24, 2, 64, seq, &OUTLIERS);
         let kv = KvCache::parse(&raw).unwrap();
         let ratio =
             |p: &QuantParams| encode_ext(&kv, p, 0, None).unwrap().len() as f64 / raw.len() as f64;
-        let fitted = QuantParams::int8_channel_for(64, seq, KvDtype::Float16);
-        let g64 = int8ch(64).with_leftover_residual(seq);
+        let fitted = QuantParams::int8_channel_for(64);
+        let leftover = QuantParams {
+            residual: seq % 64,
+            ..int8ch(64)
+        };
         println!(
-            "| {seq} | {:.3} | {}, {} | {:.3} | {} | {:.3} |",
+            "| {seq} | {:.3} | g {}, r {} | {:.3} | {} | {:.3} |",
             ratio(&int8(64)),
             fitted.group_size,
             fitted.residual,
             ratio(&fitted),
-            g64.residual,
-            ratio(&g64)
+            leftover.residual,
+            ratio(&leftover)
         );
     }
     println!();
@@ -347,10 +348,8 @@ fn fixture_errors() {
     );
     println!("scales). int4 needs g = 32 or 64 dividing head_dim (AVP-KVQ-4): these models have");
     println!("head_dim 8 to 16, so int4 does not apply to them. int8-channel with the fitted");
-    println!(
-        "parameters (`QuantParams::int8_channel_for` for the float32 cache: g, residual); its"
-    );
-    println!("residual tokens are exact, which lowers its error a little.");
+    println!("parameters (`QuantParams::int8_channel_for(head_dim)`: g = head_dim up to 64, no");
+    println!("residual: every token is quantized).");
     println!();
     println!(
         "| fixture | layers x heads x head_dim x tokens | layer | int8 K | int8 V | int8-channel g, r | int8-channel K | int8-channel V |"
@@ -364,7 +363,7 @@ fn fixture_errors() {
         let h = kv.header;
         let p = int8(h.head_dim.min(64));
         let name = path.trim_start_matches("engine/testdata/expected/");
-        let ch = QuantParams::int8_channel_for(h.head_dim, h.seq_len, h.dtype);
+        let ch = QuantParams::int8_channel_for(h.head_dim);
         let ch_errors = errors(&kv, &ch);
         for (l, (e, c)) in errors(&kv, &p).iter().zip(&ch_errors).enumerate() {
             println!(

@@ -211,8 +211,8 @@ impl QuantParams {
     };
 
     /// int8 in the KIVI grouping, groups of 64, f16 scales, no residual:
-    /// 8.25 bits a value (AVP-KVQ-30). A context whose length 64 does not
-    /// divide needs a residual (see [`Self::with_leftover_residual`]).
+    /// 8.25 bits a value (AVP-KVQ-30), at any context length (the last key
+    /// group of a channel takes the tokens left over, AVP-KVQ-31).
     pub const INT8_CHANNEL: QuantParams = QuantParams {
         scheme: KvScheme::Int8Channel,
         group_size: 64,
@@ -230,46 +230,28 @@ impl QuantParams {
         }
     }
 
-    /// int8-channel parameters fitted to a context of `tokens` carried
-    /// positions (AVP-KVQ-30, the sender's choice): binary16 scales, the
-    /// group size among the divisors of `head_dim` up to 64 that makes the
-    /// section smallest (a residual token costs a float of `dtype`, a group
-    /// one scale: 64 for a long context, a smaller one when fewer tokens
-    /// are left over; ties go to the larger group), the tokens that do not
-    /// fill a last key group kept as residual.
-    pub fn int8_channel_for(head_dim: u32, tokens: u32, dtype: KvDtype) -> QuantParams {
-        let (d, t) = (u64::from(head_dim), u64::from(tokens));
-        let es = dtype.element_type().size() as u64;
-        let ss = ScaleDtype::F16.size() as u64;
-        let bytes = |g: u64| {
-            let r = t.checked_rem(g).unwrap_or(0);
-            let tq = t.saturating_sub(r);
-            let scales = tq.saturating_mul(d).checked_div(g).unwrap_or(0);
-            scales
-                .saturating_mul(ss)
-                .saturating_add(tq.saturating_mul(d))
-                .saturating_add(r.saturating_mul(d).saturating_mul(es))
-        };
+    /// int8-channel parameters for a head size of `head_dim` (AVP-KVQ-30,
+    /// the sender's choice): binary16 scales, no residual, the largest
+    /// divisor of `head_dim` up to 64 as group (the fewest scales of both
+    /// sections at every length, since the last key group may be shorter).
+    pub fn int8_channel_for(head_dim: u32) -> QuantParams {
         let group = (1..=MAX_INT8_GROUP)
             .rev()
-            .filter(|&g| head_dim.checked_rem(g) == Some(0))
-            .min_by_key(|&g| bytes(u64::from(g)))
+            .find(|&g| head_dim.checked_rem(g) == Some(0))
             .unwrap_or(1);
         QuantParams {
             group_size: group,
             ..QuantParams::INT8_CHANNEL
         }
-        .with_leftover_residual(tokens)
     }
 
     /// These parameters with the residual grown by the tokens of `tokens`
-    /// carried positions that do not fill a last key group (AVP-KVQ-4,
-    /// AVP-KVQ-30), for the schemes that group keys over tokens; the others
-    /// are returned unchanged. A residual over `tokens` is kept (quantizing
-    /// refuses it).
+    /// carried positions that do not fill a last key group (AVP-KVQ-4), for
+    /// int4; the other schemes (int8-channel's last key group may be
+    /// shorter, AVP-KVQ-31) are returned unchanged. A residual over `tokens`
+    /// is kept (quantizing refuses it).
     pub fn with_leftover_residual(self, tokens: u32) -> QuantParams {
-        if !matches!(self.scheme, KvScheme::Int4 | KvScheme::Int8Channel) || self.residual > tokens
-        {
+        if self.scheme != KvScheme::Int4 || self.residual > tokens {
             return self;
         }
         let leftover = tokens
@@ -304,9 +286,10 @@ pub struct KvExtHeader {
     pub seq_len: u32,
     /// Values per group (0 for scheme none).
     pub group_size: u32,
-    /// int4: most recent tokens stored unquantized (0 otherwise).
+    /// int4, int8-channel: most recent tokens stored unquantized (0 otherwise).
     pub residual: u32,
-    /// Declared groups per K (or V) tensor, checked against the shape.
+    /// Declared groups per K (or V) tensor, checked against the shape
+    /// (int8-channel: of the K tensor; see [`KvExtHeader::part_scales`]).
     pub scales_per_tensor: u32,
 }
 
@@ -332,29 +315,43 @@ impl KvExtHeader {
         self.stored_tokens().saturating_sub(self.residual)
     }
 
-    /// The group count per tensor that the shape implies, or `None` on overflow.
+    /// The group count per tensor that the shape implies (int8-channel: of
+    /// the K tensor, AVP-KVQ-31), or `None` on overflow.
     pub fn expected_scales(&self) -> Option<u64> {
+        self.part_scales(KvPart::Key)
+    }
+
+    /// The scales of one K or V section that the shape implies, or `None`
+    /// on overflow. Only int8-channel's differ: its keys have
+    /// `H x ceil(tq/g) x D` (a shorter last group per channel), its values
+    /// `H x tq x D/g` (AVP-KVQ-31).
+    pub fn part_scales(&self, part: KvPart) -> Option<u64> {
         let (h, d) = (u64::from(self.num_kv_heads), u64::from(self.head_dim));
         let g = u64::from(self.group_size);
+        let tq = u64::from(self.quantized_tokens());
         match self.scheme {
             KvScheme::None => Some(0),
             KvScheme::Int8 => h
                 .checked_mul(u64::from(self.stored_tokens()))?
                 .checked_mul(d.checked_div(g)?),
             // Keys: H x (tq/g) x D groups; values: H x tq x (D/g): equal when g divides both.
-            KvScheme::Int4 | KvScheme::Int8Channel => h
-                .checked_mul(u64::from(self.quantized_tokens()))?
-                .checked_mul(d)?
-                .checked_div(g),
+            KvScheme::Int4 => h.checked_mul(tq)?.checked_mul(d)?.checked_div(g),
+            KvScheme::Int8Channel => match part {
+                KvPart::Key => h
+                    .checked_mul(tq.checked_div(g)? + u64::from(tq % g != 0))?
+                    .checked_mul(d),
+                KvPart::Value => h.checked_mul(tq)?.checked_mul(d.checked_div(g)?),
+            },
         }
     }
 
-    /// Bytes of one K (or V) section, or `None` on overflow (AVP-KVQ-3).
-    pub fn section_bytes(&self) -> Option<u64> {
+    /// Bytes of one K or V section, or `None` on overflow (AVP-KVQ-2,
+    /// AVP-KVQ-31; the two differ for int8-channel alone).
+    pub fn section_bytes(&self, part: KvPart) -> Option<u64> {
         let es = self.dtype.element_type().size() as u64;
         let ss = self.scale_dtype.size() as u64;
         let row = u64::from(self.num_kv_heads).checked_mul(u64::from(self.head_dim))?;
-        let g = u64::from(self.scales_per_tensor);
+        let g = self.part_scales(part)?;
         match self.scheme {
             KvScheme::None => row
                 .checked_mul(u64::from(self.stored_tokens()))?
@@ -375,6 +372,12 @@ impl KvExtHeader {
         }
     }
 
+    /// Bytes of one layer's K and V sections, or `None` on overflow.
+    pub fn layer_bytes(&self) -> Option<u64> {
+        self.section_bytes(KvPart::Key)?
+            .checked_add(self.section_bytes(KvPart::Value)?)
+    }
+
     /// Bytes before the first section: header and, for a delta, the address.
     pub fn preamble_len(&self) -> usize {
         if self.seq_start > 0 {
@@ -386,8 +389,7 @@ impl KvExtHeader {
 
     /// Bytes of the whole payload, or `None` on overflow (AVP-KVQ-3).
     pub fn total_bytes(&self) -> Option<u64> {
-        self.section_bytes()?
-            .checked_mul(2)?
+        self.layer_bytes()?
             .checked_mul(u64::from(self.num_layers))?
             .checked_add(self.preamble_len() as u64)
     }
@@ -543,7 +545,10 @@ impl KvExtHeader {
                 if d.checked_rem(g) != Some(0) {
                     return Err(bad_group(&format!("does not divide head_dim {d}")));
                 }
-                if self.quantized_tokens().checked_rem(g) != Some(0) {
+                // AVP-KVQ-30: int8-channel's last key group may be shorter.
+                if self.scheme == KvScheme::Int4
+                    && self.quantized_tokens().checked_rem(g) != Some(0)
+                {
                     return Err(bad_group(&format!(
                         "does not divide the {} quantized tokens",
                         self.quantized_tokens()
@@ -575,7 +580,8 @@ pub struct KvExt<'a> {
     /// The prefix address of a delta (`seq_start > 0`).
     pub prefix: Option<PrefixAddress>,
     body: &'a [u8],
-    section_len: usize,
+    key_len: usize,
+    value_len: usize,
 }
 
 /// Which tensor of a layer.
@@ -595,6 +601,30 @@ fn int4_row_group_base(part: KvPart, hi: usize, s: usize, tq: usize, d: usize, g
     match part {
         KvPart::Key => hi
             .saturating_mul(tq.checked_div(g).unwrap_or(0))
+            .saturating_add(s.checked_div(g).unwrap_or(0))
+            .saturating_mul(d),
+        KvPart::Value => hi
+            .saturating_mul(tq)
+            .saturating_add(s)
+            .saturating_mul(d.checked_div(g).unwrap_or(0)),
+    }
+}
+
+/// Index of the first int8-channel group that row `s` of head `hi` uses
+/// (AVP-KVQ-31): keys per channel over `g` tokens, `ceil(tq/g)` groups a
+/// channel (the last one shorter), values per token over `g` channels.
+/// Shared by the quantizer and the dequantizer.
+fn int8_channel_row_group_base(
+    part: KvPart,
+    hi: usize,
+    s: usize,
+    tq: usize,
+    d: usize,
+    g: usize,
+) -> usize {
+    match part {
+        KvPart::Key => hi
+            .saturating_mul(tq.div_ceil(g.max(1)))
             .saturating_add(s.checked_div(g).unwrap_or(0))
             .saturating_mul(d),
         KvPart::Value => hi
@@ -647,23 +677,26 @@ impl<'a> KvExt<'a> {
             None
         };
         // Both fit in usize: the length check proved them at most payload.len().
-        let section_len = header.section_bytes().unwrap_or(0) as usize;
+        let key_len = header.section_bytes(KvPart::Key).unwrap_or(0) as usize;
+        let value_len = header.section_bytes(KvPart::Value).unwrap_or(0) as usize;
         let body = payload.get(header.preamble_len()..).unwrap_or_default();
         Ok(KvExt {
             header,
             prefix,
             body,
-            section_len,
+            key_len,
+            value_len,
         })
     }
 
     /// The stored bytes of one layer's K or V section.
     pub fn section(&self, layer: usize, part: KvPart) -> Option<&'a [u8]> {
-        let index = layer
-            .checked_mul(2)?
-            .checked_add(usize::from(part == KvPart::Value))?;
-        let start = index.checked_mul(self.section_len)?;
-        self.body.get(start..start.checked_add(self.section_len)?)
+        let layer_start = layer.checked_mul(self.key_len.checked_add(self.value_len)?)?;
+        let (start, len) = match part {
+            KvPart::Key => (layer_start, self.key_len),
+            KvPart::Value => (layer_start.checked_add(self.key_len)?, self.value_len),
+        };
+        self.body.get(start..start.checked_add(len)?)
     }
 
     /// Bytes of one dequantized K (or V) tensor, `[heads, stored tokens, head_dim]`.
@@ -768,9 +801,9 @@ impl<'a> KvExt<'a> {
     }
 
     /// AVP-KVQ-31/32: rows `[0, tq)` of each head are `q x s'` with the
-    /// scale of the element's group (keys per channel over `g` tokens,
-    /// values per token over `g` channels), rows `[tq, t)` are copied from
-    /// the residual.
+    /// scale of the element's group (keys per channel over `g` tokens, the
+    /// last group shorter; values per token over `g` channels), rows
+    /// `[tq, t)` are copied from the residual.
     fn dequantize_int8_channel(
         &self,
         section: &[u8],
@@ -781,7 +814,7 @@ impl<'a> KvExt<'a> {
     ) -> Result<(), Error> {
         let h = &self.header;
         let ss = h.scale_dtype.size();
-        let groups = h.scales_per_tensor as usize;
+        let groups = h.part_scales(part).unwrap_or(0) as usize;
         let g = (h.group_size as usize).max(1);
         let d = h.head_dim as usize;
         let tq = h.quantized_tokens() as usize;
@@ -824,7 +857,7 @@ impl<'a> KvExt<'a> {
                 .zip(qh.chunks_exact(d.max(1)))
                 .enumerate()
             {
-                let base = int4_row_group_base(part, hi, s, tq, d, g);
+                let base = int8_channel_row_group_base(part, hi, s, tq, d, g);
                 match part {
                     KvPart::Key => {
                         let srow = scales.get(base..base.saturating_add(d)).unwrap_or_default();
@@ -1214,22 +1247,17 @@ fn quantize_all(
         }
         None => rest,
     };
-    let section = header.section_bytes().unwrap_or(0) as usize;
     let q = Quantizer::new(header);
     let mut scratch = Scratch::default();
     let sources = kv
         .layers()
         .flat_map(|l| [(KvPart::Key, l.key), (KvPart::Value, l.value)]);
-    let mut sections = body.chunks_exact_mut(section.max(1));
+    let mut rest = body;
     for (part, tensor) in sources {
-        // A section of 0 bytes (no stored tokens) has nothing to write.
-        let dst: &mut [u8] = if section == 0 {
-            &mut []
-        } else {
-            sections
-                .next()
-                .ok_or_else(|| err(ErrorKind::Internal, "fewer sections than layers"))?
-        };
+        // int8-channel's K and V sections differ in size (AVP-KVQ-31).
+        let len = header.section_bytes(part).unwrap_or(0) as usize;
+        let dst = take(&mut rest, len)
+            .ok_or_else(|| err(ErrorKind::Internal, "fewer sections than layers"))?;
         q.tensor(tensor.bytes(), part, dst, &mut scratch)?;
     }
     Ok(())
@@ -1301,7 +1329,7 @@ impl Quantizer {
         }
     }
 
-    /// Writes one tensor's section (`dst`, exactly `section_bytes()` long).
+    /// Writes one tensor's section (`dst`, exactly `section_bytes(part)` long).
     fn tensor(
         &self,
         tensor: &[u8],
@@ -1329,7 +1357,8 @@ impl Quantizer {
     }
 
     /// AVP-KVQ-32: AVP-KVQ-5's arithmetic in the KIVI grouping of
-    /// AVP-KVQ-31 (keys per channel over blocks of `g` tokens, values per
+    /// AVP-KVQ-31 (keys per channel over blocks of `g` tokens, the last
+    /// block of a head shorter when `g` does not divide `tq`; values per
     /// token over `g` channels), codes written straight into the section,
     /// then the residual rows copied.
     fn int8_channel(
@@ -1345,26 +1374,33 @@ impl Quantizer {
         let tq = h.quantized_tokens() as usize;
         let sd = h.scale_dtype;
         let ss = sd.size();
+        let es = self.store.size;
         let row = self.row_bytes();
-        let scale_len = (h.scales_per_tensor as usize).saturating_mul(ss);
+        let scale_len = (h.part_scales(part).unwrap_or(0) as usize).saturating_mul(ss);
         let code_len = (h.num_kv_heads as usize)
             .saturating_mul(tq)
             .saturating_mul(d);
         let (mut scale_out, rest) = dst.split_at_mut(scale_len.min(dst.len()));
-        let (code_out, residual_out) = rest.split_at_mut(code_len.min(rest.len()));
-        let mut code_rows = code_out.chunks_exact_mut(d.max(1));
+        let (mut code_out, residual_out) = rest.split_at_mut(code_len.min(rest.len()));
         let residual_head = row.saturating_mul(h.residual as usize);
         let mut residual_heads = residual_out.chunks_exact_mut(residual_head.max(1));
         scratch.values.resize(g.saturating_mul(d), 0.0);
         for stored in self.heads(tensor) {
             let (quantized, residual) = stored.split_at(tq.saturating_mul(row).min(stored.len()));
-            for block in quantized.chunks_exact(g.saturating_mul(row).max(1)) {
-                widen_abs_max(self.store.dtype, block, &mut scratch.values)?;
+            for block in quantized.chunks(g.saturating_mul(row).max(1)) {
+                let n = block.len().checked_div(es).unwrap_or(0);
+                let values = scratch
+                    .values
+                    .get_mut(..n)
+                    .ok_or_else(|| internal("int8-channel blocks"))?;
+                widen_abs_max(self.store.dtype, block, values)?;
+                let values = &*values;
+                let codes = take(&mut code_out, n).ok_or_else(|| internal("int8-channel rows"))?;
                 match part {
                     KvPart::Key => {
-                        // Per channel over the block's g rows: amax, which becomes
+                        // Per channel over the block's rows: amax, which becomes
                         // the stored scale in `hi`.
-                        channel_abs_max(&scratch.values, d, &mut scratch.bits, &mut scratch.hi);
+                        channel_abs_max(values, d, &mut scratch.bits, &mut scratch.hi);
                         for hs in scratch.hi.iter_mut() {
                             *hs = stored_scale(sd, *hs / 127.0)?;
                         }
@@ -1373,28 +1409,22 @@ impl Quantizer {
                         for (slot, &sc) in slots.chunks_exact_mut(ss).zip(&scratch.hi) {
                             sd.put(sc, slot);
                         }
-                        for values in scratch.values.chunks_exact(d.max(1)) {
-                            let out = code_rows
-                                .next()
-                                .ok_or_else(|| internal("int8-channel rows"))?;
-                            for ((q, &x), &sc) in out.iter_mut().zip(values).zip(&scratch.hi) {
+                        for (out, x) in codes
+                            .chunks_exact_mut(d.max(1))
+                            .zip(values.chunks_exact(d.max(1)))
+                        {
+                            for ((q, &x), &sc) in out.iter_mut().zip(x).zip(&scratch.hi) {
                                 *q = int8_code(x, sc);
                             }
                         }
                     }
                     KvPart::Value => {
-                        for values in scratch.values.chunks_exact(d.max(1)) {
-                            let out = code_rows
-                                .next()
-                                .ok_or_else(|| internal("int8-channel rows"))?;
-                            for (grp, codes) in values.chunks_exact(g).zip(out.chunks_exact_mut(g))
-                            {
-                                let sc = stored_scale(sd, abs_max(grp) / 127.0)?;
-                                let slot = take(&mut scale_out, ss)
-                                    .ok_or_else(|| internal("int8-channel groups"))?;
-                                sd.put(sc, slot);
-                                int8_codes(grp, sc, codes);
-                            }
+                        for (grp, codes) in values.chunks_exact(g).zip(codes.chunks_exact_mut(g)) {
+                            let sc = stored_scale(sd, abs_max(grp) / 127.0)?;
+                            let slot = take(&mut scale_out, ss)
+                                .ok_or_else(|| internal("int8-channel groups"))?;
+                            sd.put(sc, slot);
+                            int8_codes(grp, sc, codes);
                         }
                     }
                 }

@@ -663,22 +663,27 @@ fn outlier_kv(seq: u32, dtype: KvDtype) -> Vec<u8> {
 
 #[test]
 fn avp_kvq_31_int8_channel_layout_and_bit_exact_arithmetic() {
-    // AVP-KVQ-31: scales, codes, residual; AVP-KVQ-32: AVP-KVQ-5's arithmetic
-    // with keys grouped per channel over g tokens, values per token.
+    // AVP-KVQ-31: scales, codes; AVP-KVQ-32: AVP-KVQ-5's arithmetic with
+    // keys grouped per channel over g tokens (70 = 64 + a last group of 6),
+    // values per token.
     let raw = kv_payload(2, 2, 64, 70, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
-    let params = QuantParams::INT8_CHANNEL.with_leftover_residual(70);
-    assert_eq!((params.group_size, params.residual), (64, 6));
+    let params = QuantParams::INT8_CHANNEL;
+    assert_eq!((params.group_size, params.residual), (64, 0));
     let q = encode_ext(&kv, &params, 0, None).unwrap();
     let ext = KvExt::parse(&q).unwrap();
     assert_eq!(ext.header.scheme, KvScheme::Int8Channel);
     assert_eq!(q[5], 3, "scheme byte");
-    assert_eq!(ext.header.quantized_tokens(), 64);
-    let groups = 2 * 64 * 64 / 64;
+    assert_eq!(ext.header.quantized_tokens(), 70);
+    // H x ceil(tq/g) x D key scales, H x tq x D/g value scales; G is the keys'.
+    let (groups, vgroups) = (2 * 2 * 64, 2 * 70);
     assert_eq!(ext.header.scales_per_tensor, groups as u32);
-    // f16 scales, one byte a quantized value, the residual in float16.
-    let section = groups * 2 + 2 * 64 * 64 + 2 * 6 * 64 * 2;
-    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * 2 * section);
+    assert_eq!(ext.header.part_scales(KvPart::Value), Some(vgroups as u64));
+    // f16 scales, one byte a value.
+    let (ksection, vsection) = (groups * 2 + 2 * 70 * 64, vgroups * 2 + 2 * 70 * 64);
+    assert_eq!(ext.section(1, KvPart::Key).unwrap().len(), ksection);
+    assert_eq!(ext.section(1, KvPart::Value).unwrap().len(), vsection);
+    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * (ksection + vsection));
     let out = ext.dequantize().unwrap();
     let back = KvCache::parse(&out).unwrap();
     assert_eq!(back.header, kv.header);
@@ -693,18 +698,22 @@ fn avp_kvq_31_int8_channel_layout_and_bit_exact_arithmetic() {
     let at = |h: usize, s: usize, c: usize| (h * 70 + s) * 64 + c;
     let round = |x: f32| f16_to_f32(f32_to_f16(x));
     let code = |x: f32, s: f32| (x / s).round_ties_even().clamp(-127.0, 127.0);
-    // Keys of head 1, channel 5: one group over tokens 0..64.
+    // Keys of head 1, channel 5: a group over tokens 0..64, then one over 64..70.
     let ksec = ext.section(1, KvPart::Key).unwrap();
-    let kgroup = 64 + 5; // (h * (tq / g) + 0) * D + c
-    let kscale = f16_to_f32(u16::from_le_bytes(
-        ksec[kgroup * 2..kgroup * 2 + 2].try_into().unwrap(),
-    ));
-    let amax = (0..64).fold(0f32, |a, s| a.max(k[at(1, s, 5)].abs()));
-    assert_eq!(kscale, round(amax / 127.0));
-    for s in 0..64 {
-        let qb = ksec[groups * 2 + (64 + s) * 64 + 5] as i8;
-        assert_eq!(f32::from(qb), code(k[at(1, s, 5)], kscale), "token {s}");
-        assert_eq!(kd[at(1, s, 5)], round(f32::from(qb) * kscale));
+    for (block, tokens) in [(0, 0..64), (1, 64..70)] {
+        let kgroup = (2 + block) * 64 + 5; // (h * ceil(tq / g) + s / g) * D + c
+        let kscale = f16_to_f32(u16::from_le_bytes(
+            ksec[kgroup * 2..kgroup * 2 + 2].try_into().unwrap(),
+        ));
+        let amax = tokens
+            .clone()
+            .fold(0f32, |a, s| a.max(k[at(1, s, 5)].abs()));
+        assert_eq!(kscale, round(amax / 127.0));
+        for s in tokens {
+            let qb = ksec[groups * 2 + (70 + s) * 64 + 5] as i8;
+            assert_eq!(f32::from(qb), code(k[at(1, s, 5)], kscale), "token {s}");
+            assert_eq!(kd[at(1, s, 5)], round(f32::from(qb) * kscale));
+        }
     }
     // Values of head 0, token 9: one group over the 64 channels.
     let vsec = ext.section(1, KvPart::Value).unwrap();
@@ -714,11 +723,28 @@ fn avp_kvq_31_int8_channel_layout_and_bit_exact_arithmetic() {
     let amax = (0..64).fold(0f32, |a, c| a.max(v[at(0, 9, c)].abs()));
     assert_eq!(vscale, round(amax / 127.0));
     for c in 0..64 {
-        let qb = vsec[groups * 2 + 9 * 64 + c] as i8;
+        let qb = vsec[vgroups * 2 + 9 * 64 + c] as i8;
         assert_eq!(f32::from(qb), code(v[at(0, 9, c)], vscale));
         assert_eq!(vd[at(0, 9, c)], round(f32::from(qb) * vscale));
     }
-    // The residual tokens come back unchanged.
+    // A residual (AVP-KVQ-30, the sender's option): its tokens come back
+    // unchanged, after the codes of the others.
+    let params = QuantParams {
+        residual: 6,
+        ..QuantParams::INT8_CHANNEL
+    };
+    let q = encode_ext(&kv, &params, 0, None).unwrap();
+    let ext = KvExt::parse(&q).unwrap();
+    let (groups, vgroups) = (2 * 64, 2 * 64);
+    assert_eq!(ext.header.part_scales(KvPart::Key), Some(groups));
+    assert_eq!(ext.header.part_scales(KvPart::Value), Some(vgroups));
+    let section = groups as usize * 2 + 2 * 64 * 64 + 2 * 6 * 64 * 2;
+    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * 2 * section);
+    let out = ext.dequantize().unwrap();
+    let deq = KvCache::parse(&out).unwrap();
+    let deq = deq.layer(1).unwrap();
+    let kd: Vec<f32> = deq.key.iter_f32().collect();
+    let vd: Vec<f32> = deq.value.iter_f32().collect();
     for h in 0..2 {
         for s in 64..70 {
             for c in 0..64 {
@@ -775,8 +801,8 @@ fn avp_kvq_30_int8_channel_parameters_give_typed_errors() {
     );
     assert_eq!(
         edit(&|p| set_u32(p, 32, 2)),
-        ErrorKind::BadGroupSize,
-        "33 quantized tokens"
+        ErrorKind::ScaleCountMismatch,
+        "33 quantized tokens: two key groups a channel, not one"
     );
     assert_eq!(
         edit(&|p| set_u32(p, 32, 36)),
@@ -801,15 +827,16 @@ fn avp_kvq_30_int8_channel_parameters_give_typed_errors() {
             ErrorKind::Inconsistent
         );
     }
-    // The sender's side: no leftover residual, NaN in either part, an overflowing scale.
+    // The sender's side: no residual is needed (a last key group of 3
+    // tokens); NaN in either part and an overflowing scale are refused.
     let no_residual = QuantParams {
         residual: 0,
         ..params
     };
-    assert_eq!(
-        encode_ext(&kv, &no_residual, 0, None).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
+    let short_group = encode_ext(&kv, &no_residual, 0, None).unwrap();
+    let ext = KvExt::parse(&short_group).unwrap();
+    assert_eq!(ext.header.scales_per_tensor, 2 * 2 * 64);
+    assert!(ext.dequantize().is_ok());
     for at in [KV_HEADER + 2 * 64, KV_HEADER + 34 * 64 * 2] {
         let mut nan = raw.clone();
         nan[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
@@ -847,7 +874,7 @@ fn int8_channel_truncations_and_deltas() {
         ..QuantParams::INT8_CHANNEL
     }
     .with_leftover_residual(40 - 7);
-    assert_eq!(params.residual, 1);
+    assert_eq!(params.residual, 0, "33 tokens: a last key group of 1");
     let address = prefix_address(&kv, 7, "m").unwrap();
     let p = encode_ext(&kv, &params, 7, Some(&address)).unwrap();
     let ext = KvExt::parse(&p).unwrap();
@@ -870,30 +897,21 @@ fn int8_channel_truncations_and_deltas() {
 }
 
 #[test]
-fn avp_kvq_30_int8_channel_group_fitted_to_the_context() {
-    // The sender's choice: the smallest section among g | head_dim, g <= 64.
-    let fit = |d, t| {
-        let p = QuantParams::int8_channel_for(d, t, KvDtype::Float16);
+fn avp_kvq_30_int8_channel_group_fitted_to_the_head() {
+    // The sender's choice: the largest g | head_dim up to 64, no residual.
+    let fit = |d| {
+        let p = QuantParams::int8_channel_for(d);
         (p.group_size, p.residual, p.scale_dtype)
     };
-    assert_eq!(fit(64, 512), (64, 0, ScaleDtype::F16));
-    assert_eq!(
-        fit(64, 300),
-        (32, 12, ScaleDtype::F16),
-        "44 residual at g 64 cost more"
-    );
-    assert_eq!(
-        fit(128, 1000),
-        (64, 40, ScaleDtype::F16),
-        "a tie with 32: the larger"
-    );
-    assert_eq!(fit(12, 7), (6, 1, ScaleDtype::F16));
-    assert_eq!(fit(16, 40), (8, 0, ScaleDtype::F16));
-    // Whatever it picks quantizes.
-    for (d, t) in [(12u32, 7u32), (16, 45), (64, 3), (8, 0)] {
+    assert_eq!(fit(64), (64, 0, ScaleDtype::F16));
+    assert_eq!(fit(128), (64, 0, ScaleDtype::F16));
+    assert_eq!(fit(96), (48, 0, ScaleDtype::F16));
+    assert_eq!(fit(12), (12, 0, ScaleDtype::F16));
+    // Whatever it picks quantizes, at any length.
+    for (d, t) in [(12u32, 7u32), (16, 45), (64, 3), (8, 0), (64, 65)] {
         let raw = kv_payload(1, 1, d, t, KvDtype::Float16);
         let kv = KvCache::parse(&raw).unwrap();
-        let params = QuantParams::int8_channel_for(d, t, KvDtype::Float16);
+        let params = QuantParams::int8_channel_for(d);
         let q = encode_ext(&kv, &params, 0, None).unwrap();
         KvExt::parse(&q).unwrap().dequantize().unwrap();
     }
@@ -951,8 +969,7 @@ mod int8_channel_properties {
                 residual: extra_residual.min(seq),
                 scale_dtype: if f16_scales { ScaleDtype::F16 } else { ScaleDtype::F32 },
                 ..QuantParams::INT8_CHANNEL
-            }
-            .with_leftover_residual(seq);
+            };
             let raw = context(heads, dim, seq, &values);
             let kv = KvCache::parse(&raw).unwrap();
             let q = encode_ext(&kv, &params, 0, None).unwrap();
@@ -976,8 +993,9 @@ mod int8_channel_properties {
                             }
                             // The element's group (AVP-KVQ-31) and its amax.
                             let amax = if key {
+                                // The last group of a channel is shorter when g does not divide tq.
                                 let s0 = s / g * g;
-                                (s0..s0 + g).map(|u| x[at(h, u, c)].abs()).fold(0f32, f32::max)
+                                (s0..(s0 + g).min(tq)).map(|u| x[at(h, u, c)].abs()).fold(0f32, f32::max)
                             } else {
                                 let c0 = c / g * g;
                                 (c0..c0 + g).map(|u| x[at(h, s, u)].abs()).fold(0f32, f32::max)

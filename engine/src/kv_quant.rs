@@ -39,8 +39,9 @@ const INT4_GROUP: usize = 32;
 /// minimums, the `seq_len mod 32` most recent tokens kept as residual. An
 /// int4 cache whose `head_dim` is not a multiple of 32 cannot be quantized
 /// (values are grouped along it): `InvalidArgument`. int8-channel takes the
-/// codec's fitted group (`QuantParams::int8_channel_for`, sized for a 16-bit
-/// context) with binary16 scales and the leftover tokens as residual.
+/// codec's `QuantParams::int8_channel_for` (the largest divisor of
+/// `head_dim` up to 64, binary16 scales, no residual: the last key group of
+/// a channel is shorter when the group does not divide `seq_len`).
 pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<QuantParams> {
     match scheme {
         KvScheme::Int8 => {
@@ -70,11 +71,7 @@ pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<Q
                 ..QuantParams::INT4
             })
         }
-        KvScheme::Int8Channel => Ok(QuantParams::int8_channel_for(
-            u32_of(head_dim, "head_dim")?,
-            u32_of(seq_len, "seq_len")?,
-            avp_codec::kv::KvDtype::Float16,
-        )),
+        KvScheme::Int8Channel => Ok(QuantParams::int8_channel_for(u32_of(head_dim, "head_dim")?)),
         _ => Ok(QuantParams::NONE),
     }
 }

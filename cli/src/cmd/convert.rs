@@ -40,11 +40,11 @@ pub(crate) struct ConvertArgs {
     #[arg(long, value_enum, value_name = "SCHEME", conflicts_with_all = ["kv_dtype", "base"])]
     kv_quant: Option<QuantArg>,
     /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 64 where it divides head_dim, else 32),
-    /// int8-channel 1..=64 dividing head_dim (default: the one that makes the payload smallest).
+    /// int8-channel 1..=64 dividing head_dim (default: the largest).
     #[arg(long, value_name = "G", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     group_size: Option<u32>,
-    /// int4, int8-channel: the most recent tokens kept unquantized (default 0); the tokens that do not
-    /// fill a last group are added to it (AVP-KVQ-4).
+    /// int4, int8-channel: the most recent tokens kept unquantized (default 0); int4 adds the tokens
+    /// that do not fill a last group (AVP-KVQ-4), int8-channel quantizes them in a shorter group.
     #[arg(long, value_name = "R", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     residual: Option<u32>,
     /// Element type of scales and minimums (default: f32 for int8, f16 for int4 and int8-channel).
@@ -120,14 +120,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// The quantization parameters for a context of `tokens` carried positions:
 /// the scheme's defaults (kv-quant.md), overridden by the options; int4's
-/// residual grows by the tokens that do not fill a last group (AVP-KVQ-4,
-/// AVP-KVQ-30 for int8-channel).
+/// residual grows by the tokens that do not fill a last group (AVP-KVQ-4).
 fn quant_params(
     args: &ConvertArgs,
     scheme: QuantArg,
     tokens: u32,
     head_dim: u32,
-    dtype: KvDtype,
 ) -> Result<QuantParams, Stop> {
     let scheme = match scheme {
         QuantArg::Int8 => KvScheme::Int8,
@@ -140,11 +138,9 @@ fn quant_params(
     if scheme == KvScheme::Int4 && head_dim % 64 == 0 {
         params.group_size = 64;
     }
-    // AVP-CLI-110: int8-channel defaults to the group that makes this context's payload
-    // smallest (the residual it leaves against the scales it needs).
+    // AVP-CLI-110: int8-channel defaults to the largest group dividing head_dim (up to 64).
     if scheme == KvScheme::Int8Channel {
-        let quantized = tokens.saturating_sub(args.residual.unwrap_or(0));
-        params.group_size = QuantParams::int8_channel_for(head_dim, quantized, dtype).group_size;
+        params.group_size = QuantParams::int8_channel_for(head_dim).group_size;
     }
     if let Some(g) = args.group_size {
         params.group_size = g;
@@ -171,11 +167,10 @@ fn quant_params(
             format!("--residual {residual} exceeds the {tokens} positions carried"),
         ));
     }
-    let leftover = (tokens - residual)
-        .checked_rem(params.group_size)
-        .unwrap_or(0);
-    params.residual = residual.saturating_add(leftover);
-    Ok(params)
+    // int4 keeps the tokens that do not fill a last key group as residual (AVP-KVQ-4);
+    // int8-channel's last key group is shorter instead (AVP-KVQ-31).
+    params.residual = residual;
+    Ok(params.with_leftover_residual(tokens))
 }
 
 /// The output metadata: the input's, with the payload type, dtype and
@@ -276,7 +271,7 @@ fn convert(args: &ConvertArgs) -> Result<(Vec<u8>, Written), Stop> {
         written = done;
         Cow::Owned(delta)
     } else if let Some(q) = args.kv_quant {
-        let params = quant_params(args, q, h.seq_len, h.head_dim, h.dtype)?;
+        let params = quant_params(args, q, h.seq_len, h.head_dim)?;
         written = Written {
             payload_type: PayloadType::KvCacheExt,
             scheme: Some(params.scheme),
@@ -368,7 +363,7 @@ fn write_delta(
         ));
     }
     let params = match args.kv_quant {
-        Some(q) => quant_params(args, q, h.seq_len - p, h.head_dim, h.dtype)?,
+        Some(q) => quant_params(args, q, h.seq_len - p, h.head_dim)?,
         None => QuantParams::NONE,
     };
     let (address, delta) = split_delta(kv, p, hash, &params)?;

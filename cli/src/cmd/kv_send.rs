@@ -259,8 +259,7 @@ pub(crate) fn params_for(scheme: KvScheme, header: &KvHeader, start: u32) -> Qua
             params.residual = tokens % params.group_size.max(1);
         }
         KvScheme::Int8Channel => {
-            let tokens = header.seq_len.saturating_sub(start);
-            params = QuantParams::int8_channel_for(header.head_dim, tokens, header.dtype);
+            params = QuantParams::int8_channel_for(header.head_dim);
         }
         _ => {}
     }
