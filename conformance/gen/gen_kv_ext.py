@@ -161,27 +161,38 @@ def int4_tensor(x, g, sd, r, part, dtype):
 
 def int8ch_tensor(x, g, sd, r, part, dtype):
     """x: [H, t, D] float32, scheme 3 (AVP-KVQ-30..32): AVP-KVQ-5's arithmetic in int4's
-    grouping, the last r tokens kept in dtype -> (section bytes, dequantized float32)."""
+    grouping, the last key group of a channel shorter when g does not divide tq, the last r
+    tokens kept in dtype -> (section bytes, dequantized float32)."""
     h, t, d = x.shape
     tq = t - r
     xq = x[:, :tq, :]
-    if part == "key":   # per channel over g tokens: group (h, j, c)
-        grp = xq.reshape(h, tq // g, g, d).transpose(0, 1, 3, 2)    # [h, j, c, g]
-    else:               # per token over g channels: group (h, s, k)
-        grp = xq.reshape(h, tq, d // g, g)                          # [h, s, k, g]
-    amax = np.abs(grp).max(axis=-1) if grp.size else np.zeros(grp.shape[:-1], np.float32)
-    s = round_scale(amax.astype(np.float32) / np.float32(127), sd)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.rint(grp / s[..., None]).astype(np.float32)
-    q = np.where(s[..., None] == 0, np.float32(0), np.clip(q, -127, 127)).astype(np.int8)
-    deq_g = (q.astype(np.float32) * s[..., None]).astype(np.float32)
-    if part == "key":
-        q_full = q.transpose(0, 1, 3, 2).reshape(h, tq, d)
-        deq = deq_g.transpose(0, 1, 3, 2).reshape(h, tq, d)
-    else:
+    q_full = np.zeros((h, tq, d), np.int8)
+    deq = np.zeros((h, tq, d), np.float32)
+    scales = []
+    if part == "key":   # per channel over tokens [j*g, min((j+1)*g, tq)): scale (h, j, c)
+        for hi in range(h):
+            for j in range(-(-tq // g)):
+                blk = xq[hi, j * g:min((j + 1) * g, tq), :]              # [rows, D]
+                amax = np.abs(blk).max(axis=0).astype(np.float32)
+                s = round_scale(amax / np.float32(127), sd)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    q = np.rint(blk / s[None, :]).astype(np.float32)
+                q = np.where(s[None, :] == 0, np.float32(0), np.clip(q, -127, 127)).astype(np.int8)
+                q_full[hi, j * g:j * g + blk.shape[0], :] = q
+                deq[hi, j * g:j * g + blk.shape[0], :] = (q.astype(np.float32) * s[None, :]).astype(np.float32)
+                scales.append(s)
+    else:               # per token over g channels: scale (h, s, k)
+        grp = xq.reshape(h, tq, d // g, g)
+        amax = np.abs(grp).max(axis=-1) if grp.size else np.zeros(grp.shape[:-1], np.float32)
+        s = round_scale(amax.astype(np.float32) / np.float32(127), sd)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.rint(grp / s[..., None]).astype(np.float32)
+        q = np.where(s[..., None] == 0, np.float32(0), np.clip(q, -127, 127)).astype(np.int8)
         q_full = q.reshape(h, tq, d)
-        deq = deq_g.reshape(h, tq, d)
-    section = scale_bytes(s.reshape(-1), sd) + q_full.tobytes() + store(x[:, tq:, :], dtype)
+        deq = (q.astype(np.float32) * s[..., None]).astype(np.float32).reshape(h, tq, d)
+        scales.append(s.reshape(-1))
+    s_all = np.concatenate(scales).astype(np.float32) if scales else np.zeros(0, np.float32)
+    section = scale_bytes(s_all, sd) + q_full.tobytes() + store(x[:, tq:, :], dtype)
     return section, np.concatenate([deq, x[:, tq:, :]], axis=1)
 
 
@@ -193,7 +204,9 @@ def ext_payload(ctx, dtype, scheme, g=0, sd=0, r=0, p=0, model_hash=None, overri
         count = 0
     elif scheme == 1:
         count = heads * t * (dim // g)
-    else:   # int4 and int8-channel: H * tq * D / g
+    elif scheme == 3:   # int8-channel: the keys' H * ceil(tq / g) * D (AVP-KVQ-31)
+        count = heads * (-(-(t - r) // g)) * dim
+    else:   # int4: H * tq * D / g
         count = heads * (t - r) * dim // g
     fields = dict(magic=b"AVKX", version=1, scheme=scheme, dtype=dtype, sd=sd, layers=len(ctx),
                   heads=heads, dim=dim, p=p, n=n, g=g, r=r, count=count)
@@ -331,6 +344,16 @@ def main():
     p, o, _ = ext_payload(c10, BF16, 3, g=4, sd=0, r=0)
     valid("int8-channel", "bf16-g4-zero-channel", ch,
           "int8-channel, bfloat16 context, groups of 4, binary32 scales, a key group all zeros", p, o)
+    # 35 = 32 + 3: the last key group of each channel holds 3 tokens (AVP-KVQ-31).
+    p3s, o3s, _ = ext_payload(c9, F16, 3, g=32, sd=1, r=0)
+    valid("int8-channel", "f16-g32-last-group-3", ch,
+          "int8-channel, float16 context of 35 tokens with an outlier key channel, groups of 32: "
+          "the last key group of a channel has 3 tokens, no residual", p3s, o3s)
+    c13 = context(2, 2, 8, 11, F32, 13)
+    p, o, _ = ext_payload(c13, F32, 3, g=8, sd=0, r=2)
+    valid("int8-channel", "f32-g8-last-group-1-residual-2", ch,
+          "int8-channel, float32 context of 11 tokens, groups of 8, 2 residual tokens: the last key "
+          "group of a channel has 1 token", p, o)
     c11 = context(1, 2, 8, 5, F32, 11)
     p, o, _ = ext_payload(c11, F32, 3, g=8, sd=0, r=5)
     valid("int8-channel", "f32-all-residual", ch,
@@ -403,6 +426,13 @@ def main():
     encode_case("delta-int8-channel", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-32"],
                 "int8-channel delta from position 3 (32 tokens carried, groups of 16)",
                 c9, F16, pq3, 3, g=16, sd=0, p=3, model_hash=mh)
+    encode_case("int8-channel-f16-last-group-3", ["AVP-KVQ-30", "AVP-KVQ-31", "AVP-KVQ-32"],
+                "int8-channel of 35 tokens in groups of 32, no residual: a last key group of 3 tokens",
+                c9, F16, p3s, 3, g=32, sd=1, r=0)
+    pq5, _, _ = ext_payload(c9, F16, 3, g=16, sd=1, r=0, p=5, model_hash=mh)
+    encode_case("delta-int8-channel-last-group-14", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-31", "AVP-KVQ-32"],
+                "int8-channel delta from position 5 (30 tokens carried, groups of 16: a last key group of 14)",
+                c9, F16, pq5, 3, g=16, sd=1, p=5, model_hash=mh)
     encode_case("delta-none", ["AVP-KVD-1", "AVP-KVD-2"], "plain delta from position 5: address and tail",
                 c7, F16, pd, 0, p=5, model_hash=mh)
     encode_case("delta-int8", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-5"], "int8 delta from position 4",
@@ -435,8 +465,9 @@ def main():
         "bad_group_size")
     bad("refused", "int8-channel-group-48", g3, "int8-channel group size 48 does not divide head_dim 64",
         patch(p3, 28, "<I", 48), "bad_group_size")
-    bad("refused", "int8-channel-tokens-not-divisible", g3, "int8-channel residual 2: 33 quantized tokens",
-        patch(p3, 32, "<I", 2), "bad_group_size")
+    bad("refused", "int8-channel-residual-changes-key-groups", g3 + ["AVP-KVQ-31"],
+        "int8-channel residual 2: 33 quantized tokens need 2 key groups a channel (256 scales), "
+        "128 declared", patch(p3, 32, "<I", 2), "scale_count_mismatch")
     bad("refused", "int8-channel-residual-too-long", g3, "int8-channel residual 36 > 35 tokens",
         patch(p3, 32, "<I", 36), "inconsistent")
     bad("refused", "int8-channel-scale-count", g3 + ["AVP-KVQ-31"],
@@ -446,6 +477,21 @@ def main():
         p3[:-1], "truncated")
     bad("refused", "int8-channel-long", g3 + ["AVP-KVQ-31"], "int8-channel, one byte after the last layer",
         p3 + b"\0", "inconsistent")
+    kv_len = 256 * 2 + 2 * 35 * 64    # p3s: the K section of layer 0 (AVP-KVQ-31)
+    bad("refused", "int8-channel-last-group-value-count", g3 + ["AVP-KVQ-31"],
+        "int8-channel of 35 tokens in groups of 32 declares the values' 140 scales, not the keys' 256",
+        patch(p3s, 36, "<I", 140), "scale_count_mismatch")
+    bad("refused", "int8-channel-last-group-short", g3 + ["AVP-KVQ-31"],
+        "int8-channel with a short last key group, one byte missing", p3s[:-1], "truncated")
+    bad("refused", "int8-channel-last-group-long", g3 + ["AVP-KVQ-31"],
+        "int8-channel with a short last key group, one byte after the last layer", p3s + b"\0",
+        "inconsistent")
+    bad("refused", "int8-channel-last-group-nan-scale", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
+        "int8-channel, a NaN scale of a last (3-token) key group", patch(p3s, 40 + 2 * (64 + 5), "<H", 0x7E00),
+        "inconsistent")
+    bad("refused", "int8-channel-value-scale-negative", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
+        "int8-channel, a negative scale of the first V section, which starts after the longer K section",
+        patch(p3s, 40 + kv_len, "<H", 0xBC00), "inconsistent")
     bad("refused", "int8-channel-negative-scale", r + ["AVP-KVQ-32"], "int8-channel, a negative binary16 scale",
         patch(p3, 40, "<H", 0xBC00), "inconsistent")
     bad("refused", "int8-channel-inf-scale", r + ["AVP-KVQ-32"], "int8-channel, an infinite binary16 scale",
