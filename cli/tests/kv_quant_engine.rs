@@ -150,7 +150,7 @@ fn think_kv_quant_int8_decodes_and_generate_continues_from_it() {
 }
 
 /// AVP-CLI-110, AVP-ENG-28/29: think --kv-quant int8-channel writes a
-/// scheme-3 message with the engine's fitted group, and generate continues
+/// scheme-3 message with the engine's group (no residual), and generate continues
 /// from it as from the codec's dequantization of it.
 #[test]
 fn think_kv_quant_int8_channel_decodes_and_generate_continues_from_it() {
@@ -166,7 +166,10 @@ fn think_kv_quant_int8_channel_decodes_and_generate_continues_from_it() {
     let h = ext.header;
     assert_eq!(h.scheme, KvScheme::Int8Channel);
     assert_eq!(12 % h.group_size, 0, "a divisor of trained_b's head_dim");
-    assert_eq!(h.residual, h.seq_len % h.group_size);
+    assert_eq!(
+        h.residual, 0,
+        "a shorter last key group instead (AVP-KVQ-31)"
+    );
     let mut meta = msg.metadata.clone();
     meta.payload_type = PayloadType::KvCache;
     meta.compression = None;
