@@ -426,7 +426,11 @@ fn speed() {
             gb / wall
         );
     };
-    for p in [QuantParams::INT8, QuantParams::INT4] {
+    for p in [
+        QuantParams::INT8,
+        QuantParams::INT4,
+        QuantParams::INT8_CHANNEL,
+    ] {
         let (mut q, mut msg) = (Vec::new(), Vec::new());
         row(
             &format!("{} quantize + encode", p.scheme.name()),

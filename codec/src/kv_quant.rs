@@ -1387,20 +1387,24 @@ impl Quantizer {
         scratch.values.resize(g.saturating_mul(d), 0.0);
         for stored in self.heads(tensor) {
             let (quantized, residual) = stored.split_at(tq.saturating_mul(row).min(stored.len()));
-            for block in quantized.chunks(g.saturating_mul(row).max(1)) {
-                let n = block.len().checked_div(es).unwrap_or(0);
-                let values = scratch
-                    .values
-                    .get_mut(..n)
-                    .ok_or_else(|| internal("int8-channel blocks"))?;
-                widen_abs_max(self.store.dtype, block, values)?;
-                let values = &*values;
-                let codes = take(&mut code_out, n).ok_or_else(|| internal("int8-channel rows"))?;
-                match part {
-                    KvPart::Key => {
+            match part {
+                KvPart::Key => {
+                    for block in quantized.chunks(g.saturating_mul(row).max(1)) {
+                        let n = block.len().checked_div(es).unwrap_or(0);
+                        let values = scratch
+                            .values
+                            .get_mut(..n)
+                            .ok_or_else(|| internal("int8-channel blocks"))?;
                         // Per channel over the block's rows: amax, which becomes
                         // the stored scale in `hi`.
-                        channel_abs_max(values, d, &mut scratch.bits, &mut scratch.hi);
+                        widen_channel_abs_max(
+                            self.store.dtype,
+                            block,
+                            values,
+                            d,
+                            &mut scratch.bits,
+                            &mut scratch.hi,
+                        )?;
                         for hs in scratch.hi.iter_mut() {
                             *hs = stored_scale(sd, *hs / 127.0)?;
                         }
@@ -1409,23 +1413,32 @@ impl Quantizer {
                         for (slot, &sc) in slots.chunks_exact_mut(ss).zip(&scratch.hi) {
                             sd.put(sc, slot);
                         }
+                        let codes =
+                            take(&mut code_out, n).ok_or_else(|| internal("int8-channel rows"))?;
                         for (out, x) in codes
                             .chunks_exact_mut(d.max(1))
                             .zip(values.chunks_exact(d.max(1)))
                         {
-                            for ((q, &x), &sc) in out.iter_mut().zip(x).zip(&scratch.hi) {
-                                *q = int8_code(x, sc);
-                            }
+                            int8_channel_codes(x, &scratch.hi, out);
                         }
                     }
-                    KvPart::Value => {
-                        for (grp, codes) in values.chunks_exact(g).zip(codes.chunks_exact_mut(g)) {
-                            let sc = stored_scale(sd, abs_max(grp) / 127.0)?;
-                            let slot = take(&mut scale_out, ss)
-                                .ok_or_else(|| internal("int8-channel groups"))?;
-                            sd.put(sc, slot);
-                            int8_codes(grp, sc, codes);
-                        }
+                }
+                KvPart::Value => {
+                    // Per token over g channels: int8's loop (AVP-KVQ-5), the
+                    // group's amax found while widening it.
+                    let grp = scratch
+                        .values
+                        .get_mut(..g)
+                        .ok_or_else(|| internal("int8-channel groups"))?;
+                    for bytes in quantized.chunks_exact(g.saturating_mul(es).max(1)) {
+                        let amax = widen_abs_max(self.store.dtype, bytes, grp)?;
+                        let sc = stored_scale(sd, amax / 127.0)?;
+                        let slot = take(&mut scale_out, ss)
+                            .ok_or_else(|| internal("int8-channel groups"))?;
+                        sd.put(sc, slot);
+                        let codes =
+                            take(&mut code_out, g).ok_or_else(|| internal("int8-channel rows"))?;
+                        int8_codes(grp, sc, codes);
                     }
                 }
             }
@@ -1741,28 +1754,109 @@ fn channel_min_max(block: &[f32], d: usize, lo: &mut Vec<f32>, hi: &mut Vec<f32>
     }
 }
 
-/// The largest `|x|` of finite values, as the largest bit pattern without
-/// the sign (an integer maximum vectorises; a chain of `f32::max` does not).
-fn abs_max(values: &[f32]) -> f32 {
-    f32::from_bits(
-        values
-            .iter()
-            .fold(0u32, |a, x| a.max(x.to_bits() & 0x7fff_ffff)),
-    )
-}
-
-/// Per-channel largest `|x|` over the rows (of `d` finite values) of a block,
-/// into `amax` (bit patterns without the sign, as [`abs_max`]).
-fn channel_abs_max(block: &[f32], d: usize, bits: &mut Vec<u32>, amax: &mut Vec<f32>) {
+/// int8-channel keys (AVP-KVQ-31): widens a block of rows of `d` values
+/// into `dst` and sets `amax[c]` to channel `c`'s largest `|x|` over the
+/// block, in one pass over the source (the bit patterns without the sign
+/// compared: an integer maximum vectorises, a chain of `f32::max` does not);
+/// a non-finite value is refused as [`widen_abs_max`] does.
+fn widen_channel_abs_max(
+    dtype: KvDtype,
+    src: &[u8],
+    dst: &mut [f32],
+    d: usize,
+    bits: &mut Vec<u32>,
+    amax: &mut Vec<f32>,
+) -> Result<(), Error> {
     bits.clear();
     bits.resize(d, 0);
-    for row in block.chunks_exact(d.max(1)) {
-        for (m, x) in bits.iter_mut().zip(row) {
-            *m = (*m).max(x.to_bits() & 0x7fff_ffff);
+    // The magnitude bits from which a value is infinite or NaN.
+    let non_finite = match dtype {
+        KvDtype::Float16 => {
+            widen_channel_max_with(
+                src,
+                dst,
+                bits,
+                u16::from_le_bytes,
+                finite_f16_to_f32,
+                0x7fff,
+            );
+            0x7c00
         }
+        KvDtype::Bfloat16 => {
+            widen_channel_max_with(src, dst, bits, u16::from_le_bytes, bf16_to_f32, 0x7fff);
+            0x7f80
+        }
+        _ => {
+            widen_channel_max_with(
+                src,
+                dst,
+                bits,
+                u32::from_le_bytes,
+                f32::from_bits,
+                0x7fff_ffff,
+            );
+            0x7f80_0000
+        }
+    };
+    if bits.iter().any(|&b| b >= non_finite) {
+        widen_abs_max(dtype, src, dst)?; // refuses, naming the value
+        return Err(err(ErrorKind::Internal, "a non-finite key went unnamed"));
     }
     amax.clear();
-    amax.extend(bits.iter().map(|&b| f32::from_bits(b)));
+    amax.extend(bits.iter().map(|&b| match dtype {
+        // Finite magnitudes: the 16-bit patterns widen exactly.
+        KvDtype::Float16 => finite_f16_to_f32(b as u16),
+        KvDtype::Bfloat16 => bf16_to_f32(b as u16),
+        _ => f32::from_bits(b),
+    }));
+    Ok(())
+}
+
+/// Rows of `chan.len()` elements: bytes to bit patterns, bits to f32, and
+/// each channel's largest magnitude bits, in runs of 64 so each of the
+/// three simple loops vectorises (as [`widen_with`]).
+#[inline(always)]
+fn widen_channel_max_with<const N: usize, B: Copy + Default + Into<u32>>(
+    src: &[u8],
+    dst: &mut [f32],
+    chan: &mut [u32],
+    from_le: impl Fn([u8; N]) -> B,
+    to_f32: impl Fn(B) -> f32,
+    magnitude: u32,
+) {
+    const RUN: usize = 64;
+    let d = chan.len().max(1);
+    let mut bits = [B::default(); RUN];
+    for (out, bytes) in dst
+        .chunks_exact_mut(d)
+        .zip(src.chunks_exact(d.saturating_mul(N)))
+    {
+        for ((o, e), m) in out
+            .chunks_mut(RUN)
+            .zip(bytes.chunks(RUN.saturating_mul(N)))
+            .zip(chan.chunks_mut(RUN))
+        {
+            for (b, e) in bits.iter_mut().zip(e.chunks_exact(N)) {
+                if let Some(e) = e.first_chunk::<N>() {
+                    *b = from_le(*e);
+                }
+            }
+            for (o, &b) in o.iter_mut().zip(&bits) {
+                *o = to_f32(b);
+            }
+            for (m, &b) in m.iter_mut().zip(&bits) {
+                *m = (*m).max(b.into() & magnitude);
+            }
+        }
+    }
+}
+
+/// int8-channel codes of one key row: channel `c` has the stored scale
+/// `s[c]` (AVP-KVQ-5's arithmetic, 0 where the scale is 0).
+fn int8_channel_codes(values: &[f32], s: &[f32], codes: &mut [u8]) {
+    for ((q, &x), &s) in codes.iter_mut().zip(values).zip(s) {
+        *q = int8_code(x, s);
+    }
 }
 
 /// The first `n` bytes of `buf`, which keeps the rest.

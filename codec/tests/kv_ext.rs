@@ -1018,3 +1018,188 @@ mod int8_channel_properties {
         }
     }
 }
+
+/// AVP-KVQ-31/32 by the letter: one division per value, groups found by
+/// the index formulas, scales and codes written in order. The codec's
+/// quantizer (fused widening and per-channel maxima) must give these bytes.
+fn int8_channel_reference(kv: &KvCache<'_>, g: usize, sd: ScaleDtype, r: usize) -> Vec<u8> {
+    let h = kv.header;
+    let (heads, t, d) = (
+        h.num_kv_heads as usize,
+        h.seq_len as usize,
+        h.head_dim as usize,
+    );
+    let tq = t - r;
+    let gt = tq.div_ceil(g);
+    let es = h.dtype.element_type().size();
+    let round = |x: f32| match sd {
+        ScaleDtype::F16 => f16_to_f32(f32_to_f16(x)),
+        _ => x,
+    };
+    let put = |out: &mut Vec<u8>, s: f32| match sd {
+        ScaleDtype::F16 => out.extend_from_slice(&f32_to_f16(s).to_le_bytes()),
+        _ => out.extend_from_slice(&s.to_le_bytes()),
+    };
+    let code = |x: f32, s: f32| {
+        if s == 0.0 {
+            0u8
+        } else {
+            (x / s).round_ties_even().clamp(-127.0, 127.0) as i8 as u8
+        }
+    };
+    let header = KvExt::parse(
+        &encode_ext(
+            kv,
+            &QuantParams {
+                group_size: g as u32,
+                scale_dtype: sd,
+                residual: r as u32,
+                ..QuantParams::INT8_CHANNEL
+            },
+            0,
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .header;
+    let mut out = header.to_bytes().to_vec();
+    for layer in kv.layers() {
+        for (key, tensor) in [(true, layer.key), (false, layer.value)] {
+            let x: Vec<f32> = tensor.iter_f32().collect();
+            let at = |hh: usize, s: usize, c: usize| (hh * t + s) * d + c;
+            let mut scales = vec![
+                0f32;
+                if key {
+                    heads * gt * d
+                } else {
+                    heads * tq * d / g
+                }
+            ];
+            for hh in 0..heads {
+                for s in 0..tq {
+                    for c in 0..d {
+                        let (i, amax) = if key {
+                            let s0 = s / g * g;
+                            let amax = (s0..(s0 + g).min(tq))
+                                .fold(0f32, |a, u| a.max(x[at(hh, u, c)].abs()));
+                            ((hh * gt + s / g) * d + c, amax)
+                        } else {
+                            let c0 = c / g * g;
+                            let amax = (c0..c0 + g).fold(0f32, |a, u| a.max(x[at(hh, s, u)].abs()));
+                            ((hh * tq + s) * (d / g) + c / g, amax)
+                        };
+                        scales[i] = round(amax / 127.0);
+                    }
+                }
+            }
+            for &s in &scales {
+                put(&mut out, s);
+            }
+            for hh in 0..heads {
+                for s in 0..tq {
+                    for c in 0..d {
+                        let i = if key {
+                            (hh * gt + s / g) * d + c
+                        } else {
+                            (hh * tq + s) * (d / g) + c / g
+                        };
+                        out.push(code(x[at(hh, s, c)], scales[i]));
+                    }
+                }
+            }
+            let bytes = tensor.bytes();
+            for hh in 0..heads {
+                out.extend_from_slice(&bytes[at(hh, tq, 0) * es..at(hh, t, 0) * es]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn avp_kvq_32_int8_channel_quantizer_equals_the_per_value_reference() {
+    // Every dtype, both scale dtypes, lengths the group does not divide, a
+    // residual, a head_dim over one run of 64 and a tiny scale (binary16
+    // rounds it to 0: codes 0) in one key channel.
+    for dtype in [KvDtype::Float16, KvDtype::Bfloat16, KvDtype::Float32] {
+        for (dim, seq, g, r) in [
+            (128u32, 70u32, 64usize, 0usize),
+            (12, 11, 4, 2),
+            (64, 33, 32, 0),
+            (8, 5, 8, 0),
+        ] {
+            let mut raw = kv_payload(2, 2, dim, seq, dtype);
+            let es = dtype.element_type().size();
+            let tiny: Vec<u8> = match dtype {
+                KvDtype::Float16 => 1u16.to_le_bytes().to_vec(),
+                KvDtype::Bfloat16 => f32_to_bf16(1e-30).to_le_bytes().to_vec(),
+                _ => 1e-30f32.to_le_bytes().to_vec(),
+            };
+            for s in 0..seq as usize {
+                let at = 17 + (s * dim as usize + 1) * es; // head 0, channel 1 of layer 0's keys
+                raw[at..at + es].copy_from_slice(&tiny);
+            }
+            let kv = KvCache::parse(&raw).unwrap();
+            for sd in [ScaleDtype::F16, ScaleDtype::F32] {
+                let params = QuantParams {
+                    group_size: g as u32,
+                    scale_dtype: sd,
+                    residual: r as u32,
+                    ..QuantParams::INT8_CHANNEL
+                };
+                let got = encode_ext(&kv, &params, 0, None).unwrap();
+                let want = int8_channel_reference(&kv, g, sd, r);
+                assert!(got == want, "{dtype:?} d {dim} t {seq} g {g} r {r} {sd:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn avp_kvq_32_int8_channel_refuses_a_non_finite_value_in_a_short_last_key_group() {
+    // The fused key widening refuses infinity and NaN wherever they are,
+    // naming the value (AVP-KVQ-32 refers to AVP-KVQ-5's refusals).
+    for dtype in [KvDtype::Float16, KvDtype::Bfloat16, KvDtype::Float32] {
+        let raw = kv_payload(1, 1, 64, 35, dtype);
+        let es = dtype.element_type().size();
+        let bad: [(Vec<u8>, &str); 2] = match dtype {
+            KvDtype::Float16 => [
+                (0x7c00u16.to_le_bytes().to_vec(), "inf"),
+                (0x7e00u16.to_le_bytes().to_vec(), "NaN"),
+            ],
+            KvDtype::Bfloat16 => [
+                (0x7f80u16.to_le_bytes().to_vec(), "inf"),
+                (0x7fc0u16.to_le_bytes().to_vec(), "NaN"),
+            ],
+            _ => [
+                (f32::INFINITY.to_le_bytes().to_vec(), "inf"),
+                (f32::NAN.to_le_bytes().to_vec(), "NaN"),
+            ],
+        };
+        for (bytes, name) in bad {
+            for token in [0usize, 33] {
+                let mut p = raw.clone();
+                let at = 17 + (token * 64 + 9) * es;
+                p[at..at + es].copy_from_slice(&bytes);
+                let kv = KvCache::parse(&p).unwrap();
+                let e = encode_ext(
+                    &kv,
+                    &QuantParams {
+                        group_size: 32,
+                        ..QuantParams::INT8_CHANNEL
+                    },
+                    0,
+                    None,
+                )
+                .unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::InvalidArgument,
+                    "{dtype:?} {name} at {token}"
+                );
+                assert!(e.message().contains(name), "{dtype:?}: {}", e.message());
+            }
+        }
+    }
+}
