@@ -1274,7 +1274,9 @@ struct Scratch {
     /// Quantized values of one row, before int4 packing.
     codes: Vec<u8>,
     /// int8-channel keys: per-channel largest `|x|` bits of a block.
-    bits: Vec<u32>,
+    maxima: ChannelMaxima,
+    /// int8-channel keys: the channels of a block whose stored scale is 0.
+    zero_channels: Vec<usize>,
 }
 
 fn internal(what: &str) -> Error {
@@ -1402,11 +1404,15 @@ impl Quantizer {
                             block,
                             values,
                             d,
-                            &mut scratch.bits,
+                            &mut scratch.maxima,
                             &mut scratch.hi,
                         )?;
-                        for hs in scratch.hi.iter_mut() {
+                        scratch.zero_channels.clear();
+                        for (c, hs) in scratch.hi.iter_mut().enumerate() {
                             *hs = stored_scale(sd, *hs / 127.0)?;
+                            if *hs == 0.0 {
+                                scratch.zero_channels.push(c);
+                            }
                         }
                         let slots = take(&mut scale_out, d.saturating_mul(ss))
                             .ok_or_else(|| internal("int8-channel groups"))?;
@@ -1419,7 +1425,7 @@ impl Quantizer {
                             .chunks_exact_mut(d.max(1))
                             .zip(values.chunks_exact(d.max(1)))
                         {
-                            int8_channel_codes(x, &scratch.hi, out);
+                            int8_channel_codes(x, &scratch.hi, &scratch.zero_channels, out);
                         }
                     }
                 }
@@ -1764,65 +1770,76 @@ fn widen_channel_abs_max(
     src: &[u8],
     dst: &mut [f32],
     d: usize,
-    bits: &mut Vec<u32>,
+    maxima: &mut ChannelMaxima,
     amax: &mut Vec<f32>,
 ) -> Result<(), Error> {
-    bits.clear();
-    bits.resize(d, 0);
-    // The magnitude bits from which a value is infinite or NaN.
-    let non_finite = match dtype {
+    amax.clear();
+    // Each arm: the maxima, then whether one is infinite or NaN (refused
+    // below), then the maxima widened (finite 16-bit patterns widen exactly).
+    let finite = match dtype {
         KvDtype::Float16 => {
-            widen_channel_max_with(
-                src,
-                dst,
-                bits,
-                u16::from_le_bytes,
-                finite_f16_to_f32,
-                0x7fff,
-            );
-            0x7c00
+            let m = maxima.reset_half(d);
+            widen_channel_max_with(src, dst, m, u16::from_le_bytes, finite_f16_to_f32, |b| {
+                b & 0x7fff
+            });
+            amax.extend(m.iter().map(|&b| finite_f16_to_f32(b)));
+            m.iter().all(|&b| b < 0x7c00)
         }
         KvDtype::Bfloat16 => {
-            widen_channel_max_with(src, dst, bits, u16::from_le_bytes, bf16_to_f32, 0x7fff);
-            0x7f80
+            let m = maxima.reset_half(d);
+            widen_channel_max_with(src, dst, m, u16::from_le_bytes, bf16_to_f32, |b| b & 0x7fff);
+            amax.extend(m.iter().map(|&b| bf16_to_f32(b)));
+            m.iter().all(|&b| b < 0x7f80)
         }
         _ => {
-            widen_channel_max_with(
-                src,
-                dst,
-                bits,
-                u32::from_le_bytes,
-                f32::from_bits,
-                0x7fff_ffff,
-            );
-            0x7f80_0000
+            let m = maxima.reset_word(d);
+            widen_channel_max_with(src, dst, m, u32::from_le_bytes, f32::from_bits, |b| {
+                b & 0x7fff_ffff
+            });
+            amax.extend(m.iter().map(|&b| f32::from_bits(b)));
+            m.iter().all(|&b| b < 0x7f80_0000)
         }
     };
-    if bits.iter().any(|&b| b >= non_finite) {
+    if !finite {
         widen_abs_max(dtype, src, dst)?; // refuses, naming the value
         return Err(err(ErrorKind::Internal, "a non-finite key went unnamed"));
     }
-    amax.clear();
-    amax.extend(bits.iter().map(|&b| match dtype {
-        // Finite magnitudes: the 16-bit patterns widen exactly.
-        KvDtype::Float16 => finite_f16_to_f32(b as u16),
-        KvDtype::Bfloat16 => bf16_to_f32(b as u16),
-        _ => f32::from_bits(b),
-    }));
     Ok(())
+}
+
+/// Per-channel largest magnitude bits of a key block, in the width of the
+/// context's dtype (16-bit maxima: twice the lanes of 32-bit ones).
+#[derive(Default)]
+struct ChannelMaxima {
+    half: Vec<u16>,
+    word: Vec<u32>,
+}
+
+impl ChannelMaxima {
+    fn reset_half(&mut self, d: usize) -> &mut [u16] {
+        self.half.clear();
+        self.half.resize(d, 0);
+        &mut self.half
+    }
+
+    fn reset_word(&mut self, d: usize) -> &mut [u32] {
+        self.word.clear();
+        self.word.resize(d, 0);
+        &mut self.word
+    }
 }
 
 /// Rows of `chan.len()` elements: bytes to bit patterns, bits to f32, and
 /// each channel's largest magnitude bits, in runs of 64 so each of the
 /// three simple loops vectorises (as [`widen_with`]).
 #[inline(always)]
-fn widen_channel_max_with<const N: usize, B: Copy + Default + Into<u32>>(
+fn widen_channel_max_with<const N: usize, B: Copy + Default + Ord>(
     src: &[u8],
     dst: &mut [f32],
-    chan: &mut [u32],
+    chan: &mut [B],
     from_le: impl Fn([u8; N]) -> B,
     to_f32: impl Fn(B) -> f32,
-    magnitude: u32,
+    magnitude: impl Fn(B) -> B,
 ) {
     const RUN: usize = 64;
     let d = chan.len().max(1);
@@ -1845,17 +1862,24 @@ fn widen_channel_max_with<const N: usize, B: Copy + Default + Into<u32>>(
                 *o = to_f32(b);
             }
             for (m, &b) in m.iter_mut().zip(&bits) {
-                *m = (*m).max(b.into() & magnitude);
+                *m = (*m).max(magnitude(b));
             }
         }
     }
 }
 
 /// int8-channel codes of one key row: channel `c` has the stored scale
-/// `s[c]` (AVP-KVQ-5's arithmetic, 0 where the scale is 0).
-fn int8_channel_codes(values: &[f32], s: &[f32], codes: &mut [u8]) {
+/// `s[c]` (AVP-KVQ-5's arithmetic). The channels whose scale is 0 (listed
+/// in `zero`, usually none) get 0 afterwards, so the loop has no select.
+fn int8_channel_codes(values: &[f32], s: &[f32], zero: &[usize], codes: &mut [u8]) {
     for ((q, &x), &s) in codes.iter_mut().zip(values).zip(s) {
-        *q = int8_code(x, s);
+        // The low byte of the rounded sum's bits is the two's complement code.
+        *q = ((x / s).clamp(-127.0, 127.0) + ROUNDER).to_bits() as u8;
+    }
+    for &c in zero {
+        if let Some(q) = codes.get_mut(c) {
+            *q = 0;
+        }
     }
 }
 
@@ -1922,13 +1946,6 @@ fn int8_codes(values: &[f32], s: f32, codes: &mut [u8]) {
         // The low byte of the rounded sum's bits is the two's complement code.
         *q = ((x / s).clamp(-127.0, 127.0) + ROUNDER).to_bits() as u8;
     }
-}
-
-/// int8 code of `x` with stored scale `s` (AVP-KVQ-5), 0 when `s` is 0.
-#[inline(always)]
-fn int8_code(x: f32, s: f32) -> u8 {
-    let code = ((x / s).clamp(-127.0, 127.0) + ROUNDER).to_bits() as u8;
-    if s == 0.0 { 0 } else { code }
 }
 
 /// int4 code of `x` with stored scale `s` and minimum `m` (AVP-KVQ-6).
