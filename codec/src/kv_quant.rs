@@ -337,8 +337,12 @@ impl KvExtHeader {
             // Keys: H x (tq/g) x D groups; values: H x tq x (D/g): equal when g divides both.
             KvScheme::Int4 => h.checked_mul(tq)?.checked_mul(d)?.checked_div(g),
             KvScheme::Int8Channel => match part {
+                // ceil(tq / g) groups a channel, the last one shorter (AVP-KVQ-31).
                 KvPart::Key => h
-                    .checked_mul(tq.checked_div(g)? + u64::from(tq % g != 0))?
+                    .checked_mul(
+                        tq.checked_div(g)?
+                            .checked_add(u64::from(tq.checked_rem(g)? != 0))?,
+                    )?
                     .checked_mul(d),
                 KvPart::Value => h.checked_mul(tq)?.checked_mul(d.checked_div(g)?),
             },
