@@ -489,7 +489,7 @@ def main():
     bad("refused", "int8-channel-last-group-nan-scale", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
         "int8-channel, a NaN scale of a last (3-token) key group", patch(p3s, 40 + 2 * (64 + 5), "<H", 0x7E00),
         "inconsistent")
-    bad("refused", "int8-channel-value-scale-negative", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
+    bad("refused", "int8-channel-value-negative-scale", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
         "int8-channel, a negative scale of the first V section, which starts after the longer K section",
         patch(p3s, 40 + kv_len, "<H", 0xBC00), "inconsistent")
     bad("refused", "int8-channel-negative-scale", r + ["AVP-KVQ-32"], "int8-channel, a negative binary16 scale",
