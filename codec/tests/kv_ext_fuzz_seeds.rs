@@ -30,6 +30,8 @@ fn kv_ext_seeds_are_valid_payloads_of_every_scheme() {
         "int4_residual",
         "delta_bf16",
         "int8_channel_bf16",
+        // AVP-KVQ-31: K and V sections of different sizes (a last key group of 1 token).
+        "int8_channel_short_last_group",
     ] {
         let bytes = std::fs::read(dir.join(name)).unwrap();
         let ext = KvExt::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
