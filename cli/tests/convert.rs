@@ -149,7 +149,13 @@ fn cli_20_kv_quant_int8_and_int4_then_kv_dtype_gives_what_the_sdk_reads() {
     let dir = Scratch::new("convert", "quant");
     let full = context_file(&dir, "full.avp", 72, KvDtype::Float16);
     let original = kv_payload(2, 2, 64, 72, KvDtype::Float16);
-    for (scheme, bound, group, residual) in [("int8", 0.01, 64, 0), ("int4", 0.10, 64, 8)] {
+    // AVP-CLI-110: int8-channel's default group is the largest dividing head_dim (64 here),
+    // no residual: the 8 tokens over 64 form a shorter last key group.
+    for (scheme, bound, group, residual) in [
+        ("int8", 0.01, 64, 0),
+        ("int4", 0.10, 64, 8),
+        ("int8-channel", 0.01, 64, 0),
+    ] {
         let q = dir.path(&format!("{scheme}.avp"));
         let report = convert_ok(&[&full, &"-o", &q, &"--kv-quant", &scheme]);
         assert_eq!(report["payload_type"], "KV_CACHE_EXT");

@@ -149,6 +149,42 @@ fn think_kv_quant_int8_decodes_and_generate_continues_from_it() {
     );
 }
 
+/// AVP-CLI-110, AVP-ENG-28/29: think --kv-quant int8-channel writes a
+/// scheme-3 message with the engine's group (no residual), and generate continues
+/// from it as from the codec's dequantization of it.
+#[test]
+fn think_kv_quant_int8_channel_decodes_and_generate_continues_from_it() {
+    let dir = Scratch::new("kvq", "think8c");
+    let (quant, dequant) = (dir.path("q8c.avp"), dir.path("dq8c.avp"));
+    let report = think(&quant, Some("int8-channel"));
+    let stderr = String::from_utf8_lossy(&report.stderr);
+    assert!(stderr.contains("(int8-channel) written to"), "{stderr}");
+    let bytes = std::fs::read(&quant).unwrap();
+    let msg = avp_codec::decode(&bytes).unwrap();
+    assert_eq!(msg.metadata.payload_type, PayloadType::KvCacheExt);
+    let ext = KvExt::parse(&msg.payload).unwrap();
+    let h = ext.header;
+    assert_eq!(h.scheme, KvScheme::Int8Channel);
+    assert_eq!(12 % h.group_size, 0, "a divisor of trained_b's head_dim");
+    assert_eq!(
+        h.residual, 0,
+        "a shorter last key group instead (AVP-KVQ-31)"
+    );
+    let mut meta = msg.metadata.clone();
+    meta.payload_type = PayloadType::KvCache;
+    meta.compression = None;
+    meta.payload_checksum = None;
+    let floats = ext.dequantize().unwrap();
+    std::fs::write(
+        &dequant,
+        avp_codec::encode(&meta, &floats, Compression::None).unwrap(),
+    )
+    .unwrap();
+    let from_quantized = generate(&quant);
+    assert!(!from_quantized.trim().is_empty());
+    assert_eq!(from_quantized, generate(&dequant));
+}
+
 /// AVP-ENG-30: int4 on a head_dim of 12 is refused with the reason and
 /// writes nothing; --kv-quant with --to is refused by the parser (the peer
 /// must announce the scheme first, AVP-KVQ-1).

@@ -706,3 +706,60 @@ fn decode_file(bytes: &[u8]) -> Vec<u8> {
         .payload
         .into_owned()
 }
+
+/// AVP-CLI-110, AVP-HTTP-100/103: `avp send --kv-quant int8-channel` goes
+/// quantized only to a peer that announced `kv_quant_int8_channel` (`avp
+/// serve --kv-capabilities int8-channel`); to one that announced only int8
+/// nothing is sent (exit 3, naming the capability). The stored context is
+/// within int8's error; every token is quantized (no residual: the last key
+/// group of a channel is shorter, AVP-KVQ-31).
+#[test]
+fn cli_110_int8_channel_send_needs_its_capability() {
+    let scratch = Scratch::new("kvwire", "int8ch");
+    let file = scratch.path("ctx.avp");
+    kv_file(&file, 70);
+    let only_int8 = serve(&[
+        "--store",
+        s(&scratch.path("a")),
+        "--kv-capabilities",
+        "int8",
+    ]);
+    let out = send(&file, &only_int8.url, &["--kv-quant", "int8-channel"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kv_quant_int8_channel"),
+        "{}",
+        stderr(&out)
+    );
+
+    let store = scratch.path("b");
+    let server = serve(&["--store", s(&store), "--kv-capabilities", "int8-channel"]);
+    let out = send(&file, &server.url, &["--kv-quant", "int8-channel"]);
+    let answer = answer(&out);
+    assert_eq!(answer["kv_ext"]["scheme"], "int8-channel", "{answer}");
+    assert!(stderr(&out).contains("int8-channel context [0, 70)"));
+    // Groups of 64 over 70 tokens: 2 key groups a channel, 70 value groups a head, one
+    // byte a value (a float32 residual of the 6 leftover tokens would add 2 x 6 KiB).
+    let (h, d, t) = (HEADS as u64, DIM as u64, 70u64);
+    let key = 2 * (h * 2 * d) + h * t * d;
+    let value = 2 * (h * t) + h * t * d;
+    let payload = 40 + u64::from(LAYERS) * (key + value);
+    let received = answer["kv_ext"]["received_bytes"].as_u64().expect("bytes");
+    assert!(
+        (payload..payload + 4096).contains(&received),
+        "{received} bytes received, the payload is {payload}"
+    );
+    let bytes = stored(&store, &answer["request_id"]);
+    let message = decode_with(&bytes, &DecodeOptions::strict()).expect("plain AVP v1");
+    assert_eq!(message.metadata.payload_type, PayloadType::KvCache);
+    let want = kv_payload(70);
+    let got = KvCache::parse(&message.payload).expect("KV v1");
+    let (a, b) = (floats(&want[17..]), floats(&got_bytes(&got)));
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 0.02, "worst error {worst}");
+}

@@ -1,6 +1,6 @@
 //! Quantized and delta KV throughput on a 256 MiB float16 context (32 layers,
 //! 8 KV heads, head_dim 128, 2048 tokens): quantize+encode and
-//! decode+dequantize for int8 and int4 (targets: 2 GB/s on one core), and
+//! decode+dequantize for int8, int4 and int8-channel (targets: 2 GB/s on one core), and
 //! delta assembly of the second half onto the first (target: 5 GB/s).
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -49,7 +49,11 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(8))
         .warm_up_time(Duration::from_secs(1))
         .throughput(Throughput::Bytes(raw.len() as u64));
-    for (name, params) in [("int8", QuantParams::INT8), ("int4", QuantParams::INT4)] {
+    for (name, params) in [
+        ("int8", QuantParams::INT8),
+        ("int4", QuantParams::INT4),
+        ("int8-channel", QuantParams::INT8_CHANNEL),
+    ] {
         // Steady state of a sender: both buffers reused (a fresh 100+ MiB
         // buffer costs a page fault per 4 KiB, measured separately below).
         let (mut q, mut msg) = (Vec::new(), Vec::new());

@@ -123,6 +123,13 @@ fn int4(group: u32, scale_dtype: ScaleDtype) -> QuantParams {
     }
 }
 
+fn int8ch(group: u32) -> QuantParams {
+    QuantParams {
+        group_size: group,
+        ..QuantParams::INT8_CHANNEL
+    }
+}
+
 fn label(p: &QuantParams) -> String {
     let sd = match p.scale_dtype {
         ScaleDtype::F32 => "f32",
@@ -158,6 +165,8 @@ fn sizes() {
         int4(32, ScaleDtype::F16),
         int4(64, ScaleDtype::F16),
         int4(32, ScaleDtype::F32),
+        int8ch(64),
+        int8ch(32),
     ] {
         let q = encode_ext(&kv, &p, 0, None).unwrap();
         let z = message(&q, true, Compression::Balanced);
@@ -167,6 +176,51 @@ fn sizes() {
             q.len(),
             q.len() as f64 / raw.len() as f64,
             z as f64 / base_msg as f64
+        );
+    }
+    println!();
+}
+
+/// int8-channel's size on a context of a real model's shape at lengths a
+/// handoff meets: the last key group of a channel takes the tokens left
+/// over (AVP-KVQ-31), against keeping them as a float16 residual.
+fn realistic_sizes() {
+    println!("### int8-channel on a realistic context: size at any length");
+    println!();
+    println!("Qwen2.5-0.5B's KV shape (24 layers x 2 KV heads x head_dim 64), float16, synthetic");
+    println!("values as above. \"int8-channel\": `QuantParams::int8_channel_for(64)` (g = 64, no");
+    println!(
+        "residual; the last key group of a channel is shorter when 64 does not divide the length)."
+    );
+    println!(
+        "\"leftover residual\": g = 64 with the `t mod 64` leftover tokens kept in float16 instead"
+    );
+    println!("(still valid, AVP-KVQ-30). Payload bytes against the float16 KV v1 payload.");
+    println!();
+    println!(
+        "| tokens | int8 g=64 f32 | int8-channel | x float16 | leftover residual r | x float16 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for seq in [
+        1, 64, 100, 128, 200, 256, 300, 320, 384, 450, 500, 512, 1000, 1024, 2048,
+    ] {
+        let raw = synthetic(24, 2, 64, seq, &OUTLIERS);
+        let kv = KvCache::parse(&raw).unwrap();
+        let ratio =
+            |p: &QuantParams| encode_ext(&kv, p, 0, None).unwrap().len() as f64 / raw.len() as f64;
+        let fitted = QuantParams::int8_channel_for(64);
+        let leftover = QuantParams {
+            residual: seq % 64,
+            ..int8ch(64)
+        };
+        println!(
+            "| {seq} | {:.3} | g {}, r {} | {:.3} | {} | {:.3} |",
+            ratio(&int8(64)),
+            fitted.group_size,
+            fitted.residual,
+            ratio(&fitted),
+            leftover.residual,
+            ratio(&leftover)
         );
     }
     println!();
@@ -189,7 +243,8 @@ fn synthetic_errors() {
     );
     println!("of every head are 10, 20, 35 and 50 times the others (plus a per-channel offset);");
     println!("values N(0,1) times a per-token scale. int8 groups along head_dim per token");
-    println!("(AVP-KVQ-5); int4 keys per channel over g tokens (AVP-KVQ-6, KIVI). \"int4 keys per");
+    println!("(AVP-KVQ-5); int4 and int8-channel (AVP-KVQ-30..32) group keys per channel over g");
+    println!("tokens and values per token (KIVI). \"int4 keys per");
     println!(
         "token\" quantizes the keys the way int4 quantizes values (per token over g channels),"
     );
@@ -210,11 +265,15 @@ fn synthetic_errors() {
     }
     println!(" no outliers, layer 0 |");
     println!("|---|---|{}---:|", "---:|".repeat(layers));
-    let rows: [(QuantParams, &str, bool, bool); 10] = [
+    let rows: [(QuantParams, &str, bool, bool); 14] = [
         (int8(64), "K, per token (64 channels)", false, false),
         (int8(32), "K, per token (32 channels)", false, false),
         (int8(16), "K, per token (16 channels)", false, false),
         (int8(64), "V, per token (64 channels)", true, false),
+        (int8ch(64), "K, per channel (64 tokens)", false, false),
+        (int8ch(32), "K, per channel (32 tokens)", false, false),
+        (int8ch(64), "K, per token (64 channels)", true, true),
+        (int8ch(64), "V, per token (64 channels)", true, false),
         (
             int4(32, ScaleDtype::F16),
             "K, per channel (32 tokens)",
@@ -288,10 +347,14 @@ fn fixture_errors() {
         "float32; tiny models, `trained` is the trained one). int8 with g = head_dim (<= 64, f32"
     );
     println!("scales). int4 needs g = 32 or 64 dividing head_dim (AVP-KVQ-4): these models have");
-    println!("head_dim 8 to 16, so int4 does not apply to them.");
+    println!("head_dim 8 to 16, so int4 does not apply to them. int8-channel with the fitted");
+    println!("parameters (`QuantParams::int8_channel_for(head_dim)`: g = head_dim up to 64, no");
+    println!("residual: every token is quantized).");
     println!();
-    println!("| fixture | layers x heads x head_dim x tokens | layer | int8 K | int8 V |");
-    println!("|---|---|---:|---:|---:|");
+    println!(
+        "| fixture | layers x heads x head_dim x tokens | layer | int8 K | int8 V | int8-channel g, r | int8-channel K | int8-channel V |"
+    );
+    println!("|---|---|---:|---:|---:|---|---:|---:|");
     for path in FIXTURES {
         let bytes = std::fs::read(path)
             .unwrap_or_else(|e| panic!("{path}: {e} (run from the repository root)"));
@@ -300,15 +363,21 @@ fn fixture_errors() {
         let h = kv.header;
         let p = int8(h.head_dim.min(64));
         let name = path.trim_start_matches("engine/testdata/expected/");
-        for (l, e) in errors(&kv, &p).iter().enumerate() {
+        let ch = QuantParams::int8_channel_for(h.head_dim);
+        let ch_errors = errors(&kv, &ch);
+        for (l, (e, c)) in errors(&kv, &p).iter().zip(&ch_errors).enumerate() {
             println!(
-                "| {name} | {} x {} x {} x {} | {l} | {} | {} |",
+                "| {name} | {} x {} x {} x {} | {l} | {} | {} | {}, {} | {} | {} |",
                 h.num_layers,
                 h.num_kv_heads,
                 h.head_dim,
                 h.seq_len,
                 pct(e.key),
-                pct(e.value)
+                pct(e.value),
+                ch.group_size,
+                ch.residual,
+                pct(c.key),
+                pct(c.value)
             );
         }
     }
@@ -357,7 +426,11 @@ fn speed() {
             gb / wall
         );
     };
-    for p in [QuantParams::INT8, QuantParams::INT4] {
+    for p in [
+        QuantParams::INT8,
+        QuantParams::INT4,
+        QuantParams::INT8_CHANNEL,
+    ] {
         let (mut q, mut msg) = (Vec::new(), Vec::new());
         row(
             &format!("{} quantize + encode", p.scheme.name()),
@@ -419,6 +492,7 @@ fn main() {
         return;
     }
     sizes();
+    realistic_sizes();
     synthetic_errors();
     fixture_errors();
 }

@@ -37,6 +37,11 @@ pub enum KvScheme {
     Int8,
     /// 2: asymmetric int4, KIVI-style (AVP-KVQ-6).
     Int4,
+    /// 3: symmetric int8 in the KIVI grouping: keys per channel over `g`
+    /// tokens, values per token over `g` channels, a residual kept in the
+    /// context's dtype (AVP-KVQ-30..32). An outlier key channel then sets
+    /// only its own scales, not those of every channel beside it.
+    Int8Channel,
 }
 
 impl KvScheme {
@@ -46,6 +51,7 @@ impl KvScheme {
             KvScheme::None => 0,
             KvScheme::Int8 => 1,
             KvScheme::Int4 => 2,
+            KvScheme::Int8Channel => 3,
         }
     }
 
@@ -55,24 +61,31 @@ impl KvScheme {
             0 => Some(KvScheme::None),
             1 => Some(KvScheme::Int8),
             2 => Some(KvScheme::Int4),
+            3 => Some(KvScheme::Int8Channel),
             _ => None,
         }
     }
 
-    /// `none`, `int8` or `int4` (CLI and conformance names).
+    /// `none`, `int8`, `int4` or `int8-channel` (CLI and conformance names).
     pub fn name(self) -> &'static str {
         match self {
             KvScheme::None => "none",
             KvScheme::Int8 => "int8",
             KvScheme::Int4 => "int4",
+            KvScheme::Int8Channel => "int8-channel",
         }
     }
 
     /// Parses [`Self::name`] back.
     pub fn from_name(name: &str) -> Option<Self> {
-        [KvScheme::None, KvScheme::Int8, KvScheme::Int4]
-            .into_iter()
-            .find(|s| s.name() == name)
+        [
+            KvScheme::None,
+            KvScheme::Int8,
+            KvScheme::Int4,
+            KvScheme::Int8Channel,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
     }
 }
 
@@ -164,11 +177,11 @@ impl PrefixAddress {
 pub struct QuantParams {
     /// The scheme.
     pub scheme: KvScheme,
-    /// Values per group (int8: 1..=64 dividing `head_dim`; int4: 32 or 64).
+    /// Values per group (int8, int8-channel: 1..=64 dividing `head_dim`; int4: 32 or 64).
     pub group_size: u32,
     /// Element type of scales and minimums.
     pub scale_dtype: ScaleDtype,
-    /// int4 only: the most recent tokens kept unquantized.
+    /// int4, int8-channel: the most recent tokens kept unquantized.
     pub residual: u32,
 }
 
@@ -198,12 +211,57 @@ impl QuantParams {
         residual: 0,
     };
 
+    /// int8 in the KIVI grouping, groups of 64, f16 scales, no residual:
+    /// 8.25 bits a value (AVP-KVQ-30), at any context length (the last key
+    /// group of a channel takes the tokens left over, AVP-KVQ-31).
+    pub const INT8_CHANNEL: QuantParams = QuantParams {
+        scheme: KvScheme::Int8Channel,
+        group_size: 64,
+        scale_dtype: ScaleDtype::F16,
+        residual: 0,
+    };
+
     /// The defaults for `scheme`.
     pub fn for_scheme(scheme: KvScheme) -> QuantParams {
         match scheme {
             KvScheme::None => Self::NONE,
             KvScheme::Int8 => Self::INT8,
             KvScheme::Int4 => Self::INT4,
+            KvScheme::Int8Channel => Self::INT8_CHANNEL,
+        }
+    }
+
+    /// int8-channel parameters for a head size of `head_dim` (AVP-KVQ-30,
+    /// the sender's choice): binary16 scales, no residual, the largest
+    /// divisor of `head_dim` up to 64 as group (the fewest scales of both
+    /// sections at every length, since the last key group may be shorter).
+    pub fn int8_channel_for(head_dim: u32) -> QuantParams {
+        let group = (1..=MAX_INT8_GROUP)
+            .rev()
+            .find(|&g| head_dim.checked_rem(g) == Some(0))
+            .unwrap_or(1);
+        QuantParams {
+            group_size: group,
+            ..QuantParams::INT8_CHANNEL
+        }
+    }
+
+    /// These parameters with the residual grown by the tokens of `tokens`
+    /// carried positions that do not fill a last key group (AVP-KVQ-4), for
+    /// int4; the other schemes (int8-channel's last key group may be
+    /// shorter, AVP-KVQ-31) are returned unchanged. A residual over `tokens`
+    /// is kept (quantizing refuses it).
+    pub fn with_leftover_residual(self, tokens: u32) -> QuantParams {
+        if self.scheme != KvScheme::Int4 || self.residual > tokens {
+            return self;
+        }
+        let leftover = tokens
+            .saturating_sub(self.residual)
+            .checked_rem(self.group_size)
+            .unwrap_or(0);
+        QuantParams {
+            residual: self.residual.saturating_add(leftover),
+            ..self
         }
     }
 }
@@ -229,9 +287,10 @@ pub struct KvExtHeader {
     pub seq_len: u32,
     /// Values per group (0 for scheme none).
     pub group_size: u32,
-    /// int4: most recent tokens stored unquantized (0 otherwise).
+    /// int4, int8-channel: most recent tokens stored unquantized (0 otherwise).
     pub residual: u32,
-    /// Declared groups per K (or V) tensor, checked against the shape.
+    /// Declared groups per K (or V) tensor, checked against the shape
+    /// (int8-channel: of the K tensor; see [`KvExtHeader::part_scales`]).
     pub scales_per_tensor: u32,
 }
 
@@ -257,29 +316,47 @@ impl KvExtHeader {
         self.stored_tokens().saturating_sub(self.residual)
     }
 
-    /// The group count per tensor that the shape implies, or `None` on overflow.
+    /// The group count per tensor that the shape implies (int8-channel: of
+    /// the K tensor, AVP-KVQ-31), or `None` on overflow.
     pub fn expected_scales(&self) -> Option<u64> {
+        self.part_scales(KvPart::Key)
+    }
+
+    /// The scales of one K or V section that the shape implies, or `None`
+    /// on overflow. Only int8-channel's differ: its keys have
+    /// `H x ceil(tq/g) x D` (a shorter last group per channel), its values
+    /// `H x tq x D/g` (AVP-KVQ-31).
+    pub fn part_scales(&self, part: KvPart) -> Option<u64> {
         let (h, d) = (u64::from(self.num_kv_heads), u64::from(self.head_dim));
         let g = u64::from(self.group_size);
+        let tq = u64::from(self.quantized_tokens());
         match self.scheme {
             KvScheme::None => Some(0),
             KvScheme::Int8 => h
                 .checked_mul(u64::from(self.stored_tokens()))?
                 .checked_mul(d.checked_div(g)?),
             // Keys: H x (tq/g) x D groups; values: H x tq x (D/g): equal when g divides both.
-            KvScheme::Int4 => h
-                .checked_mul(u64::from(self.quantized_tokens()))?
-                .checked_mul(d)?
-                .checked_div(g),
+            KvScheme::Int4 => h.checked_mul(tq)?.checked_mul(d)?.checked_div(g),
+            KvScheme::Int8Channel => match part {
+                // ceil(tq / g) groups a channel, the last one shorter (AVP-KVQ-31).
+                KvPart::Key => h
+                    .checked_mul(
+                        tq.checked_div(g)?
+                            .checked_add(u64::from(tq.checked_rem(g)? != 0))?,
+                    )?
+                    .checked_mul(d),
+                KvPart::Value => h.checked_mul(tq)?.checked_mul(d.checked_div(g)?),
+            },
         }
     }
 
-    /// Bytes of one K (or V) section, or `None` on overflow (AVP-KVQ-3).
-    pub fn section_bytes(&self) -> Option<u64> {
+    /// Bytes of one K or V section, or `None` on overflow (AVP-KVQ-2,
+    /// AVP-KVQ-31; the two differ for int8-channel alone).
+    pub fn section_bytes(&self, part: KvPart) -> Option<u64> {
         let es = self.dtype.element_type().size() as u64;
         let ss = self.scale_dtype.size() as u64;
         let row = u64::from(self.num_kv_heads).checked_mul(u64::from(self.head_dim))?;
-        let g = u64::from(self.scales_per_tensor);
+        let g = self.part_scales(part)?;
         match self.scheme {
             KvScheme::None => row
                 .checked_mul(u64::from(self.stored_tokens()))?
@@ -292,7 +369,18 @@ impl KvExtHeader {
                 .checked_mul(2)?
                 .checked_add(row.checked_mul(u64::from(self.quantized_tokens()))? / 2)?
                 .checked_add(row.checked_mul(u64::from(self.residual))?.checked_mul(es)?),
+            // AVP-KVQ-31: scales, one byte a quantized value, the residual in dtype.
+            KvScheme::Int8Channel => g
+                .checked_mul(ss)?
+                .checked_add(row.checked_mul(u64::from(self.quantized_tokens()))?)?
+                .checked_add(row.checked_mul(u64::from(self.residual))?.checked_mul(es)?),
         }
+    }
+
+    /// Bytes of one layer's K and V sections, or `None` on overflow.
+    pub fn layer_bytes(&self) -> Option<u64> {
+        self.section_bytes(KvPart::Key)?
+            .checked_add(self.section_bytes(KvPart::Value)?)
     }
 
     /// Bytes before the first section: header and, for a delta, the address.
@@ -306,8 +394,7 @@ impl KvExtHeader {
 
     /// Bytes of the whole payload, or `None` on overflow (AVP-KVQ-3).
     pub fn total_bytes(&self) -> Option<u64> {
-        self.section_bytes()?
-            .checked_mul(2)?
+        self.layer_bytes()?
             .checked_mul(u64::from(self.num_layers))?
             .checked_add(self.preamble_len() as u64)
     }
@@ -442,9 +529,13 @@ impl KvExtHeader {
                     return Err(err(ErrorKind::Inconsistent, "int8 has no residual"));
                 }
             }
-            KvScheme::Int4 => {
-                if g != 32 && g != 64 {
+            KvScheme::Int4 | KvScheme::Int8Channel => {
+                if self.scheme == KvScheme::Int4 && g != 32 && g != 64 {
                     return Err(bad_group("is not 32 or 64 (int4)"));
+                }
+                // AVP-KVQ-30: int8-channel takes int8's range of group sizes.
+                if self.scheme == KvScheme::Int8Channel && (g == 0 || g > MAX_INT8_GROUP) {
+                    return Err(bad_group("is outside 1..=64 (int8-channel)"));
                 }
                 if self.residual > self.stored_tokens() {
                     return Err(err(
@@ -459,7 +550,10 @@ impl KvExtHeader {
                 if d.checked_rem(g) != Some(0) {
                     return Err(bad_group(&format!("does not divide head_dim {d}")));
                 }
-                if self.quantized_tokens().checked_rem(g) != Some(0) {
+                // AVP-KVQ-30: int8-channel's last key group may be shorter.
+                if self.scheme == KvScheme::Int4
+                    && self.quantized_tokens().checked_rem(g) != Some(0)
+                {
                     return Err(bad_group(&format!(
                         "does not divide the {} quantized tokens",
                         self.quantized_tokens()
@@ -491,7 +585,8 @@ pub struct KvExt<'a> {
     /// The prefix address of a delta (`seq_start > 0`).
     pub prefix: Option<PrefixAddress>,
     body: &'a [u8],
-    section_len: usize,
+    key_len: usize,
+    value_len: usize,
 }
 
 /// Which tensor of a layer.
@@ -511,6 +606,30 @@ fn int4_row_group_base(part: KvPart, hi: usize, s: usize, tq: usize, d: usize, g
     match part {
         KvPart::Key => hi
             .saturating_mul(tq.checked_div(g).unwrap_or(0))
+            .saturating_add(s.checked_div(g).unwrap_or(0))
+            .saturating_mul(d),
+        KvPart::Value => hi
+            .saturating_mul(tq)
+            .saturating_add(s)
+            .saturating_mul(d.checked_div(g).unwrap_or(0)),
+    }
+}
+
+/// Index of the first int8-channel group that row `s` of head `hi` uses
+/// (AVP-KVQ-31): keys per channel over `g` tokens, `ceil(tq/g)` groups a
+/// channel (the last one shorter), values per token over `g` channels.
+/// Shared by the quantizer and the dequantizer.
+fn int8_channel_row_group_base(
+    part: KvPart,
+    hi: usize,
+    s: usize,
+    tq: usize,
+    d: usize,
+    g: usize,
+) -> usize {
+    match part {
+        KvPart::Key => hi
+            .saturating_mul(tq.div_ceil(g.max(1)))
             .saturating_add(s.checked_div(g).unwrap_or(0))
             .saturating_mul(d),
         KvPart::Value => hi
@@ -563,23 +682,26 @@ impl<'a> KvExt<'a> {
             None
         };
         // Both fit in usize: the length check proved them at most payload.len().
-        let section_len = header.section_bytes().unwrap_or(0) as usize;
+        let key_len = header.section_bytes(KvPart::Key).unwrap_or(0) as usize;
+        let value_len = header.section_bytes(KvPart::Value).unwrap_or(0) as usize;
         let body = payload.get(header.preamble_len()..).unwrap_or_default();
         Ok(KvExt {
             header,
             prefix,
             body,
-            section_len,
+            key_len,
+            value_len,
         })
     }
 
     /// The stored bytes of one layer's K or V section.
     pub fn section(&self, layer: usize, part: KvPart) -> Option<&'a [u8]> {
-        let index = layer
-            .checked_mul(2)?
-            .checked_add(usize::from(part == KvPart::Value))?;
-        let start = index.checked_mul(self.section_len)?;
-        self.body.get(start..start.checked_add(self.section_len)?)
+        let layer_start = layer.checked_mul(self.key_len.checked_add(self.value_len)?)?;
+        let (start, len) = match part {
+            KvPart::Key => (layer_start, self.key_len),
+            KvPart::Value => (layer_start.checked_add(self.key_len)?, self.value_len),
+        };
+        self.body.get(start..start.checked_add(len)?)
     }
 
     /// Bytes of one dequantized K (or V) tensor, `[heads, stored tokens, head_dim]`.
@@ -679,7 +801,94 @@ impl<'a> KvExt<'a> {
                 Ok(())
             }
             KvScheme::Int4 => self.dequantize_int4(section, part, &store, dst, buf),
+            KvScheme::Int8Channel => self.dequantize_int8_channel(section, part, &store, dst, buf),
         }
+    }
+
+    /// AVP-KVQ-31/32: rows `[0, tq)` of each head are `q x s'` with the
+    /// scale of the element's group (keys per channel over `g` tokens, the
+    /// last group shorter; values per token over `g` channels), rows
+    /// `[tq, t)` are copied from the residual.
+    fn dequantize_int8_channel(
+        &self,
+        section: &[u8],
+        part: KvPart,
+        store: &Store,
+        dst: &mut [u8],
+        buf: &mut Dequantizer,
+    ) -> Result<(), Error> {
+        let h = &self.header;
+        let ss = h.scale_dtype.size();
+        let groups = h.part_scales(part).unwrap_or(0) as usize;
+        let g = (h.group_size as usize).max(1);
+        let d = h.head_dim as usize;
+        let tq = h.quantized_tokens() as usize;
+        let t = h.stored_tokens() as usize;
+        let es = store.size;
+        let (scale_bytes, rest) = section.split_at(groups.saturating_mul(ss).min(section.len()));
+        let code_len = (h.num_kv_heads as usize)
+            .saturating_mul(tq)
+            .saturating_mul(d);
+        let (codes, residual) = rest.split_at(code_len.min(rest.len()));
+        h.scale_dtype.read_into(scale_bytes, &mut buf.scales);
+        let Dequantizer { scales, values, .. } = buf;
+        check_scales(scales, None)?;
+        let head_out = t.saturating_mul(d).saturating_mul(es);
+        let head_codes = tq.saturating_mul(d);
+        let head_residual = (h.residual as usize).saturating_mul(d).saturating_mul(es);
+        let row_out = d.saturating_mul(es);
+        let heads = dst
+            .chunks_exact_mut(head_out.max(1))
+            .zip(
+                codes
+                    .chunks(head_codes.max(1))
+                    .chain(std::iter::repeat(&[][..])),
+            )
+            .zip(
+                residual
+                    .chunks(head_residual.max(1))
+                    .chain(std::iter::repeat(&[][..])),
+            )
+            .enumerate();
+        values.resize(d, 0.0);
+        for (hi, ((out, qh), rh)) in heads {
+            let (qout, rout) = out.split_at_mut(tq.saturating_mul(row_out).min(out.len()));
+            rout.copy_from_slice(
+                rh.get(..rout.len())
+                    .ok_or_else(|| internal("int8-channel residual rows"))?,
+            );
+            for (s, (orow, qrow)) in qout
+                .chunks_exact_mut(row_out.max(1))
+                .zip(qh.chunks_exact(d.max(1)))
+                .enumerate()
+            {
+                let base = int8_channel_row_group_base(part, hi, s, tq, d, g);
+                match part {
+                    KvPart::Key => {
+                        let srow = scales.get(base..base.saturating_add(d)).unwrap_or_default();
+                        for ((x, &q), &sc) in values.iter_mut().zip(qrow).zip(srow) {
+                            *x = f32::from(q as i8) * sc;
+                        }
+                    }
+                    KvPart::Value => {
+                        let srow = scales
+                            .get(base..base.saturating_add(d.checked_div(g).unwrap_or(0)))
+                            .unwrap_or_default();
+                        for ((xg, qg), &sc) in values
+                            .chunks_exact_mut(g)
+                            .zip(qrow.chunks_exact(g))
+                            .zip(srow)
+                        {
+                            for (x, &q) in xg.iter_mut().zip(qg) {
+                                *x = f32::from(q as i8) * sc;
+                            }
+                        }
+                    }
+                }
+                narrow(store.dtype, values, orow);
+            }
+        }
+        Ok(())
     }
 
     fn dequantize_int4(
@@ -1043,22 +1252,17 @@ fn quantize_all(
         }
         None => rest,
     };
-    let section = header.section_bytes().unwrap_or(0) as usize;
     let q = Quantizer::new(header);
     let mut scratch = Scratch::default();
     let sources = kv
         .layers()
         .flat_map(|l| [(KvPart::Key, l.key), (KvPart::Value, l.value)]);
-    let mut sections = body.chunks_exact_mut(section.max(1));
+    let mut rest = body;
     for (part, tensor) in sources {
-        // A section of 0 bytes (no stored tokens) has nothing to write.
-        let dst: &mut [u8] = if section == 0 {
-            &mut []
-        } else {
-            sections
-                .next()
-                .ok_or_else(|| err(ErrorKind::Internal, "fewer sections than layers"))?
-        };
+        // int8-channel's K and V sections differ in size (AVP-KVQ-31).
+        let len = header.section_bytes(part).unwrap_or(0) as usize;
+        let dst = take(&mut rest, len)
+            .ok_or_else(|| err(ErrorKind::Internal, "fewer sections than layers"))?;
         q.tensor(tensor.bytes(), part, dst, &mut scratch)?;
     }
     Ok(())
@@ -1079,6 +1283,10 @@ struct Scratch {
     hi_keys: Vec<i16>,
     /// Quantized values of one row, before int4 packing.
     codes: Vec<u8>,
+    /// int8-channel keys: per-channel largest `|x|` bits of a block.
+    maxima: ChannelMaxima,
+    /// int8-channel keys: the channels of a block whose stored scale is 0.
+    zero_channels: Vec<usize>,
 }
 
 fn internal(what: &str) -> Error {
@@ -1133,7 +1341,7 @@ impl Quantizer {
         }
     }
 
-    /// Writes one tensor's section (`dst`, exactly `section_bytes()` long).
+    /// Writes one tensor's section (`dst`, exactly `section_bytes(part)` long).
     fn tensor(
         &self,
         tensor: &[u8],
@@ -1160,7 +1368,110 @@ impl Quantizer {
             }
             KvScheme::Int8 => self.int8(tensor, dst, scratch),
             KvScheme::Int4 => self.int4(tensor, part, dst, scratch),
+            KvScheme::Int8Channel => self.int8_channel(tensor, part, dst, scratch),
         }
+    }
+
+    /// AVP-KVQ-32: AVP-KVQ-5's arithmetic in the KIVI grouping of
+    /// AVP-KVQ-31 (keys per channel over blocks of `g` tokens, the last
+    /// block of a head shorter when `g` does not divide `tq`; values per
+    /// token over `g` channels), codes written straight into the section,
+    /// then the residual rows copied.
+    fn int8_channel(
+        &self,
+        tensor: &[u8],
+        part: KvPart,
+        dst: &mut [u8],
+        scratch: &mut Scratch,
+    ) -> Result<(), Error> {
+        let h = &self.header;
+        let g = (h.group_size as usize).max(1);
+        let d = h.head_dim as usize;
+        let tq = h.quantized_tokens() as usize;
+        let sd = h.scale_dtype;
+        let ss = sd.size();
+        let es = self.store.size;
+        let row = self.row_bytes();
+        let scale_len = (h.part_scales(part).unwrap_or(0) as usize).saturating_mul(ss);
+        let code_len = (h.num_kv_heads as usize)
+            .saturating_mul(tq)
+            .saturating_mul(d);
+        let (mut scale_out, rest) = dst.split_at_mut(scale_len.min(dst.len()));
+        let (mut code_out, residual_out) = rest.split_at_mut(code_len.min(rest.len()));
+        let residual_head = row.saturating_mul(h.residual as usize);
+        let mut residual_heads = residual_out.chunks_exact_mut(residual_head.max(1));
+        scratch.values.resize(g.saturating_mul(d), 0.0);
+        for stored in self.heads(tensor) {
+            let (quantized, residual) = stored.split_at(tq.saturating_mul(row).min(stored.len()));
+            match part {
+                KvPart::Key => {
+                    for block in quantized.chunks(g.saturating_mul(row).max(1)) {
+                        let n = block.len().checked_div(es).unwrap_or(0);
+                        let values = scratch
+                            .values
+                            .get_mut(..n)
+                            .ok_or_else(|| internal("int8-channel blocks"))?;
+                        // Per channel over the block's rows: amax, which becomes
+                        // the stored scale in `hi`.
+                        widen_channel_abs_max(
+                            self.store.dtype,
+                            block,
+                            values,
+                            d,
+                            &mut scratch.maxima,
+                            &mut scratch.hi,
+                        )?;
+                        scratch.zero_channels.clear();
+                        for (c, hs) in scratch.hi.iter_mut().enumerate() {
+                            *hs = stored_scale(sd, *hs / 127.0)?;
+                            if *hs == 0.0 {
+                                scratch.zero_channels.push(c);
+                            }
+                        }
+                        let slots = take(&mut scale_out, d.saturating_mul(ss))
+                            .ok_or_else(|| internal("int8-channel groups"))?;
+                        for (slot, &sc) in slots.chunks_exact_mut(ss).zip(&scratch.hi) {
+                            sd.put(sc, slot);
+                        }
+                        let codes =
+                            take(&mut code_out, n).ok_or_else(|| internal("int8-channel rows"))?;
+                        for (out, x) in codes
+                            .chunks_exact_mut(d.max(1))
+                            .zip(values.chunks_exact(d.max(1)))
+                        {
+                            int8_channel_codes(x, &scratch.hi, &scratch.zero_channels, out);
+                        }
+                    }
+                }
+                KvPart::Value => {
+                    // Per token over g channels: int8's loop (AVP-KVQ-5), the
+                    // group's amax found while widening it.
+                    let grp = scratch
+                        .values
+                        .get_mut(..g)
+                        .ok_or_else(|| internal("int8-channel groups"))?;
+                    for bytes in quantized.chunks_exact(g.saturating_mul(es).max(1)) {
+                        let amax = widen_abs_max(self.store.dtype, bytes, grp)?;
+                        let sc = stored_scale(sd, amax / 127.0)?;
+                        let slot = take(&mut scale_out, ss)
+                            .ok_or_else(|| internal("int8-channel groups"))?;
+                        sd.put(sc, slot);
+                        let codes =
+                            take(&mut code_out, g).ok_or_else(|| internal("int8-channel rows"))?;
+                        int8_codes(grp, sc, codes);
+                    }
+                }
+            }
+            if residual_head > 0 {
+                check_finite(self.store.dtype, residual)?;
+                residual_heads
+                    .next()
+                    .filter(|o| o.len() == residual.len())
+                    .ok_or_else(|| internal("residual rows"))?
+                    .copy_from_slice(residual);
+            }
+        }
+        Ok(())
     }
 
     fn stored_head_bytes(&self) -> usize {
@@ -1673,6 +1984,129 @@ fn channel_min_max(block: &[f32], d: usize, lo: &mut Vec<f32>, hi: &mut Vec<f32>
         for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
             *l = if v < *l { v } else { *l };
             *h = if v > *h { v } else { *h };
+        }
+    }
+}
+
+/// int8-channel keys (AVP-KVQ-31): widens a block of rows of `d` values
+/// into `dst` and sets `amax[c]` to channel `c`'s largest `|x|` over the
+/// block, in one pass over the source (the bit patterns without the sign
+/// compared: an integer maximum vectorises, a chain of `f32::max` does not);
+/// a non-finite value is refused as [`widen_abs_max`] does.
+fn widen_channel_abs_max(
+    dtype: KvDtype,
+    src: &[u8],
+    dst: &mut [f32],
+    d: usize,
+    maxima: &mut ChannelMaxima,
+    amax: &mut Vec<f32>,
+) -> Result<(), Error> {
+    amax.clear();
+    // Each arm: the maxima, then whether one is infinite or NaN (refused
+    // below), then the maxima widened (finite 16-bit patterns widen exactly).
+    let finite = match dtype {
+        KvDtype::Float16 => {
+            let m = maxima.reset_half(d);
+            widen_channel_max_with(src, dst, m, u16::from_le_bytes, finite_f16_to_f32, |b| {
+                b & 0x7fff
+            });
+            amax.extend(m.iter().map(|&b| finite_f16_to_f32(b)));
+            m.iter().all(|&b| b < 0x7c00)
+        }
+        KvDtype::Bfloat16 => {
+            let m = maxima.reset_half(d);
+            widen_channel_max_with(src, dst, m, u16::from_le_bytes, bf16_to_f32, |b| b & 0x7fff);
+            amax.extend(m.iter().map(|&b| bf16_to_f32(b)));
+            m.iter().all(|&b| b < 0x7f80)
+        }
+        _ => {
+            let m = maxima.reset_word(d);
+            widen_channel_max_with(src, dst, m, u32::from_le_bytes, f32::from_bits, |b| {
+                b & 0x7fff_ffff
+            });
+            amax.extend(m.iter().map(|&b| f32::from_bits(b)));
+            m.iter().all(|&b| b < 0x7f80_0000)
+        }
+    };
+    if !finite {
+        widen_abs_max(dtype, src, dst)?; // refuses, naming the value
+        return Err(err(ErrorKind::Internal, "a non-finite key went unnamed"));
+    }
+    Ok(())
+}
+
+/// Per-channel largest magnitude bits of a key block, in the width of the
+/// context's dtype (16-bit maxima: twice the lanes of 32-bit ones).
+#[derive(Default)]
+struct ChannelMaxima {
+    half: Vec<u16>,
+    word: Vec<u32>,
+}
+
+impl ChannelMaxima {
+    fn reset_half(&mut self, d: usize) -> &mut [u16] {
+        self.half.clear();
+        self.half.resize(d, 0);
+        &mut self.half
+    }
+
+    fn reset_word(&mut self, d: usize) -> &mut [u32] {
+        self.word.clear();
+        self.word.resize(d, 0);
+        &mut self.word
+    }
+}
+
+/// Rows of `chan.len()` elements: bytes to bit patterns, bits to f32, and
+/// each channel's largest magnitude bits, in runs of 64 so each of the
+/// three simple loops vectorises (as [`widen_with`]).
+#[inline(always)]
+fn widen_channel_max_with<const N: usize, B: Copy + Default + Ord>(
+    src: &[u8],
+    dst: &mut [f32],
+    chan: &mut [B],
+    from_le: impl Fn([u8; N]) -> B,
+    to_f32: impl Fn(B) -> f32,
+    magnitude: impl Fn(B) -> B,
+) {
+    const RUN: usize = 64;
+    let d = chan.len().max(1);
+    let mut bits = [B::default(); RUN];
+    for (out, bytes) in dst
+        .chunks_exact_mut(d)
+        .zip(src.chunks_exact(d.saturating_mul(N)))
+    {
+        for ((o, e), m) in out
+            .chunks_mut(RUN)
+            .zip(bytes.chunks(RUN.saturating_mul(N)))
+            .zip(chan.chunks_mut(RUN))
+        {
+            for (b, e) in bits.iter_mut().zip(e.chunks_exact(N)) {
+                if let Some(e) = e.first_chunk::<N>() {
+                    *b = from_le(*e);
+                }
+            }
+            for (o, &b) in o.iter_mut().zip(&bits) {
+                *o = to_f32(b);
+            }
+            for (m, &b) in m.iter_mut().zip(&bits) {
+                *m = (*m).max(magnitude(b));
+            }
+        }
+    }
+}
+
+/// int8-channel codes of one key row: channel `c` has the stored scale
+/// `s[c]` (AVP-KVQ-5's arithmetic). The channels whose scale is 0 (listed
+/// in `zero`, usually none) get 0 afterwards, so the loop has no select.
+fn int8_channel_codes(values: &[f32], s: &[f32], zero: &[usize], codes: &mut [u8]) {
+    for ((q, &x), &s) in codes.iter_mut().zip(values).zip(s) {
+        // The low byte of the rounded sum's bits is the two's complement code.
+        *q = ((x / s).clamp(-127.0, 127.0) + ROUNDER).to_bits() as u8;
+    }
+    for &c in zero {
+        if let Some(q) = codes.get_mut(c) {
+            *q = 0;
         }
     }
 }

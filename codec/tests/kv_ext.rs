@@ -384,7 +384,7 @@ fn malformed_payloads_give_typed_errors() {
     assert_eq!(kind_of(&good[..39]), ErrorKind::Truncated);
     assert_eq!(edit(&|p| p[0] = b'X'), ErrorKind::Inconsistent);
     assert_eq!(edit(&|p| p[4] = 2), ErrorKind::UnsupportedVersion);
-    assert_eq!(edit(&|p| p[5] = 3), ErrorKind::UnknownEnum);
+    assert_eq!(edit(&|p| p[5] = 4), ErrorKind::UnknownEnum);
     assert_eq!(edit(&|p| p[6] = 3), ErrorKind::UnknownEnum);
     assert_eq!(edit(&|p| p[7] = 2), ErrorKind::UnknownEnum);
     assert_eq!(
@@ -668,7 +668,12 @@ fn a_delta_of_zero_positions_confirms_the_base() {
     // every scheme writes it (sections of no bytes) and it assembles to the base.
     let raw = kv_payload(2, 2, 64, 64, KvDtype::Float16);
     let kv = KvCache::parse(&raw).unwrap();
-    for params in [QuantParams::NONE, QuantParams::INT8, QuantParams::INT4] {
+    for params in [
+        QuantParams::NONE,
+        QuantParams::INT8,
+        QuantParams::INT4,
+        QuantParams::INT8_CHANNEL,
+    ] {
         let (address, delta) = split_delta(&kv, 64, "m", &params).unwrap();
         let ext = KvExt::parse(&delta).unwrap();
         assert_eq!((ext.header.seq_start, ext.header.seq_len), (64, 64));
@@ -676,5 +681,581 @@ fn a_delta_of_zero_positions_confirms_the_base() {
         assert_eq!(assemble(&kv, "m", &ext).unwrap(), raw, "{params:?}");
         let tail = ext.dequantize().unwrap();
         assert_eq!(KvCache::parse(&tail).unwrap().header.seq_len, 0);
+    }
+}
+
+/// Keys whose channels 3 and 17 are 10x and 50x the others (real models
+/// have such outlier key channels), values without outliers.
+fn outlier_kv(seq: u32, dtype: KvDtype) -> Vec<u8> {
+    let (heads, dim) = (2u32, 64u32);
+    let header = KvHeader {
+        num_layers: 1,
+        num_kv_heads: heads,
+        head_dim: dim,
+        seq_len: seq,
+        dtype,
+    };
+    let mut state = 0x9e37_79b9u32;
+    let mut tensor = |outliers: bool| {
+        let mut out = Vec::new();
+        for i in 0..(heads * seq * dim) as usize {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let mut x = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            match (outliers, i % dim as usize) {
+                (true, 3) => x += 10.0,
+                (true, 17) => x = -50.0 + 3.0 * x,
+                _ => {}
+            }
+            match dtype {
+                KvDtype::Float16 => out.extend_from_slice(&f32_to_f16(x).to_le_bytes()),
+                _ => out.extend_from_slice(&x.to_le_bytes()),
+            }
+        }
+        out
+    };
+    let (k, v) = (tensor(true), tensor(false));
+    write_kv_cache(&header, [(&k[..], &v[..])]).unwrap()
+}
+
+#[test]
+fn avp_kvq_31_int8_channel_layout_and_bit_exact_arithmetic() {
+    // AVP-KVQ-31: scales, codes; AVP-KVQ-32: AVP-KVQ-5's arithmetic with
+    // keys grouped per channel over g tokens (70 = 64 + a last group of 6),
+    // values per token.
+    let raw = kv_payload(2, 2, 64, 70, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams::INT8_CHANNEL;
+    assert_eq!((params.group_size, params.residual), (64, 0));
+    let q = encode_ext(&kv, &params, 0, None).unwrap();
+    let ext = KvExt::parse(&q).unwrap();
+    assert_eq!(ext.header.scheme, KvScheme::Int8Channel);
+    assert_eq!(q[5], 3, "scheme byte");
+    assert_eq!(ext.header.quantized_tokens(), 70);
+    // H x ceil(tq/g) x D key scales, H x tq x D/g value scales; G is the keys'.
+    let (groups, vgroups) = (2 * 2 * 64, 2 * 70);
+    assert_eq!(ext.header.scales_per_tensor, groups as u32);
+    assert_eq!(ext.header.part_scales(KvPart::Value), Some(vgroups as u64));
+    // f16 scales, one byte a value.
+    let (ksection, vsection) = (groups * 2 + 2 * 70 * 64, vgroups * 2 + 2 * 70 * 64);
+    assert_eq!(ext.section(1, KvPart::Key).unwrap().len(), ksection);
+    assert_eq!(ext.section(1, KvPart::Value).unwrap().len(), vsection);
+    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * (ksection + vsection));
+    let out = ext.dequantize().unwrap();
+    let back = KvCache::parse(&out).unwrap();
+    assert_eq!(back.header, kv.header);
+    for e in relative_errors(&ext, &kv).unwrap() {
+        assert!(e.key < 0.01 && e.value < 0.01, "{e:?}");
+    }
+    let (orig, deq) = (kv.layer(1).unwrap(), back.layer(1).unwrap());
+    let k: Vec<f32> = orig.key.iter_f32().collect();
+    let v: Vec<f32> = orig.value.iter_f32().collect();
+    let kd: Vec<f32> = deq.key.iter_f32().collect();
+    let vd: Vec<f32> = deq.value.iter_f32().collect();
+    let at = |h: usize, s: usize, c: usize| (h * 70 + s) * 64 + c;
+    let round = |x: f32| f16_to_f32(f32_to_f16(x));
+    let code = |x: f32, s: f32| (x / s).round_ties_even().clamp(-127.0, 127.0);
+    // Keys of head 1, channel 5: a group over tokens 0..64, then one over 64..70.
+    let ksec = ext.section(1, KvPart::Key).unwrap();
+    for (block, tokens) in [(0, 0..64), (1, 64..70)] {
+        let kgroup = (2 + block) * 64 + 5; // (h * ceil(tq / g) + s / g) * D + c
+        let kscale = f16_to_f32(u16::from_le_bytes(
+            ksec[kgroup * 2..kgroup * 2 + 2].try_into().unwrap(),
+        ));
+        let amax = tokens
+            .clone()
+            .fold(0f32, |a, s| a.max(k[at(1, s, 5)].abs()));
+        assert_eq!(kscale, round(amax / 127.0));
+        for s in tokens {
+            let qb = ksec[groups * 2 + (70 + s) * 64 + 5] as i8;
+            assert_eq!(f32::from(qb), code(k[at(1, s, 5)], kscale), "token {s}");
+            assert_eq!(kd[at(1, s, 5)], round(f32::from(qb) * kscale));
+        }
+    }
+    // Values of head 0, token 9: one group over the 64 channels.
+    let vsec = ext.section(1, KvPart::Value).unwrap();
+    let vscale = f16_to_f32(u16::from_le_bytes(
+        vsec[9 * 2..9 * 2 + 2].try_into().unwrap(),
+    ));
+    let amax = (0..64).fold(0f32, |a, c| a.max(v[at(0, 9, c)].abs()));
+    assert_eq!(vscale, round(amax / 127.0));
+    for c in 0..64 {
+        let qb = vsec[vgroups * 2 + 9 * 64 + c] as i8;
+        assert_eq!(f32::from(qb), code(v[at(0, 9, c)], vscale));
+        assert_eq!(vd[at(0, 9, c)], round(f32::from(qb) * vscale));
+    }
+    // A residual (AVP-KVQ-30, the sender's option): its tokens come back
+    // unchanged, after the codes of the others.
+    let params = QuantParams {
+        residual: 6,
+        ..QuantParams::INT8_CHANNEL
+    };
+    let q = encode_ext(&kv, &params, 0, None).unwrap();
+    let ext = KvExt::parse(&q).unwrap();
+    let (groups, vgroups) = (2 * 64, 2 * 64);
+    assert_eq!(ext.header.part_scales(KvPart::Key), Some(groups));
+    assert_eq!(ext.header.part_scales(KvPart::Value), Some(vgroups));
+    let section = groups as usize * 2 + 2 * 64 * 64 + 2 * 6 * 64 * 2;
+    assert_eq!(q.len(), KVX_HEADER_LEN + 2 * 2 * section);
+    let out = ext.dequantize().unwrap();
+    let deq = KvCache::parse(&out).unwrap();
+    let deq = deq.layer(1).unwrap();
+    let kd: Vec<f32> = deq.key.iter_f32().collect();
+    let vd: Vec<f32> = deq.value.iter_f32().collect();
+    for h in 0..2 {
+        for s in 64..70 {
+            for c in 0..64 {
+                assert_eq!(kd[at(h, s, c)].to_bits(), k[at(h, s, c)].to_bits());
+                assert_eq!(vd[at(h, s, c)].to_bits(), v[at(h, s, c)].to_bits());
+            }
+        }
+    }
+}
+
+#[test]
+fn avp_kvq_32_int8_channel_keeps_outlier_keys_within_one_percent() {
+    // Issue 17: int8 <= 1 % on keys with outlier channels. Per token
+    // (scheme 1) the 50x channel sets every group's scale; per channel
+    // (scheme 3) it sets only its own.
+    let raw = outlier_kv(128, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let per_token = encode_ext(&kv, &QuantParams::INT8, 0, None).unwrap();
+    let per_channel = encode_ext(&kv, &QuantParams::INT8_CHANNEL, 0, None).unwrap();
+    let e1 = relative_errors(&KvExt::parse(&per_token).unwrap(), &kv).unwrap()[0];
+    let e3 = relative_errors(&KvExt::parse(&per_channel).unwrap(), &kv).unwrap()[0];
+    assert!(e3.key < 0.01 && e3.value < 0.01, "{e3:?}");
+    assert!(
+        e3.key * 4.0 < e1.key,
+        "per channel {e3:?}, per token {e1:?}"
+    );
+    // 8.25 bits a value: at most 0.53 of float16.
+    assert!((per_channel.len() as f64) < 0.53 * raw.len() as f64);
+}
+
+#[test]
+fn avp_kvq_30_int8_channel_parameters_give_typed_errors() {
+    // AVP-KVQ-30 (scheme parameters) in AVP-KVQ-3's order.
+    let raw = kv_payload(1, 2, 64, 35, KvDtype::Float16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams {
+        group_size: 32,
+        residual: 3,
+        ..QuantParams::INT8_CHANNEL
+    };
+    let good = encode_ext(&kv, &params, 0, None).unwrap();
+    assert!(KvExt::parse(&good).unwrap().dequantize().is_ok());
+    let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = good.clone();
+        f(&mut p);
+        kind_of(&p)
+    };
+    assert_eq!(edit(&|p| set_u32(p, 28, 0)), ErrorKind::BadGroupSize);
+    assert_eq!(edit(&|p| set_u32(p, 28, 65)), ErrorKind::BadGroupSize);
+    assert_eq!(
+        edit(&|p| set_u32(p, 28, 48)),
+        ErrorKind::BadGroupSize,
+        "48 divides neither head_dim 64 nor 32 tokens"
+    );
+    assert_eq!(
+        edit(&|p| set_u32(p, 32, 2)),
+        ErrorKind::ScaleCountMismatch,
+        "33 quantized tokens: two key groups a channel, not one"
+    );
+    assert_eq!(
+        edit(&|p| set_u32(p, 32, 36)),
+        ErrorKind::Inconsistent,
+        "residual over the 35 tokens"
+    );
+    assert_eq!(edit(&|p| set_u32(p, 36, 63)), ErrorKind::ScaleCountMismatch);
+    assert_eq!(edit(&|p| p.push(0)), ErrorKind::Inconsistent);
+    assert_eq!(
+        edit(&|p| {
+            p.pop();
+        }),
+        ErrorKind::Truncated
+    );
+    // A negative or NaN scale is refused when dequantizing.
+    for bits in [0xbc00u16, 0x7e00] {
+        let mut p = good.clone();
+        p[40..42].copy_from_slice(&bits.to_le_bytes());
+        let ext = KvExt::parse(&p).unwrap();
+        assert_eq!(
+            ext.dequantize().unwrap_err().kind(),
+            ErrorKind::Inconsistent
+        );
+    }
+    // The sender's side: no residual is needed (a last key group of 3
+    // tokens); NaN in either part and an overflowing scale are refused.
+    let no_residual = QuantParams {
+        residual: 0,
+        ..params
+    };
+    let short_group = encode_ext(&kv, &no_residual, 0, None).unwrap();
+    let ext = KvExt::parse(&short_group).unwrap();
+    assert_eq!(ext.header.scales_per_tensor, 2 * 2 * 64);
+    assert!(ext.dequantize().is_ok());
+    for at in [KV_HEADER + 2 * 64, KV_HEADER + 34 * 64 * 2] {
+        let mut nan = raw.clone();
+        nan[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        let kv = KvCache::parse(&nan).unwrap();
+        assert_eq!(
+            encode_ext(&kv, &params, 0, None).unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "NaN at byte {at}"
+        );
+    }
+    let mut big = kv_payload(1, 1, 32, 32, KvDtype::Float32);
+    big[KV_HEADER..KV_HEADER + 4].copy_from_slice(&1e30f32.to_le_bytes());
+    let big = KvCache::parse(&big).unwrap();
+    let f16_scales = QuantParams {
+        group_size: 32,
+        ..QuantParams::INT8_CHANNEL
+    };
+    assert_eq!(
+        encode_ext(&big, &f16_scales, 0, None).unwrap_err().kind(),
+        ErrorKind::InvalidArgument,
+        "scale over binary16's range"
+    );
+}
+
+const KV_HEADER: usize = 17;
+
+#[test]
+fn int8_channel_truncations_and_deltas() {
+    // AVP-KVQ-3 for scheme 3: every prefix fails; a quantized delta
+    // assembles on its base (AVP-KVD-4).
+    let raw = kv_payload(2, 1, 32, 40, KvDtype::Bfloat16);
+    let kv = KvCache::parse(&raw).unwrap();
+    let params = QuantParams {
+        group_size: 16,
+        ..QuantParams::INT8_CHANNEL
+    }
+    .with_leftover_residual(40 - 7);
+    assert_eq!(params.residual, 0, "33 tokens: a last key group of 1");
+    let address = prefix_address(&kv, 7, "m").unwrap();
+    let p = encode_ext(&kv, &params, 7, Some(&address)).unwrap();
+    let ext = KvExt::parse(&p).unwrap();
+    for cut in 0..p.len() {
+        assert!(KvExt::parse(&p[..cut]).is_err(), "cut at {cut}");
+    }
+    let base = truncate_kv(&kv, 7);
+    let base = KvCache::parse(&base).unwrap();
+    let whole = assemble(&base, "m", &ext).unwrap();
+    let whole = KvCache::parse(&whole).unwrap();
+    assert_eq!(whole.header, kv.header);
+    for (a, b) in kv.layers().zip(whole.layers()) {
+        let n = 7 * 32 * 2;
+        assert_eq!(
+            a.key.bytes()[..n],
+            b.key.bytes()[..n],
+            "the prefix is exact"
+        );
+    }
+}
+
+#[test]
+fn avp_kvq_30_int8_channel_group_fitted_to_the_head() {
+    // The sender's choice: the largest g | head_dim up to 64, no residual.
+    let fit = |d| {
+        let p = QuantParams::int8_channel_for(d);
+        (p.group_size, p.residual, p.scale_dtype)
+    };
+    assert_eq!(fit(64), (64, 0, ScaleDtype::F16));
+    assert_eq!(fit(128), (64, 0, ScaleDtype::F16));
+    assert_eq!(fit(96), (48, 0, ScaleDtype::F16));
+    assert_eq!(fit(12), (12, 0, ScaleDtype::F16));
+    // Whatever it picks quantizes, at any length.
+    for (d, t) in [(12u32, 7u32), (16, 45), (64, 3), (8, 0), (64, 65)] {
+        let raw = kv_payload(1, 1, d, t, KvDtype::Float16);
+        let kv = KvCache::parse(&raw).unwrap();
+        let params = QuantParams::int8_channel_for(d);
+        let q = encode_ext(&kv, &params, 0, None).unwrap();
+        KvExt::parse(&q).unwrap().dequantize().unwrap();
+    }
+}
+
+mod int8_channel_properties {
+    //! AVP-KVQ-31/32 as properties: for any shape, group, scale dtype and
+    //! values, every quantized element is within half its group's stored
+    //! scale of the original (or the clamp's distance, when rounding the
+    //! scale made it smaller), and every residual element is exact.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn context(heads: u32, dim: u32, seq: u32, values: &[f32]) -> Vec<u8> {
+        let header = KvHeader {
+            num_layers: 1,
+            num_kv_heads: heads,
+            head_dim: dim,
+            seq_len: seq,
+            dtype: KvDtype::Float32,
+        };
+        let n = (heads * dim * seq) as usize;
+        let tensor = |offset: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| {
+                    let mut x = values[(i + offset) % values.len()];
+                    if i % dim as usize == 1 {
+                        x *= 40.0; // an outlier key (and value) channel
+                    }
+                    x.to_le_bytes()
+                })
+                .collect()
+        };
+        let (k, v) = (tensor(0), tensor(7));
+        write_kv_cache(&header, [(&k[..], &v[..])]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn avp_kvq_32_error_within_half_a_scale_and_residual_exact(
+            heads in 1u32..3,
+            dim_pick in 0usize..4,
+            seq in 0u32..70,
+            group_pick in 0usize..8,
+            extra_residual in 0u32..3,
+            f16_scales in any::<bool>(),
+            values in proptest::collection::vec(-8.0f32..8.0, 1..64),
+        ) {
+            let dim = [2u32, 8, 12, 64][dim_pick];
+            let divisors: Vec<u32> = (1..=dim.min(64)).filter(|g| dim % g == 0).collect();
+            let g = divisors[group_pick % divisors.len()];
+            let params = QuantParams {
+                group_size: g,
+                residual: extra_residual.min(seq),
+                scale_dtype: if f16_scales { ScaleDtype::F16 } else { ScaleDtype::F32 },
+                ..QuantParams::INT8_CHANNEL
+            };
+            let raw = context(heads, dim, seq, &values);
+            let kv = KvCache::parse(&raw).unwrap();
+            let q = encode_ext(&kv, &params, 0, None).unwrap();
+            let ext = KvExt::parse(&q).unwrap();
+            let back = ext.dequantize().unwrap();
+            let back = KvCache::parse(&back).unwrap();
+            let (d, t, tq) = (dim as usize, seq as usize, (seq - params.residual) as usize);
+            let g = g as usize;
+            let layer = (kv.layer(0).unwrap(), back.layer(0).unwrap());
+            for (key, (orig, deq)) in [(true, (layer.0.key, layer.1.key)), (false, (layer.0.value, layer.1.value))] {
+                let x: Vec<f32> = orig.iter_f32().collect();
+                let y: Vec<f32> = deq.iter_f32().collect();
+                let at = |h: usize, s: usize, c: usize| (h * t + s) * d + c;
+                for h in 0..heads as usize {
+                    for s in 0..t {
+                        for c in 0..d {
+                            let i = at(h, s, c);
+                            if s >= tq {
+                                prop_assert_eq!(x[i].to_bits(), y[i].to_bits(), "residual");
+                                continue;
+                            }
+                            // The element's group (AVP-KVQ-31) and its amax.
+                            let amax = if key {
+                                // The last group of a channel is shorter when g does not divide tq.
+                                let s0 = s / g * g;
+                                (s0..(s0 + g).min(tq)).map(|u| x[at(h, u, c)].abs()).fold(0f32, f32::max)
+                            } else {
+                                let c0 = c / g * g;
+                                (c0..c0 + g).map(|u| x[at(h, s, u)].abs()).fold(0f32, f32::max)
+                            };
+                            // Half a step of the stored scale s', or the clamp's distance
+                            // amax - 127 s' when rounding made s' smaller; plus the
+                            // binary32 roundings of x / s' and q * s'.
+                            let s = if f16_scales {
+                                f16_to_f32(f32_to_f16(amax / 127.0))
+                            } else {
+                                amax / 127.0
+                            };
+                            let bound = (s * 0.5).max(amax - 127.0 * s) + s * 1e-4 + amax * 1e-6;
+                            prop_assert!((x[i] - y[i]).abs() <= bound,
+                                "{} ({h},{s},{c}): {} vs {}, amax {amax}", if key { "K" } else { "V" }, x[i], y[i]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// AVP-KVQ-31/32 by the letter: one division per value, groups found by
+/// the index formulas, scales and codes written in order. The codec's
+/// quantizer (fused widening and per-channel maxima) must give these bytes.
+fn int8_channel_reference(kv: &KvCache<'_>, g: usize, sd: ScaleDtype, r: usize) -> Vec<u8> {
+    let h = kv.header;
+    let (heads, t, d) = (
+        h.num_kv_heads as usize,
+        h.seq_len as usize,
+        h.head_dim as usize,
+    );
+    let tq = t - r;
+    let gt = tq.div_ceil(g);
+    let es = h.dtype.element_type().size();
+    let round = |x: f32| match sd {
+        ScaleDtype::F16 => f16_to_f32(f32_to_f16(x)),
+        _ => x,
+    };
+    let put = |out: &mut Vec<u8>, s: f32| match sd {
+        ScaleDtype::F16 => out.extend_from_slice(&f32_to_f16(s).to_le_bytes()),
+        _ => out.extend_from_slice(&s.to_le_bytes()),
+    };
+    let code = |x: f32, s: f32| {
+        if s == 0.0 {
+            0u8
+        } else {
+            (x / s).round_ties_even().clamp(-127.0, 127.0) as i8 as u8
+        }
+    };
+    let header = KvExt::parse(
+        &encode_ext(
+            kv,
+            &QuantParams {
+                group_size: g as u32,
+                scale_dtype: sd,
+                residual: r as u32,
+                ..QuantParams::INT8_CHANNEL
+            },
+            0,
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .header;
+    let mut out = header.to_bytes().to_vec();
+    for layer in kv.layers() {
+        for (key, tensor) in [(true, layer.key), (false, layer.value)] {
+            let x: Vec<f32> = tensor.iter_f32().collect();
+            let at = |hh: usize, s: usize, c: usize| (hh * t + s) * d + c;
+            let mut scales = vec![
+                0f32;
+                if key {
+                    heads * gt * d
+                } else {
+                    heads * tq * d / g
+                }
+            ];
+            for hh in 0..heads {
+                for s in 0..tq {
+                    for c in 0..d {
+                        let (i, amax) = if key {
+                            let s0 = s / g * g;
+                            let amax = (s0..(s0 + g).min(tq))
+                                .fold(0f32, |a, u| a.max(x[at(hh, u, c)].abs()));
+                            ((hh * gt + s / g) * d + c, amax)
+                        } else {
+                            let c0 = c / g * g;
+                            let amax = (c0..c0 + g).fold(0f32, |a, u| a.max(x[at(hh, s, u)].abs()));
+                            ((hh * tq + s) * (d / g) + c / g, amax)
+                        };
+                        scales[i] = round(amax / 127.0);
+                    }
+                }
+            }
+            for &s in &scales {
+                put(&mut out, s);
+            }
+            for hh in 0..heads {
+                for s in 0..tq {
+                    for c in 0..d {
+                        let i = if key {
+                            (hh * gt + s / g) * d + c
+                        } else {
+                            (hh * tq + s) * (d / g) + c / g
+                        };
+                        out.push(code(x[at(hh, s, c)], scales[i]));
+                    }
+                }
+            }
+            let bytes = tensor.bytes();
+            for hh in 0..heads {
+                out.extend_from_slice(&bytes[at(hh, tq, 0) * es..at(hh, t, 0) * es]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn avp_kvq_32_int8_channel_quantizer_equals_the_per_value_reference() {
+    // Every dtype, both scale dtypes, lengths the group does not divide, a
+    // residual, a head_dim over one run of 64 and a tiny scale (binary16
+    // rounds it to 0: codes 0) in one key channel.
+    for dtype in [KvDtype::Float16, KvDtype::Bfloat16, KvDtype::Float32] {
+        for (dim, seq, g, r) in [
+            (128u32, 70u32, 64usize, 0usize),
+            (12, 11, 4, 2),
+            (64, 33, 32, 0),
+            (8, 5, 8, 0),
+        ] {
+            let mut raw = kv_payload(2, 2, dim, seq, dtype);
+            let es = dtype.element_type().size();
+            let tiny: Vec<u8> = match dtype {
+                KvDtype::Float16 => 1u16.to_le_bytes().to_vec(),
+                KvDtype::Bfloat16 => f32_to_bf16(1e-30).to_le_bytes().to_vec(),
+                _ => 1e-30f32.to_le_bytes().to_vec(),
+            };
+            for s in 0..seq as usize {
+                let at = 17 + (s * dim as usize + 1) * es; // head 0, channel 1 of layer 0's keys
+                raw[at..at + es].copy_from_slice(&tiny);
+            }
+            let kv = KvCache::parse(&raw).unwrap();
+            for sd in [ScaleDtype::F16, ScaleDtype::F32] {
+                let params = QuantParams {
+                    group_size: g as u32,
+                    scale_dtype: sd,
+                    residual: r as u32,
+                    ..QuantParams::INT8_CHANNEL
+                };
+                let got = encode_ext(&kv, &params, 0, None).unwrap();
+                let want = int8_channel_reference(&kv, g, sd, r);
+                assert!(got == want, "{dtype:?} d {dim} t {seq} g {g} r {r} {sd:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn avp_kvq_32_int8_channel_refuses_a_non_finite_value_in_a_short_last_key_group() {
+    // The fused key widening refuses infinity and NaN wherever they are,
+    // naming the value (AVP-KVQ-32 refers to AVP-KVQ-5's refusals).
+    for dtype in [KvDtype::Float16, KvDtype::Bfloat16, KvDtype::Float32] {
+        let raw = kv_payload(1, 1, 64, 35, dtype);
+        let es = dtype.element_type().size();
+        let bad: [(Vec<u8>, &str); 2] = match dtype {
+            KvDtype::Float16 => [
+                (0x7c00u16.to_le_bytes().to_vec(), "inf"),
+                (0x7e00u16.to_le_bytes().to_vec(), "NaN"),
+            ],
+            KvDtype::Bfloat16 => [
+                (0x7f80u16.to_le_bytes().to_vec(), "inf"),
+                (0x7fc0u16.to_le_bytes().to_vec(), "NaN"),
+            ],
+            _ => [
+                (f32::INFINITY.to_le_bytes().to_vec(), "inf"),
+                (f32::NAN.to_le_bytes().to_vec(), "NaN"),
+            ],
+        };
+        for (bytes, name) in bad {
+            for token in [0usize, 33] {
+                let mut p = raw.clone();
+                let at = 17 + (token * 64 + 9) * es;
+                p[at..at + es].copy_from_slice(&bytes);
+                let kv = KvCache::parse(&p).unwrap();
+                let e = encode_ext(
+                    &kv,
+                    &QuantParams {
+                        group_size: 32,
+                        ..QuantParams::INT8_CHANNEL
+                    },
+                    0,
+                    None,
+                )
+                .unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::InvalidArgument,
+                    "{dtype:?} {name} at {token}"
+                );
+                assert!(e.message().contains(name), "{dtype:?}: {}", e.message());
+            }
+        }
     }
 }

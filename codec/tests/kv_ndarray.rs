@@ -57,7 +57,12 @@ fn avp_kvq_20_quantizing_views_matches_quantizing_the_kv_payload() {
     let layers = layers();
     let raw = kv_v1(&layers);
     let kv = KvCache::parse(&raw).unwrap();
-    for params in [QuantParams::INT8, QuantParams::INT4, QuantParams::NONE] {
+    for params in [
+        QuantParams::INT8,
+        QuantParams::INT4,
+        QuantParams::INT8_CHANNEL,
+        QuantParams::NONE,
+    ] {
         let from_views = encode_ext_ndarray(
             layers.iter().map(|(k, v)| (k.view(), v.view())),
             KvDtype::Float16,

@@ -9,7 +9,8 @@ package for prefix addresses) following spec/protocol/kv-quant.md (AVP-KVQ-2..7)
 spec/protocol/kv-delta.md (AVP-KVD-1..5). The SDK (avp==0.6.2) has no quantized or delta KV,
 so it is not used here; its refusal of such messages is shown by codec/tests/kv_ext.rs.
 
-Case op `kv_ext_encode`: input {file: a KV v1 payload (the context), scheme (none|int8|int4),
+Case op `kv_ext_encode`: input {file: a KV v1 payload (the context), scheme
+(none|int8|int4|int8-channel),
 group_size, scale_dtype (f32|f16), residual, seq_start, model_hash (deltas)}; expect {result:
 valid, output: digest of the extended payload the sender must produce}.
 
@@ -158,6 +159,43 @@ def int4_tensor(x, g, sd, r, part, dtype):
     return section, np.concatenate([deq, x[:, tq:, :]], axis=1)
 
 
+def int8ch_tensor(x, g, sd, r, part, dtype):
+    """x: [H, t, D] float32, scheme 3 (AVP-KVQ-30..32): AVP-KVQ-5's arithmetic in int4's
+    grouping, the last key group of a channel shorter when g does not divide tq, the last r
+    tokens kept in dtype -> (section bytes, dequantized float32)."""
+    h, t, d = x.shape
+    tq = t - r
+    xq = x[:, :tq, :]
+    q_full = np.zeros((h, tq, d), np.int8)
+    deq = np.zeros((h, tq, d), np.float32)
+    scales = []
+    if part == "key":   # per channel over tokens [j*g, min((j+1)*g, tq)): scale (h, j, c)
+        for hi in range(h):
+            for j in range(-(-tq // g)):
+                blk = xq[hi, j * g:min((j + 1) * g, tq), :]              # [rows, D]
+                amax = np.abs(blk).max(axis=0).astype(np.float32)
+                s = round_scale(amax / np.float32(127), sd)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    q = np.rint(blk / s[None, :]).astype(np.float32)
+                q = np.where(s[None, :] == 0, np.float32(0), np.clip(q, -127, 127)).astype(np.int8)
+                q_full[hi, j * g:j * g + blk.shape[0], :] = q
+                deq[hi, j * g:j * g + blk.shape[0], :] = (q.astype(np.float32) * s[None, :]).astype(np.float32)
+                scales.append(s)
+    else:               # per token over g channels: scale (h, s, k)
+        grp = xq.reshape(h, tq, d // g, g)
+        amax = np.abs(grp).max(axis=-1) if grp.size else np.zeros(grp.shape[:-1], np.float32)
+        s = round_scale(amax.astype(np.float32) / np.float32(127), sd)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.rint(grp / s[..., None]).astype(np.float32)
+        q = np.where(s[..., None] == 0, np.float32(0), np.clip(q, -127, 127)).astype(np.int8)
+        q_full = q.reshape(h, tq, d)
+        deq = (q.astype(np.float32) * s[..., None]).astype(np.float32).reshape(h, tq, d)
+        scales.append(s.reshape(-1))
+    s_all = np.concatenate(scales).astype(np.float32) if scales else np.zeros(0, np.float32)
+    section = scale_bytes(s_all, sd) + q_full.tobytes() + store(x[:, tq:, :], dtype)
+    return section, np.concatenate([deq, x[:, tq:, :]], axis=1)
+
+
 def ext_payload(ctx, dtype, scheme, g=0, sd=0, r=0, p=0, model_hash=None, override=None):
     """The extended payload of positions [p, n) and the KV v1 payload a receiver yields."""
     heads, n, dim = ctx[0][0].shape
@@ -166,7 +204,9 @@ def ext_payload(ctx, dtype, scheme, g=0, sd=0, r=0, p=0, model_hash=None, overri
         count = 0
     elif scheme == 1:
         count = heads * t * (dim // g)
-    else:
+    elif scheme == 3:   # int8-channel: the keys' H * ceil(tq / g) * D (AVP-KVQ-31)
+        count = heads * (-(-(t - r) // g)) * dim
+    else:   # int4: H * tq * D / g
         count = heads * (t - r) * dim // g
     fields = dict(magic=b"AVKX", version=1, scheme=scheme, dtype=dtype, sd=sd, layers=len(ctx),
                   heads=heads, dim=dim, p=p, n=n, g=g, r=r, count=count)
@@ -184,6 +224,8 @@ def ext_payload(ctx, dtype, scheme, g=0, sd=0, r=0, p=0, model_hash=None, overri
                 sec, deq = store(x, dtype), x
             elif scheme == 1:
                 sec, deq = int8_tensor(x, g, sd)
+            elif scheme == 3:
+                sec, deq = int8ch_tensor(x, g, sd, r, part, dtype)
             else:
                 sec, deq = int4_tensor(x, g, sd, r, part, dtype)
             body += sec
@@ -230,7 +272,7 @@ def encode_case(slug, rules, description, ctx, dtype, payload, scheme, g=0, sd=0
     """Op kv_ext_encode: the sender side (AVP-KVQ-5/6, AVP-KVD-1/2) must give these exact bytes."""
     path = f"bin/encode-{slug}.kv"
     BINS[path] = kv_v1(ctx, dtype)
-    inp = {"file": path, "scheme": ["none", "int8", "int4"][scheme], "group_size": g,
+    inp = {"file": path, "scheme": ["none", "int8", "int4", "int8-channel"][scheme], "group_size": g,
            "scale_dtype": ["f32", "f16"][sd], "residual": r, "seq_start": p}
     if model_hash is not None:
         inp["model_hash"] = model_hash
@@ -288,6 +330,50 @@ def main():
     valid("int4", "bf16-g64-no-residual", q + ["AVP-KVQ-6", "AVP-KVQ-7"],
           "int4 KIVI, bfloat16 context, groups of 64, binary32 scales, no residual", p, o)
 
+    # int8-channel (AVP-KVQ-30..32): keys per channel, values per token, a residual
+    ch = q + ["AVP-KVQ-30", "AVP-KVQ-31", "AVP-KVQ-32", "AVP-KVQ-7"]
+    c9 = context(2, 2, 64, 35, F16, 9)
+    c9[1][0][:, :, 5] *= 40.0     # an outlier key channel, 40x the others
+    c9 = [tuple(load(store(t, F16), F16).reshape(t.shape) for t in kv) for kv in c9]
+    p3, o3, _ = ext_payload(c9, F16, 3, g=32, sd=1, r=3)
+    valid("int8-channel", "f16-g32-residual-3", ch,
+          "int8-channel, float16 context with an outlier key channel, groups of 32, binary16 scales, "
+          "3 residual tokens", p3, o3)
+    c10 = context(1, 1, 16, 8, BF16, 10)
+    c10[0][0][0, :4, 2] = 0.0     # one key channel all zeros over a group: scale 0, q 0
+    p, o, _ = ext_payload(c10, BF16, 3, g=4, sd=0, r=0)
+    valid("int8-channel", "bf16-g4-zero-channel", ch,
+          "int8-channel, bfloat16 context, groups of 4, binary32 scales, a key group all zeros", p, o)
+    # 35 = 32 + 3: the last key group of each channel holds 3 tokens (AVP-KVQ-31).
+    p3s, o3s, _ = ext_payload(c9, F16, 3, g=32, sd=1, r=0)
+    valid("int8-channel", "f16-g32-last-group-3", ch,
+          "int8-channel, float16 context of 35 tokens with an outlier key channel, groups of 32: "
+          "the last key group of a channel has 3 tokens, no residual", p3s, o3s)
+    c13 = context(2, 2, 8, 11, F32, 13)
+    p, o, _ = ext_payload(c13, F32, 3, g=8, sd=0, r=2)
+    valid("int8-channel", "f32-g8-last-group-1-residual-2", ch,
+          "int8-channel, float32 context of 11 tokens, groups of 8, 2 residual tokens: the last key "
+          "group of a channel has 1 token", p, o)
+    c11 = context(1, 2, 8, 5, F32, 11)
+    p, o, _ = ext_payload(c11, F32, 3, g=8, sd=0, r=5)
+    valid("int8-channel", "f32-all-residual", ch,
+          "int8-channel, float32 context of 5 tokens, all residual: no scales, no codes", p, o)
+    # The byte 0x80 (-128) is never written but dequantizes like any other (AVP-KVQ-5).
+    c12 = context(1, 1, 2, 2, F32, 12)
+    p, _, _ = ext_payload(c12, F32, 3, g=2, sd=0, r=0)
+    pb = bytearray(p)
+    ks = np.frombuffer(bytes(pb[40:48]), "<f4")                  # key scales of channels 0, 1
+    pb[48] = 0x80                                                 # key (0, 0, 0)
+    kq = np.frombuffer(bytes(pb[48:52]), np.int8).astype(np.float32).reshape(2, 2)
+    kd = kq * ks[None, :]
+    vs = np.frombuffer(bytes(pb[52:60]), "<f4")                  # value scales of tokens 0, 1
+    vq = np.frombuffer(bytes(pb[60:64]), np.int8).astype(np.float32).reshape(2, 2)
+    vd = vq * vs[:, None]
+    out = struct.pack("<IIIIB", 1, 1, 2, 2, F32) + store(kd, F32) + store(vd, F32)
+    valid("int8-channel", "minus-128", ch,
+          "int8-channel with the byte -128, which senders never write: dequantized as -128 x scale",
+          bytes(pb), out)
+
     # scheme none and deltas (AVP-KVD-*)
     mh = "c0ffee" * 10 + "abcd"
     c7 = context(2, 2, 8, 9, F16, 7)
@@ -330,6 +416,23 @@ def main():
                 c5, F16, p4, 2, g=32, sd=1, r=3)
     encode_case("int4-bf16-g64", ["AVP-KVQ-6", "AVP-KVQ-7"], "int4 KIVI of a bfloat16 context, groups of 64",
                 c6, BF16, ext_payload(c6, BF16, 2, g=64, sd=0, r=0)[0], 2, g=64, sd=0)
+    encode_case("int8-channel-f16-residual-3", ["AVP-KVQ-30", "AVP-KVQ-31", "AVP-KVQ-32"],
+                "int8-channel with an outlier key channel, binary16 scales and 3 residual tokens",
+                c9, F16, p3, 3, g=32, sd=1, r=3)
+    encode_case("int8-channel-bf16-g4", ["AVP-KVQ-31", "AVP-KVQ-32", "AVP-KVQ-7"],
+                "int8-channel of a bfloat16 context, groups of 4, a key group all zeros",
+                c10, BF16, ext_payload(c10, BF16, 3, g=4, sd=0, r=0)[0], 3, g=4, sd=0)
+    pq3, _, _ = ext_payload(c9, F16, 3, g=16, sd=0, r=0, p=3, model_hash=mh)
+    encode_case("delta-int8-channel", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-32"],
+                "int8-channel delta from position 3 (32 tokens carried, groups of 16)",
+                c9, F16, pq3, 3, g=16, sd=0, p=3, model_hash=mh)
+    encode_case("int8-channel-f16-last-group-3", ["AVP-KVQ-30", "AVP-KVQ-31", "AVP-KVQ-32"],
+                "int8-channel of 35 tokens in groups of 32, no residual: a last key group of 3 tokens",
+                c9, F16, p3s, 3, g=32, sd=1, r=0)
+    pq5, _, _ = ext_payload(c9, F16, 3, g=16, sd=1, r=0, p=5, model_hash=mh)
+    encode_case("delta-int8-channel-last-group-14", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-31", "AVP-KVQ-32"],
+                "int8-channel delta from position 5 (30 tokens carried, groups of 16: a last key group of 14)",
+                c9, F16, pq5, 3, g=16, sd=1, p=5, model_hash=mh)
     encode_case("delta-none", ["AVP-KVD-1", "AVP-KVD-2"], "plain delta from position 5: address and tail",
                 c7, F16, pd, 0, p=5, model_hash=mh)
     encode_case("delta-int8", ["AVP-KVD-1", "AVP-KVD-2", "AVP-KVQ-5"], "int8 delta from position 4",
@@ -340,7 +443,7 @@ def main():
     bad("refused", "short-header", r, "39 bytes", p8[:39], "truncated")
     bad("refused", "bad-magic", r, "magic AVKY", b"AVKY" + p8[4:], "inconsistent")
     bad("refused", "version-2", r, "format version 2", patch(p8, 4, "B", 2), "unsupported_version")
-    bad("refused", "scheme-3", r, "scheme byte 3", patch(p8, 5, "B", 3), "unknown_enum")
+    bad("refused", "scheme-4", r, "scheme byte 4", patch(p8, 5, "B", 4), "unknown_enum")
     bad("refused", "dtype-3", r, "dtype byte 3 (never read as float16)", patch(p8, 6, "B", 3), "unknown_enum")
     bad("refused", "scale-dtype-2", r, "scale dtype byte 2", patch(p8, 7, "B", 2), "unknown_enum")
     bad("refused", "start-after-end", r, "seq_start 4 > seq_len 3", patch(p8, 20, "<I", 4), "inconsistent")
@@ -355,6 +458,44 @@ def main():
         patch(p4, 32, "<I", 2), "bad_group_size")
     bad("refused", "int4-residual-too-long", g, "int4 residual 36 > 35 tokens",
         patch(p4, 32, "<I", 36), "inconsistent")
+    g3 = r + ["AVP-KVQ-30"]
+    bad("refused", "int8-channel-group-0", g3, "int8-channel group size 0", patch(p3, 28, "<I", 0),
+        "bad_group_size")
+    bad("refused", "int8-channel-group-65", g3, "int8-channel group size 65", patch(p3, 28, "<I", 65),
+        "bad_group_size")
+    bad("refused", "int8-channel-group-48", g3, "int8-channel group size 48 does not divide head_dim 64",
+        patch(p3, 28, "<I", 48), "bad_group_size")
+    bad("refused", "int8-channel-residual-changes-key-groups", g3 + ["AVP-KVQ-31"],
+        "int8-channel residual 2: 33 quantized tokens need 2 key groups a channel (256 scales), "
+        "128 declared", patch(p3, 32, "<I", 2), "scale_count_mismatch")
+    bad("refused", "int8-channel-residual-too-long", g3, "int8-channel residual 36 > 35 tokens",
+        patch(p3, 32, "<I", 36), "inconsistent")
+    bad("refused", "int8-channel-scale-count", g3 + ["AVP-KVQ-31"],
+        "int8-channel declares 127 scales per tensor, the shape gives 128",
+        patch(p3, 36, "<I", 127), "scale_count_mismatch")
+    bad("refused", "int8-channel-short", g3 + ["AVP-KVQ-31"], "int8-channel, the last residual byte missing",
+        p3[:-1], "truncated")
+    bad("refused", "int8-channel-long", g3 + ["AVP-KVQ-31"], "int8-channel, one byte after the last layer",
+        p3 + b"\0", "inconsistent")
+    kv_len = 256 * 2 + 2 * 35 * 64    # p3s: the K section of layer 0 (AVP-KVQ-31)
+    bad("refused", "int8-channel-last-group-value-count", g3 + ["AVP-KVQ-31"],
+        "int8-channel of 35 tokens in groups of 32 declares the values' 140 scales, not the keys' 256",
+        patch(p3s, 36, "<I", 140), "scale_count_mismatch")
+    bad("refused", "int8-channel-last-group-short", g3 + ["AVP-KVQ-31"],
+        "int8-channel with a short last key group, one byte missing", p3s[:-1], "truncated")
+    bad("refused", "int8-channel-last-group-long", g3 + ["AVP-KVQ-31"],
+        "int8-channel with a short last key group, one byte after the last layer", p3s + b"\0",
+        "inconsistent")
+    bad("refused", "int8-channel-last-group-nan-scale", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
+        "int8-channel, a NaN scale of a last (3-token) key group", patch(p3s, 40 + 2 * (64 + 5), "<H", 0x7E00),
+        "inconsistent")
+    bad("refused", "int8-channel-value-negative-scale", r + ["AVP-KVQ-31", "AVP-KVQ-32"],
+        "int8-channel, a negative scale of the first V section, which starts after the longer K section",
+        patch(p3s, 40 + kv_len, "<H", 0xBC00), "inconsistent")
+    bad("refused", "int8-channel-negative-scale", r + ["AVP-KVQ-32"], "int8-channel, a negative binary16 scale",
+        patch(p3, 40, "<H", 0xBC00), "inconsistent")
+    bad("refused", "int8-channel-inf-scale", r + ["AVP-KVQ-32"], "int8-channel, an infinite binary16 scale",
+        patch(p3, 40, "<H", 0x7C00), "inconsistent")
     bad("refused", "none-with-group", g, "scheme none with a group size",
         patch(ext_payload(c7, F16, 0)[0], 28, "<I", 8), "inconsistent")
     bad("refused", "scale-count", r, "declares 7 scales per tensor, the shape gives 6",

@@ -1,8 +1,9 @@
 //! The kv_ext corpus area (conformance/vectors/kv_ext, made by
 //! conformance/gen/gen_kv_ext.py from the spec text with numpy) against our
 //! codec through the built-in subject: every case PASSes, so the
-//! independent generator and avp-codec agree bit for bit on int8 and int4
-//! dequantization (AVP-KVQ-5, AVP-KVQ-6), prefix addresses and assembly
+//! independent generator and avp-codec agree bit for bit on int8, int4 and
+//! int8-channel quantization and dequantization (AVP-KVQ-5, AVP-KVQ-6,
+//! AVP-KVQ-32), prefix addresses and assembly
 //! (AVP-KVD-1, AVP-KVD-4), and on every typed error (AVP-KVQ-3).
 #![allow(clippy::unwrap_used, missing_docs)]
 

@@ -130,7 +130,7 @@ fn main() {
         let d = engine.model().config().head_dim;
         let plain = ctx.kv_payload().unwrap().len();
         let (orig_tokens, orig_lp) = continue_from(&engine, &ctx, None);
-        for scheme in [KvScheme::Int8, KvScheme::Int4] {
+        for scheme in [KvScheme::Int8, KvScheme::Int4, KvScheme::Int8Channel] {
             let params = match params_for(scheme, d, ctx.seq_len()) {
                 Ok(p) => p,
                 Err(_) => {
@@ -168,7 +168,9 @@ fn main() {
                 "| {name} | {d} | {} | {}{} | {:.3} | {equal}/{TOKENS} | {first} | {mean:.2e} | {max:.2e} |",
                 ctx.seq_len(),
                 scheme.name(),
-                if params.residual > 0 {
+                if scheme == KvScheme::Int8Channel {
+                    format!(" (g {}, residual {})", params.group_size, params.residual)
+                } else if params.residual > 0 {
                     format!(" (residual {})", params.residual)
                 } else {
                     String::new()

@@ -3,7 +3,7 @@
 //! the integer bytes and scales to the host, in one copy; import uploads the
 //! payload in one copy and dequantizes on the device.
 //!
-//! The arithmetic is the codec's (`avp_codec::kv_quant`, AVP-KVQ-5/6), one
+//! The arithmetic is the codec's (`avp_codec::kv_quant`, AVP-KVQ-5/6/32), one
 //! IEEE binary32 operation per step and in the same order, so the bytes an
 //! export writes are the bytes `encode_ext` writes from the same floats and
 //! an import yields the floats `KvExt::dequantize` yields (the tests compare
@@ -38,7 +38,10 @@ const INT4_GROUP: usize = 32;
 /// up to 64 with binary32 scales; int4 groups of 32 with binary16 scales and
 /// minimums, the `seq_len mod 32` most recent tokens kept as residual. An
 /// int4 cache whose `head_dim` is not a multiple of 32 cannot be quantized
-/// (values are grouped along it): `InvalidArgument`.
+/// (values are grouped along it): `InvalidArgument`. int8-channel takes the
+/// codec's `QuantParams::int8_channel_for` (the largest divisor of
+/// `head_dim` up to 64, binary16 scales, no residual: the last key group of
+/// a channel is shorter when the group does not divide `seq_len`).
 pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<QuantParams> {
     match scheme {
         KvScheme::Int8 => {
@@ -68,6 +71,7 @@ pub fn params_for(scheme: KvScheme, head_dim: usize, seq_len: usize) -> Result<Q
                 ..QuantParams::INT4
             })
         }
+        KvScheme::Int8Channel => Ok(QuantParams::int8_channel_for(u32_of(head_dim, "head_dim")?)),
         _ => Ok(QuantParams::NONE),
     }
 }
@@ -194,6 +198,44 @@ fn quantize_section(
             let r = i64::from(h.residual);
             parts.push(bytes_of(&x.f_narrow(1, tq, r)?)?);
         }
+        KvScheme::Int8Channel => {
+            let (heads, d) = (i64::from(h.num_kv_heads), i64::from(h.head_dim));
+            let tq = i64::from(h.quantized_tokens());
+            if tq > 0 {
+                let xq = f.f_narrow(1, 0, tq)?;
+                // AVP-KVQ-31: int4's grouping, AVP-KVQ-5's arithmetic; the last
+                // key group of a channel is shorter: zero rows pad it to g
+                // (|0| never raises amax) and their codes are dropped.
+                let blocks = (tq + g - 1) / g;
+                let (groups, dim) = match part {
+                    KvPart::Key => {
+                        let padded = if blocks * g == tq {
+                            xq
+                        } else {
+                            let pad = xq.f_new_zeros(
+                                [heads, blocks * g - tq, d],
+                                (Kind::Float, xq.device()),
+                            )?;
+                            Tensor::f_cat(&[xq, pad], 1)?
+                        };
+                        (padded.f_reshape([heads, blocks, g, d])?, 2i64)
+                    }
+                    KvPart::Value => (xq.f_reshape([heads, tq, d / g, g])?, 3i64),
+                };
+                let amax = groups.f_abs()?.f_amax([dim].as_slice(), true)?;
+                let s = round_scale(&amax.f_div(&divisor(&amax, 127.0)?)?, sd)?;
+                ok.push(s.f_isfinite()?.f_all()?);
+                let q = quantize(&groups, &s, -127.0, 127.0)?.f_to_kind(Kind::Int8)?;
+                let q = match part {
+                    KvPart::Key => q.f_reshape([heads, blocks * g, d])?.f_narrow(1, 0, tq)?,
+                    KvPart::Value => q,
+                };
+                parts.push(scale_bytes(&s, sd)?);
+                parts.push(bytes_of(&q)?);
+            }
+            let r = i64::from(h.residual);
+            parts.push(bytes_of(&x.f_narrow(1, tq, r)?)?);
+        }
         _ => parts.push(bytes_of(x)?),
     }
     Ok(())
@@ -267,7 +309,8 @@ impl LatentContext {
     /// The context as a KV_CACHE_EXT message (AVP-KVQ-1): [`Self::to_bytes`]'s
     /// metadata with the payload type KV_CACHE_EXT and the payload of
     /// [`quantized_payload`]. Send it only to a peer that announced the
-    /// scheme's capability (`kv_quant_int8` / `kv_quant_int4`).
+    /// scheme's capability (`kv_quant_int8` / `kv_quant_int4` /
+    /// `kv_quant_int8_channel`).
     pub fn to_bytes_quantized(&self, params: &QuantParams) -> Result<Vec<u8>> {
         let payload = quantized_payload(&self.cache, params)?;
         let extra: BTreeMap<String, String> = [
@@ -314,9 +357,11 @@ fn bad_scale(bytes: &[u8], sd: ScaleDtype, scales: bool) -> Option<f32> {
 /// uploaded (a few bytes per group; AVP-KVQ-3's value checks).
 fn check_scales(ext: &KvExt<'_>) -> Result<()> {
     let h = &ext.header;
-    let len = usize_of(h.scales_per_tensor).saturating_mul(h.scale_dtype.size());
     for layer in 0..usize_of(h.num_layers) {
         for part in [KvPart::Key, KvPart::Value] {
+            // int8-channel's K and V sections have different counts (AVP-KVQ-31).
+            let count = usize::try_from(h.part_scales(part).unwrap_or(0)).unwrap_or(0);
+            let len = count.saturating_mul(h.scale_dtype.size());
             let section = ext.section(layer, part).unwrap_or_default();
             let (scales, rest) = section.split_at(len.min(section.len()));
             let mins = match h.scheme {
@@ -362,7 +407,8 @@ fn dequantize_section(h: &KvExtHeader, part: KvPart, body: &Tensor, at: i64) -> 
     let es = i64::try_from(h.dtype.element_type().size()).unwrap_or(4);
     let (heads, d) = (i64::from(h.num_kv_heads), i64::from(h.head_dim));
     let t = i64::from(h.stored_tokens());
-    let (g, groups) = (i64::from(h.group_size), i64::from(h.scales_per_tensor));
+    let g = i64::from(h.group_size);
+    let groups = i64::try_from(h.part_scales(part).unwrap_or(0)).unwrap_or(0);
     let ss = i64::try_from(h.scale_dtype.size()).unwrap_or(4);
     let x = match h.scheme {
         KvScheme::Int8 => {
@@ -404,6 +450,45 @@ fn dequantize_section(h: &KvExtHeader, part: KvPart, body: &Tensor, at: i64) -> 
                     .f_mul(&s.f_reshape(sshape)?)?
                     .f_add(&m.f_reshape(sshape)?)?;
                 pieces.push(x.f_to_kind(kind)?.f_reshape([heads, tq, d])?);
+            }
+            if r > 0 {
+                pieces.push(read_as(body, at, heads * r * d * es, kind)?.f_reshape([heads, r, d])?);
+            }
+            match pieces.len() {
+                1 => pieces.swap_remove(0),
+                _ => Tensor::f_cat(&pieces, 1)?,
+            }
+        }
+        KvScheme::Int8Channel => {
+            let (tq, r) = (i64::from(h.quantized_tokens()), i64::from(h.residual));
+            let mut pieces = Vec::with_capacity(2);
+            let mut at = at;
+            if tq > 0 {
+                let s = read_scales(body, at, groups, h.scale_dtype)?;
+                at += groups * ss;
+                let q = body
+                    .f_narrow(0, at, heads * tq * d)?
+                    .f_view_dtype(Kind::Int8)?
+                    .f_to_kind(Kind::Float)?;
+                at += heads * tq * d;
+                // Each element's scale laid out as `[H, tq, D]`: a key scale
+                // repeated over its group's tokens (the last group shorter),
+                // a value scale over its g channels.
+                let per_element = match part {
+                    KvPart::Key => {
+                        let blocks = (tq + g - 1) / g;
+                        s.f_reshape([heads, blocks, 1, d])?
+                            .f_expand([heads, blocks, g, d], false)?
+                            .f_reshape([heads, blocks * g, d])?
+                            .f_narrow(1, 0, tq)?
+                    }
+                    KvPart::Value => s
+                        .f_reshape([heads, tq, d / g, 1])?
+                        .f_expand([heads, tq, d / g, g], false)?
+                        .f_reshape([heads, tq, d])?,
+                };
+                let x = q.f_reshape([heads, tq, d])?.f_mul(&per_element)?;
+                pieces.push(x.f_to_kind(kind)?);
             }
             if r > 0 {
                 pieces.push(read_as(body, at, heads * r * d * es, kind)?.f_reshape([heads, r, d])?);
@@ -455,11 +540,14 @@ pub fn import(
     let preamble = ext.header.preamble_len();
     let body_bytes = msg.tensor.get(preamble..).unwrap_or_default();
     let body = Tensor::f_from_slice(body_bytes)?.f_to_device(model.device())?;
-    let section = to_i64(usize::try_from(h.section_bytes().unwrap_or(0)).unwrap_or(0))?;
+    // int8-channel's K and V sections differ in size (AVP-KVQ-31).
+    let bytes_of_part = |part| usize::try_from(h.section_bytes(part).unwrap_or(0)).unwrap_or(0);
+    let key_section = to_i64(bytes_of_part(KvPart::Key))?;
+    let value_section = to_i64(bytes_of_part(KvPart::Value))?;
     for layer in 0..cfg.num_layers {
-        let at = to_i64(layer)? * 2 * section;
+        let at = to_i64(layer)? * (key_section + value_section);
         let k = dequantize_section(&h, KvPart::Key, &body, at)?;
-        let v = dequantize_section(&h, KvPart::Value, &body, at + section)?;
+        let v = dequantize_section(&h, KvPart::Value, &body, at + key_section)?;
         cache.load_layer(layer, &k, &v)?;
     }
     cache.set_seq_len(seq);

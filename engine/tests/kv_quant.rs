@@ -176,6 +176,56 @@ fn int4_on_the_device_matches_the_codec_both_ways() {
     }
 }
 
+/// AVP-ENG-28, AVP-ENG-29, AVP-ENG-30, AVP-KVQ-32: int8-channel (keys per
+/// channel over g tokens with a shorter last group, values per token,
+/// residual tokens) on both
+/// trained fixtures in float32 and bfloat16 with the engine's fitted
+/// parameters and with groups of 4 and binary32 scales, and on a head_dim
+/// 32 model in float16 with groups of 32.
+#[test]
+fn int8_channel_on_the_device_matches_the_codec_both_ways() {
+    for name in ["trained_a", "trained_b"] {
+        for kind in [None, Some(Kind::BFloat16)] {
+            let engine = load(&models().join(name), kind, WeightSource::Checkpoint);
+            let ctx = think(&engine, 5);
+            let (d, seq) = (engine.model().config().head_dim, ctx.seq_len());
+            let params = params_for(KvScheme::Int8Channel, d, seq).unwrap();
+            assert_eq!(params.scheme, KvScheme::Int8Channel);
+            assert_eq!(d % params.group_size as usize, 0, "AVP-ENG-30");
+            assert_eq!(
+                params.residual, 0,
+                "a shorter last key group instead (AVP-KVQ-31)"
+            );
+            check_both_ways(&engine, &ctx, &params, &format!("{name} {kind:?} int8-ch"));
+            let g4 = QuantParams {
+                group_size: 4,
+                scale_dtype: ScaleDtype::F32,
+                ..QuantParams::INT8_CHANNEL
+            };
+            check_both_ways(&engine, &ctx, &g4, &format!("{name} {kind:?} int8-ch g4"));
+        }
+    }
+    let model = Int4Model::new("int8ch");
+    let engine = load(&model.0, Some(Kind::Half), WeightSource::Random { seed: 3 });
+    let ctx = think(&engine, 40);
+    let params = QuantParams {
+        group_size: 32,
+        ..QuantParams::INT8_CHANNEL
+    };
+    // A length 32 does not divide: each channel's last key group is shorter.
+    assert!(
+        ctx.seq_len() > 32 && ctx.seq_len() % 32 != 0,
+        "{}",
+        ctx.seq_len()
+    );
+    check_both_ways(&engine, &ctx, &params, "half int8-ch g32 short last group");
+    let residual = QuantParams {
+        residual: 3,
+        ..params
+    };
+    check_both_ways(&engine, &ctx, &residual, "half int8-ch g32 residual 3");
+}
+
 /// AVP-ENG-30: int4 on a head_dim it cannot group, a group that does not
 /// divide head_dim, and a context holding NaN are refused, not written.
 #[test]

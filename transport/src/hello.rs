@@ -514,6 +514,10 @@ mod tests {
                 int4: false,
                 ..KvCapabilities::ALL
             },
+            KvCapabilities {
+                int8_channel: false,
+                ..KvCapabilities::ALL
+            },
         ] {
             let server = HandshakeServer::new("srv", local.clone()).with_kv_capabilities(kv);
             let ours = hello_message("cli", &local, None);

@@ -24,6 +24,8 @@ use crate::store::{ContextStore, IndexedAs};
 pub const CAP_KV_INT8: &str = "kv_quant_int8";
 /// Capability: accepts `KV_CACHE_EXT` payloads of scheme int4 (AVP-KVQ-1).
 pub const CAP_KV_INT4: &str = "kv_quant_int4";
+/// Capability: accepts `KV_CACHE_EXT` payloads of scheme int8-channel (AVP-KVQ-1, AVP-KVQ-30).
+pub const CAP_KV_INT8_CHANNEL: &str = "kv_quant_int8_channel";
 /// Capability: accepts delta payloads and answers `missing_prefix` (AVP-KVD-5).
 pub const CAP_KV_DELTA: &str = "kv_delta";
 /// Metadata `extra` key of a delta's base hint (AVP-KVD-31): 64 lowercase
@@ -38,6 +40,8 @@ pub struct KvCapabilities {
     pub int8: bool,
     /// `kv_quant_int4`.
     pub int4: bool,
+    /// `kv_quant_int8_channel`.
+    pub int8_channel: bool,
     /// `kv_delta`.
     pub delta: bool,
 }
@@ -47,12 +51,14 @@ impl KvCapabilities {
     pub const ALL: KvCapabilities = KvCapabilities {
         int8: true,
         int4: true,
+        int8_channel: true,
         delta: true,
     };
     /// Nothing: a plain AVP v1 peer (the SDK 0.6.2).
     pub const NONE: KvCapabilities = KvCapabilities {
         int8: false,
         int4: false,
+        int8_channel: false,
         delta: false,
     };
 
@@ -61,6 +67,7 @@ impl KvCapabilities {
         [
             (self.int8, CAP_KV_INT8),
             (self.int4, CAP_KV_INT4),
+            (self.int8_channel, CAP_KV_INT8_CHANNEL),
             (self.delta, CAP_KV_DELTA),
         ]
         .into_iter()
@@ -74,6 +81,7 @@ impl KvCapabilities {
         KvCapabilities {
             int8: is_true(CAP_KV_INT8),
             int4: is_true(CAP_KV_INT4),
+            int8_channel: is_true(CAP_KV_INT8_CHANNEL),
             delta: is_true(CAP_KV_DELTA),
         }
     }
@@ -83,7 +91,19 @@ impl KvCapabilities {
         match scheme {
             KvScheme::Int8 => self.int8,
             KvScheme::Int4 => self.int4,
+            KvScheme::Int8Channel => self.int8_channel,
             _ => true,
+        }
+    }
+
+    /// The capability a quantized `scheme` needs (AVP-KVQ-1); `None` for
+    /// scheme none, which needs none.
+    pub fn scheme_capability(scheme: KvScheme) -> Option<&'static str> {
+        match scheme {
+            KvScheme::Int8 => Some(CAP_KV_INT8),
+            KvScheme::Int4 => Some(CAP_KV_INT4),
+            KvScheme::Int8Channel => Some(CAP_KV_INT8_CHANNEL),
+            _ => None,
         }
     }
 
@@ -91,10 +111,7 @@ impl KvCapabilities {
     /// (AVP-KVQ-1): the scheme's, then `kv_delta` for `seq_start > 0`.
     pub fn missing_for(self, header: &KvExtHeader) -> Option<&'static str> {
         if !self.accepts_scheme(header.scheme) {
-            return Some(match header.scheme {
-                KvScheme::Int4 => CAP_KV_INT4,
-                _ => CAP_KV_INT8,
-            });
+            return Some(Self::scheme_capability(header.scheme).unwrap_or(CAP_KV_INT8));
         }
         (header.seq_start > 0 && !self.delta).then_some(CAP_KV_DELTA)
     }
@@ -425,6 +442,54 @@ mod tests {
             .with_dtype(avp_codec::DataType::Float32)
             .with_extra_entry("model_hash", "m");
         Bytes::from(encode(&metadata, tensor, Compression::None).expect("encode"))
+    }
+
+    /// AVP-HTTP-100, AVP-KVQ-30: scheme 3 needs `kv_quant_int8_channel`,
+    /// and only that one (int8 and int4 announced do not admit it).
+    #[test]
+    fn http_100_int8_channel_needs_its_own_capability() {
+        let store = ContextStore::in_memory(Duration::from_secs(60));
+        let full = context(32);
+        let kv = KvCache::parse(&full).expect("kv");
+        let params = QuantParams {
+            group_size: 32,
+            ..QuantParams::INT8_CHANNEL
+        };
+        let q = encode_ext(&kv, &params, 0, None).expect("int8-channel");
+        let caps = KvCapabilities {
+            int8_channel: false,
+            ..KvCapabilities::ALL
+        };
+        assert_eq!(
+            caps.names(),
+            ["kv_quant_int8", "kv_quant_int4", "kv_delta"],
+            "registry order without it"
+        );
+        let refused = accept(
+            message(PayloadType::KvCacheExt, &q),
+            None,
+            caps,
+            &store,
+            1 << 30,
+        );
+        assert!(
+            matches!(refused, Err(KvRefusal::NotAnnounced(CAP_KV_INT8_CHANNEL))),
+            "{refused:?}"
+        );
+        let only = KvCapabilities {
+            int8_channel: true,
+            ..KvCapabilities::NONE
+        };
+        let ok = accept(
+            message(PayloadType::KvCacheExt, &q),
+            None,
+            only,
+            &store,
+            1 << 30,
+        )
+        .expect("announced");
+        let stored = decode_with(&ok.bytes, &DecodeOptions::strict()).expect("plain v1");
+        assert_eq!(stored.payload.len(), full.len());
     }
 
     /// AVP-HTTP-100: a scheme that was not announced is refused, typed.

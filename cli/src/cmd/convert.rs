@@ -40,14 +40,15 @@ pub(crate) struct ConvertArgs {
     /// Quantize into a KV_CACHE_EXT message (spec/protocol/kv-quant.md).
     #[arg(long, value_enum, value_name = "SCHEME", conflicts_with_all = ["kv_dtype", "base"])]
     kv_quant: Option<QuantArg>,
-    /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 64 where it divides head_dim, else 32).
+    /// Values per group: int8 1..=64 dividing head_dim (default 64), int4 32 or 64 (default 64 where it divides head_dim, else 32),
+    /// int8-channel 1..=64 dividing head_dim (default: the largest).
     #[arg(long, value_name = "G", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     group_size: Option<u32>,
-    /// int4: the most recent tokens kept unquantized (default 0); the tokens that do not
-    /// fill a last group are added to it (AVP-KVQ-4).
+    /// int4, int8-channel: the most recent tokens kept unquantized (default 0); int4 adds the tokens
+    /// that do not fill a last group (AVP-KVQ-4), int8-channel quantizes them in a shorter group.
     #[arg(long, value_name = "R", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     residual: Option<u32>,
-    /// Element type of scales and minimums (default: f32 for int8, f16 for int4).
+    /// Element type of scales and minimums (default: f32 for int8, f16 for int4 and int8-channel).
     #[arg(long, value_enum, value_name = "T", requires = "kv_quant", conflicts_with_all = ["kv_dtype", "base"])]
     scale_dtype: Option<ScaleArg>,
     /// Write a plain KV_CACHE message in this float dtype (the SDK reads it).
@@ -79,6 +80,9 @@ pub(crate) struct ConvertArgs {
 enum QuantArg {
     Int8,
     Int4,
+    // int8 with keys grouped per channel (scheme 3, AVP-KVQ-30); no doc comment: it would
+    // make clap print every flag's help in long form.
+    Int8Channel,
 }
 
 /// `--scale-dtype`.
@@ -127,12 +131,17 @@ fn quant_params(
     let scheme = match scheme {
         QuantArg::Int8 => KvScheme::Int8,
         QuantArg::Int4 => KvScheme::Int4,
+        QuantArg::Int8Channel => KvScheme::Int8Channel,
     };
     let mut params = QuantParams::for_scheme(scheme);
     // AVP-CLI-20: int4 defaults to groups of 64 (4.5 bits a value, the size target of
     // issue 17) where 64 divides head_dim, else to 32.
     if scheme == KvScheme::Int4 && head_dim % 64 == 0 {
         params.group_size = 64;
+    }
+    // AVP-CLI-110: int8-channel defaults to the largest group dividing head_dim (up to 64).
+    if scheme == KvScheme::Int8Channel {
+        params.group_size = QuantParams::int8_channel_for(head_dim).group_size;
     }
     if let Some(g) = args.group_size {
         params.group_size = g;
@@ -159,11 +168,10 @@ fn quant_params(
             format!("--residual {residual} exceeds the {tokens} positions carried"),
         ));
     }
-    let leftover = (tokens - residual)
-        .checked_rem(params.group_size)
-        .unwrap_or(0);
-    params.residual = residual.saturating_add(leftover);
-    Ok(params)
+    // int4 keeps the tokens that do not fill a last key group as residual (AVP-KVQ-4);
+    // int8-channel's last key group is shorter instead (AVP-KVQ-31).
+    params.residual = residual;
+    Ok(params.with_leftover_residual(tokens))
 }
 
 /// The output metadata: the input's, with the payload type, dtype and

@@ -117,8 +117,8 @@ pub(crate) async fn send_kv(
         Some(scheme) if caps.accepts_scheme(scheme) => scheme,
         Some(scheme) => {
             let why = format!(
-                "the peer did not announce kv_quant_{} in its hello (AVP-KVQ-1)",
-                scheme.name()
+                "the peer did not announce {} in its hello (AVP-KVQ-1)",
+                KvCapabilities::scheme_capability(scheme).unwrap_or("its capability")
             );
             match plan.fallback {
                 QuantFallback::Error => {
@@ -279,7 +279,8 @@ fn compact(
 
 /// The scheme's defaults fitted to the shape: int8 groups are the largest
 /// divisor of `head_dim` up to 64; int4 keeps the last `t mod 32` tokens
-/// unquantized so that its per-channel key groups fill up (AVP-KVQ-4).
+/// unquantized so that its per-channel key groups fill up (AVP-KVQ-4);
+/// int8-channel takes the codec's fitted group and residual (AVP-KVQ-30).
 pub(crate) fn params_for(scheme: KvScheme, header: &KvHeader, start: u32) -> QuantParams {
     let mut params = QuantParams::for_scheme(scheme);
     match scheme {
@@ -292,6 +293,9 @@ pub(crate) fn params_for(scheme: KvScheme, header: &KvHeader, start: u32) -> Qua
         KvScheme::Int4 => {
             let tokens = header.seq_len.saturating_sub(start);
             params.residual = tokens % params.group_size.max(1);
+        }
+        KvScheme::Int8Channel => {
+            params = QuantParams::int8_channel_for(header.head_dim);
         }
         _ => {}
     }

@@ -57,8 +57,9 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "BYTES")]
     limit_rate: Option<u64>,
     /// Quantize the KV-cache before sending, if the peer's hello announces the
-    /// scheme (kv_quant_int8 / kv_quant_int4); otherwise see --kv-quant-fallback.
-    #[arg(long, value_name = "SCHEME", value_parser = ["int8", "int4"], conflicts_with = "text")]
+    /// scheme (kv_quant_int8 / kv_quant_int4 / kv_quant_int8_channel); otherwise see
+    /// --kv-quant-fallback.
+    #[arg(long, value_name = "SCHEME", value_parser = ["int8", "int4", "int8-channel"], conflicts_with = "text")]
     kv_quant: Option<String>,
     /// When the peer did not announce the --kv-quant scheme: `error` sends
     /// nothing and exits 3, `full` sends the context unquantized.

@@ -93,14 +93,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     maps: Option<PathBuf>,
     /// Compact contexts announced in the hello and accepted (AVP-HTTP-100):
-    /// any of int8, int4, delta, or none; KV_CACHE_EXT messages that need
-    /// another are refused with 400 capability_not_announced.
+    /// any of int8, int4, int8-channel, delta, or none; KV_CACHE_EXT messages
+    /// that need another are refused with 400 capability_not_announced.
     #[arg(
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        value_parser = ["int8", "int4", "delta", "none"],
-        default_value = "int8,int4,delta"
+        value_parser = ["int8", "int4", "int8-channel", "delta", "none"],
+        default_value = "int8,int4,int8-channel,delta"
     )]
     kv_capabilities: Vec<String>,
     #[command(flatten)]
@@ -218,6 +218,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     handshake = handshake.with_kv_capabilities(KvCapabilities {
         int8: has("int8"),
         int4: has("int4"),
+        int8_channel: has("int8-channel"),
         delta: has("delta"),
     });
     let store = Arc::new(

@@ -4,7 +4,7 @@
 //! did (AVP-CLI-9). With `--to URL` it also hands the thought to that agent
 //! (handoff.rs, AVP-PIPE-3): the handshake's session and agent ids address
 //! what is sent, whatever `--session/--source-agent/--target-agent` say.
-//! `--kv-quant int8|int4` writes the context quantized, as a KV_CACHE_EXT
+//! `--kv-quant int8|int4|int8-channel` writes the context quantized, as a KV_CACHE_EXT
 //! message (spec/protocol/kv-quant.md), quantized on the model's device
 //! (AVP-ENG-28); only a peer that announced the scheme can read it, so it
 //! is for files, not for `--to`.
@@ -43,7 +43,7 @@ pub(crate) struct ThinkArgs {
     /// Output file for the KV_CACHE message (`-` for stdout); optional with --to.
     #[arg(long, short = 'o', required_unless_present = "to")]
     out: Option<PathBuf>,
-    /// Write the context quantized, as a KV_CACHE_EXT message that only AVP-KVQ receivers read: int8, or int4 (head_dim a multiple of 32).
+    /// Write the context quantized, as a KV_CACHE_EXT message that only AVP-KVQ receivers read: int8, int4 (head_dim a multiple of 32), or int8-channel (keys grouped per channel).
     #[arg(long, value_name = "SCHEME", conflicts_with = "to")]
     kv_quant: Option<KvQuant>,
     /// Write --out as a chunked context (spec/protocol/chunked.md): KV_CACHE
@@ -70,6 +70,8 @@ enum KvQuant {
     Int8,
     // Asymmetric 4-bit, KIVI-style.
     Int4,
+    // Symmetric 8-bit, keys per channel (KIVI grouping, AVP-KVQ-30).
+    Int8Channel,
 }
 
 impl KvQuant {
@@ -77,6 +79,7 @@ impl KvQuant {
         match self {
             KvQuant::Int8 => KvScheme::Int8,
             KvQuant::Int4 => KvScheme::Int4,
+            KvQuant::Int8Channel => KvScheme::Int8Channel,
         }
     }
 }
