@@ -162,6 +162,10 @@ fn sizes() {
     for p in [
         int8(64),
         int8(32),
+        QuantParams {
+            scale_dtype: ScaleDtype::F32,
+            ..int8(64)
+        },
         int4(32, ScaleDtype::F16),
         int4(64, ScaleDtype::F16),
         int4(32, ScaleDtype::F32),
@@ -198,7 +202,7 @@ fn realistic_sizes() {
     println!("(still valid, AVP-KVQ-30). Payload bytes against the float16 KV v1 payload.");
     println!();
     println!(
-        "| tokens | int8 g=64 f32 | int8-channel | x float16 | leftover residual r | x float16 |"
+        "| tokens | int8 g=64 f16 | int8-channel | x float16 | leftover residual r | x float16 |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for seq in [

@@ -35,7 +35,7 @@ const INT4_GROUP: usize = 32;
 
 /// The engine's parameters for `scheme` on a cache of `head_dim` and
 /// `seq_len` (AVP-ENG-30): int8 groups of the largest divisor of `head_dim`
-/// up to 64 with binary32 scales; int4 groups of 32 with binary16 scales and
+/// up to 64 with binary16 scales; int4 groups of 32 with binary16 scales and
 /// minimums, the `seq_len mod 32` most recent tokens kept as residual. An
 /// int4 cache whose `head_dim` is not a multiple of 32 cannot be quantized
 /// (values are grouped along it): `InvalidArgument`. int8-channel takes the
