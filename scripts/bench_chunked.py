@@ -13,7 +13,9 @@ of any size (issue 18): transfer"; spec/impl/transport.md AVP-HTTP-90..93).
    (its layer bytes hash to the declared BLAKE3 digest);
 3. the same through `avp route`;
 4. the receiver killed (SIGKILL) once half the chunks are held, restarted,
-   and the same `avp send` resumed: how many chunks travelled again.
+   and the same `avp send` resumed: how many chunks travelled again;
+5. with --plain-mib N: one plain (unchunked) message of N MiB of the same
+   layers, `avp send` -> `avp serve --store`, CPU seconds per GB of each.
 Every file it writes is deleted at the end (the context is 6 GiB).
 """
 import argparse
@@ -158,11 +160,48 @@ def serve_cmd(avp, store):
             "--memory-budget", str(1 << 30)]
 
 
+def plain_run(args):
+    """One plain KV message of --plain-mib MiB, send -> serve --store."""
+    layers = max(1, args.plain_mib * (1 << 20) // LAYER)
+    payload = bytearray(KV_HEADER.pack(layers, HEADS, HEAD_DIM, TOKENS, 1))
+    for layer in range(layers):
+        payload += layer_bytes(7, layer)
+    meta = AVPMetadata(session_id="bench", source_agent_id="a", target_agent_id="b",
+                       model_id="synthetic", num_layers=layers, payload_type=PayloadType.KV_CACHE,
+                       dtype=DataType.FLOAT16)
+    src = os.path.join(args.dir, "plain.avp")
+    with open(src, "wb") as out:
+        out.write(encode(bytes(payload), meta, CompressionLevel.NONE))
+    del payload
+    size = os.path.getsize(src)
+    store = os.path.join(args.dir, "store-plain")
+    server, url = start_server(serve_cmd(args.avp, store), os.path.join(args.dir, "plain-serve.time"))
+    load_before = load_average()
+    t0 = time.time()
+    sender = timed([args.avp, "send", src, "--to", url], os.path.join(args.dir, "plain-send.time"))
+    answer = json.loads(sender.communicate()[0])
+    wall = time.time() - t0
+    stop(server)
+    logs = {role: os.path.join(args.dir, f"plain-{role}.time") for role in ("send", "serve")}
+    run = {"run": "plain", "bytes": size, "load_before": load_before,
+           "success": answer.get("success"), "stored_bytes": answer.get("bytes"),
+           "wall_s": round(wall, 2), "GB_per_s": round(size / wall / 1e9, 3),
+           "rss_send_MiB": round(peak_rss_mib(logs["send"]), 1),
+           "rss_serve_MiB": round(peak_rss_mib(logs["serve"]), 1),
+           "cpu_s_per_GB_send": round(cpu_s(logs["send"]) / (size / 1e9), 2),
+           "cpu_s_per_GB_serve": round(cpu_s(logs["serve"]) / (size / 1e9), 2)}
+    shutil.rmtree(store)
+    os.remove(src)
+    return run
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--avp", required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--gib", type=float, default=6.0)
+    ap.add_argument("--plain-mib", type=int, default=0,
+                    help="also send one plain message of this many MiB (multiple of 32; 0: skip)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, "context.avp")
@@ -241,6 +280,9 @@ def main():
                              "skipped_chunks": answer.get("skipped_chunks"), "resume_wall_s": round(wall, 2),
                              "digest_ok": ok}
         print(json.dumps(results["resume"]), flush=True)
+        if args.plain_mib:
+            results["plain"] = plain_run(args)
+            print(json.dumps(results["plain"]), flush=True)
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
     print(json.dumps(results))

@@ -355,7 +355,7 @@ impl AvpClient {
             Payload::File(path) => {
                 let file = tokio::fs::File::open(path).await?;
                 let len = file.metadata().await?.len();
-                FileBody::new(file, len).boxed()
+                FileBody::new(file.into_std().await, len).boxed()
             }
         };
         let uri = format!("{}{path}", self.base);
