@@ -1271,7 +1271,7 @@ fn quantize_all(
 /// Per-call buffers of the quantizer, sized once per tensor shape (never per group).
 #[derive(Default)]
 struct Scratch {
-    /// Widened values of one row (int8, int4 values) or one block of `g` rows (int4 keys).
+    /// Widened values of one row (int8) or one block of `g` rows (int4 of float32).
     values: Vec<f32>,
     /// int4 keys: per-channel minimum and maximum of a block, then stored minimum and scale.
     lo: Vec<f32>,
@@ -1283,6 +1283,10 @@ struct Scratch {
     hi_keys: Vec<i16>,
     /// Quantized values of one row, before int4 packing.
     codes: Vec<u8>,
+    /// int4, binary16/bfloat16: a block as little-endian pairs of elements.
+    words: Vec<u32>,
+    /// int4 keys, binary16/bfloat16: the channels' divisors and minimums.
+    pairs: PairParams,
     /// int8-channel keys: per-channel largest `|x|` bits of a block.
     maxima: ChannelMaxima,
     /// int8-channel keys: the channels of a block whose stored scale is 0.
@@ -1561,6 +1565,25 @@ impl Quantizer {
                         for s in scratch.hi.iter_mut() {
                             *s = int4_divisor(*s);
                         }
+                        if self.store.size == 2 {
+                            let Scratch {
+                                lo,
+                                hi,
+                                words,
+                                pairs,
+                                ..
+                            } = &mut *scratch;
+                            words_of(block, words);
+                            pairs.split(hi, lo);
+                            let rows = words.chunks_exact((d / 2).max(1));
+                            for (row, out) in rows.zip(&mut packed_rows) {
+                                match self.store.dtype {
+                                    KvDtype::Bfloat16 => int4_pairs(row, bf16_pair, pairs, out),
+                                    _ => int4_pairs(row, f16_pair, pairs, out),
+                                }
+                            }
+                            continue;
+                        }
                         for values in scratch.values.chunks_exact(d.max(1)) {
                             int4_codes(values, &scratch.hi, &scratch.lo, &mut scratch.codes);
                             let out = packed_rows.next().ok_or_else(|| internal("int4 rows"))?;
@@ -1582,6 +1605,27 @@ impl Quantizer {
                             return Err(internal("int4 groups"));
                         };
                         group_params(sd, &mut scratch.lo, &mut scratch.hi, ss_out, ms_out)?;
+                        if self.store.size == 2 {
+                            let Scratch { lo, hi, words, .. } = &mut *scratch;
+                            words_of(block, words);
+                            let params = hi.chunks_exact(per_row).zip(lo.chunks_exact(per_row));
+                            let rows = words.chunks_exact((d / 2).max(1));
+                            for ((row, out), (scales, mins)) in
+                                rows.zip(&mut packed_rows).zip(params)
+                            {
+                                let half = (g / 2).max(1);
+                                let groups = row.chunks_exact(half).zip(out.chunks_exact_mut(half));
+                                for ((grp, out), (&s, &m)) in groups.zip(scales.iter().zip(mins)) {
+                                    match self.store.dtype {
+                                        KvDtype::Bfloat16 => {
+                                            int4_pairs_one(grp, bf16_pair, s, m, out)
+                                        }
+                                        _ => int4_pairs_one(grp, f16_pair, s, m, out),
+                                    }
+                                }
+                            }
+                            continue;
+                        }
                         for ((values, scales), mins) in scratch
                             .values
                             .chunks_exact(d.max(1))
@@ -1625,8 +1669,11 @@ enum Groups {
     Runs(usize),
 }
 
-/// Widens a block into `scratch.values` and puts each group's minimum and
-/// maximum in `scratch.lo` / `scratch.hi`; a non-finite value is refused
+/// Puts each group's minimum and maximum of a block in `scratch.lo` /
+/// `scratch.hi`, and the block's bit patterns in `scratch.bits` (binary16,
+/// bfloat16: the codes widen pairs of elements as they read them, see
+/// [`words_of`], so no f32 copy is written and read back) or the block
+/// widened in `scratch.values` (float32); a non-finite value is refused
 /// as [`widen_abs_max`] refuses it.
 ///
 /// binary16 and bfloat16 compare as 16-bit order keys ([`half_key`]):
@@ -1684,9 +1731,6 @@ fn half_min_max(
         if let Some(e) = e.first_chunk::<2>() {
             *b = u16::from_le_bytes(*e);
         }
-    }
-    for (v, &b) in values.iter_mut().zip(bits.iter()) {
-        *v = to_f32(b);
     }
     lo_keys.clear();
     hi_keys.clear();
@@ -1748,10 +1792,12 @@ fn half_min_max(
     let key_pairs = lo_keys.iter().zip(hi_keys.iter());
     match groups {
         Groups::Channels(d) => {
-            let rows = values.chunks_exact(d.max(1));
+            let rows = bits.chunks_exact(d.max(1));
             for (c, ((l, h), keys)) in extremes.zip(key_pairs).enumerate() {
                 if zero(keys) {
-                    let column = rows.clone().filter_map(|row| row.get(c).copied());
+                    let column = rows
+                        .clone()
+                        .filter_map(|row| row.get(c).map(|&b| to_f32(b)));
                     (*l, *h) = column.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| {
                         (if v < l { v } else { l }, if v > h { v } else { h })
                     });
@@ -1759,10 +1805,15 @@ fn half_min_max(
             }
         }
         Groups::Runs(g) => {
-            for (grp, ((l, h), keys)) in values.chunks_exact(g.max(1)).zip(extremes.zip(key_pairs))
-            {
+            let runs = bits
+                .chunks_exact(g.max(1))
+                .zip(values.chunks_exact_mut(g.max(1)));
+            for ((grp, wide), ((l, h), keys)) in runs.zip(extremes.zip(key_pairs)) {
                 if zero(keys) {
-                    (*l, *h) = min_max(grp);
+                    for (v, &b) in wide.iter_mut().zip(grp) {
+                        *v = to_f32(b);
+                    }
+                    (*l, *h) = min_max(wide);
                 }
             }
         }
@@ -2216,6 +2267,109 @@ fn int4_divisor(s: f32) -> f32 {
     if s == 0.0 { f32::INFINITY } else { s }
 }
 
+/// A 16-bit block as u32 words, each two elements (the even-indexed one
+/// in the low half): the int4 codes of a pair are one byte, so each lane
+/// of the code loop widens, quantizes and packs a pair without shuffles.
+fn words_of(block: &[u8], words: &mut Vec<u32>) {
+    words.resize(block.len() / 4, 0);
+    for (w, b) in words.iter_mut().zip(block.chunks_exact(4)) {
+        if let Some(b) = b.first_chunk::<4>() {
+            *w = u32::from_le_bytes(*b);
+        }
+    }
+}
+
+/// Both binary16 halves of a word widened (finite values; exact): each
+/// half moved so that its sign is bit 31 and its exponent and mantissa
+/// sit where binary32's do (an arithmetic shift copies the sign over the
+/// three bits between, then masked off), then rebiased by 2^112 as
+/// [`finite_f16_to_f32`] does; the multiply keeps the sign.
+#[inline(always)]
+#[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)] // bit reinterpretation
+fn f16_pair(w: u32) -> (f32, f32) {
+    const REBIAS: f32 = 5.192_297e33; // 2^112
+    const KEPT: u32 = 0x8fff_e000; // sign, exponent, mantissa
+    let even = ((w << 16) as i32 >> 3) as u32 & KEPT;
+    let odd = (w as i32 >> 3) as u32 & KEPT;
+    (f32::from_bits(even) * REBIAS, f32::from_bits(odd) * REBIAS)
+}
+
+/// Both bfloat16 halves of a word widened.
+#[inline(always)]
+fn bf16_pair(w: u32) -> (f32, f32) {
+    (f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000))
+}
+
+/// A key block's per-channel divisors and minimums split by channel
+/// parity, so that the word of channels `2j, 2j+1` finds both at `j`.
+#[derive(Default)]
+struct PairParams {
+    div_even: Vec<f32>,
+    div_odd: Vec<f32>,
+    min_even: Vec<f32>,
+    min_odd: Vec<f32>,
+}
+
+impl PairParams {
+    fn split(&mut self, div: &[f32], min: &[f32]) {
+        for (half, all) in [(&mut self.div_even, div), (&mut self.min_even, min)] {
+            half.clear();
+            half.extend(all.iter().step_by(2));
+        }
+        for (half, all) in [(&mut self.div_odd, div), (&mut self.min_odd, min)] {
+            half.clear();
+            half.extend(all.iter().skip(1).step_by(2));
+        }
+    }
+}
+
+/// The int4 code of `x` (AVP-KVQ-6) in the low byte of the returned bits
+/// (binary32 bits of the rounded code plus [`ROUNDER`]).
+#[inline(always)]
+fn int4_bits(x: f32, div: f32, m: f32) -> u32 {
+    (((x - m) / div).clamp(0.0, 15.0) + ROUNDER).to_bits()
+}
+
+/// The byte of two codes given by [`int4_bits`], the even one in the low
+/// nibble (AVP-KVQ-2): the low byte of each is its code, below 16.
+#[inline(always)]
+#[allow(clippy::arithmetic_side_effects)] // a shift by a constant
+fn pack_pair(even: u32, odd: u32) -> u8 {
+    (even | (odd << 4)) as u8
+}
+
+/// The packed int4 codes of one key row of 16-bit words: channel `c` has
+/// minimum `m[c]` and divisor `div[c]` = [`int4_divisor`] of its scale.
+#[inline(always)]
+fn int4_pairs(words: &[u32], widen: impl Fn(u32) -> (f32, f32), p: &PairParams, out: &mut [u8]) {
+    let div = p.div_even.iter().zip(&p.div_odd);
+    let min = p.min_even.iter().zip(&p.min_odd);
+    for ((o, &w), ((&de, &dd), (&me, &md))) in out.iter_mut().zip(words).zip(div.zip(min)) {
+        let (even, odd) = widen(w);
+        *o = pack_pair(int4_bits(even, de, me), int4_bits(odd, dd, md));
+    }
+}
+
+/// The packed int4 codes of one value group of 16-bit words: stored scale
+/// `s` and minimum `m`; all codes 0 where `s` is 0 (AVP-KVQ-6).
+#[inline(always)]
+fn int4_pairs_one(
+    words: &[u32],
+    widen: impl Fn(u32) -> (f32, f32),
+    s: f32,
+    m: f32,
+    out: &mut [u8],
+) {
+    if s == 0.0 {
+        out.fill(0);
+        return;
+    }
+    for (o, &w) in out.iter_mut().zip(words) {
+        let (even, odd) = widen(w);
+        *o = pack_pair(int4_bits(even, s, m), int4_bits(odd, s, m));
+    }
+}
+
 /// int4 codes of one key row: channel `c` has minimum `m[c]` and divisor
 /// `div[c]` = [`int4_divisor`] of its scale.
 fn int4_codes(values: &[f32], div: &[f32], m: &[f32], codes: &mut [u8]) {
@@ -2612,6 +2766,47 @@ mod fast_path_tests {
                     prop_assert_eq!(code[0], int4_code(x, s, m), "x {} s {} m {}", x, s, m);
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// int4 of binary16/bfloat16 (pairs of elements widened, coded
+        /// and packed in one loop) writes the scales, minimums and codes
+        /// that the float32 path writes for the same values, or refuses
+        /// what it refuses: AVP-KVQ-6's arithmetic does not depend on
+        /// the source dtype.
+        #[test]
+        fn int4_of_16_bit_elements_equals_int4_of_their_float32_widening(
+            bits in proptest::collection::vec(half_bits(), 2 * 64 * 64), // K and V
+            bf16 in any::<bool>(),
+            g64 in any::<bool>(),
+            f32_scales in any::<bool>(),
+            raw in proptest::bool::weighted(0.1),
+        ) {
+            // Below 2 in magnitude (both dtypes) unless raw: mostly blocks
+            // that quantize, now and then one that overflows or is not finite.
+            let bits: Vec<u16> = bits.iter().map(|&b| if raw { b } else { b & 0xbfff }).collect();
+            use crate::kv::{KvCache, KvHeader, write_kv_cache};
+            use super::{QuantParams, ScaleDtype, encode_ext};
+            let dtype = if bf16 { KvDtype::Bfloat16 } else { KvDtype::Float16 };
+            let params = QuantParams {
+                group_size: if g64 { 64 } else { 32 },
+                scale_dtype: if f32_scales { ScaleDtype::F32 } else { ScaleDtype::F16 },
+                ..QuantParams::INT4
+            };
+            let mut wide = vec![0.0f32; bits.len()];
+            let half: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            widen(dtype, &half, &mut wide);
+            let single: Vec<u8> = wide.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let quantize = |dtype: KvDtype, tensor: &[u8]| {
+                let header = KvHeader { num_layers: 1, num_kv_heads: 1, head_dim: 64, seq_len: 64, dtype };
+                let (k, v) = tensor.split_at(tensor.len() / 2);
+                let payload = write_kv_cache(&header, [(k, v)]).unwrap();
+                encode_ext(&KvCache::parse(&payload).unwrap(), &params, 0, None)
+                    .map(|p| p[super::KVX_HEADER_LEN..].to_vec())
+                    .map_err(|e| e.message().to_owned())
+            };
+            prop_assert_eq!(quantize(dtype, &half), quantize(KvDtype::Float32, &single));
         }
     }
 
