@@ -354,6 +354,61 @@ pub(crate) struct FileBody {
     source: Option<FileAt>,
     remaining: u64,
     frames: Option<tokio::sync::mpsc::Receiver<io::Result<Bytes>>>,
+    pool: FramePool,
+}
+
+/// Frame buffers given back once the connection is done with a frame, and
+/// taken again for the next one: a fresh 1 MiB buffer per frame costs a
+/// page fault and a zeroed page per 4 KiB whenever the allocator has given
+/// the last one back to the kernel (AVP-HTTP-113). Clones share the pool
+/// (the chunk requests of one transfer).
+#[derive(Clone, Default)]
+pub(crate) struct FramePool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers a pool keeps: the frames read ahead and those the connections
+/// hold for two requests; a buffer given back beyond this is freed.
+const POOLED_FRAMES: usize = 8;
+
+impl FramePool {
+    /// An empty buffer of [`FILE_FRAME`] bytes' capacity.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve_exact(FILE_FRAME);
+        buf
+    }
+
+    /// `buf` as a frame that comes back to the pool when dropped.
+    fn frame(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(PooledFrame {
+            buf,
+            pool: self.clone(),
+        })
+    }
+}
+
+/// A frame's buffer on its way through the connection.
+struct PooledFrame {
+    buf: Vec<u8>,
+    pool: FramePool,
+}
+
+impl AsRef<[u8]> for PooledFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut free) = self.pool.0.lock() {
+            if free.len() < POOLED_FRAMES {
+                free.push(buf);
+            }
+        }
+    }
 }
 
 /// Where a [`FileBody`] reads its bytes.
@@ -399,15 +454,23 @@ impl FileBody {
             source: Some(FileAt::Position(file)),
             remaining: len,
             frames: None,
+            pool: FramePool::default(),
         }
     }
 
-    /// The `len` bytes of a shared `file` from `offset` on.
-    pub(crate) fn range(file: Arc<std::sync::Mutex<std::fs::File>>, offset: u64, len: u64) -> Self {
+    /// The `len` bytes of a shared `file` from `offset` on, in buffers of
+    /// `pool`.
+    pub(crate) fn range(
+        file: Arc<std::sync::Mutex<std::fs::File>>,
+        offset: u64,
+        len: u64,
+        pool: FramePool,
+    ) -> Self {
         Self {
             source: Some(FileAt::Shared { file, offset }),
             remaining: len,
             frames: None,
+            pool,
         }
     }
 }
@@ -417,14 +480,15 @@ impl FileBody {
 fn read_frames(
     mut source: FileAt,
     len: u64,
+    pool: &FramePool,
     frames: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
 ) {
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(FILE_FRAME as u64);
-        let mut buf = Vec::with_capacity(want as usize);
+        let mut buf = pool.take();
         let frame = match source.read(done, want, &mut buf) {
-            Ok(got) if got as u64 == want => Ok(Bytes::from(buf)),
+            Ok(got) if got as u64 == want => Ok(pool.frame(buf)),
             Ok(_) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shrank while it was being sent",
@@ -454,7 +518,8 @@ impl Body for FileBody {
         if let Some(source) = this.source.take() {
             let (sender, receiver) = tokio::sync::mpsc::channel(FILE_FRAMES_AHEAD);
             let len = this.remaining;
-            tokio::task::spawn_blocking(move || read_frames(source, len, &sender));
+            let pool = this.pool.clone();
+            tokio::task::spawn_blocking(move || read_frames(source, len, &pool, &sender));
             this.frames = Some(receiver);
         }
         let Some(frames) = this.frames.as_mut() else {
@@ -717,7 +782,7 @@ mod tests {
         let head = Bytes::from_static(b"head bytes");
         let (mut body, mut taken, failure) = ChunkBody::new(
             head.clone(),
-            FileBody::range(Arc::clone(&shared), offset, len),
+            FileBody::range(Arc::clone(&shared), offset, len, FramePool::default()),
         );
         assert_eq!(body.size_hint().exact(), Some(len + head.len() as u64));
         let mut sent = Vec::new();
@@ -752,7 +817,7 @@ mod tests {
         let shared = Arc::new(std::sync::Mutex::new(file.open()));
         let (mut body, _taken, failure) = ChunkBody::new(
             Bytes::new(),
-            FileBody::range(shared, 0, 2 * FILE_FRAME as u64),
+            FileBody::range(shared, 0, 2 * FILE_FRAME as u64, FramePool::default()),
         );
         let first = body.frame().await.expect("a frame").expect("whole frame");
         assert_eq!(first.into_data().expect("data").len(), FILE_FRAME);
@@ -764,5 +829,31 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         let left = failure.lock().expect("lock").take().expect("error left");
         assert_eq!(left.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// AVP-HTTP-113: a frame's buffer goes back to its pool once the
+    /// connection drops the frame, and the next frame reuses it (the same
+    /// memory, no new allocation); a pool keeps at most POOLED_FRAMES.
+    #[test]
+    fn http_113_frame_buffers_come_back_to_their_pool() {
+        let pool = FramePool::default();
+        let mut buf = pool.take();
+        assert!(buf.capacity() >= FILE_FRAME && buf.is_empty());
+        buf.extend_from_slice(b"frame");
+        let at = buf.as_ptr();
+        let frame = pool.frame(buf);
+        assert_eq!(&frame[..], b"frame");
+        let shared = frame.slice(1..3);
+        drop(frame);
+        assert!(pool.0.lock().expect("lock").is_empty(), "still in use");
+        drop(shared);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), at, "the same buffer");
+        assert!(again.is_empty());
+        let frames: Vec<Bytes> = (0..POOLED_FRAMES + 3)
+            .map(|_| pool.frame(pool.take()))
+            .collect();
+        drop(frames);
+        assert_eq!(pool.0.lock().expect("lock").len(), POOLED_FRAMES);
     }
 }

@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::body::{ChunkBody, FileBody};
+use crate::body::{ChunkBody, FileBody, FramePool};
 use crate::client::AvpClient;
 use crate::error::TransportError;
 
@@ -203,6 +203,8 @@ async fn attempt_once<S: ChunkSource>(
     };
     progress(&state);
     let mut next = missing.into_iter();
+    // The frame buffers of every chunk of this pass (a few MiB in all).
+    let pool = FramePool::default();
     let mut in_flight = InFlight::default();
     // Resolves once the connection took the last frame of the newest request.
     let mut newest_taken = None;
@@ -223,7 +225,7 @@ async fn attempt_once<S: ChunkSource>(
                 .is_some_and(|(_, failure, _)| failure.lock().map_or(true, |f| f.is_some()));
             if let Some(index) = next.next().filter(|_| !stopped) {
                 let parts = source.chunk_parts(index)?;
-                let rest = FileBody::range(Arc::clone(file), parts.offset, parts.len);
+                let rest = FileBody::range(Arc::clone(file), parts.offset, parts.len, pool.clone());
                 let (body, taken, failure) = ChunkBody::new(Bytes::from(parts.head), rest);
                 newest_taken = Some(taken);
                 let client = client.clone();
