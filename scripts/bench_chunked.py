@@ -2,7 +2,7 @@
 """Benchmark of chunked contexts over HTTP (issue 18; BENCHMARKS.md "Contexts
 of any size (issue 18): transfer"; spec/impl/transport.md AVP-HTTP-90..93).
 
-    scripts/bench_chunked.py --avp target/debug/avp --dir /tmp/bench [--gib 6]
+    scripts/bench_chunked.py --avp target/debug/avp --dir /tmp/bench [--gib 6] [--store-dir /dev/shm/s]
 
 1. writes a float16 chunked context of --gib GiB (192 layers of 8 heads x 128
    x 8192 tokens per GiB-of-6; 2 layers per chunk) with an independent
@@ -174,7 +174,7 @@ def plain_run(args):
         out.write(encode(bytes(payload), meta, CompressionLevel.NONE))
     del payload
     size = os.path.getsize(src)
-    store = os.path.join(args.dir, "store-plain")
+    store = os.path.join(args.store_dir, "store-plain")
     server, url = start_server(serve_cmd(args.avp, store), os.path.join(args.dir, "plain-serve.time"))
     load_before = load_average()
     t0 = time.time()
@@ -200,10 +200,14 @@ def main():
     ap.add_argument("--avp", required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--gib", type=float, default=6.0)
+    ap.add_argument("--store-dir", help="where the receivers' stores go (default: --dir), e.g. tmpfs "
+                    "while the source file stays on the disk, in the page cache")
     ap.add_argument("--plain-mib", type=int, default=0,
                     help="also send one plain message of this many MiB (multiple of 32; 0: skip)")
     args = ap.parse_args()
+    args.store_dir = args.store_dir or args.dir
     os.makedirs(args.dir, exist_ok=True)
+    os.makedirs(args.store_dir, exist_ok=True)
     src = os.path.join(args.dir, "context.avp")
     results = {"gib": args.gib}
     try:
@@ -215,7 +219,7 @@ def main():
         print(json.dumps(results), flush=True)
 
         def one_run(name, via_route):
-            store = os.path.join(args.dir, f"store-{name}")
+            store = os.path.join(args.store_dir, f"store-{name}")
             server, url = start_server(serve_cmd(args.avp, store), os.path.join(args.dir, f"{name}-serve.time"))
             router = None
             to = url
@@ -253,7 +257,7 @@ def main():
         results["route"] = one_run("route", True)
 
         # kill -9 at 50 %, restart, resume.
-        store = os.path.join(args.dir, "store-resume")
+        store = os.path.join(args.store_dir, "store-resume")
         server = subprocess.Popen(serve_cmd(args.avp, store), stdout=subprocess.PIPE, text=True)
         url = server.stdout.readline().strip().removeprefix("listening on ")
         sender = subprocess.Popen([args.avp, "send", src, "--to", url, "--retries", "0"],
@@ -285,6 +289,13 @@ def main():
             print(json.dumps(results["plain"]), flush=True)
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
+        for name in ("plain", "direct", "route", "resume"):
+            shutil.rmtree(os.path.join(args.store_dir, f"store-{name}"), ignore_errors=True)
+        if args.store_dir != args.dir:
+            try:
+                os.rmdir(args.store_dir)
+            except OSError:
+                pass
     print(json.dumps(results))
 
 

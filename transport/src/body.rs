@@ -345,14 +345,101 @@ impl Body for PrefixedBody {
 /// Streams an open file as a request body, with an exact size hint (so
 /// HTTP/1.1 sends a Content-Length). A blocking thread reads the file
 /// straight into each frame's own buffer, at most [`FILE_FRAMES_AHEAD`]
-/// frames ahead of the connection (AVP-HTTP-112): one copy from the page
-/// cache, no async file shim copying through a buffer of its own.
+/// frames ahead of the connection (AVP-HTTP-112, AVP-HTTP-113): one copy
+/// from the page cache, no async file shim copying through a buffer of its
+/// own.
 pub(crate) struct FileBody {
     /// Until the first frame is asked for: a request that never starts
     /// reads nothing.
-    file: Option<std::fs::File>,
+    source: Option<FileAt>,
     remaining: u64,
     frames: Option<tokio::sync::mpsc::Receiver<io::Result<Bytes>>>,
+    pool: FramePool,
+}
+
+/// Frame buffers given back once the connection is done with a frame, and
+/// taken again for the next one: a fresh 1 MiB buffer per frame costs a
+/// page fault and a zeroed page per 4 KiB whenever the allocator has given
+/// the last one back to the kernel (AVP-HTTP-113). Clones share the pool
+/// (the chunk requests of one transfer).
+#[derive(Clone, Default)]
+pub(crate) struct FramePool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers a pool keeps: the frames read ahead and those the connections
+/// hold for two requests; a buffer given back beyond this is freed.
+const POOLED_FRAMES: usize = 8;
+
+impl FramePool {
+    /// An empty buffer of [`FILE_FRAME`] bytes' capacity.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve_exact(FILE_FRAME);
+        buf
+    }
+
+    /// `buf` as a frame that comes back to the pool when dropped.
+    fn frame(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(PooledFrame {
+            buf,
+            pool: self.clone(),
+        })
+    }
+}
+
+/// A frame's buffer on its way through the connection.
+struct PooledFrame {
+    buf: Vec<u8>,
+    pool: FramePool,
+}
+
+impl AsRef<[u8]> for PooledFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut free) = self.pool.0.lock() {
+            if free.len() < POOLED_FRAMES {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// Where a [`FileBody`] reads its bytes.
+enum FileAt {
+    /// From the file's own position on (a file sent whole).
+    Position(std::fs::File),
+    /// From `offset` of a file that other bodies read too (the chunks of one
+    /// file in flight at once): each frame seeks under the lock first.
+    Shared {
+        file: Arc<std::sync::Mutex<std::fs::File>>,
+        offset: u64,
+    },
+}
+
+impl FileAt {
+    /// Appends `want` bytes at `done` bytes into the body to `buf`; the
+    /// count read (short only at the end of the file).
+    fn read(&mut self, done: u64, want: u64, buf: &mut Vec<u8>) -> io::Result<usize> {
+        use std::io::{Read, Seek, SeekFrom};
+        // read_to_end fills the spare capacity without zeroing it first.
+        match self {
+            Self::Position(file) => file.take(want).read_to_end(buf),
+            Self::Shared { file, offset } => {
+                let mut file = file
+                    .lock()
+                    .map_err(|_| io::Error::other("another reader of the file panicked"))?;
+                file.seek(SeekFrom::Start(offset.saturating_add(done)))?;
+                (&mut *file).take(want).read_to_end(buf)
+            }
+        }
+    }
 }
 
 /// Bytes per frame read from the file.
@@ -361,11 +448,29 @@ const FILE_FRAME: usize = 1 << 20;
 const FILE_FRAMES_AHEAD: usize = 2;
 
 impl FileBody {
+    /// The `len` bytes of `file` from its position on.
     pub(crate) fn new(file: std::fs::File, len: u64) -> Self {
         Self {
-            file: Some(file),
+            source: Some(FileAt::Position(file)),
             remaining: len,
             frames: None,
+            pool: FramePool::default(),
+        }
+    }
+
+    /// The `len` bytes of a shared `file` from `offset` on, in buffers of
+    /// `pool`.
+    pub(crate) fn range(
+        file: Arc<std::sync::Mutex<std::fs::File>>,
+        offset: u64,
+        len: u64,
+        pool: FramePool,
+    ) -> Self {
+        Self {
+            source: Some(FileAt::Shared { file, offset }),
+            remaining: len,
+            frames: None,
+            pool,
         }
     }
 }
@@ -373,18 +478,17 @@ impl FileBody {
 /// The reading thread of a [`FileBody`]: `len` bytes in frames, then done;
 /// stops early once the body is dropped (the receiver is gone).
 fn read_frames(
-    mut file: std::fs::File,
+    mut source: FileAt,
     len: u64,
+    pool: &FramePool,
     frames: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
 ) {
-    use std::io::Read;
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(FILE_FRAME as u64);
-        let mut buf = Vec::with_capacity(FILE_FRAME);
-        // read_to_end fills the spare capacity without zeroing it first.
-        let frame = match (&mut file).take(want).read_to_end(&mut buf) {
-            Ok(got) if got as u64 == want => Ok(Bytes::from(buf)),
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(FILE_FRAME as u64);
+        let mut buf = pool.take();
+        let frame = match source.read(done, want, &mut buf) {
+            Ok(got) if got as u64 == want => Ok(pool.frame(buf)),
             Ok(_) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shrank while it was being sent",
@@ -395,7 +499,7 @@ fn read_frames(
         if frames.blocking_send(frame).is_err() || failed {
             return;
         }
-        left -= want;
+        done += want;
     }
 }
 
@@ -411,10 +515,11 @@ impl Body for FileBody {
             return Poll::Ready(None);
         }
         let this = &mut *self;
-        if let Some(file) = this.file.take() {
+        if let Some(source) = this.source.take() {
             let (sender, receiver) = tokio::sync::mpsc::channel(FILE_FRAMES_AHEAD);
             let len = this.remaining;
-            tokio::task::spawn_blocking(move || read_frames(file, len, &sender));
+            let pool = this.pool.clone();
+            tokio::task::spawn_blocking(move || read_frames(source, len, &pool, &sender));
             this.frames = Some(receiver);
         }
         let Some(frames) = this.frames.as_mut() else {
@@ -446,31 +551,50 @@ impl Body for FileBody {
     }
 }
 
-/// A chunk held in memory sent as frames of [`CHUNK_FRAME`] bytes (slices of
-/// the one buffer, no copy) that says when the connection took its last
-/// frame: the next chunk's request starts then, so a receiver sees the
-/// chunks of a context in index order (AVP-HTTP-84, AVP-HTTP-111).
+/// Where a [`ChunkBody`] leaves the error that stopped reading its file, so
+/// the sender tells a local read error from a lost connection (AVP-HTTP-113).
+pub(crate) type ReadFailure = Arc<std::sync::Mutex<Option<io::Error>>>;
+
+/// One chunk message as a request body: the head made in memory (empty when
+/// the file holds the whole message), then a range of the file streamed in
+/// frames of [`FILE_FRAME`] bytes ([`FileBody`]). It says when the
+/// connection took its last frame: the next chunk's request starts then, so
+/// a receiver sees the chunks of a context in index order (AVP-HTTP-84,
+/// AVP-HTTP-111); frames that size make hyper take the last one only once
+/// the rest is nearly all written (it buffers under half a MiB before
+/// asking again).
 pub(crate) struct ChunkBody {
-    rest: Bytes,
+    head: Bytes,
+    rest: FileBody,
     taken: Option<tokio::sync::oneshot::Sender<()>>,
+    failure: ReadFailure,
 }
 
-/// Frames small enough that hyper takes the last one only once the rest
-/// is nearly all written (it buffers under half a MiB before asking again).
-const CHUNK_FRAME: usize = 1 << 20;
-
 impl ChunkBody {
-    /// The body, and what resolves once its last frame was taken (or the
-    /// body was dropped unsent: the request failed).
-    pub(crate) fn new(bytes: Bytes) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+    /// The body; what resolves once its last frame was taken (or the body
+    /// was dropped unsent: the request failed); where a read error is left.
+    pub(crate) fn new(
+        head: Bytes,
+        rest: FileBody,
+    ) -> (Self, tokio::sync::oneshot::Receiver<()>, ReadFailure) {
         let (taken, rx) = tokio::sync::oneshot::channel();
+        let failure = ReadFailure::default();
         (
             Self {
-                rest: bytes,
+                head,
+                rest,
                 taken: Some(taken),
+                failure: Arc::clone(&failure),
             },
             rx,
+            failure,
         )
+    }
+
+    fn signal_taken(&mut self) {
+        if let Some(taken) = self.taken.take() {
+            let _ = taken.send(());
+        }
     }
 }
 
@@ -480,27 +604,43 @@ impl Body for ChunkBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let take = self.rest.len().min(CHUNK_FRAME);
-        let frame = self.rest.split_to(take);
-        if self.rest.is_empty() {
-            if let Some(taken) = self.taken.take() {
-                let _ = taken.send(());
+        let this = &mut *self;
+        if !this.head.is_empty() {
+            let head = std::mem::take(&mut this.head);
+            if this.rest.is_end_stream() {
+                this.signal_taken();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        match ready!(Pin::new(&mut this.rest).poll_frame(cx)) {
+            None => {
+                this.signal_taken();
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => {
+                if this.rest.is_end_stream() {
+                    this.signal_taken();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => {
+                if let Ok(mut slot) = this.failure.lock() {
+                    *slot = Some(io::Error::new(err.kind(), err.to_string()));
+                }
+                Poll::Ready(Some(Err(err)))
             }
         }
-        if frame.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
+        self.head.is_empty() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.len() as u64)
+        let rest = self.rest.size_hint().exact().unwrap_or(0);
+        SizeHint::with_exact(rest.saturating_add(self.head.len() as u64))
     }
 }
 
@@ -628,5 +768,92 @@ mod tests {
             .expect("data");
         assert!(data[..] == bytes[..4000]);
         assert!(body.frame().await.is_none());
+    }
+
+    /// AVP-HTTP-113: a chunk body is its head, then exactly its range of
+    /// the shared file in frames of at most FILE_FRAME bytes; it says
+    /// "taken" with its last frame, not before.
+    #[tokio::test]
+    async fn http_113_a_chunk_body_is_its_head_then_its_file_range_in_frames() {
+        let bytes = pattern(3 * FILE_FRAME);
+        let file = TempFile::with("chunk-body", &bytes);
+        let shared = Arc::new(std::sync::Mutex::new(file.open()));
+        let (offset, len) = (1000u64, 2 * FILE_FRAME as u64 + 7);
+        let head = Bytes::from_static(b"head bytes");
+        let (mut body, mut taken, failure) = ChunkBody::new(
+            head.clone(),
+            FileBody::range(Arc::clone(&shared), offset, len, FramePool::default()),
+        );
+        assert_eq!(body.size_hint().exact(), Some(len + head.len() as u64));
+        let mut sent = Vec::new();
+        let mut frames = 0;
+        loop {
+            assert!(taken.try_recv().is_err(), "taken only with the last frame");
+            let Some(frame) = body.frame().await else {
+                panic!("the body ended before its last frame");
+            };
+            let data = frame.expect("frame").into_data().expect("data frame");
+            assert!(data.len() <= FILE_FRAME);
+            sent.extend_from_slice(&data);
+            frames += 1;
+            if body.is_end_stream() {
+                assert!(taken.try_recv().is_ok(), "taken with the last frame");
+                break;
+            }
+        }
+        assert_eq!(frames, 4, "the head, then three frames");
+        let range = &bytes[offset as usize..(offset + len) as usize];
+        assert!(sent == [&head[..], range].concat(), "head, then the range");
+        assert!(failure.lock().expect("lock").is_none());
+    }
+
+    /// AVP-HTTP-113: a chunk whose file ends inside its range ends the body
+    /// with the read error and leaves the error for the sender, so it is
+    /// reported as a local I/O error, not a lost connection.
+    #[tokio::test]
+    async fn http_113_a_read_error_mid_chunk_is_left_for_the_sender() {
+        let bytes = pattern(FILE_FRAME + 10);
+        let file = TempFile::with("chunk-body-short", &bytes);
+        let shared = Arc::new(std::sync::Mutex::new(file.open()));
+        let (mut body, _taken, failure) = ChunkBody::new(
+            Bytes::new(),
+            FileBody::range(shared, 0, 2 * FILE_FRAME as u64, FramePool::default()),
+        );
+        let first = body.frame().await.expect("a frame").expect("whole frame");
+        assert_eq!(first.into_data().expect("data").len(), FILE_FRAME);
+        let err = body
+            .frame()
+            .await
+            .expect("an answer")
+            .expect_err("the file ends inside the range");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let left = failure.lock().expect("lock").take().expect("error left");
+        assert_eq!(left.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// AVP-HTTP-113: a frame's buffer goes back to its pool once the
+    /// connection drops the frame, and the next frame reuses it (the same
+    /// memory, no new allocation); a pool keeps at most POOLED_FRAMES.
+    #[test]
+    fn http_113_frame_buffers_come_back_to_their_pool() {
+        let pool = FramePool::default();
+        let mut buf = pool.take();
+        assert!(buf.capacity() >= FILE_FRAME && buf.is_empty());
+        buf.extend_from_slice(b"frame");
+        let at = buf.as_ptr();
+        let frame = pool.frame(buf);
+        assert_eq!(&frame[..], b"frame");
+        let shared = frame.slice(1..3);
+        drop(frame);
+        assert!(pool.0.lock().expect("lock").is_empty(), "still in use");
+        drop(shared);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), at, "the same buffer");
+        assert!(again.is_empty());
+        let frames: Vec<Bytes> = (0..POOLED_FRAMES + 3)
+            .map(|_| pool.frame(pool.take()))
+            .collect();
+        drop(frames);
+        assert_eq!(pool.0.lock().expect("lock").len(), POOLED_FRAMES);
     }
 }

@@ -2,8 +2,8 @@
 //! AVP-HTTP-93): the chunks come from a [`ChunkSource`] (a chunked file, or
 //! one large KV_CACHE message cut on the fly), go in index order with at most
 //! two requests in flight, the next started once the previous body is on the
-//! wire (AVP-HTTP-84, AVP-HTTP-111), with at most two chunks in memory (the
-//! one awaiting its answer or being sent and the next one read). Before sending, and
+//! wire (AVP-HTTP-84, AVP-HTTP-111), each body streamed from the file in
+//! frames, never a whole chunk in memory (AVP-HTTP-113). Before sending, and
 //! after a lost connection, the receiver is asked which chunks it holds
 //! (AVP-HTTP-83), so only the missing ones travel.
 
@@ -21,13 +21,14 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::body::ChunkBody;
+use crate::body::{ChunkBody, FileBody, FramePool};
 use crate::client::AvpClient;
 use crate::error::TransportError;
 
-/// Where the chunk messages of one context come from. Reads block (called
-/// from a blocking thread).
-pub trait ChunkSource: Send + 'static {
+/// Where the chunk messages of one context come from: each is a head made
+/// in memory and a range of one file, read as the chunk's request streams
+/// (AVP-HTTP-113).
+pub trait ChunkSource: Send + Sync + 'static {
     /// The context's id.
     fn context_id(&self) -> [u8; 16];
     /// The agent the chunks are for (their `target_agent_id`).
@@ -36,10 +37,23 @@ pub trait ChunkSource: Send + 'static {
     fn count(&self) -> u32;
     /// Bytes of chunk message `index`.
     fn chunk_len(&self, index: u32) -> u64;
-    /// Chunk message `index`, whole, in place of `buf`'s contents (its
-    /// memory is reused: a buffer per chunk costs more in page faults than
-    /// the read itself, AVP-HTTP-110).
-    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()>;
+    /// Where chunk message `index` comes from (reads nothing).
+    fn chunk_parts(&self, index: u32) -> io::Result<ChunkParts>;
+    /// A handle of the file the chunks' ranges are read from.
+    fn open_file(&self) -> io::Result<fs::File>;
+}
+
+/// One chunk message: `head`, then `len` bytes of the source's file from
+/// `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkParts {
+    /// The bytes made in memory that start the message (empty when the
+    /// file holds the whole message).
+    pub head: Vec<u8>,
+    /// Where the rest starts in the file.
+    pub offset: u64,
+    /// Bytes of the rest.
+    pub len: u64,
 }
 
 /// How [`send_chunks`] behaves.
@@ -92,7 +106,8 @@ pub async fn send_chunks<S: ChunkSource>(
     let target = source.target_agent_id().to_owned();
     let count = source.count();
     let lens: Vec<u64> = (0..count).map(|i| source.chunk_len(i)).collect();
-    let source = Arc::new(Mutex::new(source));
+    // One handle for every request: each frame seeks under its lock.
+    let file = Arc::new(Mutex::new(source.open_file()?));
     let started = Instant::now();
     let mut sent_chunks = 0u32;
     let mut sent_bytes = 0u64;
@@ -101,7 +116,7 @@ pub async fn send_chunks<S: ChunkSource>(
     loop {
         let outcome = attempt_once(
             client,
-            &source,
+            (&source, &file),
             &context_id,
             &target,
             &lens,
@@ -143,7 +158,7 @@ pub async fn send_chunks<S: ChunkSource>(
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once<S: ChunkSource>(
     client: &AvpClient,
-    source: &Arc<Mutex<S>>,
+    (source, file): (&S, &Arc<Mutex<fs::File>>),
     context_id: &str,
     target: &str,
     lens: &[u64],
@@ -187,47 +202,56 @@ async fn attempt_once<S: ChunkSource>(
         sent_bytes: *sent_bytes,
     };
     progress(&state);
-    let (mut chunks, buffers) = read_ahead(Arc::clone(source), missing);
+    let mut next = missing.into_iter();
+    // The frame buffers of every chunk of this pass (a few MiB in all).
+    let pool = FramePool::default();
     let mut in_flight = InFlight::default();
     // Resolves once the connection took the last frame of the newest request.
     let mut newest_taken = None;
     let mut complete = None;
-    let mut all_read = false;
     loop {
-        if !all_read && in_flight.0.len() < MAX_IN_FLIGHT {
-            let Some(read) = chunks.recv().await else {
-                all_read = true;
-                continue;
-            };
-            let (index, bytes) = read?;
+        if in_flight.0.len() < MAX_IN_FLIGHT {
             // The next request starts once the previous body is on the wire
             // (AVP-HTTP-84): in index order at the receiver, and the two
             // uploads never split the link between them.
             if let Some(taken) = newest_taken.take() {
                 let _ = taken.await;
             }
-            let (body, taken) = ChunkBody::new(bytes.clone());
-            newest_taken = Some(taken);
-            let client = client.clone();
-            let task = tokio::spawn(async move { client.send_chunk(body.boxed()).await });
-            in_flight.0.push_back((index, bytes, task));
-            continue;
+            // A body that could not read its file starts nothing more: its
+            // answer reports the read error.
+            let stopped = in_flight
+                .0
+                .back()
+                .is_some_and(|(_, failure, _)| failure.lock().map_or(true, |f| f.is_some()));
+            if let Some(index) = next.next().filter(|_| !stopped) {
+                let parts = source.chunk_parts(index)?;
+                let rest = FileBody::range(Arc::clone(file), parts.offset, parts.len, pool.clone());
+                let (body, taken, failure) = ChunkBody::new(Bytes::from(parts.head), rest);
+                newest_taken = Some(taken);
+                let client = client.clone();
+                let task = tokio::spawn(async move { client.send_chunk(body.boxed()).await });
+                in_flight.0.push_back((index, failure, task));
+                continue;
+            }
         }
-        // No room, or nothing left to read: wait for the oldest answer.
-        let Some((index, bytes, task)) = in_flight.0.pop_front() else {
+        // No room, or nothing left to send: wait for the oldest answer.
+        let Some((index, failure, task)) = in_flight.0.pop_front() else {
             break;
         };
         let answer = task
             .await
-            .map_err(|_| TransportError::Connection("the chunk request task failed".into()))??;
-        let len = bytes.len() as u64;
-        // The buffer goes back to the reader (a new one if the connection
-        // still holds this one): two in all.
-        let _ = buffers.send(bytes.try_into_mut().map(Vec::from).unwrap_or_default());
+            .map_err(|_| TransportError::Connection("the chunk request task failed".into()));
+        // A read error is ours, not the connection's: reported as I/O, never
+        // retried (AVP-HTTP-113, AVP-HTTP-40).
+        if let Some(err) = failure.lock().ok().and_then(|mut f| f.take()) {
+            return Err(TransportError::Io(err));
+        }
+        let answer = answer??;
+        let len = lens.get(index as usize).copied().unwrap_or(0);
         *sent_chunks += 1;
         *sent_bytes += len;
         state.held += 1;
-        state.held_bytes += lens.get(index as usize).copied().unwrap_or(len);
+        state.held_bytes += len;
         state.sent_bytes = *sent_bytes;
         progress(&state);
         if answer.get("complete").and_then(Value::as_bool) == Some(true) {
@@ -253,10 +277,11 @@ async fn attempt_once<S: ChunkSource>(
 /// (AVP-HTTP-84, AVP-HTTP-111).
 const MAX_IN_FLIGHT: usize = 2;
 
-/// One chunk request in flight: its index, its buffer, the request.
+/// One chunk request in flight: its index, where its body leaves a read
+/// error, the request.
 type ChunkRequest = (
     u32,
-    Bytes,
+    crate::body::ReadFailure,
     tokio::task::JoinHandle<Result<Value, TransportError>>,
 );
 
@@ -271,50 +296,6 @@ impl Drop for InFlight {
             task.abort();
         }
     }
-}
-
-type ReadChunk = Result<(u32, Bytes), TransportError>;
-
-/// Chunk buffers of one transfer: with the chunk being sent and the next
-/// one read, at most two chunks are in memory.
-const CHUNK_BUFFERS: usize = 2;
-
-/// Reads `indices` in order on a blocking thread, each into a buffer given
-/// back through the returned sender (two in all), so at most two chunks
-/// are in memory and their pages are reused from chunk to chunk.
-fn read_ahead<S: ChunkSource>(
-    source: Arc<Mutex<S>>,
-    indices: Vec<u32>,
-) -> (
-    mpsc::UnboundedReceiver<ReadChunk>,
-    std::sync::mpsc::Sender<Vec<u8>>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (give_back, buffers) = std::sync::mpsc::channel();
-    for _ in 0..CHUNK_BUFFERS {
-        let _ = give_back.send(Vec::new());
-    }
-    tokio::task::spawn_blocking(move || {
-        for index in indices {
-            // The transfer stopped (its sender of buffers dropped): stop reading.
-            let Ok(mut buf) = buffers.recv() else {
-                return;
-            };
-            let read = source
-                .lock()
-                .map_err(|_| io::Error::other("a chunk reader panicked"))
-                .and_then(|mut s| s.read_chunk(index, &mut buf));
-            let item = read
-                .map(|()| (index, Bytes::from(buf)))
-                .map_err(TransportError::Io);
-            let failed = item.is_err();
-            // The receiver gone means the transfer stopped: stop reading.
-            if tx.send(item).is_err() || failed {
-                return;
-            }
-        }
-    });
-    (rx, give_back)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -635,31 +616,22 @@ impl ChunkSource for ChunkedFile {
         self.chunks.get(index as usize).map_or(0, |c| c.1)
     }
 
-    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+    fn chunk_parts(&self, index: u32) -> io::Result<ChunkParts> {
         let (offset, len, _) = self
             .chunks
             .get(index as usize)
             .copied()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such chunk"))?;
-        buf.clear();
-        append_range(&mut self.file, offset, len, buf)
+        Ok(ChunkParts {
+            head: Vec::new(),
+            offset,
+            len,
+        })
     }
-}
 
-/// Appends `len` bytes of `file` from `offset` to `buf`, straight into its
-/// spare capacity (no zeroing first).
-fn append_range(file: &mut fs::File, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-    let size = usize::try_from(len).map_err(|_| io::Error::other("chunk over memory"))?;
-    buf.reserve_exact(size);
-    file.seek(SeekFrom::Start(offset))?;
-    let got = file.take(len).read_to_end(buf)?;
-    if got != size {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the file shrank while it was being sent",
-        ));
+    fn open_file(&self) -> io::Result<fs::File> {
+        self.file.try_clone()
     }
-    Ok(())
 }
 
 /// One KV_CACHE message cut into chunks as they are sent (AVP-CHK-1): a
@@ -780,15 +752,16 @@ impl ChunkSource for SplitMessage {
         prefix + self.layer_range(index).1
     }
 
-    fn read_chunk(&mut self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
-        let prefix = self
+    fn chunk_parts(&self, index: u32) -> io::Result<ChunkParts> {
+        let head = self
             .chunk_prefix(index)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
         let (offset, len) = self.layer_range(index);
-        buf.clear();
-        buf.reserve_exact(prefix.len().saturating_add(len as usize));
-        buf.extend_from_slice(&prefix);
-        append_range(&mut self.file, offset, len, buf)
+        Ok(ChunkParts { head, offset, len })
+    }
+
+    fn open_file(&self) -> io::Result<fs::File> {
+        self.file.try_clone()
     }
 }
 
@@ -856,23 +829,25 @@ mod tests {
         );
     }
 
-    /// AVP-HTTP-110: the sender reads each chunk into the buffer it is
-    /// given, in place: the same memory from chunk to chunk, the exact bytes
-    /// of each chunk message.
+    /// AVP-HTTP-110 (sender half), AVP-HTTP-113: a chunked file's chunks
+    /// are ranges of the file (no head made in memory, no chunk buffer),
+    /// exactly each chunk message's bytes; asking reads nothing.
     #[test]
-    fn http_110_chunks_are_read_into_the_same_buffer() {
+    fn http_113_a_chunked_files_chunks_are_exact_ranges_of_it() {
         let parts = chunks([3; 16], 1);
-        let mut file = open("reuse", &[&parts[0], &parts[1]])
-            .expect("valid")
-            .expect("chunked");
-        let mut buf = Vec::new();
-        file.read_chunk(0, &mut buf).expect("chunk 0");
-        assert_eq!(buf, parts[0]);
-        let at = buf.as_ptr();
-        file.read_chunk(1, &mut buf).expect("chunk 1");
-        assert_eq!(buf, parts[1]);
-        assert!(parts[1].len() <= parts[0].len());
-        assert_eq!(buf.as_ptr(), at, "no new allocation");
+        let path = std::env::temp_dir().join(format!("avp-chunk-parts-{}", crate::store::new_id()));
+        fs::write(&path, [parts[1].as_slice(), &parts[0]].concat()).expect("write");
+        let file = ChunkedFile::open(&path).expect("valid").expect("chunked");
+        let bytes = fs::read(&path).expect("read");
+        fs::remove_file(&path).expect("cleanup");
+        for (index, part) in parts.iter().enumerate() {
+            let at = file.chunk_parts(index as u32).expect("parts");
+            assert!(at.head.is_empty());
+            assert_eq!(at.len, file.chunk_len(index as u32));
+            let range = &bytes[at.offset as usize..(at.offset + at.len) as usize];
+            assert_eq!(range, part.as_slice(), "chunk {index}");
+        }
+        assert!(file.chunk_parts(2).is_err(), "no chunk 2");
     }
 
     /// AVP-HTTP-84, AVP-HTTP-111: the sender has two chunk requests in
@@ -1139,5 +1114,92 @@ mod tests {
             .copied()
             .collect();
         assert_eq!(held, (0..COUNT).collect::<Vec<_>>());
+    }
+
+    /// AVP-HTTP-113, AVP-HTTP-40: a file that can no longer be read in the
+    /// middle of a chunk ends the transfer with a local I/O error at once:
+    /// not a lost connection, so nothing is retried (the receiver is asked
+    /// what it holds once, not again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_113_a_read_error_mid_chunk_is_io_and_not_retried() {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const COUNT: u32 = 4;
+        let header = KvHeader {
+            num_layers: COUNT,
+            num_kv_heads: 1,
+            head_dim: 4,
+            seq_len: 2,
+            dtype: KvDtype::Float32,
+        };
+        let mut payload = header.to_bytes().to_vec();
+        let n = header.total_bytes().expect("size") as usize - KV_HEADER_LEN;
+        payload.extend((0..n).map(|i| i as u8));
+        let base = Metadata::new().with_target_agent_id("b");
+        let parts = split_payload(&payload, COUNT, &base, [7; 16]).expect("split");
+        let path =
+            std::env::temp_dir().join(format!("avp-chunk-shrinks-{}", crate::store::new_id()));
+        fs::write(&path, parts.concat()).expect("write");
+        let file = ChunkedFile::open(&path).expect("valid").expect("chunked");
+        // The file shrinks after it was checked: chunk 2 ends early.
+        let keep = (parts[0].len() + parts[1].len() + parts[2].len() / 2) as u64;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(keep))
+            .expect("truncate");
+        fs::remove_file(&path).expect("cleanup");
+
+        let statuses = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counted = Arc::clone(&statuses);
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counted = Arc::clone(&counted);
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let counted = Arc::clone(&counted);
+                    async move {
+                        let answer = if request.uri().path() == crate::PATH_CHUNK {
+                            request.into_body().collect().await?;
+                            json!({"success": true, "complete": false})
+                        } else {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            json!({"success": true, "count": COUNT, "held": [], "complete": false})
+                        };
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
+                            answer.to_string(),
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let client = AvpClient::new(
+            &format!("http://{addr}"),
+            crate::client::ClientConfig::default(),
+        )
+        .expect("client");
+        let options = ChunkSendOptions {
+            retries: 3,
+            backoff: Duration::from_millis(10),
+            ..ChunkSendOptions::default()
+        };
+        let outcome = send_chunks(&client, file, &options, |_| {}).await;
+        server.abort();
+        match outcome {
+            Err(TransportError::Io(err)) => {
+                assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+            }
+            other => panic!("expected a local I/O error, got {other:?}"),
+        }
+        assert_eq!(statuses.load(Ordering::SeqCst), 1, "no retry");
     }
 }
