@@ -21,7 +21,7 @@ trap 'git checkout -q -- engine/src' EXIT
 mutants=(
     'rope_theta_1pct|engine/src/decoder.rs|s/f_pow_scalar\(cfg\.rope_theta,/f_pow_scalar(cfg.rope_theta * 1.01,/'
     'realign_without_normalisation|engine/src/latent.rs|s/let a = hf\.f_matmul\(w\)\?;\s*normalise_to\(&a, target_norm\)/let _ = target_norm; Ok(hf.f_matmul(w)?)/'
-    'kv_swapped_in_last_layer|engine/src/context.rs|s/for t in \[k, v\] \{/for t in if layer + 1 == c.num_layers() { [v, k] } else { [k, v] } {/'
+    'kv_swapped_in_last_layer|engine/src/context.rs|s/(c\.copy_range_to\(layers, body\)\?;)/$1\n        { let per = body.len() \/ (2 * c.num_layers()); let n = body.len(); let (a, b) = body[n - 2 * per..].split_at_mut(per); a.swap_with_slice(b); }/'
     'prompt_without_chat_template|engine/src/prompt.rs|s/(pub fn render\(&self, prompt: &str\) -> Result<String> \{)/$1\n        if !prompt.is_empty() { return Ok(prompt.to_owned()); }/'
 )
 want=("$@")
